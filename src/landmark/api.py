@@ -1,0 +1,242 @@
+"""The Python API: one object over a store and the extractor that made it.
+
+>>> import landmark
+>>> lm = landmark.open("runs/store")                      # doctest: +SKIP
+>>> lm.recognize(["photo.jpg"])[0].landmark_id            # doctest: +SKIP
+>>> [m.id for m in lm.search(["photo.jpg"], k=5)[0].matches]   # doctest: +SKIP
+
+The CLI and the HTTP service are thin layers over this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from .config import Config, load_config
+from .data import ImageError, Manifest, load_image, read_dataset, read_photos
+from .data.manifests import ImageRecord, is_gldv2, read_gldv2
+from .features import ExtractionResult, Failure, GlobalExtractor
+from .index import SearchResult, Store, StoreError
+from .recognition import knn_vote, similarity_to_confidence
+
+log = logging.getLogger(__name__)
+
+Photo = Union[str, Path, Image.Image]
+
+
+@dataclass(frozen=True)
+class Match:
+    id: str
+    score: float
+    landmark_id: int | None
+    name: str | None = None
+    path: str | None = None
+
+
+@dataclass
+class SearchOutput:
+    query: str
+    matches: list[Match] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Recognition:
+    query: str
+    landmark_id: int | None
+    name: str | None
+    score: float                      # in [0, 1]: the best similarity among the voting neighbours of the label
+    votes: int = 0
+    neighbours: list[Match] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class BuildReport:
+    added: dict[str, int] = field(default_factory=dict)      # split -> photos added
+    skipped: dict[str, int] = field(default_factory=dict)    # split -> photos already in the store
+    failures: list[Failure] = field(default_factory=list)
+
+
+def default_splits(root: Path) -> tuple[str, ...]:
+    """Which parts of a dataset make the database: GLDv2 train + index, or the whole folder."""
+    return tuple(s for s in ("train", "index") if (root / f"{s}.csv").is_file()) if is_gldv2(root) else ("db",)
+
+
+def dataset_manifest(root: Path, split: str) -> Manifest:
+    return read_gldv2(root, split) if is_gldv2(root) else read_dataset(root)
+
+
+class Landmarks:
+    """A store plus the extractor whose signature it carries."""
+
+    def __init__(self, store: Store, extractor: GlobalExtractor):
+        store.check_signature(extractor.signature)
+        self.store = store
+        self.extractor = extractor
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, store_dir: str | Path, device: str | None = None) -> "Landmarks":
+        store = Store.open(store_dir)
+        return cls(store, GlobalExtractor.from_config(store.config, device=device))
+
+    @classmethod
+    def create(cls, store_dir: str | Path, config: Config | None = None, *, device: str | None = None,
+               overwrite: bool = False) -> "Landmarks":
+        """Open the store at ``store_dir`` if it was made with ``config``, else make a new one."""
+        config = config or load_config()
+        extractor = GlobalExtractor.from_config(config, device=device)
+        root = Path(store_dir)
+        if (root / "meta.sqlite").exists() and not overwrite:
+            store = Store.open(root)
+            try:
+                store.check_signature(extractor.signature)
+            except StoreError as exc:
+                raise StoreError(f"{exc}\n(pass overwrite to rebuild it with the new configuration)") from None
+        else:
+            store = Store.create(root, config, extractor.signature, overwrite=overwrite)
+        return cls(store, extractor)
+
+    @classmethod
+    def build(cls, data: str | Path, store_dir: str | Path, config: Config | None = None, *,
+              splits: Sequence[str] | None = None, device: str | None = None, overwrite: bool = False,
+              progress: bool | None = None) -> tuple["Landmarks", BuildReport]:
+        """Build (or finish building) a store from a GLDv2 root or a folder of photos."""
+        root = Path(data)
+        lm = cls.create(store_dir, config, device=device, overwrite=overwrite)
+        report = BuildReport()
+        for split in splits or default_splits(root):
+            manifest = dataset_manifest(root, split)
+            lm.store.set_label_names(manifest.label_names)
+            lm.add_manifest(manifest, split=split, progress=progress, report=report)
+        return lm, report
+
+    # -- writes --------------------------------------------------------------------------------
+    def add_manifest(self, manifest: Manifest, split: str | None = None, *, progress: bool | None = None,
+                     report: BuildReport | None = None) -> BuildReport:
+        """Extract and add the photos of ``manifest`` not yet in the store (resumable)."""
+        report = report or BuildReport()
+        split = split or manifest.name
+        present = set(self.store.get(manifest.ids()))
+        todo = [r for r in manifest.records if r.id not in present]
+        report.skipped[split] = len(manifest) - len(todo)
+        work = self.store.root / "_work" / f"extract-{split}"
+        result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
+        by_id = {r.id: r for r in todo}
+        self.store.add(result.ids, result.vectors, paths=[str(by_id[i].path) for i in result.ids],
+                       landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes)
+        shutil.rmtree(work, ignore_errors=True)
+        report.added[split] = len(result.ids)
+        report.failures += result.failures
+        return report
+
+    def add_photos(self, photos: Sequence[str | Path], *, landmark_id: int | None = None, split: str = "user",
+                   name: str | None = None, progress: bool | None = None) -> BuildReport:
+        manifest = read_photos(photos)
+        manifest = Manifest(manifest.name, manifest.root,
+                            [ImageRecord(r.id, r.path, landmark_id) for r in manifest.records])
+        if landmark_id is not None and name:
+            self.store.set_label_names({landmark_id: name})
+        return self.add_manifest(manifest, split=split, progress=progress)
+
+    def remove(self, ids: Sequence[str]) -> int:
+        return self.store.remove(ids)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def embed(self, photos: Sequence[Photo] | Manifest, *, progress: bool | None = None,
+              cache_dir: str | Path | None = None) -> ExtractionResult:
+        """Descriptors for photos given as paths, PIL images, or a manifest."""
+        if isinstance(photos, Manifest):
+            return self.extractor.extract(photos.records, progress=progress, cache_dir=cache_dir)
+        if all(isinstance(p, Image.Image) for p in photos):
+            ids = [f"image-{i}" for i in range(len(photos))]
+            return ExtractionResult(ids, self.extractor.extract_images(photos))
+        items = [ImageRecord(str(p), Path(p)) for p in photos]
+        return self.extractor.extract(items, progress=progress, cache_dir=cache_dir)
+
+    def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
+               progress: bool | None = None) -> list[SearchOutput]:
+        """The ``k`` most similar stored photos for each query photo (errors reported per photo)."""
+        k = k or self.store.config.search.k
+        names = self.store.label_names()
+        ids, vectors, errors = self._embed_queries(photos, progress)
+        result = self.store.search(vectors, k, splits=splits) if len(vectors) else None
+        out: dict[str, SearchOutput] = {q: SearchOutput(q, error=e) for q, e in errors.items()}
+        for qi, q in enumerate(ids):
+            out[q] = SearchOutput(q, self._matches(result, qi, names))
+        return [out[q] for q in self._query_names(photos)]
+
+    def recognize(self, photos: Sequence[Photo], *, progress: bool | None = None) -> list[Recognition]:
+        """Landmark id and confidence for each photo by top-k voting over labelled photos."""
+        ids, vectors, errors = self._embed_queries(photos, progress)
+        out: dict[str, Recognition] = {q: Recognition(q, None, None, 0.0, error=e) for q, e in errors.items()}
+        for q, rec in zip(ids, self.recognize_vectors(vectors)):
+            out[q] = Recognition(q, rec.landmark_id, rec.name, rec.score, rec.votes, rec.neighbours)
+        return [out[q] for q in self._query_names(photos)]
+
+    def recognize_vectors(self, vectors: np.ndarray) -> list[Recognition]:
+        k = self.store.config.recognition.k
+        if not len(vectors):
+            return []
+        result = self.store.search(vectors, k, labelled_only=True)
+        names = self.store.label_names()
+        out = []
+        for qi, vote in enumerate(knn_vote(result.landmark_ids, result.scores, k)):
+            out.append(Recognition(str(qi), vote.landmark_id, names.get(vote.landmark_id) if vote.landmark_id is not None else None,
+                                   similarity_to_confidence(vote.score), vote.votes, self._matches(result, qi, names)))
+        return out
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _matches(self, result: SearchResult, qi: int, names: dict[int, str]) -> list[Match]:
+        keys = [k for k in result.keys[qi] if k is not None]
+        rows = self.store.get(keys)
+        out = []
+        for key, score, lab in zip(result.keys[qi], result.scores[qi], result.landmark_ids[qi]):
+            if key is None:
+                continue
+            lab_i = int(lab) if lab >= 0 else None
+            out.append(Match(key, float(score), lab_i, names.get(lab_i) if lab_i is not None else None, rows[key].path))
+        return out
+
+    @staticmethod
+    def _query_names(photos: Sequence[Photo]) -> list[str]:
+        return [p if isinstance(p, str) else (str(p) if isinstance(p, Path) else f"image-{i}") for i, p in enumerate(photos)]
+
+    def _embed_queries(self, photos: Sequence[Photo], progress: bool | None):
+        names = self._query_names(photos)
+        errors: dict[str, str] = {}
+        paths = [(n, p) for n, p in zip(names, photos) if not isinstance(p, Image.Image)]
+        images = [(n, p) for n, p in zip(names, photos) if isinstance(p, Image.Image)]
+        ids, vecs = [], []
+        if paths:
+            res = self.extractor.extract([ImageRecord(n, Path(p)) for n, p in paths], progress=progress,
+                                         description="queries")
+            ids += res.ids
+            vecs.append(res.vectors)
+            errors.update({f.id: f.reason for f in res.failures})
+        if images:
+            ids += [n for n, _ in images]
+            vecs.append(self.extractor.extract_images([im for _, im in images]))
+        vectors = np.concatenate(vecs) if vecs else np.zeros((0, self.extractor.dim), np.float32)
+        return ids, vectors, errors
+
+
+def open(store_dir: str | Path, device: str | None = None) -> Landmarks:  # noqa: A001 - mirrors io.open style
+    """Open an existing store with the extractor it was built with."""
+    return Landmarks.open(store_dir, device=device)
+
+
+def load_photo(source) -> Image.Image:
+    """Decode one photo safely (EXIF orientation, any mode to RGB); raises :class:`ImageError`."""
+    return load_image(source)
+
+
+__all__ = ["BuildReport", "ImageError", "Landmarks", "Match", "Recognition", "SearchOutput", "open", "load_photo"]

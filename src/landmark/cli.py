@@ -1,0 +1,246 @@
+"""``landmark``: the command line. Thin: it parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Landmark recognition and retrieval: build a store of photos, search it, recognise landmarks, evaluate.")
+index_app = typer.Typer(no_args_is_help=True, help="Build and change the embedded store (FAISS + SQLite in one directory).")
+app.add_typer(index_app, name="index")
+
+out = Console()
+err = Console(stderr=True)
+
+StoreOpt = typer.Option(..., "--store", "-s", help="Store directory.")
+PresetOpt = typer.Option(None, "--preset", "-p", help="Named configuration preset (see `landmark models`).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file with configuration overrides.")
+SetOpt = typer.Option(None, "--set", help="Override one key, e.g. --set extract.image_size=512 (repeatable).")
+DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: from the config).")
+ProgressOpt = typer.Option(None, "--progress/--no-progress", help="Show progress bars (default: on a terminal).")
+
+
+def _config(preset, config_file, overrides):
+    from .config import load_config
+
+    return load_config(preset, config_file, overrides or [])
+
+
+def _known_errors():
+    from .config import ConfigError
+    from .data import DatasetError, ImageError
+    from .index import StoreError
+    from .models import WeightsUnavailable
+
+    return (ConfigError, DatasetError, ImageError, StoreError, WeightsUnavailable, FileNotFoundError)
+
+
+@index_app.command("build")
+def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, index.csv, ...) or a folder of photos."),
+                store: Path = StoreOpt, preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt,
+                set_: Optional[List[str]] = SetOpt,
+                split: Optional[List[str]] = typer.Option(None, "--split", help="GLDv2 splits to add (default: train and index)."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store built with another configuration."),
+                device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+    """Build a store from a dataset; re-running it finishes an interrupted build."""
+    from .api import Landmarks
+
+    lm, report = Landmarks.build(data, store, _config(preset, config, set_), splits=split or None,
+                                 device=device, overwrite=overwrite, progress=progress)
+    _print_failures(report.failures)
+    info = lm.store.info()
+    out.print(f"[green]store[/] {store}: {info['images']} photos ({info['labelled']} labelled, "
+              f"{info['landmarks']} landmarks), added {sum(report.added.values())}, "
+              f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable")
+
+
+@index_app.command("add")
+def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders of photos."), store: Path = StoreOpt,
+              landmark_id: Optional[int] = typer.Option(None, "--landmark-id", help="Label for all added photos."),
+              name: Optional[str] = typer.Option(None, "--name", help="Name of that landmark."),
+              split: str = typer.Option("user", "--split", help="Tag stored with the photos."),
+              device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+    """Add photos to a store (ids are the file names)."""
+    from .api import Landmarks
+
+    lm = Landmarks.open(store, device=device)
+    report = lm.add_photos(photos, landmark_id=landmark_id, split=split, name=name, progress=progress)
+    _print_failures(report.failures)
+    out.print(f"added {sum(report.added.values())} photos, {sum(report.skipped.values())} already present; "
+              f"store now holds {len(lm.store)}")
+
+
+@index_app.command("remove")
+def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos."), store: Path = StoreOpt):
+    """Remove photos from a store by id."""
+    from .index import Store
+
+    with Store.open(store) as st:
+        n = st.remove(ids)
+        out.print(f"removed {n} of {len(ids)} ids; store now holds {len(st)}")
+
+
+@index_app.command("info")
+def index_info(store: Path = StoreOpt):
+    """Show what a store holds and which model made it."""
+    from .index import Store
+
+    with Store.open(store) as st:
+        out.print_json(json.dumps(st.info()))
+
+
+@app.command("search")
+def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store: Path = StoreOpt,
+           k: int = typer.Option(10, "-k", help="Results per query."),
+           split: Optional[List[str]] = typer.Option(None, "--split", help="Only search these splits of the store."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+           device: Optional[str] = DeviceOpt):
+    """The most similar stored photos for each query photo."""
+    from .api import Landmarks
+
+    lm = Landmarks.open(store, device=device)
+    results = lm.search([str(p) for p in photos], k=k, splits=split or None, progress=False)
+    if as_json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    for r in results if not as_json else []:
+        if r.error:
+            err.print(f"[red]{r.query}: {r.error}[/]")
+            continue
+        table = Table(title=r.query, title_justify="left")
+        for col in ("rank", "id", "score", "landmark", "path"):
+            table.add_column(col)
+        for i, m in enumerate(r.matches, 1):
+            table.add_row(str(i), m.id, f"{m.score:.4f}", _landmark(m.landmark_id, m.name), m.path or "")
+        out.print(table)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@app.command("recognize")
+def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or a GLDv2 root (its test split)."),
+              store: Path = StoreOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+              csv: Optional[Path] = typer.Option(None, "--csv", help="Also write a Kaggle recognition CSV here."),
+              device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+    """Recognise the landmark in each photo: top-5 vote among labelled stored photos."""
+    from .api import Landmarks
+    from .data import read_photos
+    from .data.manifests import is_gldv2, read_gldv2
+    from .evaluation.submission import write_recognition_csv
+
+    lm = Landmarks.open(store, device=device)
+    if len(photos) == 1 and photos[0].is_dir() and is_gldv2(photos[0]):
+        manifest = read_gldv2(photos[0], "test")
+    else:
+        manifest = read_photos(photos)
+    result = lm.embed(manifest, progress=progress)
+    recs = lm.recognize_vectors(result.vectors)
+    for q, r in zip(result.ids, recs):
+        r.query = q
+    if csv:
+        write_recognition_csv(csv, {r.query: (r.landmark_id, r.score) if r.landmark_id is not None else None for r in recs},
+                              ids=manifest.ids())
+    _print_failures(result.failures)
+    if as_json:
+        print(json.dumps([asdict(r) | {"neighbours": [asdict(m) for m in r.neighbours]} for r in recs], indent=2))
+        return
+    table = Table()
+    for col in ("photo", "landmark", "score", "votes"):
+        table.add_column(col)
+    for r in recs:
+        table.add_row(r.query, _landmark(r.landmark_id, r.name), f"{r.score:.4f}", f"{r.votes}/{lm.store.config.recognition.k}")
+    out.print(table)
+
+
+@app.command("evaluate")
+def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root with solution CSVs."),
+             out_dir: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Where the report, submissions and store go."),
+             store: Optional[Path] = typer.Option(None, "--store", "-s", help="Store directory (default: OUT/store)."),
+             preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+             device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+    """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
+    from .evaluation.run import evaluate_gldv2
+
+    if not data.exists():
+        err.print(f"[red]no dataset at {data}[/]\n{GET_DATA_HELP}")
+        raise typer.Exit(2)
+    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_), store_dir=store, device=device, progress=progress)
+    m, t = report["metrics"], report["timings"]
+    table = Table(title=f"landmark evaluate: {data}", title_justify="left")
+    for col in ("metric", "value"):
+        table.add_column(col)
+    table.add_row("GAP (recognition)", f"{m['gap']:.4f}")
+    table.add_row("accuracy (landmark queries)", f"{m['accuracy']:.4f}")
+    if m.get("map@100") is not None:
+        table.add_row("mAP@100 (retrieval)", f"{m['map@100']:.4f}")
+    table.add_row("queries / landmark / retrieval", f"{m['queries']} / {m['landmark_queries']} / {m['retrieval_queries']}")
+    table.add_row("store build / test extraction / search (s)",
+                  f"{t['build_store_s']:.1f} / {t['extract_test_s']:.1f} / {t['search_s']:.2f}")
+    table.add_row("unreadable photos skipped", str(len(report["failures"])))
+    out.print(table)
+    out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {out_dir / 'submission_recognition.csv'}, "
+              f"{out_dir / 'submission_retrieval.csv'}")
+
+
+@app.command("models")
+def models():
+    """List the registered backbones (offline weights) and the configuration presets."""
+    from .config import DEFAULT_PRESET, PRESETS
+    from .models import REGISTRY
+
+    table = Table(title="backbones")
+    for col in ("name", "weights installed", "description"):
+        table.add_column(col)
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, "yes" if spec.available() else "no", spec.description)
+    out.print(table)
+    presets = Table(title="presets")
+    presets.add_column("name")
+    presets.add_column("overrides of the defaults")
+    for name, over in PRESETS.items():
+        presets.add_row(name + (" (default)" if name == DEFAULT_PRESET else ""), json.dumps(over) if over else "-")
+    out.print(presets)
+
+
+GET_DATA_HELP = """Point landmark at a dataset in the official Google Landmarks v2 layout
+(train.csv, index.csv, test.csv, {split}/a/b/c/{id}.jpg, recognition_solution.csv, retrieval_solution.csv).
+GLDv2 is published by the Common Visual Data Foundation (github.com/cvdfoundation/google-landmark);
+download its CSVs and tar files there, then run: landmark evaluate /path/to/gldv2
+or set LANDMARK_DATA=/path/to/gldv2 and run: make demo"""
+
+
+def _landmark(landmark_id, name) -> str:
+    if landmark_id is None:
+        return "-"
+    return f"{landmark_id} ({name})" if name else str(landmark_id)
+
+
+def _print_failures(failures) -> None:
+    if not failures:
+        return
+    err.print(f"[yellow]{len(failures)} photo(s) could not be read and were skipped:[/]")
+    for f in failures[:20]:
+        err.print(f"  {f.path}: {f.reason}")
+    if len(failures) > 20:
+        err.print(f"  ... and {len(failures) - 20} more (see the report)")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except _known_errors() as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

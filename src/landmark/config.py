@@ -1,0 +1,192 @@
+"""Typed configuration: dataclasses, named presets, and overrides from YAML or ``key=value`` strings.
+
+A configuration is built as ``preset <- YAML file <- overrides``; each layer is a nested dict
+merged into the dataclasses, and unknown keys or badly typed values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    """The descriptor network: backbone -> pooling -> optional FC+BN embedding -> L2."""
+
+    backbone: str = "tf_efficientnet_lite2"
+    pooling: str = "gem"
+    gem_p: float = 3.0
+    gem_trainable: bool = False
+    embedding_dim: int | None = None
+    checkpoint: str | None = None  # a trained checkpoint (``landmark train``); None = ImageNet weights
+
+
+@dataclass
+class ExtractConfig:
+    """How photos become vectors."""
+
+    image_size: int = 384                 # long side in pixels, aspect ratio kept
+    size_multiple: int = 32               # the short side is rounded to this (bucketed batching)
+    scales: tuple[float, ...] = (1.0,)    # multi-scale: descriptors averaged over scales, re-normalised
+    flip: bool = False                    # also average with the horizontally flipped photo
+    batch_size: int = 8                   # small batches are fastest on CPU (cache); raise on GPU
+    num_workers: int = 1                  # decoding processes beside the forward pass
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N | mps
+    amp: bool = True                      # float16 autocast on CUDA (ignored on CPU)
+
+
+@dataclass
+class IndexConfig:
+    kind: str = "flat"                    # exact inner-product search
+
+
+@dataclass
+class SearchConfig:
+    k: int = 100
+
+
+@dataclass
+class RecognitionConfig:
+    k: int = 5                            # neighbours that vote (Baidu §3.1: top-5)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# Named presets: partial dicts over the defaults above.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lite2-gem": {},  # the default: EfficientNet-Lite2 + GeM(p=3) at 384 px
+    "lite2-gem-ms": {"extract": {"scales": [0.7071, 1.0, 1.4142]}},
+    "lite1-gem": {"model": {"backbone": "tf_efficientnet_lite1"}},
+    "lite0-gem": {"model": {"backbone": "tf_efficientnet_lite0"}, "extract": {"image_size": 320}},
+    "mobilenetv2-gem": {"model": {"backbone": "mobilenet_v2"}},
+}
+DEFAULT_PRESET = "lite2-gem"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return merge(tp(), value, prefix=f"{key}.")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def merge(base: T, updates: Mapping[str, Any], prefix: str = "") -> T:
+    """Return a copy of dataclass ``base`` with the nested ``updates`` applied (type-checked)."""
+    hints = typing.get_type_hints(type(base))
+    names = {f.name for f in dataclasses.fields(base)}
+    changes: dict[str, Any] = {}
+    for key, value in updates.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix}{key!s}; expected one of {sorted(names)}")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{key}: expected a mapping, got {value!r}")
+            changes[key] = merge(current, value, prefix=f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return dataclasses.replace(base, **changes)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["extract.image_size=512", "model.gem_p=4"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = out
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(preset: str | None = None, file: str | Path | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
+    """Build a :class:`Config` from a preset name, an optional YAML file and overrides."""
+    name = preset or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = merge(Config(), PRESETS[name])
+    if file is not None:
+        data = yaml.safe_load(Path(file).read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+        cfg = merge(cfg, data)
+    if overrides:
+        cfg = merge(cfg, overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    return cfg
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    return merge(Config(), data)

@@ -1,0 +1,82 @@
+"""``landmark evaluate``: build the store from a GLDv2-layout dataset, answer its test queries, score them.
+
+Recognition votes among the labelled ``train`` photos; retrieval ranks the ``index`` photos. The
+report holds GAP, accuracy and mAP@100 (the GLR/GLDv2 challenge definitions), timings, and the
+photos that could not be read; both Kaggle submission files are written beside it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..api import Landmarks
+from ..config import Config, load_config
+from ..data.manifests import DatasetError, is_gldv2, read_gldv2, read_gldv2_solution
+from ..retrieval import rank
+from ..utils.io import atomic_write_json
+from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
+from .submission import write_recognition_csv, write_retrieval_csv
+
+
+def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None = None, *,
+                   store_dir: str | Path | None = None, device: str | None = None,
+                   progress: bool | None = None, retrieval_k: int = 100) -> dict[str, Any]:
+    """Run the whole system on ``data`` and write ``report.json`` and the submissions to ``out_dir``."""
+    root, out = Path(data), Path(out_dir)
+    if not is_gldv2(root):
+        raise DatasetError(f"{root}: not a GLDv2-layout dataset (expected train.csv, index.csv, test.csv and their folders)")
+    config = config or load_config()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    lm, build = Landmarks.build(root, store_dir or out / "store", config, splits=("train", "index"),
+                                device=device, progress=progress)
+    timings["build_store_s"] = time.perf_counter() - t0
+
+    test = read_gldv2(root, "test")
+    solution = read_gldv2_solution(root)
+    t0 = time.perf_counter()
+    queries = lm.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test")
+    timings["extract_test_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    recognitions = lm.recognize_vectors(queries.vectors)
+    predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
+                   for q, r in zip(queries.ids, recognitions)}
+    rankings = {q: r.keys for q, r in zip(queries.ids, rank(lm.store, queries.vectors, retrieval_k, splits=["index"]))}
+    timings["search_s"] = time.perf_counter() - t0
+
+    truth = solution.recognition_all
+    metrics = {
+        "gap": global_average_precision(predictions, truth),
+        "accuracy": accuracy(predictions, truth),
+        f"map@{retrieval_k}": mean_average_precision_at_k(rankings, solution.retrieval, k=retrieval_k)
+        if solution.retrieval else None,
+        "queries": len(test), "landmark_queries": sum(1 for v in truth.values() if v),
+        "retrieval_queries": len(solution.retrieval),
+    }
+    write_recognition_csv(out / "submission_recognition.csv", predictions, ids=test.ids())
+    write_retrieval_csv(out / "submission_retrieval.csv", rankings, ids=test.ids(), k=retrieval_k)
+    report = {
+        "dataset": str(root), "metrics": metrics, "timings": timings,
+        "store": lm.store.info() | {"root": str(lm.store.root)},
+        "build": {"added": build.added, "skipped": build.skipped},
+        "failures": [asdict(f) for f in build.failures + queries.failures],
+        "config": config.to_dict(),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "device": str(lm.extractor.device),
+                    "threads": torch.get_num_threads()},
+        "predictions": {q: {"landmark_id": r.landmark_id, "score": r.score, "votes": r.votes,
+                            "neighbours": [[m.id, round(m.score, 4), m.landmark_id] for m in r.neighbours]}
+                        for q, r in zip(queries.ids, recognitions)},
+    }
+    atomic_write_json(out / "report.json", report)
+    return report
+

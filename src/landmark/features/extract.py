@@ -1,0 +1,260 @@
+"""Batched global-descriptor extraction with aspect-ratio buckets, multi-scale, flips and resume.
+
+Photos are resized so their long side is ``image_size`` and their short side a multiple of
+``size_multiple``; photos of equal resized shape share a batch, so nothing is padded or cropped.
+Decoding runs in DataLoader workers beside the forward pass. A photo that cannot be read is
+reported (id, path, reason) and skipped. With ``cache_dir``, finished chunks are written
+atomically and a re-run continues where a killed one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import Config, ExtractConfig, ModelConfig, to_dict
+from ..data.images import ImageError, load_image, probe_size
+from ..models import functional as LF
+from ..models.net import DescriptorNet, build_model, file_digest
+from ..utils.device import resolve_device
+from ..utils.io import atomic_path, atomic_write_json
+from ..utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+class PhotoItem(Protocol):
+    id: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A photo that was skipped, and why."""
+
+    id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class ExtractionResult:
+    ids: list[str]
+    vectors: np.ndarray                       # N x D float32, rows L2-normalised
+    failures: list[Failure] = field(default_factory=list)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (width, height) of the photo
+
+
+class _Photos(Dataset):
+    """Decodes photo ``i`` straight to its bucket's shape, as a normalised tensor."""
+
+    def __init__(self, paths: Sequence[str], shapes: Sequence[tuple[int, int]], mean, std):
+        self.paths, self.shapes = paths, shapes
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        h, w = self.shapes[i]
+        try:
+            img = load_image(self.paths[i], draft_size=max(h, w))
+        except ImageError as exc:
+            return i, None, exc.reason
+        return i, to_tensor(img, (h, w), self.mean, self.std), None
+
+
+def to_tensor(img: Image.Image, shape: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Resize an RGB image to ``shape`` (h, w) and normalise it to a ``3 x h x w`` float tensor."""
+    h, w = shape
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    return (arr - mean) / std
+
+
+def _collate(batch):
+    ok = [(i, t) for i, t, _ in batch if t is not None]
+    bad = [(i, r) for i, t, r in batch if t is None]
+    if ok:
+        return [i for i, _ in ok], torch.stack([t for _, t in ok]), bad
+    return [], None, bad
+
+
+def bucket_batches(shapes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Group indices of equal shape into batches of at most ``batch_size``, in first-seen order."""
+    buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, s in enumerate(shapes):
+        buckets[s].append(i)
+    batches = [idx[j:j + batch_size] for idx in buckets.values() for j in range(0, len(idx), batch_size)]
+    return sorted(batches, key=lambda b: b[0])
+
+
+class GlobalExtractor:
+    """Turns photos into L2-normalised global descriptors with one :class:`DescriptorNet`."""
+
+    def __init__(self, net: DescriptorNet, cfg: ExtractConfig, model_cfg: ModelConfig | None = None,
+                 device: str | torch.device | None = None):
+        self.cfg = cfg
+        self.model_cfg = model_cfg or ModelConfig()
+        self.device = resolve_device(device if device is not None else cfg.device)
+        # channels-last convolutions are ~1.7x faster on CPU (oneDNN) and preferred by tensor cores
+        self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+        prep = net.preprocessing
+        self.mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
+
+    @classmethod
+    def from_config(cls, config: Config, device: str | None = None) -> "GlobalExtractor":
+        return cls(build_model(config.model), config.extract, config.model, device=device)
+
+    @property
+    def dim(self) -> int:
+        return self.net.dim
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        """What determines the vectors: a store refuses queries whose signature differs."""
+        model = to_dict(self.model_cfg)
+        if model.get("checkpoint"):
+            model["checkpoint"] = file_digest(model["checkpoint"])
+        ex = self.cfg
+        return {"model": model, "dim": self.dim,
+                "extract": {"image_size": ex.image_size, "size_multiple": ex.size_multiple,
+                            "scales": list(ex.scales), "flip": ex.flip}}
+
+    def target_shape(self, width: int, height: int) -> tuple[int, int]:
+        return LF.target_shape(height, width, self.cfg.image_size, self.cfg.size_multiple)
+
+    @torch.inference_mode()
+    def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Descriptors of a normalised batch at the base scale, averaged over scales and flips."""
+        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        h, w = batch.shape[-2:]
+        total = None
+        amp = self.cfg.amp and self.device.type == "cuda"
+        for s in self.cfg.scales:
+            x = batch if s == 1.0 else F.interpolate(
+                batch, size=LF.target_shape(h, w, max(self.cfg.size_multiple, round(max(h, w) * s)),
+                                            self.cfg.size_multiple),
+                mode="bilinear", align_corners=False, antialias=True)
+            views = [x, torch.flip(x, dims=[-1])] if self.cfg.flip else [x]
+            for v in views:
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
+                    d = self.net(v).float()
+                total = d if total is None else total + d
+        return LF.l2n(total)
+
+    def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Descriptors of in-memory RGB images (one forward each; for uploads and small sets)."""
+        out = []
+        for img in images:
+            w, h = img.size
+            t = to_tensor(img.convert("RGB"), self.target_shape(w, h), self.mean, self.std)
+            out.append(self.embed_batch(t.unsqueeze(0)).cpu().numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+    def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
+                progress: bool | None = None, description: str = "extract", chunk_size: int = 512) -> ExtractionResult:
+        """Descriptors of photos on disk, batched by shape; resumable through ``cache_dir``."""
+        cache = _ChunkCache(Path(cache_dir), self.signature, self.dim) if cache_dir else None
+        done_ids, done_vecs, failures, sizes = cache.load() if cache else ([], [], [], {})
+        skip = set(done_ids) | {f.id for f in failures}
+        todo = [it for it in items if it.id not in skip]
+
+        shapes, keep = [], []
+        for it in todo:
+            try:
+                w, h = probe_size(it.path)
+            except ImageError as exc:
+                failures.append(Failure(it.id, str(it.path), exc.reason))
+                continue
+            sizes[it.id] = (w, h)
+            shapes.append(self.target_shape(w, h))
+            keep.append(it)
+        new_ids: list[str] = []
+        new_vecs: list[np.ndarray] = []
+        new_fail: list[Failure] = []
+        pending = 0
+        with progress_bar(description, total=len(items), enabled=progress, completed=len(items) - len(todo)) as bar:
+            bar.advance(len(todo) - len(keep))
+            for idx, vecs, bad in self._run(keep, shapes):
+                for i in idx:
+                    new_ids.append(keep[i].id)
+                new_vecs.append(vecs)
+                for i, reason in bad:
+                    new_fail.append(Failure(keep[i].id, str(keep[i].path), reason))
+                    log.info("skipped %s: %s", keep[i].path, reason)
+                pending += len(idx) + len(bad)
+                bar.advance(len(idx) + len(bad))
+                if cache and pending >= chunk_size:
+                    cache.write(new_ids, new_vecs, new_fail, sizes)
+                    done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
+                    new_ids, new_vecs, new_fail, pending = [], [], [], 0
+        if cache and (new_ids or new_fail):
+            cache.write(new_ids, new_vecs, new_fail, sizes)
+        done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
+        # Return in the order the items were given.
+        order = {it.id: n for n, it in enumerate(items)}
+        vecs = np.concatenate(done_vecs).astype(np.float32) if done_vecs else np.zeros((0, self.dim), np.float32)
+        perm = sorted(range(len(done_ids)), key=lambda j: order.get(done_ids[j], len(order)))
+        return ExtractionResult([done_ids[j] for j in perm], vecs[perm], failures,
+                                {k: sizes[k] for k in done_ids if k in sizes})
+
+    def _run(self, items: Sequence[PhotoItem], shapes: list[tuple[int, int]]) -> Iterator[tuple[list[int], np.ndarray, list]]:
+        if not items:
+            return
+        batches = bucket_batches(shapes, self.cfg.batch_size)
+        dataset = _Photos([str(it.path) for it in items], shapes, self.net.preprocessing.mean, self.net.preprocessing.std)
+        workers = self.cfg.num_workers if len(batches) > 1 else 0
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
+        for idx, batch, bad in loader:
+            vecs = self.embed_batch(batch).cpu().numpy() if batch is not None else np.zeros((0, self.dim), np.float32)
+            yield idx, vecs, bad
+
+
+class _ChunkCache:
+    """Finished extraction chunks on disk: ``signature.json`` + ``chunk-NNNNNN.npz``."""
+
+    def __init__(self, root: Path, signature: dict[str, Any], dim: int):
+        self.root, self.dim = root, dim
+        root.mkdir(parents=True, exist_ok=True)
+        sig_file = root / "signature.json"
+        if sig_file.exists():
+            if json.loads(sig_file.read_text()) != json.loads(json.dumps(signature)):
+                for old in root.glob("chunk-*.npz"):
+                    old.unlink()
+                log.info("extraction cache %s was made by another model/config: cleared", root)
+        atomic_write_json(sig_file, signature)
+
+    def load(self):
+        ids, vecs, failures, sizes = [], [], [], {}
+        for path in sorted(self.root.glob("chunk-*.npz")):
+            with np.load(path, allow_pickle=False) as z:
+                ids += z["ids"].tolist()
+                vecs.append(z["vectors"])
+                failures += [Failure(*row) for row in z["failures"].tolist()]
+                sizes.update({k: (int(w), int(h)) for k, (w, h) in zip(z["ids"].tolist(), z["sizes"].tolist())})
+        return ids, vecs, failures, sizes
+
+    def write(self, ids, vecs, failures, sizes) -> None:
+        n = len(list(self.root.glob("chunk-*.npz")))
+        with atomic_path(self.root / f"chunk-{n:06d}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, ids=np.array(ids, dtype=str),
+                         vectors=np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
+                         failures=np.array([[f.id, f.path, f.reason] for f in failures], dtype=str).reshape(-1, 3),
+                         sizes=np.array([sizes[i] for i in ids], dtype=np.int64).reshape(-1, 2))

@@ -1,0 +1,366 @@
+"""The embedded store: one directory with SQLite metadata and a FAISS index of global descriptors.
+
+Layout::
+
+    meta.sqlite            images(row, key, path, landmark_id, split, width, height, added_at),
+                           landmarks(landmark_id, name), meta(key, value): version, generation, signature
+    global-<generation>.faiss   IndexIDMap2 over exact inner product; FAISS ids = images.row
+    config.yaml            the pipeline configuration the store was built with
+    .lock                  held by the one writer
+
+Commit protocol: a write produces ``global-<g+1>.faiss`` (temp file, fsync, rename) and then commits
+the SQLite transaction that moves ``generation`` to ``g+1``; only then is the old file removed. A
+run killed at any point leaves SQLite naming a FAISS file that exists and matches it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import faiss
+import numpy as np
+import yaml
+
+from ..config import Config, config_from_dict
+from ..utils.io import atomic_path, atomic_write_text
+
+STORE_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    row INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    path TEXT,
+    landmark_id INTEGER,
+    split TEXT,
+    width INTEGER,
+    height INTEGER,
+    added_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_landmark ON images(landmark_id);
+CREATE INDEX IF NOT EXISTS images_split ON images(split);
+CREATE TABLE IF NOT EXISTS landmarks (landmark_id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store is missing, damaged, or asked for something it cannot do."""
+
+
+class SignatureMismatch(StoreError):
+    """Query vectors come from another model or preprocessing than the store's."""
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    key: str
+    path: str | None
+    landmark_id: int | None
+    split: str | None
+    width: int | None
+    height: int | None
+
+
+@dataclass
+class SearchResult:
+    """``k`` neighbours per query; missing neighbours have key ``None`` and score ``-inf``."""
+
+    keys: list[list[str | None]]
+    scores: np.ndarray        # Q x k float32, inner products (cosine for unit vectors)
+    landmark_ids: np.ndarray  # Q x k int64, -1 where unlabelled or missing
+    rows: np.ndarray          # Q x k int64 store rows, -1 where missing
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _chunks(seq: Sequence, n: int = 900) -> Iterator[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+class Store:
+    """Open with :meth:`open`, make with :meth:`create`. Reads are lock-free; writes take ``.lock``."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection):
+        self.root = root
+        self._conn = conn
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        if int(meta.get("version", -1)) != STORE_VERSION:
+            raise StoreError(f"{root}: store version {meta.get('version')} is not supported (expected {STORE_VERSION})")
+        self.signature: dict[str, Any] = json.loads(meta["signature"])
+        self.dim = int(self.signature["dim"])
+        self.config: Config = config_from_dict(json.loads(meta["config"]))
+        self._generation = -1
+        self._index: faiss.Index | None = None
+        self._selectors: dict[Any, Any] = {}
+        self.refresh()
+
+    # -- opening and creating ------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, config: Config, signature: Mapping[str, Any], *, overwrite: bool = False) -> "Store":
+        """Make an empty store for vectors of ``signature['dim']`` dimensions."""
+        root = Path(root)
+        if (root / "meta.sqlite").exists():
+            if not overwrite:
+                raise StoreError(f"{root} already holds a store (use overwrite to replace it)")
+            for p in [root / "meta.sqlite", root / "meta.sqlite-wal", root / "meta.sqlite-shm", *root.glob("global-*.faiss")]:
+                p.unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        with _lock(root):
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(int(signature["dim"])))
+            _write_index(index, root / _index_name(0))
+            conn = _connect(root / "meta.sqlite")
+            with conn:
+                conn.executescript(_SCHEMA)
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                    ("version", str(STORE_VERSION)), ("generation", "0"), ("created_at", str(time.time())),
+                    ("signature", json.dumps(dict(signature), sort_keys=True)),
+                    ("config", json.dumps(config.to_dict()))])
+            atomic_write_text(root / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return cls(root, conn)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Store":
+        root = Path(root)
+        if not (root / "meta.sqlite").is_file():
+            raise StoreError(f"no store at {root} (build one with: landmark index build DATA --store {root})")
+        return cls(root, _connect(root / "meta.sqlite"))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def refresh(self) -> bool:
+        """Reload the FAISS index if another writer committed a newer generation; True if reloaded."""
+        gen = int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+        if gen == self._generation and self._index is not None:
+            return False
+        path = self.root / _index_name(gen)
+        if not path.is_file():
+            raise StoreError(f"{self.root}: index file {path.name} named by meta.sqlite is missing")
+        self._index = faiss.read_index(str(path))
+        if self._index.d != self.dim:
+            raise StoreError(f"{path}: index has {self._index.d} dimensions, the store expects {self.dim}")
+        self._generation = gen
+        self._selectors.clear()
+        return True
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def check_signature(self, signature: Mapping[str, Any]) -> None:
+        """Refuse vectors made by another model or preprocessing than the store's."""
+        mine, theirs = self.signature, json.loads(json.dumps(dict(signature), sort_keys=True))
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise SignatureMismatch(
+                f"store {self.root} was built with {json.dumps({k: mine.get(k) for k in diff})}, "
+                f"but the query extractor uses {json.dumps({k: theirs.get(k) for k in diff})}")
+
+    def info(self) -> dict[str, Any]:
+        c = self._conn
+        by_split = dict(c.execute("SELECT coalesce(split, ''), count(*) FROM images GROUP BY split"))
+        return {"root": str(self.root), "images": len(self), "dim": self.dim, "generation": self._generation,
+                "labelled": c.execute("SELECT count(*) FROM images WHERE landmark_id IS NOT NULL").fetchone()[0],
+                "landmarks": c.execute("SELECT count(DISTINCT landmark_id) FROM images").fetchone()[0],
+                "splits": by_split, "signature": self.signature,
+                "bytes_per_vector": 4 * self.dim}
+
+    def label_names(self) -> dict[int, str]:
+        return dict(self._conn.execute("SELECT landmark_id, name FROM landmarks"))
+
+    def set_label_names(self, names: Mapping[int, str]) -> None:
+        with _lock(self.root), self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO landmarks VALUES (?, ?)", [(int(k), str(v)) for k, v in names.items()])
+
+    def keys(self, split: str | None = None) -> list[str]:
+        if split is None:
+            return [r[0] for r in self._conn.execute("SELECT key FROM images ORDER BY row")]
+        return [r[0] for r in self._conn.execute("SELECT key FROM images WHERE split=? ORDER BY row", (split,))]
+
+    def get(self, keys: Sequence[str]) -> dict[str, ImageRow]:
+        out: dict[str, ImageRow] = {}
+        for part in _chunks(list(keys)):
+            q = f"SELECT key, path, landmark_id, split, width, height FROM images WHERE key IN ({','.join('?' * len(part))})"
+            out.update({r[0]: ImageRow(*r) for r in self._conn.execute(q, list(part))})
+        return out
+
+    def vectors(self, keys: Sequence[str]) -> np.ndarray:
+        """The stored descriptors of ``keys`` (KeyError for an unknown key)."""
+        rows = self._rows_of(keys)
+        return np.stack([self._index.reconstruct(int(rows[k])) for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
+
+    def _rows_of(self, keys: Sequence[str]) -> dict[str, int]:
+        rows: dict[str, int] = {}
+        for part in _chunks(list(keys)):
+            q = f"SELECT key, row FROM images WHERE key IN ({','.join('?' * len(part))})"
+            rows.update(dict(self._conn.execute(q, list(part))))
+        missing = [k for k in keys if k not in rows]
+        if missing:
+            raise KeyError(f"{len(missing)} id(s) not in the store, e.g. {missing[:3]}")
+        return rows
+
+    # -- writes --------------------------------------------------------------------------------
+    def add(self, keys: Sequence[str], vectors: np.ndarray, *, paths: Sequence[str | None] | None = None,
+            landmark_ids: Sequence[int | None] | None = None, split: str | None = None,
+            sizes: Mapping[str, tuple[int, int]] | None = None, replace: bool = False) -> int:
+        """Add descriptors with their metadata in one atomic commit; returns the number added."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = len(keys)
+        if vectors.shape != (n, self.dim):
+            raise StoreError(f"expected {n} vectors of {self.dim} dimensions, got shape {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise StoreError("refusing to add vectors with NaN or infinite values")
+        if len(set(keys)) != n:
+            raise StoreError("duplicate ids in one add")
+        if n == 0:
+            return 0
+        paths = list(paths) if paths is not None else [None] * n
+        labels = list(landmark_ids) if landmark_ids is not None else [None] * n
+        sizes = sizes or {}
+        now = time.time()
+        with self._write() as conn:
+            existing = self._existing(keys)
+            if existing and not replace:
+                raise StoreError(f"{len(existing)} id(s) already in the store, e.g. {sorted(existing)[:3]} (use replace)")
+            if existing:
+                self._delete_rows(conn, list(existing.values()))
+            first = conn.execute("SELECT coalesce(max(row), 0) + 1 FROM images").fetchone()[0]
+            rows = np.arange(first, first + n, dtype=np.int64)
+            conn.executemany(
+                "INSERT INTO images (row, key, path, landmark_id, split, width, height, added_at) VALUES (?,?,?,?,?,?,?,?)",
+                [(int(r), k, None if p is None else str(p), None if lab is None else int(lab), split,
+                  *(sizes.get(k) or (None, None)), now) for r, k, p, lab in zip(rows, keys, paths, labels)])
+            self._index.add_with_ids(vectors, rows)
+        return n
+
+    def remove(self, keys: Iterable[str]) -> int:
+        """Remove images by id in one atomic commit; unknown ids are ignored. Returns the number removed."""
+        keys = list(keys)
+        with self._write() as conn:
+            existing = self._existing(keys)
+            if existing:
+                self._delete_rows(conn, list(existing.values()))
+        return len(existing)
+
+    def _existing(self, keys: Sequence[str]) -> dict[str, int]:
+        rows: dict[str, int] = {}
+        for part in _chunks(list(keys)):
+            q = f"SELECT key, row FROM images WHERE key IN ({','.join('?' * len(part))})"
+            rows.update(dict(self._conn.execute(q, list(part))))
+        return rows
+
+    def _delete_rows(self, conn: sqlite3.Connection, rows: list[int]) -> None:
+        for part in _chunks(rows):
+            conn.execute(f"DELETE FROM images WHERE row IN ({','.join('?' * len(part))})", list(part))
+        self._index.remove_ids(np.asarray(rows, dtype=np.int64))
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with _lock(self.root):
+            self.refresh()
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            old = self._generation
+            try:
+                yield conn
+                new = old + 1
+                _write_index(self._index, self.root / _index_name(new))
+                conn.execute("UPDATE meta SET value=? WHERE key='generation'", (str(new),))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._generation = -1
+                self.refresh()   # back to the last committed index
+                raise
+            self._generation = new
+            self._selectors.clear()
+            for stale in self.root.glob("global-*.faiss"):
+                if stale.name != _index_name(new):
+                    stale.unlink(missing_ok=True)
+
+    # -- search --------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, *, labelled_only: bool = False,
+               splits: Sequence[str] | None = None) -> SearchResult:
+        """Top-``k`` stored images by inner product, optionally among labelled images or some splits."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise StoreError(f"queries must be N x {self.dim}, got shape {queries.shape}")
+        params = None
+        if labelled_only or splits:
+            params = faiss.SearchParameters(sel=self._selector(labelled_only, tuple(sorted(splits or ()))))
+        k = max(1, int(k))
+        scores, rows = self._index.search(queries, k, params=params) if len(self) else (
+            np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
+        scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+        meta = self._row_meta(np.unique(rows[rows >= 0]).tolist())
+        keys = [[meta[r][0] if r >= 0 else None for r in row] for row in rows.tolist()]
+        labels = np.array([[(meta[r][1] if r >= 0 and meta[r][1] is not None else -1) for r in row]
+                           for row in rows.tolist()], dtype=np.int64).reshape(rows.shape)
+        return SearchResult(keys, scores, labels, rows.astype(np.int64))
+
+    def _row_meta(self, rows: list[int]) -> dict[int, tuple[str, int | None]]:
+        out: dict[int, tuple[str, int | None]] = {}
+        for part in _chunks(rows):
+            q = f"SELECT row, key, landmark_id FROM images WHERE row IN ({','.join('?' * len(part))})"
+            out.update({r: (k, lab) for r, k, lab in self._conn.execute(q, list(part))})
+        return out
+
+    def _selector(self, labelled_only: bool, splits: tuple[str, ...]):
+        key = (labelled_only, splits)
+        if key not in self._selectors:
+            where, args = [], []
+            if labelled_only:
+                where.append("landmark_id IS NOT NULL")
+            if splits:
+                where.append(f"split IN ({','.join('?' * len(splits))})")
+                args += list(splits)
+            rows = np.fromiter((r for (r,) in self._conn.execute(
+                f"SELECT row FROM images WHERE {' AND '.join(where)}", args)), dtype=np.int64)
+            self._selectors[key] = (faiss.IDSelectorBatch(rows), rows)  # keep rows alive with the selector
+        return self._selectors[key][0]
+
+
+def _index_name(generation: int) -> str:
+    return f"global-{generation:06d}.faiss"
+
+
+def _write_index(index: faiss.Index, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+@contextmanager
+def _lock(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

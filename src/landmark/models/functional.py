@@ -1,0 +1,61 @@
+"""Pure tensor functions behind the pooling and normalisation modules.
+
+Every function takes a feature map ``x`` of shape ``B x C x H x W`` (or a matrix ``B x D`` for
+:func:`l2n`) and returns ``B x C``; none of them holds state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def l2n(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """L2-normalise the rows of ``x``."""
+    return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + eps)
+
+
+def mac(x: Tensor) -> Tensor:
+    """Maximum activation of convolutions: spatial max per channel."""
+    return torch.amax(x, dim=(-2, -1))
+
+
+def spoc(x: Tensor) -> Tensor:
+    """Sum-pooled convolutional features (as a mean, which differs only by a constant)."""
+    return torch.mean(x, dim=(-2, -1))
+
+
+def gem(x: Tensor, p: Tensor | float = 3.0, eps: float = 1e-6) -> Tensor:
+    """Generalised mean: ``(mean(x^p))^(1/p)`` per channel, ``x`` clamped to ``eps`` first.
+
+    ``p`` is a scalar or a ``C``-vector (one exponent per channel). ``p = 1`` is SPoC and
+    ``p -> inf`` approaches MAC.
+    """
+    p_t = torch.as_tensor(p, dtype=x.dtype, device=x.device)
+    if p_t.ndim == 1:
+        p_b = p_t.view(1, -1, 1, 1)
+        return torch.mean(x.clamp(min=eps).pow(p_b), dim=(-2, -1)).pow(1.0 / p_t.view(1, -1))
+    return torch.mean(x.clamp(min=eps).pow(p_t), dim=(-2, -1)).pow(1.0 / p_t)
+
+
+def resize_long_side(x: Tensor, long_side: int, multiple: int = 1) -> Tensor:
+    """Bilinearly resize a ``B x C x H x W`` batch so its long side is ``long_side``.
+
+    The short side keeps the aspect ratio and is rounded to ``multiple`` (at least ``multiple``).
+    """
+    h, w = x.shape[-2:]
+    th, tw = target_shape(h, w, long_side, multiple)
+    if (th, tw) == (h, w):
+        return x
+    return F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
+
+
+def target_shape(height: int, width: int, long_side: int, multiple: int = 1) -> tuple[int, int]:
+    """``(h, w)`` with the long side ``long_side`` and both sides rounded to ``multiple``."""
+    scale = long_side / max(height, width)
+
+    def rnd(v: float) -> int:
+        return max(multiple, int(round(v / multiple)) * multiple)
+
+    return rnd(height * scale), rnd(width * scale)

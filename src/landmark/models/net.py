@@ -1,0 +1,84 @@
+"""``DescriptorNet``: backbone -> pooling -> optional FC+BN embedding -> L2-normalised descriptor."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig, config_from_dict, to_dict
+from . import functional as LF
+from .backbones import Backbone, create_backbone
+from .pooling import make_pooling
+
+
+class DescriptorNet(nn.Module):
+    """Global descriptor network. ``forward`` takes normalised images, returns unit-norm rows."""
+
+    def __init__(self, backbone: Backbone, pooling: nn.Module, embedding_dim: int | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = pooling
+        if embedding_dim:
+            self.embedding: nn.Module = nn.Sequential(
+                nn.Linear(backbone.out_channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+            self.dim = embedding_dim
+        else:
+            self.embedding = nn.Identity()
+            self.dim = backbone.out_channels
+
+    @property
+    def preprocessing(self):
+        return self.backbone.preprocessing
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """Pooled backbone features before the embedding (``B x C``)."""
+        return self.pool(self.backbone(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return LF.l2n(self.embedding(self.pooled(x)))
+
+
+def build_model(cfg: ModelConfig, pretrained: bool = True) -> DescriptorNet:
+    """Build the network a :class:`ModelConfig` describes, loading its checkpoint if it names one."""
+    if cfg.checkpoint:
+        net, _ = load_checkpoint(cfg.checkpoint)
+        return net
+    backbone = create_backbone(cfg.backbone, pretrained=pretrained)
+    pool = make_pooling(cfg.pooling, p=cfg.gem_p, trainable=cfg.gem_trainable)
+    return DescriptorNet(backbone, pool, cfg.embedding_dim)
+
+
+def save_checkpoint(path: str | Path, net: DescriptorNet, cfg: ModelConfig, extra: dict[str, Any] | None = None) -> None:
+    """Write ``{"model_config", "state_dict", ...extra}`` atomically."""
+    from ..utils.io import atomic_path
+
+    payload = {"model_config": to_dict(cfg) | {"checkpoint": None}, "state_dict": net.state_dict()}
+    payload.update(extra or {})
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> tuple[DescriptorNet, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns the network and the payload."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or "model_config" not in payload or "state_dict" not in payload:
+        raise ValueError(f"{path}: not a landmark checkpoint (expected keys model_config and state_dict)")
+    cfg = config_from_dict({"model": payload["model_config"]}).model
+    net = build_model(cfg, pretrained=False)
+    net.load_state_dict(payload["state_dict"], strict=True)
+    return net, payload
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]

@@ -1,0 +1,49 @@
+"""Recognition by voting among the nearest labelled photos (Baidu GLR19 §3.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The prediction for one query: label, score, and the votes it got among ``k`` neighbours."""
+
+    landmark_id: int | None
+    score: float
+    votes: int
+
+
+def knn_vote(labels: np.ndarray, scores: np.ndarray, k: int = 5) -> list[Vote]:
+    """Label each query with the most frequent label among its top-``k`` labelled neighbours.
+
+    ``labels`` and ``scores`` are ``Q x K`` (K >= k), neighbours sorted by decreasing score,
+    ``-1`` marking a missing or unlabelled neighbour. The predicted score is the highest
+    similarity among the neighbours that carry the predicted label. Ties in the vote count go
+    to the label with the higher best score. A query with no labelled neighbour gets
+    ``Vote(None, 0.0, 0)``.
+    """
+    labels = np.asarray(labels)[:, :k]
+    scores = np.asarray(scores, dtype=np.float64)[:, :k]
+    out: list[Vote] = []
+    for lab_row, sc_row in zip(labels, scores):
+        valid = lab_row >= 0
+        if not valid.any():
+            out.append(Vote(None, 0.0, 0))
+            continue
+        best: tuple[int, float, int] | None = None   # (votes, best score, label)
+        for lab in np.unique(lab_row[valid]):
+            mask = lab_row == lab
+            cand = (int(mask.sum()), float(sc_row[mask].max()), int(lab))
+            if best is None or cand[:2] > best[:2]:
+                best = cand
+        votes, score, lab = best
+        out.append(Vote(lab, score, votes))
+    return out
+
+
+def similarity_to_confidence(score: float) -> float:
+    """Map a cosine similarity in [-1, 1] to the [0, 1] confidence users see (clipped, monotone)."""
+    return float(min(1.0, max(0.0, score)))

