@@ -1,0 +1,316 @@
+"""Datasets as lists of records: GLDv2-layout roots, plain folders, and photos named on a command line.
+
+A GLDv2 root holds ``{split}.csv`` next to a ``{split}/`` folder whose photos live at
+``{split}/a/b/c/{id}.jpg`` (``a``, ``b``, ``c`` the first three characters of the id), plus the
+optional ``label_names.csv`` and the Kaggle ``recognition_solution.csv`` / ``retrieval_solution.csv``.
+A plain folder holds one sub-folder per landmark, or just photos (unlabelled).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GLDV2_SPLITS = ("train", "index", "test")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+_MAX_LISTED = 10  # items named in an error message that lists missing photos or unknown ids
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read: the message names the file and what is wrong with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """One photo: its id (GLDv2 hex id, or path relative to a folder root), its path and its label."""
+
+    id: str
+    path: Path
+    landmark_id: int | None = None
+
+
+@dataclass
+class Manifest:
+    """The photos of one dataset split, in a deterministic order."""
+
+    name: str
+    root: Path
+    records: list[ImageRecord]
+    label_names: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, index: int) -> ImageRecord:
+        return self.records[index]
+
+    @property
+    def labelled(self) -> bool:
+        """Whether any record carries a landmark id."""
+        return any(r.landmark_id is not None for r in self.records)
+
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    def subset(self, ids_or_predicate: Iterable[str] | Callable[[ImageRecord], bool]) -> Manifest:
+        """The records whose id is in the given ids (all must exist), or that satisfy a predicate; order kept."""
+        if callable(ids_or_predicate):
+            records = [r for r in self.records if ids_or_predicate(r)]
+        elif isinstance(ids_or_predicate, str):
+            raise TypeError("subset() takes an iterable of ids or a predicate, not a single id")
+        else:
+            wanted = set(ids_or_predicate)
+            unknown = wanted.difference(self.ids())
+            if unknown:
+                raise DatasetError(f"{self.name}: {len(unknown)} unknown id(s):{_listing(sorted(unknown))}")
+            records = [r for r in self.records if r.id in wanted]
+        return Manifest(self.name, self.root, records, dict(self.label_names))
+
+
+# -- GLDv2 ---------------------------------------------------------------------------------------
+
+def gldv2_image_path(root: str | os.PathLike[str], split: str, image_id: str) -> Path:
+    """Where GLDv2 keeps photo ``image_id`` of ``split``: ``root/split/a/b/c/{id}.jpg``."""
+    return Path(root, split) / _gldv2_relpath(image_id)
+
+
+def _gldv2_relpath(image_id: str) -> str:
+    return f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
+
+
+def is_gldv2(root: str | os.PathLike[str]) -> bool:
+    """Whether ``root`` has at least one GLDv2 split: ``{split}.csv`` next to a ``{split}/`` folder."""
+    root = Path(root)
+    return any((root / f"{s}.csv").is_file() and (root / s).is_dir() for s in GLDV2_SPLITS)
+
+
+def read_gldv2(root: str | os.PathLike[str], split: str, *, check_files: bool = False) -> Manifest:
+    """The records of one GLDv2 split; ``train`` is labelled, ``index`` and ``test`` are not.
+
+    With ``check_files`` every photo must exist (one ``stat`` per photo, so off by default).
+    """
+    if split not in GLDV2_SPLITS:
+        raise DatasetError(f"unknown GLDv2 split {split!r} (expected one of {', '.join(GLDV2_SPLITS)})")
+    root = Path(root)
+    csv_path = root / f"{split}.csv"
+    needed = ("id", "landmark_id") if split == "train" else ("id",)
+    split_dir = root / split  # joined once: ``split_dir / relpath`` is the fastest Path for 4M rows
+    records = []
+    with _csv_rows(csv_path, needed) as rows:
+        for line, cells in rows:
+            image_id = cells[0]
+            if len(image_id) < 3 or "/" in image_id or "\\" in image_id:
+                raise DatasetError(f"{csv_path}, line {line}: bad id {image_id!r} (expected a GLDv2 hex id)")
+            label = _parse_int(cells[1], csv_path, line, "landmark_id") if split == "train" else None
+            records.append(ImageRecord(image_id, split_dir / _gldv2_relpath(image_id), label))
+    if check_files:
+        missing = [str(r.path) for r in records if not r.path.is_file()]
+        if missing:
+            raise DatasetError(f"{root / split}: {len(missing)} of {len(records)} photos of {csv_path.name} are "
+                               f"missing:{_listing(missing)}")
+    return Manifest(split, root, records, _read_label_names(root / "label_names.csv"))
+
+
+@dataclass
+class Solution:
+    """The Kaggle ground truth of the GLDv2 test split (rows marked ``Ignored`` dropped)."""
+
+    recognition: dict[str, int | None]       # test id -> its (first) landmark id, None for a non-landmark
+    recognition_all: dict[str, set[int]]     # test id -> all its landmark ids, empty for a non-landmark
+    retrieval: dict[str, list[str]]          # test id -> the relevant index ids
+    usage: dict[str, str]                    # test id -> "Public", "Private", ...
+
+
+def read_gldv2_solution(root: str | os.PathLike[str]) -> Solution:
+    """Read ``recognition_solution.csv`` and ``retrieval_solution.csv``; a missing file gives empty dicts."""
+    root = Path(root)
+    solution = Solution({}, {}, {}, {})
+    rec_path, ret_path = root / "recognition_solution.csv", root / "retrieval_solution.csv"
+    if rec_path.is_file():
+        with _csv_rows(rec_path, ("id", "landmarks", "Usage")) as rows:
+            for line, (test_id, cell, usage) in rows:
+                if usage == "Ignored":
+                    continue
+                labels = [_parse_int(v, rec_path, line, "landmarks") for v in cell.split()]
+                solution.recognition[test_id] = labels[0] if labels else None
+                solution.recognition_all[test_id] = set(labels)
+                solution.usage[test_id] = usage
+    if ret_path.is_file():
+        with _csv_rows(ret_path, ("id", "images", "Usage")) as rows:
+            for _, (test_id, cell, usage) in rows:
+                if usage == "Ignored":
+                    continue
+                solution.retrieval[test_id] = cell.split()
+                solution.usage.setdefault(test_id, usage)
+    return solution
+
+
+# -- folders and command-line photos ----------------------------------------------------------
+
+def read_folder(root: str | os.PathLike[str], *, labelled: bool | None = None) -> Manifest:
+    """The photos under ``root`` (ids: paths relative to it, with extension), sorted by id.
+
+    Each sub-folder holding photos (at any depth) is one landmark: its id is the folder name when
+    that is an integer, otherwise the smallest free ids in sorted name order; ``label_names`` maps
+    ids to folder names. Photos directly in ``root`` are unlabelled, and so is everything when
+    ``root`` has no such sub-folder or ``labelled`` is False. Hidden files and folders are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
+    by_folder: dict[str, list[Path]] = {}
+    for path in _walk_images(root):
+        rel = path.relative_to(root)
+        by_folder.setdefault(rel.parts[0] if len(rel.parts) > 1 else "", []).append(path)
+    if not by_folder:
+        raise DatasetError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    folders = sorted(f for f in by_folder if f)
+    if labelled and not folders:
+        raise DatasetError(f"{root}: no sub-folders with images, so no landmark labels")
+    ids = _folder_ids(root, folders) if folders and labelled is not False else {}
+    records = [ImageRecord(p.relative_to(root).as_posix(), p, ids.get(folder))
+               for folder, paths in by_folder.items() for p in paths]
+    records.sort(key=lambda r: r.id)
+    return Manifest(root.resolve().name, root, records, {i: f for f, i in ids.items()})
+
+
+def read_dataset(root: str | os.PathLike[str], split: str | None = None) -> Manifest:
+    """A GLDv2 split (``train`` by default) when ``root`` has that layout, else the folder's photos."""
+    root = Path(root)
+    if is_gldv2(root):
+        return read_gldv2(root, split or "train")
+    if split is not None:
+        raise DatasetError(f"{root}: a plain folder has no split {split!r} (splits need the GLDv2 layout)")
+    return read_folder(root)
+
+
+def read_photos(paths: Sequence[str | os.PathLike[str]]) -> Manifest:
+    """Unlabelled records for files and folders named on a command line.
+
+    A file's id is its name without extension, a folder's photos have ids relative to it; an id
+    already taken falls back to the path as given, and a path given twice is read once.
+    """
+    if not paths:
+        raise DatasetError("no photos given")
+    records: list[ImageRecord] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            records += read_folder(given, labelled=False).records
+        elif given.exists():
+            records.append(ImageRecord(given.stem, given))
+        else:
+            raise DatasetError(f"{given}: no such file or directory")
+    unique: dict[str, ImageRecord] = {}
+    seen_paths: set[Path] = set()
+    for r in records:
+        if r.path in seen_paths:
+            continue
+        seen_paths.add(r.path)
+        image_id = r.id if r.id not in unique else r.path.as_posix()
+        if image_id in unique:
+            raise DatasetError(f"{r.path}: its id {image_id!r} is already taken by {unique[image_id].path}")
+        unique[image_id] = ImageRecord(image_id, r.path)
+    parents = [p if p.is_dir() else p.parent for p in map(Path, paths)]
+    root = Path(os.path.commonpath([os.path.abspath(p) for p in parents]))
+    return Manifest("photos", root, list(unique.values()))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+@contextmanager
+def _csv_rows(path: Path, columns: Sequence[str]) -> Iterator[Iterator[tuple[int, list[str]]]]:
+    """``with _csv_rows(path, columns) as rows``: ``(line number, cells in columns order)`` per data row."""
+    try:
+        fh = open(path, newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    with fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        if not header:
+            raise DatasetError(f"{path}: empty file (expected a header row with {', '.join(columns)})")
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)} (header is: {', '.join(header)})")
+        yield _data_rows(path, reader, [header.index(c) for c in columns])
+
+
+def _data_rows(path: Path, reader: Any, index: list[int]) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank rows of a ``csv.reader`` (its ``line_num`` names the line in errors)."""
+    width = max(index) + 1
+    try:
+        for row in reader:
+            if not row:
+                continue
+            if len(row) < width:
+                raise DatasetError(f"{path}, line {reader.line_num}: expected at least {width} columns, got {len(row)}")
+            yield reader.line_num, [row[i] for i in index]
+    except csv.Error as exc:
+        raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV: {exc}") from None
+
+
+def _listing(items: Sequence[str]) -> str:
+    """The first few items, one per line, and how many more there are."""
+    shown = "".join(f"\n  {item}" for item in items[:_MAX_LISTED])
+    return shown + (f"\n  ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def _parse_int(cell: str, path: Path, line: int, column: str) -> int:
+    try:
+        return int(cell)
+    except ValueError:
+        raise DatasetError(f"{path}, line {line}: bad {column} {cell!r} (expected an integer)") from None
+
+
+def _read_label_names(path: Path) -> dict[int, str]:
+    """``landmark_id,name`` rows of an optional ``label_names.csv``."""
+    if not path.is_file():
+        return {}
+    with _csv_rows(path, ("landmark_id", "name")) as rows:
+        return {_parse_int(lid, path, line, "landmark_id"): name for line, (lid, name) in rows}
+
+
+def _walk_images(root: Path) -> Iterator[Path]:
+    """Image files under ``root`` at any depth: hidden entries skipped, each real folder visited once."""
+    seen: set[str] = set()
+
+    def fail(exc: OSError) -> None:
+        raise DatasetError(f"{exc.filename}: cannot list folder: {exc.strerror or exc}")
+
+    for folder, dirs, files in os.walk(root, onerror=fail, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop or a second link to the same folder
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                yield Path(folder, f)
+
+
+def _folder_ids(root: Path, folders: list[str]) -> dict[str, int]:
+    """Landmark id of each sub-folder: its integer name, else the smallest ids left, in name order."""
+    ids: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for name in folders:
+        if name.isascii() and name.isdigit():
+            number = int(name)
+            if number in owner:
+                raise DatasetError(f"{root}: folders {owner[number]!r} and {name!r} both mean landmark {number}")
+            ids[name], owner[number] = number, name
+    free = (i for i in range(len(folders) + len(owner)) if i not in owner)
+    for name in folders:
+        if name not in ids:
+            ids[name] = next(free)
+    return ids
