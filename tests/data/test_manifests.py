@@ -258,7 +258,7 @@ def test_gldv2_mini(gldv2_root):
     assert len(train.label_names) == 18 and train.label_names[47378] == "Eiffel_Tower"
     assert all(r.path.is_file() for r in train.records[::25])
     index = read_gldv2(gldv2_root, "index", check_files=True)
-    assert len(index) == 1189 and not index.labelled
+    assert len(index) == 1188 and not index.labelled   # 1,189 rows, one id repeated
     test = read_gldv2(gldv2_root, "test", check_files=True)
     assert len(test) == 745 and len(set(test.ids())) == 745
 
@@ -272,3 +272,10 @@ def test_gldv2_mini_solution(gldv2_root):
     assert {q for q, v in s.recognition.items() if v is not None} == set(s.retrieval)
     index_ids = set(read_gldv2(gldv2_root, "index").ids())
     assert all(set(v) <= index_ids for v in s.retrieval.values())
+
+
+def test_repeated_gldv2_ids_keep_the_first_row(tmp_path):
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index.csv").write_text("id\nabc123\ndef456\nabc123\n")
+    manifest = read_gldv2(tmp_path, "index")
+    assert manifest.ids() == ["abc123", "def456"]

@@ -124,3 +124,9 @@ def test_multiscale_and_flip_are_averages(extractor, tmp_path):
     expected = LF.l2n(total).numpy()
     assert np.allclose(got, expected, atol=1e-4)
     assert ms.signature != GlobalExtractor(net, base, LITE0).signature
+
+
+def test_repeated_ids_give_one_row(extractor, tmp_path):
+    items = photos(tmp_path, n=3)
+    res = extractor.extract(items + items[:1], progress=False)
+    assert res.ids == ["p0", "p1", "p2"] and len(res.vectors) == 3

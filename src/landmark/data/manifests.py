@@ -9,6 +9,7 @@ A plain folder holds one sub-folder per landmark, or just photos (unlabelled).
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from typing import Any
 GLDV2_SPLITS = ("train", "index", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 _MAX_LISTED = 10  # items named in an error message that lists missing photos or unknown ids
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -104,13 +107,21 @@ def read_gldv2(root: str | os.PathLike[str], split: str, *, check_files: bool = 
     needed = ("id", "landmark_id") if split == "train" else ("id",)
     split_dir = root / split  # joined once: ``split_dir / relpath`` is the fastest Path for 4M rows
     records = []
+    seen: set[str] = set()
+    duplicates = 0
     with _csv_rows(csv_path, needed) as rows:
         for line, cells in rows:
             image_id = cells[0]
             if len(image_id) < 3 or "/" in image_id or "\\" in image_id:
                 raise DatasetError(f"{csv_path}, line {line}: bad id {image_id!r} (expected a GLDv2 hex id)")
+            if image_id in seen:   # the published CSVs repeat a few ids: keep the first row
+                duplicates += 1
+                continue
+            seen.add(image_id)
             label = _parse_int(cells[1], csv_path, line, "landmark_id") if split == "train" else None
             records.append(ImageRecord(image_id, split_dir / _gldv2_relpath(image_id), label))
+    if duplicates:
+        log.warning("%s: %d repeated id(s) ignored (first row kept)", csv_path, duplicates)
     if check_files:
         missing = [str(r.path) for r in records if not r.path.is_file()]
         if missing:

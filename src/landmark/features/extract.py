@@ -171,7 +171,7 @@ class GlobalExtractor:
         cache = _ChunkCache(Path(cache_dir), self.signature, self.dim) if cache_dir else None
         done_ids, done_vecs, failures, sizes = cache.load() if cache else ([], [], [], {})
         skip = set(done_ids) | {f.id for f in failures}
-        todo = [it for it in items if it.id not in skip]
+        todo = list({it.id: it for it in reversed(items) if it.id not in skip}.values())[::-1]  # unique ids
 
         shapes, keep = [], []
         for it in todo:
@@ -187,7 +187,8 @@ class GlobalExtractor:
         new_vecs: list[np.ndarray] = []
         new_fail: list[Failure] = []
         pending = 0
-        with progress_bar(description, total=len(items), enabled=progress, completed=len(items) - len(todo)) as bar:
+        total = len({it.id for it in items})
+        with progress_bar(description, total=total, enabled=progress, completed=total - len(todo)) as bar:
             bar.advance(len(todo) - len(keep))
             for idx, vecs, bad in self._run(keep, shapes):
                 for i in idx:
@@ -205,10 +206,15 @@ class GlobalExtractor:
         if cache and (new_ids or new_fail):
             cache.write(new_ids, new_vecs, new_fail, sizes)
         done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
-        # Return in the order the items were given.
-        order = {it.id: n for n, it in enumerate(items)}
+        # Return in the order the items were given, one row per id.
+        order: dict[str, int] = {}
+        for n, it in enumerate(items):
+            order.setdefault(it.id, n)
         vecs = np.concatenate(done_vecs).astype(np.float32) if done_vecs else np.zeros((0, self.dim), np.float32)
-        perm = sorted(range(len(done_ids)), key=lambda j: order.get(done_ids[j], len(order)))
+        first = {}
+        for j, i in enumerate(done_ids):
+            first.setdefault(i, j)
+        perm = sorted(first.values(), key=lambda j: order.get(done_ids[j], len(order)))
         return ExtractionResult([done_ids[j] for j in perm], vecs[perm], failures,
                                 {k: sizes[k] for k in done_ids if k in sizes})
 
