@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
@@ -18,8 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 index_app = typer.Typer(no_args_is_help=True, help="Build and change the embedded store (FAISS + SQLite in one directory).")
 app.add_typer(index_app, name="index")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 StoreOpt = typer.Option(..., "--store", "-s", help="Store directory.")
 PresetOpt = typer.Option(None, "--preset", "-p", help="Named configuration preset (see `landmark models`).")
@@ -35,6 +35,20 @@ def _config(preset, config_file, overrides):
     return load_config(preset, config_file, overrides or [])
 
 
+def _friendly(fn):
+    """Turn the library's expected errors (bad input, missing store, ...) into a message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _known_errors() as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
 def _known_errors():
     from .config import ConfigError
     from .data import DatasetError, ImageError
@@ -45,6 +59,7 @@ def _known_errors():
 
 
 @index_app.command("build")
+@_friendly
 def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, index.csv, ...) or a folder of photos."),
                 store: Path = StoreOpt, preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt,
                 set_: Optional[List[str]] = SetOpt,
@@ -64,6 +79,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
 
 
 @index_app.command("add")
+@_friendly
 def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders of photos."), store: Path = StoreOpt,
               landmark_id: Optional[int] = typer.Option(None, "--landmark-id", help="Label for all added photos."),
               name: Optional[str] = typer.Option(None, "--name", help="Name of that landmark."),
@@ -80,6 +96,7 @@ def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders o
 
 
 @index_app.command("remove")
+@_friendly
 def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos."), store: Path = StoreOpt):
     """Remove photos from a store by id."""
     from .index import Store
@@ -90,6 +107,7 @@ def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos
 
 
 @index_app.command("info")
+@_friendly
 def index_info(store: Path = StoreOpt):
     """Show what a store holds and which model made it."""
     from .index import Store
@@ -99,6 +117,7 @@ def index_info(store: Path = StoreOpt):
 
 
 @app.command("search")
+@_friendly
 def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store: Path = StoreOpt,
            k: int = typer.Option(10, "-k", help="Results per query."),
            split: Optional[List[str]] = typer.Option(None, "--split", help="Only search these splits of the store."),
@@ -126,6 +145,7 @@ def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store
 
 
 @app.command("recognize")
+@_friendly
 def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or a GLDv2 root (its test split)."),
               store: Path = StoreOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON."),
               csv: Optional[Path] = typer.Option(None, "--csv", help="Also write a Kaggle recognition CSV here."),
@@ -161,6 +181,7 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
 
 
 @app.command("evaluate")
+@_friendly
 def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root with solution CSVs."),
              out_dir: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Where the report, submissions and store go."),
              store: Optional[Path] = typer.Option(None, "--store", "-s", help="Store directory (default: OUT/store)."),
@@ -191,6 +212,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
 
 
 @app.command("models")
+@_friendly
 def models():
     """List the registered backbones (offline weights) and the configuration presets."""
     from .config import DEFAULT_PRESET, PRESETS
@@ -235,11 +257,7 @@ def _print_failures(failures) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        app()
-    except _known_errors() as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

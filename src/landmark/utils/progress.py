@@ -1,4 +1,4 @@
-"""Progress bars for long loops (rich), silent when disabled or when not on a terminal and CI is set."""
+"""Progress bars for long loops (rich): on a terminal by default, controlled by LANDMARK_PROGRESS."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ _console = Console(stderr=True)
 
 
 def progress_enabled(requested: bool | None = None) -> bool:
+    """On when asked for; otherwise on a terminal, or anywhere with LANDMARK_PROGRESS=1 (off with 0)."""
     if requested is not None:
         return requested
-    return os.environ.get("LANDMARK_PROGRESS", "1") != "0" and (sys.stderr.isatty() or not os.environ.get("CI"))
+    env = os.environ.get("LANDMARK_PROGRESS")
+    return env != "0" if env is not None else sys.stderr.isatty()
 
 
 class Bar:

@@ -1,0 +1,48 @@
+"""The Python API on a plain folder of photos (one sub-folder per landmark)."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+from PIL import Image
+
+import landmark
+from landmark.config import load_config
+
+
+def test_folder_store_recognises_and_searches(gldv2_root, fast_overrides, tmp_path):
+    names = {47378: "Eiffel_Tower", 90396: "Stonehenge", 55350: "Sydney_Opera_House"}
+    rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
+    held_out = {}
+    for lab, name in names.items():
+        ids = [r["id"] for r in rows if int(r["landmark_id"]) == lab][:7]
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in ids[:6]:
+            os.symlink(gldv2_root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg", tmp_path / "photos" / name / f"{i}.jpg")
+        held_out[lab] = gldv2_root / "train" / ids[6][0] / ids[6][1] / ids[6][2] / f"{ids[6]}.jpg"
+
+    lm, report = landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store", load_config(overrides=fast_overrides),
+                                          progress=False)
+    assert report.added == {"db": 18} and not report.failures
+    assert set(lm.store.label_names().values()) == set(names.values())
+
+    # reopen from disk, as a later process would; queries as paths and as in-memory images
+    lm = landmark.open(tmp_path / "store")
+    paths = [str(p) for p in held_out.values()]
+    recs = lm.recognize(paths + [Image.open(held_out[90396])])
+    assert [r.name for r in recs[:3]] == [names[lab] for lab in held_out]
+    assert recs[3].name == "Stonehenge" and abs(recs[3].score - recs[1].score) < 1e-4
+    assert all(0 < r.score <= 1 and r.neighbours for r in recs)
+
+    hits = lm.search(paths[:1], k=4)[0]
+    assert hits.error is None and len(hits.matches) == 4
+    assert [m.name for m in hits.matches[:3]] == ["Eiffel_Tower"] * 3
+    assert np.all(np.diff([m.score for m in hits.matches]) <= 1e-6)
+
+    # a photo that cannot be read is reported in place, the others still answered
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8garbage")
+    out = lm.recognize([str(tmp_path / "bad.jpg"), paths[0]])
+    assert out[0].error and out[0].landmark_id is None
+    assert out[1].name == "Eiffel_Tower"

@@ -1,0 +1,109 @@
+"""The CLI as a user runs it, on real photos."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from landmark.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_search_eiffel_returns_eiffel_first(mini_store, eiffel_query):
+    result = run("search", eiffel_query, "--store", mini_store, "-k", "5", "--json")
+    assert result.exit_code == 0, result.output
+    (hit,) = json.loads(result.output)
+    labelled = [m for m in hit["matches"] if m["landmark_id"] is not None]
+    assert hit["matches"][0]["landmark_id"] in (47378, None)
+    assert labelled and all(m["landmark_id"] == 47378 for m in labelled[:3])
+    assert hit["matches"][0]["score"] >= hit["matches"][-1]["score"]
+    # the table view names the landmark too
+    table = run("search", eiffel_query, "--store", mini_store, "-k", "3")
+    assert "Eiffel_Tower" in table.output
+
+
+def test_recognize_photo_and_bad_files(mini_store, eiffel_query, tmp_path):
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("this is text")
+    data = eiffel_query.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    result = run("recognize", eiffel_query, tmp_path / "zero.jpg", tmp_path / "notes.jpg", tmp_path / "cut.jpg",
+                 "--store", mini_store, "--json")
+    assert result.exit_code == 0
+    out = json.loads(result.stdout)
+    assert len(out) == 1 and out[0]["landmark_id"] == 47378 and out[0]["name"] == "Eiffel_Tower"
+    assert 0 < out[0]["score"] <= 1 and 1 <= out[0]["votes"] <= 5
+    err = result.stderr
+    assert "3 photo(s) could not be read" in err
+    assert "zero.jpg: empty file" in err and "notes.jpg: not a recognised image format" in err
+    assert "cut.jpg: truncated" in err
+
+
+def test_search_reports_unreadable_query(mini_store, tmp_path):
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    result = run("search", tmp_path / "zero.jpg", "--store", mini_store)
+    assert result.exit_code == 1 and "empty file" in result.stderr
+
+
+def test_index_add_info_remove(mini_store, eiffel_query, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(mini_store, store)
+    before = json.loads(run("index", "info", "--store", store).stdout)["images"]
+    added = run("index", "add", eiffel_query, "--store", store, "--landmark-id", "47378", "--no-progress")
+    assert added.exit_code == 0 and "added 1 photos" in added.stdout
+    result = run("search", eiffel_query, "--store", store, "-k", "1", "--json")
+    top = json.loads(result.stdout)[0]["matches"][0]
+    assert top["id"] == eiffel_query.stem and top["score"] > 0.999
+    assert json.loads(run("index", "info", "--store", store).stdout)["images"] == before + 1
+    removed = run("index", "remove", eiffel_query.stem, "--store", store)
+    assert "removed 1 of 1" in removed.stdout
+    assert json.loads(run("index", "info", "--store", store).stdout)["images"] == before
+
+
+def test_store_refuses_another_model(mini_gldv2, mini_store):
+    result = run("index", "build", mini_gldv2, "--store", mini_store, "--set", "extract.image_size=256",
+                 "--set", "model.backbone=tf_efficientnet_lite0", "--no-progress")
+    assert result.exit_code == 2
+    assert "was built with" in result.stderr and '"image_size": 224' in result.stderr
+
+
+def test_missing_store_exit_2_with_message(tmp_path):
+    result = run("search", tmp_path / "x.jpg", "--store", tmp_path / "nostore")
+    assert result.exit_code == 2 and "no store at" in result.stderr
+
+
+def test_evaluate_without_data_explains_how_to_get_it(tmp_path):
+    result = run("evaluate", tmp_path / "missing")
+    assert result.exit_code == 2
+    assert "GLDv2" in result.stderr and "LANDMARK_DATA" in result.stderr
+
+
+def test_evaluate_writes_report_and_submissions(mini_gldv2, fast_overrides, tmp_path):
+    args = ["evaluate", mini_gldv2, "--out", tmp_path / "eval", "--no-progress"]
+    for item in fast_overrides:
+        args += ["--set", item]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    m = report["metrics"]
+    assert m["queries"] == 16 and m["landmark_queries"] == 12
+    assert m["gap"] > 0.7 and m["accuracy"] > 0.7 and m["map@100"] > 0.5
+    rec = (tmp_path / "eval" / "submission_recognition.csv").read_text().splitlines()
+    assert rec[0] == "id,landmarks" and len(rec) == 17
+    ret = (tmp_path / "eval" / "submission_retrieval.csv").read_text().splitlines()
+    assert ret[0] == "id,images" and len(ret) == 17
+    assert "GAP" in result.stdout and "mAP@100" in result.stdout
+    # a second run reuses the store: nothing is extracted again for the database
+    again = json.loads((tmp_path / "eval" / "report.json").read_text())
+    run(*args)
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["build"]["added"] == {"train": 0, "index": 0}
+    assert again["build"]["added"]["train"] == 40
