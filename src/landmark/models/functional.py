@@ -59,3 +59,35 @@ def target_shape(height: int, width: int, long_side: int, multiple: int = 1) -> 
         return max(multiple, int(round(v / multiple)) * multiple)
 
     return rnd(height * scale), rnd(width * scale)
+
+
+def cosine_logits(x: Tensor, weight: Tensor) -> Tensor:
+    """Cosine similarity of each row of ``x`` (B x D) with each row of ``weight`` (C x D)."""
+    return l2n(x) @ l2n(weight).t()
+
+
+def arc_margin(cos: Tensor, labels: Tensor, scale: float, margin: Tensor | float, easy_margin: bool = False) -> Tensor:
+    """ArcFace logits: ``s * cos(theta + m)`` for the true class, ``s * cos(theta)`` elsewhere.
+
+    ``margin`` is a scalar or a per-sample vector (dynamic margins). Past ``theta = pi - m`` the
+    penalty falls back to the CosFace-style ``cos(theta) - m sin(m)`` so logits stay monotone in theta.
+    """
+    m = torch.as_tensor(margin, dtype=cos.dtype, device=cos.device)
+    if m.ndim == 1:
+        m = m.view(-1)
+    target = cos.gather(1, labels.view(-1, 1)).squeeze(1).clamp(-1 + 1e-7, 1 - 1e-7)
+    sin = torch.sqrt(1.0 - target * target)
+    cos_m, sin_m = torch.cos(m), torch.sin(m)
+    shifted = target * cos_m - sin * sin_m
+    if easy_margin:
+        shifted = torch.where(target > 0, shifted, target)
+    else:
+        shifted = torch.where(target > torch.cos(torch.pi - m), shifted, target - torch.sin(torch.pi - m) * m)
+    out = cos.scatter(1, labels.view(-1, 1), shifted.view(-1, 1).to(cos.dtype))
+    return out * scale
+
+
+def cos_margin(cos: Tensor, labels: Tensor, scale: float, margin: float) -> Tensor:
+    """CosFace logits: ``s * (cos(theta) - m)`` for the true class, ``s * cos(theta)`` elsewhere."""
+    onehot = torch.zeros_like(cos).scatter_(1, labels.view(-1, 1), 1.0)
+    return scale * (cos - margin * onehot)

@@ -1,0 +1,121 @@
+"""Typed training configuration and its named presets (``landmark train --preset NAME``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from ..config import ConfigError, ModelConfig, merge, parse_overrides, to_dict
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "arcface"            # arcface | subcenter_arcface | cosface | softmax | bce | npairs
+    scale: float = 30.0
+    margin: float = 0.3
+    subcenters: int = 3              # sub-center ArcFace only
+    dynamic_margin: bool = False     # per-class margins from class frequency (GLR 2020 winners)
+    margin_low: float = 0.05
+    margin_high: float = 0.5
+    label_smoothing: float = 0.0     # softmax / arcface / cosface cross-entropy
+
+
+@dataclass
+class TrainDataConfig:
+    image_size: int = 384            # side of the square random-resized training crops
+    crop_scale: tuple[float, ...] = (0.35, 1.0)
+    flip: bool = True
+    color_jitter: float = 0.2
+    min_per_class: int = 2           # classes with fewer photos are dropped
+    val_fraction: float = 0.15       # photos of each class held out for validation
+    sampler: str = "balanced"        # balanced | inverse_freq | random
+    epoch_samples: int = 0           # photos drawn per epoch (0 = as many as training photos)
+    num_workers: int = 1
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"         # adamw | adam | sgd
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.1    # backbone learns at lr * this
+    final_lr: float = 1e-5           # cosine / exponential schedules end here
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"         # cosine | step | exp
+    step_milestones: tuple[float, ...] = (0.6, 0.85)  # fractions of training, step schedule (x0.1 each)
+    warmup_epochs: float = 0.5
+    epochs: int = 10
+    batch_size: int = 32
+    grad_accum: int = 1
+    amp: bool = True                 # float16 autocast + grad scaling on CUDA
+    clip_grad: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(embedding_dim=512, gem_trainable=True))
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    freeze_stages: int = 0           # backbone stages kept frozen (0 = fine-tune everything)
+    cache_views: int = 0             # > 0 (needs freeze_stages): precompute the frozen stages' output for
+                                     # this many augmented crops per photo, then train only the rest
+    eval_image_size: int = 384       # validation extraction (long side, aspect kept)
+    eval_every: int = 1              # epochs between validations
+    seed: int = 0
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # Minutes on a laptop CPU: EfficientNet-Lite2, the last two stages fine-tuned on cached crops.
+    "cpu-mini": {
+        "model": {"backbone": "tf_efficientnet_lite2", "embedding_dim": 512, "gem_trainable": True},
+        "head": {"kind": "arcface", "scale": 30.0, "margin": 0.3},
+        "data": {"image_size": 288, "crop_scale": [0.4, 1.0], "min_per_class": 2, "val_fraction": 0.15},
+        "optim": {"optimizer": "adamw", "lr": 1e-3, "backbone_lr_mult": 0.1, "epochs": 8, "batch_size": 32,
+                  "warmup_epochs": 0.5},
+        "freeze_stages": 6, "cache_views": 4,
+    },
+    # The Stanford report: ResNet50 + GeM, classes with >= 250 photos, 128 px crops, Adam 1e-3 -> 1e-5, batch 128,
+    # a plain (BCE) classifier head. ResNet50 weights come from the timm hub (needs internet).
+    "gldv2-stanford": {
+        "model": {"backbone": "timm/resnet50", "embedding_dim": None, "gem_trainable": True},
+        "head": {"kind": "bce"},
+        "data": {"image_size": 128, "crop_scale": [0.25, 1.0], "min_per_class": 250, "num_workers": 8},
+        "optim": {"optimizer": "adam", "lr": 1e-3, "final_lr": 1e-5, "schedule": "exp", "epochs": 20,
+                  "batch_size": 128, "backbone_lr_mult": 1.0, "weight_decay": 0.0},
+        "eval_image_size": 256,
+    },
+    # The Baidu GLR19 recipe: ArcMargin head on an FC-512 embedding, 448 px, SGD, label smoothing.
+    "gldv2-baidu": {
+        "model": {"backbone": "timm/resnet152", "embedding_dim": 512, "gem_trainable": True},
+        "head": {"kind": "arcface", "scale": 30.0, "margin": 0.3, "label_smoothing": 0.1},
+        "data": {"image_size": 448, "crop_scale": [0.3, 1.0], "min_per_class": 2, "num_workers": 8},
+        "optim": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "epochs": 10,
+                  "batch_size": 64, "backbone_lr_mult": 1.0, "schedule": "cosine", "warmup_epochs": 1.0},
+        "eval_image_size": 448,
+    },
+}
+
+
+def load_train_config(preset: str | None = None, file: str | Path | None = None,
+                      overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    """``preset <- YAML file <- overrides``, as :func:`landmark.config.load_config` does for inference."""
+    name = preset or "cpu-mini"
+    if name not in TRAIN_PRESETS:
+        raise ConfigError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    cfg = merge(TrainConfig(), TRAIN_PRESETS[name])
+    if file is not None:
+        data = yaml.safe_load(Path(file).read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+        cfg = merge(cfg, data)
+    if overrides:
+        cfg = merge(cfg, overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    return cfg

@@ -1,0 +1,482 @@
+"""The fit loop: single process or torch DDP (launched with ``torchrun``), AMP on CUDA, gradient
+accumulation, warm-up + cosine/step/exp schedules, a checkpoint every epoch, exact resume, and
+validation (GAP, accuracy, mAP@100 on photos held out from ``train``) logged to ``metrics.csv``.
+
+With ``freeze_stages`` > 0 the first backbone stages stay frozen; with ``cache_views`` > 0 their
+output for a few augmented crops of every photo is computed once, so each epoch only runs the
+trainable stages (what makes ``cpu-mini`` fit in minutes on a laptop CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..config import ExtractConfig
+from ..data import ImageRecord, is_gldv2, read_folder, read_gldv2
+from ..evaluation.metrics import accuracy, global_average_precision, mean_average_precision_at_k
+from ..features.extract import GlobalExtractor, _Photos, bucket_batches
+from ..models import functional as LF
+from ..models.heads import ArcFace, CosFace, CosineHead, LinearHead, dynamic_margins
+from ..models.net import DescriptorNet, build_model, save_checkpoint
+from ..recognition.knn import knn_vote
+from ..utils.device import resolve_device
+from ..utils.io import atomic_path, atomic_write_json
+from ..utils.progress import progress_bar
+from .config import TrainConfig
+from .data import AugmentedPhotos, Split, collate_skip_none, make_sampler, split_by_photo, train_transform
+from .losses import npairs_loss, one_vs_all_bce, smoothed_cross_entropy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    model_path: Path                      # best validated model (a ``landmark`` checkpoint)
+    last_path: Path                       # full training state for --resume
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_head(cfg: TrainConfig, dim: int, counts: Sequence[int]) -> nn.Module | None:
+    h = cfg.head
+    n = len(counts)
+    if h.kind in ("arcface", "subcenter_arcface"):
+        margins = dynamic_margins(torch.tensor(counts), h.margin_low, h.margin_high) if h.dynamic_margin else None
+        k = h.subcenters if h.kind == "subcenter_arcface" else 1
+        return ArcFace(dim, n, h.scale, h.margin, subcenters=k, class_margins=margins)
+    if h.kind == "cosface":
+        return CosFace(dim, n, h.scale, h.margin)
+    if h.kind in ("softmax", "bce"):
+        return LinearHead(dim, n)
+    if h.kind == "npairs":
+        return None
+    raise ValueError(f"unknown head {h.kind!r}; choose arcface, subcenter_arcface, cosface, softmax, bce or npairs")
+
+
+class TrainModule(nn.Module):
+    """Descriptor network + head; ``forward(inputs, labels) -> (loss, embeddings)``.
+
+    ``inputs`` are images, or the frozen stages' output when training on cached crops.
+    """
+
+    def __init__(self, net: DescriptorNet, head: nn.Module | None, cfg: TrainConfig):
+        super().__init__()
+        self.net, self.head, self.cfg = net, head, cfg
+        self.frozen = cfg.freeze_stages
+        stages = net.backbone.stages() if self.frozen else None
+        self.prefix = nn.Sequential(*stages[: self.frozen]) if stages else None
+        self.suffix = nn.Sequential(*stages[self.frozen:]) if stages else None
+        frozen = list(self.prefix.parameters()) if self.prefix is not None else []
+        if net.backbone.head is not None:     # the ImageNet classifier plays no part in the loss
+            frozen += list(net.backbone.head.parameters())
+        for p in frozen:
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TrainModule":
+        super().train(mode)
+        if self.prefix is not None:
+            self.prefix.eval()            # frozen BatchNorm keeps its ImageNet statistics
+        return self
+
+    def frozen_features(self, x: Tensor) -> Tensor:
+        if self.prefix is None:
+            return x
+        with torch.no_grad():
+            return self.prefix(x)
+
+    def embed_features(self, fmap: Tensor, cached: bool) -> tuple[Tensor, Tensor]:
+        """(pre-normalisation embedding, unit embedding) from images or cached frozen features."""
+        if self.suffix is None:
+            fmap = self.net.backbone(fmap)
+        else:
+            fmap = self.suffix(fmap if cached else self.frozen_features(fmap))
+        z = self.net.embedding(self.net.pool(fmap))
+        return z, LF.l2n(z)
+
+    def forward(self, inputs: Tensor, labels: Tensor, cached: bool = False) -> tuple[Tensor, Tensor]:
+        z, emb = self.embed_features(inputs, cached)
+        h = self.cfg.head
+        if h.kind == "npairs":
+            loss = npairs_loss(emb, labels, scale=h.scale)
+        elif h.kind == "bce":
+            loss = one_vs_all_bce(self.head(z, labels), labels)
+        else:
+            loss = smoothed_cross_entropy(self.head(z, labels), labels, h.label_smoothing)
+        return loss, emb
+
+
+def lr_factor(step: int, total: int, warmup: int, cfg) -> float:
+    """Multiplier of the base learning rate at ``step`` (linear warm-up, then the schedule)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    floor = cfg.final_lr / cfg.lr
+    if cfg.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    if cfg.schedule == "step":
+        return 0.1 ** sum(t >= m for m in cfg.step_milestones)
+    if cfg.schedule == "exp":
+        return floor ** min(1.0, t)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine, step or exp")
+
+
+def _param_groups(module: TrainModule, cfg: TrainConfig) -> list[dict[str, Any]]:
+    backbone = {id(p) for p in module.net.backbone.parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in module.parameters():
+        if not p.requires_grad:
+            continue
+        key = (id(p) in backbone, p.ndim <= 1)
+        groups.setdefault(key, []).append(p)
+    o = cfg.optim
+    return [{"params": ps, "lr": o.lr * (o.backbone_lr_mult if is_bb else 1.0), "base_lr_mult": o.backbone_lr_mult if is_bb else 1.0,
+             "weight_decay": 0.0 if no_wd else o.weight_decay} for (is_bb, no_wd), ps in groups.items()]
+
+
+def _optimizer(module: TrainModule, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(module, cfg)
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+    if o.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=o.lr)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr)
+    raise ValueError(f"unknown optimizer {o.optimizer!r}; choose adamw, adam or sgd")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _Dist:
+    """Process-group bookkeeping: a no-op in a single process, DDP under ``torchrun``."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        if self.world > 1 and torch.cuda.is_available():
+            self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = resolve_device(device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+
+def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bool = False,
+          progress: bool | None = None, max_steps: int | None = None) -> FitResult:
+    """Fine-tune a descriptor network on the labelled ``train`` photos of ``data``.
+
+    Writes ``last.pt`` (full state, every epoch), ``model.pt`` (best validated model, usable as
+    ``--model``), ``metrics.csv`` and ``train_config.json`` to ``out_dir``. ``max_steps`` stops early
+    (for tests and benchmarks).
+    """
+    out = Path(out_dir)
+    ctx = _Dist(cfg.device)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+    _seed_all(cfg.seed)
+    manifest = read_gldv2(data, "train") if is_gldv2(data) else read_folder(data)
+    split = split_by_photo(manifest.records, cfg.data.val_fraction, cfg.data.min_per_class, cfg.seed)
+    labels = split.labels(split.train)
+    counts = np.bincount(labels, minlength=len(split.classes)).tolist()
+
+    net = build_model(cfg.model)
+    head = make_head(cfg, net.dim, counts)
+    module = TrainModule(net, head, cfg).to(ctx.device)
+    if cfg.cache_views and not cfg.freeze_stages:
+        raise ValueError("cache_views needs freeze_stages > 0 (only frozen stages can be cached)")
+    optimizer = _optimizer(module, cfg)
+    amp = cfg.optim.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    start_epoch, step, history, best = 0, 0, [], -1.0
+    last_path, model_path = out / "last.pt", out / "model.pt"
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        if state["train_config"] != cfg.to_dict():
+            raise ValueError(f"{last_path} was written with another training configuration; "
+                             "resume with the same preset and overrides, or use a new --out")
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
+        _set_rng_state(state["rng"])
+        if ctx.main:
+            log.info("resuming from %s at epoch %d", last_path, start_epoch)
+
+    ddp = nn.parallel.DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
+        if ctx.world > 1 else module
+    prep = net.preprocessing
+    sampler = make_sampler(cfg.data.sampler, labels, cfg.seed, ctx.rank, ctx.world, cfg.data.epoch_samples or None)
+    batch = cfg.optim.batch_size // ctx.world
+    cached = None
+    if cfg.cache_views:   # rank 0 computes the cache, the other ranks then read it
+        if not ctx.main:
+            ctx.barrier()
+        cached = _cached_views(module, split.train, cfg, out / "cache", ctx.device, progress if ctx.main else False)
+        if ctx.main:
+            ctx.barrier()
+        steps_per_epoch = math.ceil(len(sampler) / batch)
+    else:
+        dataset = AugmentedPhotos(split.train, labels, train_transform(cfg.data, prep.mean, prep.std),
+                                  draft_size=cfg.data.image_size * 2)
+        loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=cfg.data.num_workers,
+                            collate_fn=collate_skip_none, pin_memory=ctx.device.type == "cuda", drop_last=True,
+                            persistent_workers=False)
+        steps_per_epoch = len(loader)
+    accum = max(1, cfg.optim.grad_accum)
+    total_updates = max(1, cfg.optim.epochs * steps_per_epoch // accum)
+    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch / accum)
+    eval_cache = None
+    if ctx.main:
+        atomic_write_json(out / "train_config.json", cfg.to_dict() | {"classes": split.classes,
+                                                                     "train_photos": len(split.train),
+                                                                     "val_photos": len(split.val)})
+
+    def set_lr() -> None:
+        f = lr_factor(step, total_updates, warmup, cfg.optim)
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.optim.lr * g["base_lr_mult"] * f
+
+    labels_t = torch.tensor(labels, dtype=torch.long)
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        module.train()
+        sampler.set_epoch(epoch)
+        t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+        if cached is not None:
+            order = torch.tensor(list(iter(sampler)), dtype=torch.long)
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + ctx.rank)
+            view = torch.randint(cached.shape[1], (len(order),), generator=g)
+            flip = torch.rand(len(order), generator=g) < (0.5 if cfg.data.flip else 0.0)
+            batches = [(order[i:i + batch], view[i:i + batch], flip[i:i + batch]) for i in range(0, len(order), batch)]
+        else:
+            batches = loader
+        with progress_bar(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=steps_per_epoch,
+                          enabled=progress if ctx.main else False) as bar:
+            for i, b in enumerate(batches):
+                if b is None:
+                    continue
+                if cached is not None:
+                    idx, v, fl = b
+                    x = cached[idx, v].to(ctx.device, non_blocking=True).float()
+                    x = torch.where(fl.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+                    y = labels_t[idx].to(ctx.device)
+                else:
+                    x, y = (t.to(ctx.device, non_blocking=True) for t in b)
+                set_lr()
+                with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
+                    loss, _ = ddp(x, y, cached=cached is not None)
+                scaler.scale(loss / accum).backward()
+                if (i + 1) % accum == 0:
+                    if cfg.optim.clip_grad:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                loss_sum += float(loss.detach())
+                n_loss += 1
+                seen += len(y)
+                bar.advance()
+                if max_steps is not None and step >= max_steps:
+                    break
+        elapsed = time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": ctx.mean(loss_sum / max(1, n_loss)),
+                               "lr": max(g["lr"] for g in optimizer.param_groups),
+                               "images_per_s": ctx.mean(seen / max(elapsed, 1e-9)) * ctx.world, "epoch_s": elapsed}
+        last_epoch = epoch + 1 == cfg.optim.epochs or (max_steps is not None and step >= max_steps)
+        if ctx.main and split.val and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
+            if eval_cache is None and cfg.freeze_stages:
+                eval_cache = _EvalCache(module, split, cfg, ctx.device)
+            row |= validate(module, split, cfg, ctx.device, eval_cache)
+        if ctx.main:
+            history.append(row)
+            _log_row(out / "metrics.csv", row)
+            score = row.get("val_map@100", -row["loss"])
+            if score > best or not model_path.exists():
+                best = score
+                save_checkpoint(model_path, net, cfg.model, {"classes": split.classes,
+                                                              "head": head.state_dict() if head is not None else None,
+                                                              "head_kind": cfg.head.kind, "epoch": epoch + 1,
+                                                              "metrics": row})
+            with atomic_path(last_path) as tmp:
+                torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "history": history,
+                            "best": best, "rng": _rng_state(), "train_config": cfg.to_dict()}, tmp)
+            log.info("epoch %d: %s", epoch + 1, json.dumps(row))
+        ctx.barrier()
+        if max_steps is not None and step >= max_steps:
+            break
+    return FitResult(model_path, last_path, history)
+
+
+def _log_row(path: Path, row: dict[str, Any]) -> None:
+    fields = ["epoch", "step", "loss", "lr", "images_per_s", "epoch_s", "val_gap", "val_accuracy", "val_map@100"]
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _cache_key(records: Sequence[ImageRecord], cfg: TrainConfig, kind: str) -> str:
+    h = hashlib.sha256(json.dumps([kind, [r.id for r in records], cfg.model.backbone, cfg.freeze_stages,
+                                   cfg.cache_views, cfg.data.__dict__ if kind == "views" else cfg.eval_image_size,
+                                   cfg.seed], default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _cached_views(module: TrainModule, records: Sequence[ImageRecord], cfg: TrainConfig, cache_dir: Path,
+                  device: torch.device, progress: bool | None) -> Tensor:
+    """``N x V x C x h x w`` float16 frozen-stage outputs of V augmented crops per photo (cached on disk)."""
+    path = cache_dir / f"views-{_cache_key(records, cfg, 'views')}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    prep = module.net.preprocessing
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    dataset = AugmentedPhotos(records, [0] * len(records), train_transform(cfg.data, prep.mean, prep.std),
+                              draft_size=cfg.data.image_size * 2)
+    out: Tensor | None = None
+    with progress_bar(f"cache {cfg.cache_views} crops/photo", total=len(records) * cfg.cache_views,
+                      enabled=progress) as bar:
+        for v in range(cfg.cache_views):
+            loader = DataLoader(dataset, batch_size=16, num_workers=cfg.data.num_workers, collate_fn=_keep_order,
+                                generator=g)
+            row = 0
+            for items in loader:
+                xs = torch.stack([x if x is not None else torch.zeros(3, cfg.data.image_size, cfg.data.image_size)
+                                  for x in items])
+                with torch.no_grad():
+                    f = module.frozen_features(xs.to(device)).half().cpu()
+                if out is None:
+                    out = torch.empty((len(records), cfg.cache_views, *f.shape[1:]), dtype=torch.float16)
+                out[row:row + len(f), v] = f
+                row += len(f)
+                bar.advance(len(f))
+    with atomic_path(path) as tmp:
+        torch.save(out, tmp)
+    return out
+
+
+def _keep_order(batch):
+    return [b[0] if b is not None else None for b in batch]
+
+
+class _EvalCache:
+    """Frozen-stage outputs of the validation and training photos at the evaluation size."""
+
+    def __init__(self, module: TrainModule, split: Split, cfg: TrainConfig, device: torch.device):
+        self.groups: list[tuple[list[int], Tensor]] = []
+        records = split.train + split.val
+        shapes, keep = [], []
+        from ..data import ImageError, probe_size
+        for i, r in enumerate(records):
+            try:
+                w, h = probe_size(r.path)
+            except ImageError:
+                continue
+            shapes.append(LF.target_shape(h, w, cfg.eval_image_size, 32))
+            keep.append(i)
+        prep = module.net.preprocessing
+        ds = _Photos([str(records[i].path) for i in keep], shapes, prep.mean, prep.std)
+        module.eval()
+        for b in bucket_batches(shapes, 16):
+            items = [ds[j] for j in b]
+            ok = [(keep[j], t) for (j, t, _) in items if t is not None]
+            if not ok:
+                continue
+            x = torch.stack([t for _, t in ok]).to(device)
+            with torch.no_grad():
+                self.groups.append(([i for i, _ in ok], module.frozen_features(x).half().cpu()))
+        self.n = len(records)
+
+
+@torch.no_grad()
+def _embed_all(module: TrainModule, split: Split, cfg: TrainConfig, device: torch.device,
+               cache: _EvalCache | None) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings of (train photos, val photos) at the evaluation size; rows of unreadable photos are 0."""
+    module.eval()
+    records = split.train + split.val
+    out = np.zeros((len(records), module.net.dim), np.float32)
+    if cache is not None:
+        for idx, f in cache.groups:
+            _, emb = module.embed_features(f.to(device).float(), cached=True)
+            out[idx] = emb.float().cpu().numpy()
+    else:
+        ex = GlobalExtractor(module.net, ExtractConfig(image_size=cfg.eval_image_size, num_workers=0,
+                                                       device=str(device)), cfg.model)
+        res = ex.extract(records, progress=False)
+        pos = {r.id: i for i, r in enumerate(records)}
+        out[[pos[i] for i in res.ids]] = res.vectors
+    return out[: len(split.train)], out[len(split.train):]
+
+
+def validate(module: TrainModule, split: Split, cfg: TrainConfig, device: torch.device,
+             cache: _EvalCache | None = None) -> dict[str, float]:
+    """Val photos as queries against the training photos: top-5 vote GAP / accuracy, and mAP@100."""
+    db, queries = _embed_all(module, split, cfg, device, cache)
+    db_labels = np.array([r.landmark_id for r in split.train])
+    sims = queries @ db.T
+    order = np.argsort(-sims, axis=1)[:, :100]
+    top = np.take_along_axis(sims, order, axis=1)
+    votes = knn_vote(db_labels[order], top, k=5)
+    qids = [r.id for r in split.val]
+    preds = {q: (v.landmark_id, v.score) for q, v in zip(qids, votes)}
+    truth = {r.id: r.landmark_id for r in split.val}
+    rankings = {q: [split.train[j].id for j in row] for q, row in zip(qids, order)}
+    relevant = {r.id: [t.id for t in split.train if t.landmark_id == r.landmark_id] for r in split.val}
+    module.train()
+    return {"val_gap": global_average_precision(preds, truth), "val_accuracy": accuracy(preds, truth),
+            "val_map@100": mean_average_precision_at_k(rankings, relevant, k=100)}

@@ -1,0 +1,123 @@
+"""The fit loop on a handful of real photos (EfficientNet-Lite0, tiny crops)."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from landmark.models import load_checkpoint
+from landmark.models.export import export_onnx
+from landmark.training import load_train_config, train
+from landmark.training.data import ClassBalancedSampler, split_by_photo
+from landmark.data import ImageRecord
+from landmark.training.loop import lr_factor
+
+LANDMARKS = {47378: "Eiffel_Tower", 90396: "Stonehenge", 55350: "Sydney_Opera_House"}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(gldv2_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
+    for lab, name in LANDMARKS.items():
+        (root / str(lab)).mkdir()   # integer folder names are kept as landmark ids
+        for i in [r["id"] for r in rows if int(r["landmark_id"]) == lab][:6]:
+            os.symlink(gldv2_root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg", root / str(lab) / f"{i}.jpg")
+    return root
+
+
+def tiny_cfg(*extra):
+    return load_train_config("cpu-mini", overrides=[
+        "model.backbone=tf_efficientnet_lite0", "data.image_size=96", "eval_image_size=128", "data.num_workers=0",
+        "cache_views=2", "freeze_stages=5", "optim.batch_size=8", "optim.lr=0.003", "optim.warmup_epochs=0", *extra])
+
+
+def test_few_steps_reduce_the_loss_and_give_a_usable_model(tiny_folder, tmp_path):
+    result = train(tiny_folder, tmp_path / "run", tiny_cfg("optim.epochs=6", "data.epoch_samples=64", "eval_every=3"),
+                   progress=False)
+    losses = [row["loss"] for row in result.history]   # each the mean of 8 batches
+    assert np.mean(losses[-2:]) < 0.6 * np.mean(losses[:2])
+    assert {"val_gap", "val_accuracy", "val_map@100"} <= set(result.history[-1])
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert len(rows) == 6 and float(rows[-1]["loss"]) == pytest.approx(losses[-1], rel=1e-5)
+    net, payload = load_checkpoint(result.model_path)
+    assert net.dim == 512 and payload["classes"] == sorted(LANDMARKS)
+    # ONNX export of the trained model matches torch
+    assert export_onnx(net, tmp_path / "m.onnx", height=96, width=128) < 1e-4
+
+
+def test_resume_continues_with_identical_state(tiny_folder, tmp_path):
+    cfg = tiny_cfg("optim.epochs=2")
+    straight = train(tiny_folder, tmp_path / "a", cfg, progress=False)
+    steps_per_epoch = straight.history[0]["step"]
+    train(tiny_folder, tmp_path / "b", cfg, progress=False, max_steps=steps_per_epoch)   # "killed" after epoch 1
+    resumed = train(tiny_folder, tmp_path / "b", cfg, progress=False, resume=True)
+    a = torch.load(straight.last_path, weights_only=False)["module"]
+    b = torch.load(resumed.last_path, weights_only=False)["module"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    with pytest.raises(ValueError, match="another training configuration"):
+        train(tiny_folder, tmp_path / "b", tiny_cfg("optim.epochs=3", "optim.lr=0.01"), progress=False, resume=True)
+
+
+def test_full_fine_tuning_path_without_cache(tiny_folder, tmp_path):
+    cfg = tiny_cfg("cache_views=0", "freeze_stages=0", "optim.epochs=1", "head.kind=cosface", "data.image_size=64")
+    result = train(tiny_folder, tmp_path / "c", cfg, progress=False)
+    assert np.isfinite(result.history[0]["loss"]) and result.model_path.is_file()
+
+
+def test_split_by_photo_and_min_per_class():
+    recs = [ImageRecord(f"{c}{i}", None, c) for c, n in ((1, 10), (2, 3), (3, 1)) for i in range(n)]
+    split = split_by_photo(recs, 0.2, min_per_class=2, seed=0)
+    assert split.classes == [1, 2]                       # class 3 has one photo: dropped
+    assert len(split.val) == 2 + 1                        # 20% of 10, and at least one of 3
+    assert not {r.id for r in split.val} & {r.id for r in split.train}
+    assert split_by_photo(recs, 0.2, 2, seed=0).val == split.val   # deterministic
+
+
+def test_balanced_sampler_is_uniform_over_classes():
+    labels = [0] * 90 + [1] * 10
+    s = ClassBalancedSampler(labels, num_samples=20000, power=0.0)
+    drawn = np.array(labels)[list(iter(s))]
+    assert abs(drawn.mean() - 0.5) < 0.02
+    s.set_epoch(1)
+    assert list(iter(s))[:50] != list(iter(ClassBalancedSampler(labels, num_samples=20000)))[:50]
+
+
+def test_schedules():
+    from landmark.training.config import OptimConfig
+
+    cos = OptimConfig(lr=1.0, final_lr=0.01, schedule="cosine")
+    assert lr_factor(0, 100, 10, cos) == pytest.approx(0.1)          # warm-up
+    assert lr_factor(10, 100, 10, cos) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, cos) == pytest.approx(0.01)
+    step = OptimConfig(schedule="step", step_milestones=(0.5,))
+    assert lr_factor(80, 100, 0, step) == pytest.approx(0.1)
+
+
+def test_ddp_two_processes_on_cpu(tiny_folder, tmp_path):
+    """``torchrun --nproc_per_node=2`` (gloo on CPU): both ranks train, rank 0 writes the model."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = ["model.backbone=tf_efficientnet_lite0", "data.image_size=96", "eval_image_size=128",
+                 "data.num_workers=0", "cache_views=2", "freeze_stages=5", "optim.batch_size=8", "optim.epochs=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "landmark.cli", "train", str(tiny_folder), "--out", str(tmp_path / "ddp"), "--no-progress"]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("landmark train:") == 1          # only rank 0 reports
+    net, payload = load_checkpoint(tmp_path / "ddp" / "model.pt")
+    assert payload["epoch"] == 1 and np.isfinite(payload["metrics"]["loss"])
