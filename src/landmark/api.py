@@ -131,7 +131,7 @@ class Landmarks:
         work = self.store.root / "_work" / f"extract-{split}"
         result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
         by_id = {r.id: r for r in todo}
-        self.store.add(result.ids, result.vectors, paths=[str(by_id[i].path) for i in result.ids],
+        self.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
                        landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes)
         shutil.rmtree(work, ignore_errors=True)
         report.added[split] = len(result.ids)

@@ -233,8 +233,8 @@ def train_cmd(data: Path = typer.Argument(..., help="GLDv2 root (its labelled tr
     for col in ("epoch", "loss", "images/s", "val GAP", "val acc", "val mAP@100"):
         table.add_column(col)
     for row in result.history:
-        table.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['images_per_s']:.1f}",
-                      *(f"{row[k]:.4f}" if k in row else "-" for k in ("val_gap", "val_accuracy", "val_map@100")))
+        table.add_row(str(row["epoch"]), *(f"{row[k]:.4f}" if k in row else "-" for k in
+                                            ("loss", "images_per_s", "val_gap", "val_accuracy", "val_map@100")))
     out.print(table)
     out.print(f"model: {result.model_path}  (use it with: landmark evaluate DATA --model {result.model_path})")
 

@@ -40,6 +40,8 @@ def test_folder_store_recognises_and_searches(gldv2_root, fast_overrides, tmp_pa
     assert hits.error is None and len(hits.matches) == 4
     assert [m.name for m in hits.matches[:3]] == ["Eiffel_Tower"] * 3
     assert np.all(np.diff([m.score for m in hits.matches]) <= 1e-6)
+    # stored paths are absolute, so a store opened from another working directory still finds its photos
+    assert all(os.path.isabs(m.path) and os.path.isfile(m.path) for m in hits.matches)
 
     # a photo that cannot be read is reported in place, the others still answered
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8garbage")

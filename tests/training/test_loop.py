@@ -39,11 +39,12 @@ def tiny_cfg(*extra):
 def test_few_steps_reduce_the_loss_and_give_a_usable_model(tiny_folder, tmp_path):
     result = train(tiny_folder, tmp_path / "run", tiny_cfg("optim.epochs=6", "data.epoch_samples=64", "eval_every=3"),
                    progress=False)
-    losses = [row["loss"] for row in result.history]   # each the mean of 8 batches
+    assert result.history[0]["epoch"] == 0 and "loss" not in result.history[0]   # the untrained "before" row
+    losses = [row["loss"] for row in result.history[1:]]   # each the mean of 8 batches
     assert np.mean(losses[-2:]) < 0.6 * np.mean(losses[:2])
     assert {"val_gap", "val_accuracy", "val_map@100"} <= set(result.history[-1])
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert len(rows) == 6 and float(rows[-1]["loss"]) == pytest.approx(losses[-1], rel=1e-5)
+    assert len(rows) == 7 and float(rows[-1]["loss"]) == pytest.approx(losses[-1], rel=1e-5)
     net, payload = load_checkpoint(result.model_path)
     assert net.dim == 512 and payload["classes"] == sorted(LANDMARKS)
     # ONNX export of the trained model matches torch
@@ -53,14 +54,14 @@ def test_few_steps_reduce_the_loss_and_give_a_usable_model(tiny_folder, tmp_path
 def test_resume_continues_with_identical_state(tiny_folder, tmp_path):
     cfg = tiny_cfg("optim.epochs=2")
     straight = train(tiny_folder, tmp_path / "a", cfg, progress=False)
-    steps_per_epoch = straight.history[0]["step"]
+    steps_per_epoch = straight.history[1]["step"]
     train(tiny_folder, tmp_path / "b", cfg, progress=False, max_steps=steps_per_epoch)   # "killed" after epoch 1
     resumed = train(tiny_folder, tmp_path / "b", cfg, progress=False, resume=True)
     a = torch.load(straight.last_path, weights_only=False)["module"]
     b = torch.load(resumed.last_path, weights_only=False)["module"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
     with pytest.raises(ValueError, match="another training configuration"):
         train(tiny_folder, tmp_path / "b", tiny_cfg("optim.epochs=3", "optim.lr=0.01"), progress=False, resume=True)
 
@@ -68,7 +69,7 @@ def test_resume_continues_with_identical_state(tiny_folder, tmp_path):
 def test_full_fine_tuning_path_without_cache(tiny_folder, tmp_path):
     cfg = tiny_cfg("cache_views=0", "freeze_stages=0", "optim.epochs=1", "head.kind=cosface", "data.image_size=64")
     result = train(tiny_folder, tmp_path / "c", cfg, progress=False)
-    assert np.isfinite(result.history[0]["loss"]) and result.model_path.is_file()
+    assert np.isfinite(result.history[-1]["loss"]) and result.model_path.is_file()
 
 
 def test_split_by_photo_and_min_per_class():

@@ -288,6 +288,12 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
             g["lr"] = cfg.optim.lr * g["base_lr_mult"] * f
 
     labels_t = torch.tensor(labels, dtype=torch.long)
+    if ctx.main and split.val and start_epoch == 0 and not history:   # the "before" row: the untrained model
+        if cfg.freeze_stages:
+            eval_cache = _EvalCache(module, split, cfg, ctx.device)
+        row0 = {"epoch": 0, "step": 0} | validate(module, split, cfg, ctx.device, eval_cache)
+        history.append(row0)
+        _log_row(out / "metrics.csv", row0)
     for epoch in range(start_epoch, cfg.optim.epochs):
         module.train()
         sampler.set_epoch(epoch)
