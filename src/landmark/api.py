@@ -81,6 +81,7 @@ class Landmarks:
         store.check_signature(extractor.signature)
         self.store = store
         self.extractor = extractor
+        self.ray = None   # a landmark.distributed.RayConfig: database extraction then runs on Ray actors
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -108,10 +109,14 @@ class Landmarks:
     @classmethod
     def build(cls, data: str | Path, store_dir: str | Path, config: Config | None = None, *,
               splits: Sequence[str] | None = None, device: str | None = None, overwrite: bool = False,
-              progress: bool | None = None) -> tuple["Landmarks", BuildReport]:
-        """Build (or finish building) a store from a GLDv2 root or a folder of photos."""
+              progress: bool | None = None, ray=None) -> tuple["Landmarks", BuildReport]:
+        """Build (or finish building) a store from a GLDv2 root or a folder of photos.
+
+        ``ray`` (a :class:`landmark.distributed.RayConfig`) spreads the extraction over Ray actors.
+        """
         root = Path(data)
         lm = cls.create(store_dir, config, device=device, overwrite=overwrite)
+        lm.ray = ray
         report = BuildReport()
         for split in splits or default_splits(root):
             manifest = dataset_manifest(root, split)
@@ -129,7 +134,13 @@ class Landmarks:
         todo = [r for r in manifest.records if r.id not in present]
         report.skipped[split] = len(manifest) - len(todo)
         work = self.store.root / "_work" / f"extract-{split}"
-        result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
+        if self.ray is not None:
+            from .distributed import extract_distributed
+
+            result = extract_distributed(self.store.config, todo, self.ray, cache_dir=work, progress=progress,
+                                         description=f"extract {split} (ray)")
+        else:
+            result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
         by_id = {r.id: r for r in todo}
         self.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
                        landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes)

@@ -56,9 +56,10 @@ def _known_errors():
     from .config import ConfigError
     from .data import DatasetError, ImageError
     from .index import StoreError
+    from .distributed import RayUnavailable
     from .models import WeightsUnavailable
 
-    return (ConfigError, DatasetError, ImageError, StoreError, WeightsUnavailable, FileNotFoundError)
+    return (ConfigError, DatasetError, ImageError, StoreError, WeightsUnavailable, RayUnavailable, FileNotFoundError)
 
 
 @index_app.command("build")
@@ -68,12 +69,21 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                 set_: Optional[List[str]] = SetOpt, model: Optional[Path] = ModelOpt,
                 split: Optional[List[str]] = typer.Option(None, "--split", help="GLDv2 splits to add (default: train and index)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store built with another configuration."),
+                ray: Optional[str] = typer.Option(None, "--ray", help="Extract on Ray: 'local' (this machine's cores), "
+                                                  "'auto' (the running cluster) or ray://HOST:PORT."),
+                ray_actors: int = typer.Option(2, "--ray-actors", help="Extractor replicas on Ray."),
+                ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray actor (e.g. 1 on a GPU cluster)."),
                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Build a store from a dataset; re-running it finishes an interrupted build."""
     from .api import Landmarks
 
+    ray_cfg = None
+    if ray:
+        from .distributed import RayConfig
+
+        ray_cfg = RayConfig(address=None if ray == "local" else ray, actors=ray_actors, gpus_per_actor=ray_gpus)
     lm, report = Landmarks.build(data, store, _config(preset, config, set_, model), splits=split or None,
-                                 device=device, overwrite=overwrite, progress=progress)
+                                 device=device, overwrite=overwrite, progress=progress, ray=ray_cfg)
     _print_failures(report.failures)
     info = lm.store.info()
     out.print(f"[green]store[/] {store}: {info['images']} photos ({info['labelled']} labelled, "
