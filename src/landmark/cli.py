@@ -263,6 +263,24 @@ def export(model: Path = typer.Option(..., "--model", "-m", help="A checkpoint w
     out.print(f"wrote {onnx} (max |onnx - torch| = {diff:.2e})")
 
 
+@app.command("download")
+@_friendly
+def download(root: Path = typer.Argument(..., help="Where the dataset goes (created if missing)."),
+             split: Optional[List[str]] = typer.Option(None, "--split", help="train | index | test (repeatable; default: all three)."),
+             parts: Optional[str] = typer.Option(None, "--parts", help="Which TARs of each split, e.g. 0-4,7 "
+                                                 "(default: all: train 500, index 100, test 20; ~1 GB each)."),
+             base_url: str = typer.Option("https://s3.amazonaws.com/google-landmark", "--base-url", help="The GLDv2 bucket or a mirror."),
+             keep_tars: bool = typer.Option(False, "--keep-tars", help="Keep the TAR files after unpacking."),
+             progress: Optional[bool] = ProgressOpt):
+    """Download Google Landmarks v2 (CSVs, ground truth, md5-checked TARs) into the layout landmark reads; resumable."""
+    from .data.download import download_gldv2
+
+    report = download_gldv2(root, tuple(split or ("train", "index", "test")), parts=parts, base_url=base_url,
+                            keep_tars=keep_tars, progress=progress)
+    out.print(f"{root}: fetched {len(report.downloaded)} TAR(s), {len(report.skipped)} already there; photos per split: "
+              + ", ".join(f"{k} {v}" for k, v in report.photos.items()))
+
+
 @app.command("models")
 @_friendly
 def models():
@@ -286,8 +304,9 @@ def models():
 
 GET_DATA_HELP = """Point landmark at a dataset in the official Google Landmarks v2 layout
 (train.csv, index.csv, test.csv, {split}/a/b/c/{id}.jpg, recognition_solution.csv, retrieval_solution.csv).
-GLDv2 is published by the Common Visual Data Foundation (github.com/cvdfoundation/google-landmark);
-download its CSVs and tar files there, then run: landmark evaluate /path/to/gldv2
+GLDv2 is published by the Common Visual Data Foundation (github.com/cvdfoundation/google-landmark).
+Fetch it (or the first TARs of each split) with: landmark download /path/to/gldv2 [--parts 0-1]
+then run: landmark evaluate /path/to/gldv2
 or set LANDMARK_DATA=/path/to/gldv2 and run: make demo"""
 
 
