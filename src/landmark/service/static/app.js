@@ -145,6 +145,7 @@ async function loadLandmarks() {
   grid.hidden = false;
   try {
     const { landmarks } = await api("/landmarks");
+    landmarks.sort((a, b) => (a.landmark_id == null) - (b.landmark_id == null));   // unlabelled photos last
     grid.replaceChildren(...landmarks.map((l) => card(
       { id: l.cover, thumbnail: l.cover_thumbnail, name: l.name || (l.landmark_id == null ? "unlabelled photos" : null), landmark_id: l.landmark_id },
       { subtitle: `${l.images} photo${l.images === 1 ? "" : "s"}`, onClick: () => openLandmark(l) })));
