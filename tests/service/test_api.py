@@ -367,3 +367,27 @@ def test_unknown_and_path_like_ids(rw, method, template):
 def test_unknown_endpoint_is_json(client):
     r = client.get("/nope")
     assert r.status_code == 404 and "no such endpoint" in r.json()["error"]
+
+
+def test_commits_by_another_process_are_picked_up(store_copy, eiffel_query):
+    """`landmark index remove/add` beside a running server: reads move to the new generation on their own."""
+    import time
+
+    with TestClient(create_app(store_copy, ServiceSettings(reload_check_s=0.05))) as c:
+        with Store.open(store_copy) as st:
+            victim = st.keys("train")[0]
+        assert c.get(f"/images/{victim}").status_code == 200
+        with Store.open(store_copy) as other:                 # another writer (its own connection and lock)
+            other.remove([victim])
+        deadline = time.monotonic() + 30
+        while c.get(f"/images/{victim}").status_code != 404:
+            assert time.monotonic() < deadline, "the server never saw the other writer's commit"
+            time.sleep(0.1)
+        h = c.get("/health").json()
+        with Store.open(store_copy) as st:
+            assert (h["images"], h["generation"]) == (len(st), st.generation)
+        ids = [m["id"] for m in c.post("/search?k=50", files=_upload(eiffel_query)).json()["matches"]]
+        assert victim not in ids
+        # and the service's own writer continues from the other writer's generation
+        assert c.post("/images", files=_upload(eiffel_query), data={"id": "after"}).status_code == 201
+        assert c.get("/health").json()["generation"] == h["generation"] + 1

@@ -17,6 +17,7 @@ import io
 import logging
 import re
 import secrets
+import sqlite3
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from PIL import Image
 
 from ..api import Landmarks, Match, Recognition, SearchOutput
 from ..data.images import ImageError, load_image
-from ..index import Store
+from ..index import Store, StoreError
 from ..index.store import ImageRow
 from ..utils.io import atomic_write_bytes
 from .settings import ServiceSettings
@@ -181,6 +182,11 @@ class Service:
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="landmark-write")
         self.tokens = TokenCache(self.settings.upload_tokens, self.settings.upload_token_ttl_s)
         self.thumbs = LRUBytes(self.settings.thumbnail_cache)
+        # commits by other processes (e.g. `landmark index add` beside the server) are picked up by reads
+        self._probe = sqlite3.connect(str(self.root / "meta.sqlite"), isolation_level=None, check_same_thread=False)
+        self._probe_lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._reload_pending = False
 
     @classmethod
     def open(cls, store_dir: str | Path, settings: ServiceSettings | None = None, device: str | None = None) -> "Service":
@@ -189,10 +195,42 @@ class Service:
     def close(self) -> None:
         for pool in (self.write_pool, self.infer_pool, self.io_pool):
             pool.shutdown(wait=True)
+        self._probe.close()
 
     @property
     def snapshot(self) -> Snapshot:
+        self._look_for_other_writers()
         return self._snapshot
+
+    def committed_generation(self) -> int:
+        with self._probe_lock:
+            return int(self._probe.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+
+    def _look_for_other_writers(self) -> None:
+        """At most every ``reload_check_s``: if another process committed, reload on the writer thread."""
+        every = self.settings.reload_check_s
+        now = time.monotonic()
+        if every <= 0 or now - self._checked < every or self._reload_pending:
+            return
+        self._checked = now
+        try:
+            moved = self.committed_generation() != self._snapshot.generation
+        except sqlite3.Error as exc:
+            log.warning("cannot read the store's generation: %s", exc)
+            return
+        if moved:
+            self._reload_pending = True
+            self.write_pool.submit(self._reload)
+
+    def _reload(self) -> None:
+        try:
+            if self.committed_generation() != self._snapshot.generation:
+                self._refresh()
+                self.thumbs = LRUBytes(self.settings.thumbnail_cache)   # photos may have been replaced
+        except (StoreError, sqlite3.Error) as exc:   # e.g. a file replaced under us: the next check retries
+            log.warning("reloading the store after another writer's commit failed: %s", exc)
+        finally:
+            self._reload_pending = False
 
     # -- reads -----------------------------------------------------------------------------------
     def recognize(self, data: bytes, filename: str | None = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class ServiceSettings:
     evidence_side: int = 1024                   # long side of a kept upload, pixels
     thumbnail_cache: int = 2048                 # thumbnails kept in memory (JPEG bytes)
     uploads_dir: str = "uploads"                # under the store: photos added through POST /images
+    reload_check_s: float = 2.0                 # how often reads look for commits by other writers (CLI); 0 = never
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "thumbnail_size", "default_k", "max_k",
