@@ -19,6 +19,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -140,7 +141,8 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
         yield
         service.close()
 
-    app = FastAPI(title="landmark", version=__version__, lifespan=lifespan,
+    # /docs and /redoc with Swagger UI / ReDoc served from the package, not a CDN (works offline)
+    app = FastAPIOffline(title="landmark", version=__version__, lifespan=lifespan,
                   description="Recognise landmarks in photos and search a store of photos. Errors are "
                               "`{\"error\": ..., \"status\": ...}`; uploads are multipart field `photo`.")
     app.state.service, app.state.metrics, app.state.settings = service, metrics, settings
