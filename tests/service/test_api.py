@@ -394,3 +394,15 @@ def test_commits_by_another_process_are_picked_up(store_copy, eiffel_query):
         # and the service's own writer continues from the other writer's generation
         assert c.post("/images", files=_upload(eiffel_query), data={"id": "after"}).status_code == 201
         assert c.get("/health").json()["generation"] == h["generation"] + 1
+
+
+def test_an_unexpected_failure_is_a_json_500(store_copy, eiffel_query):
+    class Broken(Landmarks):
+        def recognize(self, photos, **kw):
+            raise RuntimeError("boom")
+
+    with TestClient(create_app(Broken.open(store_copy)), raise_server_exceptions=False) as c:
+        r = c.post("/recognize", files=_upload(eiffel_query))
+        assert r.status_code == 500 and "RuntimeError" in r.json()["error"]
+        assert c.get("/health").status_code == 200          # the service keeps serving
+        assert 'route="/recognize",status="500"' in c.get("/metrics").text

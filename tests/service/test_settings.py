@@ -71,3 +71,8 @@ def test_serve_command_is_registered():
     assert result.exit_code == 0
     for opt in ("--store", "--host", "--port", "--set"):
         assert opt in result.output
+
+
+def test_serve_without_a_store_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["serve", "--store", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "no store at" in result.output

@@ -186,6 +186,11 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
                 parts.append(f"{where or 'request'}: {e.get('msg')}")
         return error(422, "; ".join(parts) or "invalid request")
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error(500, f"internal error ({type(exc).__name__}); the store is unchanged unless a write was committed")
+
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError):
         return error(409, f"the store refused the change: {exc}")

@@ -323,7 +323,12 @@ class Service:
         if not callable(fn):
             raise ServiceError(404, "local features are not available: this build of landmark has no "
                                     "match_evidence (keypoint matching)")
-        png = fn(a, b)
+        try:
+            png = fn(a, b)
+        except KeyError as exc:
+            raise ServiceError(404, f"no local features for this pair: {exc}") from None
+        except ImageError as exc:
+            raise ServiceError(422, f"cannot draw the evidence: {exc}") from None
         if png is None:
             raise ServiceError(404, "local features are not available for this store (build it with local features "
                                     "to see matched keypoints)")
