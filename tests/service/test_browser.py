@@ -80,7 +80,7 @@ def test_recognise_a_photo_from_the_page(server, browser, eiffel_query, tmp_path
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server + "/")
-    wait = WebDriverWait(browser, 60)
+    wait = WebDriverWait(browser, 120)
     wait.until(lambda d: "photos" in d.find_element(By.ID, "store-info").text)
     browser.find_element(By.ID, "file").send_keys(str(eiffel_query))     # the file picker of the drop zone
     wait.until(EC.visibility_of_element_located((By.ID, "result")))
