@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 _spec = importlib.util.spec_from_file_location("_e2e_conftest", Path(__file__).parents[1] / "e2e" / "conftest.py")
 _e2e = importlib.util.module_from_spec(_spec)
@@ -37,9 +35,3 @@ def stonehenge_query(mini_gldv2) -> Path:
     rows = (mini_gldv2 / "recognition_solution.csv").read_text().splitlines()[1:]
     qid = next(r.split(",")[0] for r in rows if r.split(",")[1] == "90396")
     return mini_gldv2 / "test" / qid[0] / qid[1] / qid[2] / f"{qid}.jpg"
-
-
-def jpeg_bytes(size=(64, 48), color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "JPEG")
-    return buf.getvalue()

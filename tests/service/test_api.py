@@ -24,12 +24,6 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _jpeg(size=(64, 48), color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 def _upload(path: Path) -> dict:
     return {"photo": (path.name, path.read_bytes(), "image/jpeg")}
 

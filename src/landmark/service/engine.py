@@ -25,7 +25,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -38,7 +38,6 @@ from ..utils.io import atomic_write_bytes
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # ids the service creates become file names: keep them plain
 _NEW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
