@@ -302,6 +302,23 @@ def models():
     out.print(presets)
 
 
+@app.command("serve")
+@_friendly
+def serve(store: Path = StoreOpt,
+          host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
+          port: int = typer.Option(8000, "--port", help="TCP port."),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help="Service setting, e.g. --set max_upload_bytes=10000000 (repeatable)."),
+          device: Optional[str] = DeviceOpt):
+    """Serve the store over HTTP: the web page at /, the JSON API (docs at /docs), metrics at /metrics."""
+    import uvicorn
+
+    from .service import create_app, load_settings
+
+    web = create_app(store, load_settings(set_ or []), device=device)
+    out.print(f"serving {store} on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
 GET_DATA_HELP = """Point landmark at a dataset in the official Google Landmarks v2 layout
 (train.csv, index.csv, test.csv, {split}/a/b/c/{id}.jpg, recognition_solution.csv, retrieval_solution.csv).
 GLDv2 is published by the Common Visual Data Foundation (github.com/cvdfoundation/google-landmark).

@@ -204,6 +204,34 @@ class Store:
             out.update({r[0]: ImageRow(*r) for r in self._conn.execute(q, list(part))})
         return out
 
+    def landmark_counts(self) -> list[tuple[int | None, int, str]]:
+        """``(landmark_id, photos, first key)`` per landmark (``None`` = unlabelled), most photos first."""
+        q = "SELECT landmark_id, count(*) AS n, key, min(row) FROM images GROUP BY landmark_id ORDER BY n DESC, landmark_id"
+        return [(lab, int(n), key) for lab, n, key, _ in self._conn.execute(q)]
+
+    def list_images(self, landmark_id: int | None = None, *, unlabelled: bool = False, offset: int = 0,
+                    limit: int = 100) -> list[ImageRow]:
+        """A page of stored images in insertion order: all, one landmark's, or the unlabelled ones."""
+        where, args = "", []
+        if unlabelled:
+            where = "WHERE landmark_id IS NULL"
+        elif landmark_id is not None:
+            where, args = "WHERE landmark_id = ?", [int(landmark_id)]
+        q = f"SELECT key, path, landmark_id, split, width, height FROM images {where} ORDER BY row LIMIT ? OFFSET ?"
+        return [ImageRow(*r) for r in self._conn.execute(q, [*args, max(0, int(limit)), max(0, int(offset))])]
+
+    def pin(self) -> "Store":
+        """Hold a read transaction so this object keeps seeing the generation it has now loaded.
+
+        For a long-lived reader beside a writer (the HTTP service): its SQLite reads and its FAISS
+        index stay one consistent committed generation until it is closed or dropped; open a new
+        one to see later commits. Do not write through a pinned store.
+        """
+        self._conn.execute("BEGIN")
+        self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()  # the snapshot starts here
+        self.refresh()  # a commit between open and BEGIN: load the index the snapshot names
+        return self
+
     def vectors(self, keys: Sequence[str]) -> np.ndarray:
         """The stored descriptors of ``keys`` (KeyError for an unknown key)."""
         rows = self._rows_of(keys)

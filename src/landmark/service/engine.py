@@ -1,0 +1,444 @@
+"""What the HTTP layer calls: reads from a pinned snapshot, writes through one writer thread.
+
+Reads (recognize, search, browse, thumbnails) use a :class:`Snapshot`: a read-only ``Landmarks`` over
+a pinned :class:`~landmark.index.Store` (one committed generation of SQLite and FAISS). Writes run
+one at a time on a single writer thread through the store's atomic generation commits; after each
+commit the writer opens a new snapshot and swaps it in. A read that started earlier finishes on
+the snapshot it took, so reads never wait for a write and never see a half-written store.
+
+Decoding and embedding run on a small bounded thread pool (torch on a few cores), never in the
+event loop; cheap reads (thumbnails, metadata, evidence drawing) run on a separate pool so they do
+not queue behind inference.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from ..api import Landmarks, Match, Recognition, SearchOutput
+from ..data.images import ImageError, load_image
+from ..index import Store, StoreError
+from ..index.store import ImageRow
+from ..utils.io import atomic_write_bytes
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# ids the service creates become file names: keep them plain
+_NEW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
+
+
+class ServiceError(Exception):
+    """A request the service refuses: ``status`` is the HTTP status, the message says what is wrong."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def check_id(image_id: str) -> str:
+    """Refuse path-like or control-character ids before any lookup (stored ids may hold ``/``)."""
+    if not image_id or len(image_id) > 512:
+        raise ServiceError(400, "invalid image id: empty or longer than 512 characters")
+    parts = image_id.split("/")
+    if (image_id.startswith("/") or "\\" in image_id or any(p in ("", ".", "..") for p in parts)
+            or any(ord(c) < 32 or ord(c) == 127 for c in image_id)):
+        raise ServiceError(400, f"invalid image id {image_id!r}: ids are not paths (no '..', '.', empty "
+                                f"segments, leading '/', backslashes or control characters)")
+    return image_id
+
+
+@dataclass
+class DecodedUpload:
+    image: Image.Image
+    size: tuple[int, int]
+    format: str | None
+
+
+def decode_upload(data: bytes, settings: ServiceSettings, filename: str | None = None) -> DecodedUpload:
+    """Decode an uploaded photo with the project's safe decoder; errors become 4xx ``ServiceError``."""
+    name = filename or "upload"
+    if not data:
+        raise ServiceError(400, f"{name}: empty upload (0 bytes); attach a photo (JPEG, PNG, WebP, ...)")
+    if len(data) > settings.max_upload_bytes:
+        raise ServiceError(413, f"{name}: {len(data):,} bytes is over the upload limit of {settings.max_upload_bytes:,} bytes")
+    try:
+        fmt = Image.open(io.BytesIO(data)).format
+    except Exception:
+        fmt = None
+    try:
+        img = load_image(data, max_pixels=settings.max_pixels)
+    except ImageError as exc:
+        reason = exc.reason
+        if "over the limit" in reason or "decompression bomb" in reason:
+            raise ServiceError(413, f"{name}: {reason}") from None
+        if "not a recognised image format" in reason:
+            raise ServiceError(415, f"{name}: not an image ({reason}); upload a JPEG, PNG, WebP, ... photo") from None
+        raise ServiceError(422, f"{name}: {reason}") from None
+    return DecodedUpload(img, img.size, fmt)
+
+
+class TokenCache:
+    """Recent uploads by random token, bounded in count and age (for drawing evidence later)."""
+
+    def __init__(self, capacity: int, ttl_s: float):
+        self.capacity, self.ttl_s = capacity, ttl_s
+        self._items: OrderedDict[str, tuple[float, Image.Image]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, image: Image.Image) -> str:
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._items[token] = (time.monotonic(), image)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return token
+
+    def get(self, token: str) -> Image.Image | None:
+        with self._lock:
+            item = self._items.get(token)
+            if item is None:
+                return None
+            if time.monotonic() - item[0] > self.ttl_s:
+                del self._items[token]
+                return None
+            return item[1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class LRUBytes:
+    """A thread-safe LRU of small byte strings (thumbnails)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+
+class Snapshot:
+    """A read-only view of one committed generation: a ``Landmarks`` over a pinned store."""
+
+    def __init__(self, root: Path, writer: Landmarks):
+        self.lm = type(writer)(Store.open(root).pin(), writer.extractor)   # same class: same hooks (evidence)
+        self.store = self.lm.store
+        self.generation = self.store.generation
+        self.names = self.store.label_names()
+
+
+class Service:
+    """The state behind the app: one writer ``Landmarks``, the current snapshot, the thread pools."""
+
+    def __init__(self, lm: Landmarks, settings: ServiceSettings | None = None):
+        self.settings = settings or ServiceSettings()
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        self.writer = lm
+        self.root = Path(lm.store.root)
+        self.uploads_root = self.root / self.settings.uploads_dir
+        self._snapshot = Snapshot(self.root, lm)
+        self._swap = threading.Lock()
+        self.infer_pool = ThreadPoolExecutor(self.settings.inference_workers, thread_name_prefix="landmark-infer")
+        self.io_pool = ThreadPoolExecutor(self.settings.io_workers, thread_name_prefix="landmark-io")
+        self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="landmark-write")
+        self.tokens = TokenCache(self.settings.upload_tokens, self.settings.upload_token_ttl_s)
+        self.thumbs = LRUBytes(self.settings.thumbnail_cache)
+        # commits by other processes (e.g. `landmark index add` beside the server) are picked up by reads
+        self._probe = sqlite3.connect(str(self.root / "meta.sqlite"), isolation_level=None, check_same_thread=False)
+        self._probe_lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._reload_pending = False
+
+    @classmethod
+    def open(cls, store_dir: str | Path, settings: ServiceSettings | None = None, device: str | None = None) -> "Service":
+        return cls(Landmarks.open(store_dir, device=device), settings)
+
+    def close(self) -> None:
+        for pool in (self.write_pool, self.infer_pool, self.io_pool):
+            pool.shutdown(wait=True)
+        self._probe.close()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        self._look_for_other_writers()
+        return self._snapshot
+
+    def committed_generation(self) -> int:
+        with self._probe_lock:
+            return int(self._probe.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+
+    def _look_for_other_writers(self) -> None:
+        """At most every ``reload_check_s``: if another process committed, reload on the writer thread."""
+        every = self.settings.reload_check_s
+        now = time.monotonic()
+        if every <= 0 or now - self._checked < every or self._reload_pending:
+            return
+        self._checked = now
+        try:
+            moved = self.committed_generation() != self._snapshot.generation
+        except sqlite3.Error as exc:
+            log.warning("cannot read the store's generation: %s", exc)
+            return
+        if moved:
+            self._reload_pending = True
+            self.write_pool.submit(self._reload)
+
+    def _reload(self) -> None:
+        try:
+            if self.committed_generation() != self._snapshot.generation:
+                self._refresh()
+                self.thumbs = LRUBytes(self.settings.thumbnail_cache)   # photos may have been replaced
+        except (StoreError, sqlite3.Error) as exc:   # e.g. a file replaced under us: the next check retries
+            log.warning("reloading the store after another writer's commit failed: %s", exc)
+        finally:
+            self._reload_pending = False
+
+    # -- reads -----------------------------------------------------------------------------------
+    def recognize(self, data: bytes, filename: str | None = None) -> dict[str, Any]:
+        """Decode, embed, vote; keep the upload under a token for evidence drawing."""
+        up = decode_upload(data, self.settings, filename)
+        snap = self.snapshot
+        rec = snap.lm.recognize([up.image])[0]
+        if rec.error:
+            raise ServiceError(422, f"{filename or 'upload'}: {rec.error}")
+        token = self.tokens.put(_shrunk(up.image, self.settings.evidence_side))
+        out = recognition_json(rec)
+        out.update(query=filename or "upload", width=up.size[0], height=up.size[1], token=token,
+                   generation=snap.generation, evidence_available=self.evidence_supported)
+        best = out["matches"][0]["id"] if out["matches"] else None
+        out["evidence_url"] = f"/uploads/{token}/matches/{_quote(best)}" if best and self.evidence_supported else None
+        return out
+
+    def search(self, data: bytes, k: int, filename: str | None = None) -> dict[str, Any]:
+        up = decode_upload(data, self.settings, filename)
+        snap = self.snapshot
+        res: SearchOutput = snap.lm.search([up.image], k=k)[0]
+        if res.error:
+            raise ServiceError(422, f"{filename or 'upload'}: {res.error}")
+        return {"query": filename or "upload", "k": k, "generation": snap.generation,
+                "matches": [match_json(m) for m in res.matches]}
+
+    def image_row(self, image_id: str, snap: Snapshot | None = None) -> ImageRow:
+        check_id(image_id)
+        snap = snap or self.snapshot
+        row = snap.store.get([image_id]).get(image_id)
+        if row is None:
+            raise ServiceError(404, f"no image with id {image_id!r} in the store")
+        return row
+
+    def image_json(self, image_id: str) -> dict[str, Any]:
+        snap = self.snapshot
+        row = self.image_row(image_id, snap)
+        return row_json(row, snap.names)
+
+    def thumbnail(self, image_id: str) -> bytes:
+        snap = self.snapshot
+        row = self.image_row(image_id, snap)
+        key = image_id
+        cached = self.thumbs.get(key)
+        if cached is not None:
+            return cached
+        if not row.path:
+            raise ServiceError(404, f"image {image_id!r} has no stored photo file")
+        try:
+            img = load_image(row.path, max_pixels=max(self.settings.max_pixels, 100_000_000),
+                             draft_size=self.settings.thumbnail_size)
+        except ImageError as exc:
+            raise ServiceError(404, f"the photo of {image_id!r} cannot be read: {exc.reason}") from None
+        img.thumbnail((self.settings.thumbnail_size, self.settings.thumbnail_size), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        data = buf.getvalue()
+        self.thumbs.put(key, data)
+        return data
+
+    def photo_path(self, image_id: str) -> Path:
+        row = self.image_row(image_id)
+        if not row.path or not Path(row.path).is_file():
+            raise ServiceError(404, f"the photo file of {image_id!r} is not available")
+        return Path(row.path)
+
+    def landmarks(self) -> list[dict[str, Any]]:
+        snap = self.snapshot
+        return [{"landmark_id": lab, "name": snap.names.get(lab) if lab is not None else None, "images": n,
+                 "cover": key, "cover_thumbnail": f"/images/{_quote(key)}/thumbnail"}
+                for lab, n, key in snap.store.landmark_counts()]
+
+    def list_images(self, landmark_id: int | None, unlabelled: bool, offset: int, limit: int) -> dict[str, Any]:
+        snap = self.snapshot
+        rows = snap.store.list_images(landmark_id, unlabelled=unlabelled, offset=offset, limit=limit)
+        return {"landmark_id": landmark_id, "offset": offset, "limit": limit, "generation": snap.generation,
+                "images": [row_json(r, snap.names) for r in rows]}
+
+    @property
+    def evidence_supported(self) -> bool:
+        return callable(getattr(self.snapshot.lm, "match_evidence", None))
+
+    def evidence(self, a: str | Image.Image, b: str) -> bytes:
+        """PNG of verified keypoint matches between ``a`` (an id or an uploaded photo) and stored ``b``."""
+        snap = self.snapshot
+        if isinstance(a, str):
+            self.image_row(a, snap)
+        self.image_row(b, snap)
+        fn: Callable[..., bytes | None] | None = getattr(snap.lm, "match_evidence", None)
+        if not callable(fn):
+            raise ServiceError(404, "local features are not available: this build of landmark has no "
+                                    "match_evidence (keypoint matching)")
+        try:
+            png = fn(a, b)
+        except KeyError as exc:
+            raise ServiceError(404, f"no local features for this pair: {exc}") from None
+        except ImageError as exc:
+            raise ServiceError(422, f"cannot draw the evidence: {exc}") from None
+        if png is None:
+            raise ServiceError(404, "local features are not available for this store (build it with local features "
+                                    "to see matched keypoints)")
+        return png
+
+    def upload_image(self, token: str) -> Image.Image:
+        img = self.tokens.get(token)
+        if img is None:
+            raise ServiceError(404, f"unknown or expired upload token {token!r}; recognize the photo again")
+        return img
+
+    def health(self) -> dict[str, Any]:
+        snap = self.snapshot
+        return {"status": "ok", "images": len(snap.store), "generation": snap.generation,
+                "landmarks": len(snap.names), "dim": snap.store.dim,
+                "model": snap.store.signature.get("backbone") or snap.store.config.model.backbone,
+                "evidence": self.evidence_supported}
+
+    # -- writes (writer thread only) -------------------------------------------------------------
+    def prepare_add(self, data: bytes, filename: str | None) -> tuple[DecodedUpload, np.ndarray]:
+        """Decode and embed a photo to add (inference pool); nothing is written yet."""
+        up = decode_upload(data, self.settings, filename)
+        return up, self.writer.embed([up.image]).vectors
+
+    def commit_add(self, data: bytes, up: DecodedUpload, vector: np.ndarray, *, image_id: str | None,
+                   landmark_id: int | None, name: str | None) -> dict[str, Any]:
+        """Save the photo, add it in one store commit, then swap in the new snapshot (writer thread)."""
+        store = self.writer.store
+        if image_id is None:
+            image_id = f"u-{uuid.uuid4().hex[:16]}"
+        elif not _NEW_ID.match(image_id) or ".." in image_id:
+            raise ServiceError(400, f"invalid id {image_id!r} for a new photo: use 1-128 letters, digits, "
+                                    f"'.', '_' or '-', starting with a letter or digit")
+        if store.get([image_id]):
+            raise ServiceError(409, f"an image with id {image_id!r} is already in the store")
+        path = self.uploads_root / f"{image_id}{_EXT.get(up.format or '', '.img')}"
+        atomic_write_bytes(path, data)
+        try:
+            if landmark_id is not None and name:
+                store.set_label_names({landmark_id: name})
+            store.add([image_id], vector, paths=[str(path)], landmark_ids=[landmark_id], split="user",
+                      sizes={image_id: up.size})
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self._refresh()
+        self.thumbs.drop(image_id)
+        return row_json(self.image_row(image_id), self.snapshot.names)
+
+    def commit_remove(self, image_id: str) -> dict[str, Any]:
+        check_id(image_id)
+        store = self.writer.store
+        row = store.get([image_id]).get(image_id)
+        if row is None:
+            raise ServiceError(404, f"no image with id {image_id!r} in the store")
+        store.remove([image_id])
+        self._refresh()
+        self.thumbs.drop(image_id)
+        if row.path and row.split == "user":
+            p = Path(row.path)
+            if p.parent.resolve() == self.uploads_root.resolve():
+                p.unlink(missing_ok=True)
+        return {"removed": image_id, "images": len(self.snapshot.store), "generation": self.snapshot.generation}
+
+    def _refresh(self) -> None:
+        new = Snapshot(self.root, self.writer)
+        with self._swap:
+            self._snapshot = new
+
+
+def match_json(m: Match) -> dict[str, Any]:
+    q = _quote(m.id)
+    return {"id": m.id, "score": round(float(m.score), 6), "landmark_id": m.landmark_id, "name": m.name,
+            "thumbnail": f"/images/{q}/thumbnail", "url": f"/images/{q}"}
+
+
+def recognition_json(rec: Recognition) -> dict[str, Any]:
+    """The fields of a recognition, including any later ones (grade, evidence) that are JSON-able."""
+    from fastapi.encoders import jsonable_encoder
+
+    out: dict[str, Any] = {"landmark_id": rec.landmark_id, "name": rec.name, "score": round(float(rec.score), 6),
+                           "votes": rec.votes, "grade": None}
+    skip = {"query", "landmark_id", "name", "score", "votes", "neighbours", "error"}
+    for key, value in vars(rec).items():
+        if key in skip or key.startswith("_"):
+            continue
+        try:
+            out[key] = jsonable_encoder(value)
+        except Exception:       # an extra field that is not JSON: leave it out of the answer
+            log.debug("recognition field %s is not JSON-serialisable", key)
+    out["matches"] = [match_json(m) for m in rec.neighbours]
+    return out
+
+
+def row_json(row: ImageRow, names: dict[int, str]) -> dict[str, Any]:
+    q = _quote(row.key)
+    return {"id": row.key, "landmark_id": row.landmark_id,
+            "name": names.get(row.landmark_id) if row.landmark_id is not None else None,
+            "split": row.split, "width": row.width, "height": row.height,
+            "thumbnail": f"/images/{q}/thumbnail", "photo": f"/images/{q}/photo"}
+
+
+def _quote(image_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(image_id, safe="")
+
+
+def _shrunk(img: Image.Image, side: int) -> Image.Image:
+    if max(img.size) <= side:
+        return img
+    out = img.copy()
+    out.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return out
