@@ -1,0 +1,215 @@
+"""Spatial-verification re-ranking of the global shortlist (Baidu GLR19 §2.3), and verified-neighbour matrices.
+
+For each query, the global top-K stored photos are matched with the query's local features
+(:mod:`.matching`) and verified (:mod:`.verification`); the new score of a shortlisted photo is
+
+    score = global similarity + weight * min(inliers, saturation) / saturation    if inliers >= min_inliers
+    score = global similarity                                                     otherwise
+
+so verified photos move up in order of their evidence, and unverified ones keep their global order
+(``weight`` >= 2 puts every verified photo above every unverified one; small weights only break
+near-ties). The knobs live in :class:`landmark.config.RerankConfig`.
+
+:func:`verified_matrix` gives, for each query's top-N neighbours, the inlier counts from which
+"verified same landmark" is ``>= min_inliers`` (for verification-aware DBA / alpha-QE).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..config import RerankConfig
+from ..features.local import LocalFeatures
+from ..index.local import LocalStore
+from ..utils.progress import progress_bar
+from .matching import Prepared, match_many, prepare
+from .verification import Verification, verify
+
+
+@dataclass
+class Timings:
+    """Where verification time goes (seconds)."""
+
+    io: float = 0.0          # reading stored features and preparing descriptors
+    matching: float = 0.0    # mutual NN + ratio test
+    ransac: float = 0.0      # MAGSAC++
+    pairs: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"io_s": self.io, "matching_s": self.matching, "ransac_s": self.ransac, "pairs": self.pairs}
+
+
+class Verifier:
+    """Verifies query features against stored photos; prepared stored descriptors are cached in memory."""
+
+    def __init__(self, local: LocalStore, cfg: RerankConfig | None = None, *, cache_bytes: int = 2 << 30):
+        self.local = local
+        self.cfg = cfg or RerankConfig()
+        self.kind = str(local.signature.get("kind", "rootsift"))
+        self._cache: OrderedDict[str, tuple[LocalFeatures, Prepared]] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._used = 0
+        self.timings = Timings()
+
+    def prepare_query(self, feats: LocalFeatures) -> Prepared:
+        return prepare(feats.descriptors, self.kind)
+
+    def stored(self, keys: Sequence[str]) -> list[tuple[LocalFeatures, Prepared] | None]:
+        """Features and prepared descriptors of stored photos (None where a key has none)."""
+        t0 = time.perf_counter()
+        missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
+        if missing:
+            for k, f in self.local.get(missing).items():
+                f = LocalFeatures(np.asarray(f.keypoints), np.asarray(f.descriptors), f.scale, f.width, f.height)
+                p = prepare(f.descriptors, self.kind)
+                self._cache[k] = (f, p)
+                self._used += p.mat.numel() + f.keypoints.nbytes
+            while self._used > self._cache_bytes and len(self._cache) > 1:
+                _, (f, p) = self._cache.popitem(last=False)
+                self._used -= p.mat.numel() + f.keypoints.nbytes
+        out = []
+        for k in keys:
+            hit = self._cache.get(k)
+            if hit is not None:
+                self._cache.move_to_end(k)
+            out.append(hit)
+        self.timings.io += time.perf_counter() - t0
+        return out
+
+    def verify(self, query: LocalFeatures, keys: Sequence[str], prepared: Prepared | None = None) -> list[Verification]:
+        """One :class:`Verification` per stored key (no inliers where a key has no local features)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        qp = prepared if prepared is not None else self.prepare_query(query)
+        self.timings.io += time.perf_counter() - t0
+        stored = self.stored(keys)
+        t0 = time.perf_counter()
+        present = [i for i, s in enumerate(stored) if s is not None]
+        matches = match_many(qp, [stored[i][1] for i in present], ratio=cfg.ratio, mutual=cfg.mutual)
+        self.timings.matching += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = [Verification() for _ in keys]
+        qxy = query.xy
+        for i, m in zip(present, matches):
+            out[i] = verify(qxy, stored[i][0].xy, m, model=cfg.model, threshold=cfg.threshold,
+                            max_iters=cfg.max_iters, min_inliers=cfg.min_inliers)
+        self.timings.ransac += time.perf_counter() - t0
+        self.timings.pairs += len(keys)
+        return out
+
+    def inliers(self, query: LocalFeatures, keys: Sequence[str]) -> np.ndarray:
+        return np.array([v.inliers for v in self.verify(query, keys)], np.int32)
+
+
+def combine(global_scores: np.ndarray, inliers: np.ndarray, cfg: RerankConfig) -> np.ndarray:
+    """The re-ranking score (see the module docstring); arrays of equal shape."""
+    g = np.asarray(global_scores, np.float32)
+    inl = np.asarray(inliers, np.float32)
+    boost = cfg.weight * np.minimum(inl, cfg.saturation) / max(cfg.saturation, 1)
+    return np.where(inl >= cfg.min_inliers, g + boost, g).astype(np.float32)
+
+
+def rerank(keys: Sequence[str], scores: Sequence[float], inliers: np.ndarray,
+           cfg: RerankConfig) -> tuple[list[str], np.ndarray]:
+    """Re-sort a shortlist by :func:`combine` (stable: ties keep the global order)."""
+    new = combine(np.asarray(scores, np.float32), inliers, cfg)
+    order = np.argsort(-new, kind="stable")
+    return [keys[i] for i in order], new[order]
+
+
+@dataclass
+class Reranked:
+    keys: list[str]
+    scores: np.ndarray
+    inliers: np.ndarray                     # inliers of each key, in the new order
+    global_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # each key's rank before
+
+
+def rerank_shortlist(verifier: Verifier, query: LocalFeatures, keys: Sequence[str], scores: Sequence[float],
+                     top_k: int | None = None) -> Reranked:
+    """Verify the first ``top_k`` of a global ranking and re-sort them; the tail keeps its order below."""
+    k = min(len(keys), top_k if top_k is not None else verifier.cfg.top_k)
+    head = list(keys[:k])
+    inl = verifier.inliers(query, head) if head else np.zeros(0, np.int32)
+    new = combine(np.asarray(scores[:k], np.float32), inl, verifier.cfg)
+    order = np.argsort(-new, kind="stable")
+    tail = np.arange(k, len(keys))
+    all_keys = [head[i] for i in order] + list(keys[k:])
+    all_scores = np.concatenate([new[order], np.asarray(scores[k:], np.float32)])
+    all_inl = np.concatenate([inl[order], np.full(len(tail), -1, np.int32)])
+    return Reranked(all_keys, all_scores, all_inl, np.concatenate([order, tail]))
+
+
+def verified_matrix(local: LocalStore, queries: Sequence[str | LocalFeatures], neighbours: Sequence[Sequence[str]],
+                    cfg: RerankConfig | None = None, *, progress: bool | None = None,
+                    verifier: Verifier | None = None) -> np.ndarray:
+    """Inlier counts, Q x N int32, for each query's neighbours (stored keys; ragged lists are padded with -1).
+
+    A query is a stored key or :class:`LocalFeatures`; "verified same landmark" is
+    ``verified_matrix(...) >= cfg.min_inliers``. A query or neighbour without local features gets 0.
+    """
+    verifier = verifier or Verifier(local, cfg)
+    width = max((len(n) for n in neighbours), default=0)
+    out = np.full((len(queries), width), -1, np.int32)
+    with progress_bar("verify neighbours", total=len(queries), enabled=progress) as bar:
+        for qi, (q, nb) in enumerate(zip(queries, neighbours)):
+            if isinstance(q, str):
+                got = verifier.stored([q])[0]
+                feats = got[0] if got is not None else None
+            else:
+                feats = q
+            if feats is None:
+                out[qi, :len(nb)] = 0
+            else:
+                out[qi, :len(nb)] = verifier.inliers(feats, list(nb))
+            bar.advance(1)
+    return out
+
+
+def rerank_rankings(verifier: Verifier, queries: dict[str, LocalFeatures],
+                    rankings: dict[str, tuple[Sequence[str], Sequence[float]]], *,
+                    progress: bool | None = None) -> dict[str, Reranked]:
+    """Re-rank many global rankings ``query -> (keys, scores)``; queries without features keep their order."""
+    out: dict[str, Reranked] = {}
+    with progress_bar("re-rank", total=len(rankings), enabled=progress) as bar:
+        for q, (keys, scores) in rankings.items():
+            feats = queries.get(q)
+            if feats is None:
+                out[q] = Reranked(list(keys), np.asarray(scores, np.float32), np.full(len(keys), -1, np.int32),
+                                  np.arange(len(keys)))
+            else:
+                out[q] = rerank_shortlist(verifier, feats, list(keys), list(scores))
+            bar.advance(1)
+    return out
+
+
+def rerank_test_queries(lm, manifest, rankings: dict[str, tuple[Sequence[str], Sequence[float]]], work_dir, *,
+                        k: int = 100, progress: bool | None = None):
+    """Local features of a query manifest (cached, resumable in ``work_dir``) and its re-ranked rankings.
+
+    ``lm`` is a :class:`landmark.api.Landmarks` with local features. Returns ``(rankings cut to k,
+    failures, timings)``.
+    """
+    from ..features.local import extract_many
+
+    t0 = time.perf_counter()
+    extractor = lm.query_local_extractor()
+    cache = LocalStore.create(work_dir, extractor.signature)
+    present = cache.present(manifest.ids())
+    failures = extract_many(extractor, [r for r in manifest.records if r.id not in present], cache.add,
+                            progress=progress, description="local features queries")
+    t1 = time.perf_counter()
+    verifier = lm.verifier
+    verifier.timings = Timings()
+    result = rerank_rankings(verifier, cache.get(list(rankings)), rankings, progress=progress)
+    t2 = time.perf_counter()
+    cache.close()
+    timings = {"extract_local_queries_s": t1 - t0, "rerank_s": t2 - t1,
+               "rerank_pairs_per_s": verifier.timings.pairs / max(t2 - t1, 1e-9),
+               **{f"rerank_{k_}": v for k_, v in verifier.timings.as_dict().items()}}
+    return {q: r.keys[:k] for q, r in result.items()}, failures, timings
