@@ -76,7 +76,10 @@ def _detector(cfg: LocalConfig):
     if cfg.kind == "orb":
         return cv2.ORB_create(nfeatures=int(cfg.max_keypoints))
     if cfg.kind == "brisk":
-        return cv2.BRISK_create()
+        make = getattr(cv2, "BRISK_create", None) or getattr(getattr(cv2, "BRISK", None), "create", None)
+        if make is None:   # OpenCV 5 moved BRISK out of the main modules
+            raise ValueError(f"local feature kind 'brisk' is not in this OpenCV build ({cv2.__version__}); use orb")
+        return make()
     raise ValueError(f"unknown local feature kind {cfg.kind!r}; choose one of {KINDS}")
 
 
