@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.8,0.85,0.9")
     ap.add_argument("--models", default="homography")
     ap.add_argument("--thresholds", default="8")
+    ap.add_argument("--min-inliers", default="5,6,8,10,12,15,20")
+    ap.add_argument("--dump", help="write the inlier counts and relevance of every verified pair to this .npz")
     args = ap.parse_args()
 
     store = Store.open(args.store)
@@ -73,7 +75,12 @@ def main() -> None:
         feats = {q: f for q, f in local.get(queries).items()}
         inl = {q: ver.inliers(feats[q], g_keys[q]) if q in feats else np.zeros(args.top_k, np.int32) for q in queries}
         dt = time.perf_counter() - t0
-        for min_inl, weight, sat in itertools.product((8, 12, 15, 20, 30), (0.1, 0.3, 1.0, 3.0), (20, 60, 150)):
+        if args.dump:
+            rel = np.array([[label[k] == label[q] for k in g_keys[q]] for q in queries])
+            np.savez(args.dump, inliers=np.stack([inl[q] for q in queries]), relevant=rel,
+                     scores=np.stack([g_scores[q] for q in queries]))
+        for min_inl, weight, sat in itertools.product(map(int, args.min_inliers.split(",")), (0.1, 0.3, 1.0, 3.0),
+                                                      (20, 60, 150)):
             c = dataclasses.replace(cfg, min_inliers=min_inl, weight=weight, saturation=sat)
             ranked = {}
             for q in queries:

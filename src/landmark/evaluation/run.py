@@ -77,6 +77,9 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     if solution.retrieval:   # global vs re-ranked, overall and on the full-resolution landmarks
         fullres = {q: rel for q, rel in solution.retrieval.items() if truth.get(q, set()) & FULLRES_LANDMARKS}
         for name, subset in (("", solution.retrieval), ("_fullres", fullres)):
+            if not subset:
+                metrics[f"map@{retrieval_k}{name}_global"] = metrics[f"map@{retrieval_k}{name}_reranked"] = None
+                continue
             metrics[f"map@{retrieval_k}{name}_global"] = mean_average_precision_at_k(global_rankings, subset, k=retrieval_k)
             metrics[f"map@{retrieval_k}{name}_reranked"] = (mean_average_precision_at_k(rankings, subset, k=retrieval_k)
                                                             if rankings is not global_rankings else None)

@@ -158,15 +158,11 @@ def verified_matrix(local: LocalStore, queries: Sequence[str | LocalFeatures], n
     out = np.full((len(queries), width), -1, np.int32)
     with progress_bar("verify neighbours", total=len(queries), enabled=progress) as bar:
         for qi, (q, nb) in enumerate(zip(queries, neighbours)):
-            if isinstance(q, str):
-                got = verifier.stored([q])[0]
-                feats = got[0] if got is not None else None
-            else:
-                feats = q
-            if feats is None:
+            got = verifier.stored([q])[0] if isinstance(q, str) else (q, None)
+            if got is None:
                 out[qi, :len(nb)] = 0
             else:
-                out[qi, :len(nb)] = verifier.inliers(feats, list(nb))
+                out[qi, :len(nb)] = [v.inliers for v in verifier.verify(got[0], list(nb), prepared=got[1])]
             bar.advance(1)
     return out
 
