@@ -74,7 +74,8 @@ class RerankConfig:
 
     score = global similarity + weight * min(inliers, saturation) / saturation for shortlisted photos
     with at least ``min_inliers`` verified inliers; other photos keep their global similarity.
-    Defaults tuned on a validation split carved from ``train`` (benchmarks/validate_rerank.py).
+    ratio, min_inliers, weight and saturation were tuned on leave-one-out queries from ``train``
+    (benchmarks/validate_rerank.py), never on test.
     """
 
     enabled: bool = True                  # re-rank when the store has local features
@@ -84,8 +85,8 @@ class RerankConfig:
     model: str = "homography"             # homography | fundamental | affine (OpenCV USAC MAGSAC++)
     threshold: float = 8.0                # RANSAC reprojection threshold in pixels of the extraction frame
     max_iters: int = 1000                 # RANSAC iterations
-    min_inliers: int = 12                 # fewer verified inliers = not verified (no boost)
-    weight: float = 1.0                   # boost for a fully verified photo
+    min_inliers: int = 8                  # fewer verified inliers = not verified (no boost)
+    weight: float = 0.3                   # boost for a fully verified photo
     saturation: int = 60                  # inliers at which the boost is full
     inverted_k: int = 0                   # also verify the top-k of the local inverted index (0 = off)
 
