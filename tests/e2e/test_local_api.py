@@ -71,10 +71,11 @@ def test_remove_follows_into_local_features(mini_gldv2, fast_overrides, tmp_path
 def test_evaluate_reports_global_and_reranked(mini_gldv2, fast_overrides, tmp_path):
     from landmark.evaluation.run import evaluate_gldv2
 
-    report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", load_config(overrides=fast_overrides), progress=False)
+    cfg = load_config(overrides=[*fast_overrides, "rerank.inverted_k=10"])   # with the local inverted index too
+    report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", cfg, progress=False)
     m = report["metrics"]
     assert m["map@100_global"] > 0.3 and m["map@100_reranked"] is not None
     assert m["map@100"] == m["map@100_reranked"]
     assert m["map@100_fullres_global"] is None and m["fullres_queries"] == 0      # no 9000xx landmark here
-    assert report["timings"]["rerank_pairs"] > 0
+    assert report["timings"]["rerank_pairs"] > 0 and report["timings"]["inverted_build_s"] > 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["map@100_global"] == m["map@100_global"]

@@ -62,7 +62,8 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
 
         rankings, local_failures, local_timings = rerank_test_queries(
             lm, test, {q: (r.keys, r.scores) for q, r in zip(queries.ids, ranked)}, out / "_work" / "local-test",
-            k=retrieval_k, progress=progress)
+            k=retrieval_k, progress=progress, vectors=dict(zip(queries.ids, queries.vectors)),
+            database=lm.store.keys("index"))
         timings.update(local_timings)
 
     truth = solution.recognition_all

@@ -185,11 +185,13 @@ def rerank_rankings(verifier: Verifier, queries: dict[str, LocalFeatures],
 
 
 def rerank_test_queries(lm, manifest, rankings: dict[str, tuple[Sequence[str], Sequence[float]]], work_dir, *,
-                        k: int = 100, progress: bool | None = None):
+                        k: int = 100, progress: bool | None = None, vectors: dict[str, np.ndarray] | None = None,
+                        database: Sequence[str] | None = None):
     """Local features of a query manifest (cached, resumable in ``work_dir``) and its re-ranked rankings.
 
-    ``lm`` is a :class:`landmark.api.Landmarks` with local features. Returns ``(rankings cut to k,
-    failures, timings)``.
+    ``lm`` is a :class:`landmark.api.Landmarks` with local features. With ``rerank.inverted_k > 0``
+    the top of the local inverted index over ``database`` keys joins each global shortlist (global
+    similarity from the query ``vectors``). Returns ``(rankings cut to k, failures, timings)``.
     """
     from ..features.local import extract_many
 
@@ -202,10 +204,34 @@ def rerank_test_queries(lm, manifest, rankings: dict[str, tuple[Sequence[str], S
     t1 = time.perf_counter()
     verifier = lm.verifier
     verifier.timings = Timings()
-    result = rerank_rankings(verifier, cache.get(list(rankings)), rankings, progress=progress)
+    feats = cache.get(list(rankings))
+    extra: dict[str, float] = {}
+    if verifier.cfg.inverted_k > 0 and vectors is not None:
+        from .inverted import LocalInvertedIndex, merge_shortlists
+
+        inv = LocalInvertedIndex.build(lm.local, database, progress=progress)
+        extra["inverted_build_s"] = time.perf_counter() - t1
+        merged = {}
+        for q, (keys, scores) in rankings.items():
+            keys, scores = list(keys)[: verifier.cfg.top_k], list(scores)[: verifier.cfg.top_k]
+            if q in feats:
+                local_keys, _ = inv.search(feats[q], verifier.cfg.inverted_k, ratio=verifier.cfg.ratio)
+                keys, scores = merge_shortlists(keys, scores, local_keys,
+                                                lambda ks, v=vectors[q]: lm.store.vectors(ks) @ v)
+            merged[q] = (keys, scores)
+        rankings = merged
+        extra["inverted_search_s"] = time.perf_counter() - t1 - extra["inverted_build_s"]
+        result = {}
+        with progress_bar("re-rank", total=len(rankings), enabled=progress) as bar:
+            for q, (keys, scores) in rankings.items():
+                result[q] = (rerank_shortlist(verifier, feats[q], keys, scores, top_k=len(keys)) if q in feats else
+                             Reranked(list(keys), np.asarray(scores, np.float32), np.full(len(keys), -1, np.int32)))
+                bar.advance(1)
+    else:
+        result = rerank_rankings(verifier, feats, rankings, progress=progress)
     t2 = time.perf_counter()
     cache.close()
     timings = {"extract_local_queries_s": t1 - t0, "rerank_s": t2 - t1,
                "rerank_pairs_per_s": verifier.timings.pairs / max(t2 - t1, 1e-9),
-               **{f"rerank_{k_}": v for k_, v in verifier.timings.as_dict().items()}}
+               **{f"rerank_{k_}": v for k_, v in verifier.timings.as_dict().items()}, **extra}
     return {q: r.keys[:k] for q, r in result.items()}, failures, timings
