@@ -88,7 +88,7 @@ def main() -> None:
         dt = time.perf_counter() - t0
         if args.dump and not args.load:
             rel = np.array([[label[k] == label[q] for k in g_keys[q]] for q in queries])
-            np.savez(args.dump, inliers=np.stack([inl[q] for q in queries]), relevant=rel,
+            np.savez(f"{args.dump}-r{ratio}-{model}-t{thr:g}.npz", inliers=np.stack([inl[q] for q in queries]), relevant=rel,
                      scores=np.stack([g_scores[q] for q in queries]))
         for min_inl, weight, sat in itertools.product(map(int, args.min_inliers.split(",")), (0.1, 0.3, 1.0, 3.0),
                                                       (20, 60, 150)):

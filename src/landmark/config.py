@@ -80,14 +80,15 @@ class RerankConfig:
 
     enabled: bool = True                  # re-rank when the store has local features
     top_k: int = 100                      # global shortlist length that is verified
-    ratio: float = 0.9                    # Lowe ratio test on descriptor distances
+    ratio: float = 0.8                    # Lowe ratio test on descriptor distances
     mutual: bool = True                   # keep only mutual nearest neighbours
     model: str = "homography"             # homography | fundamental | affine (OpenCV USAC MAGSAC++)
-    threshold: float = 8.0                # RANSAC reprojection threshold in pixels of the extraction frame
+    threshold: float = 4.0                # RANSAC reprojection threshold in pixels of the extraction frame
     max_iters: int = 1000                 # RANSAC iterations
-    min_inliers: int = 8                  # fewer verified inliers = not verified (no boost)
+    min_inliers: int = 6                  # fewer verified inliers = no boost
     weight: float = 0.3                   # boost for a fully verified photo
-    saturation: int = 60                  # inliers at which the boost is full
+    saturation: int = 20                  # inliers at which the boost is full
+    verified_inliers: int = 8             # inliers that make "verified same landmark" (DBA / alpha-QE)
     inverted_k: int = 0                   # also verify the top-k of the local inverted index (0 = off)
 
 

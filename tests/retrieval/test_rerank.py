@@ -52,6 +52,6 @@ def test_shortlist_rerank_and_verified_matrix(tmp_path):
     assert r.inliers[0] > 50 and r.inliers[1] < 12
     m = verified_matrix(st, ["same1", query], [["same2", "other", "blank"], ["same1"]], RerankConfig())
     assert m.shape == (2, 3) and m[1, 1] == -1 and m[1, 2] == -1
-    verified = m >= RerankConfig().min_inliers
+    verified = m >= RerankConfig().verified_inliers
     assert verified.tolist() == [[True, False, False], [True, False, False]]
     assert ver.timings.pairs == 4 and ver.timings.matching > 0

@@ -197,7 +197,9 @@ def verified_matrix(local: LocalStore, queries: Sequence[str | LocalFeatures], n
     """Inlier counts, Q x N int32, for each query's neighbours (stored keys; ragged lists are padded with -1).
 
     A query is a stored key or :class:`LocalFeatures`; "verified same landmark" is
-    ``verified_matrix(...) >= cfg.min_inliers``. A query or neighbour without local features gets 0.
+    ``verified_matrix(...) >= cfg.verified_inliers`` (8 by default: no false positive among ~6,700
+    negative pairs of the train validation, 72 % precision at 6). A query or neighbour without local
+    features gets 0; padding is -1.
     """
     verifier = verifier or Verifier(local, cfg)
     width = max((len(n) for n in neighbours), default=0)
