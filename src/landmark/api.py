@@ -26,7 +26,7 @@ from .data.manifests import ImageRecord, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
 from .index import SearchResult, Store, StoreError
 from .index.local import LOCAL_DIR, LocalStore
-from .features.local import LocalExtractor, LocalFeatures
+from .features.local import LocalExtractor, LocalFeatures, extract_many
 from .retrieval.matching import match_pair
 from .retrieval.rerank import Verifier, rerank_shortlist
 from .retrieval.verification import draw_matches, verify
@@ -155,8 +155,6 @@ class Landmarks:
     def add_local(self, records: Sequence[ImageRecord], *, progress: bool | None = None,
                   description: str = "local features") -> list[Failure]:
         """Extract and store local features of stored photos that lack them (resumable)."""
-        from .features.local import extract_many
-
         extractor = self.local_extractor()
         if self.local is None or self.local.signature != json.loads(json.dumps(extractor.signature)):
             self.local = LocalStore.create(self.store.root / LOCAL_DIR, extractor.signature)

@@ -55,3 +55,16 @@ def test_shortlist_rerank_and_verified_matrix(tmp_path):
     verified = m >= RerankConfig().verified_inliers
     assert verified.tolist() == [[True, False, False], [True, False, False]]
     assert ver.timings.pairs == 4 and ver.timings.matching > 0
+
+
+def test_threaded_verification_equals_serial(tmp_path):
+    scene = _scene(300, 5)
+    st = LocalStore.create(tmp_path / "local", SIG)
+    keys = [f"v{i}" for i in range(6)]
+    st.add(keys, [_view(scene, (3 * i, -2 * i), 120 + 20 * i, 10 + i) if i % 2 == 0 else _scene(200, 20 + i)
+                  for i in range(6)])
+    query = _view(scene, (0, 0), 250, 9)
+    serial = Verifier(st, RerankConfig(), threads=1).inliers(query, keys)
+    threaded = Verifier(st, RerankConfig(), threads=2).inliers(query, keys)
+    assert np.array_equal(serial, threaded)
+    assert (serial[::2] >= 50).all() and (serial[1::2] < 8).all()
