@@ -103,7 +103,6 @@ def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders o
 def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos."), store: Path = StoreOpt):
     """Remove photos from a store by id."""
     from .index import Store
-
     from .index.local import LOCAL_DIR, LocalStore
 
     local = LocalStore.open_if_exists(store / LOCAL_DIR)

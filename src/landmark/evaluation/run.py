@@ -90,6 +90,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     report = {
         "dataset": str(root), "metrics": metrics, "timings": timings,
         "store": lm.store.info() | {"root": str(lm.store.root)},
+        "local_features": lm.local.info() if lm.local is not None else None,
         "build": {"added": build.added, "skipped": build.skipped},
         "failures": [asdict(f) for f in build.failures + queries.failures + local_failures],
         "config": config.to_dict(),
