@@ -10,9 +10,10 @@ The CLI and the HTTP service are thin layers over this module.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -24,6 +25,11 @@ from .data import ImageError, Manifest, load_image, read_dataset, read_photos
 from .data.manifests import ImageRecord, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
 from .index import SearchResult, Store, StoreError
+from .index.local import LOCAL_DIR, LocalStore
+from .features.local import LocalExtractor, LocalFeatures, extract_many
+from .retrieval.matching import match_pair
+from .retrieval.rerank import Verifier, rerank_shortlist
+from .retrieval.verification import draw_matches, verify
 from .recognition import knn_vote, similarity_to_confidence
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,7 @@ class Match:
     landmark_id: int | None
     name: str | None = None
     path: str | None = None
+    inliers: int | None = None        # verified local-feature inliers when the result was re-ranked
 
 
 @dataclass
@@ -77,11 +84,14 @@ def dataset_manifest(root: Path, split: str) -> Manifest:
 class Landmarks:
     """A store plus the extractor whose signature it carries."""
 
-    def __init__(self, store: Store, extractor: GlobalExtractor):
+    def __init__(self, store: Store, extractor: GlobalExtractor, config: Config | None = None):
         store.check_signature(extractor.signature)
         self.store = store
         self.extractor = extractor
         self.ray = None   # a landmark.distributed.RayConfig: database extraction then runs on Ray actors
+        self.config = config or store.config          # local features / re-ranking settings
+        self.local = LocalStore.open_if_exists(store.root / LOCAL_DIR)
+        self._verifier: Verifier | None = None
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -104,7 +114,7 @@ class Landmarks:
                 raise StoreError(f"{exc}\n(pass overwrite to rebuild it with the new configuration)") from None
         else:
             store = Store.create(root, config, extractor.signature, overwrite=overwrite)
-        return cls(store, extractor)
+        return cls(store, extractor, config)
 
     @classmethod
     def build(cls, data: str | Path, store_dir: str | Path, config: Config | None = None, *,
@@ -147,7 +157,25 @@ class Landmarks:
         shutil.rmtree(work, ignore_errors=True)
         report.added[split] = len(result.ids)
         report.failures += result.failures
+        if self.config.local.enabled:
+            stored = set(self.store.get(manifest.ids()))
+            report.failures += self.add_local([r for r in manifest.records if r.id in stored], progress=progress,
+                                              description=f"local features {split}")
         return report
+
+    def add_local(self, records: Sequence[ImageRecord], *, progress: bool | None = None,
+                  description: str = "local features") -> list[Failure]:
+        """Extract and store local features of stored photos that lack them (resumable)."""
+        extractor = self.local_extractor()
+        if self.local is None or self.local.signature != json.loads(json.dumps(extractor.signature)):
+            self.local = LocalStore.create(self.store.root / LOCAL_DIR, extractor.signature)
+            self._verifier = None
+        present = self.local.present([r.id for r in records])
+        todo = [r for r in records if r.id not in present]
+        return extract_many(extractor, todo, self.local.add, progress=progress, description=description)
+
+    def local_extractor(self) -> LocalExtractor:
+        return LocalExtractor(self.config.local)
 
     def add_photos(self, photos: Sequence[str | Path], *, landmark_id: int | None = None, split: str = "user",
                    name: str | None = None, progress: bool | None = None) -> BuildReport:
@@ -159,6 +187,8 @@ class Landmarks:
         return self.add_manifest(manifest, split=split, progress=progress)
 
     def remove(self, ids: Sequence[str]) -> int:
+        if self.local is not None:
+            self.local.remove(ids)
         return self.store.remove(ids)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -174,16 +204,93 @@ class Landmarks:
         return self.extractor.extract(items, progress=progress, cache_dir=cache_dir)
 
     def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
-               progress: bool | None = None) -> list[SearchOutput]:
-        """The ``k`` most similar stored photos for each query photo (errors reported per photo)."""
+               progress: bool | None = None, rerank: bool | None = None) -> list[SearchOutput]:
+        """The ``k`` most similar stored photos for each query photo (errors reported per photo).
+
+        With ``rerank`` (default: on when the store has local features and ``rerank.enabled``), the
+        global top ``rerank.top_k`` are verified with local features and re-scored (:mod:`landmark.retrieval.rerank`).
+        """
         k = k or self.store.config.search.k
         names = self.store.label_names()
         ids, vectors, errors = self._embed_queries(photos, progress)
-        result = self.store.search(vectors, k, splits=splits) if len(vectors) else None
+        rerank = self.can_rerank if rerank is None else rerank
+        if rerank and self.local is None:
+            raise StoreError(f"{self.store.root} has no local features to re-rank with "
+                             "(rebuild it with local.enabled=true, or search with --no-rerank)")
+        depth = max(k, self.config.rerank.top_k) if rerank else k
+        result = self.store.search(vectors, depth, splits=splits) if len(vectors) else None
         out: dict[str, SearchOutput] = {q: SearchOutput(q, error=e) for q, e in errors.items()}
+        by_name = dict(zip(self._query_names(photos), photos))
         for qi, q in enumerate(ids):
-            out[q] = SearchOutput(q, self._matches(result, qi, names))
+            matches = self._matches(result, qi, names)
+            if rerank:
+                try:
+                    matches = self._rerank_matches(by_name[q], matches)
+                except ImageError as exc:
+                    out[q] = SearchOutput(q, error=exc.reason)
+                    continue
+            out[q] = SearchOutput(q, matches[:k])
         return [out[q] for q in self._query_names(photos)]
+
+    # -- local features --------------------------------------------------------------------------
+    @property
+    def can_rerank(self) -> bool:
+        return bool(self.config.rerank.enabled and self.local is not None and len(self.local))
+
+    @property
+    def verifier(self) -> Verifier:
+        if self.local is None:
+            raise StoreError(f"{self.store.root} has no local features")
+        if self._verifier is None:
+            self._verifier = Verifier(self.local, self.config.rerank)
+        return self._verifier
+
+    def local_features(self, photo: Photo) -> LocalFeatures:
+        """Local features of a photo (path or PIL image) made like the stored ones."""
+        img = photo if isinstance(photo, Image.Image) else load_image(photo)
+        return self.query_local_extractor().extract_image(img)
+
+    def query_local_extractor(self) -> LocalExtractor:
+        """The local-feature extractor for queries: the stored features' settings where there are some."""
+        cfg = self.config.local
+        if self.local is not None:   # match the stored features, whatever the current config says
+            sig = self.local.signature
+            cfg = replace(cfg, kind=sig["kind"], image_size=sig["image_size"], max_keypoints=sig["max_keypoints"])
+        return LocalExtractor(cfg)
+
+    def _rerank_matches(self, photo: Photo, matches: list[Match]) -> list[Match]:
+        feats = self.local_features(photo)
+        ranked = rerank_shortlist(self.verifier, feats, [m.id for m in matches], [m.score for m in matches])
+        by_id = {m.id: m for m in matches}
+        return [replace(by_id[key], score=float(s), inliers=int(i) if i >= 0 else None)
+                for key, s, i in zip(ranked.keys, ranked.scores, ranked.inliers)]
+
+    def match_evidence(self, a: str | Photo, b: str, *, max_lines: int = 300) -> bytes | None:
+        """PNG of the verified inlier matches between ``a`` (a stored key, a path or a PIL image) and stored ``b``.
+
+        None when the store has no local features. Raises KeyError for an unknown stored key.
+        """
+        if self.local is None or not len(self.local):
+            return None
+        rows = self.store.get([b] + ([a] if isinstance(a, str) and not Path(a).is_file() else []))
+        if b not in rows:
+            raise KeyError(f"{b!r} is not in the store")
+        fb = self.verifier.stored([b])[0]
+        if fb is None:
+            raise KeyError(f"{b!r} has no local features in the store")
+        if isinstance(a, str) and a in rows:
+            fa_got = self.verifier.stored([a])[0]
+            if fa_got is None:
+                raise KeyError(f"{a!r} has no local features in the store")
+            fa, img_a = fa_got[0], load_image(rows[a].path)
+        else:
+            img_a = a if isinstance(a, Image.Image) else load_image(a)
+            fa = self.query_local_extractor().extract_image(img_a)
+        cfg = self.config.rerank
+        m = match_pair(self.verifier.prepare_query(fa), fb[1], ratio=cfg.ratio, mutual=cfg.mutual)
+        v = verify(fa.xy, fb[0].xy, m, model=cfg.model, threshold=cfg.threshold, max_iters=cfg.max_iters,
+                   min_inliers=cfg.min_inliers)
+        return draw_matches(img_a, load_image(rows[b].path), fa, fb[0], m, v.mask, max_lines=max_lines)
 
     def recognize(self, photos: Sequence[Photo], *, progress: bool | None = None) -> list[Recognition]:
         """Landmark id and confidence for each photo by top-k voting over labelled photos."""

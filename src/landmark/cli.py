@@ -113,7 +113,11 @@ def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders o
 def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos."), store: Path = StoreOpt):
     """Remove photos from a store by id."""
     from .index import Store
+    from .index.local import LOCAL_DIR, LocalStore
 
+    local = LocalStore.open_if_exists(store / LOCAL_DIR)
+    if local is not None:
+        local.remove(ids)
     with Store.open(store) as st:
         n = st.remove(ids)
         out.print(f"removed {n} of {len(ids)} ids; store now holds {len(st)}")
@@ -135,12 +139,13 @@ def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store
            k: int = typer.Option(10, "-k", help="Results per query."),
            split: Optional[List[str]] = typer.Option(None, "--split", help="Only search these splits of the store."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+           rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="Re-rank with local-feature verification (default: when the store has local features)."),
            device: Optional[str] = DeviceOpt):
     """The most similar stored photos for each query photo."""
     from .api import Landmarks
 
     lm = Landmarks.open(store, device=device)
-    results = lm.search([str(p) for p in photos], k=k, splits=split or None, progress=False)
+    results = lm.search([str(p) for p in photos], k=k, splits=split or None, progress=False, rerank=rerank)
     if as_json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     for r in results if not as_json else []:
@@ -148,10 +153,11 @@ def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store
             err.print(f"[red]{r.query}: {r.error}[/]")
             continue
         table = Table(title=r.query, title_justify="left")
-        for col in ("rank", "id", "score", "landmark", "path"):
+        for col in ("rank", "id", "score", "inliers", "landmark", "path"):
             table.add_column(col)
         for i, m in enumerate(r.matches, 1):
-            table.add_row(str(i), m.id, f"{m.score:.4f}", _landmark(m.landmark_id, m.name), m.path or "")
+            table.add_row(str(i), m.id, f"{m.score:.4f}", "-" if m.inliers is None else str(m.inliers),
+                          _landmark(m.landmark_id, m.name), m.path or "")
         out.print(table)
     if any(r.error for r in results):
         raise typer.Exit(1)
@@ -215,9 +221,17 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     table.add_row("accuracy (landmark queries)", f"{m['accuracy']:.4f}")
     if m.get("map@100") is not None:
         table.add_row("mAP@100 (retrieval)", f"{m['map@100']:.4f}")
+    for scope, tag in (("", "all"), ("_fullres", "900001-900006")):
+        if m.get(f"map@100{scope}_global") is not None:
+            rer = m.get(f"map@100{scope}_reranked")
+            table.add_row(f"mAP@100 global / re-ranked ({tag})",
+                          f"{m[f'map@100{scope}_global']:.4f} / {'-' if rer is None else f'{rer:.4f}'}")
     table.add_row("queries / landmark / retrieval", f"{m['queries']} / {m['landmark_queries']} / {m['retrieval_queries']}")
     table.add_row("store build / test extraction / search (s)",
                   f"{t['build_store_s']:.1f} / {t['extract_test_s']:.1f} / {t['search_s']:.2f}")
+    if "rerank_s" in t:
+        table.add_row("local features of queries / re-ranking (s, pairs/s)",
+                      f"{t['extract_local_queries_s']:.1f} / {t['rerank_s']:.1f} ({t['rerank_pairs_per_s']:.0f})")
     table.add_row("unreadable photos skipped", str(len(report["failures"])))
     out.print(table)
     out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {out_dir / 'submission_recognition.csv'}, "

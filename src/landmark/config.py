@@ -58,12 +58,49 @@ class RecognitionConfig:
 
 
 @dataclass
+class LocalConfig:
+    """Local features for spatial verification (landmark.features.local), stored in ``STORE/local/``."""
+
+    enabled: bool = True                  # extract them when building a store (and re-rank with them)
+    kind: str = "rootsift"                # rootsift (OpenCV SIFT + RootSIFT) | orb | brisk
+    image_size: int = 1024                # long side in pixels; smaller photos are not upscaled
+    max_keypoints: int = 1000             # strongest keypoints kept per photo
+    num_workers: int = 2                  # extraction processes (0 = in this process)
+
+
+@dataclass
+class RerankConfig:
+    """Spatial-verification re-ranking of the global shortlist (landmark.retrieval.rerank).
+
+    score = global similarity + weight * min(inliers, saturation) / saturation for shortlisted photos
+    with at least ``min_inliers`` verified inliers; other photos keep their global similarity.
+    ratio, min_inliers, weight and saturation were tuned on leave-one-out queries from ``train``
+    (benchmarks/validate_rerank.py), never on test.
+    """
+
+    enabled: bool = True                  # re-rank when the store has local features
+    top_k: int = 100                      # global shortlist length that is verified
+    ratio: float = 0.8                    # Lowe ratio test on descriptor distances
+    mutual: bool = True                   # keep only mutual nearest neighbours
+    model: str = "homography"             # homography | fundamental | affine (OpenCV USAC MAGSAC++)
+    threshold: float = 4.0                # RANSAC reprojection threshold in pixels of the extraction frame
+    max_iters: int = 1000                 # RANSAC iterations
+    min_inliers: int = 6                  # fewer verified inliers = no boost
+    weight: float = 0.3                   # boost for a fully verified photo
+    saturation: int = 20                  # inliers at which the boost is full
+    verified_inliers: int = 8             # inliers that make "verified same landmark" (DBA / alpha-QE)
+    inverted_k: int = 0                   # also verify the top-k of the local inverted index (0 = off)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -76,6 +113,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lite1-gem": {"model": {"backbone": "tf_efficientnet_lite1"}},
     "lite0-gem": {"model": {"backbone": "tf_efficientnet_lite0"}, "extract": {"image_size": 320}},
     "mobilenetv2-gem": {"model": {"backbone": "mobilenet_v2"}},
+    "lite2-gem-global": {"local": {"enabled": False}, "rerank": {"enabled": False}},  # no local features
+    "lite2-gem-sift2k": {"local": {"max_keypoints": 2000}},
+    "lite2-gem-orb": {"local": {"kind": "orb", "max_keypoints": 2000}},
 }
 DEFAULT_PRESET = "lite2-gem"
 

@@ -23,6 +23,8 @@ from ..utils.io import atomic_write_json
 from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
 
+FULLRES_LANDMARKS = frozenset(range(900001, 900007))   # gldv2-mini's full-resolution landmarks
+
 
 def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None = None, *,
                    store_dir: str | Path | None = None, device: str | None = None,
@@ -50,8 +52,19 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     recognitions = lm.recognize_vectors(queries.vectors)
     predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
                    for q, r in zip(queries.ids, recognitions)}
-    rankings = {q: r.keys for q, r in zip(queries.ids, rank(lm.store, queries.vectors, retrieval_k, splits=["index"]))}
+    ranked = rank(lm.store, queries.vectors, max(retrieval_k, config.rerank.top_k), splits=["index"])
+    rankings = {q: r.keys[:retrieval_k] for q, r in zip(queries.ids, ranked)}
     timings["search_s"] = time.perf_counter() - t0
+    global_rankings = rankings
+    local_failures: list = []
+    if lm.can_rerank:   # spatial verification of the global shortlist (landmark.retrieval.rerank)
+        from ..retrieval.rerank import rerank_test_queries
+
+        rankings, local_failures, local_timings = rerank_test_queries(
+            lm, test, {q: (r.keys, r.scores) for q, r in zip(queries.ids, ranked)}, out / "_work" / "local-test",
+            k=retrieval_k, progress=progress, vectors=dict(zip(queries.ids, queries.vectors)),
+            database=lm.store.keys("index"))
+        timings.update(local_timings)
 
     truth = solution.recognition_all
     metrics = {
@@ -62,13 +75,24 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         "queries": len(test), "landmark_queries": sum(1 for v in truth.values() if v),
         "retrieval_queries": len(solution.retrieval),
     }
+    if solution.retrieval:   # global vs re-ranked, overall and on the full-resolution landmarks
+        fullres = {q: rel for q, rel in solution.retrieval.items() if truth.get(q, set()) & FULLRES_LANDMARKS}
+        for name, subset in (("", solution.retrieval), ("_fullres", fullres)):
+            if not subset:
+                metrics[f"map@{retrieval_k}{name}_global"] = metrics[f"map@{retrieval_k}{name}_reranked"] = None
+                continue
+            metrics[f"map@{retrieval_k}{name}_global"] = mean_average_precision_at_k(global_rankings, subset, k=retrieval_k)
+            metrics[f"map@{retrieval_k}{name}_reranked"] = (mean_average_precision_at_k(rankings, subset, k=retrieval_k)
+                                                            if rankings is not global_rankings else None)
+        metrics["fullres_queries"] = len(fullres)
     write_recognition_csv(out / "submission_recognition.csv", predictions, ids=test.ids())
     write_retrieval_csv(out / "submission_retrieval.csv", rankings, ids=test.ids(), k=retrieval_k)
     report = {
         "dataset": str(root), "metrics": metrics, "timings": timings,
         "store": lm.store.info() | {"root": str(lm.store.root)},
+        "local_features": lm.local.info() if lm.local is not None else None,
         "build": {"added": build.added, "skipped": build.skipped},
-        "failures": [asdict(f) for f in build.failures + queries.failures],
+        "failures": [asdict(f) for f in build.failures + queries.failures + local_failures],
         "config": config.to_dict(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": str(lm.extractor.device),

@@ -1,0 +1,210 @@
+"""Local features: RootSIFT (OpenCV SIFT, L1-normalised, square-rooted), ORB or BRISK keypoints.
+
+Photos are decoded safely (:func:`landmark.data.load_image`), converted to grey and resized so that
+their long side is at most ``image_size`` (never upscaled); keypoints are kept in that *extraction
+frame* with ``scale`` = extraction pixels per original pixel, so they map back onto the photo.
+
+What is kept per photo (compact, see :mod:`landmark.index.local`):
+
+- ``keypoints``: N x 4 float16 - x, y, size (diameter in px), angle (degrees);
+- ``descriptors``: N x 128 uint8 raw SIFT (exact; RootSIFT is computed from them by
+  :func:`rootsift`), or N x 32 / N x 64 uint8 packed binary ORB / BRISK strings.
+
+:class:`LocalExtractor` extracts many photos in worker processes with a progress bar; a photo
+that cannot be read is reported as a :class:`~landmark.features.Failure` and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..config import LocalConfig
+from ..data.images import ImageError, load_image
+from ..utils.progress import progress_bar
+from .extract import Failure, PhotoItem
+
+log = logging.getLogger(__name__)
+
+KINDS = ("rootsift", "orb", "brisk")
+BINARY_KINDS = ("orb", "brisk")
+
+
+@dataclass
+class LocalFeatures:
+    """Keypoints and descriptors of one photo, in its extraction frame."""
+
+    keypoints: np.ndarray      # N x 4 float16: x, y, size, angle
+    descriptors: np.ndarray    # N x D uint8
+    scale: float = 1.0         # extraction-frame pixels per original pixel (<= 1)
+    width: int = 0             # the extraction frame's size in pixels
+    height: int = 0
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    @property
+    def xy(self) -> np.ndarray:
+        """N x 2 float32 keypoint positions in the extraction frame."""
+        return self.keypoints[:, :2].astype(np.float32)
+
+
+def rootsift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, then square root; rows have unit L2 norm."""
+    d = np.asarray(descriptors, dtype=np.float32)
+    d = d / (np.abs(d).sum(axis=1, keepdims=True) + eps)
+    return np.sqrt(np.maximum(d, 0.0))
+
+
+def local_signature(cfg: LocalConfig) -> dict[str, Any]:
+    """What determines stored local features: a store refuses queries extracted otherwise."""
+    return {"kind": cfg.kind, "image_size": int(cfg.image_size), "max_keypoints": int(cfg.max_keypoints),
+            "opencv": cv2.__version__.split(".")[0]}
+
+
+def _detector(cfg: LocalConfig):
+    if cfg.kind == "rootsift":
+        return cv2.SIFT_create(nfeatures=int(cfg.max_keypoints))
+    if cfg.kind == "orb":
+        return cv2.ORB_create(nfeatures=int(cfg.max_keypoints))
+    if cfg.kind == "brisk":
+        make = getattr(cv2, "BRISK_create", None) or getattr(getattr(cv2, "BRISK", None), "create", None)
+        if make is None:   # OpenCV 5 moved BRISK out of the main modules
+            raise ValueError(f"local feature kind 'brisk' is not in this OpenCV build ({cv2.__version__}); use orb")
+        return make()
+    raise ValueError(f"unknown local feature kind {cfg.kind!r}; choose one of {KINDS}")
+
+
+def descriptor_size(kind: str) -> int:
+    return {"rootsift": 128, "orb": 32, "brisk": 64}[kind]
+
+
+def extraction_frame(image: Image.Image | np.ndarray, image_size: int) -> tuple[np.ndarray, float]:
+    """Grey uint8 array of ``image`` with its long side at most ``image_size``, and the scale applied."""
+    if isinstance(image, Image.Image):
+        gray = np.asarray(image.convert("L"))
+    else:
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    h, w = gray.shape[:2]
+    scale = min(1.0, float(image_size) / max(h, w))
+    if scale < 1.0:
+        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(gray), scale
+
+
+def detect(gray: np.ndarray, cfg: LocalConfig, detector=None) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints (N x 4 float16) and uint8 descriptors of a grey image, strongest first, at most ``max_keypoints``."""
+    detector = detector or _detector(cfg)
+    kps, desc = detector.detectAndCompute(gray, None)
+    d = descriptor_size(cfg.kind)
+    if desc is None or not kps:
+        return np.zeros((0, 4), np.float16), np.zeros((0, d), np.uint8)
+    resp = np.array([k.response for k in kps], np.float32)
+    order = np.argsort(-resp, kind="stable")[: int(cfg.max_keypoints)]
+    kp = np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in kps], np.float32)[order]
+    desc = desc[order]
+    if desc.dtype != np.uint8:   # SIFT returns integer-valued floats in [0, 255]
+        desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
+    return kp.astype(np.float16), np.ascontiguousarray(desc)
+
+
+def extract_image(image: Image.Image | np.ndarray, cfg: LocalConfig, detector=None) -> LocalFeatures:
+    gray, scale = extraction_frame(image, cfg.image_size)
+    kp, desc = detect(gray, cfg, detector)
+    return LocalFeatures(kp, desc, scale, gray.shape[1], gray.shape[0])
+
+
+# -- worker processes ----------------------------------------------------------------------------
+_W: dict[str, Any] = {}
+
+
+def _init_worker(cfg: LocalConfig) -> None:
+    cv2.setNumThreads(1)
+    _W["cfg"] = cfg
+    _W["det"] = _detector(cfg)
+
+
+def _work(job: tuple[str, str]) -> tuple[str, str, LocalFeatures | None, str | None]:
+    key, path = job
+    cfg = _W["cfg"]
+    try:
+        img = load_image(path, draft_size=cfg.image_size)
+        return key, path, extract_image(img, cfg, _W["det"]), None
+    except ImageError as exc:
+        return key, path, None, exc.reason
+    except cv2.error as exc:  # a photo OpenCV cannot process
+        return key, path, None, f"OpenCV failed on it: {str(exc).strip().splitlines()[-1]}"
+
+
+class LocalExtractor:
+    """Extracts :class:`LocalFeatures` of photos (paths or images) with one configuration."""
+
+    def __init__(self, cfg: LocalConfig | None = None):
+        self.cfg = cfg or LocalConfig()
+        if self.cfg.kind not in KINDS:
+            raise ValueError(f"unknown local feature kind {self.cfg.kind!r}; choose one of {KINDS}")
+        self._det = None
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        return local_signature(self.cfg)
+
+    def extract_image(self, image: Image.Image | np.ndarray) -> LocalFeatures:
+        if self._det is None:
+            self._det = _detector(self.cfg)
+        return extract_image(image, self.cfg, self._det)
+
+    def extract_path(self, path: str | Path) -> LocalFeatures:
+        """One photo from disk (raises :class:`~landmark.data.ImageError`)."""
+        return self.extract_image(load_image(path, draft_size=self.cfg.image_size))
+
+    def iter_extract(self, items: Sequence[PhotoItem], *, progress: bool | None = None,
+                     description: str = "local features") -> Iterator[tuple[str, LocalFeatures | None, Failure | None]]:
+        """Yield ``(id, features, None)`` or ``(id, None, failure)`` for each photo, in completion order."""
+        jobs = [(it.id, str(it.path)) for it in items]
+        workers = int(self.cfg.num_workers)
+        with progress_bar(description, total=len(jobs), enabled=progress) as bar:
+            for key, path, feats, reason in self._map(jobs, workers):
+                bar.advance(1)
+                if feats is None:
+                    log.info("skipped %s: %s", path, reason)
+                    yield key, None, Failure(key, path, reason or "unknown error")
+                else:
+                    yield key, feats, None
+
+    def _map(self, jobs: list[tuple[str, str]], workers: int) -> Iterable[tuple[str, str, LocalFeatures | None, str | None]]:
+        if workers <= 0 or len(jobs) < 8:
+            _init_worker(self.cfg)
+            yield from map(_work, jobs)
+            return
+        ctx = mp.get_context("spawn")    # no fork under a multi-threaded torch parent
+        with ctx.Pool(min(workers, os.cpu_count() or 1), initializer=_init_worker, initargs=(self.cfg,)) as pool:
+            yield from pool.imap_unordered(_work, jobs, chunksize=4)
+
+
+def extract_many(extractor: LocalExtractor, items: Sequence[PhotoItem], sink: Callable[[list[str], list[LocalFeatures]], None],
+                 *, chunk: int = 256, progress: bool | None = None, description: str = "local features") -> list[Failure]:
+    """Extract ``items`` and hand them to ``sink`` in chunks (each chunk is one atomic write there)."""
+    keys: list[str] = []
+    feats: list[LocalFeatures] = []
+    failures: list[Failure] = []
+    for key, f, failure in extractor.iter_extract(items, progress=progress, description=description):
+        if failure is not None:
+            failures.append(failure)
+            continue
+        keys.append(key)
+        feats.append(f)
+        if len(keys) >= chunk:
+            sink(keys, feats)
+            keys, feats = [], []
+    if keys:
+        sink(keys, feats)
+    return failures

@@ -1,0 +1,206 @@
+"""On-disk local features of a store: ``STORE/local/``, keyed by the store's image keys.
+
+Layout::
+
+    local/entries.sqlite        entries(key, segment, start, count, scale, width, height),
+                                meta(signature): the extractor that made them
+    local/seg-<n>.kp.npy        float16 keypoints of one write (sum of counts x 4: x, y, size, angle)
+    local/seg-<n>.desc.npy      uint8 descriptors of that write (sum of counts x D)
+
+A write saves its two segment files atomically (temp file, fsync, rename), then commits the
+entries in one SQLite transaction: a killed write leaves at most an unreferenced segment file.
+Segments are memory-mapped when read. Removing keys deletes their entries (the rows stay in their
+segment until :meth:`LocalStore.compact`); re-adding a key replaces its entry, so the features
+follow the store through add / remove.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..features.local import LocalFeatures
+from ..utils.io import atomic_path
+from .store import StoreError, _chunks, _lock
+
+LOCAL_DIR = "local"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY, segment INTEGER NOT NULL, start INTEGER NOT NULL, count INTEGER NOT NULL,
+    scale REAL NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class LocalStore:
+    """Local features in one directory (usually ``STORE/local``); reads are lock-free."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection):
+        self.root = root
+        self._conn = conn
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        self.signature: dict[str, Any] = json.loads(meta["signature"])
+        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def create(cls, root: str | Path, signature: Mapping[str, Any]) -> "LocalStore":
+        """Open ``root`` if it holds features of ``signature``; make it (or clear it) otherwise."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        sig = json.loads(json.dumps(dict(signature), sort_keys=True))
+        with _lock(root):
+            conn = _connect(root / "entries.sqlite")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='signature'").fetchone()
+            if row is not None and json.loads(row[0]) != sig:   # made by another extractor: start over
+                with _tx(conn):
+                    conn.execute("DELETE FROM entries")
+                for p in root.glob("seg-*.npy"):
+                    p.unlink()
+            with _tx(conn):
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)", (json.dumps(sig, sort_keys=True),))
+        return cls(root, conn)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "LocalStore":
+        root = Path(root)
+        if not (root / "entries.sqlite").is_file():
+            raise StoreError(f"no local features at {root} (build the store with local.enabled=true)")
+        return cls(root, _connect(root / "entries.sqlite"))
+
+    @classmethod
+    def open_if_exists(cls, root: str | Path) -> "LocalStore | None":
+        return cls.open(root) if (Path(root) / "entries.sqlite").is_file() else None
+
+    def close(self) -> None:
+        self._maps.clear()
+        self._conn.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+
+    def __contains__(self, key: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone() is not None
+
+    def keys(self) -> list[str]:
+        return [k for (k,) in self._conn.execute("SELECT key FROM entries ORDER BY segment, start")]
+
+    def present(self, keys: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for part in _chunks(list(keys)):
+            q = f"SELECT key FROM entries WHERE key IN ({','.join('?' * len(part))})"
+            out.update(k for (k,) in self._conn.execute(q, list(part)))
+        return out
+
+    def get(self, keys: Sequence[str]) -> dict[str, LocalFeatures]:
+        """Features of ``keys`` that are stored (arrays are read-only views of memory-mapped files)."""
+        out: dict[str, LocalFeatures] = {}
+        for part in _chunks(list(keys)):
+            q = f"SELECT key, segment, start, count, scale, width, height FROM entries WHERE key IN ({','.join('?' * len(part))})"
+            for key, seg, start, count, scale, w, h in self._conn.execute(q, list(part)):
+                kp, desc = self._segment(seg)
+                out[key] = LocalFeatures(kp[start:start + count], desc[start:start + count], float(scale), int(w), int(h))
+        return out
+
+    def __getitem__(self, key: str) -> LocalFeatures:
+        got = self.get([key])
+        if key not in got:
+            raise KeyError(f"no local features for {key!r} in {self.root}")
+        return got[key]
+
+    def _segment(self, seg: int) -> tuple[np.ndarray, np.ndarray]:
+        if seg not in self._maps:
+            kp = np.load(self.root / _seg_name(seg, "kp"), mmap_mode="r")
+            desc = np.load(self.root / _seg_name(seg, "desc"), mmap_mode="r")
+            self._maps[seg] = (kp, desc)
+        return self._maps[seg]
+
+    def info(self) -> dict[str, Any]:
+        n, kps = self._conn.execute("SELECT count(*), coalesce(sum(count), 0) FROM entries").fetchone()
+        size = sum(p.stat().st_size for p in self.root.glob("seg-*.npy"))
+        return {"images": n, "keypoints": int(kps), "mean_keypoints": (kps / n) if n else 0.0,
+                "bytes_on_disk": size, "signature": self.signature}
+
+    # -- writes --------------------------------------------------------------------------------
+    def add(self, keys: Sequence[str], features: Sequence[LocalFeatures]) -> int:
+        """Store features of ``keys`` in one atomic write (an existing key is replaced)."""
+        if len(keys) != len(features):
+            raise StoreError(f"{len(keys)} keys but {len(features)} feature sets")
+        if len(set(keys)) != len(keys):
+            raise StoreError("duplicate keys in one add of local features")
+        if not keys:
+            return 0
+        dims = {f.descriptors.shape[1] for f in features if f.descriptors.ndim == 2}
+        if len(dims) > 1:
+            raise StoreError(f"descriptors of different widths in one add: {sorted(dims)}")
+        dim = dims.pop() if dims else 0
+        kp = np.concatenate([np.asarray(f.keypoints, np.float16).reshape(-1, 4) for f in features])
+        desc = np.concatenate([np.asarray(f.descriptors, np.uint8).reshape(-1, dim) for f in features])
+        with _lock(self.root):
+            seg = self._conn.execute("SELECT coalesce(max(segment), 0) + 1 FROM entries").fetchone()[0]
+            seg = max([seg] + [int(p.name.split("-")[1].split(".")[0]) + 1 for p in self.root.glob("seg-*.npy")])
+            for arr, part in ((kp, "kp"), (desc, "desc")):
+                with atomic_path(self.root / _seg_name(seg, part)) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, arr)
+            starts = np.concatenate([[0], np.cumsum([len(f.keypoints) for f in features])[:-1]])
+            with _tx(self._conn):
+                self._conn.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)", [
+                    (k, seg, int(s), len(f.keypoints), float(f.scale), int(f.width), int(f.height))
+                    for k, s, f in zip(keys, starts, features)])
+        return len(keys)
+
+    def remove(self, keys: Sequence[str]) -> int:
+        with _lock(self.root), _tx(self._conn):
+            n = 0
+            for part in _chunks(list(keys)):
+                n += self._conn.execute(f"DELETE FROM entries WHERE key IN ({','.join('?' * len(part))})", list(part)).rowcount
+        return n
+
+    def compact(self) -> None:
+        """Drop the rows of removed keys from the segment files (rewrites everything into one segment)."""
+        keys = self.keys()
+        feats = self.get(keys)
+        old = {int(p.name.split("-")[1].split(".")[0]) for p in self.root.glob("seg-*.npy")}
+        self.add(keys, [LocalFeatures(np.array(f.keypoints), np.array(f.descriptors), f.scale, f.width, f.height)
+                        for f in (feats[k] for k in keys)])
+        self._maps.clear()
+        with _lock(self.root):
+            for seg in old:
+                for part in ("kp", "desc"):
+                    (self.root / _seg_name(seg, part)).unlink(missing_ok=True)
+
+    def __enter__(self) -> "LocalStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _seg_name(seg: int, part: str) -> str:
+    return f"seg-{seg:06d}.{part}.npy"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+@contextmanager
+def _tx(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
