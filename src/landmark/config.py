@@ -44,7 +44,13 @@ class ExtractConfig:
 
 @dataclass
 class IndexConfig:
-    kind: str = "flat"                    # exact inner-product search
+    kind: str = "flat"                    # exact inner-product search | ivfpq | hnsw (compressed, see index/ann.py)
+    nlist: int = 0                        # ivfpq: coarse cells (0 = about 4 * sqrt(N) at training time)
+    pq_m: int = 64                        # ivfpq: bytes per PQ code (sub-quantizers of 8 bits)
+    nprobe: int = 32                      # ivfpq: cells visited per query
+    hnsw_m: int = 16                      # hnsw (over PQ codes): graph neighbours per node
+    ef_search: int = 128                  # hnsw: search breadth
+    rerank: int = 1000                    # shortlist re-ranked exactly with the full vectors (memory-mapped); 0 = off
 
 
 @dataclass
@@ -58,12 +64,39 @@ class RecognitionConfig:
 
 
 @dataclass
+class WhiteningConfig:
+    """PCA / PCA-whitening of the (concatenated) descriptors, learned on the store's index split."""
+
+    kind: str = "none"                    # none | pca (power=0 is plain PCA, power=1 full whitening)
+    dim: int = 512
+    power: float = 1.0
+    shrinkage: float = 0.0                # fraction of the mean eigenvalue added to every eigenvalue
+    learn_on: str = "index"               # split whose (unlabelled) photos it is learned on; "all" = every split
+
+
+@dataclass
+class ExpansionConfig:
+    """DBA on the database and alpha-QE on queries (Baidu GLR19 §2.3, eq. (1)-(4))."""
+
+    dba: bool = False
+    qe: bool = False
+    shortlist: int = 300                  # neighbours among which verified ones are counted (M) and moved up
+    verify: str = "none"                  # how M is found without a local-feature verifier: none | vote | threshold
+    threshold: float = 0.5                # cosine similarity above which a neighbour counts as verified (verify=threshold)
+    qe_weights: str = "rank"              # rank: (N - x) / N (eq. 4) | alpha: similarity ** alpha
+    alpha: float = 3.0
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    ensemble: tuple[ModelConfig, ...] = ()   # more models whose L2-normalised descriptors follow `model`'s
+    whitening: WhiteningConfig = field(default_factory=WhiteningConfig)
+    expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -76,6 +109,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lite1-gem": {"model": {"backbone": "tf_efficientnet_lite1"}},
     "lite0-gem": {"model": {"backbone": "tf_efficientnet_lite0"}, "extract": {"image_size": 320}},
     "mobilenetv2-gem": {"model": {"backbone": "mobilenet_v2"}},
+    "lite2-gem-pcaw": {"whitening": {"kind": "pca"}},
+    "ensemble-gem-pcaw": {"ensemble": [{"backbone": "tf_efficientnet_lite1"}, {"backbone": "mobilenet_v2"}],
+                          "whitening": {"kind": "pca"}},
 }
 DEFAULT_PRESET = "lite2-gem"
 
