@@ -214,6 +214,32 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
               f"{out_dir / 'submission_retrieval.csv'}")
 
 
+@app.command("evaluate-revisited")
+@_friendly
+def evaluate_revisited_cmd(root: Path = typer.Argument(..., help="revisitop data root: ROOT/roxford5k/{gnd_roxford5k.pkl,jpg/}, ROOT/rparis6k/..."),
+                           dataset: Optional[List[str]] = typer.Option(None, "--dataset", "-d", help="roxford5k | rparis6k (default: both)."),
+                           preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+                           model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
+                           out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the results as JSON here.")):
+    """ROxford5k / RParis6k mAP and mP@1,5,10 (Easy / Medium / Hard; junk ignored, queries cropped to their box)."""
+    from .evaluation.revisited import DATASETS, evaluate_revisited
+    from .features.pipeline import base_extractor
+    from .utils.io import atomic_write_json
+
+    cfg = _config(preset, config, set_, model)
+    res = evaluate_revisited(root, base_extractor(cfg, device=device), dataset or DATASETS,
+                             expansion={"dba": cfg.expansion.dba, "qe": cfg.expansion.qe}, progress=progress)
+    table = Table(title=f"landmark evaluate-revisited: {root}", title_justify="left")
+    for col in ("dataset", "setup", "mAP", "mP@1", "mP@5", "mP@10"):
+        table.add_column(col)
+    for name, setups in res.items():
+        for setup, r in setups.items():
+            table.add_row(name, setup, f"{r['map']:.4f}", *(f"{r[f'mp@{k}']:.4f}" for k in (1, 5, 10)))
+    out.print(table)
+    if out_file:
+        atomic_write_json(out_file, res)
+
+
 @app.command("train")
 @_friendly
 def train_cmd(data: Path = typer.Argument(..., help="GLDv2 root (its labelled train split) or a folder with one sub-folder per landmark."),
