@@ -189,14 +189,16 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              out_dir: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Where the report, submissions and store go."),
              store: Optional[Path] = typer.Option(None, "--store", "-s", help="Store directory (default: OUT/store)."),
              preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-             model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+             model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
+             multiscale: bool = typer.Option(False, "--multiscale", help="Add the multi-scale ablation row (extracts index + test again at 3 scales).")):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
     from .evaluation.run import evaluate_gldv2
 
     if not data.exists():
         err.print(f"[red]no dataset at {data}[/]\n{GET_DATA_HELP}")
         raise typer.Exit(2)
-    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device, progress=progress)
+    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device, progress=progress,
+                            multiscale=multiscale)
     m, t = report["metrics"], report["timings"]
     table = Table(title=f"landmark evaluate: {data}", title_justify="left")
     for col in ("metric", "value"):
@@ -210,6 +212,8 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
                   f"{t['build_store_s']:.1f} / {t['extract_test_s']:.1f} / {t['search_s']:.2f}")
     table.add_row("unreadable photos skipped", str(len(report["failures"])))
     out.print(table)
+    if m.get("ablation"):
+        _print_ablation(m["ablation"])
     out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {out_dir / 'submission_recognition.csv'}, "
               f"{out_dir / 'submission_retrieval.csv'}")
 
@@ -311,6 +315,16 @@ def _landmark(landmark_id, name) -> str:
     if landmark_id is None:
         return "-"
     return f"{landmark_id} ({name})" if name else str(landmark_id)
+
+
+def _print_ablation(rows) -> None:
+    table = Table(title="retrieval ablation (mAP@100 on test, each step cumulative)", title_justify="left")
+    for col in ("step", "mAP@100", "change", "note"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["step"], "-" if r["map"] is None else f"{r['map']:.4f}",
+                      "" if r["delta"] is None else f"{r['delta']:+.4f}", r.get("note", ""))
+    out.print(table)
 
 
 def _print_failures(failures) -> None:

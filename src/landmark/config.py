@@ -68,8 +68,8 @@ class WhiteningConfig:
     """PCA / PCA-whitening of the (concatenated) descriptors, learned on the store's index split."""
 
     kind: str = "none"                    # none | pca (power=0 is plain PCA, power=1 full whitening)
-    dim: int = 512
-    power: float = 1.0
+    dim: int = 256                        # dim, power, shrinkage: chosen on a validation split of train
+    power: float = 0.0                    #   (benchmarks/retrieval_validation.py)
     shrinkage: float = 0.0                # fraction of the mean eigenvalue added to every eigenvalue
     learn_on: str = "index"               # split whose (unlabelled) photos it is learned on; "all" = every split
 
@@ -81,7 +81,7 @@ class ExpansionConfig:
     dba: bool = False
     qe: bool = False
     shortlist: int = 300                  # neighbours among which verified ones are counted (M) and moved up
-    verify: str = "none"                  # how M is found without a local-feature verifier: none | vote | threshold
+    verify: str = "vote"                  # how M is found without a local-feature verifier: none | vote | threshold
     threshold: float = 0.5                # cosine similarity above which a neighbour counts as verified (verify=threshold)
     qe_weights: str = "rank"              # rank: (N - x) / N (eq. 4) | alpha: similarity ** alpha
     alpha: float = 3.0
