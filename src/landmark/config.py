@@ -44,13 +44,12 @@ class ExtractConfig:
 
 @dataclass
 class IndexConfig:
-    kind: str = "flat"                    # exact inner-product search | ivfpq | hnsw (compressed, see index/ann.py)
+    kind: str = "flat"                    # exact inner-product search | ivfpq (compressed, see index/ann.py)
     nlist: int = 0                        # ivfpq: coarse cells (0 = about 4 * sqrt(N) at training time)
     pq_m: int = 64                        # ivfpq: bytes per PQ code (sub-quantizers of 8 bits)
     nprobe: int = 32                      # ivfpq: cells visited per query
-    hnsw_m: int = 16                      # hnsw (over PQ codes): graph neighbours per node
-    ef_search: int = 128                  # hnsw: search breadth
     rerank: int = 1000                    # shortlist re-ranked exactly with the full vectors (memory-mapped); 0 = off
+    train_min: int = 50_000               # a compressed store stays exact until it holds this many vectors
 
 
 @dataclass
