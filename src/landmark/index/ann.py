@@ -2,7 +2,8 @@
 
 ``ivfpq``: an inverted file of ``nlist`` cells over product-quantised codes of ``pq_m`` bytes (FAISS
 ``RR<d>,IVF<nlist>,PQ<2 pq_m>x4fs``: a random rotation that spreads the PCA'd variance evenly over
-the PQ sub-spaces, then 4-bit "fast-scan" PQ, which trains in seconds and scans codes with SIMD). In memory per vector: the code plus its 8-byte id (+ the shared centroids). (HNSW was
+the PQ sub-spaces — or, with ``pca_dim``, a rotating PCA to fewer dimensions — then 4-bit
+"fast-scan" PQ, which trains in seconds and scans codes with SIMD). In memory per vector: the code plus its 8-byte id (+ the shared centroids). (HNSW was
 left out: its graph links alone cost 2 * M * 4 bytes per vector, over the 128-byte budget, and it
 cannot remove vectors.)
 
@@ -46,11 +47,13 @@ def default_nlist(n: int) -> int:
 
 def make_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
     """An untrained compressed index for ``dim``-d unit vectors (inner product)."""
-    if dim % (2 * cfg.pq_m):
-        raise AnnError(f"2 * pq_m = {2 * cfg.pq_m} 4-bit sub-quantizers must divide the dimension {dim}")
+    coded = cfg.pca_dim or dim
+    if coded > dim or coded % (2 * cfg.pq_m):
+        raise AnnError(f"2 * pq_m = {2 * cfg.pq_m} 4-bit sub-quantizers must divide the coded dimension {coded} (<= {dim})")
     if cfg.kind == "ivfpq":
         nlist = cfg.nlist or default_nlist(n_train)
-        index = faiss.index_factory(dim, f"RR{dim},IVF{nlist},PQ{2 * cfg.pq_m}x4fs", faiss.METRIC_INNER_PRODUCT)
+        pre = f"PCAR{coded}" if cfg.pca_dim else f"RR{dim}"
+        index = faiss.index_factory(dim, f"{pre},IVF{nlist},PQ{2 * cfg.pq_m}x4fs", faiss.METRIC_INNER_PRODUCT)
         set_search_params(index, cfg)
         return index
     raise AnnError(f"index.kind must be one of {KINDS} for a compressed index, got {cfg.kind!r}")
