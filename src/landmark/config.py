@@ -111,7 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mobilenetv2-gem": {"model": {"backbone": "mobilenet_v2"}},
     "lite2-gem-pcaw": {"whitening": {"kind": "pca"}},
     "ensemble-gem-pcaw": {"ensemble": [{"backbone": "tf_efficientnet_lite1"}, {"backbone": "mobilenet_v2"}],
-                          "whitening": {"kind": "pca"}},
+                          "whitening": {"kind": "pca", "dim": 512}},   # the paper's 512-d (not validated here)
 }
 DEFAULT_PRESET = "lite2-gem"
 
