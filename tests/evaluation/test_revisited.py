@@ -131,3 +131,14 @@ def test_damaged_ground_truth_and_missing_photos(tmp_path, revisited_root):
     # the shared copy has only 10 query photos: the run names the missing database photos
     with pytest.raises(DatasetError, match="database photos are missing"):
         evaluate_revisited(revisited_root, extractor=None, datasets=["roxford5k"])
+
+
+def test_cli_names_missing_photos(revisited_root):
+    from typer.testing import CliRunner
+
+    from landmark.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate-revisited", str(revisited_root), "-d", "roxford5k",
+                                   "--set", "model.backbone=tf_efficientnet_lite0", "--device", "cpu"])
+    assert res.exit_code == 2
+    assert "database photos are missing" in res.output
