@@ -24,6 +24,7 @@ from .config import Config, load_config
 from .data import ImageError, Manifest, load_image, read_dataset, read_photos
 from .data.manifests import ImageRecord, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
+from .features.pipeline import WHITENING_FILE, base_extractor, build_extractor, learn_store_whitening
 from .index import SearchResult, Store, StoreError
 from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
@@ -97,15 +98,15 @@ class Landmarks:
     @classmethod
     def open(cls, store_dir: str | Path, device: str | None = None) -> "Landmarks":
         store = Store.open(store_dir)
-        return cls(store, GlobalExtractor.from_config(store.config, device=device))
+        return cls(store, build_extractor(store.config, device=device, store_root=store.root))
 
     @classmethod
     def create(cls, store_dir: str | Path, config: Config | None = None, *, device: str | None = None,
                overwrite: bool = False) -> "Landmarks":
         """Open the store at ``store_dir`` if it was made with ``config``, else make a new one."""
         config = config or load_config()
-        extractor = GlobalExtractor.from_config(config, device=device)
         root = Path(store_dir)
+        extractor = build_extractor(config, device=device, store_root=root)
         if (root / "meta.sqlite").exists() and not overwrite:
             store = Store.open(root)
             try:
@@ -125,6 +126,10 @@ class Landmarks:
         ``ray`` (a :class:`landmark.distributed.RayConfig`) spreads the extraction over Ray actors.
         """
         root = Path(data)
+        config = config or load_config()
+        if config.whitening.kind != "none":
+            _learn_whitening(root, Path(store_dir), config, splits or default_splits(root), device=device,
+                             overwrite=overwrite, progress=progress)
         lm = cls.create(store_dir, config, device=device, overwrite=overwrite)
         lm.ray = ray
         report = BuildReport()
@@ -345,6 +350,18 @@ class Landmarks:
             vecs.append(self.extractor.extract_images([im for _, im in images]))
         vectors = np.concatenate(vecs) if vecs else np.zeros((0, self.extractor.dim), np.float32)
         return ids, vectors, errors
+
+
+def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequence[str], *, device: str | None,
+                     overwrite: bool, progress: bool | None) -> None:
+    """Learn the store's PCA-whitening on its index split (unlabelled photos) before the store is made."""
+    if (store_dir / "meta.sqlite").exists() and (store_dir / WHITENING_FILE).exists() and not overwrite:
+        return   # an existing store keeps its whitening; create() checks the signature
+    learn = [s for s in splits if config.whitening.learn_on in (s, "all")] or list(splits)
+    records = [r for s in learn for r in dataset_manifest(root, s).records]
+    cache = store_dir / "_work" / f"extract-{learn[0]}" if len(learn) == 1 else None
+    learn_store_whitening(config, base_extractor(config, device=device), records, store_dir,
+                          cache_dir=cache, progress=progress)
 
 
 def open(store_dir: str | Path, device: str | None = None) -> Landmarks:  # noqa: A001 - mirrors io.open style

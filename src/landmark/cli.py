@@ -205,14 +205,16 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              out_dir: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Where the report, submissions and store go."),
              store: Optional[Path] = typer.Option(None, "--store", "-s", help="Store directory (default: OUT/store)."),
              preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-             model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+             model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
+             multiscale: bool = typer.Option(False, "--multiscale", help="Add the multi-scale ablation row (extracts index + test again at 3 scales).")):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
     from .evaluation.run import evaluate_gldv2
 
     if not data.exists():
         err.print(f"[red]no dataset at {data}[/]\n{GET_DATA_HELP}")
         raise typer.Exit(2)
-    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device, progress=progress)
+    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device, progress=progress,
+                            multiscale=multiscale)
     m, t = report["metrics"], report["timings"]
     table = Table(title=f"landmark evaluate: {data}", title_justify="left")
     for col in ("metric", "value"):
@@ -234,8 +236,36 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
                       f"{t['extract_local_queries_s']:.1f} / {t['rerank_s']:.1f} ({t['rerank_pairs_per_s']:.0f})")
     table.add_row("unreadable photos skipped", str(len(report["failures"])))
     out.print(table)
+    if m.get("ablation"):
+        _print_ablation(m["ablation"])
     out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {out_dir / 'submission_recognition.csv'}, "
               f"{out_dir / 'submission_retrieval.csv'}")
+
+
+@app.command("evaluate-revisited")
+@_friendly
+def evaluate_revisited_cmd(root: Path = typer.Argument(..., help="revisitop data root: ROOT/roxford5k/{gnd_roxford5k.pkl,jpg/}, ROOT/rparis6k/..."),
+                           dataset: Optional[List[str]] = typer.Option(None, "--dataset", "-d", help="roxford5k | rparis6k (default: both)."),
+                           preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+                           model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
+                           out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the results as JSON here.")):
+    """ROxford5k / RParis6k mAP and mP@1,5,10 (Easy / Medium / Hard; junk ignored, queries cropped to their box)."""
+    from .evaluation.revisited import DATASETS, evaluate_revisited
+    from .features.pipeline import base_extractor
+    from .utils.io import atomic_write_json
+
+    cfg = _config(preset, config, set_, model)
+    res = evaluate_revisited(root, base_extractor(cfg, device=device), dataset or DATASETS,
+                             expansion={"dba": cfg.expansion.dba, "qe": cfg.expansion.qe}, progress=progress)
+    table = Table(title=f"landmark evaluate-revisited: {root}", title_justify="left")
+    for col in ("dataset", "setup", "mAP", "mP@1", "mP@5", "mP@10"):
+        table.add_column(col)
+    for name, setups in res.items():
+        for setup, r in setups.items():
+            table.add_row(name, setup, f"{r['map']:.4f}", *(f"{r[f'mp@{k}']:.4f}" for k in (1, 5, 10)))
+    out.print(table)
+    if out_file:
+        atomic_write_json(out_file, res)
 
 
 @app.command("train")
@@ -345,6 +375,16 @@ def _landmark(landmark_id, name) -> str:
     if landmark_id is None:
         return "-"
     return f"{landmark_id} ({name})" if name else str(landmark_id)
+
+
+def _print_ablation(rows) -> None:
+    table = Table(title="retrieval ablation (mAP@100 on test, each step cumulative)", title_justify="left")
+    for col in ("step", "mAP@100", "change", "note"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["step"], "-" if r["map"] is None else f"{r['map']:.4f}",
+                      "" if r["delta"] is None else f"{r['delta']:+.4f}", r.get("note", ""))
+    out.print(table)
 
 
 def _print_failures(failures) -> None:

@@ -44,7 +44,13 @@ class ExtractConfig:
 
 @dataclass
 class IndexConfig:
-    kind: str = "flat"                    # exact inner-product search
+    kind: str = "flat"                    # exact inner-product search | ivfpq (compressed, see index/ann.py)
+    nlist: int = 0                        # ivfpq: coarse cells (0 = about 4 * sqrt(N) at training time)
+    pq_m: int = 64                        # ivfpq: bytes per PQ code (2 * pq_m sub-quantizers of 4 bits)
+    pca_dim: int = 0                      # ivfpq: PCA-rotate to this many dims before coding (0 = random rotation, all dims)
+    nprobe: int = 64                      # ivfpq: cells visited per query
+    rerank: int = 1000                    # shortlist re-ranked exactly with the full vectors (memory-mapped); 0 = off
+    train_min: int = 50_000               # a compressed store stays exact until it holds this many vectors
 
 
 @dataclass
@@ -93,6 +99,30 @@ class RerankConfig:
 
 
 @dataclass
+class WhiteningConfig:
+    """PCA / PCA-whitening of the (concatenated) descriptors, learned on the store's index split."""
+
+    kind: str = "none"                    # none | pca (power=0 is plain PCA, power=1 full whitening)
+    dim: int = 256                        # dim, power, shrinkage: chosen on a validation split of train
+    power: float = 0.0                    #   (benchmarks/retrieval_validation.py)
+    shrinkage: float = 0.0                # fraction of the mean eigenvalue added to every eigenvalue
+    learn_on: str = "index"               # split whose (unlabelled) photos it is learned on; "all" = every split
+
+
+@dataclass
+class ExpansionConfig:
+    """DBA on the database and alpha-QE on queries (Baidu GLR19 §2.3, eq. (1)-(4))."""
+
+    dba: bool = False
+    qe: bool = False
+    shortlist: int = 300                  # neighbours among which verified ones are counted (M) and moved up
+    verify: str = "vote"                  # how M is found without a local-feature verifier: none | vote | threshold
+    threshold: float = 0.5                # cosine similarity above which a neighbour counts as verified (verify=threshold)
+    qe_weights: str = "rank"              # rank: (N - x) / N (eq. 4) | alpha: similarity ** alpha
+    alpha: float = 3.0
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -101,6 +131,9 @@ class Config:
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    ensemble: tuple[ModelConfig, ...] = ()   # more models whose L2-normalised descriptors follow `model`'s
+    whitening: WhiteningConfig = field(default_factory=WhiteningConfig)
+    expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -116,6 +149,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lite2-gem-global": {"local": {"enabled": False}, "rerank": {"enabled": False}},  # no local features
     "lite2-gem-sift2k": {"local": {"max_keypoints": 2000}},
     "lite2-gem-orb": {"local": {"kind": "orb", "max_keypoints": 2000}},
+    "lite2-gem-pcaw": {"whitening": {"kind": "pca"}},
+    "ensemble-gem-pcaw": {"ensemble": [{"backbone": "tf_efficientnet_lite1"}, {"backbone": "mobilenet_v2"}],
+                          "whitening": {"kind": "pca", "dim": 512}},   # the paper's 512-d (not validated here)
 }
 DEFAULT_PRESET = "lite2-gem"
 

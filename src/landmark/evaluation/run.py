@@ -20,6 +20,7 @@ from ..config import Config, load_config
 from ..data.manifests import DatasetError, is_gldv2, read_gldv2, read_gldv2_solution
 from ..retrieval import rank
 from ..utils.io import atomic_write_json
+from .ablation import gldv2_ablation
 from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
 
@@ -28,7 +29,7 @@ FULLRES_LANDMARKS = frozenset(range(900001, 900007))   # gldv2-mini's full-resol
 
 def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None = None, *,
                    store_dir: str | Path | None = None, device: str | None = None,
-                   progress: bool | None = None, retrieval_k: int = 100) -> dict[str, Any]:
+                   progress: bool | None = None, retrieval_k: int = 100, multiscale: bool = False) -> dict[str, Any]:
     """Run the whole system on ``data`` and write ``report.json`` and the submissions to ``out_dir``."""
     root, out = Path(data), Path(out_dir)
     if not is_gldv2(root):
@@ -85,6 +86,11 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
             metrics[f"map@{retrieval_k}{name}_reranked"] = (mean_average_precision_at_k(rankings, subset, k=retrieval_k)
                                                             if rankings is not global_rankings else None)
         metrics["fullres_queries"] = len(fullres)
+    if solution.retrieval:   # Table-1-style ablation: plain kNN, + multi-scale, + PCA-whitening, + DBA, + alpha-QE
+        t0 = time.perf_counter()
+        metrics["ablation"] = gldv2_ablation(lm, root, queries.ids, queries.vectors, solution.retrieval,
+                                             work_dir=out / "_work", multiscale=multiscale, progress=progress, k=retrieval_k)
+        timings["ablation_s"] = time.perf_counter() - t0
     write_recognition_csv(out / "submission_recognition.csv", predictions, ids=test.ids())
     write_retrieval_csv(out / "submission_retrieval.csv", rankings, ids=test.ids(), k=retrieval_k)
     report = {

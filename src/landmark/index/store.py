@@ -31,6 +31,7 @@ import yaml
 
 from ..config import Config, config_from_dict
 from ..utils.io import atomic_path, atomic_write_text
+from .ann import CompressedStoreIndex
 
 STORE_VERSION = 1
 _SCHEMA = """
@@ -112,7 +113,8 @@ class Store:
         if (root / "meta.sqlite").exists():
             if not overwrite:
                 raise StoreError(f"{root} already holds a store (use overwrite to replace it)")
-            for p in [root / "meta.sqlite", root / "meta.sqlite-wal", root / "meta.sqlite-shm", *root.glob("global-*.faiss")]:
+            for p in [root / "meta.sqlite", root / "meta.sqlite-wal", root / "meta.sqlite-shm", *root.glob("global-*.faiss"),
+                      *root.glob("vectors-*.npy"), *root.glob("rows-*.npy")]:
                 p.unlink(missing_ok=True)
         root.mkdir(parents=True, exist_ok=True)
         with _lock(root):
@@ -157,7 +159,11 @@ class Store:
         path = self.root / _index_name(gen)
         if not path.is_file():
             raise StoreError(f"{self.root}: index file {path.name} named by meta.sqlite is missing")
-        self._index = faiss.read_index(str(path))
+        if (self.root / _rows_name(gen)).is_file():   # compressed: codes + full vectors on disk
+            self._index = CompressedStoreIndex.read(path, self.root / _vectors_name(gen), self.root / _rows_name(gen),
+                                                    self.config.index)
+        else:
+            self._index = faiss.read_index(str(path))
         if self._index.d != self.dim:
             raise StoreError(f"{path}: index has {self._index.d} dimensions, the store expects {self.dim}")
         self._generation = gen
@@ -183,7 +189,9 @@ class Store:
                 "labelled": c.execute("SELECT count(*) FROM images WHERE landmark_id IS NOT NULL").fetchone()[0],
                 "landmarks": c.execute("SELECT count(DISTINCT landmark_id) FROM images").fetchone()[0],
                 "splits": by_split, "signature": self.signature,
-                "bytes_per_vector": 4 * self.dim}
+                "index_kind": "flat" if not isinstance(self._index, CompressedStoreIndex) else self.config.index.kind,
+                "bytes_per_vector": self._index.bytes_per_vector if isinstance(self._index, CompressedStoreIndex)
+                else 4 * self.dim}
 
     def label_names(self) -> dict[int, str]:
         return dict(self._conn.execute("SELECT landmark_id, name FROM landmarks"))
@@ -312,7 +320,13 @@ class Store:
             try:
                 yield conn
                 new = old + 1
-                _write_index(self._index, self.root / _index_name(new))
+                ic = self.config.index
+                if ic.kind != "flat" and not isinstance(self._index, CompressedStoreIndex) and len(self) >= ic.train_min:
+                    self._index = CompressedStoreIndex.from_flat(self._index, ic)
+                if isinstance(self._index, CompressedStoreIndex):
+                    self._index.write(self.root / _index_name(new), self.root / _vectors_name(new), self.root / _rows_name(new))
+                else:
+                    _write_index(self._index, self.root / _index_name(new))
                 conn.execute("UPDATE meta SET value=? WHERE key='generation'", (str(new),))
                 conn.execute("COMMIT")
             except BaseException:
@@ -322,9 +336,13 @@ class Store:
                 raise
             self._generation = new
             self._selectors.clear()
-            for stale in self.root.glob("global-*.faiss"):
-                if stale.name != _index_name(new):
+            current = {_index_name(new), _vectors_name(new), _rows_name(new)}
+            for stale in [*self.root.glob("global-*.faiss"), *self.root.glob("vectors-*.npy"), *self.root.glob("rows-*.npy")]:
+                if stale.name not in current:
                     stale.unlink(missing_ok=True)
+            if isinstance(self._index, CompressedStoreIndex):
+                self._generation = -1
+                self.refresh()       # re-open the written files: full vectors memory-mapped, pending lists empty
 
     # -- search --------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, *, labelled_only: bool = False,
@@ -370,6 +388,14 @@ class Store:
 
 def _index_name(generation: int) -> str:
     return f"global-{generation:06d}.faiss"
+
+
+def _vectors_name(generation: int) -> str:
+    return f"vectors-{generation:06d}.npy"
+
+
+def _rows_name(generation: int) -> str:
+    return f"rows-{generation:06d}.npy"
 
 
 def _write_index(index: faiss.Index, path: Path) -> None:

@@ -1,0 +1,240 @@
+"""The retrieval ablation of ``landmark evaluate`` (like Table 1 of Baidu GLR19) and its validation split.
+
+Every step works on arrays that are already extracted, so one extraction of the store and the
+queries gives all rows; only multi-scale needs a second extraction (an opt-in row).
+
+Rows are cumulative: plain kNN -> + multi-scale -> + PCA-whitening -> + DBA -> + alpha-QE.
+
+The hyper-parameters those steps use (whitening dim/power/shrinkage, how M is found, the QE
+weights, the similarity threshold) are chosen by :func:`tune_on_validation` on a split carved out
+of the labelled ``train`` photos only: per landmark, a third of the photos vote (labelled), a third
+is the database, a third are the queries; PCA is learned on the unlabelled ``index`` photos, as on
+test. Test labels are never read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..config import Config, ExpansionConfig, WhiteningConfig
+from ..features.whitening import learn_whitening
+from ..recognition.knn import knn_vote
+from ..retrieval.expansion import dba, knn, query_expansion, threshold_verified, vote_verified
+from .metrics import mean_average_precision_at_k
+
+
+@dataclass
+class Space:
+    """Vectors of one descriptor space: the retrieval database and the queries, plus the landmark
+    each of them is predicted to show (-1 = none) — the classification verifier of ``verify="vote"``."""
+
+    index: np.ndarray            # N x D, the database that is ranked
+    queries: np.ndarray          # Q x D
+    index_pred: np.ndarray       # N, predicted landmark ids
+    query_pred: np.ndarray       # Q
+
+    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> "Space":
+        return Space(fn(self.index), fn(self.queries), self.index_pred, self.query_pred)
+
+    @classmethod
+    def with_votes(cls, index: np.ndarray, queries: np.ndarray, labelled: np.ndarray, labels: np.ndarray,
+                   k: int = 5) -> "Space":
+        """Predictions by top-``k`` voting among ``labelled`` photos (what ``landmark recognize`` does)."""
+        return cls(index, queries, predicted_labels(index, labelled, labels, k),
+                   predicted_labels(queries, labelled, labels, k))
+
+
+def whiten(space: Space, wc: WhiteningConfig) -> Space:
+    """PCA(-whitening) learned on ``space.index`` (unlabelled), applied to every part."""
+    dim = min(wc.dim, space.index.shape[1], len(space.index) - 1)
+    w = learn_whitening(space.index, dim, power=wc.power, shrinkage=wc.shrinkage)
+    return space.map(w.apply)
+
+
+def predicted_labels(vectors: np.ndarray, labelled: np.ndarray, labels: np.ndarray, k: int = 5) -> np.ndarray:
+    """Top-``k`` vote among the labelled photos for each vector; -1 where nothing is predicted."""
+    if not len(labelled) or not len(vectors):
+        return np.full(len(vectors), -1, np.int64)
+    sims, idx = knn(vectors, labelled, k)
+    labs = np.where(idx >= 0, np.asarray(labels)[np.clip(idx, 0, None)], -1)
+    return np.array([-1 if v.landmark_id is None else v.landmark_id for v in knn_vote(labs, sims, k)], np.int64)
+
+
+def _verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels: np.ndarray | None):
+    if ec.verify == "none":
+        return None
+    if ec.verify == "threshold":
+        return lambda sims, idx: threshold_verified(sims, ec.threshold)
+    if ec.verify == "vote":
+        return lambda sims, idx: vote_verified(own_labels, np.where(idx >= 0, db_labels[np.clip(idx, 0, None)], -1))
+    raise ValueError(f"expansion.verify must be none, vote or threshold, got {ec.verify!r}")
+
+
+def retrieve(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k: int = 100) -> np.ndarray:
+    """Q x k database indices after optional DBA and alpha-QE (M from ``ec.verify``)."""
+    db = space.index
+    db_labels, q_labels = space.index_pred, space.query_pred
+    if dba_on:
+        db = dba(db, _verifier(ec, db_labels, db_labels), shortlist=ec.shortlist)
+    q = space.queries
+    if qe_on:
+        q = query_expansion(q, db, _verifier(ec, q_labels, db_labels), shortlist=ec.shortlist,
+                            weights=ec.qe_weights, alpha=ec.alpha)
+    return knn(q, db, k)[1]
+
+
+def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, *,
+             multiscale: Space | None = None, k: int = 100) -> list[dict[str, Any]]:
+    """The cumulative rows; ``score`` maps Q x k database indices to mAP@k."""
+    rows: list[dict[str, Any]] = []
+
+    def add(step: str, value: float | None, note: str = "") -> None:
+        prev = next((r["map"] for r in reversed(rows) if r["map"] is not None), None)
+        rows.append({"step": step, "map": value, "delta": None if value is None or prev is None else value - prev,
+                     "note": note})
+
+    noexp = dict(dba_on=False, qe_on=False, k=k)
+    add("plain kNN", score(retrieve(base, config.expansion, **noexp)))
+    space = base
+    if multiscale is not None:
+        space = multiscale
+        add("+ multi-scale", score(retrieve(space, config.expansion, **noexp)))
+    else:
+        add("+ multi-scale", None, "not run (landmark evaluate --multiscale)")
+    if config.whitening.kind == "none":
+        space = whiten(space, config.whitening)
+        wc = config.whitening
+        add("+ PCA-whitening", score(retrieve(space, config.expansion, **noexp)),
+            f"dim {min(wc.dim, base.index.shape[1])}, power {wc.power}, shrinkage {wc.shrinkage}")
+    else:
+        add("+ PCA-whitening", None, "already in the store's vectors")
+    add("+ DBA", score(retrieve(space, config.expansion, dba_on=True, qe_on=False, k=k)), f"verify={config.expansion.verify}")
+    add("+ alpha-QE", score(retrieve(space, config.expansion, dba_on=True, qe_on=True, k=k)),
+        f"weights={config.expansion.qe_weights}")
+    return rows
+
+
+# -- validation split from train -----------------------------------------------------------------
+def validation_split(keys: Sequence[str], labels: Sequence[int], seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+    """Per landmark, shuffled photos dealt round-robin into (vote, database, query) positions."""
+    rng = np.random.default_rng(seed)
+    folds: tuple[list[int], list[int], list[int]] = ([], [], [])
+    by_label: dict[int, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_label.setdefault(int(lab), []).append(i)
+    for lab in sorted(by_label):
+        idx = list(rng.permutation(by_label[lab]))
+        for j, i in enumerate(idx):
+            folds[j % 3].append(int(i))
+    return folds
+
+
+def validation_space(train: np.ndarray, labels: np.ndarray, index: np.ndarray, seed: int = 0
+                     ) -> tuple[Space, Callable[[np.ndarray], float]]:
+    """A :class:`Space` and scorer for held-out train photos (PCA is learned on ``index`` by the caller)."""
+    vote, db, qs = validation_split([str(i) for i in range(len(labels))], labels.tolist(), seed)
+    labels = np.asarray(labels)
+    space = Space.with_votes(train[db], train[qs], train[vote], labels[vote])
+    db_labels, q_labels = labels[db], labels[qs]
+    rankings_truth = {str(i): [str(j) for j in np.flatnonzero(db_labels == q_labels[i])] for i in range(len(qs))}
+
+    def score(ranks: np.ndarray) -> float:
+        return mean_average_precision_at_k({str(i): [str(j) for j in r if j >= 0] for i, r in enumerate(ranks)},
+                                           rankings_truth, k=100)
+    return space, score
+
+
+def _whiten_on(space: Space, source: np.ndarray, wc: WhiteningConfig) -> Space:
+    dim = min(wc.dim, source.shape[1], len(source) - 1)
+    w = learn_whitening(source, dim, power=wc.power, shrinkage=wc.shrinkage)
+    return space.map(w.apply)
+
+
+GRID: Mapping[str, Sequence[Any]] = {
+    "whitening.dim": (128, 256, 512),
+    "whitening.power": (0.0, 0.25, 0.5, 1.0),
+    "whitening.shrinkage": (0.0, 0.1, 0.5),
+    "expansion.verify": ("none", "vote", "threshold"),
+    "expansion.threshold": (0.3, 0.4, 0.5, 0.6),
+    "expansion.qe_weights": ("rank", "alpha"),
+}
+
+
+def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray, config: Config,
+                       seed: int = 0) -> dict[str, Any]:
+    """Pick whitening and expansion settings by mAP@100 on held-out train photos (two stages)."""
+    space, score = validation_space(train, labels, index, seed)
+    ec = config.expansion
+    results: list[dict[str, Any]] = []
+    plain = score(retrieve(space, ec, dba_on=False, qe_on=False))
+    best_w, best_w_map = None, -1.0
+    for dim, power, shrink in itertools.product(GRID["whitening.dim"], GRID["whitening.power"], GRID["whitening.shrinkage"]):
+        if power == 0.0 and shrink > 0:
+            continue
+        wc = dataclasses.replace(config.whitening, dim=dim, power=power, shrinkage=shrink)
+        m = score(retrieve(_whiten_on(space, index, wc), ec, dba_on=False, qe_on=False))
+        results.append({"whitening": dataclasses.asdict(wc), "map": m})
+        if m > best_w_map + 1e-9:
+            best_w, best_w_map = wc, m
+    white = _whiten_on(space, index, best_w)
+    best_e, best_e_map = None, -1.0
+    for verify, qe_w in itertools.product(GRID["expansion.verify"], GRID["expansion.qe_weights"]):
+        for thr in (GRID["expansion.threshold"] if verify == "threshold" else (ec.threshold,)):
+            e = dataclasses.replace(ec, verify=verify, qe_weights=qe_w, threshold=thr)
+            m = score(retrieve(white, e, dba_on=True, qe_on=True))
+            results.append({"expansion": dataclasses.asdict(e), "map": m})
+            if m > best_e_map + 1e-9:
+                best_e, best_e_map = e, m
+    return {"plain": plain, "whitening": dataclasses.asdict(best_w), "whitening_map": best_w_map,
+            "expansion": dataclasses.asdict(best_e), "expansion_map": best_e_map, "trials": results,
+            "sizes": {"database": len(space.index), "queries": len(space.queries)}}
+
+
+# -- the ablation of `landmark evaluate` on a GLDv2-layout dataset ---------------------------------
+MULTISCALE = (0.7071, 1.0, 1.4142)
+
+
+def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray,
+                   retrieval_truth: Mapping[str, Sequence[str]], *, work_dir, multiscale: bool = False,
+                   progress: bool | None = None, k: int = 100) -> list[dict[str, Any]]:
+    """Rows of the ablation for a store built from ``train`` + ``index`` and its test queries.
+
+    The store's own vectors and the cached query vectors give every row but multi-scale, which
+    extracts ``index`` and ``test`` again at scales 1/sqrt(2), 1, sqrt(2) (``multiscale=True``).
+    """
+    from pathlib import Path
+
+    from ..data.manifests import read_gldv2
+    from ..features.pipeline import base_extractor
+
+    store, config = lm.store, lm.store.config
+    index_keys, train_keys = store.keys("index"), store.keys("train")
+    rows = store.get(train_keys)
+    train = store.vectors(train_keys)
+    labels = np.array([rows[t].landmark_id for t in train_keys], np.int64)
+    base = Space.with_votes(store.vectors(index_keys), query_vectors, train, labels, config.recognition.k)
+
+    def score(ranks: np.ndarray) -> float:
+        rankings = {q: [index_keys[j] for j in r if j >= 0] for q, r in zip(query_ids, ranks)}
+        return mean_average_precision_at_k(rankings, retrieval_truth, k=k)
+
+    ms_space = None
+    if multiscale and len(config.extract.scales) == 1 and config.whitening.kind == "none":
+        cfg = dataclasses.replace(config, extract=dataclasses.replace(config.extract, scales=MULTISCALE))
+        ex = base_extractor(cfg, device=str(lm.extractor.device))
+        work = Path(work_dir)
+        idx = ex.extract(read_gldv2(data, "index").records, cache_dir=work / "ms-index", progress=progress,
+                         description="extract index (multi-scale)")
+        test = ex.extract(read_gldv2(data, "test").records, cache_dir=work / "ms-test", progress=progress,
+                          description="extract test (multi-scale)")
+        ipos, tpos = {i: n for n, i in enumerate(idx.ids)}, {i: n for n, i in enumerate(test.ids)}
+        # photos unreadable in either pass are dropped from both, so the rows compare like with like
+        keep_q = [n for n, q in enumerate(query_ids) if q in tpos]
+        ms_space = Space(idx.vectors[[ipos[i] for i in index_keys]], test.vectors[[tpos[query_ids[n]] for n in keep_q]],
+                         base.index_pred, base.query_pred[keep_q])
+    return ablation(base, score, config, multiscale=ms_space, k=k)

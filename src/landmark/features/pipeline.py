@@ -1,0 +1,151 @@
+"""The extractor a store uses: one model, or several models concatenated, optionally PCA-whitened.
+
+* One model (the default) is a plain :class:`GlobalExtractor`, with the same signature as before,
+  so stores built before ensembles and whitening existed keep opening.
+* ``config.ensemble`` adds models: each model's L2-normalised descriptor is computed, they are
+  concatenated and divided by sqrt(#models) (a unit vector again) — :class:`EnsembleExtractor`.
+* ``config.whitening.kind = "pca"`` wraps either in :class:`WhitenedExtractor`, which projects with a
+  :class:`~landmark.features.whitening.Whitening` learned on the index split and kept in the store
+  as ``whitening.npz``; its digest is part of the signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import Config
+from .extract import ExtractionResult, Failure, GlobalExtractor, PhotoItem
+from .whitening import Whitening, WhiteningError, learn_whitening
+
+WHITENING_FILE = "whitening.npz"
+
+
+class Extractor(Protocol):
+    """What the API and the store need from an extractor."""
+
+    device: torch.device
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def signature(self) -> dict[str, Any]: ...
+
+    def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
+                progress: bool | None = None, description: str = "extract") -> ExtractionResult: ...
+
+    def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+class EnsembleExtractor:
+    """Several extractors; descriptors concatenated (each L2-normalised) and scaled to unit length."""
+
+    def __init__(self, extractors: Sequence[GlobalExtractor]):
+        if len(extractors) < 2:
+            raise ValueError("an ensemble needs at least two models")
+        self.parts = list(extractors)
+        self.device = self.parts[0].device
+        self.cfg = self.parts[0].cfg
+
+    @property
+    def dim(self) -> int:
+        return sum(p.dim for p in self.parts)
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        return {"ensemble": [p.signature for p in self.parts], "dim": self.dim}
+
+    def _combine(self, vectors: Sequence[np.ndarray]) -> np.ndarray:
+        return (np.concatenate(vectors, axis=1) / np.sqrt(len(vectors))).astype(np.float32)
+
+    def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
+                progress: bool | None = None, description: str = "extract", **kwargs) -> ExtractionResult:
+        results = []
+        for i, part in enumerate(self.parts):
+            sub = Path(cache_dir) / f"model-{i}" if cache_dir else None
+            results.append(part.extract(items, cache_dir=sub, progress=progress,
+                                        description=f"{description} [{part.model_cfg.backbone}]", **kwargs))
+        ok = set(results[0].ids).intersection(*(r.ids for r in results[1:]))
+        ids = [i for i in results[0].ids if i in ok]
+        vecs = []
+        for r in results:
+            pos = {k: j for j, k in enumerate(r.ids)}
+            vecs.append(r.vectors[[pos[i] for i in ids]] if ids else np.zeros((0, r.vectors.shape[1]), np.float32))
+        failed: dict[str, Failure] = {}
+        for r in results:
+            for f in r.failures:
+                failed.setdefault(f.id, f)
+        return ExtractionResult(ids, self._combine(vecs) if ids else np.zeros((0, self.dim), np.float32),
+                                list(failed.values()), {k: v for k, v in results[0].sizes.items() if k in ok})
+
+    def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self._combine([p.extract_images(images) for p in self.parts])
+
+
+class WhitenedExtractor:
+    """Another extractor followed by a learned PCA(-whitening) projection."""
+
+    def __init__(self, base: Extractor, whitening: Whitening):
+        if whitening.in_dim != base.dim:
+            raise WhiteningError(f"whitening expects {whitening.in_dim}-d vectors, the extractor makes {base.dim}-d")
+        self.base, self.whitening = base, whitening
+        self.device = base.device
+        self.cfg = getattr(base, "cfg", None)
+
+    @property
+    def dim(self) -> int:
+        return self.whitening.out_dim
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        return self.base.signature | {"dim": self.dim, "whitening": self.whitening.signature}
+
+    def extract(self, items: Sequence[PhotoItem], **kwargs) -> ExtractionResult:
+        res = self.base.extract(items, **kwargs)
+        return dataclasses.replace(res, vectors=self.whitening.apply(res.vectors))
+
+    def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.whitening.apply(self.base.extract_images(images))
+
+
+def base_extractor(config: Config, device: str | None = None) -> Extractor:
+    """The un-whitened extractor of ``config``: one model, or the ensemble ``model`` + ``ensemble``."""
+    first = GlobalExtractor.from_config(config, device=device)
+    if not config.ensemble:
+        return first
+    parts = [first] + [GlobalExtractor.from_config(dataclasses.replace(config, model=m), device=device)
+                       for m in config.ensemble]
+    return EnsembleExtractor(parts)
+
+
+def build_extractor(config: Config, device: str | None = None, store_root: str | Path | None = None) -> Extractor:
+    """The extractor of a store: whitened with ``store_root/whitening.npz`` if ``config`` asks for it."""
+    base = base_extractor(config, device=device)
+    if config.whitening.kind == "none":
+        return base
+    if config.whitening.kind != "pca":
+        raise WhiteningError(f"whitening.kind must be none or pca, got {config.whitening.kind!r}")
+    path = Path(store_root) / WHITENING_FILE if store_root is not None else None
+    if path is None or not path.is_file():
+        raise WhiteningError(f"the configuration asks for whitening but {path} does not exist "
+                             "(build the store with `landmark index build`, which learns it)")
+    return WhitenedExtractor(base, Whitening.load(path))
+
+
+def learn_store_whitening(config: Config, base: Extractor, items: Sequence[PhotoItem], store_root: str | Path, *,
+                          cache_dir: str | Path | None = None, progress: bool | None = None) -> Whitening:
+    """Extract ``items`` (the index split) with ``base``, learn the whitening and save it in the store."""
+    wc = config.whitening
+    res = base.extract(items, cache_dir=cache_dir, progress=progress, description="extract (whitening)")
+    dim = min(wc.dim, base.dim, len(res.vectors) - 1)
+    w = learn_whitening(res.vectors, dim, power=wc.power, shrinkage=wc.shrinkage)
+    w.save(Path(store_root) / WHITENING_FILE)
+    return w

@@ -1,0 +1,162 @@
+"""Database-side augmentation (DBA) and alpha query expansion (alpha-QE), Baidu GLR19 §2.3.
+
+Both replace a descriptor by a weighted sum of itself and its best neighbours, then re-normalise:
+
+* the top ``shortlist`` (300) neighbours are found by inner product;
+* a boolean ``verified`` matrix (Q x K, aligned with those neighbour lists) marks the neighbours some
+  verifier accepted as the same landmark — local-feature matching, classification agreement, or a
+  similarity threshold. Verified neighbours are moved to the top (stable, so each group keeps its
+  similarity order) and ``M`` is their number;
+* ``N`` neighbours are kept: eq. (1) for DBA (N = 10 if M <= 10 else min(M, 20)), eq. (3) for QE
+  (N = 3 if M <= 3 else min(M, 6));
+* the item itself is rank ``x = 0`` and its re-ordered neighbours ranks ``x = 1 .. N-1``; weights are
+  ``(N - x) / N`` (eq. (2)/(4)). ``qe_weights="alpha"`` uses ``similarity ** alpha`` instead
+  (Radenovic et al.'s alpha-QE; the item itself has weight 1).
+
+Without a verifier (``verified=None``) ``M = 0``, so N is 10 / 3 plain similarity neighbours.
+:func:`vote_verified` and :func:`threshold_verified` make ``verified`` from predicted labels or a
+similarity threshold (fitted on a validation split) when no local-feature verifier is configured.
+
+Everything here is pure numpy plus FAISS exact search over the given arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Union
+
+import faiss
+import numpy as np
+
+from ..features.whitening import l2n
+
+SHORTLIST = 300
+
+# A Q x K boolean array aligned with the top-K neighbour lists, or a function (sims, idx) -> that array
+# (for when the lists are computed here, e.g. QE against the augmented database).
+Verified = Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray], None]
+
+
+def n_neighbours(m: np.ndarray | int, low: int, high: int) -> np.ndarray:
+    """``N = low if M <= low else min(M, high)`` elementwise (eq. (1) with 10/20, eq. (3) with 3/6)."""
+    m = np.asarray(m, dtype=np.int64)
+    return np.where(m <= low, low, np.minimum(m, high))
+
+
+def dba_n(m: np.ndarray | int) -> np.ndarray:
+    """Eq. (1): neighbours aggregated by DBA."""
+    return n_neighbours(m, 10, 20)
+
+
+def qe_n(m: np.ndarray | int) -> np.ndarray:
+    """Eq. (3): neighbours aggregated by query expansion."""
+    return n_neighbours(m, 3, 6)
+
+
+def rank_weights(n: int) -> np.ndarray:
+    """Eq. (2)/(4): ``(N - x) / N`` for ``x = 0 .. N-1``."""
+    return (n - np.arange(n, dtype=np.float64)) / n
+
+
+def knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k``: (similarities Q x k, indices Q x k; -1 where fewer than k)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    index = faiss.IndexFlatIP(database.shape[1])
+    index.add(database)
+    sims, idx = index.search(queries, max(1, min(int(k), len(database))) if len(database) else 1)
+    return sims, idx
+
+
+def move_verified_first(idx: np.ndarray, sims: np.ndarray, verified: Verified
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reorder each row so verified neighbours come first (stable); returns (idx, sims, M)."""
+    if callable(verified):
+        verified = verified(sims, idx)
+    if verified is None:
+        return idx, sims, np.zeros(len(idx), dtype=np.int64)
+    verified = np.asarray(verified, dtype=bool)
+    if verified.shape != idx.shape:
+        raise ValueError(f"verified must be aligned with the neighbour lists: {verified.shape} vs {idx.shape}")
+    verified = verified & (idx >= 0)
+    order = np.argsort(~verified, axis=1, kind="stable")
+    return (np.take_along_axis(idx, order, 1), np.take_along_axis(sims, order, 1),
+            verified.sum(axis=1).astype(np.int64))
+
+
+def aggregate(own: np.ndarray, database: np.ndarray, idx: np.ndarray, sims: np.ndarray, n: np.ndarray, *,
+              weights: Literal["rank", "alpha"] = "rank", alpha: float = 3.0, self_in_list: bool = False) -> np.ndarray:
+    """Weighted sum of each row of ``own`` (rank 0) and its first neighbours in ``idx``, re-normalised.
+
+    ``n[i]`` items in all (the row itself included). ``self_in_list``: the neighbour lists also
+    contain the row itself (DBA over the database), which is then skipped.
+    """
+    own = np.asarray(own, dtype=np.float32)
+    out = np.empty_like(own)
+    for i in range(len(own)):
+        ni = int(n[i])
+        row_idx, row_sim = idx[i], sims[i]
+        keep = row_idx >= 0
+        if self_in_list:
+            keep &= row_idx != i
+        row_idx, row_sim = row_idx[keep][:ni - 1], row_sim[keep][:ni - 1]
+        if weights == "rank":
+            w = rank_weights(ni)[:1 + len(row_idx)]
+        else:
+            w = np.concatenate([[1.0], np.clip(row_sim, 0, None) ** alpha])
+        out[i] = w[0] * own[i] + (w[1:, None] * database[row_idx]).sum(axis=0)
+    return l2n(out)
+
+
+def dba(database: np.ndarray, verified: Verified = None, *, shortlist: int = SHORTLIST,
+        neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Database-side augmentation of N x D unit vectors (eq. (1)-(2)).
+
+    ``verified`` (N x K) is aligned with ``neighbours`` = (sims, idx) of each database vector among the
+    database (its own row included, as exact search returns it); both are computed if not given.
+    """
+    database = np.asarray(database, dtype=np.float32)
+    sims, idx = neighbours if neighbours is not None else knn(database, database, shortlist)
+    idx, sims, m = move_verified_first(idx, sims, verified)
+    return aggregate(database, database, idx, sims, dba_n(m), self_in_list=True)
+
+
+def query_expansion(queries: np.ndarray, database: np.ndarray, verified: Verified = None, *,
+                    shortlist: int = SHORTLIST, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+                    weights: Literal["rank", "alpha"] = "rank", alpha: float = 3.0) -> np.ndarray:
+    """Expanded query vectors (eq. (3)-(4)); search the database again with them."""
+    queries = np.asarray(queries, dtype=np.float32)
+    sims, idx = neighbours if neighbours is not None else knn(queries, database, shortlist)
+    idx, sims, m = move_verified_first(idx, sims, verified)
+    return aggregate(queries, np.asarray(database, np.float32), idx, sims, qe_n(m), weights=weights, alpha=alpha)
+
+
+def threshold_verified(sims: np.ndarray, threshold: float) -> np.ndarray:
+    """Neighbours whose similarity exceeds ``threshold`` count as verified (threshold fit on validation)."""
+    return np.asarray(sims) > threshold
+
+
+def vote_verified(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.ndarray:
+    """Neighbours whose predicted landmark equals the query's predicted landmark (classification agreement).
+
+    Labels are integers, ``-1`` = no prediction (never verified).
+    """
+    q = np.asarray(query_labels)[:, None]
+    nl = np.asarray(neighbour_labels)
+    return (nl == q) & (q >= 0) & (nl >= 0)
+
+
+def expanded_search(queries: np.ndarray, database: np.ndarray, k: int, *, dba_on: bool = True, qe_on: bool = True,
+                    db_verified: Verified = None, q_verified: Verified = None,
+                    shortlist: int = SHORTLIST, weights: Literal["rank", "alpha"] = "rank",
+                    alpha: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """DBA the database, alpha-QE the queries, search again: (similarities Q x k, indices Q x k).
+
+    ``db_verified`` / ``q_verified`` are aligned with the top-``shortlist`` lists of the *original*
+    database vectors (for DBA) and of the queries against the augmented database (for QE); pass
+    functions ``(sims, idx) -> bool array`` to verify lists computed here.
+    """
+    db = dba(database, db_verified, shortlist=shortlist) if dba_on else np.asarray(database, np.float32)
+    q = np.asarray(queries, np.float32)
+    if qe_on:
+        q = query_expansion(q, db, q_verified, shortlist=shortlist, weights=weights, alpha=alpha)
+    return knn(q, db, k)

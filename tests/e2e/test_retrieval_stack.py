@@ -1,0 +1,48 @@
+"""Ensemble + PCA-whitening stores and the retrieval ablation of `landmark evaluate`, on real photos."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from landmark.api import Landmarks
+from landmark.config import load_config
+from landmark.evaluation.run import evaluate_gldv2
+from landmark.features.whitening import Whitening
+from landmark.index import StoreError
+
+pytestmark = pytest.mark.slow
+
+
+def test_ensemble_whitened_store_round_trip(mini_gldv2, fast_overrides, eiffel_query, tmp_path):
+    cfg = load_config(overrides=[*fast_overrides, "ensemble=[{backbone: tf_efficientnet_lite0, pooling: mac}]",
+                                 "whitening.kind=pca", "whitening.dim=12"])
+    store = tmp_path / "store"
+    lm, report = Landmarks.build(mini_gldv2, store, cfg, progress=False)
+    assert not report.failures and sum(report.added.values()) == len(lm.store)
+    sig = lm.store.signature
+    assert sig["dim"] == 12 and len(sig["ensemble"]) == 2 and sig["whitening"]["in_dim"] == 2 * 1280
+    w = Whitening.load(store / "whitening.npz")
+    assert w.digest == sig["whitening"]["digest"]
+    # reopened, the store whitens queries itself; the Eiffel query finds Eiffel photos
+    lm2 = Landmarks.open(store, device="cpu")
+    rec = lm2.recognize([str(eiffel_query)])[0]
+    assert rec.landmark_id == 47378
+    assert np.allclose(np.linalg.norm(lm2.store.vectors(lm2.store.keys()[:3]), axis=1), 1.0, atol=1e-5)
+    # a whitening file that no longer matches the signature is refused
+    Whitening(w.mean, w.projection * 2, w.eigenvalues, w.power, w.shrinkage).save(store / "whitening.npz")
+    with pytest.raises(StoreError, match="whitening"):
+        Landmarks.open(store, device="cpu")
+
+
+def test_evaluate_reports_the_ablation(mini_gldv2, mini_store, fast_overrides, tmp_path):
+    report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", load_config(overrides=fast_overrides), store_dir=mini_store,
+                            progress=False)
+    rows = report["metrics"]["ablation"]
+    assert [r["step"] for r in rows] == ["plain kNN", "+ multi-scale", "+ PCA-whitening", "+ DBA", "+ alpha-QE"]
+    assert rows[0]["map"] == pytest.approx(report["metrics"]["map@100"])
+    assert all(0 <= r["map"] <= 1 for r in rows if r["map"] is not None)
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["metrics"]["ablation"] == rows

@@ -1,0 +1,77 @@
+import numpy as np
+
+from landmark.config import load_config
+from landmark.evaluation.ablation import Space, ablation, retrieve, tune_on_validation, validation_split
+from landmark.features.whitening import l2n
+
+
+def clustered_space(seed=0, classes=12, per=15, d=48, noise=1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, d))
+    lab_db = np.repeat(np.arange(classes), per)
+    db = l2n(centres[lab_db] + noise * rng.normal(size=(len(lab_db), d)))
+    lab_q = np.arange(classes).repeat(2)
+    q = l2n(centres[lab_q] + noise * rng.normal(size=(len(lab_q), d)))
+    lab_l = np.repeat(np.arange(classes), 5)
+    labelled = l2n(centres[lab_l] + noise * rng.normal(size=(len(lab_l), d)))
+    return Space.with_votes(db, q, labelled, lab_l), lab_db, lab_q
+
+
+def scorer(lab_db, lab_q):
+    def score(ranks):
+        aps = []
+        for r, lq in zip(ranks, lab_q):
+            rel = lab_db[r] == lq
+            hits = np.cumsum(rel)
+            aps.append((hits / np.arange(1, len(r) + 1) * rel).sum() / min((lab_db == lq).sum(), len(r)))
+        return float(np.mean(aps))
+    return score
+
+
+def test_validation_split_is_disjoint_and_per_landmark():
+    labels = [1] * 9 + [2] * 6 + [3] * 2
+    vote, db, qs = validation_split([str(i) for i in range(len(labels))], labels, seed=0)
+    assert sorted(vote + db + qs) == list(range(len(labels)))
+    for fold in (vote, db, qs):
+        assert {labels[i] for i in fold} >= {1, 2}
+    assert sum(labels[i] == 1 for i in qs) == 3
+
+
+def test_ablation_rows_are_cumulative_and_expansion_helps():
+    space, lab_db, lab_q = clustered_space(noise=1.6)
+    cfg = load_config(overrides=["whitening.dim=32", "whitening.power=0.0"])
+    rows = ablation(space, scorer(lab_db, lab_q), cfg, k=100)
+    assert [r["step"] for r in rows] == ["plain kNN", "+ multi-scale", "+ PCA-whitening", "+ DBA", "+ alpha-QE"]
+    assert rows[1]["map"] is None and "--multiscale" in rows[1]["note"]
+    assert rows[2]["delta"] == rows[2]["map"] - rows[0]["map"]          # skips the row that was not run
+    assert rows[4]["map"] > rows[0]["map"] + 0.03
+    # a multi-scale space given: its row is scored and the later rows build on it
+    ms = space.map(lambda x: x)
+    rows_ms = ablation(space, scorer(lab_db, lab_q), cfg, multiscale=ms, k=100)
+    assert rows_ms[1]["map"] == rows_ms[0]["map"] and rows_ms[4]["map"] == rows[4]["map"]
+
+
+def test_vote_verification_uses_predicted_labels():
+    space, lab_db, lab_q = clustered_space(noise=1.4)
+    score = scorer(lab_db, lab_q)
+    ec = load_config().expansion
+    perfect = Space(space.index, space.queries, lab_db, lab_q)
+    wrong = Space(space.index, space.queries, (lab_db + 1) % 12, lab_q)
+    import dataclasses
+    vote = dataclasses.replace(ec, verify="vote")
+    good = score(retrieve(perfect, vote, dba_on=True, qe_on=True))
+    bad = score(retrieve(wrong, vote, dba_on=True, qe_on=True))
+    assert good > bad + 0.05
+
+
+def test_tune_on_validation_reports_choices():
+    rng = np.random.default_rng(0)
+    classes, per, d = 6, 12, 40
+    centres = rng.normal(size=(classes, d))
+    labels = np.repeat(np.arange(classes), per)
+    train = l2n(centres[labels] + rng.normal(size=(len(labels), d)))
+    index = l2n(rng.normal(size=(300, d)))
+    res = tune_on_validation(train, labels, index, load_config())
+    assert res["sizes"] == {"database": 24, "queries": 24}
+    assert res["expansion_map"] == max(t["map"] for t in res["trials"] if "expansion" in t)
+    assert res["whitening"]["dim"] in (128, 256, 512)

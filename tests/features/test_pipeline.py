@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from landmark.config import load_config
+from landmark.features.extract import ExtractionResult, Failure
+from landmark.features.pipeline import (EnsembleExtractor, WhitenedExtractor, build_extractor, learn_store_whitening)
+from landmark.features.whitening import WhiteningError, l2n, learn_whitening
+from landmark.index import SignatureMismatch, Store
+
+
+class Fake:
+    """A stand-in GlobalExtractor: a fixed random unit vector per id; 'bad' ids fail."""
+
+    def __init__(self, dim, seed, name="fake"):
+        self.dim, self.seed, self.device = dim, seed, torch.device("cpu")
+        self.model_cfg = type("M", (), {"backbone": name})()
+        self.cfg = None
+
+    @property
+    def signature(self):
+        return {"model": {"backbone": self.model_cfg.backbone}, "dim": self.dim}
+
+    def vec(self, key):
+        rng = np.random.default_rng(abs(hash((key, self.seed))) % 2**32)
+        return l2n(rng.normal(size=(1, self.dim)))[0]
+
+    def extract(self, items, **kw):
+        ok = [it.id for it in items if "bad" not in it.id]
+        return ExtractionResult(ok, np.stack([self.vec(i) for i in ok]) if ok else np.zeros((0, self.dim), np.float32),
+                                [Failure(it.id, str(it.path), "unreadable") for it in items if "bad" in it.id])
+
+    def extract_images(self, images):
+        return np.stack([self.vec(str(i)) for i in range(len(images))])
+
+
+class Item:
+    def __init__(self, i):
+        self.id, self.path = i, Path(f"/x/{i}.jpg")
+
+
+def test_ensemble_concatenates_unit_parts_and_drops_failures():
+    a, b = Fake(4, 0, "a"), Fake(6, 1, "b")
+    ens = EnsembleExtractor([a, b])
+    res = ens.extract([Item("p"), Item("bad1"), Item("q")])
+    assert res.ids == ["p", "q"] and res.vectors.shape == (2, 10)
+    assert np.allclose(np.linalg.norm(res.vectors, axis=1), 1.0, atol=1e-6)
+    assert np.allclose(res.vectors[0, :4] * np.sqrt(2), a.vec("p"), atol=1e-6)
+    assert [f.id for f in res.failures] == ["bad1"]
+    assert ens.signature["dim"] == 10 and [s["model"]["backbone"] for s in ens.signature["ensemble"]] == ["a", "b"]
+    with pytest.raises(ValueError):
+        EnsembleExtractor([a])
+
+
+def test_whitened_extractor_signature_and_store_refusal(tmp_path):
+    base = Fake(16, 0)
+    items = [Item(f"i{n}") for n in range(60)]
+    cfg = load_config(overrides=["whitening.kind=pca", "whitening.dim=8"])
+    w = learn_store_whitening(cfg, base, items, tmp_path)
+    assert (tmp_path / "whitening.npz").is_file() and w.out_dim == 8
+    ex = WhitenedExtractor(base, w)
+    assert ex.dim == 8 and ex.signature["whitening"]["digest"] == w.digest
+    res = ex.extract(items[:3])
+    assert res.vectors.shape == (3, 8) and np.allclose(res.vectors, w.apply(base.extract(items[:3]).vectors))
+    store = Store.create(tmp_path / "s", cfg, ex.signature)
+    store.check_signature(ex.signature)
+    other = WhitenedExtractor(base, learn_whitening(base.extract(items[:30]).vectors, 8))
+    with pytest.raises(SignatureMismatch, match="whitening"):
+        store.check_signature(other.signature)
+    with pytest.raises(SignatureMismatch):
+        store.check_signature(base.signature)          # un-whitened queries are refused too
+
+
+def test_build_extractor_needs_the_learned_file(tmp_path):
+    cfg = load_config(overrides=["whitening.kind=pca", "model.backbone=tf_efficientnet_lite0"])
+    with pytest.raises(WhiteningError, match="whitening.npz"):
+        build_extractor(cfg, device="cpu", store_root=tmp_path)
+    # the single-model default keeps the plain extractor and its old signature
+    plain = build_extractor(load_config(overrides=["model.backbone=tf_efficientnet_lite0"]), device="cpu")
+    assert "whitening" not in plain.signature and "ensemble" not in plain.signature
+
+
+def test_presets_for_ensemble_and_whitening():
+    cfg = load_config("ensemble-gem-pcaw")
+    assert [m.backbone for m in cfg.ensemble] == ["tf_efficientnet_lite1", "mobilenet_v2"]
+    assert cfg.whitening.kind == "pca"
+    assert load_config("lite2-gem-pcaw").whitening.kind == "pca"
+    assert load_config().ensemble == () and load_config().whitening.kind == "none"

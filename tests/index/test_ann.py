@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+
+from landmark.config import IndexConfig, load_config
+from landmark.features.whitening import l2n
+from landmark.index import Store
+from landmark.index.ann import (AnnError, CompressedStoreIndex, DiskVectors, RerankedIndex, ShardedIndex,
+                                bytes_per_vector, default_nlist, exact_rerank, make_index, train_index)
+
+D = 32
+
+
+def clustered(n, seed=0, clusters=40):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, D))
+    return l2n(centres[rng.integers(0, clusters, n)] + 0.4 * rng.normal(size=(n, D)))
+
+
+def exact(xb, xq, k):
+    return np.argsort(-(xq @ xb.T), axis=1, kind="stable")[:, :k]
+
+
+def recall(a, b, k):
+    return np.mean([len(set(x[:k]) & set(y[:k])) / k for x, y in zip(a, b)])
+
+
+def test_default_nlist():
+    assert default_nlist(100) == 1
+    assert default_nlist(1_000_000) == 4096
+    assert default_nlist(10_000) * 39 <= 10_000
+
+
+def test_exact_rerank_by_hand():
+    xb = np.eye(4, dtype=np.float32)
+    q = np.array([[0.1, 0.9, 0.5, 0.0]], np.float32)
+    scores, ids = exact_rerank(q, np.array([[0, 2, 1, -1]]), lambda r: xb[r], 2)
+    assert ids.tolist() == [[1, 2]] and np.allclose(scores, [[0.9, 0.5]])
+
+
+def test_ivfpq_with_rerank_beats_codes_alone_and_compresses(tmp_path):
+    xb, xq = clustered(4000), clustered(50, seed=1)
+    cfg = IndexConfig(kind="ivfpq", nlist=16, pq_m=8, nprobe=16, rerank=300)
+    index = train_index(make_index(D, cfg, len(xb)), xb)
+    index.add_with_ids(xb, np.arange(len(xb)))
+    vecs = DiskVectors.write(tmp_path / "v.npy", [xb[:1000], xb[1000:]], len(xb), D)
+    assert isinstance(np.load(tmp_path / "v.npy", mmap_mode="r"), np.memmap)
+    truth = exact(xb, xq, 10)
+    codes_only = RerankedIndex(index, None, cfg).search(xq, 10)[1]
+    reranked = RerankedIndex(index, vecs, cfg).search(xq, 10)[1]
+    assert recall(reranked, truth, 10) >= 0.95
+    assert recall(reranked, truth, 10) > recall(codes_only, truth, 10)
+    assert bytes_per_vector(index) < 4 * D      # 8-byte codes + 8-byte ids + centroids, vs 128 bytes flat
+
+
+def test_training_needs_enough_vectors():
+    cfg = IndexConfig(kind="ivfpq", nlist=64, pq_m=8)
+    with pytest.raises(AnnError, match="needs at least"):
+        train_index(make_index(D, cfg, 100), clustered(100))
+    with pytest.raises(AnnError, match="divide"):
+        make_index(30, cfg, 100)
+
+
+def test_sharded_matches_single_index(tmp_path):
+    xb, xq = clustered(3000), clustered(20, seed=2)
+    cfg = IndexConfig(kind="ivfpq", nlist=16, pq_m=8, nprobe=16, rerank=100)
+    trained = train_index(make_index(D, cfg, len(xb)), xb)
+    vecs = DiskVectors.write(tmp_path / "v.npy", [xb], len(xb), D)
+    sharded = ShardedIndex.build(tmp_path / "shards", trained, [xb[:1700], xb[1700:]], 1000, cfg, vecs)
+    assert len(sharded.paths) == 3 and sharded.ntotal == 3000
+    single = RerankedIndex(trained, vecs, cfg)
+    trained.add_with_ids(xb, np.arange(len(xb)))
+    s_scores, s_ids = sharded.search(xq, 10)
+    assert recall(s_ids, exact(xb, xq, 10), 10) >= 0.95
+    assert np.allclose(s_scores, single.search(xq, 10)[0], atol=1e-5)
+
+
+def test_store_compresses_past_train_min_and_keeps_commits(tmp_path):
+    kind = "ivfpq"
+    cfg = load_config(overrides=[f"index.kind={kind}", "index.train_min=1500", "index.nlist=8", "index.pq_m=8",
+                                 "index.rerank=100", "index.nprobe=8"])
+    sig = {"model": {"backbone": "test"}, "dim": D}
+    st = Store.create(tmp_path / "s", cfg, sig)
+    xb = clustered(2400)
+    keys = [f"k{i}" for i in range(len(xb))]
+    st.add(keys[:1000], xb[:1000], split="index")
+    assert st.info()["index_kind"] == "flat"                      # too few vectors to train yet
+    st.add(keys[1000:2000], xb[1000:2000], split="index", landmark_ids=[1] * 1000)
+    info = st.info()
+    assert info["index_kind"] == kind and info["bytes_per_vector"] < 4 * D
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.npy")) == ["rows-000002.npy", "vectors-000002.npy"]
+    # searches agree with exact ones; filters still work; stored vectors are exact
+    res = st.search(xb[:20], 10)
+    truth = exact(xb[:2000], xb[:20], 10)
+    assert recall([[int(k[1:]) for k in row] for row in res.keys], truth, 10) >= 0.9
+    assert np.allclose(st.vectors(["k5", "k1500"]), xb[[5, 1500]], atol=1e-6)
+    lab = st.search(xb[:5], 5, labelled_only=True)
+    assert all(int(k[1:]) >= 1000 for row in lab.keys for k in row if k)
+    # adds and removes after compression; the next generation holds exactly the live vectors
+    st.add(keys[2000:], xb[2000:], split="index")
+    st.remove(["k2001", "k3"])
+    hits = st.search(xb[[2000, 2001, 3]], 1).keys
+    assert hits[0] == ["k2000"] and hits[1] != ["k2001"] and hits[2] != ["k3"]
+    reopened = Store.open(tmp_path / "s")
+    assert len(reopened) == 2398
+    assert np.allclose(reopened.vectors(["k2399"]), xb[[2399]], atol=1e-6)
+    assert reopened.search(xb[[2399]], 1).keys == [["k2399"]]
+    assert len(list((tmp_path / "s").glob("vectors-*.npy"))) == 1

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from landmark.features.whitening import l2n
+from landmark.retrieval.expansion import (aggregate, dba, dba_n, expanded_search, knn, move_verified_first, qe_n,
+                                          query_expansion, rank_weights, threshold_verified, vote_verified)
+
+
+def test_eq1_and_eq3():
+    m = np.array([0, 3, 4, 10, 11, 15, 20, 300])
+    assert dba_n(m).tolist() == [10, 10, 10, 10, 11, 15, 20, 20]
+    assert qe_n(m).tolist() == [3, 3, 4, 6, 6, 6, 6, 6]
+
+
+def test_rank_weights_eq2():
+    assert np.allclose(rank_weights(4), [1.0, 0.75, 0.5, 0.25])
+
+
+def test_move_verified_first_is_stable_and_counts_m():
+    idx = np.array([[5, 6, 7, 8, -1]])
+    sims = np.array([[0.9, 0.8, 0.7, 0.6, -np.inf]], dtype=np.float32)
+    ver = np.array([[False, True, False, True, True]])   # the padding slot never counts
+    new_idx, new_sims, m = move_verified_first(idx, sims, ver)
+    assert new_idx.tolist() == [[6, 8, 5, 7, -1]]
+    assert np.allclose(new_sims[0, :2], [0.8, 0.6])
+    assert m.tolist() == [2]
+    with pytest.raises(ValueError, match="aligned"):
+        move_verified_first(idx, sims, ver[:, :3])
+
+
+def test_aggregate_by_hand():
+    db = np.eye(4, dtype=np.float32)
+    own = np.array([[1, 0, 0, 0]], dtype=np.float32)
+    idx, sims = np.array([[2, 1, 3]]), np.array([[0.5, 0.4, 0.3]], dtype=np.float32)
+    out = aggregate(own, db, idx, sims, np.array([3]))
+    expected = l2n(np.array([[1.0, 1 / 3, 2 / 3, 0.0]]))    # weights 1, 2/3, 1/3 for own, db[2], db[1]
+    assert np.allclose(out, expected, atol=1e-6)
+    alpha = aggregate(own, db, idx, sims, np.array([3]), weights="alpha", alpha=2.0)
+    assert np.allclose(alpha, l2n(np.array([[1.0, 0.16, 0.25, 0.0]])), atol=1e-6)
+
+
+def test_dba_skips_itself_and_uses_n_from_m():
+    rng = np.random.default_rng(0)
+    db = l2n(rng.normal(size=(30, 8)))
+    sims, idx = knn(db, db, 30)
+    assert (idx[:, 0] == np.arange(30)).all()
+    out = dba(db, neighbours=(sims, idx))
+    # M = 0 -> N = 10: itself with weight 1 and its 9 nearest other vectors with weights 0.9 .. 0.1
+    i = 4
+    others = [j for j in idx[i] if j != i][:9]
+    manual = db[i] + sum((10 - x) / 10 * db[j] for x, j in enumerate(others, start=1))
+    assert np.allclose(out[i], l2n(manual[None])[0], atol=1e-5)
+    # 12 verified neighbours -> N = 12 and the verified ones come first
+    ver = np.zeros_like(idx, dtype=bool)
+    ver[i, 15:27] = True
+    out2 = dba(db, ver, neighbours=(sims, idx))
+    chosen = [j for j in idx[i, 15:27] if j != i][:11]
+    manual2 = db[i] + sum((12 - x) / 12 * db[j] for x, j in enumerate(chosen, start=1))
+    assert np.allclose(out2[i], l2n(manual2[None])[0], atol=1e-5)
+
+
+def test_verified_as_a_function_of_the_lists():
+    rng = np.random.default_rng(2)
+    db, q = l2n(rng.normal(size=(40, 8))), l2n(rng.normal(size=(3, 8)))
+    seen = {}
+
+    def verify(sims, idx):
+        seen["shape"] = idx.shape
+        return idx % 2 == 0
+    a = query_expansion(q, db, verify, shortlist=20)
+    sims, idx = knn(q, db, 20)
+    b = query_expansion(q, db, idx % 2 == 0, neighbours=(sims, idx))
+    assert seen["shape"] == (3, 20) and np.allclose(a, b)
+
+
+def test_label_and_threshold_verification():
+    assert vote_verified(np.array([3, -1]), np.array([[3, 4, -1], [-1, 2, 2]])).tolist() == [
+        [True, False, False], [False, False, False]]
+    assert threshold_verified(np.array([[0.9, 0.5, 0.2]]), 0.5).tolist() == [[True, False, False]]
+
+
+def test_dba_and_qe_improve_clustered_retrieval():
+    rng = np.random.default_rng(3)
+    classes, per, d = 40, 12, 32
+    centres = rng.normal(size=(classes, d))
+    labels = np.repeat(np.arange(classes), per)
+    db = l2n(centres[labels] + rng.normal(size=(classes * per, d)) * 1.1)
+    q_labels = np.arange(classes)
+    q = l2n(centres + rng.normal(size=(classes, d)) * 1.1)
+
+    def precision(idx):
+        return (labels[idx[:, :10]] == q_labels[:, None]).mean()
+    base = precision(knn(q, db, 10)[1])
+    expanded = precision(expanded_search(q, db, 10)[1])
+    assert expanded > base + 0.05
