@@ -61,7 +61,7 @@ class RecognitionConfig:
     classifier_topk: int = 5              # classifier candidates kept as evidence
     object_prior: bool = True             # ImageNet class-group prior of the backbone's own classifier
     prior_groups: str | None = None       # class-group YAML (default: resources/imagenet_groups.yaml)
-    prior_landmark_min: float = 0.3       # landmark classes >= this => landmark (kept)
+    prior_landmark_min: float = 0.3       # landmark classes >= this => landmark (kept); 0.3 / 0.6 as the paper's detector rule
     prior_object_min: float = 0.6         # else non-landmark classes > this => non-landmark
     detector: str | None = None           # optional ONNX object detector (boxes, scores, labels outputs)
     detector_labels: str | None = None    # its class names, one per line
