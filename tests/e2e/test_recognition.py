@@ -99,3 +99,44 @@ def test_evaluate_prints_the_ablation_and_per_query_evidence(mini_gldv2, fast_ov
     assert {"landmark_id", "score", "grade", "evidence"} <= set(p)
     assert {"knn", "neighbours", "filters", "grade"} <= set(p["evidence"])
     assert report["recognition"]["calibration"]["thresholds"]["t1"] == report["recognition"]["config"]["t1"]
+
+
+@pytest.mark.slow
+def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_root, fast_overrides, tmp_path):
+    """A store built from a checkpoint with a head: B1/B2 grades and the classifier's top-k as evidence."""
+    import torch
+
+    from landmark.config import load_config
+    from landmark.evaluation.ablation import recognition_ablation
+    from landmark.models import build_model, save_checkpoint
+    from landmark.models.heads import ArcFace
+
+    names = {47378: "Eiffel_Tower", 90396: "Stonehenge", 55350: "Sydney_Opera_House"}
+    rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
+    queries, truth = [], {}
+    for lab, name in names.items():
+        ids = [r["id"] for r in rows if int(r["landmark_id"]) == lab][:6]
+        (tmp_path / "photos" / str(lab)).mkdir(parents=True)
+        for i in ids[:5]:
+            (tmp_path / "photos" / str(lab) / f"{i}.jpg").symlink_to(_photo(gldv2_root, "train", i))
+        queries.append(str(_photo(gldv2_root, "train", ids[5])))
+        truth[queries[-1]] = lab
+    cfg = load_config(overrides=fast_overrides + ["model.embedding_dim=32"])
+    torch.manual_seed(0)
+    net = build_model(cfg.model)
+    head = ArcFace(32, 3)
+    save_checkpoint(tmp_path / "model.pt", net, cfg.model, {"classes": sorted(names), "head": head.state_dict(),
+                                                           "head_kind": "arcface"})
+    cfg = load_config(overrides=fast_overrides + [f"model.checkpoint={tmp_path / 'model.pt'}"])
+    lm, _ = landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store", cfg, progress=False)
+    lm = landmark.open(tmp_path / "store")
+    assert lm.recognizer.classifier is not None and lm.recognizer.classifier.classes.tolist() == sorted(names)
+    recs = lm.recognize(queries)
+    for r in recs:
+        clf = r.evidence["classifier"]
+        assert len(clf) == 3 and {c[0] for c in clf} == set(names)
+        b = "B1" if clf[0][0] == r.evidence["knn"]["landmark_id"] else "B2"
+        assert r.grade == "non-landmark" or r.grade.endswith(b)
+    ids, vectors, _, extras = lm._embed_queries(queries, False, with_extras=True)
+    rows_ = recognition_ablation(lm.gather(vectors, extras=extras, ids=ids), lm.recognition_config, truth)
+    assert rows_[1]["stage"] == "+ classifier agreement" and rows_[1]["gap"] is not None
