@@ -104,8 +104,11 @@ class Store:
         self.dim = int(self.signature["dim"])
         self.config: Config = config_from_dict(json.loads(meta["config"]))
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='extras'").fetchone() is None:
-            conn.execute("CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, "
-                         "value BLOB NOT NULL, PRIMARY KEY (row, name))")   # stores made before extras existed
+            try:   # stores made before extras existed (a read-only one simply has none)
+                conn.execute("CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, "
+                             "value BLOB NOT NULL, PRIMARY KEY (row, name))")
+            except sqlite3.OperationalError:
+                pass
         self._generation = -1
         self._index: faiss.Index | None = None
         self._selectors: dict[Any, Any] = {}
@@ -220,6 +223,8 @@ class Store:
         """The ``name`` extra of each key as ``len(keys) x G`` float32; a row of NaN where it is missing."""
         rows = self._rows_of(keys)
         found: dict[int, np.ndarray] = {}
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='extras'").fetchone() is None:
+            return np.full((len(keys), 0), np.nan, np.float32)
         for part in _chunks([rows[k] for k in keys]):
             q = f"SELECT row, value FROM extras WHERE name=? AND row IN ({','.join('?' * len(part))})"
             found.update({r: np.frombuffer(v, dtype=np.float16) for r, v in self._conn.execute(q, [name, *part])})
