@@ -86,7 +86,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
 def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders of photos."), store: Path = StoreOpt,
               landmark_id: Optional[int] = typer.Option(None, "--landmark-id", help="Label for all added photos."),
               name: Optional[str] = typer.Option(None, "--name", help="Name of that landmark."),
-              split: str = typer.Option("user", "--split", help="Tag stored with the photos."),
+              split: str = typer.Option("user", "--split", help="Tag stored with the photos; 'distractors' = known non-landmarks for the distractor filter."),
               device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Add photos to a store (ids are the file names)."""
     from .api import Landmarks

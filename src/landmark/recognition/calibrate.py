@@ -27,6 +27,7 @@ import numpy as np
 
 from ..data.manifests import ImageRecord
 from ..evaluation.metrics import global_average_precision
+from ..index import StoreError
 from .filters import LANDMARK, PROBE_NAME, prior_decisions
 from .grading import grade_a, tiered_scores
 from .knn import knn_vote
@@ -90,10 +91,13 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     labelled = [ImageRecord(k, Path(r.path or k), int(r.landmark_id)) for k, r in rows.items()
                 if r.landmark_id is not None and (wanted is None or k in wanted)]
     if not labelled:
-        raise ValueError(f"store {store.root} holds no labelled photos to calibrate on")
-    split = split_by_photo(labelled, val_fraction, 2, seed)
+        raise StoreError(f"store {store.root} holds no labelled photos to calibrate on")
+    try:
+        split = split_by_photo(labelled, val_fraction, 2, seed)
+    except ValueError as exc:
+        raise StoreError(f"store {store.root}: {exc}") from None
     if not split.val:
-        raise ValueError("the validation split is empty: calibration needs landmarks with at least 3 photos")
+        raise StoreError(f"store {store.root}: the validation split is empty (calibration needs landmarks with at least 3 photos)")
     fitted: dict[str, Any] = {}
 
     # 1. the object prior: a false-rejection budget over all labelled photos
