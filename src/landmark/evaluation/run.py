@@ -92,7 +92,6 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     return report
 
 
-
 def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None = None,
                         calibrate: bool | None = None) -> dict[str, Any] | None:
     """Object priors for stored photos that lack them, the store's calibrated thresholds (calibrating
