@@ -31,7 +31,7 @@ from .features.local import LocalExtractor, LocalFeatures, extract_many
 from .retrieval.matching import match_pair
 from .retrieval.rerank import Verifier, rerank_shortlist
 from .retrieval.verification import draw_matches, verify
-from .recognition import knn_vote, similarity_to_confidence
+from .recognition.pipeline import Decision, Evidence, Recognizer, decide
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class Recognition:
     votes: int = 0
     neighbours: list[Match] = field(default_factory=list)
     error: str | None = None
+    grade: str | None = None          # A1B1 ... A4B2 (Baidu §3.3), "non-landmark" when a filter fired
+    evidence: dict = field(default_factory=dict)   # classifier top-k, filter decisions, grade parts
 
 
 @dataclass
@@ -93,6 +95,11 @@ class Landmarks:
         self.config = config or store.config          # local features / re-ranking settings
         self.local = LocalStore.open_if_exists(store.root / LOCAL_DIR)
         self._verifier: Verifier | None = None
+        self._recognizer: Recognizer | None = None
+        self.recognition_config = store.config.recognition     # the store's (calibrated) thresholds
+        from .recognition.setup import attach_prior
+
+        self.groups = attach_prior(extractor, store.config.recognition)   # group probabilities in the same pass
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -158,7 +165,12 @@ class Landmarks:
             result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
         by_id = {r.id: r for r in todo}
         self.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
-                       landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes)
+                       landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes,
+                       extras=result.extras)
+        if result.extras and self.groups is not None:
+            from .recognition.setup import record_groups
+
+            record_groups(self.store, self.groups)
         shutil.rmtree(work, ignore_errors=True)
         report.added[split] = len(result.ids)
         report.failures += result.failures
@@ -298,24 +310,64 @@ class Landmarks:
         return draw_matches(img_a, load_image(rows[b].path), fa, fb[0], m, v.mask, max_lines=max_lines)
 
     def recognize(self, photos: Sequence[Photo], *, progress: bool | None = None) -> list[Recognition]:
-        """Landmark id and confidence for each photo by top-k voting over labelled photos."""
-        ids, vectors, errors = self._embed_queries(photos, progress)
+        """Landmark id, score in [0, 1], grade and evidence for each photo (the pipeline of Baidu §3)."""
+        ids, vectors, errors, extras = self._embed_queries(photos, progress, with_extras=True)
         out: dict[str, Recognition] = {q: Recognition(q, None, None, 0.0, error=e) for q, e in errors.items()}
-        for q, rec in zip(ids, self.recognize_vectors(vectors)):
-            out[q] = Recognition(q, rec.landmark_id, rec.name, rec.score, rec.votes, rec.neighbours)
+        for q, rec in zip(ids, self.recognize_vectors(vectors, extras=extras, ids=ids)):
+            rec.query = q
+            out[q] = rec
         return [out[q] for q in self._query_names(photos)]
 
-    def recognize_vectors(self, vectors: np.ndarray) -> list[Recognition]:
-        k = self.store.config.recognition.k
+    @property
+    def recognizer(self) -> Recognizer:
+        """The recognition pipeline over this store (classifier from the store's trained model, if any)."""
+        if self._recognizer is None:
+            from .recognition.setup import make_recognizer
+
+            self._recognizer = make_recognizer(self.store, self.recognition_config, self.groups)
+        return self._recognizer
+
+    def set_recognition_config(self, cfg) -> None:
+        """Use ``cfg`` (a :class:`~landmark.config.RecognitionConfig`) for recognition from now on."""
+        self.recognition_config = cfg
+        self._recognizer = None
+
+    def gather(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
+               ids: Sequence[str] | None = None) -> Evidence:
+        """The recognition evidence of a batch of query descriptors (see :mod:`landmark.recognition.pipeline`)."""
+        from .recognition.filters import PROBE_NAME
+
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(vectors))]
+        return self.recognizer.gather(vectors, ids, (extras or {}).get(PROBE_NAME))
+
+    def recognize_vectors(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
+                          ids: Sequence[str] | None = None) -> list[Recognition]:
+        """Recognitions of query descriptors; ``extras`` are the extractor's probe outputs (object prior)."""
         if not len(vectors):
             return []
-        result = self.store.search(vectors, k, labelled_only=True)
+        ev = self.gather(vectors, extras=extras, ids=ids)
+        return self.recognitions(ev, decide(ev, self.recognizer.cfg))
+
+    def recognitions(self, ev: Evidence, decisions: Sequence[Decision]) -> list[Recognition]:
         names = self.store.label_names()
+        rows = self.store.get(sorted({k for row in ev.keys for k in row if k is not None}))
         out = []
-        for qi, vote in enumerate(knn_vote(result.landmark_ids, result.scores, k)):
-            out.append(Recognition(str(qi), vote.landmark_id, names.get(vote.landmark_id) if vote.landmark_id is not None else None,
-                                   similarity_to_confidence(vote.score), vote.votes, self._matches(result, qi, names)))
+        for qi, d in enumerate(decisions):
+            matches = [Match(key, float(s), int(lab) if lab >= 0 else None, names.get(int(lab)) if lab >= 0 else None,
+                             rows[key].path if key in rows else None)
+                       for key, s, lab in zip(ev.keys[qi], ev.scores[qi], ev.labels[qi]) if key is not None]
+            out.append(Recognition(ev.ids[qi], d.landmark_id, names.get(d.landmark_id) if d.landmark_id is not None else None,
+                                   d.score, ev.votes[qi].votes, matches, grade=d.grade, evidence=d.evidence))
         return out
+
+    def ensure_extras(self, *, progress: bool | None = None) -> int:
+        """Compute the object prior of stored photos that lack it (stores built before it existed); returns how many."""
+        from .recognition.setup import backfill_prior
+
+        n = backfill_prior(self, progress=progress)
+        if n:
+            self._recognizer = None
+        return n
 
     # -- helpers -------------------------------------------------------------------------------
     def _matches(self, result: SearchResult, qi: int, names: dict[int, str]) -> list[Match]:
@@ -333,23 +385,30 @@ class Landmarks:
     def _query_names(photos: Sequence[Photo]) -> list[str]:
         return [p if isinstance(p, str) else (str(p) if isinstance(p, Path) else f"image-{i}") for i, p in enumerate(photos)]
 
-    def _embed_queries(self, photos: Sequence[Photo], progress: bool | None):
+    def _embed_queries(self, photos: Sequence[Photo], progress: bool | None, with_extras: bool = False):
         names = self._query_names(photos)
         errors: dict[str, str] = {}
         paths = [(n, p) for n, p in zip(names, photos) if not isinstance(p, Image.Image)]
         images = [(n, p) for n, p in zip(names, photos) if isinstance(p, Image.Image)]
-        ids, vecs = [], []
+        ids, vecs, extras = [], [], []
         if paths:
             res = self.extractor.extract([ImageRecord(n, Path(p)) for n, p in paths], progress=progress,
                                          description="queries")
             ids += res.ids
             vecs.append(res.vectors)
+            extras.append(res.extras)
             errors.update({f.id: f.reason for f in res.failures})
         if images:
             ids += [n for n, _ in images]
-            vecs.append(self.extractor.extract_images([im for _, im in images]))
+            v, e = self.extractor.extract_images_with_probe([im for _, im in images])
+            vecs.append(v)
+            extras.append(e)
         vectors = np.concatenate(vecs) if vecs else np.zeros((0, self.extractor.dim), np.float32)
-        return ids, vectors, errors
+        if not with_extras:
+            return ids, vectors, errors
+        merged = {name: np.concatenate([e[name] for e in extras]) for name in (extras[0] if extras else {})
+                  if all(name in e and len(e[name]) for e in extras)}
+        return ids, vectors, errors, merged
 
 
 def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequence[str], *, device: str | None,

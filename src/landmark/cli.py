@@ -96,7 +96,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
 def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders of photos."), store: Path = StoreOpt,
               landmark_id: Optional[int] = typer.Option(None, "--landmark-id", help="Label for all added photos."),
               name: Optional[str] = typer.Option(None, "--name", help="Name of that landmark."),
-              split: str = typer.Option("user", "--split", help="Tag stored with the photos."),
+              split: str = typer.Option("user", "--split", help="Tag stored with the photos; 'distractors' = known non-landmarks for the distractor filter."),
               device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Add photos to a store (ids are the file names)."""
     from .api import Landmarks
@@ -181,9 +181,7 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
     else:
         manifest = read_photos(photos)
     result = lm.embed(manifest, progress=progress)
-    recs = lm.recognize_vectors(result.vectors)
-    for q, r in zip(result.ids, recs):
-        r.query = q
+    recs = lm.recognize_vectors(result.vectors, extras=result.extras, ids=result.ids)
     if csv:
         write_recognition_csv(csv, {r.query: (r.landmark_id, r.score) if r.landmark_id is not None else None for r in recs},
                               ids=manifest.ids())
@@ -192,10 +190,11 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
         print(json.dumps([asdict(r) | {"neighbours": [asdict(m) for m in r.neighbours]} for r in recs], indent=2))
         return
     table = Table()
-    for col in ("photo", "landmark", "score", "votes"):
+    for col in ("photo", "landmark", "score", "grade", "votes"):
         table.add_column(col)
     for r in recs:
-        table.add_row(r.query, _landmark(r.landmark_id, r.name), f"{r.score:.4f}", f"{r.votes}/{lm.store.config.recognition.k}")
+        table.add_row(r.query, _landmark(r.landmark_id, r.name), f"{r.score:.4f}", r.grade or "-",
+                      f"{r.votes}/{lm.store.config.recognition.k}")
     out.print(table)
 
 
@@ -206,15 +205,17 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              store: Optional[Path] = typer.Option(None, "--store", "-s", help="Store directory (default: OUT/store)."),
              preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
              model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
-             multiscale: bool = typer.Option(False, "--multiscale", help="Add the multi-scale ablation row (extracts index + test again at 3 scales).")):
+             multiscale: bool = typer.Option(False, "--multiscale", help="Add the multi-scale ablation row (extracts index + test again at 3 scales)."),
+             calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
+                                                      help="Refit recognition thresholds on the train split first (default: if never done).")):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
     from .evaluation.run import evaluate_gldv2
 
     if not data.exists():
         err.print(f"[red]no dataset at {data}[/]\n{GET_DATA_HELP}")
         raise typer.Exit(2)
-    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device, progress=progress,
-                            multiscale=multiscale)
+    report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device,
+                            progress=progress, multiscale=multiscale, calibrate=calibrate)
     m, t = report["metrics"], report["timings"]
     table = Table(title=f"landmark evaluate: {data}", title_justify="left")
     for col in ("metric", "value"):
@@ -238,6 +239,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     out.print(table)
     if m.get("ablation"):
         _print_ablation(m["ablation"])
+    _print_recognition_ablation(m.get("recognition_ablation") or [])
     out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {out_dir / 'submission_recognition.csv'}, "
               f"{out_dir / 'submission_retrieval.csv'}")
 
@@ -266,6 +268,49 @@ def evaluate_revisited_cmd(root: Path = typer.Argument(..., help="revisitop data
     out.print(table)
     if out_file:
         atomic_write_json(out_file, res)
+
+
+@app.command("calibrate")
+@_friendly
+def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: only its train split's photos are used (default: all labelled store photos)."),
+                  store: Path = StoreOpt,
+                  val_fraction: float = typer.Option(0.15, "--val-fraction", help="Photos of each landmark held out as validation queries."),
+                  seed: int = typer.Option(0, "--seed", help="Split seed (0 and 0.15 = the split landmark train validates on)."),
+                  landmark_loss: float = typer.Option(0.02, "--landmark-loss", help="Share of validation landmarks a filter may reject."),
+                  device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+    """Refit the recognition thresholds (object prior, distractor filter, grading t1/t2) on a validation
+    split carved from the labelled photos; writes them into the store's config. Never reads test data."""
+    from .api import Landmarks
+    from .data.manifests import is_gldv2, read_gldv2
+    from .recognition.calibrate import calibrate_store
+
+    lm = Landmarks.open(store, device=device)
+    lm.ensure_extras(progress=progress)
+    train_ids = read_gldv2(data, "train").ids() if data is not None and is_gldv2(data) else None
+    report = calibrate_store(lm, train_ids=train_ids, val_fraction=val_fraction, seed=seed, landmark_loss=landmark_loss)
+    table = Table(title=f"landmark calibrate: {store}", title_justify="left")
+    table.add_column("threshold")
+    table.add_column("value")
+    for k, v in report["thresholds"].items():
+        table.add_row(k, f"{v:.4f}")
+    for k, v in report["fit"].items():
+        table.add_row(k, f"{v:.4f}")
+    out.print(table)
+    out.print_json(json.dumps(report["validation"]))
+
+
+def _print_recognition_ablation(rows) -> None:
+    if not rows:
+        return
+    table = Table(title="recognition ablation (Baidu GLR19 §3), test split", title_justify="left")
+    for col in ("stage", "GAP", "accuracy", "filtered as non-landmark"):
+        table.add_column(col)
+    for r in rows:
+        if r["gap"] is None:
+            table.add_row(r["stage"], "-", "-", r.get("note", ""))
+        else:
+            table.add_row(r["stage"], f"{r['gap']:.4f}", f"{r['accuracy']:.4f}", str(r.get("filtered", "")))
+    out.print(table)
 
 
 @app.command("train")

@@ -61,6 +61,28 @@ class SearchConfig:
 @dataclass
 class RecognitionConfig:
     k: int = 5                            # neighbours that vote (Baidu §3.1: top-5)
+    # Baidu §3.2-3.3 (landmark.recognition.pipeline); every stage switchable. `landmark calibrate`
+    # refits the thresholds on a validation split carved from train and writes them here.
+    classifier: bool = True               # B1/B2: agreement with the trained model's head (if the model has one)
+    classifier_topk: int = 5              # classifier candidates kept as evidence
+    object_prior: bool = True             # ImageNet class-group prior of the backbone's own classifier
+    prior_groups: str | None = None       # class-group YAML (default: resources/imagenet_groups.yaml)
+    prior_landmark_min: float = 0.3       # landmark classes >= this => landmark (kept); 0.3 / 0.6 as the paper's detector rule
+    prior_object_min: float = 0.6         # else non-landmark classes > this => non-landmark
+    detector: str | None = None           # optional ONNX object detector (boxes, scores, labels outputs)
+    detector_labels: str | None = None    # its class names, one per line
+    detector_roles: str | None = None     # YAML {class name: landmark | uncertain | non_landmark}
+    detector_score_min: float = 0.3       # the paper's detector score threshold
+    detector_area_min: float = 0.6        # ... and box / photo area ratio
+    distractor_filter: bool = True        # min of top-k similarities to known non-landmarks > threshold
+    distractor_k: int = 3
+    distractor_threshold: float = 0.8
+    grading: bool = True                  # A1-A4 from the top-k neighbours
+    t1: float = 0.9                       # A1: min similarity of the predicted label's neighbours > t1
+    t2: float = 0.85                      # A2: max similarity of the predicted label > t2
+    frequent_rerank: bool = True          # landmarks predicted > frequent_min times in A1B1 go first in a grade
+    frequent_min: int = 5
+    filtered: str = "demote"              # non-landmarks: demote (ranked below all others) | drop (no prediction)
 
 
 @dataclass

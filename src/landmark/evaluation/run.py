@@ -7,6 +7,7 @@ photos that could not be read; both Kaggle submission files are written beside i
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import asdict
@@ -19,8 +20,10 @@ from ..api import Landmarks
 from ..config import Config, load_config
 from ..data.manifests import DatasetError, is_gldv2, read_gldv2, read_gldv2_solution
 from ..retrieval import rank
+from ..recognition.pipeline import decide
 from ..utils.io import atomic_write_json
 from .ablation import gldv2_ablation
+from .recognition_ablation import recognition_ablation
 from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
 
@@ -29,7 +32,8 @@ FULLRES_LANDMARKS = frozenset(range(900001, 900007))   # gldv2-mini's full-resol
 
 def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None = None, *,
                    store_dir: str | Path | None = None, device: str | None = None,
-                   progress: bool | None = None, retrieval_k: int = 100, multiscale: bool = False) -> dict[str, Any]:
+                   progress: bool | None = None, retrieval_k: int = 100, multiscale: bool = False,
+                   calibrate: bool | None = None) -> dict[str, Any]:
     """Run the whole system on ``data`` and write ``report.json`` and the submissions to ``out_dir``."""
     root, out = Path(data), Path(out_dir)
     if not is_gldv2(root):
@@ -42,6 +46,9 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     lm, build = Landmarks.build(root, store_dir or out / "store", config, splits=("train", "index"),
                                 device=device, progress=progress)
     timings["build_store_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    calibration = prepare_recognition(lm, config, progress=progress, calibrate=calibrate)
+    timings["recognition_setup_s"] = time.perf_counter() - t0
 
     test = read_gldv2(root, "test")
     solution = read_gldv2_solution(root)
@@ -50,7 +57,9 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     timings["extract_test_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    recognitions = lm.recognize_vectors(queries.vectors)
+    evidence = lm.gather(queries.vectors, extras=queries.extras, ids=queries.ids)
+    ablation = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all)
+    recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
     predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
                    for q, r in zip(queries.ids, recognitions)}
     ranked = rank(lm.store, queries.vectors, max(retrieval_k, config.rerank.top_k), splits=["index"])
@@ -75,6 +84,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         if solution.retrieval else None,
         "queries": len(test), "landmark_queries": sum(1 for v in truth.values() if v),
         "retrieval_queries": len(solution.retrieval),
+        "recognition_ablation": ablation,
     }
     if solution.retrieval:   # global vs re-ranked, overall and on the full-resolution landmarks
         fullres = {q: rel for q, rel in solution.retrieval.items() if truth.get(q, set()) & FULLRES_LANDMARKS}
@@ -100,13 +110,31 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         "build": {"added": build.added, "skipped": build.skipped},
         "failures": [asdict(f) for f in build.failures + queries.failures + local_failures],
         "config": config.to_dict(),
+        "recognition": {"config": dataclasses.asdict(lm.recognition_config), "calibration": calibration},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": str(lm.extractor.device),
                     "threads": torch.get_num_threads()},
-        "predictions": {q: {"landmark_id": r.landmark_id, "score": r.score, "votes": r.votes,
-                            "neighbours": [[m.id, round(m.score, 4), m.landmark_id] for m in r.neighbours]}
+        "predictions": {q: {"landmark_id": r.landmark_id, "score": r.score, "votes": r.votes, "grade": r.grade,
+                            "neighbours": [[m.id, round(m.score, 4), m.landmark_id] for m in r.neighbours],
+                            "evidence": r.evidence}
                         for q, r in zip(queries.ids, recognitions)},
     }
     atomic_write_json(out / "report.json", report)
     return report
 
+
+def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None = None,
+                        calibrate: bool | None = None) -> dict[str, Any] | None:
+    """Object priors for stored photos that lack them, the store's calibrated thresholds (calibrating
+    on its train split first if it never was, or if asked), and the user's explicit recognition overrides."""
+    from ..config import RecognitionConfig, merge
+    from ..recognition.calibrate import CALIBRATION_META, calibrate_store
+
+    lm.ensure_extras(progress=progress)
+    report = lm.store.meta_value(CALIBRATION_META)
+    if calibrate or (calibrate is None and report is None):
+        report = calibrate_store(lm)
+    defaults = dataclasses.asdict(RecognitionConfig())
+    overrides = {k: v for k, v in dataclasses.asdict(config.recognition).items() if v != defaults[k]}
+    lm.set_recognition_config(merge(lm.store.config.recognition, overrides))
+    return report

@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,12 @@ class ExtractionResult:
     vectors: np.ndarray                       # N x D float32, rows L2-normalised
     failures: list[Failure] = field(default_factory=list)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (width, height) of the photo
+    extras: dict[str, np.ndarray] = field(default_factory=dict)     # probe name -> N x G rows aligned with ids
+
+
+# A probe maps the backbone's feature map (B x C x H x W) to a few numbers per photo (B x G), computed in the
+# same forward pass as the descriptor, e.g. the ImageNet class-group probabilities of the object prior.
+Probe = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _Photos(Dataset):
@@ -114,6 +120,12 @@ class GlobalExtractor:
         prep = net.preprocessing
         self.mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
+        self.probe_name: str | None = None
+        self.probe: Probe | None = None
+
+    def set_probe(self, name: str | None, probe: Probe | None) -> None:
+        """Also compute ``probe(feature map)`` for every photo, returned as ``ExtractionResult.extras[name]``."""
+        self.probe_name, self.probe = (name, probe) if probe is not None else (None, None)
 
     @classmethod
     def from_config(cls, config: Config, device: str | None = None) -> "GlobalExtractor":
@@ -137,12 +149,16 @@ class GlobalExtractor:
     def target_shape(self, width: int, height: int) -> tuple[int, int]:
         return LF.target_shape(height, width, self.cfg.image_size, self.cfg.size_multiple)
 
-    @torch.inference_mode()
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Descriptors of a normalised batch at the base scale, averaged over scales and flips."""
+        return self.embed_batch_with_probe(batch)[0]
+
+    @torch.inference_mode()
+    def embed_batch_with_probe(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Descriptors and (if a probe is set) probe outputs of a batch, both averaged over scales and flips."""
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         h, w = batch.shape[-2:]
-        total = None
+        total = probed = None
         amp = self.cfg.amp and self.device.type == "cuda"
         for s in self.cfg.scales:
             x = batch if s == 1.0 else F.interpolate(
@@ -152,24 +168,41 @@ class GlobalExtractor:
             views = [x, torch.flip(x, dims=[-1])] if self.cfg.flip else [x]
             for v in views:
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
-                    d = self.net(v).float()
+                    if self.probe is None:
+                        d = self.net(v).float()
+                    else:   # one pass over the trunk serves both the descriptor and the probe
+                        fmap = self.net.backbone(v)
+                        d = LF.l2n(self.net.embedding(self.net.pool(fmap))).float()
+                        p = self.probe(fmap).float()
+                        probed = p if probed is None else probed + p
                 total = d if total is None else total + d
-        return LF.l2n(total)
+        n_views = len(self.cfg.scales) * (2 if self.cfg.flip else 1)
+        return LF.l2n(total), (probed / n_views if probed is not None else None)
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Descriptors of in-memory RGB images (one forward each; for uploads and small sets)."""
-        out = []
+        return self.extract_images_with_probe(images)[0]
+
+    def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Descriptors of in-memory RGB images and the probe's outputs (``{}`` without a probe)."""
+        out, probed = [], []
         for img in images:
             w, h = img.size
             t = to_tensor(img.convert("RGB"), self.target_shape(w, h), self.mean, self.std)
-            out.append(self.embed_batch(t.unsqueeze(0)).cpu().numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+            d, p = self.embed_batch_with_probe(t.unsqueeze(0))
+            out.append(d.cpu().numpy())
+            if p is not None:
+                probed.append(p.cpu().numpy())
+        vecs = np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+        extras = {self.probe_name: np.concatenate(probed).astype(np.float32)} if probed and self.probe_name else {}
+        return vecs, extras
 
     def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
                 progress: bool | None = None, description: str = "extract", chunk_size: int = 512) -> ExtractionResult:
         """Descriptors of photos on disk, batched by shape; resumable through ``cache_dir``."""
-        cache = _ChunkCache(Path(cache_dir), self.signature, self.dim) if cache_dir else None
-        done_ids, done_vecs, failures, sizes = cache.load() if cache else ([], [], [], {})
+        sig = self.signature | ({"probe": self.probe_name} if self.probe is not None else {})
+        cache = _ChunkCache(Path(cache_dir), sig, self.dim) if cache_dir else None
+        done_ids, done_vecs, failures, sizes, done_probe = cache.load() if cache else ([], [], [], {}, [])
         skip = set(done_ids) | {f.id for f in failures}
         todo = list({it.id: it for it in reversed(items) if it.id not in skip}.values())[::-1]  # unique ids
 
@@ -185,27 +218,30 @@ class GlobalExtractor:
             keep.append(it)
         new_ids: list[str] = []
         new_vecs: list[np.ndarray] = []
+        new_probe: list[np.ndarray] = []
         new_fail: list[Failure] = []
         pending = 0
         total = len({it.id for it in items})
         with progress_bar(description, total=total, enabled=progress, completed=total - len(todo)) as bar:
             bar.advance(len(todo) - len(keep))
-            for idx, vecs, bad in self._run(keep, shapes):
+            for idx, vecs, probed, bad in self._run(keep, shapes):
                 for i in idx:
                     new_ids.append(keep[i].id)
                 new_vecs.append(vecs)
+                if probed is not None:
+                    new_probe.append(probed)
                 for i, reason in bad:
                     new_fail.append(Failure(keep[i].id, str(keep[i].path), reason))
                     log.info("skipped %s: %s", keep[i].path, reason)
                 pending += len(idx) + len(bad)
                 bar.advance(len(idx) + len(bad))
                 if cache and pending >= chunk_size:
-                    cache.write(new_ids, new_vecs, new_fail, sizes)
-                    done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
-                    new_ids, new_vecs, new_fail, pending = [], [], [], 0
+                    cache.write(new_ids, new_vecs, new_fail, sizes, new_probe)
+                    done_ids += new_ids; done_vecs += new_vecs; failures += new_fail; done_probe += new_probe
+                    new_ids, new_vecs, new_fail, new_probe, pending = [], [], [], [], 0
         if cache and (new_ids or new_fail):
-            cache.write(new_ids, new_vecs, new_fail, sizes)
-        done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
+            cache.write(new_ids, new_vecs, new_fail, sizes, new_probe)
+        done_ids += new_ids; done_vecs += new_vecs; failures += new_fail; done_probe += new_probe
         # Return in the order the items were given, one row per id.
         order: dict[str, int] = {}
         for n, it in enumerate(items):
@@ -215,10 +251,15 @@ class GlobalExtractor:
         for j, i in enumerate(done_ids):
             first.setdefault(i, j)
         perm = sorted(first.values(), key=lambda j: order.get(done_ids[j], len(order)))
+        extras = {}
+        if self.probe is not None and self.probe_name:
+            probed = np.concatenate(done_probe).astype(np.float32) if done_probe else np.zeros((0, 0), np.float32)
+            extras[self.probe_name] = probed[perm] if len(probed) == len(vecs) else probed.reshape(0, 0)
         return ExtractionResult([done_ids[j] for j in perm], vecs[perm], failures,
-                                {k: sizes[k] for k in done_ids if k in sizes})
+                                {k: sizes[k] for k in done_ids if k in sizes}, extras)
 
-    def _run(self, items: Sequence[PhotoItem], shapes: list[tuple[int, int]]) -> Iterator[tuple[list[int], np.ndarray, list]]:
+    def _run(self, items: Sequence[PhotoItem], shapes: list[tuple[int, int]]
+             ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray | None, list]]:
         if not items:
             return
         batches = bucket_batches(shapes, self.cfg.batch_size)
@@ -228,8 +269,15 @@ class GlobalExtractor:
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             prefetch_factor=4 if workers else None)
         for idx, batch, bad in loader:
-            vecs = self.embed_batch(batch).cpu().numpy() if batch is not None else np.zeros((0, self.dim), np.float32)
-            yield idx, vecs, bad
+            probed = None
+            if batch is None:
+                vecs = np.zeros((0, self.dim), np.float32)
+            elif self.probe is None:
+                vecs = self.embed_batch(batch).cpu().numpy()
+            else:
+                d, p = self.embed_batch_with_probe(batch)
+                vecs, probed = d.cpu().numpy(), p.cpu().numpy()
+            yield idx, vecs, probed, bad
 
 
 class _ChunkCache:
@@ -247,20 +295,23 @@ class _ChunkCache:
         atomic_write_json(sig_file, signature)
 
     def load(self):
-        ids, vecs, failures, sizes = [], [], [], {}
+        ids, vecs, failures, sizes, probed = [], [], [], {}, []
         for path in sorted(self.root.glob("chunk-*.npz")):
             with np.load(path, allow_pickle=False) as z:
                 ids += z["ids"].tolist()
                 vecs.append(z["vectors"])
+                if "probe" in z.files and len(z["probe"]) == len(z["vectors"]):
+                    probed.append(z["probe"])
                 failures += [Failure(*row) for row in z["failures"].tolist()]
                 sizes.update({k: (int(w), int(h)) for k, (w, h) in zip(z["ids"].tolist(), z["sizes"].tolist())})
-        return ids, vecs, failures, sizes
+        return ids, vecs, failures, sizes, probed
 
-    def write(self, ids, vecs, failures, sizes) -> None:
+    def write(self, ids, vecs, failures, sizes, probed=()) -> None:
         n = len(list(self.root.glob("chunk-*.npz")))
         with atomic_path(self.root / f"chunk-{n:06d}.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, ids=np.array(ids, dtype=str),
                          vectors=np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
                          failures=np.array([[f.id, f.path, f.reason] for f in failures], dtype=str).reshape(-1, 3),
-                         sizes=np.array([sizes[i] for i in ids], dtype=np.int64).reshape(-1, 2))
+                         sizes=np.array([sizes[i] for i in ids], dtype=np.int64).reshape(-1, 2),
+                         **({"probe": np.concatenate(probed)} if len(probed) else {}))

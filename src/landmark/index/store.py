@@ -49,7 +49,11 @@ CREATE INDEX IF NOT EXISTS images_landmark ON images(landmark_id);
 CREATE INDEX IF NOT EXISTS images_split ON images(split);
 CREATE TABLE IF NOT EXISTS landmarks (landmark_id INTEGER PRIMARY KEY, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
+                                   PRIMARY KEY (row, name));
 """
+# extras: small per-photo arrays (float16) computed with the descriptor, e.g. the object prior's class-group
+# probabilities; removed with their photo.
 
 
 class StoreError(RuntimeError):
@@ -100,6 +104,12 @@ class Store:
         self.signature: dict[str, Any] = json.loads(meta["signature"])
         self.dim = int(self.signature["dim"])
         self.config: Config = config_from_dict(json.loads(meta["config"]))
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='extras'").fetchone() is None:
+            try:   # stores made before extras existed (a read-only one simply has none)
+                conn.execute("CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, "
+                             "value BLOB NOT NULL, PRIMARY KEY (row, name))")
+            except sqlite3.OperationalError:
+                pass
         self._generation = -1
         self._index: faiss.Index | None = None
         self._selectors: dict[Any, Any] = {}
@@ -245,6 +255,50 @@ class Store:
         rows = self._rows_of(keys)
         return np.stack([self._index.reconstruct(int(rows[k])) for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
 
+    def extras(self, keys: Sequence[str], name: str) -> np.ndarray:
+        """The ``name`` extra of each key as ``len(keys) x G`` float32; a row of NaN where it is missing."""
+        rows = self._rows_of(keys)
+        found: dict[int, np.ndarray] = {}
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='extras'").fetchone() is None:
+            return np.full((len(keys), 0), np.nan, np.float32)
+        for part in _chunks([rows[k] for k in keys]):
+            q = f"SELECT row, value FROM extras WHERE name=? AND row IN ({','.join('?' * len(part))})"
+            found.update({r: np.frombuffer(v, dtype=np.float16) for r, v in self._conn.execute(q, [name, *part])})
+        width = max((len(v) for v in found.values()), default=0)
+        out = np.full((len(keys), width), np.nan, np.float32)
+        for i, k in enumerate(keys):
+            v = found.get(rows[k])
+            if v is not None and len(v) == width:
+                out[i] = v
+        return out
+
+    def set_extras(self, keys: Sequence[str], name: str, values: np.ndarray) -> None:
+        """Attach (or replace) the ``name`` extra of stored photos in one commit (KeyError for unknown keys)."""
+        values = np.asarray(values, dtype=np.float32).reshape(len(keys), -1)
+        with _lock(self.root):
+            rows = self._rows_of(keys)
+            with self._conn:
+                self._conn.executemany("INSERT OR REPLACE INTO extras VALUES (?, ?, ?)",
+                                       [(int(rows[k]), name, v.astype(np.float16).tobytes()) for k, v in zip(keys, values)])
+
+    def update_config(self, config: Config) -> None:
+        """Replace the stored pipeline configuration (meta and config.yaml), e.g. after calibration.
+        The model and extraction settings must stay those that made the vectors."""
+        with _lock(self.root):
+            with self._conn:
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("config", json.dumps(config.to_dict())))
+            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        self.config = config
+
+    def meta_value(self, key: str) -> Any:
+        """A JSON value kept in the store's meta table (None if absent)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (f"user.{key}",)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta_value(self, key: str, value: Any) -> None:
+        with _lock(self.root), self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"user.{key}", json.dumps(value)))
+
     def _rows_of(self, keys: Sequence[str]) -> dict[str, int]:
         rows: dict[str, int] = {}
         for part in _chunks(list(keys)):
@@ -258,8 +312,10 @@ class Store:
     # -- writes --------------------------------------------------------------------------------
     def add(self, keys: Sequence[str], vectors: np.ndarray, *, paths: Sequence[str | None] | None = None,
             landmark_ids: Sequence[int | None] | None = None, split: str | None = None,
-            sizes: Mapping[str, tuple[int, int]] | None = None, replace: bool = False) -> int:
-        """Add descriptors with their metadata in one atomic commit; returns the number added."""
+            sizes: Mapping[str, tuple[int, int]] | None = None, replace: bool = False,
+            extras: Mapping[str, np.ndarray] | None = None) -> int:
+        """Add descriptors with their metadata (and ``extras``: name -> N x G arrays) in one atomic commit;
+        returns the number added."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = len(keys)
         if vectors.shape != (n, self.dim):
@@ -286,6 +342,10 @@ class Store:
                 "INSERT INTO images (row, key, path, landmark_id, split, width, height, added_at) VALUES (?,?,?,?,?,?,?,?)",
                 [(int(r), k, None if p is None else str(p), None if lab is None else int(lab), split,
                   *(sizes.get(k) or (None, None)), now) for r, k, p, lab in zip(rows, keys, paths, labels)])
+            for name, values in (extras or {}).items():
+                values = np.asarray(values, dtype=np.float16).reshape(n, -1)
+                conn.executemany("INSERT INTO extras VALUES (?, ?, ?)",
+                                 [(int(r), name, v.tobytes()) for r, v in zip(rows, values)])
             self._index.add_with_ids(vectors, rows)
         return n
 
@@ -308,6 +368,7 @@ class Store:
     def _delete_rows(self, conn: sqlite3.Connection, rows: list[int]) -> None:
         for part in _chunks(rows):
             conn.execute(f"DELETE FROM images WHERE row IN ({','.join('?' * len(part))})", list(part))
+            conn.execute(f"DELETE FROM extras WHERE row IN ({','.join('?' * len(part))})", list(part))
         self._index.remove_ids(np.asarray(rows, dtype=np.int64))
 
     @contextmanager

@@ -1,0 +1,152 @@
+"""``landmark calibrate``: refit the recognition thresholds on a validation split carved from ``train``.
+
+Validation landmark queries are labelled store photos held out per landmark (the split of
+:func:`landmark.training.data.split_by_photo`: with the same fraction and seed as ``landmark train`` it
+is exactly the photos a trained model never saw); they are answered against the remaining labelled
+photos only. Validation non-landmark queries come from label-free sources only: the unlabelled store
+photos that the object prior flags, and photos added with ``--split distractors``. No test photo and
+no ground-truth file is read.
+
+* ``prior_object_min``: the lowest value that flags at most ``landmark_loss`` of the labelled photos
+  (clipped to [0.5, 0.995]); a false-rejection budget, which needs no non-landmark labels.
+* ``distractor_threshold``: the lowest value whose filter fires on at most ``landmark_loss`` of the
+  validation landmark queries (clipped to [0.5, 0.999]).
+* ``t1`` / ``t2``: the pair (t1 >= t2, from quantiles of the validation similarities) maximising the
+  GAP of kNN + grading on validation landmark and non-landmark queries; ties go to the pair closest to
+  the paper's 0.9 / 0.85.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.manifests import ImageRecord
+from ..evaluation.metrics import global_average_precision
+from ..index import StoreError
+from .filters import LANDMARK, PROBE_NAME, prior_decisions
+from .grading import grade_a, tiered_scores
+from .knn import knn_vote
+
+CALIBRATION_META = "calibration"
+
+
+def _knn(db: np.ndarray, db_labels: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(np.ascontiguousarray(db, dtype=np.float32))
+    sims, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(db)))
+    labels = np.where(idx >= 0, db_labels[np.maximum(idx, 0)], -1)
+    return labels, sims
+
+
+def _budget_threshold(values: np.ndarray, n_total: int, loss: float, lo: float, hi: float, default: float) -> float:
+    """The smallest threshold t (within [lo, hi]) such that at most ``loss * n_total`` values exceed t."""
+    values = np.sort(np.asarray(values, dtype=np.float64)[np.isfinite(values)])[::-1]
+    allowed = int(np.floor(loss * n_total))
+    if n_total == 0:
+        return default
+    t = float(values[allowed]) if allowed < len(values) else lo
+    return float(np.clip(t, lo, hi))
+
+
+def fit_grading(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | None], k: int = 5,
+                grid: Sequence[float] | None = None) -> tuple[float, float, float]:
+    """(t1, t2, GAP) maximising the GAP of kNN + grading on validation queries."""
+    votes = knn_vote(labels, scores, k)
+    ids = [str(i) for i in range(len(votes))]
+    truth_map = {q: t for q, t in zip(ids, truth)}
+    if grid is None:
+        best = np.array([v.score for v, t in zip(votes, truth) if t is not None and v.landmark_id is not None])
+        grid = sorted(set(np.round(np.quantile(best, np.linspace(0, 1, 21)), 4).tolist()) | {0.85, 0.9}) if len(best) else [0.85, 0.9]
+    best_key, best_pair = None, (0.9, 0.85, 0.0)
+    for t2 in grid:
+        for t1 in grid:
+            if t1 < t2:
+                continue
+            tiers = [grade_a(labels[i, :k], scores[i, :k], v.landmark_id, t1, t2) - 1 for i, v in enumerate(votes)]
+            final = tiered_scores(tiers, [v.score for v in votes], 4)
+            preds = {q: (v.landmark_id, float(s)) for q, v, s in zip(ids, votes, final) if v.landmark_id is not None}
+            gap = global_average_precision(preds, truth_map)
+            key = (round(gap, 9), -(abs(t1 - 0.9) + abs(t2 - 0.85)))
+            if best_key is None or key > best_key:
+                best_key, best_pair = key, (float(t1), float(t2), gap)
+    return best_pair
+
+
+def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction: float = 0.15, seed: int = 0,
+                    landmark_loss: float = 0.02, max_negatives: int = 5000, write: bool = True) -> dict[str, Any]:
+    """Refit the thresholds of ``lm``'s store (see the module docstring); returns what was fitted and on what."""
+    from ..training.data import split_by_photo
+
+    t0 = time.perf_counter()
+    store, cfg = lm.store, lm.recognition_config
+    rows = store.get(store.keys())
+    wanted = set(train_ids) if train_ids is not None else None
+    labelled = [ImageRecord(k, Path(r.path or k), int(r.landmark_id)) for k, r in rows.items()
+                if r.landmark_id is not None and (wanted is None or k in wanted)]
+    if not labelled:
+        raise StoreError(f"store {store.root} holds no labelled photos to calibrate on")
+    try:
+        split = split_by_photo(labelled, val_fraction, 2, seed)
+    except ValueError as exc:
+        raise StoreError(f"store {store.root}: {exc}") from None
+    if not split.val:
+        raise StoreError(f"store {store.root}: the validation split is empty (calibration needs landmarks with at least 3 photos)")
+    fitted: dict[str, Any] = {}
+
+    # 1. the object prior: a false-rejection budget over all labelled photos
+    if lm.groups is not None:
+        keys = [r.id for r in labelled]
+        probs = store.extras(keys, PROBE_NAME)
+        dec = prior_decisions(probs, lm.groups, cfg.prior_landmark_min, 0.0)
+        cand = np.array([d.non_landmark_prob for d in dec if d.decision != LANDMARK and np.isfinite(d.non_landmark_prob)])
+        cfg = dataclasses.replace(cfg, prior_object_min=_budget_threshold(
+            cand, len(keys), landmark_loss, 0.5, 0.995, cfg.prior_object_min))
+        fitted["prior_object_min"] = cfg.prior_object_min
+
+    # 2. the distractor filter: a false-rejection budget over the validation landmark queries
+    lm.set_recognition_config(cfg)
+    neg_keys, neg_vecs = lm.recognizer.known_non_landmarks(cfg)
+    val_keys = [r.id for r in split.val]
+    val_vecs = store.vectors(val_keys)
+    from .filters import distractor_scores
+
+    val_d = distractor_scores(val_vecs, neg_vecs, cfg.distractor_k)
+    if len(neg_keys) >= cfg.distractor_k:
+        cfg = dataclasses.replace(cfg, distractor_threshold=_budget_threshold(
+            val_d, len(val_keys), landmark_loss, 0.5, 0.999, cfg.distractor_threshold))
+        neg_d = distractor_scores(neg_vecs, neg_vecs, cfg.distractor_k, neg_keys, neg_keys)
+        fitted["distractor_threshold"] = cfg.distractor_threshold
+        fitted["distractor_catch_rate_on_known_non_landmarks"] = float(np.mean(neg_d > cfg.distractor_threshold))
+
+    # 3. grading thresholds: maximise validation GAP of kNN + grading
+    db_keys = [r.id for r in split.train]
+    db_vecs = store.vectors(db_keys)
+    db_labels = np.array([r.landmark_id for r in split.train], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    neg_pick = rng.permutation(len(neg_keys))[:max_negatives] if len(neg_keys) else np.zeros(0, np.int64)
+    queries = np.concatenate([val_vecs, neg_vecs[neg_pick]]) if len(neg_pick) else val_vecs
+    truth = [r.landmark_id for r in split.val] + [None] * len(neg_pick)
+    labels, scores = _knn(db_vecs, db_labels, queries, cfg.k)
+    t1, t2, gap = fit_grading(labels, scores, truth, cfg.k)
+    cfg = dataclasses.replace(cfg, t1=t1, t2=t2)
+    fitted.update({"t1": t1, "t2": t2, "validation_gap_knn_grading": gap})
+
+    report = {"thresholds": {k: fitted[k] for k in ("prior_object_min", "distractor_threshold", "t1", "t2") if k in fitted},
+              "fit": {k: v for k, v in fitted.items() if k not in ("prior_object_min", "distractor_threshold", "t1", "t2")},
+              "validation": {"landmark_queries": len(split.val), "database_photos": len(split.train),
+                             "non_landmark_queries": int(len(neg_pick)), "known_non_landmarks": len(neg_keys),
+                             "val_fraction": val_fraction, "seed": seed, "landmark_loss": landmark_loss,
+                             "non_landmark_source": "unlabelled store photos flagged by the object prior + split 'distractors'"},
+              "seconds": round(time.perf_counter() - t0, 2)}
+    lm.set_recognition_config(cfg)
+    if write:
+        store.update_config(dataclasses.replace(store.config, recognition=cfg))
+        store.set_meta_value(CALIBRATION_META, report)
+    return report

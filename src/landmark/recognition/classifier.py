@@ -1,0 +1,102 @@
+"""The classifier predictor: the head a trained checkpoint (``landmark train``'s model.pt) was trained with.
+
+The checkpoint holds ``classes`` (landmark ids), ``head`` (the head's state dict) and ``head_kind``;
+the head is rebuilt from :mod:`landmark.models.heads` and applied to the query descriptors. Cosine
+heads (ArcFace, sub-center ArcFace, CosFace) only see the direction of the embedding, so applying
+them to the stored unit descriptor is exact; linear heads (softmax, BCE) are applied to the unit
+descriptor scaled by sqrt(D), the expected norm of the batch-normalised embedding (an approximation).
+Probabilities are the softmax of the logits at the trained scale (sigmoid for BCE).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.heads import ArcFace, CosFace, LinearHead
+
+log = logging.getLogger(__name__)
+
+COSINE_KINDS = ("arcface", "subcenter_arcface", "cosface")
+LINEAR_KINDS = ("softmax", "bce")
+
+
+@dataclass
+class ClassifierPrediction:
+    labels: np.ndarray      # Q x k landmark ids, best first
+    probs: np.ndarray       # Q x k probabilities
+
+
+class LandmarkClassifier:
+    """Top-k landmark predictions of a trained head on L2-normalised descriptors."""
+
+    def __init__(self, head: nn.Module, classes: list[int], kind: str):
+        self.head = head.eval()
+        self.classes = np.asarray(classes, dtype=np.int64)
+        self.kind = kind
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], head_config: Mapping[str, Any] | None = None) -> "LandmarkClassifier | None":
+        """Rebuild the head of a checkpoint payload; None if it has none (e.g. trained with N-pairs)."""
+        state, kind, classes = payload.get("head"), payload.get("head_kind"), payload.get("classes")
+        if not state or not kind or not classes:
+            return None
+        hc = dict(head_config or {})
+        n = len(classes)
+        if kind in COSINE_KINDS:
+            weight = state["weight"]
+            dim = int(weight.shape[1])
+            if kind == "cosface":
+                head: nn.Module = CosFace(dim, n, float(hc.get("scale", 30.0)), float(hc.get("margin", 0.35)))
+            else:
+                margins = state.get("class_margins")
+                head = ArcFace(dim, n, float(hc.get("scale", 30.0)), float(hc.get("margin", 0.3)),
+                               subcenters=int(weight.shape[0]) // n,
+                               class_margins=margins if margins is not None and margins.numel() else None)
+        elif kind in LINEAR_KINDS:
+            head = LinearHead(int(state["fc.weight"].shape[1]), n)
+        else:
+            raise ValueError(f"unknown head kind {kind!r} in checkpoint")
+        head.load_state_dict(state, strict=True)
+        return cls(head, [int(c) for c in classes], kind)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "LandmarkClassifier | None":
+        """Load the head of ``landmark train``'s model.pt (its scale from train_config.json beside it, if there)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model checkpoint not found: {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        head_config = payload.get("head_config")
+        cfg_file = path.parent / "train_config.json"
+        if head_config is None and cfg_file.is_file():
+            try:
+                head_config = json.loads(cfg_file.read_text()).get("head")
+            except (OSError, ValueError) as exc:
+                log.warning("%s: cannot read the head configuration (%s); using default scale", cfg_file, exc)
+        return cls.from_payload(payload, head_config)
+
+    @torch.inference_mode()
+    def logits(self, vectors: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(np.ascontiguousarray(vectors, dtype=np.float32))
+        if self.kind in LINEAR_KINDS:
+            x = x * math.sqrt(x.shape[1])
+        return self.head.logits(x).float()
+
+    def predict(self, vectors: np.ndarray, k: int = 5) -> ClassifierPrediction:
+        """The ``k`` most probable landmarks of each descriptor."""
+        if len(vectors) == 0:
+            return ClassifierPrediction(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
+        logits = self.logits(vectors)
+        probs = torch.sigmoid(logits) if self.kind == "bce" else torch.softmax(logits, dim=1)
+        k = min(k, probs.shape[1])
+        top = torch.topk(probs, k, dim=1)
+        return ClassifierPrediction(self.classes[top.indices.numpy()], top.values.numpy().astype(np.float32))

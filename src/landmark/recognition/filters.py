@@ -1,0 +1,251 @@
+"""Non-landmark filtering (Baidu GLR19 §3.2): an object prior, a pluggable ONNX object detector, and
+the distractor-similarity filter. Each is a pure function over arrays plus a thin class that loads
+its data; the pipeline (:mod:`landmark.recognition.pipeline`) decides how they are combined.
+
+* :class:`ImageNetPrior` turns the backbone's own ImageNet-1k logits into probabilities of a few
+  class groups (``resources/imagenet_groups.yaml``: landmark / uncertain / non-landmark roles). It is
+  a probe of :class:`~landmark.features.GlobalExtractor`, so it runs in the descriptor's forward pass.
+* :class:`OnnxDetector` runs any ONNX detector with boxes / scores / labels outputs;
+  :func:`detector_decision` applies the paper's rule to its detections.
+* :func:`distractor_scores` is the min of each query's top-3 similarities to known non-landmark photos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torch import Tensor
+
+LANDMARK, UNCERTAIN, NON_LANDMARK = "landmark", "uncertain", "non_landmark"
+ROLES = (LANDMARK, UNCERTAIN, NON_LANDMARK)
+PROBE_NAME = "imagenet_groups"        # the store extra holding each photo's group probabilities
+
+
+class FilterConfigError(ValueError):
+    """A class-group or detector-label file is malformed; the message names the file and the entry."""
+
+
+# -- class groups (data, not code) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassGroups:
+    """Named groups of classifier (or detector) classes, each with a role."""
+
+    names: tuple[str, ...]
+    roles: tuple[str, ...]
+    index: np.ndarray                 # class -> group position (int64), length = number of classes
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, num_classes: int = 1000) -> "ClassGroups":
+        """Read a group file (default: the packaged ImageNet-1k groups)."""
+        if path is None:
+            text = resources.files("landmark.resources").joinpath("imagenet_groups.yaml").read_text()
+            where = "landmark/resources/imagenet_groups.yaml"
+        else:
+            text, where = Path(path).read_text(), str(path)
+        data = yaml.safe_load(text) or {}
+        groups = data.get("groups")
+        if not isinstance(groups, Mapping) or not groups:
+            raise FilterConfigError(f"{where}: expected a mapping `groups`")
+        names, roles = list(groups), []
+        default = data.get("default_group")
+        if default is not None and default not in groups:
+            raise FilterConfigError(f"{where}: default_group {default!r} is not one of the groups")
+        index = np.full(num_classes, names.index(default) if default else -1, np.int64)
+        assigned: dict[int, str] = {}
+        for gi, (name, spec) in enumerate(groups.items()):
+            role = (spec or {}).get("role")
+            if role not in ROLES:
+                raise FilterConfigError(f"{where}: group {name!r} has role {role!r}; expected one of {ROLES}")
+            roles.append(role)
+            members = [int(c) for c in ((spec or {}).get("classes") or {})]
+            for lo, hi in (spec or {}).get("ranges") or []:
+                members += list(range(int(lo), int(hi) + 1))
+            for c in members:
+                if not 0 <= c < num_classes:
+                    raise FilterConfigError(f"{where}: group {name!r} lists class {c}, outside 0..{num_classes - 1}")
+                if c in assigned:
+                    raise FilterConfigError(f"{where}: class {c} is in both {assigned[c]!r} and {name!r}")
+                assigned[c] = name
+                index[c] = gi
+        if (index < 0).any():
+            raise FilterConfigError(f"{where}: {int((index < 0).sum())} classes belong to no group and no default_group is set")
+        return cls(tuple(names), tuple(roles), index)
+
+    def role_mask(self, role: str) -> np.ndarray:
+        return np.array([r == role for r in self.roles])
+
+    def group_probabilities(self, logits: Tensor) -> Tensor:
+        """``B x classes`` logits -> ``B x groups`` probabilities (softmax, then summed per group)."""
+        probs = torch.softmax(logits.float(), dim=1)
+        onehot = torch.zeros(len(self.index), len(self.names), dtype=probs.dtype, device=probs.device)
+        onehot[torch.arange(len(self.index)), torch.as_tensor(self.index, device=probs.device)] = 1.0
+        return probs @ onehot
+
+
+# -- the object prior from the backbone's ImageNet classifier ----------------------------------------
+@dataclass(frozen=True)
+class PriorDecision:
+    decision: str                     # landmark | uncertain | non_landmark
+    landmark_prob: float
+    non_landmark_prob: float
+    top_group: str
+
+
+def prior_decisions(probs: np.ndarray, groups: ClassGroups, landmark_min: float, object_min: float) -> list[PriorDecision]:
+    """The ImageNet analogue of the paper's detector rule, per photo (rows of group probabilities).
+
+    Landmark classes holding at least ``landmark_min`` of the probability => landmark (kept, like a
+    landmark-part object present); otherwise non-landmark classes holding more than ``object_min`` =>
+    non-landmark; otherwise uncertain. Rows of NaN (no prior computed) are uncertain.
+    """
+    probs = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
+    lm_mask, non_mask = groups.role_mask(LANDMARK), groups.role_mask(NON_LANDMARK)
+    out = []
+    for row in probs:
+        if row.size != len(groups.names) or not np.isfinite(row).all():
+            out.append(PriorDecision(UNCERTAIN, float("nan"), float("nan"), ""))
+            continue
+        lm, non = float(row[lm_mask].sum()), float(row[non_mask].sum())
+        decision = LANDMARK if lm >= landmark_min else (NON_LANDMARK if non > object_min else UNCERTAIN)
+        out.append(PriorDecision(decision, lm, non, groups.names[int(row.argmax())]))
+    return out
+
+
+class ImageNetPrior:
+    """Group probabilities from a backbone's ImageNet head: a probe for :class:`GlobalExtractor`."""
+
+    def __init__(self, backbone, groups: ClassGroups | None = None):
+        self.backbone = backbone
+        self.groups = groups or ClassGroups.load()
+
+    @staticmethod
+    def available(backbone) -> bool:
+        return getattr(backbone, "head", None) is not None
+
+    def __call__(self, fmap: Tensor) -> Tensor:
+        logits = self.backbone.classify(fmap)
+        if logits.shape[1] != len(self.groups.index):
+            raise FilterConfigError(f"backbone {self.backbone.name!r} has {logits.shape[1]} classes, the group file "
+                                    f"covers {len(self.groups.index)}")
+        return self.groups.group_probabilities(logits)
+
+
+# -- a pluggable ONNX object detector (the paper's Faster R-CNN on Open Images) -----------------------
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    score: float
+    box: tuple[float, float, float, float]    # x0, y0, x1, y1 in pixels of the photo
+
+
+@dataclass(frozen=True)
+class DetectorDecision:
+    decision: str                     # landmark | uncertain | non_landmark
+    reason: str
+
+
+class Detector(Protocol):
+    def detect(self, image: Image.Image) -> list[Detection]: ...
+
+
+def detector_decision(detections: Sequence[Detection], image_size: tuple[int, int], roles: Mapping[str, str],
+                      score_min: float = 0.3, area_min: float = 0.6) -> DetectorDecision:
+    """The paper's rule: a landmark-part object present => landmark; otherwise a non-landmark object
+    with score > ``score_min`` whose box covers > ``area_min`` of the photo => candidate non-landmark.
+    Labels missing from ``roles`` count as non-landmark (the paper's 'other classes')."""
+    w, h = image_size
+    area = float(max(1, w) * max(1, h))
+    for d in detections:
+        if roles.get(d.label, NON_LANDMARK) == LANDMARK and d.score > score_min:
+            return DetectorDecision(LANDMARK, f"{d.label} {d.score:.2f}")
+    for d in detections:
+        x0, y0, x1, y1 = d.box
+        cover = max(0.0, min(x1, w) - max(x0, 0.0)) * max(0.0, min(y1, h) - max(y0, 0.0)) / area
+        if roles.get(d.label, NON_LANDMARK) == NON_LANDMARK and d.score > score_min and cover > area_min:
+            return DetectorDecision(NON_LANDMARK, f"{d.label} {d.score:.2f} covers {cover:.0%}")
+    return DetectorDecision(UNCERTAIN, "no decisive object")
+
+
+class OnnxDetector:
+    """An ONNX object detector run with onnxruntime.
+
+    The model takes one ``1 x 3 x H x W`` float RGB image in [0, 1] (resized so its long side is
+    ``input_size``, or fixed ``H x W`` if the model says so) and returns boxes (``N x 4``, x0 y0 x1 y1
+    in input pixels), scores (``N``) and integer labels (``N``), in the output order given by
+    ``outputs`` (names; default: the model's first three outputs). ``labels`` maps label indices to
+    class names; ``roles`` (a YAML file ``{class name: landmark|uncertain|non_landmark}``) gives each
+    name its role for :func:`detector_decision`.
+    """
+
+    def __init__(self, path: str | Path, labels: Sequence[str] | str | Path, roles: Mapping[str, str] | str | Path,
+                 input_size: int = 800, outputs: Sequence[str] | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"object detector model not found: {path}")
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        self.outputs = list(outputs) if outputs else [o.name for o in self.session.get_outputs()[:3]]
+        if len(self.outputs) != 3:
+            raise FilterConfigError(f"{path}: expected three outputs (boxes, scores, labels), got {self.outputs}")
+        self.labels = Path(labels).read_text().splitlines() if isinstance(labels, (str, Path)) else list(labels)
+        if isinstance(roles, (str, Path)):
+            roles = yaml.safe_load(Path(roles).read_text()) or {}
+        bad = {k: v for k, v in roles.items() if v not in ROLES}
+        if bad:
+            raise FilterConfigError(f"detector roles: {bad} not in {ROLES}")
+        self.roles = dict(roles)
+        self.input_size = input_size
+
+    def detect(self, image: Image.Image) -> list[Detection]:
+        image = image.convert("RGB")
+        w, h = image.size
+        shape = self.input.shape
+        if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
+            th, tw = shape[2], shape[3]
+        else:
+            s = self.input_size / max(w, h)
+            th, tw = max(1, round(h * s)), max(1, round(w * s))
+        arr = np.asarray(image.resize((tw, th), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+        boxes, scores, labels = self.session.run(self.outputs, {self.input.name: arr})
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([w / tw, h / th, w / tw, h / th])
+        out = []
+        for b, s, lab in zip(boxes, np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1)):
+            name = self.labels[int(lab)] if 0 <= int(lab) < len(self.labels) else str(int(lab))
+            out.append(Detection(name, float(s), tuple(float(v) for v in b)))
+        return out
+
+
+# -- the distractor-similarity filter ------------------------------------------------------------------
+def distractor_scores(queries: np.ndarray, distractors: np.ndarray, k: int = 3,
+                      query_ids: Sequence[str] | None = None, distractor_ids: Sequence[str] | None = None) -> np.ndarray:
+    """For each query, the minimum of its top-``k`` similarities to the distractor photos.
+
+    A query that is itself one of the distractors (same id) is not compared with itself. With fewer
+    than ``k`` distractors the score is ``-inf`` (the filter cannot fire).
+    """
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    distractors = np.ascontiguousarray(distractors, dtype=np.float32)
+    out = np.full(len(queries), -np.inf, np.float32)
+    if len(queries) == 0 or len(distractors) < k:
+        return out
+    index = faiss.IndexFlatIP(distractors.shape[1])
+    index.add(distractors)
+    extra = 1 if query_ids is not None and distractor_ids is not None else 0
+    sims, idx = index.search(queries, min(len(distractors), k + extra))
+    dids = list(distractor_ids) if extra else None
+    for qi in range(len(queries)):
+        row = [s for s, j in zip(sims[qi], idx[qi]) if j >= 0 and not (extra and dids[j] == query_ids[qi])][:k]
+        if len(row) == k:
+            out[qi] = min(row)
+    return out

@@ -1,0 +1,210 @@
+"""The recognition pipeline of the Baidu GLR19 report §3, composed from its parts.
+
+``gather`` computes every piece of evidence for a batch of queries once (top-k labelled neighbours,
+the kNN vote, the classifier's top-k, the object prior and detector decisions, the distractor
+similarities); ``decide`` is a pure function of that evidence and a :class:`RecognitionConfig`, so an
+ablation re-runs only ``decide`` with stages switched on one after the other.
+
+Order of the final scores: A1B1 > A1B2 > A2B1 > ... > A4B2 > non-landmark (filtered, demoted or
+dropped); inside a grade, frequent landmarks first, then the kNN similarity (:mod:`.grading`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..config import RecognitionConfig
+from .classifier import ClassifierPrediction, LandmarkClassifier
+from .filters import (LANDMARK, NON_LANDMARK, PROBE_NAME, ClassGroups, DetectorDecision, PriorDecision,
+                      distractor_scores, prior_decisions)
+from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_scores
+from .knn import Vote, knn_vote
+
+log = logging.getLogger(__name__)
+
+DISTRACTOR_SPLIT = "distractors"      # `landmark index add --split distractors`: user-given non-landmark photos
+
+
+@dataclass
+class Evidence:
+    """Everything the decision rules look at, for a batch of queries (rows aligned with ``ids``)."""
+
+    ids: list[str]
+    labels: np.ndarray                              # Q x k neighbour landmark ids (-1 = none)
+    scores: np.ndarray                              # Q x k similarities
+    keys: list[list[str | None]]                    # Q x k neighbour ids
+    votes: list[Vote]
+    classifier: ClassifierPrediction | None = None
+    prior: list[PriorDecision] | None = None
+    detector: list[DetectorDecision | None] | None = None
+    distractor: np.ndarray | None = None            # Q: min of top-k similarities to known non-landmarks
+    distractor_set: int = 0                         # how many known non-landmark photos there were
+
+
+@dataclass
+class Decision:
+    landmark_id: int | None
+    score: float                                    # in [0, 1], ordered by grade, then similarity
+    grade: str                                      # e.g. "A1B1"; "non-landmark" when filtered; "" for kNN only
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def non_landmark_reasons(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[str]:
+    """Which enabled filters call query ``qi`` a non-landmark."""
+    reasons = []
+    if cfg.object_prior:
+        det = ev.detector[qi] if ev.detector is not None else None
+        if det is not None and det.decision == NON_LANDMARK:
+            reasons.append("detector")
+        elif ev.prior is not None and ev.prior[qi].decision == NON_LANDMARK and not (det is not None and det.decision == LANDMARK):
+            reasons.append("object_prior")
+    if cfg.distractor_filter and ev.distractor is not None and ev.distractor[qi] > cfg.distractor_threshold:
+        reasons.append("distractor")
+    return reasons
+
+
+def decide(ev: Evidence, cfg: RecognitionConfig) -> list[Decision]:
+    """Labels, scores and grades for a batch from its evidence (pure; see the module docstring)."""
+    n = len(ev.ids)
+    use_b = cfg.classifier and ev.classifier is not None
+    n_a, n_b = (4 if cfg.grading else 1), (2 if use_b else 1)
+    n_tiers = n_a * n_b + 1                          # the last tier holds filtered queries
+    labels = [v.landmark_id for v in ev.votes]
+    a_grades, b_grades, tiers, flagged = [], [], [], []
+    for qi in range(n):
+        a = grade_a(ev.labels[qi, :cfg.k], ev.scores[qi, :cfg.k], labels[qi], cfg.t1, cfg.t2) if cfg.grading else 1
+        b = grade_b(labels[qi], int(ev.classifier.labels[qi, 0])) if use_b else 1
+        reasons = non_landmark_reasons(ev, qi, cfg)
+        a_grades.append(a)
+        b_grades.append(b)
+        flagged.append(reasons)
+        tiers.append(n_tiers - 1 if reasons else (a - 1) * n_b + (b - 1))
+    boosts = None
+    frequent: dict[int, int] = {}
+    if cfg.frequent_rerank:
+        frequent = frequent_landmarks(labels, [t == 0 for t in tiers], cfg.frequent_min)
+        boosts = boost_levels(labels, frequent, [not f for f in flagged])
+    scores = tiered_scores(tiers, [v.score for v in ev.votes], n_tiers, boosts)
+    out = []
+    for qi in range(n):
+        grade = "non-landmark" if flagged[qi] else (
+            (f"A{a_grades[qi]}" if cfg.grading else "") + (f"B{b_grades[qi]}" if use_b else ""))
+        lab, score = labels[qi], float(scores[qi])
+        if lab is None or (flagged[qi] and cfg.filtered == "drop"):
+            lab, score = None, 0.0
+        out.append(Decision(lab, score, grade, _evidence(ev, qi, cfg, flagged[qi], a_grades[qi], b_grades[qi],
+                                                         lab is not None and lab in frequent and not flagged[qi])))
+    return out
+
+
+def _evidence(ev: Evidence, qi: int, cfg: RecognitionConfig, reasons: list[str], a: int, b: int,
+              frequent: bool) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "knn": {"landmark_id": ev.votes[qi].landmark_id, "similarity": round(float(ev.votes[qi].score), 4),
+                "votes": ev.votes[qi].votes},
+        "neighbours": [[key, round(float(s), 4), int(lab) if lab >= 0 else None]
+                       for key, s, lab in zip(ev.keys[qi][:cfg.k], ev.scores[qi, :cfg.k], ev.labels[qi, :cfg.k]) if key is not None],
+        "filters": {"non_landmark": reasons},
+    }
+    if ev.classifier is not None:
+        e["classifier"] = [[int(lab), round(float(p), 4)] for lab, p in zip(ev.classifier.labels[qi], ev.classifier.probs[qi])]
+    if ev.prior is not None:
+        p = ev.prior[qi]
+        e["filters"]["object_prior"] = {"decision": p.decision, "landmark_prob": _r(p.landmark_prob),
+                                        "non_landmark_prob": _r(p.non_landmark_prob), "top_group": p.top_group}
+    if ev.detector is not None and ev.detector[qi] is not None:
+        e["filters"]["detector"] = {"decision": ev.detector[qi].decision, "reason": ev.detector[qi].reason}
+    if ev.distractor is not None:
+        d = float(ev.distractor[qi])
+        e["filters"]["distractor"] = {"min_top_k": _r(d) if np.isfinite(d) else None, "threshold": cfg.distractor_threshold,
+                                      "known_non_landmarks": ev.distractor_set}
+    e["grade"] = {"A": a if cfg.grading else None, "B": b if cfg.classifier and ev.classifier is not None else None,
+                  "frequent_landmark": frequent}
+    return e
+
+
+def _r(x: float) -> float | None:
+    return round(float(x), 4) if np.isfinite(x) else None
+
+
+# -- the ablation of the issue: stages switched on one after the other --------------------------------------
+ABLATION_STAGES = ("classifier", "object_prior", "distractor_filter", "grading", "frequent_rerank")
+ABLATION_NAMES = {None: "kNN only", "classifier": "+ classifier agreement", "object_prior": "+ object prior",
+                  "distractor_filter": "+ distractor filter", "grading": "+ grading",
+                  "frequent_rerank": "+ frequent-landmark re-rank"}
+
+
+def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple[str, RecognitionConfig | None, str]]:
+    """(row name, config or None if skipped, note) for kNN only, then each stage added in turn."""
+    off = {s: False for s in ABLATION_STAGES}
+    rows = [(ABLATION_NAMES[None], dataclasses.replace(cfg, **off), "")]
+    on: dict[str, bool] = {}
+    for stage in ABLATION_STAGES:
+        if stage == "classifier" and not has_classifier:
+            rows.append((ABLATION_NAMES[stage], None, "skipped: the store's model has no trained classifier head "
+                                                    "(ImageNet weights); build the store with --model model.pt"))
+            continue
+        on[stage] = True
+        rows.append((ABLATION_NAMES[stage], dataclasses.replace(cfg, **(off | on)), ""))
+    return rows
+
+
+# -- gathering the evidence over a store -----------------------------------------------------------------
+class Recognizer:
+    """Gathers evidence for query descriptors against a :class:`~landmark.index.Store`."""
+
+    def __init__(self, store, cfg: RecognitionConfig, classifier: LandmarkClassifier | None = None,
+                 groups: ClassGroups | None = None, detector=None):
+        self.store, self.cfg = store, cfg
+        self.classifier, self.groups, self.detector = classifier, groups, detector
+        self._known: tuple[Any, list[str], np.ndarray] | None = None
+
+    def known_non_landmarks(self, cfg: RecognitionConfig | None = None) -> tuple[list[str], np.ndarray]:
+        """Store photos known not to be landmarks: unlabelled ones the object prior flags, and the
+        ``distractors`` split. Never labels or ground truth."""
+        cfg = cfg or self.cfg
+        token = (self.store.generation, cfg.prior_landmark_min, cfg.prior_object_min)
+        if self._known is not None and self._known[0] == token:
+            return self._known[1], self._known[2]
+        rows = self.store.get(self.store.keys())
+        given = [k for k, r in rows.items() if r.split == DISTRACTOR_SPLIT]
+        unlabelled = [k for k, r in rows.items() if r.landmark_id is None and r.split != DISTRACTOR_SPLIT]
+        flagged: list[str] = []
+        if self.groups is not None and unlabelled:
+            probs = self.store.extras(unlabelled, PROBE_NAME)
+            decisions = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
+            flagged = [k for k, d in zip(unlabelled, decisions) if d.decision == NON_LANDMARK]
+        keys = given + flagged
+        vecs = self.store.vectors(keys) if keys else np.zeros((0, self.store.dim), np.float32)
+        self._known = (token, keys, vecs)
+        return keys, vecs
+
+    def gather(self, vectors: np.ndarray, ids: Sequence[str], prior_probs: np.ndarray | None = None,
+               detections: Sequence[DetectorDecision | None] | None = None) -> Evidence:
+        cfg = self.cfg
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        res = self.store.search(vectors, cfg.k, labelled_only=True)
+        ev = Evidence(list(ids), res.landmark_ids, res.scores, res.keys, knn_vote(res.landmark_ids, res.scores, cfg.k))
+        if self.classifier is not None:
+            ev.classifier = self.classifier.predict(vectors, cfg.classifier_topk)
+        if self.groups is not None:
+            probs = prior_probs if prior_probs is not None and len(prior_probs) == len(vectors) else \
+                np.full((len(vectors), len(self.groups.names)), np.nan, np.float32)
+            ev.prior = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
+        if detections is not None:
+            ev.detector = list(detections)
+        keys, known = self.known_non_landmarks()
+        batch = [i for i in range(len(vectors)) if
+                 (ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
+                 or (ev.prior is not None and ev.prior[i].decision == NON_LANDMARK)]
+        all_keys = keys + [f"\0query:{ids[i]}" for i in batch]
+        all_vecs = np.concatenate([known, vectors[batch]]) if batch else known
+        ev.distractor = distractor_scores(vectors, all_vecs, cfg.distractor_k,
+                                          [f"\0query:{q}" for q in ids], all_keys)
+        ev.distractor_set = len(all_keys)
+        return ev

@@ -1,0 +1,82 @@
+"""Wiring the recognition stages to a store and its extractor (used by :class:`landmark.api.Landmarks`)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RecognitionConfig
+from .classifier import LandmarkClassifier
+from .filters import PROBE_NAME, ClassGroups, ImageNetPrior, OnnxDetector
+from .pipeline import Recognizer
+
+log = logging.getLogger(__name__)
+
+GROUPS_META = "prior_groups"          # the store meta key naming the groups its extras were made with
+
+
+def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
+    """Make ``extractor`` compute the ImageNet class-group probabilities beside each descriptor.
+
+    Returns the groups, or None when the backbone has no ImageNet classifier (no object prior then).
+    """
+    backbone = extractor.net.backbone
+    if not ImageNetPrior.available(backbone):
+        return None
+    groups = ClassGroups.load(cfg.prior_groups)
+    extractor.set_probe(PROBE_NAME, ImageNetPrior(backbone, groups))
+    return groups
+
+
+def record_groups(store, groups: ClassGroups) -> None:
+    if store.meta_value(GROUPS_META) != list(groups.names):
+        store.set_meta_value(GROUPS_META, list(groups.names))
+
+
+def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None) -> Recognizer:
+    """The pipeline for ``store``: its trained model's head as classifier (if any), the prior, the detector."""
+    classifier = None
+    ckpt = store.config.model.checkpoint
+    if ckpt:
+        try:
+            classifier = LandmarkClassifier.from_checkpoint(ckpt)
+        except FileNotFoundError:
+            log.warning("the store's model %s is gone: no classifier agreement (B1/B2)", ckpt)
+    if groups is not None and store.meta_value(GROUPS_META) not in (None, list(groups.names)):
+        log.warning("store %s holds object priors made with other class groups; run Landmarks.ensure_extras()", store.root)
+    detector = None
+    if cfg.detector:
+        if not cfg.detector_labels or not cfg.detector_roles:
+            raise ValueError("recognition.detector needs recognition.detector_labels and recognition.detector_roles")
+        detector = OnnxDetector(cfg.detector, cfg.detector_labels, cfg.detector_roles)
+    return Recognizer(store, cfg, classifier, groups, detector)
+
+
+def backfill_prior(lm, *, progress: bool | None = None) -> int:
+    """Compute the object prior of stored photos that lack it (or were made with other groups)."""
+    store, groups = lm.store, lm.groups
+    if groups is None:
+        return 0
+    keys = store.keys()
+    if not keys:
+        return 0
+    stale = store.meta_value(GROUPS_META) not in (None, list(groups.names))
+    probs = store.extras(keys, PROBE_NAME)
+    missing = keys if stale or probs.shape[1] != len(groups.names) else [k for k, row in zip(keys, probs) if not np.isfinite(row).all()]
+    rows = store.get(missing)
+    todo = [k for k in missing if rows[k].path and Path(rows[k].path).is_file()]
+    if not todo:
+        return 0
+    from ..data.manifests import ImageRecord
+
+    work = store.root / "_work" / "extract-prior"
+    res = lm.extractor.extract([ImageRecord(k, Path(rows[k].path)) for k in todo], cache_dir=work, progress=progress,
+                               description="object prior of stored photos")
+    if PROBE_NAME in res.extras and len(res.ids):
+        store.set_extras(res.ids, PROBE_NAME, res.extras[PROBE_NAME])
+        record_groups(store, groups)
+    shutil.rmtree(work, ignore_errors=True)
+    return len(res.ids)

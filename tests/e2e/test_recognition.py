@@ -1,0 +1,142 @@
+"""The recognition pipeline on real photos: a desk and a street are not reported as confident landmarks,
+the store keeps each photo's object prior, calibrate refits thresholds, evaluate prints the ablation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import landmark
+from landmark.cli import app
+from landmark.recognition.filters import PROBE_NAME, ClassGroups
+
+runner = CliRunner()
+
+
+def _photo(root, split, image_id):
+    return root / split / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+
+
+def _test_photos_from(gldv2_root, word, n):
+    """Test photos chosen by their source (sources.csv), never by the solution files."""
+    test = {r["id"] for r in csv.DictReader(open(gldv2_root / "test.csv"))}
+    rows = [r for r in csv.DictReader(open(gldv2_root / "sources.csv")) if r["id"] in test and word in r["source"].lower()]
+    return [_photo(gldv2_root, "test", r["id"]) for r in sorted(rows, key=lambda r: r["source"])[:n]]
+
+
+@pytest.mark.slow
+def test_desk_and_street_are_not_confident_landmarks(mini_store, mini_gldv2, gldv2_root):
+    # a batch as a user would send it: a few frames of a desk sequence and of a drive, among landmark photos
+    desks = _test_photos_from(gldv2_root, "freiburg", 3) + _test_photos_from(gldv2_root, "/tum/", 2)
+    streets = _test_photos_from(gldv2_root, "kitti", 5)
+    assert len(desks) == 5 and len(streets) == 5
+    rec_rows = list(csv.DictReader(open(mini_gldv2 / "recognition_solution.csv")))
+    landmarks = [(_photo(mini_gldv2, "test", r["id"]), int(r["landmarks"])) for r in rec_rows if r["landmarks"]]
+    lm = landmark.open(mini_store)
+    recs = lm.recognize([str(p) for p, _ in landmarks] + [str(p) for p in desks + streets])
+    assert all(r.error is None for r in recs)
+    kept = [r.score for r, (_, lab) in zip(recs, landmarks) if r.landmark_id == lab and r.grade != "non-landmark"]
+    assert len(kept) >= 0.8 * len(landmarks)          # the filters keep (almost) every landmark photo
+    for r in recs[len(landmarks):]:
+        # a filter (object prior, or similarity to the photos it flagged) calls it a non-landmark,
+        # so it ranks below every landmark the pipeline kept
+        assert r.grade == "non-landmark", (r.query, r.grade, r.score, r.evidence)
+        assert r.score < min(kept) and r.score < 0.2
+    for r in recs[:len(landmarks)]:
+        assert r.grade and r.evidence["neighbours"] and 0 <= r.score <= 1
+
+
+@pytest.mark.slow
+def test_store_keeps_the_object_prior_of_every_photo(mini_store):
+    from landmark.index import Store
+
+    with Store.open(mini_store) as st:
+        keys = st.keys()
+        probs = st.extras(keys, PROBE_NAME)
+        assert probs.shape == (len(keys), len(ClassGroups.load().names)) and np.isfinite(probs).all()
+        assert np.allclose(probs.sum(1), 1, atol=0.01)            # float16 group probabilities
+        assert st.meta_value("prior_groups")[0] == "landmark"
+
+
+@pytest.mark.slow
+def test_calibrate_writes_thresholds_into_the_store(mini_store, mini_gldv2, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(mini_store, store)
+    result = runner.invoke(app, ["calibrate", str(mini_gldv2), "--store", str(store), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cfg = landmark.open(store).store.config.recognition
+    from landmark.index import Store
+
+    with Store.open(store) as st:
+        report = st.meta_value("calibration")
+    assert report["validation"]["landmark_queries"] >= 4
+    assert cfg.t1 == report["thresholds"]["t1"] and cfg.t2 == report["thresholds"]["t2"] and cfg.t1 >= cfg.t2
+    assert 0.5 <= cfg.prior_object_min <= 0.995
+    assert "t1" in result.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_prints_the_ablation_and_per_query_evidence(mini_gldv2, fast_overrides, tmp_path):
+    args = ["evaluate", str(mini_gldv2), "--out", str(tmp_path / "eval"), "--no-progress"]
+    for item in fast_overrides:
+        args += ["--set", item]
+    result = runner.invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    rows = report["metrics"]["recognition_ablation"]
+    assert [r["stage"] for r in rows] == ["kNN only", "+ classifier agreement", "+ object prior", "+ distractor filter",
+                                          "+ grading", "+ frequent-landmark re-rank"]
+    assert rows[1]["gap"] is None and "skipped" in rows[1]["note"]          # ImageNet weights: no classifier
+    assert all(0 <= r["gap"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows if r["gap"] is not None)
+    assert rows[-1]["gap"] == pytest.approx(report["metrics"]["gap"])      # the last row is the full pipeline
+    assert "recognition ablation" in result.stdout and "+ distractor filter" in result.stdout
+    p = next(iter(report["predictions"].values()))
+    assert {"landmark_id", "score", "grade", "evidence"} <= set(p)
+    assert {"knn", "neighbours", "filters", "grade"} <= set(p["evidence"])
+    assert report["recognition"]["calibration"]["thresholds"]["t1"] == report["recognition"]["config"]["t1"]
+
+
+@pytest.mark.slow
+def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_root, fast_overrides, tmp_path):
+    """A store built from a checkpoint with a head: B1/B2 grades and the classifier's top-k as evidence."""
+    import torch
+
+    from landmark.config import load_config
+    from landmark.evaluation.recognition_ablation import recognition_ablation
+    from landmark.models import build_model, save_checkpoint
+    from landmark.models.heads import ArcFace
+
+    names = {47378: "Eiffel_Tower", 90396: "Stonehenge", 55350: "Sydney_Opera_House"}
+    rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
+    queries, truth = [], {}
+    for lab, name in names.items():
+        ids = [r["id"] for r in rows if int(r["landmark_id"]) == lab][:6]
+        (tmp_path / "photos" / str(lab)).mkdir(parents=True)
+        for i in ids[:5]:
+            (tmp_path / "photos" / str(lab) / f"{i}.jpg").symlink_to(_photo(gldv2_root, "train", i))
+        queries.append(str(_photo(gldv2_root, "train", ids[5])))
+        truth[queries[-1]] = lab
+    cfg = load_config(overrides=fast_overrides + ["model.embedding_dim=32"])
+    torch.manual_seed(0)
+    net = build_model(cfg.model)
+    head = ArcFace(32, 3)
+    save_checkpoint(tmp_path / "model.pt", net, cfg.model, {"classes": sorted(names), "head": head.state_dict(),
+                                                           "head_kind": "arcface"})
+    cfg = load_config(overrides=fast_overrides + [f"model.checkpoint={tmp_path / 'model.pt'}"])
+    lm, _ = landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store", cfg, progress=False)
+    lm = landmark.open(tmp_path / "store")
+    assert lm.recognizer.classifier is not None and lm.recognizer.classifier.classes.tolist() == sorted(names)
+    recs = lm.recognize(queries)
+    for r in recs:
+        clf = r.evidence["classifier"]
+        assert len(clf) == 3 and {c[0] for c in clf} == set(names)
+        b = "B1" if clf[0][0] == r.evidence["knn"]["landmark_id"] else "B2"
+        assert r.grade == "non-landmark" or r.grade.endswith(b)
+    ids, vectors, _, extras = lm._embed_queries(queries, False, with_extras=True)
+    rows_ = recognition_ablation(lm.gather(vectors, extras=extras, ids=ids), lm.recognition_config, truth)
+    assert rows_[1]["stage"] == "+ classifier agreement" and rows_[1]["gap"] is not None

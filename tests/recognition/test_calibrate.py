@@ -1,0 +1,41 @@
+"""Threshold fitting of `landmark calibrate` on constructed validation data."""
+
+import numpy as np
+import pytest
+
+from landmark.recognition.calibrate import _budget_threshold, fit_grading
+
+
+def test_budget_threshold_rejects_at_most_the_budget():
+    values = np.linspace(0.0, 0.99, 100)             # e.g. non-landmark mass of 100 landmark photos
+    t = _budget_threshold(values, 100, loss=0.02, lo=0.0, hi=1.0, default=0.5)
+    assert (values > t).sum() <= 2 and (values > t - 0.011).sum() > 2     # the lowest threshold within budget
+    assert _budget_threshold(values, 100, 0.0, 0.0, 1.0, 0.5) == pytest.approx(0.99)   # no budget: above all
+    assert _budget_threshold(values, 100, 0.02, 0.995, 0.999, 0.5) == 0.995           # clipped
+    assert _budget_threshold(np.array([0.1]), 100, 0.02, 0.5, 0.9, 0.7) == 0.5         # few candidates: lower bound
+    assert _budget_threshold(np.array([]), 0, 0.02, 0.5, 0.9, 0.7) == 0.7              # nothing to fit on: default
+
+
+def test_fit_grading_separates_landmarks_from_non_landmarks():
+    rng = np.random.default_rng(0)
+    rows, truth = [], []
+    for i in range(40):            # landmarks: the same label five times, high similarity
+        rows.append(([3] * 5, sorted(rng.uniform(0.75, 0.95, 5))[::-1]))
+        truth.append(3)
+    for i in range(40):            # non-landmarks: mixed labels, and some high similarities
+        labels = [3, 1, 2, 3, 4]
+        rows.append((labels, sorted(rng.uniform(0.6, 0.97, 5))[::-1]))
+        truth.append(None)
+    labels = np.array([r[0] for r in rows])
+    scores = np.array([r[1] for r in rows])
+    t1, t2, gap = fit_grading(labels, scores, truth, k=5)
+    assert t1 >= t2
+    assert gap > 0.95
+    # plain kNN (no grading) ranks many non-landmarks above landmarks on the same data
+    from landmark.evaluation.metrics import global_average_precision
+    from landmark.recognition.knn import knn_vote
+
+    votes = knn_vote(labels, scores, 5)
+    plain = global_average_precision({str(i): (v.landmark_id, v.score) for i, v in enumerate(votes)},
+                                     {str(i): t for i, t in enumerate(truth)})
+    assert gap > plain + 0.1
