@@ -160,7 +160,7 @@ class Landmarks:
             from .distributed import extract_distributed
 
             result = extract_distributed(self.store.config, todo, self.ray, cache_dir=work, progress=progress,
-                                         description=f"extract {split} (ray)")
+                                         description=f"extract {split} (ray)", store_root=self.store.root)
         else:
             result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
         by_id = {r.id: r for r in todo}

@@ -8,6 +8,8 @@ import pytest
 from landmark.config import load_config
 from landmark.data import read_gldv2
 from landmark.features import GlobalExtractor
+from landmark.recognition.filters import PROBE_NAME
+from landmark.recognition.setup import attach_prior
 
 ray = pytest.importorskip("ray")
 
@@ -30,11 +32,16 @@ def photos(gldv2_root):
 
 def test_matches_single_process_extraction_in_input_order(ray_local, photos, tmp_path):
     cfg = load_config(overrides=FAST)
-    expected = GlobalExtractor.from_config(cfg, device="cpu").extract(photos, progress=False)
+    local = GlobalExtractor.from_config(cfg, device="cpu")
+    attach_prior(local, cfg.recognition)
+    expected = local.extract(photos, progress=False)
     got = extract_distributed(cfg, photos[::-1], RayConfig(actors=2, shard_size=4), progress=False)
     assert got.ids == [p.id for p in photos[::-1]]
     np.testing.assert_allclose(got.vectors, expected.vectors[::-1], atol=1e-5)
     assert set(got.sizes) == {p.id for p in photos}
+    # the object prior comes back from the same forward pass, as with the local extractor
+    assert set(got.extras) == set(expected.extras) == {PROBE_NAME}
+    np.testing.assert_allclose(got.extras[PROBE_NAME], expected.extras[PROBE_NAME][::-1], atol=1e-5)
 
 
 def test_resumes_from_finished_shards_and_reports_bad_photos(ray_local, photos, tmp_path):
@@ -54,3 +61,4 @@ def test_resumes_from_finished_shards_and_reports_bad_photos(ray_local, photos, 
     assert [f.id for f in second.failures] == ["broken"]
     assert len(sorted((tmp_path / "cache").glob("chunk-*.npz"))) == 2 + 3
     np.testing.assert_allclose(second.vectors[:4], first.vectors, atol=0)
+    np.testing.assert_allclose(second.extras[PROBE_NAME][:4], first.extras[PROBE_NAME], atol=0)

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import Config, config_from_dict
-from ..features.extract import ExtractionResult, Failure, GlobalExtractor, PhotoItem, _ChunkCache
+from ..features.extract import ExtractionResult, PhotoItem, _ChunkCache
+from ..recognition.filters import PROBE_NAME
 from ..utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,19 @@ def _shards(items: Sequence[PhotoItem], size: int) -> list[list[PhotoItem]]:
 class _Worker:
     """One extractor replica; constructed inside a Ray actor process."""
 
-    def __init__(self, config: dict[str, Any], device: str | None):
-        self.extractor = GlobalExtractor.from_config(config_from_dict(config), device=device)
+    def __init__(self, config: dict[str, Any], device: str | None, store_root: str | None):
+        from ..features.pipeline import build_extractor
+        from ..recognition.setup import attach_prior
+
+        cfg = config_from_dict(config)
+        self.extractor = build_extractor(cfg, device=device, store_root=store_root)   # ensembles, whitening too
+        attach_prior(self.extractor, cfg.recognition)          # the object prior, in the same forward pass
 
     def signature(self) -> dict[str, Any]:
         return self.extractor.signature
 
-    def extract(self, shard: list[PhotoItem]) -> tuple[list[str], np.ndarray, list[Failure], dict[str, tuple[int, int]]]:
-        res = self.extractor.extract(shard, progress=False)
-        return res.ids, res.vectors, res.failures, res.sizes
+    def extract(self, shard: list[PhotoItem]) -> ExtractionResult:
+        return self.extractor.extract(shard, progress=False)
 
 
 def _ray():
@@ -70,11 +75,12 @@ def _ray():
 
 def extract_distributed(config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig | None = None, *,
                         cache_dir: str | Path | None = None, progress: bool | None = None,
-                        description: str = "extract (ray)") -> ExtractionResult:
+                        description: str = "extract (ray)", store_root: str | Path | None = None) -> ExtractionResult:
     """Descriptors of ``items`` computed by Ray actors; resumable through ``cache_dir``.
 
-    The vectors equal what :meth:`GlobalExtractor.extract` returns for the same configuration
-    (same model, preprocessing and batching per shape), one row per unique id, in input order.
+    The vectors equal what the store's extractor (``store_root``: where a learned whitening lives)
+    returns for the same configuration, one row per unique id, in input order. Probe outputs (the
+    object prior) come back in ``extras``, also for shards read back from the chunk cache.
     """
     ray_cfg = ray_cfg or RayConfig()
     ray = _ray()
@@ -88,25 +94,31 @@ def extract_distributed(config: Config, items: Sequence[PhotoItem], ray_cfg: Ray
             raise RayUnavailable(f"cannot reach the Ray cluster at {ray_cfg.address!r}: {exc}") from exc
         started_here = True
     try:
-        return _run(ray, config, items, ray_cfg, cache_dir, progress, description)
+        return _run(ray, config, items, ray_cfg, cache_dir, progress, description,
+                    None if store_root is None else str(store_root))
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, cache_dir, progress, description):
+def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, cache_dir, progress, description,
+         store_root):
     from ray.util import ActorPool
 
     device = "cuda" if ray_cfg.gpus_per_actor > 0 else "cpu"
     Actor = ray.remote(num_cpus=ray_cfg.cpus_per_actor, num_gpus=ray_cfg.gpus_per_actor)(_Worker)
     unique = list({it.id: it for it in reversed(items)}.values())[::-1]
     n_actors = max(1, min(ray_cfg.actors, -(-len(unique) // max(1, ray_cfg.shard_size))))
-    actors = [Actor.remote(config.to_dict(), device) for _ in range(n_actors)]
+    actors = [Actor.remote(config.to_dict(), device, store_root) for _ in range(n_actors)]
     signature = ray.get(actors[0].signature.remote())
     dim = int(signature["dim"])
 
     cache = _ChunkCache(Path(cache_dir), signature, dim) if cache_dir else None
-    done_ids, done_vecs, failures, sizes = cache.load() if cache else ([], [], [], {})
+    done_ids, done_vecs, failures, sizes, probed = cache.load() if cache else ([], [], [], {}, [])
+    extras: dict[str, dict[str, np.ndarray]] = {}
+    cached_probe = np.concatenate(probed) if probed else np.zeros((0, 0), np.float32)
+    if len(cached_probe) and len(cached_probe) == len(done_ids):
+        extras[PROBE_NAME] = dict(zip(done_ids, cached_probe))
     skip = set(done_ids) | {f.id for f in failures}
     todo = [it for it in unique if it.id not in skip]
     if skip:
@@ -114,20 +126,24 @@ def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, ca
 
     pool = ActorPool(actors)
     with progress_bar(description, total=len(unique), enabled=progress, completed=len(unique) - len(todo)) as bar:
-        for ids, vecs, fails, szs in pool.map_unordered(lambda a, shard: a.extract.remote(shard),
-                                                        _shards(todo, ray_cfg.shard_size)):
+        for res in pool.map_unordered(lambda a, shard: a.extract.remote(shard), _shards(todo, ray_cfg.shard_size)):
             if cache:
-                cache.write(ids, [vecs], fails, szs)
-            done_ids += ids
-            done_vecs.append(vecs)
-            failures += fails
-            sizes.update(szs)
-            bar.advance(len(ids) + len(fails))
+                cache.write(res.ids, [res.vectors], res.failures, res.sizes,
+                            [res.extras[PROBE_NAME]] if PROBE_NAME in res.extras else ())
+            for name, rows in res.extras.items():
+                extras.setdefault(name, {}).update(zip(res.ids, rows))
+            done_ids += res.ids
+            done_vecs.append(res.vectors)
+            failures += res.failures
+            sizes.update(res.sizes)
+            bar.advance(len(res.ids) + len(res.failures))
     for a in actors:
         ray.kill(a)
 
     vecs = np.concatenate(done_vecs).astype(np.float32) if done_vecs else np.zeros((0, dim), np.float32)
     position = {i: j for j, i in enumerate(done_ids)}
     order = [position[it.id] for it in unique if it.id in position]
-    return ExtractionResult([done_ids[j] for j in order], vecs[order], failures,
-                            {done_ids[j]: sizes[done_ids[j]] for j in order if done_ids[j] in sizes})
+    ids = [done_ids[j] for j in order]
+    return ExtractionResult(ids, vecs[order], failures, {i: sizes[i] for i in ids if i in sizes},
+                            {name: np.stack([rows[i] for i in ids]) for name, rows in extras.items()
+                             if all(i in rows for i in ids) and ids})

@@ -77,6 +77,12 @@ def _verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels: np.
 
 def retrieve(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k: int = 100) -> np.ndarray:
     """Q x k database indices after optional DBA and alpha-QE (M from ``ec.verify``)."""
+    return retrieve_scored(space, ec, dba_on=dba_on, qe_on=qe_on, k=k)[1]
+
+
+def retrieve_scored(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k: int = 100
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, database indices), each Q x k, after optional DBA and alpha-QE."""
     db = space.index
     db_labels, q_labels = space.index_pred, space.query_pred
     if dba_on:
@@ -85,7 +91,7 @@ def retrieve(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k:
     if qe_on:
         q = query_expansion(q, db, _verifier(ec, q_labels, db_labels), shortlist=ec.shortlist,
                             weights=ec.qe_weights, alpha=ec.alpha)
-    return knn(q, db, k)[1]
+    return knn(q, db, k)
 
 
 def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, *,
@@ -196,6 +202,26 @@ def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray,
 
 
 # -- the ablation of `landmark evaluate` on a GLDv2-layout dataset ---------------------------------
+def store_space(lm, query_vectors: np.ndarray) -> tuple[Space, list[str]]:
+    """The store's ``index`` photos and the queries, with top-k vote predictions from its ``train`` photos."""
+    store, config = lm.store, lm.store.config
+    index_keys, train_keys = store.keys("index"), store.keys("train")
+    rows = store.get(train_keys)
+    labels = np.array([rows[t].landmark_id for t in train_keys], np.int64)
+    space = Space.with_votes(store.vectors(index_keys), query_vectors, store.vectors(train_keys), labels,
+                             config.recognition.k)
+    return space, index_keys
+
+
+def expanded_rankings(lm, query_vectors: np.ndarray, ec: ExpansionConfig, k: int = 100
+                      ) -> list[tuple[list[str], list[float]]]:
+    """(index keys, similarities) per query after the configured DBA / alpha-QE over the store's vectors."""
+    space, index_keys = store_space(lm, query_vectors)
+    sims, idx = retrieve_scored(space, ec, dba_on=ec.dba, qe_on=ec.qe, k=k)
+    return [([index_keys[j] for j in row if j >= 0], [float(s) for s, j in zip(srow, row) if j >= 0])
+            for srow, row in zip(sims, idx)]
+
+
 MULTISCALE = (0.7071, 1.0, 1.4142)
 
 
@@ -212,12 +238,8 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
     from ..data.manifests import read_gldv2
     from ..features.pipeline import base_extractor
 
-    store, config = lm.store, lm.store.config
-    index_keys, train_keys = store.keys("index"), store.keys("train")
-    rows = store.get(train_keys)
-    train = store.vectors(train_keys)
-    labels = np.array([rows[t].landmark_id for t in train_keys], np.int64)
-    base = Space.with_votes(store.vectors(index_keys), query_vectors, train, labels, config.recognition.k)
+    config = lm.store.config
+    base, index_keys = store_space(lm, query_vectors)
 
     def score(ranks: np.ndarray) -> float:
         rankings = {q: [index_keys[j] for j in r if j >= 0] for q, r in zip(query_ids, ranks)}

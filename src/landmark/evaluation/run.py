@@ -20,9 +20,10 @@ from ..api import Landmarks
 from ..config import Config, load_config
 from ..data.manifests import DatasetError, is_gldv2, read_gldv2, read_gldv2_solution
 from ..retrieval import rank
+from ..retrieval.search import Ranking
 from ..recognition.pipeline import decide
 from ..utils.io import atomic_write_json
-from .ablation import gldv2_ablation
+from .ablation import expanded_rankings, gldv2_ablation
 from .recognition_ablation import recognition_ablation
 from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
@@ -62,7 +63,12 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
     predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
                    for q, r in zip(queries.ids, recognitions)}
-    ranked = rank(lm.store, queries.vectors, max(retrieval_k, config.rerank.top_k), splits=["index"])
+    depth = max(retrieval_k, config.rerank.top_k)
+    if config.expansion.dba or config.expansion.qe:   # DBA / alpha-QE (Baidu §2.3) before re-ranking
+        ranked = [Ranking(keys, scores) for keys, scores in
+                  expanded_rankings(lm, queries.vectors, config.expansion, k=depth)]
+    else:
+        ranked = rank(lm.store, queries.vectors, depth, splits=["index"])
     rankings = {q: r.keys[:retrieval_k] for q, r in zip(queries.ids, ranked)}
     timings["search_s"] = time.perf_counter() - t0
     global_rankings = rankings

@@ -42,6 +42,8 @@ class Extractor(Protocol):
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
+    def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
 
 class EnsembleExtractor:
     """Several extractors; descriptors concatenated (each L2-normalised) and scaled to unit length."""
@@ -81,13 +83,20 @@ class EnsembleExtractor:
         for r in results:
             for f in r.failures:
                 failed.setdefault(f.id, f)
+        first = {k: j for j, k in enumerate(results[0].ids)}
+        extras = {name: rows[[first[i] for i in ids]] for name, rows in results[0].extras.items()
+                  if len(rows) == len(results[0].ids)}    # probes run on the first model only
         return ExtractionResult(ids, self._combine(vecs) if ids else np.zeros((0, self.dim), np.float32),
-                                list(failed.values()), {k: v for k, v in results[0].sizes.items() if k in ok})
+                                list(failed.values()), {k: v for k, v in results[0].sizes.items() if k in ok}, extras)
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.extract_images_with_probe(images)[0]
+
+    def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self._combine([p.extract_images(images) for p in self.parts])
+            return np.zeros((0, self.dim), np.float32), {}
+        first, extras = self.parts[0].extract_images_with_probe(images)
+        return self._combine([first] + [p.extract_images(images) for p in self.parts[1:]]), extras
 
 
 class WhitenedExtractor:
@@ -114,6 +123,17 @@ class WhitenedExtractor:
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.whitening.apply(self.base.extract_images(images))
+
+    def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        vecs, extras = self.base.extract_images_with_probe(images)
+        return self.whitening.apply(vecs), extras
+
+
+def model_extractor(extractor) -> GlobalExtractor:
+    """The single-model extractor inside ``extractor`` whose forward pass probes run on (the first model)."""
+    while not isinstance(extractor, GlobalExtractor):
+        extractor = extractor.base if isinstance(extractor, WhitenedExtractor) else extractor.parts[0]
+    return extractor
 
 
 def base_extractor(config: Config, device: str | None = None) -> Extractor:

@@ -23,11 +23,14 @@ def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
 
     Returns the groups, or None when the backbone has no ImageNet classifier (no object prior then).
     """
-    backbone = extractor.net.backbone
+    from ..features.pipeline import model_extractor
+
+    single = model_extractor(extractor)      # ensembles and whitened extractors probe their first model
+    backbone = single.net.backbone
     if not ImageNetPrior.available(backbone):
         return None
     groups = ClassGroups.load(cfg.prior_groups)
-    extractor.set_probe(PROBE_NAME, ImageNetPrior(backbone, groups))
+    single.set_probe(PROBE_NAME, ImageNetPrior(backbone, groups))
     return groups
 
 
