@@ -26,7 +26,7 @@ import numpy as np
 
 from ..features.local import LocalFeatures
 from ..utils.io import atomic_path
-from .store import StoreError, _chunks, _lock
+from .store import StoreError, _chunks, _connect, _lock
 
 LOCAL_DIR = "local"
 _SCHEMA = """
@@ -186,13 +186,6 @@ class LocalStore:
 
 def _seg_name(seg: int, part: str) -> str:
     return f"seg-{seg:06d}.{part}.npy"
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=60)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
 
 
 @contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import sqlite3
 import time
 from contextlib import contextmanager

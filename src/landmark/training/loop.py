@@ -32,7 +32,7 @@ from ..data import ImageRecord, is_gldv2, read_folder, read_gldv2
 from ..evaluation.metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from ..features.extract import GlobalExtractor, _Photos, bucket_batches
 from ..models import functional as LF
-from ..models.heads import ArcFace, CosFace, CosineHead, LinearHead, dynamic_margins
+from ..models.heads import ArcFace, CosFace, LinearHead, dynamic_margins
 from ..models.net import DescriptorNet, build_model, save_checkpoint
 from ..recognition.knn import knn_vote
 from ..utils.device import resolve_device
