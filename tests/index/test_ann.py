@@ -4,7 +4,7 @@ import pytest
 from landmark.config import IndexConfig, load_config
 from landmark.features.whitening import l2n
 from landmark.index import Store
-from landmark.index.ann import (AnnError, CompressedStoreIndex, DiskVectors, RerankedIndex, ShardedIndex,
+from landmark.index.ann import (AnnError, DiskVectors, RerankedIndex, ShardedIndex,
                                 bytes_per_vector, default_nlist, exact_rerank, make_index, train_index)
 
 D = 32
