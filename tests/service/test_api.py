@@ -93,7 +93,7 @@ def test_page_and_its_assets_are_served(client):
 
 
 # -- recognition and search ------------------------------------------------------------------------
-def test_recognize_an_eiffel_photo(client, eiffel_query):
+def test_recognize_an_eiffel_photo(client, eiffel_query, ro_store):
     r = client.post("/recognize", files=_upload(eiffel_query))
     assert r.status_code == 200, r.text
     body = r.json()
@@ -102,10 +102,15 @@ def test_recognize_an_eiffel_photo(client, eiffel_query):
     scores = [m["score"] for m in body["matches"]]
     assert scores and scores == sorted(scores, reverse=True)
     assert body["matches"][0]["landmark_id"] == 47378
-    assert body["score"] == pytest.approx(max(m["score"] for m in body["matches"] if m["landmark_id"] == 47378), abs=1e-5)
+    rec = Landmarks.open(ro_store).recognize([str(eiffel_query)])[0]        # the service answers what the API does
+    assert body["score"] == pytest.approx(rec.score, abs=1e-5) and body["grade"] == rec.grade
     thumb = client.get(body["matches"][0]["thumbnail"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
-    assert body["token"] and body["evidence_available"] is False and body["evidence_url"] is None
+    # the store has local features: the upload's keypoint matches with its best match come as a PNG
+    assert body["token"] and body["evidence_available"] is True
+    png = client.get(body["evidence_url"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size[0] > 100
 
 
 def test_recognize_another_landmark(client, stonehenge_query):
@@ -165,10 +170,14 @@ def test_landmarks_and_paged_listing(client, ro_store):
 
 
 # -- keypoint evidence -----------------------------------------------------------------------------
-def test_matches_without_local_features_is_a_clear_404(client, ro_store):
+def test_matches_between_stored_photos_and_without_local_features(client, ro_store, store_copy):
     with Store.open(ro_store) as st:
         a, b = st.keys("train")[:2]
     r = client.get(f"/images/{a}/matches/{b}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    shutil.rmtree(store_copy / "local")                           # a store built with local.enabled=false
+    with TestClient(create_app(store_copy, ServiceSettings())) as bare:
+        r = bare.get(f"/images/{a}/matches/{b}")
     assert r.status_code == 404 and "local features are not available" in r.json()["error"]
 
 
