@@ -279,3 +279,12 @@ def test_repeated_gldv2_ids_keep_the_first_row(tmp_path):
     (tmp_path / "index.csv").write_text("id\nabc123\ndef456\nabc123\n")
     manifest = read_gldv2(tmp_path, "index")
     assert manifest.ids() == ["abc123", "def456"]
+
+
+def test_solution_restricted_to_the_listed_queries(tmp_path):
+    (tmp_path / "recognition_solution.csv").write_text("id,landmarks,Usage\naaa1,7,Public\nbbb2,,Private\nccc3,9 8,Public\n")
+    (tmp_path / "retrieval_solution.csv").write_text("id,images,Usage\naaa1,x1 x2,Public\nccc3,x3,Public\n")
+    sol = read_gldv2_solution(tmp_path).restricted(["aaa1", "bbb2"])
+    assert sol.recognition == {"aaa1": 7, "bbb2": None}
+    assert sol.recognition_all == {"aaa1": {7}, "bbb2": set()}
+    assert sol.retrieval == {"aaa1": ["x1", "x2"]} and set(sol.usage) == {"aaa1", "bbb2"}

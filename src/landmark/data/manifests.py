@@ -139,6 +139,12 @@ class Solution:
     retrieval: dict[str, list[str]]          # test id -> the relevant index ids
     usage: dict[str, str]                    # test id -> "Public", "Private", ...
 
+    def restricted(self, ids: Iterable[str]) -> "Solution":
+        """The ground truth of the queries in ``ids`` only (e.g. the test photos actually downloaded)."""
+        keep = set(ids)
+        return Solution(*({k: v for k, v in d.items() if k in keep}
+                          for d in (self.recognition, self.recognition_all, self.retrieval, self.usage)))
+
 
 def read_gldv2_solution(root: str | os.PathLike[str]) -> Solution:
     """Read ``recognition_solution.csv`` and ``retrieval_solution.csv``; a missing file gives empty dicts."""

@@ -52,7 +52,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     timings["recognition_setup_s"] = time.perf_counter() - t0
 
     test = read_gldv2(root, "test")
-    solution = read_gldv2_solution(root)
+    solution = read_gldv2_solution(root).restricted(test.ids())   # test.csv may list a partial download
     t0 = time.perf_counter()
     queries = lm.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test")
     timings["extract_test_s"] = time.perf_counter() - t0
