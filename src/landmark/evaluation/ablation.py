@@ -213,10 +213,9 @@ def store_space(lm, query_vectors: np.ndarray) -> tuple[Space, list[str]]:
     return space, index_keys
 
 
-def expanded_rankings(lm, query_vectors: np.ndarray, ec: ExpansionConfig, k: int = 100
+def expanded_rankings(space: Space, index_keys: Sequence[str], ec: ExpansionConfig, k: int = 100
                       ) -> list[tuple[list[str], list[float]]]:
-    """(index keys, similarities) per query after the configured DBA / alpha-QE over the store's vectors."""
-    space, index_keys = store_space(lm, query_vectors)
+    """(index keys, similarities) per query after the configured DBA / alpha-QE (``space`` from :func:`store_space`)."""
     sims, idx = retrieve_scored(space, ec, dba_on=ec.dba, qe_on=ec.qe, k=k)
     return [([index_keys[j] for j in row if j >= 0], [float(s) for s, j in zip(srow, row) if j >= 0])
             for srow, row in zip(sims, idx)]
@@ -227,10 +226,12 @@ MULTISCALE = (0.7071, 1.0, 1.4142)
 
 def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray,
                    retrieval_truth: Mapping[str, Sequence[str]], *, work_dir, multiscale: bool = False,
-                   progress: bool | None = None, k: int = 100) -> list[dict[str, Any]]:
+                   progress: bool | None = None, k: int = 100,
+                   space: tuple[Space, list[str]] | None = None) -> list[dict[str, Any]]:
     """Rows of the ablation for a store built from ``train`` + ``index`` and its test queries.
 
-    The store's own vectors and the cached query vectors give every row but multi-scale, which
+    The store's own vectors and the cached query vectors (``space``: :func:`store_space` of them, if
+    already made) give every row but multi-scale, which
     extracts ``index`` and ``test`` again at scales 1/sqrt(2), 1, sqrt(2) (``multiscale=True``).
     """
     from pathlib import Path
@@ -239,7 +240,7 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
     from ..features.pipeline import base_extractor
 
     config = lm.store.config
-    base, index_keys = store_space(lm, query_vectors)
+    base, index_keys = space or store_space(lm, query_vectors)
 
     def score(ranks: np.ndarray) -> float:
         rankings = {q: [index_keys[j] for j in r if j >= 0] for q, r in zip(query_ids, ranks)}
