@@ -169,7 +169,7 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
               store: Path = StoreOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON."),
               csv: Optional[Path] = typer.Option(None, "--csv", help="Also write a Kaggle recognition CSV here."),
               device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
-    """Recognise the landmark in each photo: top-5 vote among labelled stored photos."""
+    """Recognise the landmark in each photo: top-5 vote among labelled stored photos, non-landmark filters, grading."""
     from .api import Landmarks
     from .data import read_photos
     from .data.manifests import is_gldv2, read_gldv2
