@@ -63,6 +63,10 @@ class TrainConfig:
     freeze_stages: int = 0           # backbone stages kept frozen (0 = fine-tune everything)
     cache_views: int = 0             # > 0 (needs freeze_stages): precompute the frozen stages' output for
                                      # this many augmented crops per photo, then train only the rest
+    init: str = "pretrained"         # pretrained: FC embedding = PCA of the pooled ImageNet features and
+                                     # cosine-head centres = class means, so training starts from the
+                                     # off-the-shelf descriptor | random: the layers' default init
+    init_photos: int = 20000         # training photos (at most) whose features fit that initialisation
     eval_image_size: int = 384       # validation extraction (long side, aspect kept)
     eval_every: int = 1              # epochs between validations
     seed: int = 0
@@ -73,12 +77,15 @@ class TrainConfig:
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # Minutes on a laptop CPU: EfficientNet-Lite2, the last two stages fine-tuned on cached crops.
+    # Minutes on a laptop CPU: EfficientNet-Lite2, its last stages fine-tuned on cached crops. The
+    # GeM descriptor itself (1280-d, no FC) is trained: with 17 classes a 512-d FC layer validated
+    # worse (val mAP@100 0.84 after 8 epochs vs 0.88 after 6, both initialised from the ImageNet
+    # features); 10 epochs reached val mAP@100 0.93 (chosen on the validation split, never on test).
     "cpu-mini": {
-        "model": {"backbone": "tf_efficientnet_lite2", "embedding_dim": 512, "gem_trainable": True},
+        "model": {"backbone": "tf_efficientnet_lite2", "embedding_dim": None, "gem_trainable": True},
         "head": {"kind": "arcface", "scale": 30.0, "margin": 0.3},
         "data": {"image_size": 288, "crop_scale": [0.4, 1.0], "min_per_class": 2, "val_fraction": 0.15},
-        "optim": {"optimizer": "adamw", "lr": 1e-3, "backbone_lr_mult": 0.1, "epochs": 8, "batch_size": 32,
+        "optim": {"optimizer": "adamw", "lr": 1e-3, "backbone_lr_mult": 0.1, "epochs": 10, "batch_size": 32,
                   "warmup_epochs": 0.5},
         "freeze_stages": 6, "cache_views": 4,
     },

@@ -99,13 +99,17 @@ class TrainModule(nn.Module):
         with torch.no_grad():
             return self.prefix(x)
 
-    def embed_features(self, fmap: Tensor, cached: bool) -> tuple[Tensor, Tensor]:
-        """(pre-normalisation embedding, unit embedding) from images or cached frozen features."""
+    def pooled(self, fmap: Tensor, cached: bool) -> Tensor:
+        """Pooled backbone features (before the embedding) of images or cached frozen features."""
         if self.suffix is None:
             fmap = self.net.backbone(fmap)
         else:
             fmap = self.suffix(fmap if cached else self.frozen_features(fmap))
-        z = self.net.embedding(self.net.pool(fmap))
+        return self.net.pool(fmap)
+
+    def embed_features(self, fmap: Tensor, cached: bool) -> tuple[Tensor, Tensor]:
+        """(pre-normalisation embedding, unit embedding) from images or cached frozen features."""
+        z = self.net.embedding(self.pooled(fmap, cached))
         return z, LF.l2n(z)
 
     def forward(self, inputs: Tensor, labels: Tensor, cached: bool = False) -> tuple[Tensor, Tensor]:
@@ -118,6 +122,93 @@ class TrainModule(nn.Module):
         else:
             loss = smoothed_cross_entropy(self.head(z, labels), labels, h.label_smoothing)
         return loss, emb
+
+
+@torch.no_grad()
+def initialise_from_features(module: TrainModule, pooled: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Start training from the pretrained descriptor instead of random layers.
+
+    ``pooled`` are the pooled features (``N x C``) of training crops and ``labels`` their classes.
+    An FC+BN embedding becomes the PCA of those features (the BN scale undoes the batch
+    standardisation, so the layer outputs the centred PCA coordinates, not a whitening that
+    amplifies noisy directions), and the centres of a cosine head (ArcFace, CosFace) become the
+    unit class means of the resulting embeddings: the first steps then refine a working
+    descriptor rather than recover from a random projection. Returns what was set, for the log.
+    """
+    from ..features.whitening import learn_whitening
+    from ..models.heads import CosineHead
+
+    done: dict[str, Any] = {}
+    pooled = pooled.float().cpu()
+    emb = module.net.embedding
+    if isinstance(emb, nn.Sequential):
+        lin, bn = emb[0], emb[1]
+        dim = lin.out_features
+        if len(pooled) <= dim:
+            raise ValueError(f"initialising a {dim}-d embedding by PCA needs more than {dim} training crops, "
+                             f"got {len(pooled)}; use init=random or more photos")
+        w = learn_whitening(pooled.double().numpy(), dim, power=0.0)
+        eig = torch.from_numpy(w.eigenvalues).float().clamp_min(1e-12)
+        dev = lin.weight.device
+        lin.weight.copy_(torch.from_numpy(w.projection).float().to(dev))
+        bn.running_mean.copy_(torch.from_numpy(w.projection @ w.mean).float().to(dev))
+        bn.running_var.copy_(eig.to(dev))
+        bn.weight.copy_(eig.sqrt().to(dev))
+        bn.bias.zero_()
+        done["embedding"] = f"PCA of {len(pooled)} crops"
+    head = module.head
+    if isinstance(head, CosineHead):
+        was = emb.training
+        emb.eval()
+        z = LF.l2n(emb(pooled.to(next(module.parameters()).device))).cpu()
+        emb.train(was)
+        centres = head.weight.detach().cpu().clone().view(head.classes, head.subcenters, -1)
+        seen = 0
+        for c in labels.unique().tolist():
+            m = LF.l2n(z[labels == c].mean(0, keepdim=True))[0]
+            # sub-centres start around the class mean, apart by their random init
+            centres[c] = LF.l2n(m + 0.1 * LF.l2n(centres[c])) if head.subcenters > 1 else m
+            seen += 1
+        head.weight.copy_(centres.view_as(head.weight).to(head.weight.device))
+        done["head"] = f"class means of {seen}/{head.classes} classes"
+    return done
+
+
+def _pooled_training_features(module: TrainModule, records: Sequence[ImageRecord], labels: Sequence[int],
+                              cfg: TrainConfig, cached: Tensor | None, device: torch.device,
+                              progress: bool | None) -> tuple[Tensor, Tensor]:
+    """Pooled features of (at most ``cfg.init_photos``) training photos: their cached crops, or
+    augmented crops (one per photo, more passes while a PCA of the embedding size lacks crops)."""
+    rng = np.random.default_rng(cfg.seed)
+    idx = np.sort(rng.permutation(len(records))[: cfg.init_photos]) if len(records) > cfg.init_photos \
+        else np.arange(len(records))
+    passes = 1 if cached is not None else max(1, math.ceil(((cfg.model.embedding_dim or 0) + 1) / max(1, len(idx))))
+    module.eval()
+    feats, labs = [], []
+    with torch.no_grad(), progress_bar("initialise from pretrained features", total=len(idx) * passes,
+                                       enabled=progress) as bar:
+        if cached is not None:
+            for i in range(0, len(idx), 64):
+                sel = torch.from_numpy(idx[i:i + 64])
+                x = cached[sel].flatten(0, 1).to(device).float()    # every cached crop of these photos
+                feats.append(module.pooled(x, cached=True).float().cpu())
+                labs.append(torch.tensor([labels[j] for j in sel.tolist()]).repeat_interleave(cached.shape[1]))
+                bar.advance(len(sel))
+        else:
+            prep = module.net.preprocessing
+            ds = AugmentedPhotos([records[j] for j in idx], [labels[j] for j in idx],
+                                 train_transform(cfg.data, prep.mean, prep.std), draft_size=cfg.data.image_size * 2)
+            for _ in range(passes):
+                for b in DataLoader(ds, batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
+                                    collate_fn=collate_skip_none):
+                    if b is None:
+                        continue
+                    x, y = b
+                    feats.append(module.pooled(x.to(device), cached=False).float().cpu())
+                    labs.append(y)
+                    bar.advance(len(y))
+    module.train()
+    return torch.cat(feats), torch.cat(labs)
 
 
 def lr_factor(step: int, total: int, warmup: int, cfg) -> float:
@@ -253,8 +344,6 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         if ctx.main:
             log.info("resuming from %s at epoch %d", last_path, start_epoch)
 
-    ddp = nn.parallel.DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
-        if ctx.world > 1 else module
     prep = net.preprocessing
     sampler = make_sampler(cfg.data.sampler, labels, cfg.seed, ctx.rank, ctx.world, cfg.data.epoch_samples or None)
     batch = cfg.optim.batch_size // ctx.world
@@ -273,6 +362,14 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                             collate_fn=collate_skip_none, pin_memory=ctx.device.type == "cuda", drop_last=True,
                             persistent_workers=False)
         steps_per_epoch = len(loader)
+    if cfg.init not in ("pretrained", "random"):
+        raise ValueError(f"unknown init {cfg.init!r}; choose pretrained or random")
+    if cfg.init == "pretrained" and start_epoch == 0 and step == 0 and ctx.main:
+        pooled, plabels = _pooled_training_features(module, split.train, labels, cfg, cached, ctx.device, progress)
+        log.info("initialised from pretrained features: %s", initialise_from_features(module, pooled, plabels))
+    # DDP broadcasts rank 0's parameters and buffers (the initialisation above) when it wraps the module
+    ddp = nn.parallel.DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
+        if ctx.world > 1 else module
     accum = max(1, cfg.optim.grad_accum)
     total_updates = max(1, cfg.optim.epochs * steps_per_epoch // accum)
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch / accum)
