@@ -70,3 +70,18 @@ def test_cosine_head_starts_at_class_means(subcenters):
         assert (torch.einsum("ckd,cd->ck", w, means) > 0.99).all()
         assert not torch.allclose(w[:, 0], w[:, 1])
     assert (cos.argmax(1) == y).all() and not (LF.cosine_logits(z, before).view(len(z), 3, -1).amax(2).argmax(1) == y).all()
+
+
+def test_frozen_stages_keep_their_imagenet_batchnorm_statistics():
+    """Caching crops through the frozen stages (a fresh module is in training mode) must neither use
+    batch statistics nor overwrite the running ones."""
+    cfg = load_train_config("cpu-mini", overrides={"model": {"backbone": "tf_efficientnet_lite0"}, "freeze_stages": 4})
+    mod = TrainModule(build_model(ModelConfig(backbone="tf_efficientnet_lite0"), pretrained=False), None, cfg)
+    bns = [m for m in mod.prefix.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [b.running_mean.clone() for b in bns]
+    x = torch.randn(4, 3, 64, 64) * 3 + 1
+    out = mod.frozen_features(x)
+    assert all(torch.equal(b.running_mean, m) for b, m in zip(bns, before))
+    assert torch.allclose(out, mod.prefix.eval()(x), atol=1e-6)     # the same as inference
+    mod.train()
+    assert not mod.prefix.training and mod.suffix.training

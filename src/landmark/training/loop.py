@@ -86,6 +86,8 @@ class TrainModule(nn.Module):
             frozen += list(net.backbone.head.parameters())
         for p in frozen:
             p.requires_grad_(False)
+        if self.prefix is not None:
+            self.prefix.eval()            # from the start: caching crops must not touch its BatchNorm statistics
 
     def train(self, mode: bool = True) -> "TrainModule":
         super().train(mode)
@@ -96,6 +98,7 @@ class TrainModule(nn.Module):
     def frozen_features(self, x: Tensor) -> Tensor:
         if self.prefix is None:
             return x
+        self.prefix.eval()
         with torch.no_grad():
             return self.prefix(x)
 
