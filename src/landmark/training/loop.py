@@ -98,7 +98,6 @@ class TrainModule(nn.Module):
     def frozen_features(self, x: Tensor) -> Tensor:
         if self.prefix is None:
             return x
-        self.prefix.eval()
         with torch.no_grad():
             return self.prefix(x)
 
