@@ -6,13 +6,7 @@ import pytest
 
 from landmark.config import load_config
 from landmark.index import SignatureMismatch, Store, StoreError
-
-SIG = {"model": {"backbone": "test"}, "dim": 8, "extract": {"image_size": 64}}
-
-
-def unit(n, d=8, seed=0):
-    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+from store_helpers import SIG, unit
 
 
 @pytest.fixture
