@@ -48,6 +48,8 @@ class IndexConfig:
     nlist: int = 0                        # ivfpq: coarse cells (0 = about 4 * sqrt(N) at training time)
     pq_m: int = 64                        # ivfpq: bytes per PQ code (2 * pq_m sub-quantizers of 4 bits)
     pca_dim: int = 0                      # ivfpq: PCA-rotate to this many dims before coding (0 = random rotation, all dims)
+    residual: bool = True                 # ivfpq: code each vector's residual from its cell centre (finer codes, a shorter
+                                          # exact re-rank for the same recall; off = one lookup table per query, not per cell)
     nprobe: int = 64                      # ivfpq: cells visited per query
     rerank: int = 1000                    # shortlist re-ranked exactly with the full vectors (memory-mapped); 0 = off
     train_min: int = 50_000               # a compressed store stays exact until it holds this many vectors

@@ -1,3 +1,4 @@
+import faiss
 import numpy as np
 import pytest
 
@@ -5,7 +6,7 @@ from landmark.config import IndexConfig, load_config
 from landmark.features.whitening import l2n
 from landmark.index import Store
 from landmark.index.ann import (AnnError, DiskVectors, RerankedIndex, ShardedIndex,
-                                bytes_per_vector, default_nlist, exact_rerank, make_index, train_index)
+                                bytes_per_vector, default_nlist, exact_rerank, make_index, rerank_rows, train_index)
 
 D = 32
 
@@ -35,6 +36,22 @@ def test_exact_rerank_by_hand():
     q = np.array([[0.1, 0.9, 0.5, 0.0]], np.float32)
     scores, ids = exact_rerank(q, np.array([[0, 2, 1, -1]]), lambda r: xb[r], 2)
     assert ids.tolist() == [[1, 2]] and np.allclose(scores, [[0.9, 0.5]])
+
+
+def test_rerank_rows_matches_the_python_rerank_on_a_memory_map(tmp_path):
+    xb, xq = clustered(3000), clustered(40, seed=1)
+    vecs = DiskVectors.write(tmp_path / "v.npy", [xb], len(xb), D)
+    rng = np.random.default_rng(2)
+    cand = np.stack([rng.choice(len(xb), 60, replace=False) for _ in xq])
+    cand[::4, 45:] = -1                 # IVF padding at the end of short lists
+    cand[1, 3] = -1                     # and a -1 in the middle, which FAISS alone would stop at
+    want_s, want_i = exact_rerank(xq, cand, vecs, 10)
+    got_s, got_i = rerank_rows(xq, cand, vecs.array, 10)
+    assert (got_i == want_i).all() and np.allclose(got_s, want_s, atol=1e-5)
+    few_s, few_i = rerank_rows(xq[:2], cand[:2, :3], vecs.array, 5)    # fewer candidates than k: padded
+    assert (few_i[:, 3:] == -1).all() and np.isneginf(few_s[:, 3:]).all()
+    with pytest.raises(AnnError, match="outside"):
+        rerank_rows(xq[:1], np.array([[len(xb)]]), vecs.array, 1)
 
 
 def test_ivfpq_with_rerank_beats_codes_alone_and_compresses(tmp_path):
@@ -105,3 +122,10 @@ def test_store_compresses_past_train_min_and_keeps_commits(tmp_path):
     assert np.allclose(reopened.vectors(["k2399"]), xb[[2399]], atol=1e-6)
     assert reopened.search(xb[[2399]], 1).keys == [["k2399"]]
     assert len(list((tmp_path / "s").glob("vectors-*.npy"))) == 1
+
+
+def test_residual_coding_is_the_default_and_can_be_switched_off():
+    def by_residual(**kw):
+        index = make_index(D, IndexConfig(kind="ivfpq", nlist=16, pq_m=8, **kw), 4000)
+        return faiss.downcast_index(faiss.extract_index_ivf(index)).by_residual    # index stays alive meanwhile
+    assert by_residual() and not by_residual(residual=False)

@@ -1,9 +1,10 @@
 """Compressed FAISS indexes with exact re-ranking, and sharded indexes for collections larger than memory.
 
 ``ivfpq``: an inverted file of ``nlist`` cells over product-quantised codes of ``pq_m`` bytes (FAISS
-``RR<d>,IVF<nlist>,PQ<2 pq_m>x4fs``: a random rotation that spreads the PCA'd variance evenly over
+``RR<d>,IVF<nlist>,PQ<2 pq_m>x4fsr``: a random rotation that spreads the PCA'd variance evenly over
 the PQ sub-spaces — or, with ``pca_dim``, a rotating PCA to fewer dimensions — then 4-bit
-"fast-scan" PQ, which trains in seconds and scans codes with SIMD). In memory per vector: the code plus its 8-byte id (+ the shared centroids). (HNSW was
+"fast-scan" PQ of each vector's residual from its cell centre, which trains in seconds and scans
+codes with SIMD). In memory per vector: the code plus its 8-byte id (+ the shared centroids). (HNSW was
 left out: its graph links alone cost 2 * M * 4 bytes per vector, over the 128-byte budget, and it
 cannot remove vectors.)
 
@@ -53,7 +54,8 @@ def make_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
     if cfg.kind == "ivfpq":
         nlist = cfg.nlist or default_nlist(n_train)
         pre = f"PCAR{coded}" if cfg.pca_dim else f"RR{dim}"
-        index = faiss.index_factory(dim, f"{pre},IVF{nlist},PQ{2 * cfg.pq_m}x4fs", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, f"{pre},IVF{nlist},PQ{2 * cfg.pq_m}x4fs{'r' if cfg.residual else ''}",
+                                    faiss.METRIC_INNER_PRODUCT)
         set_search_params(index, cfg)
         return index
     raise AnnError(f"index.kind must be one of {KINDS} for a compressed index, got {cfg.kind!r}")
@@ -90,7 +92,8 @@ def bytes_per_vector(index: faiss.Index) -> float:
 def exact_rerank(queries: np.ndarray, ids: np.ndarray, fetch, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Re-score each query's candidate ``ids`` (Q x S, -1 = none) exactly; ``fetch(ids) -> vectors``.
 
-    One query at a time, so at most S full vectors are in memory at once.
+    One query at a time, so at most S full vectors are in memory at once (the general path: see
+    :func:`rerank_rows` for candidates that are rows of one array).
     Returns the top-``k`` (scores, ids), -inf / -1 where fewer candidates exist.
     """
     q_n = len(ids)
@@ -107,6 +110,40 @@ def exact_rerank(queries: np.ndarray, ids: np.ndarray, fetch, k: int) -> tuple[n
     return scores_out, ids_out
 
 
+def rerank_rows(queries: np.ndarray, rows: np.ndarray, array: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of each query among its candidate ``rows`` (Q x S, -1 = none) of ``array`` (N x D).
+
+    The same result as :func:`exact_rerank`, computed by FAISS in C++ (``knn_inner_products_by_idx``,
+    OpenMP over queries) straight from ``array``, which may be a read-only memory map: only the
+    candidates' pages are read. Returns (scores, rows), -inf / -1 where fewer candidates exist.
+    """
+    queries = np.ascontiguousarray(queries, np.float32)
+    if array.dtype != np.float32 or not array.flags.c_contiguous or array.ndim != 2:
+        raise AnnError("rerank_rows needs a C-contiguous N x D float32 array")
+    q_n, width = rows.shape
+    n, d = array.shape
+    if queries.shape != (q_n, d):
+        raise AnnError(f"queries {queries.shape} do not match {q_n} candidate lists of {d}-d vectors")
+    # FAISS stops reading a candidate list at its first -1: move the -1s (IVF padding) to the end.
+    rows = np.asarray(rows, np.int64)
+    valid = rows >= 0
+    if not valid.all() and (valid[:, 1:] > valid[:, :-1]).any():
+        rows = np.take_along_axis(rows, np.argsort(~valid, axis=1, kind="stable"), 1)
+    if rows.size and rows.max() >= n:
+        raise AnnError(f"candidate row {int(rows.max())} is outside the {n} stored vectors")
+    rows = np.ascontiguousarray(rows)
+    scores = np.empty((q_n, k), np.float32)
+    out = np.empty((q_n, k), np.int64)
+    if q_n and width and n:
+        faiss.knn_inner_products_by_idx(faiss.swig_ptr(queries), faiss.swig_ptr(array), faiss.swig_ptr(rows),
+                                        d, q_n, n, width, k, faiss.swig_ptr(scores), faiss.swig_ptr(out), width)
+    else:
+        scores.fill(-np.inf)
+        out.fill(-1)
+    scores[out < 0] = -np.inf
+    return scores, out
+
+
 @dataclass
 class DiskVectors:
     """Full-precision vectors on disk (``.npy``, memory-mapped); row ``i`` holds id ``i``."""
@@ -119,6 +156,12 @@ class DiskVectors:
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` as float32 (pass them sorted: reads then go forward through the file)."""
         return np.asarray(self.array[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
+
+    def rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` among each query's candidate ``ids`` (Q x S, -1 = none)."""
+        if self.array.dtype == np.float32:
+            return rerank_rows(queries, ids, self.array, k)
+        return exact_rerank(queries, ids, self, k)
 
     @staticmethod
     def write(path: str | Path, chunks: Iterable[np.ndarray], n: int, dim: int, dtype=np.float32) -> "DiskVectors":
@@ -150,7 +193,7 @@ class RerankedIndex:
         scores, ids = self.index.search(queries, shortlist if self.vectors is not None and self.cfg.rerank else k)
         if self.vectors is None or not self.cfg.rerank:
             return scores, ids
-        return exact_rerank(queries, ids, self.vectors, k)
+        return self.vectors.rerank(queries, ids, k)
 
     @property
     def bytes_per_vector(self) -> float:
@@ -220,7 +263,7 @@ class ShardedIndex:
         scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
         if self.vectors is None or not self.cfg.rerank:
             return scores[:, :k], ids[:, :k]
-        return exact_rerank(queries, ids, self.vectors, k)
+        return self.vectors.rerank(queries, ids, k)
 
     def resident_bytes_per_vector(self) -> float:
         """Bytes of the largest shard per vector of the whole collection: what one search step holds."""
@@ -292,6 +335,17 @@ class CompressedStoreIndex:
         scores, ids = self.index.search(queries, shortlist, params=sp)
         if not self.cfg.rerank:
             return scores, ids
+        return self._rerank(queries, ids, k)
+
+    def _rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact re-ranking: in C++ from the written vectors, unless a candidate was added since."""
+        valid = ids >= 0
+        pos = np.searchsorted(self.rows, np.where(valid, ids, 0)) if len(self.rows) else np.zeros_like(ids)
+        inside = (pos < len(self.rows)) & (self.rows[np.minimum(pos, len(self.rows) - 1)] == ids) if len(self.rows) else ~valid
+        vecs = self.vectors
+        if (inside | ~valid).all() and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 and vecs.flags.c_contiguous:
+            scores, got = rerank_rows(queries, np.where(valid, pos, -1), vecs, k)
+            return scores, np.where(got >= 0, self.rows[np.maximum(got, 0)], -1)
         return exact_rerank(queries, ids, self._fetch, k)
 
     # -- persistence ---------------------------------------------------------------------------
