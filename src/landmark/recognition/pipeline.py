@@ -165,10 +165,12 @@ class Recognizer:
         self._known: tuple[Any, list[str], np.ndarray] | None = None
 
     def known_non_landmarks(self, cfg: RecognitionConfig | None = None) -> tuple[list[str], np.ndarray]:
-        """Store photos known not to be landmarks: unlabelled ones the object prior flags, and the
-        ``distractors`` split. Never labels or ground truth."""
+        """Store photos known not to be landmarks: the ``distractors`` split, and the unlabelled photos
+        the object prior flags unless they look like a labelled landmark (graded A1 or A2 against the
+        labelled photos: the prior mistakes some landmarks, e.g. towers, for objects, and one such photo
+        in this set would filter every query of its landmark). Never labels or ground truth."""
         cfg = cfg or self.cfg
-        token = (self.store.generation, cfg.prior_landmark_min, cfg.prior_object_min)
+        token = (self.store.generation, cfg.prior_landmark_min, cfg.prior_object_min, cfg.k, cfg.t1, cfg.t2)
         if self._known is not None and self._known[0] == token:
             return self._known[1], self._known[2]
         rows = self.store.get(self.store.keys())
@@ -179,6 +181,11 @@ class Recognizer:
             probs = self.store.extras(unlabelled, PROBE_NAME)
             decisions = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
             flagged = [k for k, d in zip(unlabelled, decisions) if d.decision == NON_LANDMARK]
+        if flagged and any(r.landmark_id is not None for r in rows.values()):
+            res = self.store.search(self.store.vectors(flagged), cfg.k, labelled_only=True)
+            votes = knn_vote(res.landmark_ids, res.scores, cfg.k)
+            flagged = [k for i, (k, v) in enumerate(zip(flagged, votes))
+                       if grade_a(res.landmark_ids[i], res.scores[i], v.landmark_id, cfg.t1, cfg.t2) > 2]
         keys = given + flagged
         vecs = self.store.vectors(keys) if keys else np.zeros((0, self.store.dim), np.float32)
         self._known = (token, keys, vecs)
@@ -199,9 +206,11 @@ class Recognizer:
         if detections is not None:
             ev.detector = list(detections)
         keys, known = self.known_non_landmarks()
+        # the batch's own flagged photos join them, unless their neighbours say landmark (as in known_non_landmarks)
         batch = [i for i in range(len(vectors)) if
-                 (ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
-                 or (ev.prior is not None and ev.prior[i].decision == NON_LANDMARK)]
+                 ((ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
+                  or (ev.prior is not None and ev.prior[i].decision == NON_LANDMARK))
+                 and grade_a(ev.labels[i, :cfg.k], ev.scores[i, :cfg.k], ev.votes[i].landmark_id, cfg.t1, cfg.t2) > 2]
         all_keys = keys + [f"\0query:{ids[i]}" for i in batch]
         all_vecs = np.concatenate([known, vectors[batch]]) if batch else known
         ev.distractor = distractor_scores(vectors, all_vecs, cfg.distractor_k,
