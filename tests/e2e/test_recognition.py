@@ -89,11 +89,16 @@ def test_evaluate_prints_the_ablation_and_per_query_evidence(mini_gldv2, fast_ov
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     rows = report["metrics"]["recognition_ablation"]
-    assert [r["stage"] for r in rows] == ["kNN only", "+ classifier agreement", "+ object prior", "+ distractor filter",
-                                          "+ grading", "+ frequent-landmark re-rank"]
+    stages = [r["stage"] for r in rows]
+    assert stages[:6] == ["kNN only", "+ classifier agreement", "+ object prior", "+ distractor filter",
+                          "+ grading", "+ frequent-landmark re-rank"]
+    calibrated = report["recognition"]["calibration"]["thresholds"]
+    assert calibrated["frequent_rerank"] == report["recognition"]["config"]["frequent_rerank"]
+    # a stage switched off by calibration: one more row, the pipeline actually run
+    assert stages[6:] == ([] if calibrated["frequent_rerank"] else ["configured pipeline (frequent_rerank off)"])
     assert rows[1]["gap"] is None and "skipped" in rows[1]["note"]          # ImageNet weights: no classifier
     assert all(0 <= r["gap"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows if r["gap"] is not None)
-    assert rows[-1]["gap"] == pytest.approx(report["metrics"]["gap"])      # the last row is the full pipeline
+    assert rows[-1]["gap"] == pytest.approx(report["metrics"]["gap"])      # the last row is the configured pipeline
     assert "recognition ablation" in result.stdout and "+ distractor filter" in result.stdout
     p = next(iter(report["predictions"].values()))
     assert {"landmark_id", "score", "grade", "evidence"} <= set(p)

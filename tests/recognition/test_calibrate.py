@@ -39,3 +39,19 @@ def test_fit_grading_separates_landmarks_from_non_landmarks():
     plain = global_average_precision({str(i): (v.landmark_id, v.score) for i, v in enumerate(votes)},
                                      {str(i): t for i, t in enumerate(truth)})
     assert gap > plain + 0.1
+
+
+def test_frequent_rerank_is_judged_by_validation_gap():
+    from landmark.recognition.calibrate import grading_gap
+
+    rows = [([1] * 5, [0.95] * 5, 1)] * 10          # landmark 1: ten A1 queries, so it is "frequent"
+    rows += [([1] * 5, [0.86] * 5, None)] * 3       # non-landmarks that look like it (A2, lower similarity)
+    rows += [([2] * 5, [0.88] * 5, 2)] * 3          # landmark 2 (A2, higher similarity)
+    labels = np.array([r[0] for r in rows])
+    scores = np.array([r[1] for r in rows])
+    truth = [r[2] for r in rows]
+    plain = grading_gap(labels, scores, truth, 5, 0.9, 0.85)
+    frequent = grading_gap(labels, scores, truth, 5, 0.9, 0.85, frequent_min=5)
+    assert plain == pytest.approx(1.0)               # A1, then A2 by similarity: every landmark first
+    assert frequent < plain                          # the frequent landmark's false hits jump the queue
+    assert grading_gap(labels, scores, truth, 5, 0.9, 0.85, frequent_min=20) == pytest.approx(plain)   # none frequent

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..config import RecognitionConfig
-from ..recognition.pipeline import Decision, Evidence, ablation_configs, decide
+from ..recognition.pipeline import ABLATION_STAGES, Decision, Evidence, ablation_configs, decide
 from .metrics import Truth, accuracy, global_average_precision
 
 
@@ -21,8 +21,15 @@ def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[st
         if row_cfg is None:
             rows.append({"stage": name, "gap": None, "accuracy": None, "note": note})
             continue
-        decisions = decide(ev, row_cfg)
-        preds = predictions_of(ev, decisions)
-        rows.append({"stage": name, "gap": global_average_precision(preds, truth), "accuracy": accuracy(preds, truth),
-                     "filtered": sum(1 for d in decisions if d.grade == "non-landmark"), "note": note})
+        rows.append(_row(ev, row_cfg, truth, name, note))
+    off = [s for s in ABLATION_STAGES if not getattr(cfg, s) and not (s == "classifier" and ev.classifier is None)]
+    if off:    # e.g. a stage that `landmark calibrate` switched off on validation: the pipeline actually run
+        rows.append(_row(ev, cfg, truth, f"configured pipeline ({', '.join(off)} off)", "the GAP that evaluate reports"))
     return rows
+
+
+def _row(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[str, Truth], name: str, note: str) -> dict[str, Any]:
+    decisions = decide(ev, cfg)
+    preds = predictions_of(ev, decisions)
+    return {"stage": name, "gap": global_average_precision(preds, truth), "accuracy": accuracy(preds, truth),
+            "filtered": sum(1 for d in decisions if d.grade == "non-landmark"), "note": note}

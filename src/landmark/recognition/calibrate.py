@@ -14,6 +14,9 @@ no ground-truth file is read.
 * ``t1`` / ``t2``: the pair (t1 >= t2, from quantiles of the validation similarities) maximising the
   GAP of kNN + grading on validation landmark and non-landmark queries; ties go to the pair closest to
   the paper's 0.9 / 0.85.
+* ``frequent_rerank``: kept on only if the frequent-landmark re-rank does not lower that validation
+  GAP (the paper's trick assumes most landmarks occur once among the queries; where every landmark
+  is frequent it orders a grade by landmark popularity instead of similarity).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..data.manifests import ImageRecord
 from ..evaluation.metrics import global_average_precision
 from ..index import StoreError
 from .filters import LANDMARK, PROBE_NAME, prior_decisions
-from .grading import grade_a, tiered_scores
+from .grading import boost_levels, frequent_landmarks, grade_a, tiered_scores
 from .knn import knn_vote
 
 CALIBRATION_META = "calibration"
@@ -55,13 +58,26 @@ def _budget_threshold(values: np.ndarray, n_total: int, loss: float, lo: float, 
     return float(np.clip(t, lo, hi))
 
 
+def grading_gap(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | None], k: int, t1: float, t2: float,
+                frequent_min: int | None = None) -> float:
+    """GAP of kNN + grading (+ the frequent-landmark re-rank when ``frequent_min`` is given) on validation queries."""
+    votes = knn_vote(labels, scores, k)
+    tiers = [grade_a(labels[i, :k], scores[i, :k], v.landmark_id, t1, t2) - 1 for i, v in enumerate(votes)]
+    predicted = [v.landmark_id for v in votes]
+    boosts = None
+    if frequent_min is not None:
+        frequent = frequent_landmarks(predicted, [t == 0 for t in tiers], frequent_min)
+        boosts = boost_levels(predicted, frequent, [True] * len(votes))
+    final = tiered_scores(tiers, [v.score for v in votes], 4, boosts)
+    preds = {str(i): (lab, float(s)) for i, (lab, s) in enumerate(zip(predicted, final)) if lab is not None}
+    return global_average_precision(preds, {str(i): t for i, t in enumerate(truth)})
+
+
 def fit_grading(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | None], k: int = 5,
                 grid: Sequence[float] | None = None) -> tuple[float, float, float]:
     """(t1, t2, GAP) maximising the GAP of kNN + grading on validation queries."""
-    votes = knn_vote(labels, scores, k)
-    ids = [str(i) for i in range(len(votes))]
-    truth_map = {q: t for q, t in zip(ids, truth)}
     if grid is None:
+        votes = knn_vote(labels, scores, k)
         best = np.array([v.score for v, t in zip(votes, truth) if t is not None and v.landmark_id is not None])
         grid = sorted(set(np.round(np.quantile(best, np.linspace(0, 1, 21)), 4).tolist()) | {0.85, 0.9}) if len(best) else [0.85, 0.9]
     best_key, best_pair = None, (0.9, 0.85, 0.0)
@@ -69,10 +85,7 @@ def fit_grading(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | No
         for t1 in grid:
             if t1 < t2:
                 continue
-            tiers = [grade_a(labels[i, :k], scores[i, :k], v.landmark_id, t1, t2) - 1 for i, v in enumerate(votes)]
-            final = tiered_scores(tiers, [v.score for v in votes], 4)
-            preds = {q: (v.landmark_id, float(s)) for q, v, s in zip(ids, votes, final) if v.landmark_id is not None}
-            gap = global_average_precision(preds, truth_map)
+            gap = grading_gap(labels, scores, truth, k, t1, t2)
             key = (round(gap, 9), -(abs(t1 - 0.9) + abs(t2 - 0.85)))
             if best_key is None or key > best_key:
                 best_key, best_pair = key, (float(t1), float(t2), gap)
@@ -138,8 +151,14 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     cfg = dataclasses.replace(cfg, t1=t1, t2=t2)
     fitted.update({"t1": t1, "t2": t2, "validation_gap_knn_grading": gap})
 
-    report = {"thresholds": {k: fitted[k] for k in ("prior_object_min", "distractor_threshold", "t1", "t2") if k in fitted},
-              "fit": {k: v for k, v in fitted.items() if k not in ("prior_object_min", "distractor_threshold", "t1", "t2")},
+    # 4. the frequent-landmark re-rank: kept only where it does not lower that validation GAP
+    gap_frequent = grading_gap(labels, scores, truth, cfg.k, t1, t2, frequent_min=cfg.frequent_min)
+    cfg = dataclasses.replace(cfg, frequent_rerank=bool(gap_frequent >= gap))
+    fitted.update({"frequent_rerank": cfg.frequent_rerank, "validation_gap_knn_grading_frequent": gap_frequent})
+
+    chosen = ("prior_object_min", "distractor_threshold", "t1", "t2", "frequent_rerank")
+    report = {"thresholds": {k: fitted[k] for k in chosen if k in fitted},
+              "fit": {k: v for k, v in fitted.items() if k not in chosen},
               "validation": {"landmark_queries": len(split.val), "database_photos": len(split.train),
                              "non_landmark_queries": int(len(neg_pick)), "known_non_landmarks": len(neg_keys),
                              "val_fraction": val_fraction, "seed": seed, "landmark_loss": landmark_loss,
