@@ -155,6 +155,21 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
 
 
 # -- gathering the evidence over a store -----------------------------------------------------------------
+def nearest_other(rows: np.ndarray, pool: np.ndarray, offset: int) -> np.ndarray:
+    """For each of ``rows`` (which are ``pool[offset:offset + len(rows)]``), its highest similarity to
+    the rest of ``pool``; -inf where the pool holds nothing else."""
+    import faiss
+
+    out = np.full(len(rows), -np.inf, np.float32)
+    if len(pool) < 2:
+        return out
+    index = faiss.IndexFlatIP(pool.shape[1])
+    index.add(np.ascontiguousarray(pool, dtype=np.float32))
+    sims, idx = index.search(np.ascontiguousarray(rows, dtype=np.float32), 2)
+    self_pos = np.arange(offset, offset + len(rows))[:, None]
+    sims = np.where(idx == self_pos, -np.inf, sims)
+    return np.where(idx >= 0, sims, -np.inf).max(axis=1).astype(np.float32)
+
 class Recognizer:
     """Gathers evidence for query descriptors against a :class:`~landmark.index.Store`."""
 
@@ -166,11 +181,11 @@ class Recognizer:
 
     def known_non_landmarks(self, cfg: RecognitionConfig | None = None) -> tuple[list[str], np.ndarray]:
         """Store photos known not to be landmarks: the ``distractors`` split, and the unlabelled photos
-        the object prior flags unless they look like a labelled landmark (graded A1 or A2 against the
-        labelled photos: the prior mistakes some landmarks, e.g. towers, for objects, and one such photo
-        in this set would filter every query of its landmark). Never labels or ground truth."""
+        the object prior flags unless they are nearer to a labelled photo than to any other of these
+        (the prior mistakes some landmarks, e.g. towers, for objects, and such photos in this set
+        would filter the queries of their own landmark). Never labels or ground truth."""
         cfg = cfg or self.cfg
-        token = (self.store.generation, cfg.prior_landmark_min, cfg.prior_object_min, cfg.k, cfg.t1, cfg.t2)
+        token = (self.store.generation, cfg.prior_landmark_min, cfg.prior_object_min)
         if self._known is not None and self._known[0] == token:
             return self._known[1], self._known[2]
         rows = self.store.get(self.store.keys())
@@ -181,13 +196,14 @@ class Recognizer:
             probs = self.store.extras(unlabelled, PROBE_NAME)
             decisions = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
             flagged = [k for k, d in zip(unlabelled, decisions) if d.decision == NON_LANDMARK]
+        vecs = self.store.vectors(given + flagged) if given or flagged else np.zeros((0, self.store.dim), np.float32)
         if flagged and any(r.landmark_id is not None for r in rows.values()):
-            res = self.store.search(self.store.vectors(flagged), cfg.k, labelled_only=True)
-            votes = knn_vote(res.landmark_ids, res.scores, cfg.k)
-            flagged = [k for i, (k, v) in enumerate(zip(flagged, votes))
-                       if grade_a(res.landmark_ids[i], res.scores[i], v.landmark_id, cfg.t1, cfg.t2) > 2]
+            own = vecs[len(given):]
+            near_landmark = self.store.search(own, 1, labelled_only=True).scores[:, 0]
+            keep = near_landmark <= nearest_other(own, vecs, offset=len(given))
+            flagged = [k for k, ok in zip(flagged, keep) if ok]
+            vecs = np.concatenate([vecs[:len(given)], own[keep]])
         keys = given + flagged
-        vecs = self.store.vectors(keys) if keys else np.zeros((0, self.store.dim), np.float32)
         self._known = (token, keys, vecs)
         return keys, vecs
 
@@ -206,11 +222,14 @@ class Recognizer:
         if detections is not None:
             ev.detector = list(detections)
         keys, known = self.known_non_landmarks()
-        # the batch's own flagged photos join them, unless their neighbours say landmark (as in known_non_landmarks)
+        # the batch's flagged photos join them, unless nearer to a labelled photo (as in known_non_landmarks)
         batch = [i for i in range(len(vectors)) if
-                 ((ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
-                  or (ev.prior is not None and ev.prior[i].decision == NON_LANDMARK))
-                 and grade_a(ev.labels[i, :cfg.k], ev.scores[i, :cfg.k], ev.votes[i].landmark_id, cfg.t1, cfg.t2) > 2]
+                 (ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
+                 or (ev.prior is not None and ev.prior[i].decision == NON_LANDMARK)]
+        if batch:
+            pool = np.concatenate([known, vectors[batch]])
+            near_object = nearest_other(vectors[batch], pool, offset=len(known))
+            batch = [i for i, s in zip(batch, near_object) if ev.scores[i, 0] <= s]
         all_keys = keys + [f"\0query:{ids[i]}" for i in batch]
         all_vecs = np.concatenate([known, vectors[batch]]) if batch else known
         ev.distractor = distractor_scores(vectors, all_vecs, cfg.distractor_k,
