@@ -274,10 +274,15 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 def load_config(preset: str | None = None, file: str | Path | None = None,
                 overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
     """Build a :class:`Config` from a preset name, an optional YAML file and overrides."""
-    name = preset or DEFAULT_PRESET
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    cfg = merge(Config(), PRESETS[name])
+    return layered(Config(), PRESETS, preset or DEFAULT_PRESET, "preset", file, overrides)
+
+
+def layered(base: T, presets: Mapping[str, Mapping[str, Any]], name: str, what: str,
+            file: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> T:
+    """``base <- presets[name] <- YAML file <- overrides``: a named preset merged with the user's changes."""
+    if name not in presets:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of {sorted(presets)}")
+    cfg = merge(base, presets[name])
     if file is not None:
         data = yaml.safe_load(Path(file).read_text()) or {}
         if not isinstance(data, Mapping):

@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
-from ..config import ConfigError, ModelConfig, merge, parse_overrides, to_dict
+from ..config import ModelConfig, layered, to_dict
 
 
 @dataclass
@@ -114,15 +112,4 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 def load_train_config(preset: str | None = None, file: str | Path | None = None,
                       overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
     """``preset <- YAML file <- overrides``, as :func:`landmark.config.load_config` does for inference."""
-    name = preset or "cpu-mini"
-    if name not in TRAIN_PRESETS:
-        raise ConfigError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    cfg = merge(TrainConfig(), TRAIN_PRESETS[name])
-    if file is not None:
-        data = yaml.safe_load(Path(file).read_text()) or {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{file}: expected a mapping at the top level")
-        cfg = merge(cfg, data)
-    if overrides:
-        cfg = merge(cfg, overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
-    return cfg
+    return layered(TrainConfig(), TRAIN_PRESETS, preset or "cpu-mini", "training preset", file, overrides)
