@@ -291,10 +291,8 @@ def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: 
     table = Table(title=f"landmark calibrate: {store}", title_justify="left")
     table.add_column("threshold")
     table.add_column("value")
-    for k, v in report["thresholds"].items():
-        table.add_row(k, f"{v:.4f}")
-    for k, v in report["fit"].items():
-        table.add_row(k, f"{v:.4f}")
+    for k, v in (report["thresholds"] | report["fit"]).items():
+        table.add_row(k, ("on" if v else "off") if isinstance(v, bool) else f"{v:.4f}")
     out.print(table)
     out.print_json(json.dumps(report["validation"]))
 

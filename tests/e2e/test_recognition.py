@@ -77,7 +77,8 @@ def test_calibrate_writes_thresholds_into_the_store(mini_store, mini_gldv2, tmp_
     assert report["validation"]["landmark_queries"] >= 4
     assert cfg.t1 == report["thresholds"]["t1"] and cfg.t2 == report["thresholds"]["t2"] and cfg.t1 >= cfg.t2
     assert 0.5 <= cfg.prior_object_min <= 0.995
-    assert "t1" in result.stdout
+    assert cfg.frequent_rerank == report["thresholds"]["frequent_rerank"]
+    assert "t1" in result.stdout and ("frequent_rerank" in result.stdout and ("on" in result.stdout or "off" in result.stdout))
 
 
 @pytest.mark.slow
