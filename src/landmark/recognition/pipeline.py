@@ -170,6 +170,7 @@ def nearest_other(rows: np.ndarray, pool: np.ndarray, offset: int) -> np.ndarray
     sims = np.where(idx == self_pos, -np.inf, sims)
     return np.where(idx >= 0, sims, -np.inf).max(axis=1).astype(np.float32)
 
+
 class Recognizer:
     """Gathers evidence for query descriptors against a :class:`~landmark.index.Store`."""
 
