@@ -308,11 +308,18 @@ class CompressedStoreIndex:
         self._removed.update(ids.tolist())
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
 
+    def _positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each store row sits in the written vectors, and whether it is there at all."""
+        rows = np.asarray(rows, np.int64)
+        if not len(self.rows):
+            return np.zeros(rows.shape, np.int64), np.zeros(rows.shape, bool)
+        pos = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+        return pos, self.rows[pos] == rows
+
     def _fetch(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
         out = np.empty((len(rows), self.d), np.float32)
-        pos = np.searchsorted(self.rows, rows)
-        inside = (pos < len(self.rows)) & (self.rows[np.minimum(pos, len(self.rows) - 1)] == rows) if len(self.rows) else np.zeros(len(rows), bool)
+        pos, inside = self._positions(rows)
         if inside.any():
             out[inside] = self.vectors[pos[inside]]
         if (~inside).any():
@@ -340,8 +347,7 @@ class CompressedStoreIndex:
     def _rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact re-ranking: in C++ from the written vectors, unless a candidate was added since."""
         valid = ids >= 0
-        pos = np.searchsorted(self.rows, np.where(valid, ids, 0)) if len(self.rows) else np.zeros_like(ids)
-        inside = (pos < len(self.rows)) & (self.rows[np.minimum(pos, len(self.rows) - 1)] == ids) if len(self.rows) else ~valid
+        pos, inside = self._positions(ids)
         vecs = self.vectors
         if (inside | ~valid).all() and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 and vecs.flags.c_contiguous:
             scores, got = rerank_rows(queries, np.where(valid, pos, -1), vecs, k)
