@@ -25,11 +25,12 @@ from .data import ImageError, Manifest, load_image, read_dataset, read_photos
 from .data.manifests import ImageRecord, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
 from .features.pipeline import WHITENING_FILE, base_extractor, build_extractor, learn_store_whitening
-from .index import SearchResult, Store, StoreError
+from .index import Store, StoreError
 from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
 from .retrieval.matching import match_pair
 from .retrieval.rerank import Verifier, rerank_shortlist
+from .retrieval.search import ExpandedSearch
 from .retrieval.verification import draw_matches, verify
 from .recognition.pipeline import Decision, Evidence, Recognizer, decide
 
@@ -96,6 +97,7 @@ class Landmarks:
         self.local = LocalStore.open_if_exists(store.root / LOCAL_DIR)
         self._verifier: Verifier | None = None
         self._recognizer: Recognizer | None = None
+        self._expanded: dict[tuple[str, ...] | None, ExpandedSearch] = {}
         self.recognition_config = store.config.recognition     # the store's (calibrated) thresholds
         from .recognition.setup import attach_prior
 
@@ -221,9 +223,13 @@ class Landmarks:
         return self.extractor.extract(items, progress=progress, cache_dir=cache_dir)
 
     def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
-               progress: bool | None = None, rerank: bool | None = None) -> list[SearchOutput]:
+               progress: bool | None = None, rerank: bool | None = None,
+               expand: bool | None = None) -> list[SearchOutput]:
         """The ``k`` most similar stored photos for each query photo (errors reported per photo).
 
+        With ``expand`` (default: on when ``expansion.dba`` or ``expansion.qe`` is and the store's
+        index is exact), the database is augmented by DBA and the queries by alpha-QE
+        (:class:`landmark.retrieval.ExpandedSearch`; the augmented database is held in memory).
         With ``rerank`` (default: on when the store has local features and ``rerank.enabled``), the
         global top ``rerank.top_k`` are verified with local features and re-scored (:mod:`landmark.retrieval.rerank`).
         """
@@ -235,11 +241,19 @@ class Landmarks:
             raise StoreError(f"{self.store.root} has no local features to re-rank with "
                              "(rebuild it with local.enabled=true, or search with --no-rerank)")
         depth = max(k, self.config.rerank.top_k) if rerank else k
-        result = self.store.search(vectors, depth, splits=splits) if len(vectors) else None
+        expand = self.expands_by_default if expand is None else expand
+        if not len(vectors):
+            ranked = []
+        elif expand:
+            ranked = [(r.keys, r.scores) for r in self.expanded_search(splits).rank(vectors, depth)]
+        else:
+            result = self.store.search(vectors, depth, splits=splits)
+            ranked = [([key for key in keys if key is not None], [float(s) for key, s in zip(keys, scores) if key is not None])
+                      for keys, scores in zip(result.keys, result.scores)]
         out: dict[str, SearchOutput] = {q: SearchOutput(q, error=e) for q, e in errors.items()}
         by_name = dict(zip(self._query_names(photos), photos))
-        for qi, q in enumerate(ids):
-            matches = self._matches(result, qi, names)
+        for q, (keys, scores) in zip(ids, ranked):
+            matches = self._matches(keys, scores, names)
             if rerank:
                 try:
                     matches = self._rerank_matches(by_name[q], matches)
@@ -248,6 +262,22 @@ class Landmarks:
                     continue
             out[q] = SearchOutput(q, matches[:k])
         return [out[q] for q in self._query_names(photos)]
+
+    @property
+    def expands_by_default(self) -> bool:
+        """Whether :meth:`search` applies DBA / alpha-QE unless told: configured, and the index is exact."""
+        ec = self.config.expansion
+        return bool((ec.dba or ec.qe) and self.store.config.index.kind == "flat")
+
+    def expanded_search(self, splits: Sequence[str] | None = None) -> ExpandedSearch:
+        """DBA / alpha-QE search over the stored photos of ``splits`` (made once per store generation)."""
+        key = tuple(sorted(splits)) if splits else None
+        cached = self._expanded.get(key)
+        if cached is None or cached.generation != self.store.generation:
+            log.info("augmenting the database for DBA / alpha-QE (%d photos)", len(self.store))
+            cached = self._expanded[key] = ExpandedSearch(self.store, self.config.expansion, splits,
+                                                          vote_k=self.recognition_config.k)
+        return cached
 
     # -- local features --------------------------------------------------------------------------
     @property
@@ -370,16 +400,11 @@ class Landmarks:
         return n
 
     # -- helpers -------------------------------------------------------------------------------
-    def _matches(self, result: SearchResult, qi: int, names: dict[int, str]) -> list[Match]:
-        keys = [k for k in result.keys[qi] if k is not None]
+    def _matches(self, keys: Sequence[str], scores: Sequence[float], names: dict[int, str]) -> list[Match]:
         rows = self.store.get(keys)
-        out = []
-        for key, score, lab in zip(result.keys[qi], result.scores[qi], result.landmark_ids[qi]):
-            if key is None:
-                continue
-            lab_i = int(lab) if lab >= 0 else None
-            out.append(Match(key, float(score), lab_i, names.get(lab_i) if lab_i is not None else None, rows[key].path))
-        return out
+        return [Match(key, float(score), rows[key].landmark_id, names.get(rows[key].landmark_id)
+                      if rows[key].landmark_id is not None else None, rows[key].path)
+                for key, score in zip(keys, scores)]
 
     @staticmethod
     def _query_names(photos: Sequence[Photo]) -> list[str]:

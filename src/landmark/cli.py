@@ -140,12 +140,14 @@ def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store
            split: Optional[List[str]] = typer.Option(None, "--split", help="Only search these splits of the store."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
            rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="Re-rank with local-feature verification (default: when the store has local features)."),
+           expand: Optional[bool] = typer.Option(None, "--expand/--no-expand", help="DBA on the database and alpha-QE on the queries (default: as configured, on exact indexes)."),
            device: Optional[str] = DeviceOpt):
     """The most similar stored photos for each query photo."""
     from .api import Landmarks
 
     lm = Landmarks.open(store, device=device)
-    results = lm.search([str(p) for p in photos], k=k, splits=split or None, progress=False, rerank=rerank)
+    results = lm.search([str(p) for p in photos], k=k, splits=split or None, progress=False, rerank=rerank,
+                        expand=expand)
     if as_json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     for r in results if not as_json else []:

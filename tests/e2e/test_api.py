@@ -6,6 +6,7 @@ import csv
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import landmark
@@ -48,3 +49,27 @@ def test_folder_store_recognises_and_searches(gldv2_root, fast_overrides, tmp_pa
     out = lm.recognize([str(tmp_path / "bad.jpg"), paths[0]])
     assert out[0].error and out[0].landmark_id is None
     assert out[1].name == "Eiffel_Tower"
+
+
+def test_search_applies_dba_and_qe_and_follows_writes(mini_store, eiffel_query, tmp_path):
+    import shutil
+
+    from landmark.retrieval import ExpandedSearch
+
+    shutil.copytree(mini_store, tmp_path / "store")
+    lm = landmark.open(tmp_path / "store")
+    assert lm.expands_by_default      # the default config: DBA + alpha-QE on, exact index
+    query = lm.embed([eiffel_query]).vectors
+    got = lm.search([str(eiffel_query)], k=8, rerank=False)[0]
+    want = ExpandedSearch(lm.store, lm.config.expansion, vote_k=lm.recognition_config.k).rank(query, 8)[0]
+    assert [m.id for m in got.matches] == want.keys
+    assert [m.score for m in got.matches] == pytest.approx(want.scores, abs=1e-5)
+    plain = lm.search([str(eiffel_query)], k=8, rerank=False, expand=False)[0]
+    assert [m.score for m in plain.matches] != pytest.approx([m.score for m in got.matches], abs=1e-4)
+    assert [m.name for m in got.matches[:3]] == ["Eiffel_Tower"] * 3
+
+    # a photo added later is searched at once: the augmented database follows the store's generation
+    lm.add_photos([eiffel_query], landmark_id=47378)
+    again = lm.search([str(eiffel_query)], k=3, rerank=False)[0]
+    assert lm.expanded_search().generation == lm.store.generation and len(lm.expanded_search().keys) == len(lm.store)
+    assert str(eiffel_query.resolve()) in [m.path for m in again.matches]   # not always first: DBA mixes it with its neighbours

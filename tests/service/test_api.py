@@ -224,8 +224,11 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     assert new["landmark_id"] == 47378 and new["split"] == "user" and new["id"].startswith("u-")
     after = c.get("/health").json()
     assert after["images"] == before["images"] + 1 and after["generation"] == before["generation"] + 1
-    top = c.post("/search?k=3", files=_upload(eiffel_query)).json()["matches"][0]
+    top = c.post("/search?k=3&expand=false", files=_upload(eiffel_query)).json()["matches"][0]
     assert top["id"] == new["id"] and top["score"] == pytest.approx(1.0, abs=1e-4)
+    # DBA + alpha-QE (the default) mix each photo with its neighbours: the copy is found, not always first
+    expanded = c.post("/search?k=3", files=_upload(eiffel_query)).json()
+    assert expanded["expanded"] and new["id"] in [m["id"] for m in expanded["matches"]]
     saved = list((store / "uploads").iterdir())
     assert [p.read_bytes() for p in saved] == [eiffel_query.read_bytes()]
     assert c.get(new["thumbnail"]).status_code == 200

@@ -23,8 +23,8 @@ import numpy as np
 
 from ..config import Config, ExpansionConfig, WhiteningConfig
 from ..features.whitening import learn_whitening
-from ..recognition.knn import knn_vote
-from ..retrieval.expansion import dba, knn, query_expansion, threshold_verified, vote_verified
+from ..recognition.knn import voted_labels
+from ..retrieval.expansion import dba, knn, label_verifier, query_expansion
 from .metrics import mean_average_precision_at_k
 
 
@@ -61,18 +61,7 @@ def predicted_labels(vectors: np.ndarray, labelled: np.ndarray, labels: np.ndarr
     if not len(labelled) or not len(vectors):
         return np.full(len(vectors), -1, np.int64)
     sims, idx = knn(vectors, labelled, k)
-    labs = np.where(idx >= 0, np.asarray(labels)[np.clip(idx, 0, None)], -1)
-    return np.array([-1 if v.landmark_id is None else v.landmark_id for v in knn_vote(labs, sims, k)], np.int64)
-
-
-def _verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels: np.ndarray | None):
-    if ec.verify == "none":
-        return None
-    if ec.verify == "threshold":
-        return lambda sims, idx: threshold_verified(sims, ec.threshold)
-    if ec.verify == "vote":
-        return lambda sims, idx: vote_verified(own_labels, np.where(idx >= 0, db_labels[np.clip(idx, 0, None)], -1))
-    raise ValueError(f"expansion.verify must be none, vote or threshold, got {ec.verify!r}")
+    return voted_labels(np.where(idx >= 0, np.asarray(labels)[np.clip(idx, 0, None)], -1), sims, k)
 
 
 def retrieve(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k: int = 100) -> np.ndarray:
@@ -86,10 +75,10 @@ def retrieve_scored(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: b
     db = space.index
     db_labels, q_labels = space.index_pred, space.query_pred
     if dba_on:
-        db = dba(db, _verifier(ec, db_labels, db_labels), shortlist=ec.shortlist)
+        db = dba(db, label_verifier(ec, db_labels, db_labels), shortlist=ec.shortlist)
     q = space.queries
     if qe_on:
-        q = query_expansion(q, db, _verifier(ec, q_labels, db_labels), shortlist=ec.shortlist,
+        q = query_expansion(q, db, label_verifier(ec, q_labels, db_labels), shortlist=ec.shortlist,
                             weights=ec.qe_weights, alpha=ec.alpha)
     return knn(q, db, k)
 
@@ -213,25 +202,15 @@ def store_space(lm, query_vectors: np.ndarray) -> tuple[Space, list[str]]:
     return space, index_keys
 
 
-def expanded_rankings(space: Space, index_keys: Sequence[str], ec: ExpansionConfig, k: int = 100
-                      ) -> list[tuple[list[str], list[float]]]:
-    """(index keys, similarities) per query after the configured DBA / alpha-QE (``space`` from :func:`store_space`)."""
-    sims, idx = retrieve_scored(space, ec, dba_on=ec.dba, qe_on=ec.qe, k=k)
-    return [([index_keys[j] for j in row if j >= 0], [float(s) for s, j in zip(srow, row) if j >= 0])
-            for srow, row in zip(sims, idx)]
-
-
 MULTISCALE = (0.7071, 1.0, 1.4142)
 
 
 def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray,
                    retrieval_truth: Mapping[str, Sequence[str]], *, work_dir, multiscale: bool = False,
-                   progress: bool | None = None, k: int = 100,
-                   space: tuple[Space, list[str]] | None = None) -> list[dict[str, Any]]:
+                   progress: bool | None = None, k: int = 100) -> list[dict[str, Any]]:
     """Rows of the ablation for a store built from ``train`` + ``index`` and its test queries.
 
-    The store's own vectors and the cached query vectors (``space``: :func:`store_space` of them, if
-    already made) give every row but multi-scale, which
+    The store's own vectors and the cached query vectors give every row but multi-scale, which
     extracts ``index`` and ``test`` again at scales 1/sqrt(2), 1, sqrt(2) (``multiscale=True``).
     """
     from pathlib import Path
@@ -240,7 +219,7 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
     from ..features.pipeline import base_extractor
 
     config = lm.store.config
-    base, index_keys = space or store_space(lm, query_vectors)
+    base, index_keys = store_space(lm, query_vectors)
 
     def score(ranks: np.ndarray) -> float:
         rankings = {q: [index_keys[j] for j in r if j >= 0] for q, r in zip(query_ids, ranks)}

@@ -20,10 +20,9 @@ from ..api import Landmarks
 from ..config import Config, load_config
 from ..data.manifests import DatasetError, is_gldv2, read_gldv2, read_gldv2_solution
 from ..retrieval import rank
-from ..retrieval.search import Ranking
 from ..recognition.pipeline import decide
 from ..utils.io import atomic_write_json
-from .ablation import expanded_rankings, gldv2_ablation, store_space
+from .ablation import gldv2_ablation
 from .recognition_ablation import recognition_ablation
 from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
@@ -64,10 +63,8 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
                    for q, r in zip(queries.ids, recognitions)}
     depth = max(retrieval_k, config.rerank.top_k)
-    space = store_space(lm, queries.vectors) if solution.retrieval or config.expansion.dba or config.expansion.qe else None
-    if config.expansion.dba or config.expansion.qe:   # DBA / alpha-QE (Baidu §2.3) before re-ranking
-        ranked = [Ranking(keys, scores) for keys, scores in
-                  expanded_rankings(*space, config.expansion, k=depth)]
+    if config.expansion.dba or config.expansion.qe:   # DBA / alpha-QE (Baidu §2.3) before re-ranking, as `search` does
+        ranked = lm.expanded_search(["index"]).rank(queries.vectors, depth)
     else:
         ranked = rank(lm.store, queries.vectors, depth, splits=["index"])
     rankings = {q: r.keys[:retrieval_k] for q, r in zip(queries.ids, ranked)}
@@ -106,8 +103,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     if solution.retrieval:   # Table-1-style ablation: plain kNN, + multi-scale, + PCA-whitening, + DBA, + alpha-QE
         t0 = time.perf_counter()
         metrics["ablation"] = gldv2_ablation(lm, root, queries.ids, queries.vectors, solution.retrieval,
-                                             work_dir=out / "_work", multiscale=multiscale, progress=progress, k=retrieval_k,
-                                             space=space)
+                                             work_dir=out / "_work", multiscale=multiscale, progress=progress, k=retrieval_k)
         timings["ablation_s"] = time.perf_counter() - t0
     write_recognition_csv(out / "submission_recognition.csv", predictions, ids=test.ids())
     write_retrieval_csv(out / "submission_retrieval.csv", rankings, ids=test.ids(), k=retrieval_k)

@@ -1,6 +1,6 @@
-"""Retrieval: nearest-neighbour search in the store (later: alpha-QE, DBA, spatial re-ranking)."""
+"""Retrieval: nearest-neighbour search in the store, DBA and alpha-QE, spatial re-ranking."""
 
 from .expansion import dba, query_expansion
-from .search import Ranking, rank
+from .search import ExpandedSearch, Ranking, rank
 
-__all__ = ["Ranking", "dba", "query_expansion", "rank"]
+__all__ = ["ExpandedSearch", "Ranking", "dba", "query_expansion", "rank"]

@@ -27,6 +27,7 @@ from typing import Callable, Literal, Union
 import faiss
 import numpy as np
 
+from ..config import ExpansionConfig
 from ..features.whitening import l2n
 
 SHORTLIST = 300
@@ -143,6 +144,22 @@ def vote_verified(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.
     q = np.asarray(query_labels)[:, None]
     nl = np.asarray(neighbour_labels)
     return (nl == q) & (q >= 0) & (nl >= 0)
+
+
+def label_verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels: np.ndarray | None) -> Verified:
+    """The verifier ``ec.verify`` names, as a function of a (sims, idx) neighbour list.
+
+    ``vote``: the neighbour's predicted landmark (``db_labels[idx]``) equals the row's own
+    (``own_labels``); ``threshold``: similarity above ``ec.threshold``; ``none``: no verifier (M = 0).
+    """
+    if ec.verify == "none":
+        return None
+    if ec.verify == "threshold":
+        return lambda sims, idx: threshold_verified(sims, ec.threshold)
+    if ec.verify == "vote":
+        db_labels = np.asarray(db_labels)
+        return lambda sims, idx: vote_verified(own_labels, np.where(idx >= 0, db_labels[np.clip(idx, 0, None)], -1))
+    raise ValueError(f"expansion.verify must be none, vote or threshold, got {ec.verify!r}")
 
 
 def expanded_search(queries: np.ndarray, database: np.ndarray, k: int, *, dba_on: bool = True, qe_on: bool = True,

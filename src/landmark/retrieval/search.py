@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import faiss
 import numpy as np
 
+from ..config import ExpansionConfig
 from ..index.store import Store
+from ..recognition.knn import voted_labels
+from .expansion import dba, label_verifier, query_expansion
 
 
 @dataclass(frozen=True)
@@ -26,3 +30,57 @@ def rank(store: Store, queries: np.ndarray, k: int = 100, *, splits: Sequence[st
         pairs = [(key, float(s)) for key, s in zip(keys, scores) if key is not None]
         out.append(Ranking([p[0] for p in pairs], [p[1] for p in pairs]))
     return out
+
+
+class ExpandedSearch:
+    """:func:`rank` with DBA on the database and alpha-QE on the queries (Baidu GLR19 §2.3) over a store.
+
+    The database is the store's photos of ``splits`` (all by default). Made once per store
+    generation: the database vectors are read into memory (4 x D bytes a photo), augmented by DBA
+    if ``ec.dba`` and searched exactly; alpha-QE (``ec.qe``) expands each query from its neighbours
+    in that augmented database. With ``ec.verify="vote"`` a neighbour counts as verified (M of
+    eq. (1)/(3)) when its landmark matches the query's predicted one: a labelled photo's landmark is
+    its label, an unlabelled photo's and a query's are the top-``vote_k`` vote among the store's
+    labelled photos (what recognition predicts). This is what ``landmark evaluate`` measures
+    (``index`` as the database, ``train`` voting).
+    """
+
+    def __init__(self, store: Store, ec: ExpansionConfig, splits: Sequence[str] | None = None, vote_k: int = 5):
+        self.store, self.ec, self.vote_k = store, ec, vote_k
+        self.generation = store.generation
+        self.splits = tuple(sorted(splits)) if splits else None
+        self.keys = [k for s in self.splits for k in store.keys(s)] if self.splits else store.keys()
+        vectors = store.vectors(self.keys).astype(np.float32)
+        self.labels = np.full(len(self.keys), -1, np.int64)
+        if ec.verify == "vote" and len(self.keys):
+            rows = store.get(self.keys)
+            own = np.array([-1 if rows[k].landmark_id is None else rows[k].landmark_id for k in self.keys], np.int64)
+            unlabelled = np.flatnonzero(own < 0)
+            own[unlabelled] = self.vote(vectors[unlabelled])
+            self.labels = own
+        if ec.dba and len(self.keys):
+            vectors = dba(vectors, label_verifier(ec, self.labels, self.labels), shortlist=ec.shortlist)
+        self.vectors = vectors
+        self.index = faiss.IndexFlatIP(store.dim)
+        self.index.add(np.ascontiguousarray(vectors))
+
+    def vote(self, vectors: np.ndarray) -> np.ndarray:
+        """Predicted landmark of each vector by the top-``vote_k`` vote among labelled stored photos (-1: none)."""
+        if not len(vectors):
+            return np.zeros(0, np.int64)
+        result = self.store.search(vectors, self.vote_k, labelled_only=True)
+        return voted_labels(result.landmark_ids, result.scores, self.vote_k)
+
+    def rank(self, queries: np.ndarray, k: int = 100) -> list[Ranking]:
+        """Top-``k`` database photos for each query vector, best first."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not len(self.keys):
+            return [Ranking([], []) for _ in queries]
+        if self.ec.qe and len(queries):
+            q_labels = self.vote(queries) if self.ec.verify == "vote" else None
+            neighbours = self.index.search(queries, min(self.ec.shortlist, len(self.keys)))
+            queries = query_expansion(queries, self.vectors, label_verifier(self.ec, q_labels, self.labels),
+                                      neighbours=neighbours, weights=self.ec.qe_weights, alpha=self.ec.alpha)
+        sims, idx = self.index.search(queries, max(1, min(int(k), len(self.keys))))
+        return [Ranking([self.keys[j] for j in row if j >= 0], [float(s) for s, j in zip(srow, row) if j >= 0])
+                for srow, row in zip(sims, idx)]

@@ -221,12 +221,14 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
         return await infer(service.recognize, data, photo.filename)
 
     @app.post("/search", summary="The stored photos most similar to an uploaded photo")
-    async def search(photo: UploadFile = File(...), k: int | None = Query(None, description="results (default from settings)")) -> dict[str, Any]:
+    async def search(photo: UploadFile = File(...), k: int | None = Query(None, description="results (default from settings)"),
+                     expand: bool | None = Query(None, description="DBA + alpha-QE (default: as the store is configured); "
+                                                 "scores are then similarities to the augmented photos")) -> dict[str, Any]:
         k = settings.default_k if k is None else k
         if not 1 <= k <= settings.max_k:
             raise ServiceError(422, f"k must be between 1 and {settings.max_k}, got {k}")
         data = await read_photo(photo)
-        return await infer(service.search, data, k, photo.filename)
+        return await infer(service.search, data, k, photo.filename, expand=expand)
 
     # -- browsing ------------------------------------------------------------------------------
     @app.get("/landmarks", summary="Landmarks in the store with photo counts (landmark_id null = unlabelled)")

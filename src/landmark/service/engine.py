@@ -247,13 +247,14 @@ class Service:
         out["evidence_url"] = f"/uploads/{token}/matches/{_quote(best)}" if best and self.evidence_supported else None
         return out
 
-    def search(self, data: bytes, k: int, filename: str | None = None) -> dict[str, Any]:
+    def search(self, data: bytes, k: int, filename: str | None = None, *, expand: bool | None = None) -> dict[str, Any]:
         up = decode_upload(data, self.settings, filename)
         snap = self.snapshot
-        res: SearchOutput = snap.lm.search([up.image], k=k)[0]
+        expand = snap.lm.expands_by_default if expand is None else expand
+        res: SearchOutput = snap.lm.search([up.image], k=k, expand=expand)[0]
         if res.error:
             raise ServiceError(422, f"{filename or 'upload'}: {res.error}")
-        return {"query": filename or "upload", "k": k, "generation": snap.generation,
+        return {"query": filename or "upload", "k": k, "generation": snap.generation, "expanded": expand,
                 "matches": [match_json(m) for m in res.matches]}
 
     def image_row(self, image_id: str, snap: Snapshot | None = None) -> ImageRow:
