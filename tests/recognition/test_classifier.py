@@ -68,3 +68,37 @@ def test_payload_without_head_gives_no_classifier_and_checkpoint_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         LandmarkClassifier.from_checkpoint(tmp_path / "nothing.pt")
     assert clf.predict(np.zeros((0, 16), np.float32)).labels.shape == (0, 5)
+
+
+@pytest.mark.parametrize("kind", ["arcface", "softmax"])
+def test_ensemble_descriptors_are_read_through_the_trained_models_part(kind):
+    torch.manual_seed(2)
+    head = ArcFace(8, 3) if kind == "arcface" else LinearHead(8, 3)
+    clf = LandmarkClassifier.from_payload({"head": head.state_dict(), "head_kind": kind, "classes": CLASSES})
+    assert clf.dim == 8
+    rng = np.random.default_rng(0)
+    own, other = _unit(rng.normal(size=(4, 8))), _unit(rng.normal(size=(4, 12)))
+    ensemble = (np.concatenate([own, other], 1) / np.sqrt(2)).astype(np.float32)   # what an ensemble store holds
+    with pytest.raises(ValueError, match="reads 8-d descriptors, got 20-d"):
+        clf.predict(ensemble)
+    alone = clf.predict(own.astype(np.float32), k=3)
+    via = clf.reading_leading().predict(ensemble, k=3)
+    assert np.array_equal(via.labels, alone.labels) and np.allclose(via.probs, alone.probs, atol=1e-6)
+
+
+def test_store_wiring_reads_ensembles_and_skips_whitened_stores(tmp_path):
+    from landmark.config import load_config
+    from landmark.index import Store
+    from landmark.recognition.setup import make_recognizer
+
+    from ..store_helpers import SIG
+
+    torch.save({"head": ArcFace(8, 3).state_dict(), "head_kind": "arcface", "classes": CLASSES}, tmp_path / "model.pt")
+    model = [f"model.checkpoint={tmp_path / 'model.pt'}"]
+
+    def recognizer(name, overrides):
+        cfg = load_config(overrides=model + overrides)
+        return make_recognizer(Store.create(tmp_path / name, cfg, SIG), cfg.recognition, None)
+    assert not recognizer("plain", []).classifier.leading
+    assert recognizer("ensemble", ["ensemble=[{backbone: mobilenet_v2}]"]).classifier.leading
+    assert recognizer("whitened", ["whitening.kind=pca"]).classifier is None

@@ -36,12 +36,28 @@ class ClassifierPrediction:
 
 
 class LandmarkClassifier:
-    """Top-k landmark predictions of a trained head on L2-normalised descriptors."""
+    """Top-k landmark predictions of a trained head on L2-normalised descriptors.
+
+    ``leading`` (set by :meth:`reading_leading`): the descriptors are an ensemble's, whose first
+    ``dim`` values are the trained model's own descriptor divided by sqrt(number of models); the head
+    reads those, re-normalised, which restores the trained model's descriptor exactly.
+    """
 
     def __init__(self, head: nn.Module, classes: list[int], kind: str):
         self.head = head.eval()
         self.classes = np.asarray(classes, dtype=np.int64)
         self.kind = kind
+        self.leading = False
+
+    @property
+    def dim(self) -> int:
+        """The descriptor dimension the head was trained on."""
+        return int(next(self.head.parameters()).shape[1])
+
+    def reading_leading(self) -> "LandmarkClassifier":
+        """Apply the head to the first :attr:`dim` values of longer (ensemble) descriptors."""
+        self.leading = True
+        return self
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], head_config: Mapping[str, Any] | None = None) -> "LandmarkClassifier | None":
@@ -87,6 +103,10 @@ class LandmarkClassifier:
     @torch.inference_mode()
     def logits(self, vectors: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.ascontiguousarray(vectors, dtype=np.float32))
+        if self.leading:
+            x = torch.nn.functional.normalize(x[:, :self.dim], dim=1)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"the classifier head reads {self.dim}-d descriptors, got {x.shape[1]}-d")
         if self.kind in LINEAR_KINDS:
             x = x * math.sqrt(x.shape[1])
         return self.head.logits(x).float()

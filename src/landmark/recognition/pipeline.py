@@ -146,8 +146,8 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
     on: dict[str, bool] = {}
     for stage in ABLATION_STAGES:
         if stage == "classifier" and not has_classifier:
-            rows.append((ABLATION_NAMES[stage], None, "skipped: the store's model has no trained classifier head "
-                                                    "(ImageNet weights); build the store with --model model.pt"))
+            rows.append((ABLATION_NAMES[stage], None, "skipped: no trained classifier head reads the store's descriptors "
+                                                    "(ImageNet weights, or PCA-whitened); build it with --model model.pt"))
             continue
         on[stage] = True
         rows.append((ABLATION_NAMES[stage], dataclasses.replace(cfg, **(off | on)), ""))

@@ -48,6 +48,12 @@ def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None) -
             classifier = LandmarkClassifier.from_checkpoint(ckpt)
         except FileNotFoundError:
             log.warning("the store's model %s is gone: no classifier agreement (B1/B2)", ckpt)
+    if classifier is not None and store.config.whitening.kind != "none":
+        log.warning("store %s holds PCA-whitened descriptors, which the trained classifier head cannot read: "
+                    "no classifier agreement (B1/B2)", store.root)
+        classifier = None
+    elif classifier is not None and store.config.ensemble:
+        classifier = classifier.reading_leading()   # the trained model comes first in the concatenation
     if groups is not None and store.meta_value(GROUPS_META) not in (None, list(groups.names)):
         log.warning("store %s holds object priors made with other class groups; run Landmarks.ensure_extras()", store.root)
     detector = None
