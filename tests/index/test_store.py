@@ -43,6 +43,27 @@ def test_labelled_only_and_split_filters(store):
     assert res.keys[0][5:] == [None, None, None] and np.isneginf(res.scores[0, 5:]).all()
 
 
+def test_filtered_search_is_exact_after_removals_and_writes(store):
+    """Filtered search on an exact store (a flat index of the selected photos) equals brute force."""
+    v = unit(60, seed=3)
+    labels = [i % 4 if i % 3 else None for i in range(60)]
+    store.add([f"p{i}" for i in range(60)], v, landmark_ids=labels, split="db")
+    store.remove([f"p{i}" for i in range(0, 60, 7)])          # holes in the rows
+    q = unit(5, seed=4)
+
+    def brute(keep):
+        kept = [i for i in range(60) if i % 7 and keep(i)]
+        order = np.argsort(-(q @ v[kept].T), axis=1, kind="stable")[:, :6]
+        return [[f"p{kept[j]}" for j in row] for row in order]
+    res = store.search(q, 6, labelled_only=True)
+    assert res.keys == brute(lambda i: labels[i] is not None)
+    assert np.allclose(res.scores, np.sort(q @ v[[i for i in range(60) if i % 7 and labels[i] is not None]].T,
+                                           axis=1)[:, ::-1][:, :6], atol=1e-6)
+    assert (res.landmark_ids == [[int(k[1:]) % 4 for k in row] for row in res.keys]).all()
+    store.add(["late"], v[:1] * -1.0, landmark_ids=[9], split="db")    # a new generation: the subset follows
+    assert store.search(-v[:1], 1, labelled_only=True).keys == [["late"]]
+
+
 def test_remove_and_reopen_persist(store, tmp_path):
     v = unit(6)
     store.add([str(i) for i in range(6)], v, landmark_ids=[0] * 6)
