@@ -225,6 +225,33 @@ class OnnxDetector:
 
 
 # -- the distractor-similarity filter ------------------------------------------------------------------
+def min_of_top_k(candidates: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k``-th highest value (the min of its top ``k``); ``-inf`` where fewer than ``k`` are finite."""
+    candidates = np.asarray(candidates, dtype=np.float32)
+    if candidates.shape[1] < k:
+        return np.full(len(candidates), -np.inf, np.float32)
+    return -np.partition(-candidates, k - 1, axis=1)[:, k - 1]
+
+
+def top_similarities(queries: np.ndarray, index, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner products of each query in a FAISS ``index``: (sims, rows), ``-inf`` / -1 where none."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(queries) == 0 or index.ntotal == 0 or k <= 0:
+        return np.full((len(queries), max(k, 0)), -np.inf, np.float32), np.full((len(queries), max(k, 0)), -1, np.int64)
+    sims, rows = index.search(queries, min(k, index.ntotal))
+    return np.where(rows >= 0, sims, -np.inf).astype(np.float32), rows
+
+
+def flat_index(vectors: np.ndarray):
+    """An exact inner-product FAISS index over ``vectors``."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
 def distractor_scores(queries: np.ndarray, distractors: np.ndarray, k: int = 3,
                       query_ids: Sequence[str] | None = None, distractor_ids: Sequence[str] | None = None) -> np.ndarray:
     """For each query, the minimum of its top-``k`` similarities to the distractor photos.
@@ -232,20 +259,13 @@ def distractor_scores(queries: np.ndarray, distractors: np.ndarray, k: int = 3,
     A query that is itself one of the distractors (same id) is not compared with itself. With fewer
     than ``k`` distractors the score is ``-inf`` (the filter cannot fire).
     """
-    import faiss
-
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
     distractors = np.ascontiguousarray(distractors, dtype=np.float32)
-    out = np.full(len(queries), -np.inf, np.float32)
     if len(queries) == 0 or len(distractors) < k:
-        return out
-    index = faiss.IndexFlatIP(distractors.shape[1])
-    index.add(distractors)
-    extra = 1 if query_ids is not None and distractor_ids is not None else 0
-    sims, idx = index.search(queries, min(len(distractors), k + extra))
-    dids = list(distractor_ids) if extra else None
-    for qi in range(len(queries)):
-        row = [s for s, j in zip(sims[qi], idx[qi]) if j >= 0 and not (extra and dids[j] == query_ids[qi])][:k]
-        if len(row) == k:
-            out[qi] = min(row)
-    return out
+        return np.full(len(queries), -np.inf, np.float32)
+    ids_given = query_ids is not None and distractor_ids is not None
+    sims, rows = top_similarities(queries, flat_index(distractors), k + int(ids_given))
+    if ids_given:
+        dids = np.asarray(list(distractor_ids), dtype=object)
+        same = (rows >= 0) & (dids[np.clip(rows, 0, None)] == np.asarray(list(query_ids), dtype=object)[:, None])
+        sims = np.where(same, -np.inf, sims)
+    return min_of_top_k(sims, k)

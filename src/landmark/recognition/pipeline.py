@@ -21,7 +21,7 @@ import numpy as np
 from ..config import RecognitionConfig
 from .classifier import ClassifierPrediction, LandmarkClassifier
 from .filters import (LANDMARK, NON_LANDMARK, PROBE_NAME, ClassGroups, DetectorDecision, PriorDecision,
-                      distractor_scores, prior_decisions)
+                      flat_index, min_of_top_k, prior_decisions, top_similarities)
 from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_scores
 from .knn import Vote, knn_vote
 
@@ -158,17 +158,11 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
 def nearest_other(rows: np.ndarray, pool: np.ndarray, offset: int) -> np.ndarray:
     """For each of ``rows`` (which are ``pool[offset:offset + len(rows)]``), its highest similarity to
     the rest of ``pool``; -inf where the pool holds nothing else."""
-    import faiss
-
-    out = np.full(len(rows), -np.inf, np.float32)
-    if len(pool) < 2:
-        return out
-    index = faiss.IndexFlatIP(pool.shape[1])
-    index.add(np.ascontiguousarray(pool, dtype=np.float32))
-    sims, idx = index.search(np.ascontiguousarray(rows, dtype=np.float32), 2)
+    if len(pool) < 2 or not len(rows):
+        return np.full(len(rows), -np.inf, np.float32)
+    sims, idx = top_similarities(rows, flat_index(pool), 2)
     self_pos = np.arange(offset, offset + len(rows))[:, None]
-    sims = np.where(idx == self_pos, -np.inf, sims)
-    return np.where(idx >= 0, sims, -np.inf).max(axis=1).astype(np.float32)
+    return np.where(idx == self_pos, -np.inf, sims).max(axis=1).astype(np.float32)
 
 
 class Recognizer:
@@ -178,7 +172,7 @@ class Recognizer:
                  groups: ClassGroups | None = None, detector=None):
         self.store, self.cfg = store, cfg
         self.classifier, self.groups, self.detector = classifier, groups, detector
-        self._known: tuple[Any, list[str], np.ndarray] | None = None
+        self._known: tuple[Any, list[str], np.ndarray, Any] | None = None   # (token, keys, vectors, FAISS index)
 
     def known_non_landmarks(self, cfg: RecognitionConfig | None = None) -> tuple[list[str], np.ndarray]:
         """Store photos known not to be landmarks: the ``distractors`` split, and the unlabelled photos
@@ -187,8 +181,12 @@ class Recognizer:
         would filter the queries of their own landmark). Never labels or ground truth."""
         cfg = cfg or self.cfg
         token = (self.store.generation, cfg.prior_landmark_min, cfg.prior_object_min)
-        if self._known is not None and self._known[0] == token:
-            return self._known[1], self._known[2]
+        if self._known is None or self._known[0] != token:
+            keys, vecs = self._find_known_non_landmarks(cfg)
+            self._known = (token, keys, vecs, flat_index(vecs))
+        return self._known[1], self._known[2]
+
+    def _find_known_non_landmarks(self, cfg: RecognitionConfig) -> tuple[list[str], np.ndarray]:
         rows = self.store.get(self.store.keys())
         given = [k for k, r in rows.items() if r.split == DISTRACTOR_SPLIT]
         unlabelled = [k for k, r in rows.items() if r.landmark_id is None and r.split != DISTRACTOR_SPLIT]
@@ -204,9 +202,7 @@ class Recognizer:
             keep = near_landmark <= nearest_other(own, vecs, offset=len(given))
             flagged = [k for k, ok in zip(flagged, keep) if ok]
             vecs = np.concatenate([vecs[:len(given)], own[keep]])
-        keys = given + flagged
-        self._known = (token, keys, vecs)
-        return keys, vecs
+        return given + flagged, vecs
 
     def gather(self, vectors: np.ndarray, ids: Sequence[str], prior_probs: np.ndarray | None = None,
                detections: Sequence[DetectorDecision | None] | None = None) -> Evidence:
@@ -222,18 +218,20 @@ class Recognizer:
             ev.prior = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
         if detections is not None:
             ev.detector = list(detections)
-        keys, known = self.known_non_landmarks()
+        keys, _ = self.known_non_landmarks()
+        known_index = self._known[3]           # searched, never copied, per batch
         # the batch's flagged photos join them, unless nearer to a labelled photo (as in known_non_landmarks)
-        batch = [i for i in range(len(vectors)) if
-                 (ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
-                 or (ev.prior is not None and ev.prior[i].decision == NON_LANDMARK)]
-        if batch:
-            pool = np.concatenate([known, vectors[batch]])
-            near_object = nearest_other(vectors[batch], pool, offset=len(known))
-            batch = [i for i, s in zip(batch, near_object) if ev.scores[i, 0] <= s]
-        all_keys = keys + [f"\0query:{ids[i]}" for i in batch]
-        all_vecs = np.concatenate([known, vectors[batch]]) if batch else known
-        ev.distractor = distractor_scores(vectors, all_vecs, cfg.distractor_k,
-                                          [f"\0query:{q}" for q in ids], all_keys)
-        ev.distractor_set = len(all_keys)
+        batch = np.array([i for i in range(len(vectors)) if
+                          (ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
+                          or (ev.prior is not None and ev.prior[i].decision == NON_LANDMARK)], np.int64)
+        if len(batch):
+            near_object = np.maximum(top_similarities(vectors[batch], known_index, 1)[0].max(axis=1, initial=-np.inf),
+                                     nearest_other(vectors[batch], vectors[batch], offset=0))
+            batch = batch[ev.scores[batch, 0] <= near_object]
+        # each query's top-k among the known set and the kept batch photos (itself excluded)
+        to_batch = vectors @ vectors[batch].T
+        to_batch[batch, np.arange(len(batch))] = -np.inf
+        candidates = np.concatenate([top_similarities(vectors, known_index, cfg.distractor_k)[0], to_batch], axis=1)
+        ev.distractor = min_of_top_k(candidates, cfg.distractor_k)
+        ev.distractor_set = len(keys) + len(batch)
         return ev
