@@ -265,9 +265,10 @@ class Landmarks:
 
     @property
     def expands_by_default(self) -> bool:
-        """Whether :meth:`search` applies DBA / alpha-QE unless told: configured, and the index is exact."""
+        """Whether :meth:`search` applies DBA / alpha-QE unless told: configured, and the index is exact
+        and holds at most ``expansion.search_max`` photos (DBA is quadratic in them)."""
         ec = self.config.expansion
-        return bool((ec.dba or ec.qe) and self.store.config.index.kind == "flat")
+        return bool((ec.dba or ec.qe) and self.store.config.index.kind == "flat" and len(self.store) <= ec.search_max)
 
     def expanded_search(self, splits: Sequence[str] | None = None) -> ExpandedSearch:
         """DBA / alpha-QE search over the stored photos of ``splits`` (made once per store generation)."""

@@ -144,6 +144,8 @@ class ExpansionConfig:
     threshold: float = 0.5                # cosine similarity above which a neighbour counts as verified (verify=threshold)
     qe_weights: str = "rank"              # rank: (N - x) / N (eq. 4) | alpha: similarity ** alpha
     alpha: float = 3.0
+    search_max: int = 20000               # `search` expands by default on exact stores up to this many photos
+                                          #   (DBA costs N^2 dot products, once per store generation)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 
 import numpy as np
@@ -73,3 +74,7 @@ def test_search_applies_dba_and_qe_and_follows_writes(mini_store, eiffel_query, 
     again = lm.search([str(eiffel_query)], k=3, rerank=False)[0]
     assert lm.expanded_search().generation == lm.store.generation and len(lm.expanded_search().keys) == len(lm.store)
     assert str(eiffel_query.resolve()) in [m.path for m in again.matches]   # not always first: DBA mixes it with its neighbours
+    # larger stores than expansion.search_max search without expansion unless asked (DBA is quadratic)
+    lm.config = dataclasses.replace(lm.config, expansion=dataclasses.replace(lm.config.expansion, search_max=len(lm.store) - 1))
+    assert not lm.expands_by_default
+    assert lm.search([str(eiffel_query)], k=1, rerank=False)[0].matches[0].score == pytest.approx(1.0, abs=1e-4)
