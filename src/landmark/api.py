@@ -30,7 +30,7 @@ from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
 from .retrieval.matching import match_pair
 from .retrieval.rerank import Verifier, rerank_shortlist
-from .retrieval.search import ExpandedSearch
+from .retrieval.search import ExpandedSearch, rank
 from .retrieval.verification import draw_matches, verify
 from .recognition.pipeline import Decision, Evidence, Recognizer, decide
 
@@ -227,8 +227,7 @@ class Landmarks:
                expand: bool | None = None) -> list[SearchOutput]:
         """The ``k`` most similar stored photos for each query photo (errors reported per photo).
 
-        With ``expand`` (default: on when ``expansion.dba`` or ``expansion.qe`` is and the store's
-        index is exact), the database is augmented by DBA and the queries by alpha-QE
+        With ``expand`` (default: :attr:`expands_by_default`), the database is augmented by DBA and the queries by alpha-QE
         (:class:`landmark.retrieval.ExpandedSearch`; the augmented database is held in memory).
         With ``rerank`` (default: on when the store has local features and ``rerank.enabled``), the
         global top ``rerank.top_k`` are verified with local features and re-scored (:mod:`landmark.retrieval.rerank`).
@@ -247,9 +246,7 @@ class Landmarks:
         elif expand:
             ranked = [(r.keys, r.scores) for r in self.expanded_search(splits).rank(vectors, depth)]
         else:
-            result = self.store.search(vectors, depth, splits=splits)
-            ranked = [([key for key in keys if key is not None], [float(s) for key, s in zip(keys, scores) if key is not None])
-                      for keys, scores in zip(result.keys, result.scores)]
+            ranked = [(r.keys, r.scores) for r in rank(self.store, vectors, depth, splits=splits)]
         out: dict[str, SearchOutput] = {q: SearchOutput(q, error=e) for q, e in errors.items()}
         by_name = dict(zip(self._query_names(photos), photos))
         for q, (keys, scores) in zip(ids, ranked):
@@ -275,9 +272,9 @@ class Landmarks:
         key = tuple(sorted(splits)) if splits else None
         cached = self._expanded.get(key)
         if cached is None or cached.generation != self.store.generation:
-            log.info("augmenting the database for DBA / alpha-QE (%d photos)", len(self.store))
             cached = self._expanded[key] = ExpandedSearch(self.store, self.config.expansion, splits,
                                                           vote_k=self.recognition_config.k)
+            log.info("augmented %d photos for DBA / alpha-QE", len(cached.keys))
         return cached
 
     # -- local features --------------------------------------------------------------------------
