@@ -8,6 +8,10 @@ Layout::
     config.yaml            the pipeline configuration the store was built with
     .lock                  held by the one writer
 
+Searches limited to labelled photos or to some splits use, on an exact store, a flat index of
+those photos' vectors made once per generation (FAISS's flat search behind an ID selector gives up
+BLAS); a compressed store filters with an ID selector.
+
 Commit protocol: a write produces ``global-<g+1>.faiss`` (temp file, fsync, rename) and then commits
 the SQLite transaction that moves ``generation`` to ``g+1``; only then is the old file removed. A
 run killed at any point leaves SQLite naming a FAISS file that exists and matches it.
