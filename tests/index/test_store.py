@@ -62,6 +62,10 @@ def test_filtered_search_is_exact_after_removals_and_writes(store):
     assert (res.landmark_ids == [[int(k[1:]) % 4 for k in row] for row in res.keys]).all()
     store.add(["late"], v[:1] * -1.0, landmark_ids=[9], split="db")    # a new generation: the subset follows
     assert store.search(-v[:1], 1, labelled_only=True).keys == [["late"]]
+    # a filter that keeps every photo searches the store's own index (no copy of its vectors)
+    everything = store.search(q, 6, splits=["db"])
+    assert store._subset(False, ("db",)) == (None, None)
+    assert everything.keys == store.search(q, 6).keys
 
 
 def test_remove_and_reopen_persist(store, tmp_path):

@@ -416,22 +416,15 @@ class Store:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise StoreError(f"queries must be N x {self.dim}, got shape {queries.shape}")
         k = max(1, int(k))
+        selection = (labelled_only, tuple(sorted(splits or ())))
         if not len(self):
             scores, rows = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        elif not (labelled_only or splits):
-            scores, rows = self._index.search(queries, k)
-        elif isinstance(self._index, faiss.IndexIDMap2):
-            # exact store: FAISS's flat search with an ID selector skips BLAS (10x slower), so the
-            # selected photos get their own flat index, made once per generation
-            subset, subset_rows = self._subset(labelled_only, tuple(sorted(splits or ())))
-            scores, pos = subset.search(queries, min(k, subset.ntotal)) if subset.ntotal else (
-                np.full((len(queries), 0), -np.inf, np.float32), np.full((len(queries), 0), -1, np.int64))
-            rows = np.full((len(queries), k), -1, np.int64)
-            rows[:, :pos.shape[1]] = np.where(pos >= 0, subset_rows[np.clip(pos, 0, None)], -1)
-            scores = np.concatenate([scores, np.full((len(queries), k - pos.shape[1]), -np.inf, np.float32)], axis=1)
+        elif (labelled_only or splits) and isinstance(self._index, faiss.IndexIDMap2):
+            scores, rows = self._search_subset(queries, k, *selection)
+        elif labelled_only or splits:
+            scores, rows = self._index.search(queries, k, params=faiss.SearchParameters(sel=self._selector(*selection)))
         else:
-            params = faiss.SearchParameters(sel=self._selector(labelled_only, tuple(sorted(splits or ()))))
-            scores, rows = self._index.search(queries, k, params=params)
+            scores, rows = self._index.search(queries, k)
         scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
         meta = self._row_meta(np.unique(rows[rows >= 0]).tolist())
         keys = [[meta[r][0] if r >= 0 else None for r in row] for row in rows.tolist()]
@@ -463,12 +456,31 @@ class Store:
             self._selectors[key] = (faiss.IDSelectorBatch(rows), rows)  # keep rows alive with the selector
         return self._selectors[key][0]
 
-    def _subset(self, labelled_only: bool, splits: tuple[str, ...]) -> tuple[faiss.Index, np.ndarray]:
-        """A flat index over the selected photos of an exact store, and the store row of each of its entries."""
+    def _search_subset(self, queries: np.ndarray, k: int, labelled_only: bool, splits: tuple[str, ...]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Filtered search of an exact store: FAISS's flat search behind an ID selector gives up BLAS
+        (about 10x slower), so the selected photos get their own flat index, made once per generation."""
+        subset, subset_rows = self._subset(labelled_only, splits)
+        if subset is None:                                    # every stored photo is selected
+            return self._index.search(queries, k)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        rows = np.full((len(queries), k), -1, np.int64)
+        if subset.ntotal:
+            found, pos = subset.search(queries, min(k, subset.ntotal))
+            scores[:, :pos.shape[1]] = found
+            rows[:, :pos.shape[1]] = np.where(pos >= 0, subset_rows[np.clip(pos, 0, None)], -1)
+        return scores, rows
+
+    def _subset(self, labelled_only: bool, splits: tuple[str, ...]) -> tuple[faiss.Index | None, np.ndarray | None]:
+        """A flat index over the selected photos of an exact store, and the store row of each of its
+        entries; (None, None) when every stored photo is selected."""
         key = ("subset", labelled_only, splits)
         if key not in self._selectors:
             rows = self._selected_rows(labelled_only, splits)
             ids = faiss.vector_to_array(self._index.id_map)
+            if len(rows) == len(ids) and np.array_equal(np.sort(ids), rows):
+                self._selectors[key] = (None, None)
+                return self._selectors[key]
             order = np.argsort(ids, kind="stable")
             found = np.searchsorted(ids[order], rows)
             ok = found < len(ids)

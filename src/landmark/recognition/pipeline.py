@@ -179,12 +179,17 @@ class Recognizer:
         the object prior flags unless they are nearer to a labelled photo than to any other of these
         (the prior mistakes some landmarks, e.g. towers, for objects, and such photos in this set
         would filter the queries of their own landmark). Never labels or ground truth."""
+        keys, vecs, _ = self._known_set(cfg)
+        return keys, vecs
+
+    def _known_set(self, cfg: RecognitionConfig | None = None) -> tuple[list[str], np.ndarray, Any]:
+        """:meth:`known_non_landmarks` and a FAISS index over them, made once per store generation."""
         cfg = cfg or self.cfg
         token = (self.store.generation, cfg.prior_landmark_min, cfg.prior_object_min)
         if self._known is None or self._known[0] != token:
             keys, vecs = self._find_known_non_landmarks(cfg)
             self._known = (token, keys, vecs, flat_index(vecs))
-        return self._known[1], self._known[2]
+        return self._known[1:]
 
     def _find_known_non_landmarks(self, cfg: RecognitionConfig) -> tuple[list[str], np.ndarray]:
         rows = self.store.get(self.store.keys())
@@ -218,8 +223,7 @@ class Recognizer:
             ev.prior = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
         if detections is not None:
             ev.detector = list(detections)
-        keys, _ = self.known_non_landmarks()
-        known_index = self._known[3]           # searched, never copied, per batch
+        keys, _, known_index = self._known_set()      # searched, never copied, per batch
         # the batch's flagged photos join them, unless nearer to a labelled photo (as in known_non_landmarks)
         batch = np.array([i for i in range(len(vectors)) if
                           (ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
