@@ -138,7 +138,7 @@ class ExpansionConfig:
     """DBA on the database and alpha-QE on queries (Baidu GLR19 §2.3, eq. (1)-(4))."""
 
     dba: bool = True                      # both on: chosen on the validation split of train
-    qe: bool = True                       #   (benchmarks/retrieval_validation.py); used by `landmark evaluate`
+    qe: bool = True                       #   (benchmarks/retrieval_validation.py); used by search and evaluate
     shortlist: int = 300                  # neighbours among which verified ones are counted (M) and moved up
     verify: str = "vote"                  # how M is found without a local-feature verifier: none | vote | threshold
     threshold: float = 0.5                # cosine similarity above which a neighbour counts as verified (verify=threshold)
