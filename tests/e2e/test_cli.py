@@ -29,6 +29,22 @@ def test_search_eiffel_returns_eiffel_first(mini_store, eiffel_query):
     assert "Eiffel_Tower" in table.output
 
 
+def test_search_expand_flags(mini_store, eiffel_query):
+    """--no-expand gives the plain cosine ranking of the API, --expand the DBA + alpha-QE one."""
+    import landmark
+
+    lm = landmark.open(mini_store)
+    for flag, expand in (("--no-expand", False), ("--expand", True)):
+        result = run("search", eiffel_query, "--store", mini_store, "-k", "5", "--no-rerank", flag, "--json")
+        assert result.exit_code == 0, result.output
+        (hit,) = json.loads(result.output)
+        want = lm.search([str(eiffel_query)], k=5, rerank=False, expand=expand)[0]
+        assert [m["id"] for m in hit["matches"]] == [m.id for m in want.matches]
+        assert [m["score"] for m in hit["matches"]] == [m.score for m in want.matches]
+    plain = lm.search([str(eiffel_query)], k=5, rerank=False, expand=False)[0]
+    assert [m.score for m in plain.matches] != [m.score for m in want.matches]
+
+
 def test_recognize_photo_and_bad_files(mini_store, eiffel_query, tmp_path):
     (tmp_path / "zero.jpg").write_bytes(b"")
     (tmp_path / "notes.jpg").write_text("this is text")
