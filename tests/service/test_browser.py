@@ -90,6 +90,11 @@ def test_recognise_a_photo_from_the_page(server, browser, eiffel_query, tmp_path
                              for img in d.find_elements(By.CSS_SELECTOR, "#matches .card img")))
     cards = browser.find_elements(By.CSS_SELECTOR, "#matches .card")
     assert cards and "Eiffel Tower" in cards[0].text and "score" in cards[0].text
+    # retrieval over every stored photo: Eiffel Tower photos, labelled or not, fill the similar photos
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similar .card")) > 0)
+    similar = browser.find_elements(By.CSS_SELECTOR, "#similar .card")
+    assert "Eiffel Tower" in similar[0].text or "unlabelled" in similar[0].text
+    assert sum("Eiffel Tower" in c.text for c in similar) >= 3
     # the store has local features: the verified keypoint matches with the best match are drawn
     wait.until(lambda d: d.find_element(By.ID, "evidence").get_property("naturalWidth") > 0)
     assert "keypoints" in browser.find_element(By.ID, "evidence-note").text

@@ -402,7 +402,7 @@ class Service:
 def match_json(m: Match) -> dict[str, Any]:
     q = _quote(m.id)
     return {"id": m.id, "score": round(float(m.score), 6), "landmark_id": m.landmark_id, "name": m.name,
-            "thumbnail": f"/images/{q}/thumbnail", "url": f"/images/{q}"}
+            "thumbnail": f"/images/{q}/thumbnail", "url": f"/images/{q}", "inliers": m.inliers}
 
 
 def recognition_json(rec: Recognition) -> dict[str, Any]:

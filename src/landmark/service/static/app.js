@@ -69,6 +69,7 @@ async function recognize(file) {
   const status = $("status");
   setStatus(status, `Recognising ${file.name}\u2026`);
   $("result").hidden = true; $("matches-block").hidden = true; $("evidence-block").hidden = true;
+  $("similar-block").hidden = true;
   const form = new FormData();
   form.append("photo", file);
   let r;
@@ -99,7 +100,25 @@ async function recognize(file) {
   grid.replaceChildren(...r.matches.map((m, i) => card(m, { best: i === 0 })));
   $("matches-block").hidden = r.matches.length === 0;
   showEvidence(r);
+  showSimilar(file);
   loadInfo();
+}
+
+// every stored photo, labelled or not, ranked by retrieval (DBA + alpha-QE and re-ranking as configured)
+async function showSimilar(file) {
+  const form = new FormData();
+  form.append("photo", file);
+  try {
+    const s = await api("/search?k=12", { method: "POST", body: form });
+    if (file !== lastFile) return;                     // another photo was dropped meanwhile
+    $("similar").replaceChildren(...s.matches.map((m) => card(m, {
+      subtitle: m.inliers ? `score ${m.score.toFixed(3)}, ${m.inliers} inliers` : `score ${m.score.toFixed(3)}` })));
+    $("similar-note").textContent = `(all stored photos${s.expanded ? "; database-side augmentation and query expansion" : ""})`;
+    $("similar-block").hidden = s.matches.length === 0;
+  } catch (e) {
+    $("similar-note").textContent = `(search failed: ${e.message})`;
+    $("similar-block").hidden = false;
+  }
 }
 
 function showEvidence(r) {
