@@ -62,6 +62,8 @@ def test_filtered_search_is_exact_after_removals_and_writes(store):
     assert (res.landmark_ids == [[int(k[1:]) % 4 for k in row] for row in res.keys]).all()
     store.add(["late"], v[:1] * -1.0, landmark_ids=[9], split="db")    # a new generation: the subset follows
     assert store.search(-v[:1], 1, labelled_only=True).keys == [["late"]]
+    kept = [f"p{i}" for i in range(59, 0, -1) if i % 7]                  # vectors() in the asked order, after removals
+    assert np.array_equal(store.vectors(kept), v[[int(k[1:]) for k in kept]])
     # a filter that keeps every photo searches the store's own index (no copy of its vectors)
     everything = store.search(q, 6, splits=["db"])
     assert store._subset(False, ("db",)) == (None, None)

@@ -333,6 +333,10 @@ class CompressedStoreIndex:
     def reconstruct(self, row: int) -> np.ndarray:
         return self._fetch(np.array([row]))[0]
 
+    def reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The full vectors of store ``rows`` (len(rows) x d), read in one pass."""
+        return self._fetch(rows)
+
     def search(self, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, np.float32)
         shortlist = max(k, self.cfg.rerank) if self.cfg.rerank else k

@@ -255,8 +255,30 @@ class Store:
 
     def vectors(self, keys: Sequence[str]) -> np.ndarray:
         """The stored descriptors of ``keys`` (KeyError for an unknown key)."""
+        if not keys:
+            return np.zeros((0, self.dim), np.float32)
         rows = self._rows_of(keys)
-        return np.stack([self._index.reconstruct(int(rows[k])) for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
+        return self._reconstruct_rows(np.array([rows[k] for k in keys], np.int64))
+
+    def _reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored vectors of ``rows`` (all present in the index), in one pass."""
+        if isinstance(self._index, faiss.IndexIDMap2):
+            flat = faiss.downcast_index(self._index.index)
+            xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(flat.ntotal, self.dim)
+            pos, present = self._flat_positions(rows)
+            if not present.all():
+                raise StoreError(f"{self.root}: rows {rows[~present][:3].tolist()} are in meta.sqlite but not in the index")
+            return xb[pos]
+        return self._index.reconstruct_rows(rows)
+
+    def _flat_positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each row sits in an exact store's flat index, and whether it is there at all."""
+        ids = faiss.vector_to_array(self._index.id_map)
+        if not len(ids):
+            return np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
+        order = np.argsort(ids, kind="stable")
+        found = np.minimum(np.searchsorted(ids[order], rows), len(ids) - 1)
+        return order[found], ids[order[found]] == rows
 
     def extras(self, keys: Sequence[str], name: str) -> np.ndarray:
         """The ``name`` extra of each key as ``len(keys) x G`` float32; a row of NaN where it is missing."""
@@ -477,19 +499,12 @@ class Store:
         key = ("subset", labelled_only, splits)
         if key not in self._selectors:
             rows = self._selected_rows(labelled_only, splits)
-            ids = faiss.vector_to_array(self._index.id_map)
-            if len(rows) == len(ids) and np.array_equal(np.sort(ids), rows):
+            rows = rows[self._flat_positions(rows)[1]]   # rows named in SQLite but not in the index cannot be searched
+            if len(rows) == self._index.ntotal:
                 self._selectors[key] = (None, None)
                 return self._selectors[key]
-            order = np.argsort(ids, kind="stable")
-            found = np.searchsorted(ids[order], rows)
-            ok = found < len(ids)
-            ok[ok] = ids[order[found[ok]]] == rows[ok]
-            rows = rows[ok]                          # rows named in SQLite but not in the index cannot be searched
-            flat = faiss.downcast_index(self._index.index)
-            xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(flat.ntotal, self.dim)
             subset = faiss.IndexFlatIP(self.dim)
-            subset.add(np.ascontiguousarray(xb[order[found[ok]]]))
+            subset.add(self._reconstruct_rows(rows))
             self._selectors[key] = (subset, rows)
         return self._selectors[key]
 
