@@ -224,6 +224,10 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     assert new["landmark_id"] == 47378 and new["split"] == "user" and new["id"].startswith("u-")
     after = c.get("/health").json()
     assert after["images"] == before["images"] + 1 and after["generation"] == before["generation"] + 1
+    new_gen = after["generation"]
+    # the new generation was prepared on the writer thread before reads saw it (reads never wait for that work)
+    snap = c.app.state.service.snapshot
+    assert snap.generation == new_gen and snap.lm._expanded and snap.lm._recognizer._known[0][0] == new_gen
     top = c.post("/search?k=3&expand=false", files=_upload(eiffel_query)).json()["matches"][0]
     assert top["id"] == new["id"] and top["score"] == pytest.approx(1.0, abs=1e-4)
     # DBA + alpha-QE (the default) mix each photo with its neighbours: the copy is found, not always first

@@ -161,6 +161,17 @@ class Snapshot:
         self.generation = self.store.generation
         self.names = self.store.label_names()
 
+    def warm(self) -> "Snapshot":
+        """Make now what the first read of this generation would otherwise wait for: the known
+        non-landmark set of recognition and, when search expands, the DBA database."""
+        try:
+            self.lm.recognizer.known_non_landmarks()
+            if self.lm.expands_by_default:
+                self.lm.expanded_search()
+        except Exception as exc:   # noqa: BLE001 - the first read retries and reports it
+            log.warning("preparing generation %d for reads failed: %s", self.generation, exc)
+        return self
+
 
 class Service:
     """The state behind the app: one writer ``Landmarks``, the current snapshot, the thread pools."""
@@ -174,7 +185,7 @@ class Service:
         self.writer = lm
         self.root = Path(lm.store.root)
         self.uploads_root = self.root / self.settings.uploads_dir
-        self._snapshot = Snapshot(self.root, lm)
+        self._snapshot = Snapshot(self.root, lm).warm()
         self._swap = threading.Lock()
         self.infer_pool = ThreadPoolExecutor(self.settings.inference_workers, thread_name_prefix="landmark-infer")
         self.io_pool = ThreadPoolExecutor(self.settings.io_workers, thread_name_prefix="landmark-io")
@@ -394,7 +405,7 @@ class Service:
         return {"removed": image_id, "images": len(self.snapshot.store), "generation": self.snapshot.generation}
 
     def _refresh(self) -> None:
-        new = Snapshot(self.root, self.writer)
+        new = Snapshot(self.root, self.writer).warm()   # on the writer thread: reads keep the old one meanwhile
         with self._swap:
             self._snapshot = new
 
