@@ -110,6 +110,15 @@ def exact_rerank(queries: np.ndarray, ids: np.ndarray, fetch, k: int) -> tuple[n
     return scores_out, ids_out
 
 
+def sorted_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each of ``wanted`` in the ascending ``sorted_ids``, and whether it is there at all."""
+    wanted = np.asarray(wanted, np.int64)
+    if not len(sorted_ids):
+        return np.zeros(wanted.shape, np.int64), np.zeros(wanted.shape, bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
+    return pos, sorted_ids[pos] == wanted
+
+
 def rerank_rows(queries: np.ndarray, rows: np.ndarray, array: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` of each query among its candidate ``rows`` (Q x S, -1 = none) of ``array`` (N x D).
 
@@ -310,11 +319,7 @@ class CompressedStoreIndex:
 
     def _positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each store row sits in the written vectors, and whether it is there at all."""
-        rows = np.asarray(rows, np.int64)
-        if not len(self.rows):
-            return np.zeros(rows.shape, np.int64), np.zeros(rows.shape, bool)
-        pos = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
-        return pos, self.rows[pos] == rows
+        return sorted_positions(self.rows, rows)
 
     def _fetch(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)

@@ -34,7 +34,7 @@ import yaml
 
 from ..config import Config, config_from_dict
 from ..utils.io import atomic_path, atomic_write_text
-from .ann import CompressedStoreIndex
+from .ann import CompressedStoreIndex, sorted_positions
 
 STORE_VERSION = 1
 _SCHEMA = """
@@ -115,7 +115,7 @@ class Store:
                 pass
         self._generation = -1
         self._index: faiss.Index | None = None
-        self._selectors: dict[Any, Any] = {}
+        self._derived: dict[Any, Any] = {}      # per-generation lookups: selectors, subset indexes, row positions
         self.refresh()
 
     # -- opening and creating ------------------------------------------------------------------
@@ -180,7 +180,7 @@ class Store:
         if self._index.d != self.dim:
             raise StoreError(f"{path}: index has {self._index.d} dimensions, the store expects {self.dim}")
         self._generation = gen
-        self._selectors.clear()
+        self._derived.clear()
         return True
 
     def __len__(self) -> int:
@@ -273,12 +273,13 @@ class Store:
 
     def _flat_positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each row sits in an exact store's flat index, and whether it is there at all."""
-        ids = faiss.vector_to_array(self._index.id_map)
-        if not len(ids):
-            return np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
-        order = np.argsort(ids, kind="stable")
-        found = np.minimum(np.searchsorted(ids[order], rows), len(ids) - 1)
-        return order[found], ids[order[found]] == rows
+        if "positions" not in self._derived:      # sorted once per generation, not per call
+            ids = faiss.vector_to_array(self._index.id_map)
+            order = np.argsort(ids, kind="stable")
+            self._derived["positions"] = (order, ids[order])
+        order, sorted_ids = self._derived["positions"]
+        found, present = sorted_positions(sorted_ids, rows)
+        return order[found] if len(order) else found, present
 
     def extras(self, keys: Sequence[str], name: str) -> np.ndarray:
         """The ``name`` extra of each key as ``len(keys) x G`` float32; a row of NaN where it is missing."""
@@ -421,7 +422,7 @@ class Store:
                 self.refresh()   # back to the last committed index
                 raise
             self._generation = new
-            self._selectors.clear()
+            self._derived.clear()
             current = {_index_name(new), _vectors_name(new), _rows_name(new)}
             for stale in [*self.root.glob("global-*.faiss"), *self.root.glob("vectors-*.npy"), *self.root.glob("rows-*.npy")]:
                 if stale.name not in current:
@@ -473,10 +474,10 @@ class Store:
 
     def _selector(self, labelled_only: bool, splits: tuple[str, ...]):
         key = ("selector", labelled_only, splits)
-        if key not in self._selectors:
+        if key not in self._derived:
             rows = self._selected_rows(labelled_only, splits)
-            self._selectors[key] = (faiss.IDSelectorBatch(rows), rows)  # keep rows alive with the selector
-        return self._selectors[key][0]
+            self._derived[key] = (faiss.IDSelectorBatch(rows), rows)  # keep rows alive with the selector
+        return self._derived[key][0]
 
     def _search_subset(self, queries: np.ndarray, k: int, labelled_only: bool, splits: tuple[str, ...]
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -497,16 +498,16 @@ class Store:
         """A flat index over the selected photos of an exact store, and the store row of each of its
         entries; (None, None) when every stored photo is selected."""
         key = ("subset", labelled_only, splits)
-        if key not in self._selectors:
+        if key not in self._derived:
             rows = self._selected_rows(labelled_only, splits)
             rows = rows[self._flat_positions(rows)[1]]   # rows named in SQLite but not in the index cannot be searched
             if len(rows) == self._index.ntotal:
-                self._selectors[key] = (None, None)
-                return self._selectors[key]
+                self._derived[key] = (None, None)
+                return self._derived[key]
             subset = faiss.IndexFlatIP(self.dim)
             subset.add(self._reconstruct_rows(rows))
-            self._selectors[key] = (subset, rows)
-        return self._selectors[key]
+            self._derived[key] = (subset, rows)
+        return self._derived[key]
 
 
 def _index_name(generation: int) -> str:
