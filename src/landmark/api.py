@@ -169,10 +169,12 @@ class Landmarks:
         self.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
                        landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes,
                        extras=result.extras)
-        if result.extras and self.groups is not None:
-            from .recognition.setup import record_groups
+        if result.extras and len(result.ids) and self.groups is not None:
+            from .recognition.setup import prior_source, priors_stale, record_groups
 
-            record_groups(self.store, self.groups)
+            source = prior_source(self.extractor)
+            if not priors_stale(self.store, self.groups, source):   # else older photos' priors wait for a backfill
+                record_groups(self.store, self.groups, source)
         shutil.rmtree(work, ignore_errors=True)
         report.added[split] = len(result.ids)
         report.failures += result.failures
@@ -350,9 +352,10 @@ class Landmarks:
     def recognizer(self) -> Recognizer:
         """The recognition pipeline over this store (classifier from the store's trained model, if any)."""
         if self._recognizer is None:
-            from .recognition.setup import make_recognizer
+            from .recognition.setup import make_recognizer, prior_source
 
-            self._recognizer = make_recognizer(self.store, self.recognition_config, self.groups)
+            self._recognizer = make_recognizer(self.store, self.recognition_config, self.groups,
+                                               prior_source(self.extractor))
         return self._recognizer
 
     def set_recognition_config(self, cfg) -> None:

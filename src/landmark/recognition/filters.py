@@ -2,9 +2,10 @@
 the distractor-similarity filter. Each is a pure function over arrays plus a thin class that loads
 its data; the pipeline (:mod:`landmark.recognition.pipeline`) decides how they are combined.
 
-* :class:`ImageNetPrior` turns the backbone's own ImageNet-1k logits into probabilities of a few
-  class groups (``resources/imagenet_groups.yaml``: landmark / uncertain / non-landmark roles). It is
-  a probe of :class:`~landmark.features.GlobalExtractor`, so it runs in the descriptor's forward pass.
+* :class:`ImageNetPrior` turns the backbone's own ImageNet-1k logits (for a fine-tuned backbone: its
+  pretrained network's) into probabilities of a few class groups (``resources/imagenet_groups.yaml``:
+  landmark / uncertain / non-landmark roles). It is a probe of
+  :class:`~landmark.features.GlobalExtractor`, so it runs in the descriptor's forward pass.
 * :class:`OnnxDetector` runs any ONNX detector with boxes / scores / labels outputs;
   :func:`detector_decision` applies the paper's rule to its detections.
 * :func:`distractor_scores` is the min of each query's top-3 similarities to known non-landmark photos.
@@ -119,18 +120,50 @@ def prior_decisions(probs: np.ndarray, groups: ClassGroups, landmark_min: float,
 
 
 class ImageNetPrior:
-    """Group probabilities from a backbone's ImageNet head: a probe for :class:`GlobalExtractor`."""
+    """Group probabilities from an ImageNet-1k classifier: a probe for :class:`GlobalExtractor`.
 
-    def __init__(self, backbone, groups: ClassGroups | None = None):
+    By default the probe reads the backbone's own classifier on its feature map. A fine-tuned backbone
+    no longer feeds that classifier the features it was trained on (a trained ``cpu-mini`` model moves
+    landmark photos into object classes), so :meth:`for_backbone` keeps the stages training left
+    untouched and reads the *pretrained* network from the first changed stage on: ``tap`` is that
+    stage, whose input the extractor hands the probe, and ``tail`` the pretrained stages + classifier.
+    The probabilities are then exactly the pretrained network's, for the cost of the changed stages.
+    """
+
+    def __init__(self, backbone, groups: ClassGroups | None = None, *, tail: torch.nn.Module | None = None,
+                 tap: int | None = None):
+        if (tail is None) != (tap is None):
+            raise ValueError("ImageNetPrior needs both tail and tap, or neither")
         self.backbone = backbone
         self.groups = groups or ClassGroups.load()
+        self.tail, self.tap = tail, tap
 
     @staticmethod
     def available(backbone) -> bool:
         return getattr(backbone, "head", None) is not None
 
-    def __call__(self, fmap: Tensor) -> Tensor:
-        logits = self.backbone.classify(fmap)
+    @classmethod
+    def for_backbone(cls, backbone, groups: ClassGroups | None = None) -> "ImageNetPrior":
+        """The prior of ``backbone``'s pretrained network, read from the first stage training changed."""
+        from ..models.backbones import pretrained_tail
+
+        found = pretrained_tail(backbone)
+        if found is None:
+            return cls(backbone, groups)
+        tap, tail = found
+        param = next(backbone.parameters(), None)
+        if param is not None:
+            tail = tail.to(param.device, memory_format=torch.channels_last)
+        return cls(backbone, groups, tail=tail.eval(), tap=tap)
+
+    @property
+    def source(self) -> str:
+        """Which classifier makes the probabilities (recorded in the store, so a change is noticed)."""
+        return "own" if self.tap is None else f"pretrained {self.backbone.name} from stage {self.tap}"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x``: the feature map, or with a ``tap`` the input of that stage."""
+        logits = self.backbone.classify(x) if self.tail is None else self.tail(x)
         if logits.shape[1] != len(self.groups.index):
             raise FilterConfigError(f"backbone {self.backbone.name!r} has {logits.shape[1]} classes, the group file "
                                     f"covers {len(self.groups.index)}")

@@ -16,6 +16,7 @@ from .pipeline import Recognizer
 log = logging.getLogger(__name__)
 
 GROUPS_META = "prior_groups"          # the store meta key naming the groups its extras were made with
+SOURCE_META = "prior_source"          # ... and the classifier that made them (ImageNetPrior.source)
 
 
 def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
@@ -30,16 +31,33 @@ def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
     if not ImageNetPrior.available(backbone):
         return None
     groups = ClassGroups.load(cfg.prior_groups)
-    single.set_probe(PROBE_NAME, ImageNetPrior(backbone, groups))
+    # a trained checkpoint's changed stages no longer suit the ImageNet classifier: read the pretrained ones
+    prior = ImageNetPrior.for_backbone(backbone, groups) if single.model_cfg.checkpoint else ImageNetPrior(backbone, groups)
+    single.set_probe(PROBE_NAME, prior)
     return groups
 
 
-def record_groups(store, groups: ClassGroups) -> None:
+def prior_source(extractor) -> str:
+    """The :attr:`ImageNetPrior.source` of ``extractor``'s probe ("own" without a tail)."""
+    from ..features.pipeline import model_extractor
+
+    return getattr(model_extractor(extractor).probe, "source", "own")
+
+
+def record_groups(store, groups: ClassGroups, source: str = "own") -> None:
     if store.meta_value(GROUPS_META) != list(groups.names):
         store.set_meta_value(GROUPS_META, list(groups.names))
+    if (store.meta_value(SOURCE_META) or "own") != source:
+        store.set_meta_value(SOURCE_META, source)
 
 
-def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None) -> Recognizer:
+def priors_stale(store, groups: ClassGroups, source: str = "own") -> bool:
+    """The stored priors were made with other groups or by another classifier."""
+    made = store.meta_value(GROUPS_META)
+    return made is not None and (made != list(groups.names) or (store.meta_value(SOURCE_META) or "own") != source)
+
+
+def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None, source: str = "own") -> Recognizer:
     """The pipeline for ``store``: its trained model's head as classifier (if any), the prior, the detector."""
     classifier = None
     ckpt = store.config.model.checkpoint
@@ -54,8 +72,9 @@ def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None) -
         classifier = None
     elif classifier is not None and store.config.ensemble:
         classifier = classifier.reading_leading()   # the trained model comes first in the concatenation
-    if groups is not None and store.meta_value(GROUPS_META) not in (None, list(groups.names)):
-        log.warning("store %s holds object priors made with other class groups; run Landmarks.ensure_extras()", store.root)
+    if groups is not None and priors_stale(store, groups, source):
+        log.warning("store %s holds object priors made with other class groups or another classifier; "
+                    "run Landmarks.ensure_extras()", store.root)
     detector = None
     if cfg.detector:
         if not cfg.detector_labels or not cfg.detector_roles:
@@ -72,7 +91,8 @@ def backfill_prior(lm, *, progress: bool | None = None) -> int:
     keys = store.keys()
     if not keys:
         return 0
-    stale = store.meta_value(GROUPS_META) not in (None, list(groups.names))
+    source = prior_source(lm.extractor)
+    stale = priors_stale(store, groups, source)
     probs = store.extras(keys, PROBE_NAME)
     missing = keys if stale or probs.shape[1] != len(groups.names) else [k for k, row in zip(keys, probs) if not np.isfinite(row).all()]
     rows = store.get(missing)
@@ -86,6 +106,6 @@ def backfill_prior(lm, *, progress: bool | None = None) -> int:
                                description="object prior of stored photos")
     if PROBE_NAME in res.extras and len(res.ids):
         store.set_extras(res.ids, PROBE_NAME, res.extras[PROBE_NAME])
-        record_groups(store, groups)
+        record_groups(store, groups, source)
     shutil.rmtree(work, ignore_errors=True)
     return len(res.ids)
