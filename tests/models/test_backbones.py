@@ -102,3 +102,14 @@ def test_stages_compose_to_forward(name):
         for stage in backbone.stages():
             y = stage(y)
         assert torch.allclose(y, backbone(x), atol=1e-5)
+
+
+def test_pretrained_tail_needs_stages_and_installed_weights(caplog):
+    """A backbone that cannot be split (a timm hub model) has no pretrained tail: its own classifier is read."""
+    from landmark.models.backbones import pretrained_tail
+
+    assert pretrained_tail(create_backbone("timm/resnet18", pretrained=False)) is None
+    assert "cannot be split" in caplog.text
+    # a registered backbone with random weights departs from the pretrained ones at its first stage
+    k, tail = pretrained_tail(create_backbone("tf_efficientnet_lite0", pretrained=False))
+    assert k == 0 and isinstance(tail, torch.nn.Sequential)
