@@ -1,6 +1,6 @@
 import numpy as np
 
-from landmark.recognition import knn_vote, similarity_to_confidence
+from landmark.recognition import knn_vote
 
 
 def test_majority_label_with_its_best_score():
@@ -25,9 +25,3 @@ def test_only_top_k_vote_and_missing_neighbours():
     assert a.landmark_id == 4                           # only the first 3 vote: 4,4,9
     assert b.landmark_id is None and b.votes == 0
     assert c.landmark_id == 6 and c.score == 0.4
-
-
-def test_confidence_is_clipped_and_monotone():
-    assert similarity_to_confidence(-0.3) == 0.0
-    assert similarity_to_confidence(1.2) == 1.0
-    assert similarity_to_confidence(0.4) < similarity_to_confidence(0.6)

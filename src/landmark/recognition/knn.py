@@ -47,8 +47,3 @@ def knn_vote(labels: np.ndarray, scores: np.ndarray, k: int = 5) -> list[Vote]:
 def voted_labels(labels: np.ndarray, scores: np.ndarray, k: int = 5) -> np.ndarray:
     """The landmark id :func:`knn_vote` predicts for each row, ``-1`` where none (an int64 array)."""
     return np.array([-1 if v.landmark_id is None else v.landmark_id for v in knn_vote(labels, scores, k)], np.int64)
-
-
-def similarity_to_confidence(score: float) -> float:
-    """Map a cosine similarity in [-1, 1] to the [0, 1] confidence users see (clipped, monotone)."""
-    return float(min(1.0, max(0.0, score)))
