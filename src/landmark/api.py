@@ -24,7 +24,8 @@ from .config import Config, load_config
 from .data import ImageError, Manifest, load_image, read_dataset, read_photos
 from .data.manifests import ImageRecord, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
-from .features.pipeline import WHITENING_FILE, base_extractor, build_extractor, learn_store_whitening
+from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, base_extractor, build_extractor,
+                                learn_store_whitening)
 from .index import Store, StoreError
 from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
@@ -102,6 +103,8 @@ class Landmarks:
         from .recognition.setup import attach_prior
 
         self.groups = attach_prior(extractor, store.config.recognition)   # group probabilities in the same pass
+        if store.config.model.checkpoint and isinstance(extractor, WhitenedExtractor):
+            extractor.keep_descriptors = True       # the trained head reads the queries' un-whitened descriptors
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -168,7 +171,7 @@ class Landmarks:
         by_id = {r.id: r for r in todo}
         self.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
                        landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes,
-                       extras=result.extras)
+                       extras={k: v for k, v in result.extras.items() if k != DESCRIPTOR_EXTRA})
         if result.extras and len(result.ids) and self.groups is not None:
             from .recognition.setup import prior_source, priors_stale, record_groups
 
@@ -369,7 +372,8 @@ class Landmarks:
         from .recognition.filters import PROBE_NAME
 
         ids = list(ids) if ids is not None else [str(i) for i in range(len(vectors))]
-        return self.recognizer.gather(vectors, ids, (extras or {}).get(PROBE_NAME))
+        extras = extras or {}
+        return self.recognizer.gather(vectors, ids, extras.get(PROBE_NAME), descriptors=extras.get(DESCRIPTOR_EXTRA))
 
     def recognize_vectors(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
                           ids: Sequence[str] | None = None) -> list[Recognition]:

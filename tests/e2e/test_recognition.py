@@ -194,3 +194,43 @@ def test_a_fine_tuned_store_keeps_the_pretrained_object_prior(gldv2_root, fast_o
     keys = lm.store.keys()
     assert np.allclose(lm.store.extras(keys, PROBE_NAME), [want[k.rsplit('/', 1)[-1].split('.')[0]] for k in keys], atol=1e-3)   # stored as float16
     assert lm.store.meta_value(SOURCE_META).startswith("pretrained")
+
+
+@pytest.mark.slow
+def test_a_whitened_store_keeps_its_trained_classifier(gldv2_root, fast_overrides, tmp_path):
+    """PCA-whitened store + trained checkpoint: the head reads the queries' un-whitened descriptors
+    (B1/B2 and classifier evidence stay), and those descriptors are never stored."""
+    import torch
+
+    from landmark.config import load_config
+    from landmark.data import ImageRecord
+    from landmark.features.pipeline import DESCRIPTOR_EXTRA
+    from landmark.models import build_model, save_checkpoint
+    from landmark.models.heads import ArcFace
+
+    names = {47378: "Eiffel_Tower", 90396: "Stonehenge", 55350: "Sydney_Opera_House"}
+    rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
+    queries = []
+    for lab in names:
+        ids = [r["id"] for r in rows if int(r["landmark_id"]) == lab][:6]
+        (tmp_path / "photos" / str(lab)).mkdir(parents=True)
+        for i in ids[:5]:
+            (tmp_path / "photos" / str(lab) / f"{i}.jpg").symlink_to(_photo(gldv2_root, "train", i))
+        queries.append(str(_photo(gldv2_root, "train", ids[5])))
+    cfg = load_config(overrides=fast_overrides + ["model.embedding_dim=32"])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model.pt", build_model(cfg.model), cfg.model,
+                    {"classes": sorted(names), "head": ArcFace(32, 3).state_dict(), "head_kind": "arcface"})
+    cfg = load_config(overrides=fast_overrides + [f"model.checkpoint={tmp_path / 'model.pt'}",
+                                                  "whitening.kind=pca", "whitening.dim=8"])
+    landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store", cfg, progress=False)
+    lm = landmark.open(tmp_path / "store")
+    assert lm.store.dim == 8 and lm.recognizer.classifier.unwhitened
+    raw = lm.extractor.base.extract([ImageRecord(q, q) for q in queries], progress=False).vectors
+    want = lm.recognizer.classifier.predict(raw, 3)
+    recs = lm.recognize(queries)
+    for r, labels in zip(recs, want.labels):
+        assert [c[0] for c in r.evidence["classifier"]] == labels.tolist()
+        assert r.grade == "non-landmark" or r.grade[-2:] in ("B1", "B2")
+    keys = lm.store.keys()
+    assert lm.store.extras(keys, DESCRIPTOR_EXTRA).shape == (len(keys), 0)

@@ -86,7 +86,7 @@ def test_ensemble_descriptors_are_read_through_the_trained_models_part(kind):
     assert np.array_equal(via.labels, alone.labels) and np.allclose(via.probs, alone.probs, atol=1e-6)
 
 
-def test_store_wiring_reads_ensembles_and_skips_whitened_stores(tmp_path):
+def test_store_wiring_reads_ensembles_and_the_unwhitened_descriptors_of_whitened_stores(tmp_path):
     from landmark.config import load_config
     from landmark.index import Store
     from landmark.recognition.setup import make_recognizer
@@ -99,6 +99,10 @@ def test_store_wiring_reads_ensembles_and_skips_whitened_stores(tmp_path):
     def recognizer(name, overrides):
         cfg = load_config(overrides=model + overrides)
         return make_recognizer(Store.create(tmp_path / name, cfg, SIG), cfg.recognition, None)
-    assert not recognizer("plain", []).classifier.leading
+    plain = recognizer("plain", []).classifier
+    assert not plain.leading and not plain.unwhitened
     assert recognizer("ensemble", ["ensemble=[{backbone: mobilenet_v2}]"]).classifier.leading
-    assert recognizer("whitened", ["whitening.kind=pca"]).classifier is None
+    whitened = recognizer("whitened", ["whitening.kind=pca"]).classifier
+    assert whitened.unwhitened and not whitened.leading
+    both = recognizer("both", ["whitening.kind=pca", "ensemble=[{backbone: mobilenet_v2}]"]).classifier
+    assert both.unwhitened and both.leading

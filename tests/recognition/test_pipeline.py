@@ -69,3 +69,26 @@ def test_flagged_queries_join_the_distractor_set_only_when_nearer_to_it_than_to_
     assert [p.decision for p in ev.prior[:3]] == ["non_landmark"] * 3
     assert ev.distractor_set == 4 + 1                                  # the stored objects + the new object photo
     assert ev.distractor[3] < 0.5                                      # the tower query stays far from them
+
+
+def test_the_classifier_of_a_whitened_store_reads_the_queries_unwhitened_descriptors(tmp_path):
+    """Store vectors (whitened) feed the kNN vote; the head reads the descriptors passed beside them, and
+    predicts nothing without them rather than misreading whitened vectors."""
+    import torch
+
+    from landmark.models.heads import ArcFace
+    from landmark.recognition.classifier import LandmarkClassifier
+
+    store = Store.create(tmp_path / "s", load_config(), SIG)
+    store.add(["a", "b"], np.eye(8, dtype=np.float32)[:2], landmark_ids=[1, 2], split="train")
+    torch.manual_seed(0)
+    clf = LandmarkClassifier.from_payload({"head": ArcFace(16, 3).state_dict(), "head_kind": "arcface",
+                                           "classes": [1, 2, 3]}).reading_unwhitened()
+    rec = Recognizer(store, RecognitionConfig(), clf, None)
+    queries = np.eye(8, dtype=np.float32)[:2]                      # in the store's (whitened) space
+    raw = _around(np.eye(16)[3], 2, 0)                             # 16-d: what the trained head reads
+    ev = rec.gather(queries, ["q0", "q1"], descriptors=raw)
+    want = clf.predict(raw, 5)
+    assert np.array_equal(ev.classifier.labels, want.labels) and np.allclose(ev.classifier.probs, want.probs)
+    assert [v.landmark_id for v in ev.votes] == [1, 2]
+    assert rec.gather(queries, ["q0", "q1"]).classifier is None

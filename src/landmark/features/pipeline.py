@@ -6,7 +6,8 @@
   concatenated and divided by sqrt(#models) (a unit vector again) — :class:`EnsembleExtractor`.
 * ``config.whitening.kind = "pca"`` wraps either in :class:`WhitenedExtractor`, which projects with a
   :class:`~landmark.features.whitening.Whitening` learned on the index split and kept in the store
-  as ``whitening.npz``; its digest is part of the signature.
+  as ``whitening.npz``; its digest is part of the signature. With ``keep_descriptors`` it also returns
+  the un-whitened descriptors, as ``extras["descriptor"]``: a trained classifier head reads those.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .extract import ExtractionResult, Failure, GlobalExtractor, PhotoItem
 from .whitening import Whitening, WhiteningError, learn_whitening
 
 WHITENING_FILE = "whitening.npz"
+DESCRIPTOR_EXTRA = "descriptor"       # extras key of the un-whitened descriptors (WhitenedExtractor.keep_descriptors)
 
 
 class Extractor(Protocol):
@@ -108,6 +110,10 @@ class WhitenedExtractor:
         self.base, self.whitening = base, whitening
         self.device = base.device
         self.cfg = getattr(base, "cfg", None)
+        self.keep_descriptors = False     # also return the un-whitened descriptors as extras[DESCRIPTOR_EXTRA]
+
+    def _extras(self, extras: dict[str, np.ndarray], vectors: np.ndarray) -> dict[str, np.ndarray]:
+        return extras | {DESCRIPTOR_EXTRA: vectors} if self.keep_descriptors else extras
 
     @property
     def dim(self) -> int:
@@ -119,14 +125,14 @@ class WhitenedExtractor:
 
     def extract(self, items: Sequence[PhotoItem], **kwargs) -> ExtractionResult:
         res = self.base.extract(items, **kwargs)
-        return dataclasses.replace(res, vectors=self.whitening.apply(res.vectors))
+        return dataclasses.replace(res, vectors=self.whitening.apply(res.vectors), extras=self._extras(res.extras, res.vectors))
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.whitening.apply(self.base.extract_images(images))
 
     def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         vecs, extras = self.base.extract_images_with_probe(images)
-        return self.whitening.apply(vecs), extras
+        return self.whitening.apply(vecs), self._extras(extras, vecs)
 
 
 def model_extractor(extractor) -> GlobalExtractor:

@@ -41,6 +41,9 @@ class LandmarkClassifier:
     ``leading`` (set by :meth:`reading_leading`): the descriptors are an ensemble's, whose first
     ``dim`` values are the trained model's own descriptor divided by sqrt(number of models); the head
     reads those, re-normalised, which restores the trained model's descriptor exactly.
+    ``unwhitened`` (set by :meth:`reading_unwhitened`): the store's vectors are PCA-whitened, which the
+    head cannot read; it is given the un-whitened descriptors of the queries instead (the extractor's
+    ``extras["descriptor"]``), and predicts nothing without them.
     """
 
     def __init__(self, head: nn.Module, classes: list[int], kind: str):
@@ -48,6 +51,7 @@ class LandmarkClassifier:
         self.classes = np.asarray(classes, dtype=np.int64)
         self.kind = kind
         self.leading = False
+        self.unwhitened = False
 
     @property
     def dim(self) -> int:
@@ -57,6 +61,11 @@ class LandmarkClassifier:
     def reading_leading(self) -> "LandmarkClassifier":
         """Apply the head to the first :attr:`dim` values of longer (ensemble) descriptors."""
         self.leading = True
+        return self
+
+    def reading_unwhitened(self) -> "LandmarkClassifier":
+        """Read the queries' un-whitened descriptors, passed beside the store's whitened vectors."""
+        self.unwhitened = True
         return self
 
     @classmethod

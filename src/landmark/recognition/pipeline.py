@@ -147,7 +147,7 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
     for stage in ABLATION_STAGES:
         if stage == "classifier" and not has_classifier:
             rows.append((ABLATION_NAMES[stage], None, "skipped: no trained classifier head reads the store's descriptors "
-                                                    "(ImageNet weights, or PCA-whitened); build it with --model model.pt"))
+                                                    "(ImageNet weights); build it with --model model.pt"))
             continue
         on[stage] = True
         rows.append((ABLATION_NAMES[stage], dataclasses.replace(cfg, **(off | on)), ""))
@@ -210,13 +210,17 @@ class Recognizer:
         return given + flagged, vecs
 
     def gather(self, vectors: np.ndarray, ids: Sequence[str], prior_probs: np.ndarray | None = None,
-               detections: Sequence[DetectorDecision | None] | None = None) -> Evidence:
+               detections: Sequence[DetectorDecision | None] | None = None,
+               descriptors: np.ndarray | None = None) -> Evidence:
+        """``descriptors``: the queries' un-whitened descriptors, which the classifier of a whitened store reads."""
         cfg = self.cfg
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         res = self.store.search(vectors, cfg.k, labelled_only=True)
         ev = Evidence(list(ids), res.landmark_ids, res.scores, res.keys, knn_vote(res.landmark_ids, res.scores, cfg.k))
-        if self.classifier is not None:
-            ev.classifier = self.classifier.predict(vectors, cfg.classifier_topk)
+        head_input = (descriptors if descriptors is not None and len(descriptors) == len(vectors) else None) \
+            if self.classifier is not None and self.classifier.unwhitened else vectors
+        if self.classifier is not None and head_input is not None:
+            ev.classifier = self.classifier.predict(head_input, cfg.classifier_topk)
         if self.groups is not None:
             probs = prior_probs if prior_probs is not None and len(prior_probs) == len(vectors) else \
                 np.full((len(vectors), len(self.groups.names)), np.nan, np.float32)

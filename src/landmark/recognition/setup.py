@@ -67,10 +67,8 @@ def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None, s
         except FileNotFoundError:
             log.warning("the store's model %s is gone: no classifier agreement (B1/B2)", ckpt)
     if classifier is not None and store.config.whitening.kind != "none":
-        log.warning("store %s holds PCA-whitened descriptors, which the trained classifier head cannot read: "
-                    "no classifier agreement (B1/B2)", store.root)
-        classifier = None
-    elif classifier is not None and store.config.ensemble:
+        classifier = classifier.reading_unwhitened()   # the extractor keeps the queries' descriptors for it
+    if classifier is not None and store.config.ensemble:
         classifier = classifier.reading_leading()   # the trained model comes first in the concatenation
     if groups is not None and priors_stale(store, groups, source):
         log.warning("store %s holds object priors made with other class groups or another classifier; "
