@@ -164,8 +164,11 @@ class Landmarks:
         if self.ray is not None:
             from .distributed import extract_distributed
 
+            from .recognition.setup import prior_source
+
             result = extract_distributed(self.store.config, todo, self.ray, cache_dir=work, progress=progress,
-                                         description=f"extract {split} (ray)", store_root=self.store.root)
+                                         description=f"extract {split} (ray)", store_root=self.store.root,
+                                         expect_prior_source=prior_source(self.extractor) if self.groups else None)
         else:
             result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
         by_id = {r.id: r for r in todo}
@@ -436,8 +439,9 @@ class Landmarks:
         vectors = np.concatenate(vecs) if vecs else np.zeros((0, self.extractor.dim), np.float32)
         if not with_extras:
             return ids, vectors, errors
-        merged = {name: np.concatenate([e[name] for e in extras]) for name in (extras[0] if extras else {})
-                  if all(name in e and len(e[name]) for e in extras)}
+        parts = [(len(v), e) for v, e in zip(vecs, extras) if len(v)]     # a part whose photos all failed adds nothing
+        merged = {name: np.concatenate([e[name] for _, e in parts]) for name in (parts[0][1] if parts else {})
+                  if all(name in e and len(e[name]) == n for n, e in parts)}
         return ids, vectors, errors, merged
 
 

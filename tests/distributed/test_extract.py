@@ -13,7 +13,7 @@ from landmark.recognition.setup import attach_prior
 
 ray = pytest.importorskip("ray")
 
-from landmark.distributed import RayConfig, extract_distributed  # noqa: E402
+from landmark.distributed import RayConfig, RayUnavailable, extract_distributed  # noqa: E402
 
 FAST = ["model.backbone=tf_efficientnet_lite0", "extract.image_size=160", "extract.num_workers=0"]
 
@@ -42,6 +42,10 @@ def test_matches_single_process_extraction_in_input_order(ray_local, photos, tmp
     # the object prior comes back from the same forward pass, as with the local extractor
     assert set(got.extras) == set(expected.extras) == {PROBE_NAME}
     np.testing.assert_allclose(got.extras[PROBE_NAME], expected.extras[PROBE_NAME][::-1], atol=1e-5)
+    # workers whose prior another classifier makes than the driver's are refused
+    with pytest.raises(RayUnavailable, match="object priors"):
+        extract_distributed(cfg, photos[:2], RayConfig(actors=1), progress=False,
+                            expect_prior_source="pretrained tf_efficientnet_lite0 from stage 6")
 
 
 def test_resumes_from_finished_shards_and_reports_bad_photos(ray_local, photos, tmp_path):

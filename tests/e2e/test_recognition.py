@@ -163,7 +163,8 @@ def test_a_fine_tuned_store_keeps_the_pretrained_object_prior(gldv2_root, fast_o
     rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
     ids = [r["id"] for r in rows if int(r["landmark_id"]) == 47378][:5]
     (tmp_path / "photos" / "47378").mkdir(parents=True)
-    for i in ids[:4]:
+    shutil.copy(_photo(gldv2_root, "train", ids[0]), tmp_path / "photos" / "47378" / f"{ids[0]}.jpg")   # removed later
+    for i in ids[1:4]:
         (tmp_path / "photos" / "47378" / f"{i}.jpg").symlink_to(_photo(gldv2_root, "train", i))
     cfg = load_config(overrides=fast_overrides)
     net = build_model(cfg.model)
@@ -190,9 +191,15 @@ def test_a_fine_tuned_store_keeps_the_pretrained_object_prior(gldv2_root, fast_o
     lm.store.set_meta_value(SOURCE_META, "own")
     lm.add_photos([_photo(gldv2_root, "train", ids[4])], landmark_id=47378, progress=False)
     assert lm.store.meta_value(SOURCE_META) == "own"
-    assert lm.ensure_extras(progress=False) == len(ids)
+    (tmp_path / "photos" / "47378" / f"{ids[0]}.jpg").unlink()          # one photo is gone: its prior cannot be redone
+    assert lm.ensure_extras(progress=False) == len(ids) - 1
     keys = lm.store.keys()
-    assert np.allclose(lm.store.extras(keys, PROBE_NAME), [want[k.rsplit('/', 1)[-1].split('.')[0]] for k in keys], atol=1e-3)   # stored as float16
+    got = lm.store.extras(keys, PROBE_NAME)
+    for k, row in zip(keys, got):
+        if ids[0] in k:
+            assert np.isnan(row).all()                                    # no prior rather than another classifier's
+        else:
+            assert np.allclose(row, want[k.rsplit('/', 1)[-1].split('.')[0]], atol=1e-3)   # stored as float16
     assert lm.store.meta_value(SOURCE_META).startswith("pretrained")
 
 
@@ -234,3 +241,8 @@ def test_a_whitened_store_keeps_its_trained_classifier(gldv2_root, fast_override
         assert r.grade == "non-landmark" or r.grade[-2:] in ("B1", "B2")
     keys = lm.store.keys()
     assert lm.store.extras(keys, DESCRIPTOR_EXTRA).shape == (len(keys), 0)
+    # a batch whose photo files all fail still classifies its in-memory images
+    from PIL import Image
+
+    bad, good = lm.recognize([str(tmp_path / "missing.jpg"), Image.open(queries[0])])
+    assert bad.error and [c[0] for c in good.evidence["classifier"]] == want.labels[0].tolist()

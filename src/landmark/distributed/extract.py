@@ -59,7 +59,9 @@ class _Worker:
         attach_prior(self.extractor, cfg.recognition)          # the object prior, in the same forward pass
 
     def signature(self) -> dict[str, Any]:
-        return self.extractor.signature
+        from ..recognition.setup import prior_source
+
+        return self.extractor.signature | {"prior_source": prior_source(self.extractor)}
 
     def extract(self, shard: list[PhotoItem]) -> ExtractionResult:
         return self.extractor.extract(shard, progress=False)
@@ -75,12 +77,16 @@ def _ray():
 
 def extract_distributed(config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig | None = None, *,
                         cache_dir: str | Path | None = None, progress: bool | None = None,
-                        description: str = "extract (ray)", store_root: str | Path | None = None) -> ExtractionResult:
+                        description: str = "extract (ray)", store_root: str | Path | None = None,
+                        expect_prior_source: str | None = None) -> ExtractionResult:
     """Descriptors of ``items`` computed by Ray actors; resumable through ``cache_dir``.
 
     The vectors equal what the store's extractor (``store_root``: where a learned whitening lives)
     returns for the same configuration, one row per unique id, in input order. Probe outputs (the
     object prior) come back in ``extras``, also for shards read back from the chunk cache.
+    ``expect_prior_source``: the driver's :func:`~landmark.recognition.setup.prior_source`; workers
+    whose object prior comes from another classifier (e.g. a node without the pretrained weights) are
+    refused, as are workers that disagree among themselves.
     """
     ray_cfg = ray_cfg or RayConfig()
     ray = _ray()
@@ -95,14 +101,14 @@ def extract_distributed(config: Config, items: Sequence[PhotoItem], ray_cfg: Ray
         started_here = True
     try:
         return _run(ray, config, items, ray_cfg, cache_dir, progress, description,
-                    None if store_root is None else str(store_root))
+                    None if store_root is None else str(store_root), expect_prior_source)
     finally:
         if started_here:
             ray.shutdown()
 
 
 def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, cache_dir, progress, description,
-         store_root):
+         store_root, expect_prior_source=None):
     from ray.util import ActorPool
 
     device = "cuda" if ray_cfg.gpus_per_actor > 0 else "cpu"
@@ -110,7 +116,13 @@ def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, ca
     unique = list({it.id: it for it in reversed(items)}.values())[::-1]
     n_actors = max(1, min(ray_cfg.actors, -(-len(unique) // max(1, ray_cfg.shard_size))))
     actors = [Actor.remote(config.to_dict(), device, store_root) for _ in range(n_actors)]
-    signature = ray.get(actors[0].signature.remote())
+    signatures = ray.get([a.signature.remote() for a in actors])
+    signature = signatures[0]
+    if any(s != signature for s in signatures) or (expect_prior_source is not None
+                                                   and signature["prior_source"] != expect_prior_source):
+        sources = sorted({s["prior_source"] for s in signatures} | {expect_prior_source or signature["prior_source"]})
+        raise RayUnavailable(f"the Ray workers do not make the same vectors / object priors as the driver ({sources}): "
+                             "install the same packages (model weights included) on every node")
     dim = int(signature["dim"])
 
     cache = _ChunkCache(Path(cache_dir), signature, dim) if cache_dir else None

@@ -130,13 +130,17 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
 def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None = None,
                         calibrate: bool | None = None) -> dict[str, Any] | None:
     """Object priors for stored photos that lack them, the store's calibrated thresholds (calibrating
-    on its train split first if it never was, or if asked), and the user's explicit recognition overrides."""
+    on its train split first if it never was, was on another classifier's priors, or if asked), and the
+    user's explicit recognition overrides."""
     from ..config import RecognitionConfig, merge
     from ..recognition.calibrate import CALIBRATION_META, calibrate_store
 
+    from ..recognition.setup import calibrated_with_other_priors, prior_source
+
     lm.ensure_extras(progress=progress)
     report = lm.store.meta_value(CALIBRATION_META)
-    if calibrate or (calibrate is None and report is None):
+    stale = report is not None and calibrated_with_other_priors(lm.store, prior_source(lm.extractor))
+    if calibrate or (calibrate is None and (report is None or stale)):
         report = calibrate_store(lm)
     defaults = dataclasses.asdict(RecognitionConfig())
     overrides = {k: v for k, v in dataclasses.asdict(config.recognition).items() if v != defaults[k]}

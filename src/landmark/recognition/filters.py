@@ -42,6 +42,9 @@ class ClassGroups:
     roles: tuple[str, ...]
     index: np.ndarray                 # class -> group position (int64), length = number of classes
 
+    def same_as(self, other: "ClassGroups") -> bool:
+        return self.names == other.names and self.roles == other.roles and np.array_equal(self.index, other.index)
+
     @classmethod
     def load(cls, path: str | Path | None = None, num_classes: int = 1000) -> "ClassGroups":
         """Read a group file (default: the packaged ImageNet-1k groups)."""

@@ -31,6 +31,9 @@ def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
     if not ImageNetPrior.available(backbone):
         return None
     groups = ClassGroups.load(cfg.prior_groups)
+    attached = single.probe
+    if single.probe_name == PROBE_NAME and isinstance(attached, ImageNetPrior) and attached.groups.same_as(groups):
+        return attached.groups      # already there (a service makes a Landmarks per store generation)
     # a trained checkpoint's changed stages no longer suit the ImageNet classifier: read the pretrained ones
     prior = ImageNetPrior.for_backbone(backbone, groups) if single.model_cfg.checkpoint else ImageNetPrior(backbone, groups)
     single.set_probe(PROBE_NAME, prior)
@@ -49,6 +52,14 @@ def record_groups(store, groups: ClassGroups, source: str = "own") -> None:
         store.set_meta_value(GROUPS_META, list(groups.names))
     if (store.meta_value(SOURCE_META) or "own") != source:
         store.set_meta_value(SOURCE_META, source)
+
+
+def calibrated_with_other_priors(store, source: str) -> bool:
+    """The store's thresholds were fitted on priors made by another classifier (``landmark calibrate`` again)."""
+    from .calibrate import CALIBRATION_META
+
+    report = store.meta_value(CALIBRATION_META)
+    return bool(report) and report.get("validation", {}).get("prior_source", "own") != source
 
 
 def priors_stale(store, groups: ClassGroups, source: str = "own") -> bool:
@@ -73,6 +84,9 @@ def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None, s
     if groups is not None and priors_stale(store, groups, source):
         log.warning("store %s holds object priors made with other class groups or another classifier; "
                     "run Landmarks.ensure_extras()", store.root)
+    elif groups is not None and calibrated_with_other_priors(store, source):
+        log.warning("store %s was calibrated on object priors of another classifier; run `landmark calibrate`",
+                    store.root)
     detector = None
     if cfg.detector:
         if not cfg.detector_labels or not cfg.detector_roles:
@@ -95,7 +109,13 @@ def backfill_prior(lm, *, progress: bool | None = None) -> int:
     missing = keys if stale or probs.shape[1] != len(groups.names) else [k for k, row in zip(keys, probs) if not np.isfinite(row).all()]
     rows = store.get(missing)
     todo = [k for k in missing if rows[k].path and Path(rows[k].path).is_file()]
+    found = set(todo)
+    gone = [k for k in missing if k not in found]
+    if stale and gone:      # their photo is gone: a prior made by another classifier is worse than none
+        store.set_extras(gone, PROBE_NAME, np.full((len(gone), len(groups.names)), np.nan, np.float32))
     if not todo:
+        if stale:
+            record_groups(store, groups, source)
         return 0
     from ..data.manifests import ImageRecord
 
