@@ -67,7 +67,7 @@ class RecognitionConfig:
     # refits the thresholds on a validation split carved from train and writes them here.
     classifier: bool = True               # B1/B2: agreement with the trained model's head (if the model has one)
     classifier_topk: int = 5              # classifier candidates kept as evidence
-    object_prior: bool = True             # ImageNet class-group prior of the backbone's own classifier
+    object_prior: bool = True             # ImageNet class-group prior of the backbone's classifier (pretrained one if fine-tuned)
     prior_groups: str | None = None       # class-group YAML (default: resources/imagenet_groups.yaml)
     prior_landmark_min: float = 0.3       # landmark classes >= this => landmark (kept); 0.3 / 0.6 as the paper's detector rule
     prior_object_min: float = 0.6         # else non-landmark classes > this => non-landmark
