@@ -164,11 +164,9 @@ class Landmarks:
         if self.ray is not None:
             from .distributed import extract_distributed
 
-            from .recognition.setup import prior_source
-
             result = extract_distributed(self.store.config, todo, self.ray, cache_dir=work, progress=progress,
                                          description=f"extract {split} (ray)", store_root=self.store.root,
-                                         expect_prior_source=prior_source(self.extractor) if self.groups else None)
+                                         expect_prior_source=self.prior_source if self.groups else None)
         else:
             result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
         by_id = {r.id: r for r in todo}
@@ -176,11 +174,10 @@ class Landmarks:
                        landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes,
                        extras={k: v for k, v in result.extras.items() if k != DESCRIPTOR_EXTRA})
         if result.extras and len(result.ids) and self.groups is not None:
-            from .recognition.setup import prior_source, priors_stale, record_groups
+            from .recognition.setup import priors_stale, record_groups
 
-            source = prior_source(self.extractor)
-            if not priors_stale(self.store, self.groups, source):   # else older photos' priors wait for a backfill
-                record_groups(self.store, self.groups, source)
+            if not priors_stale(self.store, self.groups, self.prior_source):   # else older photos' wait for a backfill
+                record_groups(self.store, self.groups, self.prior_source)
         shutil.rmtree(work, ignore_errors=True)
         report.added[split] = len(result.ids)
         report.failures += result.failures
@@ -358,11 +355,17 @@ class Landmarks:
     def recognizer(self) -> Recognizer:
         """The recognition pipeline over this store (classifier from the store's trained model, if any)."""
         if self._recognizer is None:
-            from .recognition.setup import make_recognizer, prior_source
+            from .recognition.setup import make_recognizer
 
-            self._recognizer = make_recognizer(self.store, self.recognition_config, self.groups,
-                                               prior_source(self.extractor))
+            self._recognizer = make_recognizer(self.store, self.recognition_config, self.groups, self.prior_source)
         return self._recognizer
+
+    @property
+    def prior_source(self) -> str:
+        """Which classifier makes this store's object priors (``ImageNetPrior.source``; "own" without one)."""
+        from .recognition.setup import prior_source
+
+        return prior_source(self.extractor)
 
     def set_recognition_config(self, cfg) -> None:
         """Use ``cfg`` (a :class:`~landmark.config.RecognitionConfig`) for recognition from now on."""

@@ -135,11 +135,11 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     from ..config import RecognitionConfig, merge
     from ..recognition.calibrate import CALIBRATION_META, calibrate_store
 
-    from ..recognition.setup import calibrated_with_other_priors, prior_source
+    from ..recognition.setup import calibrated_with_other_priors
 
     lm.ensure_extras(progress=progress)
     report = lm.store.meta_value(CALIBRATION_META)
-    stale = report is not None and calibrated_with_other_priors(lm.store, prior_source(lm.extractor))
+    stale = report is not None and calibrated_with_other_priors(lm.store, lm.prior_source)
     if calibrate or (calibrate is None and (report is None or stale)):
         report = calibrate_store(lm)
     defaults = dataclasses.asdict(RecognitionConfig())

@@ -34,7 +34,6 @@ from ..index import StoreError
 from .filters import LANDMARK, PROBE_NAME, prior_decisions
 from .grading import boost_levels, frequent_landmarks, grade_a, tiered_scores
 from .knn import knn_vote
-from .setup import prior_source
 
 CALIBRATION_META = "calibration"
 
@@ -163,7 +162,7 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
               "validation": {"landmark_queries": len(split.val), "database_photos": len(split.train),
                              "non_landmark_queries": int(len(neg_pick)), "known_non_landmarks": len(neg_keys),
                              "val_fraction": val_fraction, "seed": seed, "landmark_loss": landmark_loss,
-                             "prior_source": prior_source(lm.extractor),
+                             "prior_source": lm.prior_source,
                              "non_landmark_source": "unlabelled store photos flagged by the object prior + split 'distractors'"},
               "seconds": round(time.perf_counter() - t0, 2)}
     lm.set_recognition_config(cfg)

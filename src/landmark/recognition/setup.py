@@ -103,27 +103,29 @@ def backfill_prior(lm, *, progress: bool | None = None) -> int:
     keys = store.keys()
     if not keys:
         return 0
-    source = prior_source(lm.extractor)
+    source = lm.prior_source
     stale = priors_stale(store, groups, source)
     probs = store.extras(keys, PROBE_NAME)
     missing = keys if stale or probs.shape[1] != len(groups.names) else [k for k, row in zip(keys, probs) if not np.isfinite(row).all()]
     rows = store.get(missing)
     todo = [k for k in missing if rows[k].path and Path(rows[k].path).is_file()]
-    found = set(todo)
-    gone = [k for k in missing if k not in found]
-    if stale and gone:      # their photo is gone: a prior made by another classifier is worse than none
-        store.set_extras(gone, PROBE_NAME, np.full((len(gone), len(groups.names)), np.nan, np.float32))
-    if not todo:
-        if stale:
-            record_groups(store, groups, source)
-        return 0
-    from ..data.manifests import ImageRecord
+    redone: list[str] = []
+    if todo:
+        from ..data.manifests import ImageRecord
 
-    work = store.root / "_work" / "extract-prior"
-    res = lm.extractor.extract([ImageRecord(k, Path(rows[k].path)) for k in todo], cache_dir=work, progress=progress,
-                               description="object prior of stored photos")
-    if PROBE_NAME in res.extras and len(res.ids):
-        store.set_extras(res.ids, PROBE_NAME, res.extras[PROBE_NAME])
+        work = store.root / "_work" / "extract-prior"
+        res = lm.extractor.extract([ImageRecord(k, Path(rows[k].path)) for k in todo], cache_dir=work,
+                                   progress=progress, description="object prior of stored photos")
+        if PROBE_NAME in res.extras and len(res.ids):
+            store.set_extras(res.ids, PROBE_NAME, res.extras[PROBE_NAME])
+            redone = res.ids
+        shutil.rmtree(work, ignore_errors=True)
+    if stale:   # photos gone or unreadable now: no prior is better than another classifier's
+        done = set(redone)
+        lost = [k for k in missing if k not in done]
+        if lost:
+            store.set_extras(lost, PROBE_NAME, np.full((len(lost), len(groups.names)), np.nan, np.float32))
         record_groups(store, groups, source)
-    shutil.rmtree(work, ignore_errors=True)
-    return len(res.ids)
+    elif redone:
+        record_groups(store, groups, source)
+    return len(redone)
