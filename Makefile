@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.landmark-installed
 DATA   ?= $(if $(LANDMARK_DATA),$(LANDMARK_DATA),../shared/datasets/gldv2-mini)
 OUT    ?= runs/demo
+# the demo also reports gldv2-mini's full-resolution landmarks on their own (none with other data)
+FOCUS  ?= $(if $(LANDMARK_DATA),,900001-900006)
 
 .PHONY: install demo test test-fast bench clean
 
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/landmark evaluate "$(DATA)" --out $(OUT)
+	$(BIN)/landmark evaluate "$(DATA)" --out $(OUT) $(if $(FOCUS),--focus $(FOCUS))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

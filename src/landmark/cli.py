@@ -209,15 +209,21 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
              multiscale: bool = typer.Option(False, "--multiscale", help="Add the multi-scale ablation row (extracts index + test again at 3 scales)."),
              calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
-                                                      help="Refit recognition thresholds on the train split first (default: if never done).")):
+                                                      help="Refit recognition thresholds on the train split first (default: if never done)."),
+             focus: Optional[str] = typer.Option(None, "--focus", help="Landmark ids whose queries also get their own mAP row, e.g. 900001-900006,42.")):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
-    from .evaluation.run import evaluate_gldv2
+    from .evaluation.run import evaluate_gldv2, parse_landmark_ids
 
     if not data.exists():
         err.print(f"[red]no dataset at {data}[/]\n{GET_DATA_HELP}")
         raise typer.Exit(2)
+    try:
+        focused = parse_landmark_ids(focus or "")
+    except ValueError as exc:
+        err.print(f"[red]--focus: {exc}[/]")
+        raise typer.Exit(2)
     report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device,
-                            progress=progress, multiscale=multiscale, calibrate=calibrate)
+                            progress=progress, multiscale=multiscale, calibrate=calibrate, focus=focused)
     m, t = report["metrics"], report["timings"]
     table = Table(title=f"landmark evaluate: {data}", title_justify="left")
     for col in ("metric", "value"):
@@ -226,7 +232,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     table.add_row("accuracy (landmark queries)", f"{m['accuracy']:.4f}")
     if m.get("map@100") is not None:
         table.add_row("mAP@100 (retrieval)", f"{m['map@100']:.4f}")
-    for scope, tag in (("", "all"), ("_fullres", "900001-900006")):
+    for scope, tag in (("", "all"), ("_focus", focus)):
         if m.get(f"map@100{scope}_global") is not None:
             rer = m.get(f"map@100{scope}_reranked")
             table.add_row(f"mAP@100 global / re-ranked ({tag})",

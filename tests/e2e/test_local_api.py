@@ -72,10 +72,11 @@ def test_evaluate_reports_global_and_reranked(mini_gldv2, fast_overrides, tmp_pa
     from landmark.evaluation.run import evaluate_gldv2
 
     cfg = load_config(overrides=[*fast_overrides, "rerank.inverted_k=10"])   # with the local inverted index too
-    report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", cfg, progress=False)
+    report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", cfg, progress=False, focus=frozenset({47378, 900001}))
     m = report["metrics"]
     assert m["map@100_global"] > 0.3 and m["map@100_reranked"] is not None
     assert m["map@100"] == m["map@100_reranked"]
-    assert m["map@100_fullres_global"] is None and m["fullres_queries"] == 0      # no 9000xx landmark here
+    assert m["focus_queries"] == 3 and m["focus_landmarks"] == [47378, 900001]   # 3 Eiffel queries, no 900001 here
+    assert 0 < m["map@100_focus_global"] <= 1 and m["map@100_focus_reranked"] is not None
     assert report["timings"]["rerank_pairs"] > 0 and report["timings"]["inverted_build_s"] > 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["map@100_global"] == m["map@100_global"]

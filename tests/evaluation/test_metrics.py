@@ -62,3 +62,4 @@ def test_map_and_precision():
     # q1: 1, q2: 1/2, q3 (no ranking): 0; q4 has no relevant items and is not a query
     assert mean_average_precision_at_k(rankings, solution) == pytest.approx((1 + 0.5 + 0) / 3)
     assert precision_at_k(rankings, solution, k=2) == pytest.approx((0.5 + 0.5 + 0) / 3)
+
