@@ -27,6 +27,7 @@ from .recognition_ablation import recognition_ablation
 from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
 
+
 def parse_landmark_ids(text: str) -> frozenset[int]:
     """``"900001-900006,42"`` -> those landmark ids (ranges inclusive)."""
     ids: set[int] = set()
@@ -150,7 +151,6 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     user's explicit recognition overrides."""
     from ..config import RecognitionConfig, merge
     from ..recognition.calibrate import CALIBRATION_META, calibrate_store
-
     from ..recognition.setup import calibrated_with_other_priors
 
     lm.ensure_extras(progress=progress)

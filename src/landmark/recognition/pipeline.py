@@ -217,10 +217,10 @@ class Recognizer:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         res = self.store.search(vectors, cfg.k, labelled_only=True)
         ev = Evidence(list(ids), res.landmark_ids, res.scores, res.keys, knn_vote(res.landmark_ids, res.scores, cfg.k))
-        head_input = (descriptors if descriptors is not None and len(descriptors) == len(vectors) else None) \
-            if self.classifier is not None and self.classifier.unwhitened else vectors
-        if self.classifier is not None and head_input is not None:
-            ev.classifier = self.classifier.predict(head_input, cfg.classifier_topk)
+        if self.classifier is not None:
+            head_input = descriptors if self.classifier.unwhitened else vectors
+            if head_input is not None and len(head_input) == len(vectors):
+                ev.classifier = self.classifier.predict(head_input, cfg.classifier_topk)
         if self.groups is not None:
             probs = prior_probs if prior_probs is not None and len(prior_probs) == len(vectors) else \
                 np.full((len(vectors), len(self.groups.names)), np.nan, np.float32)
