@@ -367,6 +367,11 @@ class Landmarks:
 
         return prior_source(self.extractor)
 
+    def set_expansion_config(self, ec) -> None:
+        """Use ``ec`` (a :class:`~landmark.config.ExpansionConfig`) for DBA / alpha-QE from now on."""
+        self.config = replace(self.config, expansion=ec)
+        self._expanded.clear()
+
     def set_recognition_config(self, cfg) -> None:
         """Use ``cfg`` (a :class:`~landmark.config.RecognitionConfig`) for recognition from now on."""
         self.recognition_config = cfg

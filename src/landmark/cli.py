@@ -286,21 +286,27 @@ def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: 
                   seed: int = typer.Option(0, "--seed", help="Split seed (0 and 0.15 = the split landmark train validates on)."),
                   landmark_loss: float = typer.Option(0.02, "--landmark-loss", help="Share of validation landmarks a filter may reject."),
                   device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
-    """Refit the recognition thresholds (object prior, distractor filter, grading t1/t2) on a validation
-    split carved from the labelled photos; writes them into the store's config. Never reads test data."""
+    """Refit the recognition thresholds (object prior, distractor filter, grading t1/t2) and the DBA /
+    alpha-QE verification threshold on validation splits carved from the labelled photos; writes them
+    into the store's config. Never reads test data."""
     from .api import Landmarks
     from .data.manifests import is_gldv2, read_gldv2
+    from .evaluation.ablation import calibrate_expansion
     from .recognition.calibrate import calibrate_store
 
     lm = Landmarks.open(store, device=device)
     lm.ensure_extras(progress=progress)
     train_ids = read_gldv2(data, "train").ids() if data is not None and is_gldv2(data) else None
     report = calibrate_store(lm, train_ids=train_ids, val_fraction=val_fraction, seed=seed, landmark_loss=landmark_loss)
+    expansion = calibrate_expansion(lm, train_ids=train_ids, seed=seed)
     table = Table(title=f"landmark calibrate: {store}", title_justify="left")
     table.add_column("threshold")
     table.add_column("value")
     for k, v in (report["thresholds"] | report["fit"]).items():
         table.add_row(k, ("on" if v else "off") if isinstance(v, bool) else f"{v:.4f}")
+    if expansion is not None:
+        table.add_row("expansion.threshold", f"{expansion['threshold']:.2f}")
+        table.add_row("validation_map@100_dba_qe", f"{expansion['validation_map']:.4f}")
     out.print(table)
     out.print_json(json.dumps(report["validation"]))
 

@@ -140,8 +140,10 @@ class ExpansionConfig:
     dba: bool = True                      # both on: chosen on the validation split of train
     qe: bool = True                       #   (benchmarks/retrieval_validation.py); used by search and evaluate
     shortlist: int = 300                  # neighbours among which verified ones are counted (M) and moved up
-    verify: str = "vote"                  # how M is found without a local-feature verifier: none | vote | threshold
-    threshold: float = 0.5                # cosine similarity above which a neighbour counts as verified (verify=threshold)
+    verify: str = "vote+threshold"        # how M is found without a local-feature verifier: none | vote | threshold |
+                                          #   vote+threshold (same predicted landmark and similarity above threshold)
+    threshold: float = 0.5                # cosine similarity above which a neighbour counts as verified (verify=threshold,
+                                          #   vote+threshold); `landmark calibrate` refits it for vote+threshold
     qe_weights: str = "rank"              # rank: (N - x) / N (eq. 4) | alpha: similarity ** alpha
     alpha: float = 3.0
     search_max: int = 20000               # `search` expands by default on exact stores up to this many photos

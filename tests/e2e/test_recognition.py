@@ -79,6 +79,32 @@ def test_calibrate_writes_thresholds_into_the_store(mini_store, mini_gldv2, tmp_
     assert 0.5 <= cfg.prior_object_min <= 0.995
     assert cfg.frequent_rerank == report["thresholds"]["frequent_rerank"]
     assert "t1" in result.stdout and ("frequent_rerank" in result.stdout and ("on" in result.stdout or "off" in result.stdout))
+    # the DBA / alpha-QE verification threshold, fitted on validation with the known non-landmarks
+    with Store.open(store) as st:
+        expansion = st.meta_value("expansion_calibration")
+    trials = expansion["trials"]
+    assert expansion["validation"]["known_non_landmarks"] > 0 and expansion["verify"] == "vote+threshold"
+    assert expansion["threshold"] == max(trials, key=lambda t: (t["map"], -t["threshold"]))["threshold"]
+    assert landmark.open(store).config.expansion.threshold == expansion["threshold"]
+    assert "expansion.threshold" in result.stdout
+
+
+@pytest.mark.slow
+def test_prepare_expansion_fits_once_and_keeps_an_explicit_threshold(mini_store, tmp_path):
+    from landmark.config import load_config
+    from landmark.evaluation.run import prepare_expansion
+
+    store = tmp_path / "store"
+    shutil.copytree(mini_store, store)
+    lm = landmark.open(store)
+    mine = prepare_expansion(lm, load_config(overrides=["expansion.threshold=0.77"]))
+    assert mine is None and lm.store.meta_value("expansion_calibration") is None
+    assert lm.config.expansion.threshold == 0.77
+    report = prepare_expansion(lm, load_config())                       # never fitted: fits now
+    assert lm.config.expansion.threshold == report["threshold"] == lm.store.config.expansion.threshold
+    again = landmark.open(store)
+    assert prepare_expansion(again, load_config()) == report            # fitted once: reused
+    assert again.config.expansion.threshold == report["threshold"]
 
 
 @pytest.mark.slow
@@ -105,6 +131,7 @@ def test_evaluate_prints_the_ablation_and_per_query_evidence(mini_gldv2, fast_ov
     assert {"landmark_id", "score", "grade", "evidence"} <= set(p)
     assert {"knn", "neighbours", "filters", "grade"} <= set(p["evidence"])
     assert report["recognition"]["calibration"]["thresholds"]["t1"] == report["recognition"]["config"]["t1"]
+    assert report["expansion"]["calibration"]["threshold"] == report["expansion"]["config"]["threshold"]
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
+import dataclasses
+
 import numpy as np
 
 from landmark.config import load_config
-from landmark.evaluation.ablation import Space, ablation, retrieve, tune_on_validation, validation_split
+from landmark.evaluation.ablation import (THRESHOLDS, Space, ablation, fit_threshold, retrieve, tune_on_validation,
+                                         validation_space, validation_split)
 from landmark.features.whitening import l2n
 
 
@@ -57,7 +60,6 @@ def test_vote_verification_uses_predicted_labels():
     ec = load_config().expansion
     perfect = Space(space.index, space.queries, lab_db, lab_q)
     wrong = Space(space.index, space.queries, (lab_db + 1) % 12, lab_q)
-    import dataclasses
     vote = dataclasses.replace(ec, verify="vote")
     good = score(retrieve(perfect, vote, dba_on=True, qe_on=True))
     bad = score(retrieve(wrong, vote, dba_on=True, qe_on=True))
@@ -75,3 +77,39 @@ def test_tune_on_validation_reports_choices():
     assert res["sizes"] == {"database": 24, "queries": 24}
     assert res["expansion_map"] == max(t["map"] for t in res["trials"] if "expansion" in t)
     assert res["whitening"]["dim"] in (128, 256, 512)
+
+
+def labelled_with_negatives(seed=0, classes=6, per=12, d=40, negatives=200):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, d))
+    labels = np.repeat(np.arange(classes), per)
+    train = l2n(centres[labels] + 0.9 * rng.normal(size=(len(labels), d)))
+    return train, labels, l2n(rng.normal(size=(negatives, d)))
+
+
+def test_validation_space_adds_negatives_relevant_to_no_query():
+    train, labels, neg = labelled_with_negatives()
+    plain, score_plain = validation_space(train, labels)
+    space, score = validation_space(train, labels, negatives=neg)
+    assert len(space.index) == len(plain.index) + len(neg)
+    assert np.allclose(space.index[len(plain.index):], neg) and np.allclose(space.queries, plain.queries)
+    assert (space.index_pred[len(plain.index):] >= 0).all()     # a non-landmark still gets a voted label
+    ranks = retrieve(plain, load_config().expansion, dba_on=False, qe_on=False)
+    assert score(ranks) == score_plain(ranks)                      # same truth: the negatives are nobody's match
+    # the negatives ranked first instead lower the score
+    negs_first = np.concatenate([np.tile(np.arange(len(plain.index), len(space.index))[:20], (len(ranks), 1)), ranks], 1)
+    assert score(negs_first) < score_plain(ranks) - 0.1
+
+
+def test_fit_threshold_keeps_voted_non_landmarks_out_of_dba():
+    train, labels, neg = labelled_with_negatives()
+    space, score = validation_space(train, labels, negatives=neg)
+    ec = dataclasses.replace(load_config().expansion, verify="vote+threshold")
+    fitted, trials = fit_threshold(space, score, ec)
+    assert [t["threshold"] for t in trials] == list(THRESHOLDS)
+    assert fitted.threshold == trials[int(np.argmax([t["map"] for t in trials]))]["threshold"] > 0.0
+    vote_only = score(retrieve(space, dataclasses.replace(ec, verify="vote"), dba_on=True, qe_on=True))
+    assert max(t["map"] for t in trials) > vote_only + 0.02
+    # nothing to fit where no verifier reads a threshold
+    for other in (dataclasses.replace(ec, verify="vote"), dataclasses.replace(ec, dba=False, qe=False)):
+        assert fit_threshold(space, score, other) == (other, [])

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
+from landmark.config import ExpansionConfig
 from landmark.features.whitening import l2n
 from landmark.retrieval.expansion import (aggregate, dba, dba_n, expanded_search, knn, move_verified_first, qe_n,
-                                          query_expansion, rank_weights, threshold_verified, vote_verified)
+                                          label_verifier, query_expansion, rank_weights, threshold_verified,
+                                          vote_verified)
 
 
 def test_eq1_and_eq3():
@@ -77,6 +79,20 @@ def test_label_and_threshold_verification():
     assert vote_verified(np.array([3, -1]), np.array([[3, 4, -1], [-1, 2, 2]])).tolist() == [
         [True, False, False], [False, False, False]]
     assert threshold_verified(np.array([[0.9, 0.5, 0.2]]), 0.5).tolist() == [[True, False, False]]
+
+
+def test_label_verifier_combines_agreement_and_similarity():
+    own = np.array([7, 7])
+    db_labels = np.array([7, 7, 8, -1])
+    sims = np.array([[0.9, 0.3, 0.95, 0.99], [0.6, 0.2, 0.1, 0.0]])
+    idx = np.array([[0, 1, 2, 3], [1, 0, -1, 3]])
+    vote = label_verifier(ExpansionConfig(verify="vote"), own, db_labels)(sims, idx)
+    assert vote.tolist() == [[True, True, False, False], [True, True, False, False]]
+    both = label_verifier(ExpansionConfig(verify="vote+threshold", threshold=0.5), own, db_labels)(sims, idx)
+    assert both.tolist() == [[True, False, False, False], [True, False, False, False]]
+    assert label_verifier(ExpansionConfig(verify="none"), own, db_labels) is None
+    with pytest.raises(ValueError, match="vote\\+threshold"):
+        label_verifier(ExpansionConfig(verify="votes"), own, db_labels)
 
 
 def test_dba_and_qe_improve_clustered_retrieval():

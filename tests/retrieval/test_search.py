@@ -34,7 +34,7 @@ def data(tmp_path):
     return SimpleNamespace(store=st, train=train, index=index, queries=clustered(5, centres, 0.7, rng))
 
 
-@pytest.mark.parametrize("verify", ["none", "vote", "threshold"])
+@pytest.mark.parametrize("verify", ["none", "vote", "threshold", "vote+threshold"])
 @pytest.mark.parametrize("dba_on,qe_on", [(True, True), (True, False), (False, True)])
 def test_same_ranking_as_the_array_pipeline_evaluate_measures(data, verify, dba_on, qe_on):
     ec = ExpansionConfig(dba=dba_on, qe=qe_on, verify=verify, threshold=0.5)

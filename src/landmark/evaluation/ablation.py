@@ -9,7 +9,11 @@ The hyper-parameters those steps use (whitening dim/power/shrinkage, how M is fo
 weights, the similarity threshold) are chosen by :func:`tune_on_validation` on a split carved out
 of the labelled ``train`` photos only: per landmark, a third of the photos vote (labelled), a third
 is the database, a third are the queries; PCA is learned on the unlabelled ``index`` photos, as on
-test. Test labels are never read here.
+test. The store's known non-landmarks (photos its object prior flags, split ``distractors``) join
+that database as photos relevant to no query: a test database holds such photos too, and a verifier
+that lets them in (``verify="vote"``: every photo gets a voted landmark) costs mAP only then.
+:func:`calibrate_expansion` fits the similarity threshold of ``verify="vote+threshold"`` the same
+way, in the space the store searches. Test labels are never read here.
 """
 
 from __future__ import annotations
@@ -49,11 +53,14 @@ class Space:
                    predicted_labels(queries, labelled, labels, k))
 
 
-def whiten(space: Space, wc: WhiteningConfig) -> Space:
-    """PCA(-whitening) learned on ``space.index`` (unlabelled), applied to every part."""
-    dim = min(wc.dim, space.index.shape[1], len(space.index) - 1)
-    w = learn_whitening(space.index, dim, power=wc.power, shrinkage=wc.shrinkage)
-    return space.map(w.apply)
+def whiten(space: Space, wc: WhiteningConfig, source: np.ndarray | None = None
+           ) -> tuple[Space, Callable[[np.ndarray], np.ndarray]]:
+    """PCA(-whitening) learned on ``source`` (default: ``space.index``, unlabelled), applied to every
+    part; returns the new space and the transform."""
+    source = space.index if source is None else source
+    dim = min(wc.dim, source.shape[1], len(source) - 1)
+    w = learn_whitening(source, dim, power=wc.power, shrinkage=wc.shrinkage)
+    return space.map(w.apply), w.apply
 
 
 def predicted_labels(vectors: np.ndarray, labelled: np.ndarray, labels: np.ndarray, k: int = 5) -> np.ndarray:
@@ -84,8 +91,15 @@ def retrieve_scored(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: b
 
 
 def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, *,
-             multiscale: Space | None = None, k: int = 100) -> list[dict[str, Any]]:
-    """The cumulative rows; ``score`` maps Q x k database indices to mAP@k."""
+             multiscale: Space | None = None, k: int = 100,
+             refit: Callable[[Callable[[np.ndarray], np.ndarray]], ExpansionConfig] | None = None
+             ) -> list[dict[str, Any]]:
+    """The cumulative rows; ``score`` maps Q x k database indices to mAP@k.
+
+    ``refit(transform)``, if given, returns the expansion settings to use once ``transform`` (the
+    PCA of the "+ PCA-whitening" row, or the identity) is applied: thresholds are similarities, so
+    they are fitted again in the space the DBA and QE rows search.
+    """
     rows: list[dict[str, Any]] = []
 
     def add(step: str, value: float | None, note: str = "") -> None:
@@ -101,16 +115,18 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
         add("+ multi-scale", score(retrieve(space, config.expansion, **noexp)))
     else:
         add("+ multi-scale", None, "not run (landmark evaluate --multiscale)")
+    transform: Callable[[np.ndarray], np.ndarray] = lambda x: x  # noqa: E731
     if config.whitening.kind == "none":
-        space = whiten(space, config.whitening)
         wc = config.whitening
+        space, transform = whiten(space, wc)
         add("+ PCA-whitening", score(retrieve(space, config.expansion, **noexp)),
             f"dim {min(wc.dim, base.index.shape[1])}, power {wc.power}, shrinkage {wc.shrinkage}")
     else:
         add("+ PCA-whitening", None, "already in the store's vectors")
-    add("+ DBA", score(retrieve(space, config.expansion, dba_on=True, qe_on=False, k=k)), f"verify={config.expansion.verify}")
-    add("+ alpha-QE", score(retrieve(space, config.expansion, dba_on=True, qe_on=True, k=k)),
-        f"weights={config.expansion.qe_weights}")
+    ec = refit(transform) if refit is not None else config.expansion
+    verify = f"verify={ec.verify}" + (f" (similarity > {ec.threshold:.2f})" if "threshold" in ec.verify else "")
+    add("+ DBA", score(retrieve(space, ec, dba_on=True, qe_on=False, k=k)), verify)
+    add("+ alpha-QE", score(retrieve(space, ec, dba_on=True, qe_on=True, k=k)), f"weights={ec.qe_weights}")
     return rows
 
 
@@ -129,13 +145,21 @@ def validation_split(keys: Sequence[str], labels: Sequence[int], seed: int = 0) 
     return folds
 
 
-def validation_space(train: np.ndarray, labels: np.ndarray, index: np.ndarray, seed: int = 0
+def validation_space(train: np.ndarray, labels: np.ndarray, seed: int = 0, negatives: np.ndarray | None = None
                      ) -> tuple[Space, Callable[[np.ndarray], float]]:
-    """A :class:`Space` and scorer for held-out train photos (PCA is learned on ``index`` by the caller)."""
+    """A :class:`Space` and scorer for held-out train photos (whitened by the caller, if at all).
+
+    ``negatives`` (known non-landmark photos) join the database after the landmark photos, relevant
+    to no query.
+    """
     vote, db, qs = validation_split([str(i) for i in range(len(labels))], labels.tolist(), seed)
     labels = np.asarray(labels)
-    space = Space.with_votes(train[db], train[qs], train[vote], labels[vote])
-    db_labels, q_labels = labels[db], labels[qs]
+    database, db_labels = train[db], labels[db]
+    if negatives is not None and len(negatives):
+        database = np.concatenate([database, np.asarray(negatives, database.dtype)])
+        db_labels = np.concatenate([db_labels, np.full(len(negatives), -1, db_labels.dtype)])
+    space = Space.with_votes(database, train[qs], train[vote], labels[vote])
+    q_labels = labels[qs]
     rankings_truth = {str(i): [str(j) for j in np.flatnonzero(db_labels == q_labels[i])] for i in range(len(qs))}
 
     def score(ranks: np.ndarray) -> float:
@@ -144,26 +168,21 @@ def validation_space(train: np.ndarray, labels: np.ndarray, index: np.ndarray, s
     return space, score
 
 
-def _whiten_on(space: Space, source: np.ndarray, wc: WhiteningConfig) -> Space:
-    dim = min(wc.dim, source.shape[1], len(source) - 1)
-    w = learn_whitening(source, dim, power=wc.power, shrinkage=wc.shrinkage)
-    return space.map(w.apply)
-
-
 GRID: Mapping[str, Sequence[Any]] = {
     "whitening.dim": (128, 256, 512),
     "whitening.power": (0.0, 0.25, 0.5, 1.0),
     "whitening.shrinkage": (0.0, 0.1, 0.5),
-    "expansion.verify": ("none", "vote", "threshold"),
-    "expansion.threshold": (0.3, 0.4, 0.5, 0.6),
+    "expansion.verify": ("none", "vote", "threshold", "vote+threshold"),
+    "expansion.threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
     "expansion.qe_weights": ("rank", "alpha"),
 }
 
 
 def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray, config: Config,
-                       seed: int = 0) -> dict[str, Any]:
-    """Pick whitening and expansion settings by mAP@100 on held-out train photos (two stages)."""
-    space, score = validation_space(train, labels, index, seed)
+                       seed: int = 0, negatives: np.ndarray | None = None) -> dict[str, Any]:
+    """Pick whitening and expansion settings by mAP@100 on held-out train photos (two stages);
+    ``negatives``: known non-landmarks added to the validation database."""
+    space, score = validation_space(train, labels, seed, negatives)
     ec = config.expansion
     results: list[dict[str, Any]] = []
     plain = score(retrieve(space, ec, dba_on=False, qe_on=False))
@@ -172,14 +191,14 @@ def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray,
         if power == 0.0 and shrink > 0:
             continue
         wc = dataclasses.replace(config.whitening, dim=dim, power=power, shrinkage=shrink)
-        m = score(retrieve(_whiten_on(space, index, wc), ec, dba_on=False, qe_on=False))
+        m = score(retrieve(whiten(space, wc, index)[0], ec, dba_on=False, qe_on=False))
         results.append({"whitening": dataclasses.asdict(wc), "map": m})
         if m > best_w_map + 1e-9:
             best_w, best_w_map = wc, m
-    white = _whiten_on(space, index, best_w)
+    white = whiten(space, best_w, index)[0]
     best_e, best_e_map = None, -1.0
     for verify, qe_w in itertools.product(GRID["expansion.verify"], GRID["expansion.qe_weights"]):
-        for thr in (GRID["expansion.threshold"] if verify == "threshold" else (ec.threshold,)):
+        for thr in (GRID["expansion.threshold"] if "threshold" in verify else (ec.threshold,)):
             e = dataclasses.replace(ec, verify=verify, qe_weights=qe_w, threshold=thr)
             m = score(retrieve(white, e, dba_on=True, qe_on=True))
             results.append({"expansion": dataclasses.asdict(e), "map": m})
@@ -188,6 +207,72 @@ def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray,
     return {"plain": plain, "whitening": dataclasses.asdict(best_w), "whitening_map": best_w_map,
             "expansion": dataclasses.asdict(best_e), "expansion_map": best_e_map, "trials": results,
             "sizes": {"database": len(space.index), "queries": len(space.queries)}}
+
+
+EXPANSION_META = "expansion_calibration"
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(18))     # 0 (agreement alone, in practice) .. 0.85
+
+
+def fit_threshold(space: Space, score: Callable[[np.ndarray], float], ec: ExpansionConfig,
+                  thresholds: Sequence[float] = THRESHOLDS) -> tuple[ExpansionConfig, list[dict[str, float]]]:
+    """``ec`` with the similarity threshold of its verifier under which its DBA / alpha-QE score best
+    on ``space`` (ties: the lowest), and every trial; ``ec`` unchanged where nothing reads a threshold."""
+    if "threshold" not in ec.verify or not (ec.dba or ec.qe):
+        return ec, []
+    best, best_map, trials = ec, -1.0, []
+    for t in thresholds:
+        e = dataclasses.replace(ec, threshold=float(t))
+        m = score(retrieve(space, e, dba_on=ec.dba, qe_on=ec.qe))
+        trials.append({"threshold": float(t), "map": m})
+        if m > best_map + 1e-9:
+            best, best_map = e, m
+    return best, trials
+
+
+def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = None, *,
+                     train_ids: Sequence[str] | None = None, seed: int = 0
+                     ) -> tuple[Space, Callable[[np.ndarray], float], int] | None:
+    """:func:`validation_space` of a store's labelled photos (of ``train_ids`` only, if given), with
+    its known non-landmarks in the database, after ``transform``, and their number; None without
+    labelled photos."""
+    store = lm.store
+    wanted = set(train_ids) if train_ids is not None else None
+    rows = store.get(store.keys())
+    keys = [k for k, r in rows.items() if r.landmark_id is not None and (wanted is None or k in wanted)]
+    if not keys:
+        return None
+    labels = np.array([rows[k].landmark_id for k in keys], np.int64)
+    _, negatives = lm.recognizer.known_non_landmarks(lm.recognition_config)
+    transform = transform or (lambda x: x)
+    space, score = validation_space(transform(store.vectors(keys)), labels, seed,
+                                    transform(negatives) if len(negatives) else None)
+    return space, score, len(negatives)
+
+
+def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0,
+                        write: bool = True) -> dict[str, Any] | None:
+    """Refit ``expansion.threshold`` (verify ``vote+threshold`` / ``threshold``) of ``lm``'s store on
+    its validation split with its known non-landmarks, in the space the store searches; use it from
+    now on and, if ``write``, keep it in the store. None where nothing reads a threshold."""
+    ec = lm.config.expansion
+    found = store_validation(lm, train_ids=train_ids, seed=seed) if "threshold" in ec.verify else None
+    if found is None:
+        return None
+    space, score, n_negatives = found
+    fitted, trials = fit_threshold(space, score, ec)
+    if not trials:
+        return None
+    report = {"threshold": fitted.threshold, "verify": ec.verify, "validation_map": max(t["map"] for t in trials),
+              "trials": trials, "validation": {"database_photos": len(space.index), "queries": len(space.queries),
+                                               "known_non_landmarks": n_negatives, "seed": seed,
+                                               "prior_source": lm.prior_source}}
+    lm.set_expansion_config(fitted)
+    if write:
+        store = lm.store
+        store.update_config(dataclasses.replace(
+            store.config, expansion=dataclasses.replace(store.config.expansion, threshold=fitted.threshold)))
+        store.set_meta_value(EXPANSION_META, report)
+    return report
 
 
 # -- the ablation of `landmark evaluate` on a GLDv2-layout dataset ---------------------------------
@@ -218,7 +303,7 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
     from ..data.manifests import read_gldv2
     from ..features.pipeline import base_extractor
 
-    config = lm.store.config
+    config = dataclasses.replace(lm.store.config, expansion=lm.config.expansion)   # what evaluate searches with
     base, index_keys = store_space(lm, query_vectors)
 
     def score(ranks: np.ndarray) -> float:
@@ -239,4 +324,8 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
         keep_q = [n for n, q in enumerate(query_ids) if q in tpos]
         ms_space = Space(idx.vectors[[ipos[i] for i in index_keys]], test.vectors[[tpos[query_ids[n]] for n in keep_q]],
                          base.index_pred, base.query_pred[keep_q])
-    return ablation(base, score, config, multiscale=ms_space, k=k)
+    def refit(transform: Callable[[np.ndarray], np.ndarray]) -> ExpansionConfig:
+        found = store_validation(lm, transform)
+        return fit_threshold(*found[:2], config.expansion)[0] if found is not None else config.expansion
+
+    return ablation(base, score, config, multiscale=ms_space, k=k, refit=refit)

@@ -65,6 +65,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     timings["build_store_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     calibration = prepare_recognition(lm, config, progress=progress, calibrate=calibrate)
+    expansion_calibration = prepare_expansion(lm, config, calibrate=calibrate)
     timings["recognition_setup_s"] = time.perf_counter() - t0
 
     test = read_gldv2(root, "test")
@@ -132,6 +133,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         "failures": [asdict(f) for f in build.failures + queries.failures + local_failures],
         "config": config.to_dict(),
         "recognition": {"config": dataclasses.asdict(lm.recognition_config), "calibration": calibration},
+        "expansion": {"config": dataclasses.asdict(lm.config.expansion), "calibration": expansion_calibration},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": str(lm.extractor.device),
                     "threads": torch.get_num_threads()},
@@ -161,4 +163,22 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     defaults = dataclasses.asdict(RecognitionConfig())
     overrides = {k: v for k, v in dataclasses.asdict(config.recognition).items() if v != defaults[k]}
     lm.set_recognition_config(merge(lm.store.config.recognition, overrides))
+    return report
+
+
+def prepare_expansion(lm: Landmarks, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
+    """The store's calibrated ``expansion.threshold`` (fitted on its train split first if it never
+    was, was fitted with another classifier's priors, or if asked), unless ``config`` sets one."""
+    from ..config import ExpansionConfig
+    from .ablation import EXPANSION_META, calibrate_expansion
+
+    if config.expansion.threshold != ExpansionConfig().threshold:   # the user's explicit choice
+        lm.set_expansion_config(config.expansion)
+        return None
+    report = lm.store.meta_value(EXPANSION_META)
+    stale = report is not None and report["validation"].get("prior_source") != lm.prior_source
+    if calibrate or (calibrate is None and (report is None or stale)):
+        return calibrate_expansion(lm)
+    if report is not None:
+        lm.set_expansion_config(dataclasses.replace(lm.config.expansion, threshold=lm.store.config.expansion.threshold))
     return report

@@ -14,7 +14,7 @@ Both replace a descriptor by a weighted sum of itself and its best neighbours, t
   (Radenovic et al.'s alpha-QE; the item itself has weight 1).
 
 Without a verifier (``verified=None``) ``M = 0``, so N is 10 / 3 plain similarity neighbours.
-:func:`vote_verified` and :func:`threshold_verified` make ``verified`` from predicted labels or a
+:func:`vote_verified` and :func:`threshold_verified` make ``verified`` from predicted labels and/or a
 similarity threshold (fitted on a validation split) when no local-feature verifier is configured.
 
 Everything here is pure numpy plus FAISS exact search over the given arrays.
@@ -146,20 +146,34 @@ def vote_verified(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.
     return (nl == q) & (q >= 0) & (nl >= 0)
 
 
+VERIFIERS = ("none", "vote", "threshold", "vote+threshold")
+
+
+def uses_votes(ec: ExpansionConfig) -> bool:
+    """Whether ``ec.verify`` needs each photo's predicted landmark."""
+    return ec.verify in ("vote", "vote+threshold")
+
+
 def label_verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels: np.ndarray | None) -> Verified:
     """The verifier ``ec.verify`` names, as a function of a (sims, idx) neighbour list.
 
     ``vote``: the neighbour's predicted landmark (``db_labels[idx]``) equals the row's own
-    (``own_labels``); ``threshold``: similarity above ``ec.threshold``; ``none``: no verifier (M = 0).
+    (``own_labels``); ``threshold``: similarity above ``ec.threshold``; ``vote+threshold``: both
+    (a photo that is no landmark still gets a voted label, so agreement alone lets such photos
+    verify each other and real landmark photos); ``none``: no verifier (M = 0).
     """
+    if ec.verify not in VERIFIERS:
+        raise ValueError(f"expansion.verify must be one of {', '.join(VERIFIERS)}, got {ec.verify!r}")
     if ec.verify == "none":
         return None
     if ec.verify == "threshold":
         return lambda sims, idx: threshold_verified(sims, ec.threshold)
-    if ec.verify == "vote":
-        db_labels = np.asarray(db_labels)
-        return lambda sims, idx: vote_verified(own_labels, np.where(idx >= 0, db_labels[np.clip(idx, 0, None)], -1))
-    raise ValueError(f"expansion.verify must be none, vote or threshold, got {ec.verify!r}")
+    db_labels = np.asarray(db_labels)
+
+    def voted(sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        agree = vote_verified(own_labels, np.where(idx >= 0, db_labels[np.clip(idx, 0, None)], -1))
+        return agree & threshold_verified(sims, ec.threshold) if ec.verify == "vote+threshold" else agree
+    return voted
 
 
 def expanded_search(queries: np.ndarray, database: np.ndarray, k: int, *, dba_on: bool = True, qe_on: bool = True,

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import ExpansionConfig
 from ..index.store import Store
 from ..recognition.knn import voted_labels
-from .expansion import dba, label_verifier, query_expansion
+from .expansion import dba, label_verifier, query_expansion, uses_votes
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class ExpandedSearch:
     generation: the database vectors are read into memory (4 x D bytes a photo), augmented by DBA
     if ``ec.dba`` and searched exactly; alpha-QE (``ec.qe``) expands each query from its neighbours
     in that augmented database. With ``ec.verify="vote"`` a neighbour counts as verified (M of
-    eq. (1)/(3)) when its landmark matches the query's predicted one: a labelled photo's landmark is
+    eq. (1)/(3)) when its landmark matches the query's predicted one (``vote+threshold``: and it is
+    more similar than ``ec.threshold``): a labelled photo's landmark is
     its label, an unlabelled photo's and a query's are the top-``vote_k`` vote among the store's
     labelled photos (what recognition predicts). This is what ``landmark evaluate`` measures
     (``index`` as the database, ``train`` voting).
@@ -52,7 +53,7 @@ class ExpandedSearch:
         self.keys = [k for s in self.splits for k in store.keys(s)] if self.splits else store.keys()
         vectors = store.vectors(self.keys).astype(np.float32)
         self.labels = np.full(len(self.keys), -1, np.int64)
-        if ec.verify == "vote" and len(self.keys):
+        if uses_votes(ec) and len(self.keys):
             rows = store.get(self.keys)
             own = np.array([-1 if rows[k].landmark_id is None else rows[k].landmark_id for k in self.keys], np.int64)
             unlabelled = np.flatnonzero(own < 0)
@@ -77,7 +78,7 @@ class ExpandedSearch:
         if not len(self.keys):
             return [Ranking([], []) for _ in queries]
         if self.ec.qe and len(queries):
-            q_labels = self.vote(queries) if self.ec.verify == "vote" else None
+            q_labels = self.vote(queries) if uses_votes(self.ec) else None
             neighbours = self.index.search(queries, min(self.ec.shortlist, len(self.keys)))
             queries = query_expansion(queries, self.vectors, label_verifier(self.ec, q_labels, self.labels),
                                       neighbours=neighbours, weights=self.ec.qe_weights, alpha=self.ec.alpha)
