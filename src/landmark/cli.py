@@ -73,9 +73,14 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                                                   "'auto' (the running cluster) or ray://HOST:PORT."),
                 ray_actors: int = typer.Option(2, "--ray-actors", help="Extractor replicas on Ray."),
                 ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray actor (e.g. 1 on a GPU cluster)."),
+                calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
+                                                         help="Fit the recognition and DBA / alpha-QE thresholds on the labelled photos "
+                                                              "once built, as `landmark calibrate` does (default: if the store never had them)."),
                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Build a store from a dataset; re-running it finishes an interrupted build."""
     from .api import Landmarks
+    from .index import StoreError
+    from .recognition.calibrate import CALIBRATION_META
 
     ray_cfg = None
     if ray:
@@ -89,6 +94,19 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
     out.print(f"[green]store[/] {store}: {info['images']} photos ({info['labelled']} labelled, "
               f"{info['landmarks']} landmarks), added {sum(report.added.values())}, "
               f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable")
+    if calibrate or (calibrate is None and info["labelled"] and lm.store.meta_value(CALIBRATION_META) is None):
+        try:
+            fitted = lm.calibrate(progress=progress)
+        except StoreError as exc:     # e.g. too few photos per landmark for a validation split
+            if calibrate:
+                raise
+            err.print(f"[yellow]not calibrated[/] (the paper's default thresholds stay): {exc}")
+        else:
+            rec, exp = fitted["recognition"], fitted["expansion"]
+            out.print(f"calibrated on {rec['validation']['landmark_queries']} validation photos: "
+                      + ", ".join(f"{k} {v:.3f}" if not isinstance(v, bool) else f"{k} {'on' if v else 'off'}"
+                                  for k, v in rec["thresholds"].items())
+                      + (f", expansion.threshold {exp['threshold']:.2f}" if exp else ""))
 
 
 @index_app.command("add")
@@ -291,14 +309,12 @@ def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: 
     into the store's config. Never reads test data."""
     from .api import Landmarks
     from .data.manifests import is_gldv2, read_gldv2
-    from .evaluation.ablation import calibrate_expansion
-    from .recognition.calibrate import calibrate_store
 
     lm = Landmarks.open(store, device=device)
-    lm.ensure_extras(progress=progress)
     train_ids = read_gldv2(data, "train").ids() if data is not None and is_gldv2(data) else None
-    report = calibrate_store(lm, train_ids=train_ids, val_fraction=val_fraction, seed=seed, landmark_loss=landmark_loss)
-    expansion = calibrate_expansion(lm, train_ids=train_ids, seed=seed)
+    fitted = lm.calibrate(train_ids=train_ids, val_fraction=val_fraction, seed=seed, landmark_loss=landmark_loss,
+                          progress=progress)
+    report, expansion = fitted["recognition"], fitted["expansion"]
     table = Table(title=f"landmark calibrate: {store}", title_justify="left")
     table.add_column("threshold")
     table.add_column("value")

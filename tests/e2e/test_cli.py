@@ -123,3 +123,24 @@ def test_evaluate_writes_report_and_submissions(mini_gldv2, fast_overrides, tmp_
     run(*args)
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["build"]["added"] == {"train": 0, "index": 0}
     assert again["build"]["added"]["train"] == 40
+
+
+def test_index_build_calibrates_a_labelled_store_once(mini_gldv2, fast_overrides, tmp_path):
+    from landmark.index import Store
+
+    sets = [a for item in fast_overrides for a in ("--set", item)]
+    store = tmp_path / "store"
+    built = run("index", "build", mini_gldv2, "--store", store, *sets, "--no-progress")
+    assert built.exit_code == 0, built.output
+    assert "calibrated on" in built.stdout and "expansion.threshold" in built.stdout
+    with Store.open(store) as st:
+        recognition, expansion = st.meta_value("calibration"), st.meta_value("expansion_calibration")
+        assert st.config.recognition.t1 == recognition["thresholds"]["t1"]
+        assert st.config.expansion.threshold == expansion["threshold"]
+    again = run("index", "build", mini_gldv2, "--store", store, *sets, "--no-progress")   # already calibrated
+    assert again.exit_code == 0 and "calibrated on" not in again.stdout
+    other = tmp_path / "other"
+    skipped = run("index", "build", mini_gldv2, "--store", other, *sets, "--no-progress", "--no-calibrate")
+    assert skipped.exit_code == 0 and "calibrated on" not in skipped.stdout
+    with Store.open(other) as st:
+        assert st.meta_value("calibration") is None and st.meta_value("expansion_calibration") is None
