@@ -407,18 +407,19 @@ class Landmarks:
         return out
 
     def calibrate(self, *, train_ids: Sequence[str] | None = None, val_fraction: float = 0.15, seed: int = 0,
-                  landmark_loss: float = 0.02, progress: bool | None = None) -> dict:
-        """Refit the recognition thresholds (object prior, distractor filter, grades) and the DBA /
-        alpha-QE verification threshold on validation splits of the labelled photos (of ``train_ids``
-        only, if given); they are kept in the store and used from now on. Never reads test data.
-        Returns ``{"recognition": report, "expansion": report or None}``."""
+                  landmark_loss: float = 0.02, expansion: bool = True, progress: bool | None = None) -> dict:
+        """Refit the recognition thresholds (object prior, distractor filter, grades) and, if
+        ``expansion``, the DBA / alpha-QE verification threshold on validation splits of the labelled
+        photos (of ``train_ids`` only, if given); they are kept in the store and used from now on.
+        Never reads test data. Returns ``{"recognition": report, "expansion": report or None}``."""
         from .evaluation.ablation import calibrate_expansion
         from .recognition.calibrate import calibrate_store
 
         self.ensure_extras(progress=progress)
         recognition = calibrate_store(self, train_ids=train_ids, val_fraction=val_fraction, seed=seed,
                                       landmark_loss=landmark_loss)
-        return {"recognition": recognition, "expansion": calibrate_expansion(self, train_ids=train_ids, seed=seed)}
+        fitted = calibrate_expansion(self, train_ids=train_ids, seed=seed) if expansion else None
+        return {"recognition": recognition, "expansion": fitted}
 
     def ensure_extras(self, *, progress: bool | None = None) -> int:
         """Compute the object prior of stored photos that lack it (stores built before it existed); returns how many."""

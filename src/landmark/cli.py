@@ -79,6 +79,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Build a store from a dataset; re-running it finishes an interrupted build."""
     from .api import Landmarks
+    from .evaluation.run import explicit_threshold
     from .index import StoreError
     from .recognition.calibrate import CALIBRATION_META
 
@@ -87,7 +88,8 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
         from .distributed import RayConfig
 
         ray_cfg = RayConfig(address=None if ray == "local" else ray, actors=ray_actors, gpus_per_actor=ray_gpus)
-    lm, report = Landmarks.build(data, store, _config(preset, config, set_, model), splits=split or None,
+    cfg = _config(preset, config, set_, model)
+    lm, report = Landmarks.build(data, store, cfg, splits=split or None,
                                  device=device, overwrite=overwrite, progress=progress, ray=ray_cfg)
     _print_failures(report.failures)
     info = lm.store.info()
@@ -96,7 +98,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
               f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable")
     if calibrate or (calibrate is None and info["labelled"] and lm.store.meta_value(CALIBRATION_META) is None):
         try:
-            fitted = lm.calibrate(progress=progress)
+            fitted = lm.calibrate(expansion=not explicit_threshold(cfg), progress=progress)   # --set expansion.threshold stays
         except StoreError as exc:     # e.g. too few photos per landmark for a validation split
             if calibrate:
                 raise
@@ -227,7 +229,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
              multiscale: bool = typer.Option(False, "--multiscale", help="Add the multi-scale ablation row (extracts index + test again at 3 scales)."),
              calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
-                                                      help="Refit recognition thresholds on the train split first (default: if never done)."),
+                                                      help="Refit the recognition and DBA / alpha-QE thresholds on the train split first (default: if never done)."),
              focus: Optional[str] = typer.Option(None, "--focus", help="Landmark ids whose queries also get their own mAP row, e.g. 900001-900006,42.")):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
     from .evaluation.run import evaluate_gldv2, parse_landmark_ids

@@ -144,3 +144,8 @@ def test_index_build_calibrates_a_labelled_store_once(mini_gldv2, fast_overrides
     assert skipped.exit_code == 0 and "calibrated on" not in skipped.stdout
     with Store.open(other) as st:
         assert st.meta_value("calibration") is None and st.meta_value("expansion_calibration") is None
+    mine = tmp_path / "mine"                    # an explicit expansion.threshold is not fitted over
+    kept = run("index", "build", mini_gldv2, "--store", mine, *sets, "--set", "expansion.threshold=0.66", "--no-progress")
+    assert kept.exit_code == 0 and "calibrated on" in kept.stdout and "expansion.threshold" not in kept.stdout
+    with Store.open(mine) as st:
+        assert st.config.expansion.threshold == 0.66 and st.meta_value("expansion_calibration") is None

@@ -90,21 +90,35 @@ def test_calibrate_writes_thresholds_into_the_store(mini_store, mini_gldv2, tmp_
 
 
 @pytest.mark.slow
-def test_prepare_expansion_fits_once_and_keeps_an_explicit_threshold(mini_store, tmp_path):
+def test_prepare_expansion_fits_once_and_keeps_an_explicit_threshold(mini_store, tmp_path, monkeypatch):
+    import landmark.evaluation.ablation as ablation
     from landmark.config import load_config
     from landmark.evaluation.run import prepare_expansion
 
+    fits = []
+    real = ablation.calibrate_expansion
+    monkeypatch.setattr(ablation, "calibrate_expansion", lambda lm, **kw: fits.append(1) or real(lm, **kw))
     store = tmp_path / "store"
     shutil.copytree(mini_store, store)
     lm = landmark.open(store)
     mine = prepare_expansion(lm, load_config(overrides=["expansion.threshold=0.77"]))
-    assert mine is None and lm.store.meta_value("expansion_calibration") is None
+    assert mine is None and not fits and lm.store.meta_value("expansion_calibration") is None
     assert lm.config.expansion.threshold == 0.77
+    assert prepare_expansion(lm, load_config(), calibrate=False) is None and not fits   # --no-calibrate
     report = prepare_expansion(lm, load_config())                       # never fitted: fits now
+    assert len(fits) == 1
     assert lm.config.expansion.threshold == report["threshold"] == lm.store.config.expansion.threshold
     again = landmark.open(store)
-    assert prepare_expansion(again, load_config()) == report            # fitted once: reused
+    assert prepare_expansion(again, load_config()) == report and len(fits) == 1       # fitted once: reused
     assert again.config.expansion.threshold == report["threshold"]
+    # fitted for another verifier: fitted again, in memory only (the store searches with its own verifier)
+    other = prepare_expansion(landmark.open(store), load_config(overrides=["expansion.verify=threshold"]))
+    assert len(fits) == 2 and other["verify"] == "threshold"
+    assert lm.store.meta_value("expansion_calibration") == report
+    # made with another classifier's priors: stale, fitted again and kept
+    lm.store.set_meta_value("expansion_calibration", report | {"validation": report["validation"] | {"prior_source": "x"}})
+    prepare_expansion(landmark.open(store), load_config())
+    assert len(fits) == 3 and lm.store.meta_value("expansion_calibration")["validation"]["prior_source"] != "x"
 
 
 @pytest.mark.slow

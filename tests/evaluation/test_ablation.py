@@ -113,3 +113,18 @@ def test_fit_threshold_keeps_voted_non_landmarks_out_of_dba():
     # nothing to fit where no verifier reads a threshold
     for other in (dataclasses.replace(ec, verify="vote"), dataclasses.replace(ec, dba=False, qe=False)):
         assert fit_threshold(space, score, other) == (other, [])
+
+
+def test_ablation_refits_the_expansion_only_in_the_space_its_pca_makes():
+    space, lab_db, lab_q = clustered_space(noise=1.4)
+    cfg = load_config(overrides=["whitening.dim=32", "expansion.verify=vote+threshold"])
+    seen = []
+
+    def refit(transform):
+        seen.append(transform(space.index[:2]).shape)
+        return dataclasses.replace(cfg.expansion, threshold=0.123)
+    rows = ablation(space, scorer(lab_db, lab_q), cfg, k=100, refit=refit)
+    assert seen == [(2, 32)] and "0.12" in rows[3]["note"]        # fitted after the PCA row, in its space
+    whitened = dataclasses.replace(cfg, whitening=dataclasses.replace(cfg.whitening, kind="pca"))
+    rows = ablation(space, scorer(lab_db, lab_q), whitened, k=100, refit=refit)
+    assert len(seen) == 1 and f"{cfg.expansion.threshold:.2f}" in rows[3]["note"]   # the store's own settings

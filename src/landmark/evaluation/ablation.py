@@ -97,8 +97,9 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
     """The cumulative rows; ``score`` maps Q x k database indices to mAP@k.
 
     ``refit(transform)``, if given, returns the expansion settings to use once ``transform`` (the
-    PCA of the "+ PCA-whitening" row, or the identity) is applied: thresholds are similarities, so
-    they are fitted again in the space the DBA and QE rows search.
+    PCA of the "+ PCA-whitening" row) is applied: thresholds are similarities, so they are fitted
+    again in the space the DBA and QE rows search. Without that row (a whitened store), the rows use
+    ``config.expansion`` as it is, the settings of the submitted ranking.
     """
     rows: list[dict[str, Any]] = []
 
@@ -115,15 +116,15 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
         add("+ multi-scale", score(retrieve(space, config.expansion, **noexp)))
     else:
         add("+ multi-scale", None, "not run (landmark evaluate --multiscale)")
-    transform: Callable[[np.ndarray], np.ndarray] = lambda x: x  # noqa: E731
+    ec = config.expansion
     if config.whitening.kind == "none":
         wc = config.whitening
         space, transform = whiten(space, wc)
         add("+ PCA-whitening", score(retrieve(space, config.expansion, **noexp)),
             f"dim {min(wc.dim, base.index.shape[1])}, power {wc.power}, shrinkage {wc.shrinkage}")
+        ec = refit(transform) if refit is not None else ec
     else:
         add("+ PCA-whitening", None, "already in the store's vectors")
-    ec = refit(transform) if refit is not None else config.expansion
     verify = f"verify={ec.verify}" + (f" (similarity > {ec.threshold:.2f})" if "threshold" in ec.verify else "")
     add("+ DBA", score(retrieve(space, ec, dba_on=True, qe_on=False, k=k)), verify)
     add("+ alpha-QE", score(retrieve(space, ec, dba_on=True, qe_on=True, k=k)), f"weights={ec.qe_weights}")
@@ -253,9 +254,11 @@ def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int
                         write: bool = True) -> dict[str, Any] | None:
     """Refit ``expansion.threshold`` (verify ``vote+threshold`` / ``threshold``) of ``lm``'s store on
     its validation split with its known non-landmarks, in the space the store searches; use it from
-    now on and, if ``write``, keep it in the store. None where nothing reads a threshold."""
+    now on and, if ``write``, keep it in the store (only when the store's own ``expansion.verify`` is
+    the one it was fitted for). None where nothing reads a threshold."""
     ec = lm.config.expansion
-    found = store_validation(lm, train_ids=train_ids, seed=seed) if "threshold" in ec.verify else None
+    reads_threshold = "threshold" in ec.verify and (ec.dba or ec.qe)
+    found = store_validation(lm, train_ids=train_ids, seed=seed) if reads_threshold else None
     if found is None:
         return None
     space, score, n_negatives = found
@@ -267,8 +270,8 @@ def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int
                                                "known_non_landmarks": n_negatives, "seed": seed,
                                                "prior_source": lm.prior_source}}
     lm.set_expansion_config(fitted)
-    if write:
-        store = lm.store
+    store = lm.store
+    if write and store.config.expansion.verify == ec.verify:
         store.update_config(dataclasses.replace(
             store.config, expansion=dataclasses.replace(store.config.expansion, threshold=fitted.threshold)))
         store.set_meta_value(EXPANSION_META, report)
@@ -292,11 +295,13 @@ MULTISCALE = (0.7071, 1.0, 1.4142)
 
 def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray,
                    retrieval_truth: Mapping[str, Sequence[str]], *, work_dir, multiscale: bool = False,
-                   progress: bool | None = None, k: int = 100) -> list[dict[str, Any]]:
+                   progress: bool | None = None, k: int = 100, refit_threshold: bool = True) -> list[dict[str, Any]]:
     """Rows of the ablation for a store built from ``train`` + ``index`` and its test queries.
 
     The store's own vectors and the cached query vectors give every row but multi-scale, which
     extracts ``index`` and ``test`` again at scales 1/sqrt(2), 1, sqrt(2) (``multiscale=True``).
+    ``refit_threshold``: fit the expansion threshold again on validation after the PCA row (off:
+    the user chose it, or calibration was switched off).
     """
     from pathlib import Path
 
@@ -328,4 +333,4 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
         found = store_validation(lm, transform)
         return fit_threshold(*found[:2], config.expansion)[0] if found is not None else config.expansion
 
-    return ablation(base, score, config, multiscale=ms_space, k=k, refit=refit)
+    return ablation(base, score, config, multiscale=ms_space, k=k, refit=refit if refit_threshold else None)

@@ -121,7 +121,8 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     if solution.retrieval:   # Table-1-style ablation: plain kNN, + multi-scale, + PCA-whitening, + DBA, + alpha-QE
         t0 = time.perf_counter()
         metrics["ablation"] = gldv2_ablation(lm, root, queries.ids, queries.vectors, solution.retrieval,
-                                             work_dir=out / "_work", multiscale=multiscale, progress=progress, k=retrieval_k)
+                                             work_dir=out / "_work", multiscale=multiscale, progress=progress, k=retrieval_k,
+                                             refit_threshold=calibrate is not False and not explicit_threshold(config))
         timings["ablation_s"] = time.perf_counter() - t0
     write_recognition_csv(out / "submission_recognition.csv", predictions, ids=test.ids())
     write_retrieval_csv(out / "submission_retrieval.csv", rankings, ids=test.ids(), k=retrieval_k)
@@ -166,19 +167,28 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     return report
 
 
+def explicit_threshold(config: Config) -> bool:
+    """Whether ``config`` sets ``expansion.threshold`` itself (calibration then leaves it alone)."""
+    from ..config import ExpansionConfig
+
+    return config.expansion.threshold != ExpansionConfig().threshold
+
+
 def prepare_expansion(lm: Landmarks, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
     """The store's calibrated ``expansion.threshold`` (fitted on its train split first if it never
-    was, was fitted with another classifier's priors, or if asked), unless ``config`` sets one."""
-    from ..config import ExpansionConfig
+    was, was fitted with another classifier's priors or for another verifier, or if asked), unless
+    ``config`` sets one; ``config.expansion`` is what ``lm`` expands with from now on."""
     from .ablation import EXPANSION_META, calibrate_expansion
 
-    if config.expansion.threshold != ExpansionConfig().threshold:   # the user's explicit choice
-        lm.set_expansion_config(config.expansion)
+    lm.set_expansion_config(config.expansion)
+    if explicit_threshold(config):
         return None
     report = lm.store.meta_value(EXPANSION_META)
-    stale = report is not None and report["validation"].get("prior_source") != lm.prior_source
+    stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
+                                    or report["verify"] != config.expansion.verify)
     if calibrate or (calibrate is None and (report is None or stale)):
         return calibrate_expansion(lm)
-    if report is not None:
-        lm.set_expansion_config(dataclasses.replace(lm.config.expansion, threshold=lm.store.config.expansion.threshold))
+    if report is None or stale:      # --no-calibrate: the configured threshold stays
+        return None
+    lm.set_expansion_config(dataclasses.replace(lm.config.expansion, threshold=report["threshold"]))
     return report
