@@ -406,6 +406,25 @@ def test_commits_by_another_process_are_picked_up(store_copy, eiffel_query):
         assert c.get("/health").json()["generation"] == h["generation"] + 1
 
 
+def test_a_calibration_by_another_process_is_picked_up(store_copy):
+    """`landmark calibrate` beside a running server changes only the configuration, not the generation."""
+    import dataclasses
+    import time
+
+    with TestClient(create_app(store_copy, ServiceSettings(reload_check_s=0.05))) as c:
+        service = c.app.state.service
+        before = service.snapshot.lm.config.expansion.threshold
+        with Store.open(store_copy) as other:
+            generation = other.generation
+            other.update_config(dataclasses.replace(
+                other.config, expansion=dataclasses.replace(other.config.expansion, threshold=before + 0.123)))
+        deadline = time.monotonic() + 30
+        while service.snapshot.lm.config.expansion.threshold != before + 0.123:
+            assert time.monotonic() < deadline, "the server never saw the new configuration"
+            time.sleep(0.1)
+        assert service.snapshot.generation == generation
+
+
 def test_an_unexpected_failure_is_a_json_500(store_copy, eiffel_query):
     class Broken(Landmarks):
         def recognize(self, photos, **kw):

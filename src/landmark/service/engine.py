@@ -160,6 +160,7 @@ class Snapshot:
         self.store = self.lm.store
         self.generation = self.store.generation
         self.names = self.store.label_names()
+        self.state: tuple[int, str] | None = None    # (generation, configuration) it was made at, set by Service
 
     def warm(self) -> "Snapshot":
         """Make now what the first read of this generation would otherwise wait for: the known
@@ -185,16 +186,17 @@ class Service:
         self.writer = lm
         self.root = Path(lm.store.root)
         self.uploads_root = self.root / self.settings.uploads_dir
-        self._snapshot = Snapshot(self.root, lm).warm()
+        # commits by other processes (e.g. `landmark index add` or `landmark calibrate` beside the server)
+        # are picked up by reads
+        self._probe = sqlite3.connect(str(self.root / "meta.sqlite"), isolation_level=None, check_same_thread=False)
+        self._probe_lock = threading.Lock()
+        self._snapshot = self._new_snapshot()
         self._swap = threading.Lock()
         self.infer_pool = ThreadPoolExecutor(self.settings.inference_workers, thread_name_prefix="landmark-infer")
         self.io_pool = ThreadPoolExecutor(self.settings.io_workers, thread_name_prefix="landmark-io")
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="landmark-write")
         self.tokens = TokenCache(self.settings.upload_tokens, self.settings.upload_token_ttl_s)
         self.thumbs = LRUBytes(self.settings.thumbnail_cache)
-        # commits by other processes (e.g. `landmark index add` beside the server) are picked up by reads
-        self._probe = sqlite3.connect(str(self.root / "meta.sqlite"), isolation_level=None, check_same_thread=False)
-        self._probe_lock = threading.Lock()
         self._checked = time.monotonic()
         self._reload_pending = False
 
@@ -212,21 +214,30 @@ class Service:
         self._look_for_other_writers()
         return self._snapshot
 
-    def committed_generation(self) -> int:
+    def committed_state(self) -> tuple[int, str]:
+        """The committed generation and pipeline configuration (thresholds a calibration refits)."""
         with self._probe_lock:
-            return int(self._probe.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+            rows = dict(self._probe.execute("SELECT key, value FROM meta WHERE key IN ('generation', 'config')"))
+        return int(rows["generation"]), rows.get("config", "")
+
+    def _new_snapshot(self) -> Snapshot:
+        state = self.committed_state()     # read first: a commit in between only costs one more reload
+        snap = Snapshot(self.root, self.writer).warm()
+        snap.state = state
+        return snap
 
     def _look_for_other_writers(self) -> None:
-        """At most every ``reload_check_s``: if another process committed, reload on the writer thread."""
+        """At most every ``reload_check_s``: if another process committed photos or a configuration
+        (e.g. `landmark calibrate`), reload on the writer thread."""
         every = self.settings.reload_check_s
         now = time.monotonic()
         if every <= 0 or now - self._checked < every or self._reload_pending:
             return
         self._checked = now
         try:
-            moved = self.committed_generation() != self._snapshot.generation
+            moved = self.committed_state() != self._snapshot.state
         except sqlite3.Error as exc:
-            log.warning("cannot read the store's generation: %s", exc)
+            log.warning("cannot read the store's generation and configuration: %s", exc)
             return
         if moved:
             self._reload_pending = True
@@ -234,7 +245,7 @@ class Service:
 
     def _reload(self) -> None:
         try:
-            if self.committed_generation() != self._snapshot.generation:
+            if self.committed_state() != self._snapshot.state:
                 self._refresh()
                 self.thumbs = LRUBytes(self.settings.thumbnail_cache)   # photos may have been replaced
         except (StoreError, sqlite3.Error) as exc:   # e.g. a file replaced under us: the next check retries
@@ -405,7 +416,7 @@ class Service:
         return {"removed": image_id, "images": len(self.snapshot.store), "generation": self.snapshot.generation}
 
     def _refresh(self) -> None:
-        new = Snapshot(self.root, self.writer).warm()   # on the writer thread: reads keep the old one meanwhile
+        new = self._new_snapshot()   # on the writer thread: reads keep the old one meanwhile
         with self._swap:
             self._snapshot = new
 
