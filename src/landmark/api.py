@@ -31,6 +31,7 @@ from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
 from .retrieval.matching import match_pair
 from .retrieval.rerank import Verifier, rerank_shortlist
+from .retrieval.category import StoreCategories, category_first
 from .retrieval.search import ExpandedSearch, rank
 from .retrieval.verification import draw_matches, verify
 from .recognition.pipeline import Decision, Evidence, Recognizer, decide
@@ -99,6 +100,7 @@ class Landmarks:
         self._verifier: Verifier | None = None
         self._recognizer: Recognizer | None = None
         self._expanded: dict[tuple[str, ...] | None, ExpandedSearch] = {}
+        self._categories: StoreCategories | None = None
         self.recognition_config = store.config.recognition     # the store's (calibrated) thresholds
         from .recognition.setup import attach_prior
 
@@ -229,13 +231,16 @@ class Landmarks:
 
     def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
                progress: bool | None = None, rerank: bool | None = None,
-               expand: bool | None = None) -> list[SearchOutput]:
+               expand: bool | None = None, category: bool | None = None) -> list[SearchOutput]:
         """The ``k`` most similar stored photos for each query photo (errors reported per photo).
 
         With ``expand`` (default: :attr:`expands_by_default`), the database is augmented by DBA and the queries by alpha-QE
         (:class:`landmark.retrieval.ExpandedSearch`; the augmented database is held in memory).
         With ``rerank`` (default: on when the store has local features and ``rerank.enabled``), the
         global top ``rerank.top_k`` are verified with local features and re-scored (:mod:`landmark.retrieval.rerank`).
+        With ``category`` (default: ``category.enabled``), a query confidently voted to a landmark gets
+        the ranked photos of that landmark first (:mod:`landmark.retrieval.category`); each match keeps
+        its score, so scores then fall within each group, not across the whole list.
         """
         k = k or self.store.config.search.k
         names = self.store.label_names()
@@ -254,7 +259,9 @@ class Landmarks:
             ranked = [(r.keys, r.scores) for r in rank(self.store, vectors, depth, splits=splits)]
         out: dict[str, SearchOutput] = {q: SearchOutput(q, error=e) for q, e in errors.items()}
         by_name = dict(zip(self._query_names(photos), photos))
-        for q, (keys, scores) in zip(ids, ranked):
+        category = self.config.category.enabled if category is None else category
+        q_labels = self.categories().vote(vectors) if category and len(ranked) else np.full(len(ranked), -1)
+        for q, (keys, scores), q_label in zip(ids, ranked, q_labels):
             matches = self._matches(keys, scores, names)
             if rerank:
                 try:
@@ -262,6 +269,9 @@ class Landmarks:
                 except ImageError as exc:
                     out[q] = SearchOutput(q, error=exc.reason)
                     continue
+            if q_label >= 0:
+                order = category_first(matches, int(q_label), self.categories().labels([m.id for m in matches]))
+                matches = [matches[i] for i in order]
             out[q] = SearchOutput(q, matches[:k])
         return [out[q] for q in self._query_names(photos)]
 
@@ -281,6 +291,12 @@ class Landmarks:
                                                           vote_k=self.recognition_config.k)
             log.info("augmented %d photos for DBA / alpha-QE", len(cached.keys))
         return cached
+
+    def categories(self) -> StoreCategories:
+        """Confident landmarks of stored photos and queries for the category re-rank (one per store generation)."""
+        if self._categories is None or self._categories.generation != self.store.generation:
+            self._categories = StoreCategories(self.store, self.config.category, k=self.recognition_config.k)
+        return self._categories
 
     # -- local features --------------------------------------------------------------------------
     @property
@@ -372,6 +388,11 @@ class Landmarks:
         self.config = replace(self.config, expansion=ec)
         self._expanded.clear()
 
+    def set_category_config(self, cc) -> None:
+        """Use ``cc`` (a :class:`~landmark.config.CategoryConfig`) for the category re-rank from now on."""
+        self.config = replace(self.config, category=cc)
+        self._categories = None
+
     def set_recognition_config(self, cfg) -> None:
         """Use ``cfg`` (a :class:`~landmark.config.RecognitionConfig`) for recognition from now on."""
         self.recognition_config = cfg
@@ -407,19 +428,22 @@ class Landmarks:
         return out
 
     def calibrate(self, *, train_ids: Sequence[str] | None = None, val_fraction: float = 0.15, seed: int = 0,
-                  landmark_loss: float = 0.02, expansion: bool = True, progress: bool | None = None) -> dict:
-        """Refit the recognition thresholds (object prior, distractor filter, grades) and, if
-        ``expansion``, the DBA / alpha-QE verification threshold on validation splits of the labelled
-        photos (of ``train_ids`` only, if given); they are kept in the store and used from now on.
-        Never reads test data. Returns ``{"recognition": report, "expansion": report or None}``."""
-        from .evaluation.ablation import calibrate_expansion
+                  landmark_loss: float = 0.02, expansion: bool = True, category: bool = True,
+                  progress: bool | None = None) -> dict:
+        """Refit the recognition thresholds (object prior, distractor filter, grades) and, if asked,
+        the DBA / alpha-QE verification threshold (``expansion``) and the category re-rank
+        (``category``) on validation splits of the labelled photos (of ``train_ids`` only, if given);
+        they are kept in the store and used from now on. Never reads test data. Returns
+        ``{"recognition": report, "expansion": report or None, "category": report or None}``."""
+        from .evaluation.ablation import calibrate_category, calibrate_expansion
         from .recognition.calibrate import calibrate_store
 
         self.ensure_extras(progress=progress)
         recognition = calibrate_store(self, train_ids=train_ids, val_fraction=val_fraction, seed=seed,
                                       landmark_loss=landmark_loss)
         fitted = calibrate_expansion(self, train_ids=train_ids, seed=seed) if expansion else None
-        return {"recognition": recognition, "expansion": fitted}
+        fitted_category = calibrate_category(self, train_ids=train_ids, seed=seed) if category else None
+        return {"recognition": recognition, "expansion": fitted, "category": fitted_category}
 
     def ensure_extras(self, *, progress: bool | None = None) -> int:
         """Compute the object prior of stored photos that lack it (stores built before it existed); returns how many."""

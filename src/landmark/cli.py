@@ -79,6 +79,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Build a store from a dataset; re-running it finishes an interrupted build."""
     from .api import Landmarks
+    from .config import CategoryConfig
     from .evaluation.run import explicit_threshold
     from .index import StoreError
     from .recognition.calibrate import CALIBRATION_META
@@ -98,7 +99,8 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
               f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable")
     if calibrate or (calibrate is None and info["labelled"] and lm.store.meta_value(CALIBRATION_META) is None):
         try:
-            fitted = lm.calibrate(expansion=not explicit_threshold(cfg), progress=progress)   # --set expansion.threshold stays
+            fitted = lm.calibrate(expansion=not explicit_threshold(cfg), category=cfg.category == CategoryConfig(),
+                                  progress=progress)        # what --set chose stays
         except StoreError as exc:     # e.g. too few photos per landmark for a validation split
             if calibrate:
                 raise
@@ -108,7 +110,9 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
             out.print(f"calibrated on {rec['validation']['landmark_queries']} validation photos: "
                       + ", ".join(f"{k} {v:.3f}" if not isinstance(v, bool) else f"{k} {'on' if v else 'off'}"
                                   for k, v in rec["thresholds"].items())
-                      + (f", expansion.threshold {exp['threshold']:.2f}" if exp else ""))
+                      + (f", expansion.threshold {exp['threshold']:.2f}" if exp else "")
+                      + (f", category re-rank {'on, min_similarity ' + format(fitted['category']['min_similarity'], '.2f') if fitted['category']['enabled'] else 'off'}"
+                         if fitted["category"] else ""))
 
 
 @index_app.command("add")
@@ -254,9 +258,10 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
         table.add_row("mAP@100 (retrieval)", f"{m['map@100']:.4f}")
     for scope, tag in (("", "all"), ("_focus", focus)):
         if m.get(f"map@100{scope}_global") is not None:
-            rer = m.get(f"map@100{scope}_reranked")
-            table.add_row(f"mAP@100 global / re-ranked ({tag})",
-                          f"{m[f'map@100{scope}_global']:.4f} / {'-' if rer is None else f'{rer:.4f}'}")
+            rer, cat = m.get(f"map@100{scope}_reranked"), m.get(f"map@100{scope}_category")
+            table.add_row(f"mAP@100 global / re-ranked / category first ({tag})",
+                          " / ".join([f"{m[f'map@100{scope}_global']:.4f}"]
+                                     + ["-" if v is None else f"{v:.4f}" for v in (rer, cat)]))
     table.add_row("queries / landmark / retrieval", f"{m['queries']} / {m['landmark_queries']} / {m['retrieval_queries']}")
     table.add_row("store build / test extraction / search (s)",
                   f"{t['build_store_s']:.1f} / {t['extract_test_s']:.1f} / {t['search_s']:.2f}")
@@ -325,6 +330,10 @@ def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: 
     if expansion is not None:
         table.add_row("expansion.threshold", f"{expansion['threshold']:.2f}")
         table.add_row("validation_map@100_dba_qe", f"{expansion['validation_map']:.4f}")
+    if fitted["category"] is not None:
+        cat = fitted["category"]
+        table.add_row("category re-rank", f"on, min_similarity {cat['min_similarity']:.2f}" if cat["enabled"] else "off")
+        table.add_row("validation_map@100_category", f"{cat['validation_map_before']:.4f} -> {cat['validation_map']:.4f}")
     out.print(table)
     out.print_json(json.dumps(report["validation"]))
 

@@ -151,6 +151,18 @@ class ExpansionConfig:
 
 
 @dataclass
+class CategoryConfig:
+    """Classification re-rank of a ranking (Baidu GLR19 §2.2): a query whose top-k labelled neighbours
+    hold at most ``max_labels`` landmarks, the voted one with a similarity above ``min_similarity``,
+    gets the ranked photos of that landmark first (labelled ones, and unlabelled ones voted to it under
+    the same rule), in their order, then the rest."""
+
+    enabled: bool = True                  # `landmark calibrate` switches it off where it does not help on validation
+    max_labels: int = 2                   # the paper's "only two categories" among the top 5
+    min_similarity: float = 0.85          # the paper's 0.85; `landmark calibrate` refits it on validation
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -162,6 +174,7 @@ class Config:
     ensemble: tuple[ModelConfig, ...] = ()   # more models whose L2-normalised descriptors follow `model`'s
     whitening: WhiteningConfig = field(default_factory=WhiteningConfig)
     expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
+    category: CategoryConfig = field(default_factory=CategoryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

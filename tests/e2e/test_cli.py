@@ -132,11 +132,12 @@ def test_index_build_calibrates_a_labelled_store_once(mini_gldv2, fast_overrides
     store = tmp_path / "store"
     built = run("index", "build", mini_gldv2, "--store", store, *sets, "--no-progress")
     assert built.exit_code == 0, built.output
-    assert "calibrated on" in built.stdout and "expansion.threshold" in built.stdout
+    assert "calibrated on" in built.stdout and "expansion.threshold" in built.stdout and "category re-rank" in built.stdout
     with Store.open(store) as st:
         recognition, expansion = st.meta_value("calibration"), st.meta_value("expansion_calibration")
         assert st.config.recognition.t1 == recognition["thresholds"]["t1"]
         assert st.config.expansion.threshold == expansion["threshold"]
+        assert st.config.category.enabled == st.meta_value("category_calibration")["enabled"]
     again = run("index", "build", mini_gldv2, "--store", store, *sets, "--no-progress")   # already calibrated
     assert again.exit_code == 0 and "calibrated on" not in again.stdout
     other = tmp_path / "other"

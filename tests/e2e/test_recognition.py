@@ -87,6 +87,39 @@ def test_calibrate_writes_thresholds_into_the_store(mini_store, mini_gldv2, tmp_
     assert expansion["threshold"] == max(trials, key=lambda t: (t["map"], -t["threshold"]))["threshold"]
     assert landmark.open(store).config.expansion.threshold == expansion["threshold"]
     assert "expansion.threshold" in result.stdout
+    # the category re-rank, fitted after DBA / alpha-QE with that threshold
+    with Store.open(store) as st:
+        category = st.meta_value("category_calibration")
+    assert category["expansion"]["threshold"] == expansion["threshold"]
+    best = max([category["validation_map_before"]] + [t["map"] for t in category["trials"]])
+    assert category["validation_map"] == best and category["enabled"] == (best > category["validation_map_before"])
+    opened = landmark.open(store).config.category
+    assert (opened.enabled, opened.min_similarity) == (category["enabled"], category["min_similarity"])
+    assert "category re-rank" in result.stdout
+
+
+@pytest.mark.slow
+def test_prepare_category_refits_after_other_expansion_settings(mini_store, tmp_path, monkeypatch):
+    import landmark.evaluation.ablation as ablation
+    from landmark.config import load_config
+    from landmark.evaluation.run import prepare_category, prepare_expansion
+
+    fits = []
+    real = ablation.calibrate_category
+    monkeypatch.setattr(ablation, "calibrate_category", lambda lm, **kw: fits.append(1) or real(lm, **kw))
+    store = tmp_path / "store"
+    shutil.copytree(mini_store, store)
+    explicit = landmark.open(store)
+    assert prepare_category(explicit, load_config(overrides=["category.enabled=false"])) is None and not fits
+    assert not explicit.config.category.enabled
+    report = prepare_category(landmark.open(store), load_config())
+    assert len(fits) == 1 and prepare_category(landmark.open(store), load_config()) == report and len(fits) == 1
+    lm = landmark.open(store)
+    assert lm.config.category.enabled == report["enabled"]
+    no_qe = load_config(overrides=["expansion.qe=false"])
+    prepare_expansion(lm, no_qe)                      # as evaluate does: the expansion first, then the category
+    prepare_category(lm, no_qe)                       # fitted on another ranking: stale
+    assert len(fits) == 2 and lm.store.meta_value("category_calibration")["expansion"]["qe"] is False
 
 
 @pytest.mark.slow

@@ -42,7 +42,14 @@ def test_evaluate_reports_the_ablation(mini_gldv2, mini_store, fast_overrides, t
     report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", load_config(overrides=plain), store_dir=mini_store,
                             progress=False)
     rows = report["metrics"]["ablation"]
-    assert [r["step"] for r in rows] == ["plain kNN", "+ multi-scale", "+ PCA-whitening", "+ DBA", "+ alpha-QE"]
+    assert [r["step"] for r in rows] == ["plain kNN", "+ multi-scale", "+ PCA-whitening", "+ DBA", "+ alpha-QE",
+                                         "+ category re-rank"]
+    category = report["category"]
+    assert category["config"]["enabled"] == category["calibration"]["enabled"]    # fitted on validation, then used
+    assert (rows[5]["map"] is None) == (not category["config"]["enabled"])
+    m = report["metrics"]
+    assert (m["map@100_category"] is None) == (not category["config"]["enabled"])
+    assert m["map@100"] == pytest.approx(m["map@100_category"] if category["config"]["enabled"] else m["map@100_reranked"])
     assert rows[0]["map"] == pytest.approx(report["metrics"]["map@100_global"])   # the same ranking, before re-ranking
     # with DBA + alpha-QE on (the default), the submitted global ranking is the expanded one
     expanded = evaluate_gldv2(mini_gldv2, tmp_path / "eval2", load_config(overrides=fast_overrides), store_dir=mini_store,

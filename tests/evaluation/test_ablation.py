@@ -3,8 +3,9 @@ import dataclasses
 import numpy as np
 
 from landmark.config import load_config
-from landmark.evaluation.ablation import (THRESHOLDS, Space, ablation, fit_threshold, retrieve, tune_on_validation,
-                                         validation_space, validation_split)
+from landmark.evaluation.ablation import (SIMILARITIES, THRESHOLDS, Space, ablation, category_ranks, fit_category,
+                                         fit_threshold, retrieve, tune_on_validation, validation_space,
+                                         validation_split)
 from landmark.features.whitening import l2n
 
 
@@ -44,7 +45,9 @@ def test_ablation_rows_are_cumulative_and_expansion_helps():
     space, lab_db, lab_q = clustered_space(noise=1.6)
     cfg = load_config(overrides=["whitening.dim=32", "whitening.power=0.0"])
     rows = ablation(space, scorer(lab_db, lab_q), cfg, k=100)
-    assert [r["step"] for r in rows] == ["plain kNN", "+ multi-scale", "+ PCA-whitening", "+ DBA", "+ alpha-QE"]
+    assert [r["step"] for r in rows] == ["plain kNN", "+ multi-scale", "+ PCA-whitening", "+ DBA", "+ alpha-QE",
+                                         "+ category re-rank"]
+    assert rows[5]["map"] is not None and "best similarity >" in rows[5]["note"]
     assert rows[1]["map"] is None and "--multiscale" in rows[1]["note"]
     assert rows[2]["delta"] == rows[2]["map"] - rows[0]["map"]          # skips the row that was not run
     assert rows[4]["map"] > rows[0]["map"] + 0.03
@@ -128,3 +131,19 @@ def test_ablation_refits_the_expansion_only_in_the_space_its_pca_makes():
     whitened = dataclasses.replace(cfg, whitening=dataclasses.replace(cfg.whitening, kind="pca"))
     rows = ablation(space, scorer(lab_db, lab_q), whitened, k=100, refit=refit)
     assert len(seen) == 1 and f"{cfg.expansion.threshold:.2f}" in rows[3]["note"]   # the store's own settings
+
+
+def test_fit_category_puts_confidently_voted_photos_first_and_keeps_the_better_choice():
+    train, labels, neg = labelled_with_negatives()
+    space, score = validation_space(train, labels, negatives=neg)
+    ec = dataclasses.replace(load_config().expansion, dba=False, qe=False)
+    ranks = retrieve(space, ec, dba_on=False, qe_on=False)
+    fitted, trials, before = fit_category(space, score, ranks, load_config().category)
+    assert before == score(ranks) and [t["min_similarity"] for t in trials] == list(SIMILARITIES)
+    best = max(trials, key=lambda t: t["map"])
+    assert fitted.enabled and fitted.min_similarity == best["min_similarity"] and best["map"] > before
+    moved = category_ranks(ranks, space, fitted)
+    assert sorted(moved[0][moved[0] >= 0]) == sorted(ranks[0][ranks[0] >= 0])     # a reordering of what was retrieved
+    # where no similarity scores better than the ranking as it is, the re-rank is switched off
+    off, _, _ = fit_category(space, lambda r: 1.0, ranks, load_config().category)
+    assert not off.enabled

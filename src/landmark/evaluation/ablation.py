@@ -3,7 +3,8 @@
 Every step works on arrays that are already extracted, so one extraction of the store and the
 queries gives all rows; only multi-scale needs a second extraction (an opt-in row).
 
-Rows are cumulative: plain kNN -> + multi-scale -> + PCA-whitening -> + DBA -> + alpha-QE.
+Rows are cumulative: plain kNN -> + multi-scale -> + PCA-whitening -> + DBA -> + alpha-QE -> + category
+re-rank (Baidu §2.2: the query's confidently voted landmark first).
 
 The hyper-parameters those steps use (whitening dim/power/shrinkage, how M is found, the QE
 weights, the similarity threshold) are chosen by :func:`tune_on_validation` on a split carved out
@@ -25,9 +26,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..config import Config, ExpansionConfig, WhiteningConfig
+from ..config import CategoryConfig, Config, ExpansionConfig, WhiteningConfig
 from ..features.whitening import learn_whitening
 from ..recognition.knn import voted_labels
+from ..retrieval.category import category_first, confident_labels
 from ..retrieval.expansion import dba, knn, label_verifier, query_expansion
 from .metrics import mean_average_precision_at_k
 
@@ -35,22 +37,26 @@ from .metrics import mean_average_precision_at_k
 @dataclass
 class Space:
     """Vectors of one descriptor space: the retrieval database and the queries, plus the landmark
-    each of them is predicted to show (-1 = none) — the classification verifier of ``verify="vote"``."""
+    each of them is predicted to show (-1 = none) — the classification verifier of ``verify="vote"`` —
+    and, where known, the top-k labelled neighbours behind it (labels, similarities; for the category
+    re-rank, whose confidence rule reads them)."""
 
     index: np.ndarray            # N x D, the database that is ranked
     queries: np.ndarray          # Q x D
     index_pred: np.ndarray       # N, predicted landmark ids
     query_pred: np.ndarray       # Q
+    index_votes: tuple[np.ndarray, np.ndarray] | None = None    # (N x k labels, N x k similarities)
+    query_votes: tuple[np.ndarray, np.ndarray] | None = None
 
     def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> "Space":
-        return Space(fn(self.index), fn(self.queries), self.index_pred, self.query_pred)
+        return dataclasses.replace(self, index=fn(self.index), queries=fn(self.queries))
 
     @classmethod
     def with_votes(cls, index: np.ndarray, queries: np.ndarray, labelled: np.ndarray, labels: np.ndarray,
                    k: int = 5) -> "Space":
         """Predictions by top-``k`` voting among ``labelled`` photos (what ``landmark recognize`` does)."""
-        return cls(index, queries, predicted_labels(index, labelled, labels, k),
-                   predicted_labels(queries, labelled, labels, k))
+        iv, qv = neighbour_labels(index, labelled, labels, k), neighbour_labels(queries, labelled, labels, k)
+        return cls(index, queries, voted_labels(*iv, k), voted_labels(*qv, k), iv, qv)
 
 
 def whiten(space: Space, wc: WhiteningConfig, source: np.ndarray | None = None
@@ -63,12 +69,27 @@ def whiten(space: Space, wc: WhiteningConfig, source: np.ndarray | None = None
     return space.map(w.apply), w.apply
 
 
-def predicted_labels(vectors: np.ndarray, labelled: np.ndarray, labels: np.ndarray, k: int = 5) -> np.ndarray:
-    """Top-``k`` vote among the labelled photos for each vector; -1 where nothing is predicted."""
+def neighbour_labels(vectors: np.ndarray, labelled: np.ndarray, labels: np.ndarray, k: int = 5
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and similarities (each N x k, -1 / -inf where missing) of each vector's top-``k`` labelled photos."""
     if not len(labelled) or not len(vectors):
-        return np.full(len(vectors), -1, np.int64)
+        return np.full((len(vectors), k), -1, np.int64), np.full((len(vectors), k), -np.inf, np.float32)
     sims, idx = knn(vectors, labelled, k)
-    return voted_labels(np.where(idx >= 0, np.asarray(labels)[np.clip(idx, 0, None)], -1), sims, k)
+    return np.where(idx >= 0, np.asarray(labels)[np.clip(idx, 0, None)], -1), sims
+
+
+def category_ranks(ranks: np.ndarray, space: Space, cfg: CategoryConfig) -> np.ndarray:
+    """``ranks`` (Q x k database indices, -1 = none) with each query's confident landmark first
+    (Baidu §2.2, :func:`landmark.retrieval.category.category_first`)."""
+    if space.index_votes is None or space.query_votes is None:
+        raise ValueError("the category re-rank needs the labelled neighbours of the space (Space.with_votes)")
+    q_lab = confident_labels(*space.query_votes, cfg)
+    d_lab = confident_labels(*space.index_votes, cfg)
+    out = np.full_like(ranks, -1)
+    for i, row in enumerate(ranks):
+        row = row[row >= 0]
+        out[i, :len(row)] = row[category_first(row, int(q_lab[i]), d_lab[row])]
+    return out
 
 
 def retrieve(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k: int = 100) -> np.ndarray:
@@ -127,7 +148,16 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
         add("+ PCA-whitening", None, "already in the store's vectors")
     verify = f"verify={ec.verify}" + (f" (similarity > {ec.threshold:.2f})" if "threshold" in ec.verify else "")
     add("+ DBA", score(retrieve(space, ec, dba_on=True, qe_on=False, k=k)), verify)
-    add("+ alpha-QE", score(retrieve(space, ec, dba_on=True, qe_on=True, k=k)), f"weights={ec.qe_weights}")
+    expanded = retrieve(space, ec, dba_on=True, qe_on=True, k=k)
+    add("+ alpha-QE", score(expanded), f"weights={ec.qe_weights}")
+    cc = config.category
+    if not cc.enabled:
+        add("+ category re-rank", None, "off (category.enabled)")
+    elif space.index_votes is None:
+        add("+ category re-rank", None, "no labelled photos to vote with")
+    else:
+        add("+ category re-rank", score(category_ranks(expanded, space, cc)),
+            f"top-5 with <= {cc.max_labels} landmarks, best similarity > {cc.min_similarity:.2f}")
     return rows
 
 
@@ -278,6 +308,50 @@ def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int
     return report
 
 
+CATEGORY_META = "category_calibration"
+SIMILARITIES = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))     # 0.3 .. 0.95
+
+
+def fit_category(space: Space, score: Callable[[np.ndarray], float], ranks: np.ndarray, cc: CategoryConfig,
+                 similarities: Sequence[float] = SIMILARITIES) -> tuple[CategoryConfig, list[dict[str, float]], float]:
+    """The category re-rank of ``ranks`` that scores best on ``space``: ``cc`` with the best
+    ``min_similarity`` (ties: the lowest), or switched off where none beats the ranking as it is;
+    every trial; the score without it."""
+    before = score(ranks)
+    best, best_map, trials = dataclasses.replace(cc, enabled=False), before, []
+    for t in similarities:
+        c = dataclasses.replace(cc, enabled=True, min_similarity=float(t))
+        m = score(category_ranks(ranks, space, c))
+        trials.append({"min_similarity": float(t), "map": m})
+        if m > best_map + 1e-9:
+            best, best_map = c, m
+    return best, trials, before
+
+
+def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0,
+                       write: bool = True) -> dict[str, Any] | None:
+    """Refit the category re-rank (on/off, ``min_similarity``) of ``lm``'s store on its validation
+    split with its known non-landmarks, after DBA / alpha-QE as ``lm`` expands; use it from now on
+    and, if ``write``, keep it in the store. None without labelled photos."""
+    found = store_validation(lm, train_ids=train_ids, seed=seed)
+    if found is None:
+        return None
+    space, score, n_negatives = found
+    ec = lm.config.expansion
+    fitted, trials, before = fit_category(space, score, retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe),
+                                          lm.config.category)
+    report = {"enabled": fitted.enabled, "min_similarity": fitted.min_similarity, "validation_map_before": before,
+              "validation_map": max([before] + [t["map"] for t in trials]), "trials": trials,
+              "expansion": {k: getattr(ec, k) for k in ("dba", "qe", "verify", "threshold")},
+              "validation": {"database_photos": len(space.index), "queries": len(space.queries),
+                             "known_non_landmarks": n_negatives, "seed": seed, "prior_source": lm.prior_source}}
+    lm.set_category_config(fitted)
+    if write:
+        lm.store.update_config(dataclasses.replace(lm.store.config, category=fitted))
+        lm.store.set_meta_value(CATEGORY_META, report)
+    return report
+
+
 # -- the ablation of `landmark evaluate` on a GLDv2-layout dataset ---------------------------------
 def store_space(lm, query_vectors: np.ndarray) -> tuple[Space, list[str]]:
     """The store's ``index`` photos and the queries, with top-k vote predictions from its ``train`` photos."""
@@ -308,7 +382,8 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
     from ..data.manifests import read_gldv2
     from ..features.pipeline import base_extractor
 
-    config = dataclasses.replace(lm.store.config, expansion=lm.config.expansion)   # what evaluate searches with
+    config = dataclasses.replace(lm.store.config, expansion=lm.config.expansion,   # what evaluate searches with
+                                 category=lm.config.category)
     base, index_keys = store_space(lm, query_vectors)
 
     def score(ranks: np.ndarray) -> float:
@@ -327,8 +402,11 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
         ipos, tpos = {i: n for n, i in enumerate(idx.ids)}, {i: n for n, i in enumerate(test.ids)}
         # photos unreadable in either pass are dropped from both, so the rows compare like with like
         keep_q = [n for n, q in enumerate(query_ids) if q in tpos]
+        qv = base.query_votes
         ms_space = Space(idx.vectors[[ipos[i] for i in index_keys]], test.vectors[[tpos[query_ids[n]] for n in keep_q]],
-                         base.index_pred, base.query_pred[keep_q])
+                         base.index_pred, base.query_pred[keep_q], base.index_votes,
+                         None if qv is None else (qv[0][keep_q], qv[1][keep_q]))
+
     def refit(transform: Callable[[np.ndarray], np.ndarray]) -> ExpansionConfig:
         found = store_validation(lm, transform)
         return fit_threshold(*found[:2], config.expansion)[0] if found is not None else config.expansion

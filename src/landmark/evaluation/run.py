@@ -66,6 +66,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     t0 = time.perf_counter()
     calibration = prepare_recognition(lm, config, progress=progress, calibrate=calibrate)
     expansion_calibration = prepare_expansion(lm, config, calibrate=calibrate)
+    category_calibration = prepare_category(lm, config, calibrate=calibrate)
     timings["recognition_setup_s"] = time.perf_counter() - t0
 
     test = read_gldv2(root, "test")
@@ -97,6 +98,10 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
             k=retrieval_k, progress=progress, vectors=dict(zip(queries.ids, queries.vectors)),
             database=lm.store.keys("index"))
         timings.update(local_timings)
+    reranked_rankings = rankings
+    if lm.config.category.enabled:   # the query's confidently voted landmark first (Baidu §2.2)
+        cats = lm.categories()
+        rankings = cats.rerank(rankings, dict(zip(queries.ids, cats.vote(queries.vectors).tolist())))
 
     truth = solution.recognition_all
     metrics = {
@@ -112,11 +117,15 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         focused = {q: rel for q, rel in solution.retrieval.items() if truth.get(q, set()) & focus}
         for name, subset in (("", solution.retrieval), ("_focus", focused)):
             if not subset:
-                metrics[f"map@{retrieval_k}{name}_global"] = metrics[f"map@{retrieval_k}{name}_reranked"] = None
+                for step in ("global", "reranked", "category"):
+                    metrics[f"map@{retrieval_k}{name}_{step}"] = None
                 continue
             metrics[f"map@{retrieval_k}{name}_global"] = mean_average_precision_at_k(global_rankings, subset, k=retrieval_k)
-            metrics[f"map@{retrieval_k}{name}_reranked"] = (mean_average_precision_at_k(rankings, subset, k=retrieval_k)
-                                                            if rankings is not global_rankings else None)
+            metrics[f"map@{retrieval_k}{name}_reranked"] = (
+                mean_average_precision_at_k(reranked_rankings, subset, k=retrieval_k)
+                if reranked_rankings is not global_rankings else None)
+            metrics[f"map@{retrieval_k}{name}_category"] = (mean_average_precision_at_k(rankings, subset, k=retrieval_k)
+                                                            if rankings is not reranked_rankings else None)
         metrics["focus_queries"], metrics["focus_landmarks"] = len(focused), sorted(focus)
     if solution.retrieval:   # Table-1-style ablation: plain kNN, + multi-scale, + PCA-whitening, + DBA, + alpha-QE
         t0 = time.perf_counter()
@@ -135,6 +144,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         "config": config.to_dict(),
         "recognition": {"config": dataclasses.asdict(lm.recognition_config), "calibration": calibration},
         "expansion": {"config": dataclasses.asdict(lm.config.expansion), "calibration": expansion_calibration},
+        "category": {"config": dataclasses.asdict(lm.config.category), "calibration": category_calibration},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": str(lm.extractor.device),
                     "threads": torch.get_num_threads()},
@@ -172,6 +182,29 @@ def explicit_threshold(config: Config) -> bool:
     from ..config import ExpansionConfig
 
     return config.expansion.threshold != ExpansionConfig().threshold
+
+
+def prepare_category(lm: Landmarks, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
+    """The store's calibrated category re-rank (fitted on its train split first if it never was, was
+    fitted with another classifier's priors or after other DBA / alpha-QE settings, or if asked),
+    unless ``config`` sets it; ``config.category`` is what ``lm`` uses from now on."""
+    from ..config import CategoryConfig
+    from .ablation import CATEGORY_META, calibrate_category
+
+    lm.set_category_config(config.category)
+    if config.category != CategoryConfig():
+        return None
+    report = lm.store.meta_value(CATEGORY_META)
+    ec = lm.config.expansion
+    stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
+                                    or report["expansion"] != {k: getattr(ec, k) for k in ("dba", "qe", "verify", "threshold")})
+    if calibrate or (calibrate is None and (report is None or stale)):
+        return calibrate_category(lm)
+    if report is None or stale:
+        return None
+    lm.set_category_config(dataclasses.replace(config.category, enabled=report["enabled"],
+                                               min_similarity=report["min_similarity"]))
+    return report
 
 
 def prepare_expansion(lm: Landmarks, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
