@@ -98,17 +98,22 @@ def test_calibrate_writes_thresholds_into_the_store(mini_store, mini_gldv2, tmp_
     assert "category re-rank" in result.stdout
 
 
+def counted_fits(monkeypatch, name: str) -> list:
+    """Calls of ``landmark.evaluation.ablation.<name>`` (still run) are appended to the returned list."""
+    import landmark.evaluation.ablation as ablation
+
+    fits, real = [], getattr(ablation, name)
+    monkeypatch.setattr(ablation, name, lambda lm, **kw: fits.append(1) or real(lm, **kw))
+    return fits
+
+
 @pytest.mark.slow
 def test_prepare_category_refits_after_other_expansion_settings(mini_store, tmp_path, monkeypatch):
-    import landmark.evaluation.ablation as ablation
     from landmark.config import load_config
     from landmark.evaluation.run import prepare_category, prepare_expansion
 
-    fits = []
-    real = ablation.calibrate_category
-    monkeypatch.setattr(ablation, "calibrate_category", lambda lm, **kw: fits.append(1) or real(lm, **kw))
-    store = tmp_path / "store"
-    shutil.copytree(mini_store, store)
+    fits = counted_fits(monkeypatch, "calibrate_category")
+    store = shutil.copytree(mini_store, tmp_path / "store")
     explicit = landmark.open(store)
     assert prepare_category(explicit, load_config(overrides=["category.enabled=false"])) is None and not fits
     assert not explicit.config.category.enabled
@@ -124,15 +129,11 @@ def test_prepare_category_refits_after_other_expansion_settings(mini_store, tmp_
 
 @pytest.mark.slow
 def test_prepare_expansion_fits_once_and_keeps_an_explicit_threshold(mini_store, tmp_path, monkeypatch):
-    import landmark.evaluation.ablation as ablation
     from landmark.config import load_config
     from landmark.evaluation.run import prepare_expansion
 
-    fits = []
-    real = ablation.calibrate_expansion
-    monkeypatch.setattr(ablation, "calibrate_expansion", lambda lm, **kw: fits.append(1) or real(lm, **kw))
-    store = tmp_path / "store"
-    shutil.copytree(mini_store, store)
+    fits = counted_fits(monkeypatch, "calibrate_expansion")
+    store = shutil.copytree(mini_store, tmp_path / "store")
     lm = landmark.open(store)
     mine = prepare_expansion(lm, load_config(overrides=["expansion.threshold=0.77"]))
     assert mine is None and not fits and lm.store.meta_value("expansion_calibration") is None
