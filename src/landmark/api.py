@@ -249,7 +249,9 @@ class Landmarks:
         if rerank and self.local is None:
             raise StoreError(f"{self.store.root} has no local features to re-rank with "
                              "(rebuild it with local.enabled=true, or search with --no-rerank)")
-        depth = max(k, self.config.rerank.top_k) if rerank else k
+        category = self.config.category.enabled if category is None else category
+        # the category re-rank, like the spatial one, reorders the top `rerank.top_k`, so it may lift photos into the top k
+        depth = max(k, self.config.rerank.top_k) if rerank or category else k
         expand = self.expands_by_default if expand is None else expand
         if not len(vectors):
             ranked = []
@@ -259,7 +261,6 @@ class Landmarks:
             ranked = [(r.keys, r.scores) for r in rank(self.store, vectors, depth, splits=splits)]
         out: dict[str, SearchOutput] = {q: SearchOutput(q, error=e) for q, e in errors.items()}
         by_name = dict(zip(self._query_names(photos), photos))
-        category = self.config.category.enabled if category is None else category
         q_labels = self.categories().vote(vectors) if category and len(ranked) else np.full(len(ranked), -1)
         for q, (keys, scores), q_label in zip(ids, ranked, q_labels):
             matches = self._matches(keys, scores, names)

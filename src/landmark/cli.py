@@ -311,9 +311,9 @@ def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: 
                   seed: int = typer.Option(0, "--seed", help="Split seed (0 and 0.15 = the split landmark train validates on)."),
                   landmark_loss: float = typer.Option(0.02, "--landmark-loss", help="Share of validation landmarks a filter may reject."),
                   device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
-    """Refit the recognition thresholds (object prior, distractor filter, grading t1/t2) and the DBA /
-    alpha-QE verification threshold on validation splits carved from the labelled photos; writes them
-    into the store's config. Never reads test data."""
+    """Refit the recognition thresholds (object prior, distractor filter, grading t1/t2), the DBA /
+    alpha-QE verification threshold and the category re-rank (on/off, similarity) on validation splits
+    carved from the labelled photos; writes them into the store's config. Never reads test data."""
     from .api import Landmarks
     from .data.manifests import is_gldv2, read_gldv2
 

@@ -71,7 +71,8 @@ def test_remove_follows_into_local_features(mini_gldv2, fast_overrides, tmp_path
 def test_evaluate_reports_global_and_reranked(mini_gldv2, fast_overrides, tmp_path):
     from landmark.evaluation.run import evaluate_gldv2
 
-    cfg = load_config(overrides=[*fast_overrides, "rerank.inverted_k=10"])   # with the local inverted index too
+    cfg = load_config(overrides=[*fast_overrides, "rerank.inverted_k=10",   # with the local inverted index too
+                                 "category.enabled=false"])                 # the last step is the spatial re-rank
     report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", cfg, progress=False, focus=frozenset({47378, 900001}))
     m = report["metrics"]
     assert m["map@100_global"] > 0.3 and m["map@100_reranked"] is not None

@@ -123,8 +123,10 @@ def test_prepare_category_refits_after_other_expansion_settings(mini_store, tmp_
     assert lm.config.category.enabled == report["enabled"]
     no_qe = load_config(overrides=["expansion.qe=false"])
     prepare_expansion(lm, no_qe)                      # as evaluate does: the expansion first, then the category
-    prepare_category(lm, no_qe)                       # fitted on another ranking: stale
-    assert len(fits) == 2 and lm.store.meta_value("category_calibration")["expansion"]["qe"] is False
+    refit = prepare_category(lm, no_qe)               # fitted on another ranking: stale
+    assert len(fits) == 2 and refit["expansion"]["qe"] is False
+    assert lm.config.category.min_similarity == refit["min_similarity"]
+    assert lm.store.meta_value("category_calibration") == report        # for that run only: the store keeps its own
 
 
 @pytest.mark.slow

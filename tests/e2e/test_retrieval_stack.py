@@ -9,6 +9,8 @@ import pytest
 
 from landmark.api import Landmarks
 from landmark.config import load_config
+from landmark.data.manifests import read_gldv2_solution
+from landmark.evaluation.metrics import mean_average_precision_at_k
 from landmark.evaluation.run import evaluate_gldv2
 from landmark.features.whitening import Whitening
 from landmark.index import StoreError
@@ -38,8 +40,11 @@ def test_ensemble_whitened_store_round_trip(mini_gldv2, fast_overrides, eiffel_q
 
 
 def test_evaluate_reports_the_ablation(mini_gldv2, mini_store, fast_overrides, tmp_path):
+    import shutil
+
+    store = shutil.copytree(mini_store, tmp_path / "store")     # evaluate calibrates it: the shared store stays as built
     plain = fast_overrides + ["expansion.dba=false", "expansion.qe=false"]
-    report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", load_config(overrides=plain), store_dir=mini_store,
+    report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", load_config(overrides=plain), store_dir=store,
                             progress=False)
     rows = report["metrics"]["ablation"]
     assert [r["step"] for r in rows] == ["plain kNN", "+ multi-scale", "+ PCA-whitening", "+ DBA", "+ alpha-QE",
@@ -52,9 +57,19 @@ def test_evaluate_reports_the_ablation(mini_gldv2, mini_store, fast_overrides, t
     assert m["map@100"] == pytest.approx(m["map@100_category"] if category["config"]["enabled"] else m["map@100_reranked"])
     assert rows[0]["map"] == pytest.approx(report["metrics"]["map@100_global"])   # the same ranking, before re-ranking
     # with DBA + alpha-QE on (the default), the submitted global ranking is the expanded one
-    expanded = evaluate_gldv2(mini_gldv2, tmp_path / "eval2", load_config(overrides=fast_overrides), store_dir=mini_store,
+    expanded = evaluate_gldv2(mini_gldv2, tmp_path / "eval2", load_config(overrides=fast_overrides), store_dir=store,
                               progress=False)
     assert expanded["metrics"]["map@100_global"] != pytest.approx(report["metrics"]["map@100_global"])
     assert all(0 <= r["map"] <= 1 for r in rows if r["map"] is not None)
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert saved["metrics"]["ablation"] == rows
+    # the category re-rank on (an explicit similarity: not calibrated): the submission is its ranking
+    on = evaluate_gldv2(mini_gldv2, tmp_path / "eval3", load_config(overrides=fast_overrides + ["category.min_similarity=0.3"]),
+                        store_dir=store, progress=False)
+    m = on["metrics"]
+    assert on["category"]["config"]["enabled"] and on["category"]["calibration"] is None
+    assert m["map@100_category"] is not None and m["map@100"] == pytest.approx(m["map@100_category"])
+    assert on["metrics"]["ablation"][5]["map"] is not None and "0.30" in on["metrics"]["ablation"][5]["note"]
+    lines = (tmp_path / "eval3" / "submission_retrieval.csv").read_text().splitlines()[1:]
+    submitted = {q: images.split() for q, images in (line.split(",") for line in lines)}
+    assert mean_average_precision_at_k(submitted, read_gldv2_solution(mini_gldv2).retrieval, k=100) == pytest.approx(m["map@100"])

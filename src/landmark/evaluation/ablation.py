@@ -83,8 +83,9 @@ def category_ranks(ranks: np.ndarray, space: Space, cfg: CategoryConfig) -> np.n
     (Baidu §2.2, :func:`landmark.retrieval.category.category_first`)."""
     if space.index_votes is None or space.query_votes is None:
         raise ValueError("the category re-rank needs the labelled neighbours of the space (Space.with_votes)")
-    q_lab = confident_labels(*space.query_votes, cfg)
-    d_lab = confident_labels(*space.index_votes, cfg)
+    k = space.query_votes[0].shape[1]
+    q_lab = confident_labels(*space.query_votes, cfg, k)
+    d_lab = confident_labels(*space.index_votes, cfg, k)
     out = np.full_like(ranks, -1)
     for i, row in enumerate(ranks):
         row = row[row >= 0]
@@ -153,11 +154,12 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
     cc = config.category
     if not cc.enabled:
         add("+ category re-rank", None, "off (category.enabled)")
-    elif space.index_votes is None:
-        add("+ category re-rank", None, "no labelled photos to vote with")
+    elif space.index_votes is None or space.query_votes is None:
+        add("+ category re-rank", None, "the space has no labelled neighbours to vote with")
     else:
         add("+ category re-rank", score(category_ranks(expanded, space, cc)),
-            f"top-5 with <= {cc.max_labels} landmarks, best similarity > {cc.min_similarity:.2f}")
+            f"top-{space.query_votes[0].shape[1]} with <= {cc.max_labels} landmarks, "
+            f"best similarity > {cc.min_similarity:.2f}")
     return rows
 
 
@@ -176,8 +178,8 @@ def validation_split(keys: Sequence[str], labels: Sequence[int], seed: int = 0) 
     return folds
 
 
-def validation_space(train: np.ndarray, labels: np.ndarray, seed: int = 0, negatives: np.ndarray | None = None
-                     ) -> tuple[Space, Callable[[np.ndarray], float]]:
+def validation_space(train: np.ndarray, labels: np.ndarray, seed: int = 0, negatives: np.ndarray | None = None,
+                     k: int = 5) -> tuple[Space, Callable[[np.ndarray], float]]:
     """A :class:`Space` and scorer for held-out train photos (whitened by the caller, if at all).
 
     ``negatives`` (known non-landmark photos) join the database after the landmark photos, relevant
@@ -189,7 +191,7 @@ def validation_space(train: np.ndarray, labels: np.ndarray, seed: int = 0, negat
     if negatives is not None and len(negatives):
         database = np.concatenate([database, np.asarray(negatives, database.dtype)])
         db_labels = np.concatenate([db_labels, np.full(len(negatives), -1, db_labels.dtype)])
-    space = Space.with_votes(database, train[qs], train[vote], labels[vote])
+    space = Space.with_votes(database, train[qs], train[vote], labels[vote], k)
     q_labels = labels[qs]
     rankings_truth = {str(i): [str(j) for j in np.flatnonzero(db_labels == q_labels[i])] for i in range(len(qs))}
 
@@ -276,7 +278,7 @@ def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = 
     _, negatives = lm.recognizer.known_non_landmarks(lm.recognition_config)
     transform = transform or (lambda x: x)
     space, score = validation_space(transform(store.vectors(keys)), labels, seed,
-                                    transform(negatives) if len(negatives) else None)
+                                    transform(negatives) if len(negatives) else None, k=lm.recognition_config.k)
     return space, score, len(negatives)
 
 
@@ -315,17 +317,18 @@ SIMILARITIES = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))     # 0.3 .. 0
 def fit_category(space: Space, score: Callable[[np.ndarray], float], ranks: np.ndarray, cc: CategoryConfig,
                  similarities: Sequence[float] = SIMILARITIES) -> tuple[CategoryConfig, list[dict[str, float]], float]:
     """The category re-rank of ``ranks`` that scores best on ``space``: ``cc`` with the best
-    ``min_similarity`` (ties: the lowest), or switched off where none beats the ranking as it is;
+    ``min_similarity`` (ties: the lowest), switched off where none beats the ranking as it is;
     every trial; the score without it."""
     before = score(ranks)
-    best, best_map, trials = dataclasses.replace(cc, enabled=False), before, []
+    trials = []
     for t in similarities:
-        c = dataclasses.replace(cc, enabled=True, min_similarity=float(t))
-        m = score(category_ranks(ranks, space, c))
+        m = score(category_ranks(ranks, space, dataclasses.replace(cc, min_similarity=float(t))))
         trials.append({"min_similarity": float(t), "map": m})
-        if m > best_map + 1e-9:
-            best, best_map = c, m
-    return best, trials, before
+    if not trials:
+        return dataclasses.replace(cc, enabled=False), trials, before
+    best = max(trials, key=lambda t: (t["map"], -t["min_similarity"]))
+    return (dataclasses.replace(cc, enabled=bool(best["map"] > before + 1e-9), min_similarity=best["min_similarity"]),
+            trials, before)
 
 
 def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0,
@@ -346,9 +349,11 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
               "validation": {"database_photos": len(space.index), "queries": len(space.queries),
                              "known_non_landmarks": n_negatives, "seed": seed, "prior_source": lm.prior_source}}
     lm.set_category_config(fitted)
-    if write:
-        lm.store.update_config(dataclasses.replace(lm.store.config, category=fitted))
-        lm.store.set_meta_value(CATEGORY_META, report)
+    store = lm.store
+    if write and all(getattr(store.config.expansion, k) == v for k, v in report["expansion"].items()):
+        # a fit after other DBA / alpha-QE settings than the store's own serves that run only
+        store.update_config(dataclasses.replace(store.config, category=fitted))
+        store.set_meta_value(CATEGORY_META, report)
     return report
 
 

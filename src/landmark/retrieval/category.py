@@ -10,7 +10,8 @@ rule does not hold); a labelled stored photo's is its own label. :func:`category
 ranked photos whose confident label is the query's to the front, keeping the order within both
 groups, so the re-rank only reorders what was retrieved. The 0.85 is a similarity of the paper's
 descriptor: ``landmark calibrate`` refits it on a validation split of the labelled photos
-(:func:`landmark.evaluation.ablation.calibrate_retrieval`).
+(:func:`landmark.evaluation.ablation.calibrate_category`). That validation votes among a third of the
+labelled photos, and its labelled database photos get voted labels, as unlabelled ones do here.
 """
 
 from __future__ import annotations
