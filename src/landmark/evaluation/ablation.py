@@ -311,6 +311,11 @@ def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int
 
 
 CATEGORY_META = "category_calibration"
+
+
+def ranking_settings(ec: ExpansionConfig) -> dict[str, Any]:
+    """The DBA / alpha-QE settings a category calibration was fitted after (its staleness key)."""
+    return {k: getattr(ec, k) for k in ("dba", "qe", "verify", "threshold")}
 SIMILARITIES = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))     # 0.3 .. 0.95
 
 
@@ -345,12 +350,12 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
                                           lm.config.category)
     report = {"enabled": fitted.enabled, "min_similarity": fitted.min_similarity, "validation_map_before": before,
               "validation_map": max([before] + [t["map"] for t in trials]), "trials": trials,
-              "expansion": {k: getattr(ec, k) for k in ("dba", "qe", "verify", "threshold")},
+              "expansion": ranking_settings(ec),
               "validation": {"database_photos": len(space.index), "queries": len(space.queries),
                              "known_non_landmarks": n_negatives, "seed": seed, "prior_source": lm.prior_source}}
     lm.set_category_config(fitted)
     store = lm.store
-    if write and all(getattr(store.config.expansion, k) == v for k, v in report["expansion"].items()):
+    if write and ranking_settings(store.config.expansion) == report["expansion"]:
         # a fit after other DBA / alpha-QE settings than the store's own serves that run only
         store.update_config(dataclasses.replace(store.config, category=fitted))
         store.set_meta_value(CATEGORY_META, report)

@@ -127,7 +127,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
             metrics[f"map@{retrieval_k}{name}_category"] = (mean_average_precision_at_k(rankings, subset, k=retrieval_k)
                                                             if rankings is not reranked_rankings else None)
         metrics["focus_queries"], metrics["focus_landmarks"] = len(focused), sorted(focus)
-    if solution.retrieval:   # Table-1-style ablation: plain kNN, + multi-scale, + PCA-whitening, + DBA, + alpha-QE
+    if solution.retrieval:   # Table-1-style ablation: plain kNN, + multi-scale, + PCA-whitening, + DBA, + alpha-QE, + category
         t0 = time.perf_counter()
         metrics["ablation"] = gldv2_ablation(lm, root, queries.ids, queries.vectors, solution.retrieval,
                                              work_dir=out / "_work", multiscale=multiscale, progress=progress, k=retrieval_k,
@@ -189,15 +189,14 @@ def prepare_category(lm: Landmarks, config: Config, *, calibrate: bool | None = 
     fitted with another classifier's priors or after other DBA / alpha-QE settings, or if asked),
     unless ``config`` sets it; ``config.category`` is what ``lm`` uses from now on."""
     from ..config import CategoryConfig
-    from .ablation import CATEGORY_META, calibrate_category
+    from .ablation import CATEGORY_META, calibrate_category, ranking_settings
 
     lm.set_category_config(config.category)
     if config.category != CategoryConfig():
         return None
     report = lm.store.meta_value(CATEGORY_META)
-    ec = lm.config.expansion
     stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
-                                    or report["expansion"] != {k: getattr(ec, k) for k in ("dba", "qe", "verify", "threshold")})
+                                    or report["expansion"] != ranking_settings(lm.config.expansion))
     if calibrate or (calibrate is None and (report is None or stale)):
         return calibrate_category(lm)
     if report is None or stale:
