@@ -106,13 +106,19 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                 raise
             err.print(f"[yellow]not calibrated[/] (the paper's default thresholds stay): {exc}")
         else:
-            rec, exp = fitted["recognition"], fitted["expansion"]
-            out.print(f"calibrated on {rec['validation']['landmark_queries']} validation photos: "
-                      + ", ".join(f"{k} {v:.3f}" if not isinstance(v, bool) else f"{k} {'on' if v else 'off'}"
-                                  for k, v in rec["thresholds"].items())
-                      + (f", expansion.threshold {exp['threshold']:.2f}" if exp else "")
-                      + (f", category re-rank {'on, min_similarity ' + format(fitted['category']['min_similarity'], '.2f') if fitted['category']['enabled'] else 'off'}"
-                         if fitted["category"] else ""))
+            out.print(_calibration_summary(fitted))
+
+
+def _calibration_summary(fitted: dict) -> str:
+    """One line for the reports of :meth:`Landmarks.calibrate`."""
+    rec, exp, cat = fitted["recognition"], fitted["expansion"], fitted["category"]
+    parts = [f"{k} {('on' if v else 'off') if isinstance(v, bool) else format(v, '.3f')}"
+             for k, v in rec["thresholds"].items()]
+    if exp:
+        parts.append(f"expansion.threshold {exp['threshold']:.2f}")
+    if cat:
+        parts.append(f"category re-rank {'on, min_similarity ' + format(cat['min_similarity'], '.2f') if cat['enabled'] else 'off'}")
+    return f"calibrated on {rec['validation']['landmark_queries']} validation photos: " + ", ".join(parts)
 
 
 @index_app.command("add")
