@@ -436,14 +436,17 @@ class Landmarks:
         (``category``) on validation splits of the labelled photos (of ``train_ids`` only, if given);
         they are kept in the store and used from now on. Never reads test data. Returns
         ``{"recognition": report, "expansion": report or None, "category": report or None}``."""
-        from .evaluation.ablation import calibrate_category, calibrate_expansion
+        from .evaluation.ablation import calibrate_category, calibrate_expansion, store_validation
         from .recognition.calibrate import calibrate_store
 
         self.ensure_extras(progress=progress)
         recognition = calibrate_store(self, train_ids=train_ids, val_fraction=val_fraction, seed=seed,
                                       landmark_loss=landmark_loss)
-        fitted = calibrate_expansion(self, train_ids=train_ids, seed=seed) if expansion else None
-        fitted_category = calibrate_category(self, train_ids=train_ids, seed=seed) if category else None
+        # one retrieval validation split (it depends on the known non-landmarks, so after recognition)
+        validation = store_validation(self, train_ids=train_ids, seed=seed) if expansion or category else None
+        fitted = calibrate_expansion(self, train_ids=train_ids, seed=seed, validation=validation) if expansion else None
+        fitted_category = (calibrate_category(self, train_ids=train_ids, seed=seed, validation=validation)
+                           if category else None)
         return {"recognition": recognition, "expansion": fitted, "category": fitted_category}
 
     def ensure_extras(self, *, progress: bool | None = None) -> int:

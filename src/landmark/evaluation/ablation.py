@@ -14,7 +14,8 @@ test. The store's known non-landmarks (photos its object prior flags, split ``di
 that database as photos relevant to no query: a test database holds such photos too, and a verifier
 that lets them in (``verify="vote"``: every photo gets a voted landmark) costs mAP only then.
 :func:`calibrate_expansion` fits the similarity threshold of ``verify="vote+threshold"`` the same
-way, in the space the store searches. Test labels are never read here.
+way, in the space the store searches, and :func:`calibrate_category` the category re-rank after it.
+Test labels are never read here.
 """
 
 from __future__ import annotations
@@ -262,9 +263,13 @@ def fit_threshold(space: Space, score: Callable[[np.ndarray], float], ec: Expans
     return best, trials
 
 
+# a store's validation space, its mAP@100 scorer and its number of known non-landmarks
+Validation = tuple[Space, Callable[[np.ndarray], float], int]
+
+
 def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = None, *,
                      train_ids: Sequence[str] | None = None, seed: int = 0
-                     ) -> tuple[Space, Callable[[np.ndarray], float], int] | None:
+                     ) -> Validation | None:
     """:func:`validation_space` of a store's labelled photos (of ``train_ids`` only, if given), with
     its known non-landmarks in the database, after ``transform``, and their number; None without
     labelled photos."""
@@ -282,15 +287,16 @@ def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = 
     return space, score, len(negatives)
 
 
-def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0,
-                        write: bool = True) -> dict[str, Any] | None:
+def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0, write: bool = True,
+                        validation: Validation | None = None) -> dict[str, Any] | None:
     """Refit ``expansion.threshold`` (verify ``vote+threshold`` / ``threshold``) of ``lm``'s store on
     its validation split with its known non-landmarks, in the space the store searches; use it from
     now on and, if ``write``, keep it in the store (only when the store's own ``expansion.verify`` is
-    the one it was fitted for). None where nothing reads a threshold."""
+    the one it was fitted for). None where nothing reads a threshold. ``validation``: the
+    :func:`store_validation` of these ``train_ids`` / ``seed``, if already made."""
     ec = lm.config.expansion
     reads_threshold = "threshold" in ec.verify and (ec.dba or ec.qe)
-    found = store_validation(lm, train_ids=train_ids, seed=seed) if reads_threshold else None
+    found = (validation or store_validation(lm, train_ids=train_ids, seed=seed)) if reads_threshold else None
     if found is None:
         return None
     space, score, n_negatives = found
@@ -316,6 +322,8 @@ CATEGORY_META = "category_calibration"
 def ranking_settings(ec: ExpansionConfig) -> dict[str, Any]:
     """The DBA / alpha-QE settings a category calibration was fitted after (its staleness key)."""
     return {k: getattr(ec, k) for k in ("dba", "qe", "verify", "threshold")}
+
+
 SIMILARITIES = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))     # 0.3 .. 0.95
 
 
@@ -336,12 +344,13 @@ def fit_category(space: Space, score: Callable[[np.ndarray], float], ranks: np.n
             trials, before)
 
 
-def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0,
-                       write: bool = True) -> dict[str, Any] | None:
+def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0, write: bool = True,
+                       validation: Validation | None = None) -> dict[str, Any] | None:
     """Refit the category re-rank (on/off, ``min_similarity``) of ``lm``'s store on its validation
     split with its known non-landmarks, after DBA / alpha-QE as ``lm`` expands; use it from now on
-    and, if ``write``, keep it in the store. None without labelled photos."""
-    found = store_validation(lm, train_ids=train_ids, seed=seed)
+    and, if ``write``, keep it in the store. None without labelled photos. ``validation``: as for
+    :func:`calibrate_expansion`."""
+    found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
     if found is None:
         return None
     space, score, n_negatives = found
