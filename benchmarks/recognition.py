@@ -55,6 +55,13 @@ def main() -> None:
         print(f"{name:28s} {timings[name]:8.1f} ms / batch of {args.batch} at {args.size} px")
     print(f"probe overhead (difference of the two, noisy on a busy machine): "
           f"{100 * (timings['descriptor + object prior'] / timings['descriptor only'] - 1):+.1f} %")
+    levels = cfg.recognition.regions
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+        ex.embed_views(x, levels)                       # the query's regions, from the same feature map
+    regional = (time.perf_counter() - t0) / args.batches * 1000
+    print(f"{'+ regions (' + str(levels) + ' levels)':28s} {regional:8.1f} ms / batch "
+          f"({100 * (regional / timings['descriptor + object prior'] - 1):+.1f} % over descriptor + prior)")
     tuned = copy.deepcopy(ex.net)                         # as `landmark train` leaves it: the last stages changed
     with torch.no_grad():
         for stage in tuned.backbone.stages()[-3:]:

@@ -24,6 +24,7 @@ from .config import Config, load_config
 from .data import ImageError, Manifest, load_image, read_dataset, read_photos
 from .data.manifests import ImageRecord, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
+from .features.extract import REGIONS_EXTRA
 from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, base_extractor, build_extractor,
                                 learn_store_whitening)
 from .index import Store, StoreError
@@ -219,15 +220,18 @@ class Landmarks:
 
     # -- reads ---------------------------------------------------------------------------------
     def embed(self, photos: Sequence[Photo] | Manifest, *, progress: bool | None = None,
-              cache_dir: str | Path | None = None) -> ExtractionResult:
-        """Descriptors for photos given as paths, PIL images, or a manifest."""
+              cache_dir: str | Path | None = None, queries: bool = False) -> ExtractionResult:
+        """Descriptors for photos given as paths, PIL images, or a manifest. ``queries``: also the
+        extras recognition reads (object prior, and the regional descriptors of ``recognition.regions``)."""
+        regions = self.recognition_config.regions if queries else 1
         if isinstance(photos, Manifest):
-            return self.extractor.extract(photos.records, progress=progress, cache_dir=cache_dir)
+            return self.extractor.extract(photos.records, progress=progress, cache_dir=cache_dir, regions=regions)
         if all(isinstance(p, Image.Image) for p in photos):
             ids = [f"image-{i}" for i in range(len(photos))]
-            return ExtractionResult(ids, self.extractor.extract_images(photos))
+            vecs, extras = self.extractor.extract_images_with_probe(photos, regions)
+            return ExtractionResult(ids, vecs, extras=extras if queries else {})
         items = [ImageRecord(str(p), Path(p)) for p in photos]
-        return self.extractor.extract(items, progress=progress, cache_dir=cache_dir)
+        return self.extractor.extract(items, progress=progress, cache_dir=cache_dir, regions=regions)
 
     def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
                progress: bool | None = None, rerank: bool | None = None,
@@ -406,7 +410,8 @@ class Landmarks:
 
         ids = list(ids) if ids is not None else [str(i) for i in range(len(vectors))]
         extras = extras or {}
-        return self.recognizer.gather(vectors, ids, extras.get(PROBE_NAME), descriptors=extras.get(DESCRIPTOR_EXTRA))
+        return self.recognizer.gather(vectors, ids, extras.get(PROBE_NAME), descriptors=extras.get(DESCRIPTOR_EXTRA),
+                                      regions=extras.get(REGIONS_EXTRA))
 
     def recognize_vectors(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
                           ids: Sequence[str] | None = None) -> list[Recognition]:
@@ -441,7 +446,7 @@ class Landmarks:
 
         self.ensure_extras(progress=progress)
         recognition = calibrate_store(self, train_ids=train_ids, val_fraction=val_fraction, seed=seed,
-                                      landmark_loss=landmark_loss)
+                                      landmark_loss=landmark_loss, progress=progress)
         # one retrieval validation split (it depends on the known non-landmarks, so after recognition)
         validation = store_validation(self, train_ids=train_ids, seed=seed) if expansion or category else None
         fitted = calibrate_expansion(self, train_ids=train_ids, seed=seed, validation=validation) if expansion else None
@@ -475,16 +480,17 @@ class Landmarks:
         paths = [(n, p) for n, p in zip(names, photos) if not isinstance(p, Image.Image)]
         images = [(n, p) for n, p in zip(names, photos) if isinstance(p, Image.Image)]
         ids, vecs, extras = [], [], []
+        regions = self.recognition_config.regions if with_extras else 1    # only recognition reads the regions
         if paths:
             res = self.extractor.extract([ImageRecord(n, Path(p)) for n, p in paths], progress=progress,
-                                         description="queries")
+                                         description="queries", regions=regions)
             ids += res.ids
             vecs.append(res.vectors)
             extras.append(res.extras)
             errors.update({f.id: f.reason for f in res.failures})
         if images:
             ids += [n for n, _ in images]
-            v, e = self.extractor.extract_images_with_probe([im for _, im in images])
+            v, e = self.extractor.extract_images_with_probe([im for _, im in images], regions)
             vecs.append(v)
             extras.append(e)
         vectors = np.concatenate(vecs) if vecs else np.zeros((0, self.extractor.dim), np.float32)

@@ -212,7 +212,7 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
         manifest = read_gldv2(photos[0], "test")
     else:
         manifest = read_photos(photos)
-    result = lm.embed(manifest, progress=progress)
+    result = lm.embed(manifest, progress=progress, queries=True)
     recs = lm.recognize_vectors(result.vectors, extras=result.extras, ids=result.ids)
     if csv:
         write_recognition_csv(csv, {r.query: (r.landmark_id, r.score) if r.landmark_id is not None else None for r in recs},

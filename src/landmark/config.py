@@ -63,6 +63,9 @@ class SearchConfig:
 @dataclass
 class RecognitionConfig:
     k: int = 5                            # neighbours that vote (Baidu §3.1: top-5)
+    regions: int = 3                      # the query's R-MAC regions also look for neighbours (levels 2..regions of
+                                          # l x l windows; 1 = the global descriptor only): a small or partial view of
+                                          # a landmark finds its photos; each photo votes at its best similarity
     # Baidu §3.2-3.3 (landmark.recognition.pipeline); every stage switchable. `landmark calibrate`
     # refits the thresholds on a validation split carved from train and writes them here.
     classifier: bool = True               # B1/B2: agreement with the trained model's head (if the model has one)

@@ -167,13 +167,18 @@ def test_evaluate_prints_the_ablation_and_per_query_evidence(mini_gldv2, fast_ov
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     rows = report["metrics"]["recognition_ablation"]
     stages = [r["stage"] for r in rows]
-    assert stages[:6] == ["kNN only", "+ classifier agreement", "+ object prior", "+ distractor filter",
-                          "+ grading", "+ frequent-landmark re-rank"]
+    assert stages[:7] == ["kNN only, global descriptor (no regions)", "kNN only", "+ classifier agreement",
+                          "+ object prior", "+ distractor filter", "+ grading", "+ frequent-landmark re-rank"]
     calibrated = report["recognition"]["calibration"]["thresholds"]
     assert calibrated["frequent_rerank"] == report["recognition"]["config"]["frequent_rerank"]
     # a stage switched off by calibration: one more row, the pipeline actually run
-    assert stages[6:] == ([] if calibrated["frequent_rerank"] else ["configured pipeline (frequent_rerank off)"])
-    assert rows[1]["gap"] is None and "skipped" in rows[1]["note"]          # ImageNet weights: no classifier
+    assert stages[7:] == ([] if calibrated["frequent_rerank"] else ["configured pipeline (frequent_rerank off)"])
+    assert rows[2]["gap"] is None and "skipped" in rows[2]["note"]          # ImageNet weights: no classifier
+    # the queries' regions were extracted and used; so were those of the calibration's validation photos
+    assert report["recognition"]["config"]["regions"] == 3
+    assert report["recognition"]["calibration"]["validation"]["query_regions"] == 13
+    knn = next(p for p in report["predictions"].values() if p["evidence"]["neighbours"])["evidence"]["neighbours"]
+    assert [s for _, s, _ in knn] == sorted((s for _, s, _ in knn), reverse=True) and len({k for k, _, _ in knn}) == len(knn)
     assert all(0 <= r["gap"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows if r["gap"] is not None)
     assert rows[-1]["gap"] == pytest.approx(report["metrics"]["gap"])      # the last row is the configured pipeline
     assert "recognition ablation" in result.stdout and "+ distractor filter" in result.stdout

@@ -6,6 +6,8 @@ from PIL import Image
 from landmark.config import ExtractConfig, ModelConfig
 from landmark.data import ImageRecord
 from landmark.features import GlobalExtractor, bucket_batches
+from landmark.features.extract import REGIONS_EXTRA
+from landmark.models import functional as LF
 from landmark.models import build_model
 
 LITE0 = ModelConfig(backbone="tf_efficientnet_lite0")
@@ -73,22 +75,22 @@ def test_resume_skips_finished_chunks(extractor, tmp_path, monkeypatch):
     full = extractor.extract(items, progress=False)
 
     calls = {"n": 0}
-    real = GlobalExtractor.embed_batch
+    real = GlobalExtractor.embed_views
 
-    def dying(self, batch):
+    def dying(self, batch, regions=1):
         calls["n"] += 1
         if calls["n"] > 1:
             raise KeyboardInterrupt       # killed after the first chunk was written
-        return real(self, batch)
+        return real(self, batch, regions)
 
-    monkeypatch.setattr(GlobalExtractor, "embed_batch", dying)
+    monkeypatch.setattr(GlobalExtractor, "embed_views", dying)
     with pytest.raises(KeyboardInterrupt):
         extractor.extract(items, cache_dir=cache, progress=False, chunk_size=1)
     assert len(list(cache.glob("chunk-*.npz"))) == 1
-    monkeypatch.setattr(GlobalExtractor, "embed_batch", real)
+    monkeypatch.setattr(GlobalExtractor, "embed_views", real)
 
     seen = []
-    monkeypatch.setattr(GlobalExtractor, "embed_batch", lambda self, b: seen.append(len(b)) or real(self, b))
+    monkeypatch.setattr(GlobalExtractor, "embed_views", lambda self, b, regions=1: seen.append(len(b)) or real(self, b, regions))
     res = extractor.extract(items, cache_dir=cache, progress=False)
     assert sum(seen) < len(items)                 # the finished chunk was not recomputed
     assert res.ids == full.ids and np.allclose(res.vectors, full.vectors, atol=1e-5)
@@ -130,3 +132,30 @@ def test_repeated_ids_give_one_row(extractor, tmp_path):
     items = photos(tmp_path, n=3)
     res = extractor.extract(items + items[:1], progress=False)
     assert res.ids == ["p0", "p1", "p2"] and len(res.vectors) == 3
+
+
+def test_regions_come_from_the_same_pass_and_survive_the_cache(extractor, tmp_path):
+    items = photos(tmp_path, n=5)
+    plain = extractor.extract(items, progress=False)
+    res = extractor.extract(items, progress=False, regions=3, cache_dir=tmp_path / "cache", chunk_size=2)
+    assert np.allclose(res.vectors, plain.vectors, atol=1e-5)        # the global descriptors do not change
+    regions = res.extras[REGIONS_EXTRA]
+    assert regions.shape == (5, 4 + 9, extractor.dim)
+    assert np.allclose(np.linalg.norm(regions, axis=2), 1.0, atol=1e-4)
+    # each region is the descriptor of its window of the feature map
+    item = items[0]
+    w, h = Image.open(item.path).size
+    from landmark.features.extract import to_tensor
+    x = to_tensor(Image.open(item.path).convert("RGB"), extractor.target_shape(w, h), extractor.mean, extractor.std)[None]
+    with torch.no_grad():
+        fmap = extractor.net.backbone(x)
+        a, b, c, d = LF.region_windows(fmap.shape[-2], fmap.shape[-1], 3)[5]
+        expected = extractor.net.describe(fmap[..., a:b, c:d])[0].numpy()
+    assert np.allclose(regions[0, 5], expected, atol=1e-4)
+    assert not np.allclose(regions[0, 5], res.vectors[0], atol=1e-2)
+    again = extractor.extract(items, progress=False, regions=3, cache_dir=tmp_path / "cache")   # all from the cache
+    assert np.allclose(again.extras[REGIONS_EXTRA], regions)
+    # in-memory photos give the same
+    _, extras = extractor.extract_images_with_probe([Image.open(it.path).convert("RGB") for it in items], regions=3)
+    assert np.allclose(extras[REGIONS_EXTRA], regions, atol=1e-4)
+    assert REGIONS_EXTRA not in plain.extras

@@ -88,3 +88,40 @@ def test_presets_for_ensemble_and_whitening():
     assert cfg.whitening.kind == "pca"
     assert load_config("lite2-gem-pcaw").whitening.kind == "pca"
     assert load_config().ensemble == () and load_config().whitening.kind == "none"
+
+
+class RegionFake(Fake):
+    """A Fake that also returns 3 regional descriptors per photo when asked for regions."""
+
+    def regions(self, key):
+        rng = np.random.default_rng(abs(hash((key, self.seed, "r"))) % 2**32)
+        return l2n(rng.normal(size=(3, self.dim)))
+
+    def extract(self, items, regions=1, **kw):
+        res = super().extract(items)
+        if regions > 1:
+            res.extras["regions"] = np.stack([self.regions(i) for i in res.ids]).astype(np.float32)
+        return res
+
+    def extract_images_with_probe(self, images, regions=1):
+        extras = {"regions": np.stack([self.regions(str(i)) for i in range(len(images))])} if regions > 1 else {}
+        return self.extract_images(images), extras
+
+
+def test_regions_are_combined_like_the_descriptors():
+    a, b = RegionFake(4, 0, "a"), RegionFake(6, 1, "b")
+    ens = EnsembleExtractor([a, b])
+    res = ens.extract([Item("p"), Item("bad1"), Item("q")], regions=3)
+    r = res.extras["regions"]
+    assert r.shape == (2, 3, 10) and np.allclose(np.linalg.norm(r, axis=2), 1.0, atol=1e-6)
+    assert np.allclose(r[1, 2, 4:] * np.sqrt(2), b.regions("q")[2], atol=1e-6)
+    assert "regions" not in ens.extract([Item("p")]).extras
+    _, extras = ens.extract_images_with_probe([object(), object()], regions=3)
+    assert extras["regions"].shape == (2, 3, 10)
+
+    items = [Item(f"i{n}") for n in range(40)]
+    w = learn_whitening(a.extract(items).vectors, 3)
+    white = WhitenedExtractor(a, w)
+    res = white.extract(items[:2], regions=3)
+    assert res.extras["regions"].shape == (2, 3, 3)
+    assert np.allclose(res.extras["regions"][1], w.apply(a.regions("i1")), atol=1e-6)

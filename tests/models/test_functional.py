@@ -64,3 +64,18 @@ def test_make_pooling():
     assert float(make_pooling("gem", p=4.0).p) == 4.0
     with pytest.raises(ValueError, match="unknown pooling"):
         make_pooling("max")
+
+
+def test_region_windows_tile_each_level_with_half_overlap():
+    wins = LF.region_windows(12, 12, 3)
+    # level 2: 2 x 2 windows of 8 cells; level 3: 3 x 3 windows of 6 cells, starts 0 / 3 / 6
+    assert wins[:4] == [(0, 8, 0, 8), (0, 8, 4, 12), (4, 12, 0, 8), (4, 12, 4, 12)]
+    assert wins[4:] == [(a, a + 6, c, c + 6) for a in (0, 3, 6) for c in (0, 3, 6)]
+    assert LF.region_windows(12, 12, 1) == [] and LF.region_windows(12, 12, 0) == []
+
+
+def test_region_windows_stay_inside_tiny_maps_and_keep_their_count():
+    for h, w in ((1, 1), (1, 5), (2, 3), (7, 4)):
+        wins = LF.region_windows(h, w, 4)
+        assert len(wins) == 4 + 9 + 16
+        assert all(0 <= a < b <= h and 0 <= c < d <= w for a, b, c, d in wins)

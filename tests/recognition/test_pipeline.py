@@ -92,3 +92,24 @@ def test_the_classifier_of_a_whitened_store_reads_the_queries_unwhitened_descrip
     assert np.array_equal(ev.classifier.labels, want.labels) and np.allclose(ev.classifier.probs, want.probs)
     assert [v.landmark_id for v in ev.votes] == [1, 2]
     assert rec.gather(queries, ["q0", "q1"]).classifier is None
+
+
+def test_a_region_that_sees_the_landmark_wins_the_vote(tmp_path):
+    """The whole frame is nearest to landmark 2 (a wide view); one region of it shows landmark 1 close up."""
+    store = Store.create(tmp_path / "s", load_config(), SIG)
+    e = np.eye(8, dtype=np.float32)
+    store.add([f"t{i}" for i in range(3)] + [f"w{i}" for i in range(3)],
+              np.concatenate([_around(e[0], 3, 1), _around(e[1], 3, 2)]), landmark_ids=[1] * 3 + [2] * 3, split="train")
+    query = (0.6 * e[0] + 0.8 * e[1])[None]                          # the frame: more like landmark 2
+    regions = np.stack([e[0] * 0.99 + 0.14 * e[5], e[3]])[None]      # a region on landmark 1, one on nothing
+    regions /= np.linalg.norm(regions, axis=2, keepdims=True)
+    rec = Recognizer(store, RecognitionConfig(k=3))
+    plain = rec.gather(query, ["q"])
+    assert plain.votes[0].landmark_id == 2
+    ev = rec.gather(query, ["q"], regions=regions)
+    assert ev.votes[0].landmark_id == 1 and ev.votes[0].votes == 3
+    assert sorted(ev.keys[0]) == ["t0", "t1", "t2"] and ev.labels[0].tolist() == [1, 1, 1]
+    assert np.allclose(ev.scores[0], np.sort(regions[0, 0] @ store.vectors(ev.keys[0]).T)[::-1], atol=1e-5)
+    # switched off, the regions are ignored
+    off = Recognizer(store, RecognitionConfig(k=3, regions=1)).gather(query, ["q"], regions=regions)
+    assert off.votes[0].landmark_id == 2

@@ -126,8 +126,9 @@ def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, ca
     dim = int(signature["dim"])
 
     cache = _ChunkCache(Path(cache_dir), signature, dim) if cache_dir else None
-    done_ids, done_vecs, failures, sizes, probed = cache.load() if cache else ([], [], [], {}, [])
+    done_ids, done_vecs, failures, sizes, cached = cache.load() if cache else ([], [], [], {}, {})
     extras: dict[str, dict[str, np.ndarray]] = {}
+    probed = cached.get("probe", [])
     cached_probe = np.concatenate(probed) if probed else np.zeros((0, 0), np.float32)
     if len(cached_probe) and len(cached_probe) == len(done_ids):
         extras[PROBE_NAME] = dict(zip(done_ids, cached_probe))
@@ -141,7 +142,7 @@ def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, ca
         for res in pool.map_unordered(lambda a, shard: a.extract.remote(shard), _shards(todo, ray_cfg.shard_size)):
             if cache:
                 cache.write(res.ids, [res.vectors], res.failures, res.sizes,
-                            [res.extras[PROBE_NAME]] if PROBE_NAME in res.extras else ())
+                            {"probe": [res.extras[PROBE_NAME]]} if PROBE_NAME in res.extras else None)
             for name, rows in res.extras.items():
                 extras.setdefault(name, {}).update(zip(res.ids, rows))
             done_ids += res.ids

@@ -13,11 +13,17 @@ def predictions_of(ev: Evidence, decisions: list[Decision]) -> dict[str, tuple[i
     return {q: ((d.landmark_id, d.score) if d.landmark_id is not None else None) for q, d in zip(ev.ids, decisions)}
 
 
-def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[str, Truth]) -> list[dict[str, Any]]:
+def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[str, Truth],
+                         global_only: Evidence | None = None) -> list[dict[str, Any]]:
     """One row per stage (kNN only, + classifier agreement, + object prior, + distractor filter,
-    + grading, + frequent-landmark re-rank), each stage added to the ones above it."""
+    + grading, + frequent-landmark re-rank), each stage added to the ones above it. With
+    ``global_only`` (the same queries' evidence without their regions) a first row shows the kNN
+    vote of the global descriptors alone."""
     rows = []
-    for name, row_cfg, note in ablation_configs(cfg, ev.classifier is not None):
+    configs = ablation_configs(cfg, ev.classifier is not None)
+    if global_only is not None:
+        rows.append(_row(global_only, configs[0][1], truth, "kNN only, global descriptor (no regions)", ""))
+    for name, row_cfg, note in configs:
         if row_cfg is None:
             rows.append({"stage": name, "gap": None, "accuracy": None, "note": note})
             continue

@@ -19,6 +19,7 @@ import torch
 from ..api import Landmarks
 from ..config import Config, load_config
 from ..data.manifests import DatasetError, is_gldv2, read_gldv2, read_gldv2_solution
+from ..features.extract import REGIONS_EXTRA
 from ..retrieval import rank
 from ..recognition.pipeline import decide
 from ..utils.io import atomic_write_json
@@ -72,12 +73,14 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     test = read_gldv2(root, "test")
     solution = read_gldv2_solution(root).restricted(test.ids())   # test.csv may list a partial download
     t0 = time.perf_counter()
-    queries = lm.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test")
+    queries = lm.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test", queries=True)
     timings["extract_test_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     evidence = lm.gather(queries.vectors, extras=queries.extras, ids=queries.ids)
-    ablation = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all)
+    global_only = (lm.gather(queries.vectors, extras={k: v for k, v in queries.extras.items() if k != REGIONS_EXTRA},
+                             ids=queries.ids) if REGIONS_EXTRA in queries.extras else None)
+    ablation = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all, global_only)
     recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
     predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
                    for q, r in zip(queries.ids, recognitions)}
@@ -164,15 +167,19 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     user's explicit recognition overrides."""
     from ..config import RecognitionConfig, merge
     from ..recognition.calibrate import CALIBRATION_META, calibrate_store
+    from ..models.functional import region_count
     from ..recognition.setup import calibrated_with_other_priors
 
     lm.ensure_extras(progress=progress)
     report = lm.store.meta_value(CALIBRATION_META)
-    stale = report is not None and calibrated_with_other_priors(lm.store, lm.prior_source)
-    if calibrate or (calibrate is None and (report is None or stale)):
-        report = calibrate_store(lm)
     defaults = dataclasses.asdict(RecognitionConfig())
     overrides = {k: v for k, v in dataclasses.asdict(config.recognition).items() if v != defaults[k]}
+    regions = merge(lm.store.config.recognition, overrides).regions      # the thresholds depend on them
+    lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=regions))
+    stale = report is not None and (calibrated_with_other_priors(lm.store, lm.prior_source) or
+                                    report.get("validation", {}).get("query_regions", 0) != region_count(regions))
+    if calibrate or (calibrate is None and (report is None or stale)):
+        report = calibrate_store(lm, progress=progress)
     lm.set_recognition_config(merge(lm.store.config.recognition, overrides))
     return report
 

@@ -56,6 +56,8 @@ class ExtractionResult:
     extras: dict[str, np.ndarray] = field(default_factory=dict)     # probe name -> N x G rows aligned with ids
 
 
+REGIONS_EXTRA = "regions"      # extras key of the regional descriptors (``regions`` levels > 1): N x R x dim
+
 # A probe maps the backbone's feature map (B x C x H x W) to a few numbers per photo (B x G), computed in the
 # same forward pass as the descriptor, e.g. the ImageNet class-group probabilities of the object prior. A
 # probe with an integer ``tap`` attribute is given the input of that backbone stage instead.
@@ -152,65 +154,88 @@ class GlobalExtractor:
 
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Descriptors of a normalised batch at the base scale, averaged over scales and flips."""
-        return self.embed_batch_with_probe(batch)[0]
+        return self.embed_views(batch)[0]
 
-    @torch.inference_mode()
     def embed_batch_with_probe(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Descriptors and (if a probe is set) probe outputs of a batch, both averaged over scales and flips."""
+        return self.embed_views(batch)[:2]
+
+    @torch.inference_mode()
+    def embed_views(self, batch: torch.Tensor, regions: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Descriptors, probe outputs (or None) and, with ``regions`` > 1, the regional descriptors
+        (``B x R x dim``, :meth:`DescriptorNet.regional`) of a batch. Descriptors and probe outputs
+        are averaged over scales and flips; the regions come from the unflipped view at the scale
+        nearest 1, in the same forward pass."""
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         h, w = batch.shape[-2:]
-        total = probed = None
+        total = probed = regional = None
         amp = self.cfg.amp and self.device.type == "cuda"
+        tap = getattr(self.probe, "tap", None)
+        base = min(self.cfg.scales, key=lambda s: abs(s - 1.0))
         for s in self.cfg.scales:
             x = batch if s == 1.0 else F.interpolate(
                 batch, size=LF.target_shape(h, w, max(self.cfg.size_multiple, round(max(h, w) * s)),
                                             self.cfg.size_multiple),
                 mode="bilinear", align_corners=False, antialias=True)
             views = [x, torch.flip(x, dims=[-1])] if self.cfg.flip else [x]
-            for v in views:
+            for i, v in enumerate(views):
+                with_regions = regions > 1 and s == base and i == 0
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
-                    if self.probe is None:
+                    if self.probe is None and not with_regions:
                         d = self.net(v).float()
-                    else:   # one pass over the trunk serves both the descriptor and the probe
-                        tap = getattr(self.probe, "tap", None)
+                    else:   # one pass over the trunk serves the descriptor, the probe and the regions
                         if tap is None:
                             fmap = tapped = self.net.backbone(v)
                         else:
                             tapped = self.net.backbone.run_stages(v, 0, tap)
                             fmap = self.net.backbone.run_stages(tapped, tap)
-                        d = LF.l2n(self.net.embedding(self.net.pool(fmap))).float()
-                        p = self.probe(tapped).float()
-                        probed = p if probed is None else probed + p
+                        d = self.net.describe(fmap).float()
+                        if self.probe is not None:
+                            p = self.probe(tapped).float()
+                            probed = p if probed is None else probed + p
+                        if with_regions:
+                            regional = self.net.regional(fmap, regions).float()
                 total = d if total is None else total + d
         n_views = len(self.cfg.scales) * (2 if self.cfg.flip else 1)
-        return LF.l2n(total), (probed / n_views if probed is not None else None)
+        return LF.l2n(total), (probed / n_views if probed is not None else None), regional
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Descriptors of in-memory RGB images (one forward each; for uploads and small sets)."""
         return self.extract_images_with_probe(images)[0]
 
-    def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Descriptors of in-memory RGB images and the probe's outputs (``{}`` without a probe)."""
-        out, probed = [], []
+    def extract_images_with_probe(self, images: Sequence[Image.Image], regions: int = 1
+                                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Descriptors of in-memory RGB images and their extras: the probe's outputs, and with
+        ``regions`` > 1 the regional descriptors (``REGIONS_EXTRA``); ``{}`` with neither."""
+        out, probed, regional = [], [], []
         for img in images:
             w, h = img.size
             t = to_tensor(img.convert("RGB"), self.target_shape(w, h), self.mean, self.std)
-            d, p = self.embed_batch_with_probe(t.unsqueeze(0))
+            d, p, r = self.embed_views(t.unsqueeze(0), regions)
             out.append(d.cpu().numpy())
             if p is not None:
                 probed.append(p.cpu().numpy())
+            if r is not None:
+                regional.append(r.cpu().numpy())
         vecs = np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
         extras = {self.probe_name: np.concatenate(probed).astype(np.float32)} if probed and self.probe_name else {}
+        if regional:
+            extras[REGIONS_EXTRA] = np.concatenate(regional).astype(np.float32)
         return vecs, extras
 
     def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
-                progress: bool | None = None, description: str = "extract", chunk_size: int = 512) -> ExtractionResult:
-        """Descriptors of photos on disk, batched by shape; resumable through ``cache_dir``."""
+                progress: bool | None = None, description: str = "extract", chunk_size: int = 512,
+                regions: int = 1) -> ExtractionResult:
+        """Descriptors of photos on disk, batched by shape; resumable through ``cache_dir``. With
+        ``regions`` > 1 the extras also hold the regional descriptors (``REGIONS_EXTRA``)."""
         sig = self.signature | ({"probe": self.probe_name} if self.probe is not None else {})
         if getattr(self.probe, "tap", None) is not None:      # a pretrained tail: other numbers than the own head
             sig["probe_source"] = self.probe.source
+        if regions > 1:
+            sig["regions"] = regions
         cache = _ChunkCache(Path(cache_dir), sig, self.dim) if cache_dir else None
-        done_ids, done_vecs, failures, sizes, done_probe = cache.load() if cache else ([], [], [], {}, [])
+        done_ids, done_vecs, failures, sizes, done_extra = cache.load() if cache else ([], [], [], {}, defaultdict(list))
         skip = set(done_ids) | {f.id for f in failures}
         todo = list({it.id: it for it in reversed(items) if it.id not in skip}.values())[::-1]  # unique ids
 
@@ -226,30 +251,34 @@ class GlobalExtractor:
             keep.append(it)
         new_ids: list[str] = []
         new_vecs: list[np.ndarray] = []
-        new_probe: list[np.ndarray] = []
+        new_extra: dict[str, list[np.ndarray]] = defaultdict(list)
         new_fail: list[Failure] = []
         pending = 0
         total = len({it.id for it in items})
         with progress_bar(description, total=total, enabled=progress, completed=total - len(todo)) as bar:
             bar.advance(len(todo) - len(keep))
-            for idx, vecs, probed, bad in self._run(keep, shapes):
+            for idx, vecs, extra, bad in self._run(keep, shapes, regions):
                 for i in idx:
                     new_ids.append(keep[i].id)
                 new_vecs.append(vecs)
-                if probed is not None:
-                    new_probe.append(probed)
+                for name, rows in extra.items():
+                    new_extra[name].append(rows)
                 for i, reason in bad:
                     new_fail.append(Failure(keep[i].id, str(keep[i].path), reason))
                     log.info("skipped %s: %s", keep[i].path, reason)
                 pending += len(idx) + len(bad)
                 bar.advance(len(idx) + len(bad))
                 if cache and pending >= chunk_size:
-                    cache.write(new_ids, new_vecs, new_fail, sizes, new_probe)
-                    done_ids += new_ids; done_vecs += new_vecs; failures += new_fail; done_probe += new_probe
-                    new_ids, new_vecs, new_fail, new_probe, pending = [], [], [], [], 0
+                    cache.write(new_ids, new_vecs, new_fail, sizes, new_extra)
+                    done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
+                    for name, rows in new_extra.items():
+                        done_extra[name] += rows
+                    new_ids, new_vecs, new_fail, new_extra, pending = [], [], [], defaultdict(list), 0
         if cache and (new_ids or new_fail):
-            cache.write(new_ids, new_vecs, new_fail, sizes, new_probe)
-        done_ids += new_ids; done_vecs += new_vecs; failures += new_fail; done_probe += new_probe
+            cache.write(new_ids, new_vecs, new_fail, sizes, new_extra)
+        done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
+        for name, rows in new_extra.items():
+            done_extra[name] += rows
         # Return in the order the items were given, one row per id.
         order: dict[str, int] = {}
         for n, it in enumerate(items):
@@ -260,14 +289,16 @@ class GlobalExtractor:
             first.setdefault(i, j)
         perm = sorted(first.values(), key=lambda j: order.get(done_ids[j], len(order)))
         extras = {}
-        if self.probe is not None and self.probe_name:
-            probed = np.concatenate(done_probe).astype(np.float32) if done_probe else np.zeros((0, 0), np.float32)
-            extras[self.probe_name] = probed[perm] if len(probed) == len(vecs) else probed.reshape(0, 0)
+        wanted = ([(_PROBE_KEY, self.probe_name)] if self.probe is not None and self.probe_name else []) + \
+            ([(REGIONS_EXTRA, REGIONS_EXTRA)] if regions > 1 else [])
+        for key, name in wanted:
+            rows = np.concatenate(done_extra[key]).astype(np.float32) if done_extra.get(key) else np.zeros((0, 0), np.float32)
+            extras[name] = rows[perm] if len(rows) == len(vecs) else rows[:0]
         return ExtractionResult([done_ids[j] for j in perm], vecs[perm], failures,
                                 {k: sizes[k] for k in done_ids if k in sizes}, extras)
 
-    def _run(self, items: Sequence[PhotoItem], shapes: list[tuple[int, int]]
-             ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray | None, list]]:
+    def _run(self, items: Sequence[PhotoItem], shapes: list[tuple[int, int]], regions: int = 1
+             ) -> Iterator[tuple[list[int], np.ndarray, dict[str, np.ndarray], list]]:
         if not items:
             return
         batches = bucket_batches(shapes, self.cfg.batch_size)
@@ -277,15 +308,20 @@ class GlobalExtractor:
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             prefetch_factor=4 if workers else None)
         for idx, batch, bad in loader:
-            probed = None
+            extra: dict[str, np.ndarray] = {}
             if batch is None:
                 vecs = np.zeros((0, self.dim), np.float32)
-            elif self.probe is None:
-                vecs = self.embed_batch(batch).cpu().numpy()
             else:
-                d, p = self.embed_batch_with_probe(batch)
-                vecs, probed = d.cpu().numpy(), p.cpu().numpy()
-            yield idx, vecs, probed, bad
+                d, p, r = self.embed_views(batch, regions)
+                vecs = d.cpu().numpy()
+                if p is not None:
+                    extra[_PROBE_KEY] = p.cpu().numpy()
+                if r is not None:
+                    extra[REGIONS_EXTRA] = r.cpu().numpy()
+            yield idx, vecs, extra, bad
+
+
+_PROBE_KEY = "probe"          # the chunk files' name for the probe outputs, whatever the probe is called
 
 
 class _ChunkCache:
@@ -303,23 +339,25 @@ class _ChunkCache:
         atomic_write_json(sig_file, signature)
 
     def load(self):
-        ids, vecs, failures, sizes, probed = [], [], [], {}, []
+        ids, vecs, failures, sizes, extra = [], [], [], {}, defaultdict(list)
         for path in sorted(self.root.glob("chunk-*.npz")):
             with np.load(path, allow_pickle=False) as z:
                 ids += z["ids"].tolist()
                 vecs.append(z["vectors"])
-                if "probe" in z.files and len(z["probe"]) == len(z["vectors"]):
-                    probed.append(z["probe"])
+                for key in (_PROBE_KEY, REGIONS_EXTRA):
+                    if key in z.files and len(z[key]) == len(z["vectors"]):
+                        extra[key].append(z[key])
                 failures += [Failure(*row) for row in z["failures"].tolist()]
                 sizes.update({k: (int(w), int(h)) for k, (w, h) in zip(z["ids"].tolist(), z["sizes"].tolist())})
-        return ids, vecs, failures, sizes, probed
+        return ids, vecs, failures, sizes, extra
 
-    def write(self, ids, vecs, failures, sizes, probed=()) -> None:
+    def write(self, ids, vecs, failures, sizes, extra: dict[str, list[np.ndarray]] | None = None) -> None:
         n = len(list(self.root.glob("chunk-*.npz")))
+        arrays = {name: np.concatenate(rows) for name, rows in (extra or {}).items() if len(rows)}
         with atomic_path(self.root / f"chunk-{n:06d}.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, ids=np.array(ids, dtype=str),
                          vectors=np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
                          failures=np.array([[f.id, f.path, f.reason] for f in failures], dtype=str).reshape(-1, 3),
                          sizes=np.array([sizes[i] for i in ids], dtype=np.int64).reshape(-1, 2),
-                         **({"probe": np.concatenate(probed)} if len(probed) else {}))
+                         **arrays)

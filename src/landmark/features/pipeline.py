@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..config import Config
-from .extract import ExtractionResult, Failure, GlobalExtractor, PhotoItem
+from .extract import REGIONS_EXTRA, ExtractionResult, Failure, GlobalExtractor, PhotoItem
 from .whitening import Whitening, WhiteningError, learn_whitening
 
 WHITENING_FILE = "whitening.npz"
@@ -44,7 +44,8 @@ class Extractor(Protocol):
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
-    def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+    def extract_images_with_probe(self, images: Sequence[Image.Image], regions: int = 1
+                                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
 
 
 class EnsembleExtractor:
@@ -66,7 +67,8 @@ class EnsembleExtractor:
         return {"ensemble": [p.signature for p in self.parts], "dim": self.dim}
 
     def _combine(self, vectors: Sequence[np.ndarray]) -> np.ndarray:
-        return (np.concatenate(vectors, axis=1) / np.sqrt(len(vectors))).astype(np.float32)
+        """The models' descriptors (``N x d_i``, or regions ``N x R x d_i``) side by side, scaled to unit length."""
+        return (np.concatenate(vectors, axis=-1) / np.sqrt(len(vectors))).astype(np.float32)
 
     def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
                 progress: bool | None = None, description: str = "extract", **kwargs) -> ExtractionResult:
@@ -87,18 +89,28 @@ class EnsembleExtractor:
                 failed.setdefault(f.id, f)
         first = {k: j for j, k in enumerate(results[0].ids)}
         extras = {name: rows[[first[i] for i in ids]] for name, rows in results[0].extras.items()
-                  if len(rows) == len(results[0].ids)}    # probes run on the first model only
+                  if len(rows) == len(results[0].ids) and name != REGIONS_EXTRA}    # probes run on the first model only
+        if all(len(r.extras.get(REGIONS_EXTRA, ())) == len(r.ids) for r in results) and REGIONS_EXTRA in results[0].extras:
+            parts = []
+            for r in results:
+                pos = {k: j for j, k in enumerate(r.ids)}
+                parts.append(r.extras[REGIONS_EXTRA][[pos[i] for i in ids]])
+            extras[REGIONS_EXTRA] = self._combine(parts)
         return ExtractionResult(ids, self._combine(vecs) if ids else np.zeros((0, self.dim), np.float32),
                                 list(failed.values()), {k: v for k, v in results[0].sizes.items() if k in ok}, extras)
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.extract_images_with_probe(images)[0]
 
-    def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def extract_images_with_probe(self, images: Sequence[Image.Image], regions: int = 1
+                                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if not images:
             return np.zeros((0, self.dim), np.float32), {}
-        first, extras = self.parts[0].extract_images_with_probe(images)
-        return self._combine([first] + [p.extract_images(images) for p in self.parts[1:]]), extras
+        outs = [p.extract_images_with_probe(images, regions) for p in self.parts]
+        extras = {k: v for k, v in outs[0][1].items() if k != REGIONS_EXTRA}
+        if regions > 1:
+            extras[REGIONS_EXTRA] = self._combine([e[REGIONS_EXTRA] for _, e in outs])
+        return self._combine([v for v, _ in outs]), extras
 
 
 class WhitenedExtractor:
@@ -113,6 +125,10 @@ class WhitenedExtractor:
         self.keep_descriptors = False     # also return the un-whitened descriptors as extras[DESCRIPTOR_EXTRA]
 
     def _extras(self, extras: dict[str, np.ndarray], vectors: np.ndarray) -> dict[str, np.ndarray]:
+        rows = extras.get(REGIONS_EXTRA)
+        if rows is not None and rows.ndim == 3:      # regional descriptors live in the store's space too
+            n, r, d = rows.shape
+            extras = extras | {REGIONS_EXTRA: self.whitening.apply(rows.reshape(n * r, d)).reshape(n, r, self.dim)}
         return extras | {DESCRIPTOR_EXTRA: vectors} if self.keep_descriptors else extras
 
     @property
@@ -130,8 +146,9 @@ class WhitenedExtractor:
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.whitening.apply(self.base.extract_images(images))
 
-    def extract_images_with_probe(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        vecs, extras = self.base.extract_images_with_probe(images)
+    def extract_images_with_probe(self, images: Sequence[Image.Image], regions: int = 1
+                                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        vecs, extras = self.base.extract_images_with_probe(images, regions)
         return self.whitening.apply(vecs), self._extras(extras, vecs)
 
 

@@ -39,6 +39,34 @@ def gem(x: Tensor, p: Tensor | float = 3.0, eps: float = 1e-6) -> Tensor:
     return torch.mean(x.clamp(min=eps).pow(p_t), dim=(-2, -1)).pow(1.0 / p_t)
 
 
+def region_windows(height: int, width: int, levels: int) -> list[tuple[int, int, int, int]]:
+    """R-MAC-style regions of a ``height x width`` feature map, as ``(y0, y1, x0, x1)`` index windows.
+
+    Level ``l`` (2 .. ``levels``) tiles the map with ``l x l`` windows whose sides are ``2 / (l + 1)``
+    of the map's, evenly spaced so that neighbours overlap by half; level 1 would be the whole map,
+    which the global descriptor already is, so ``levels <= 1`` gives no region. Every window holds
+    at least one cell; there are always ``sum(l * l)`` of them (on a map too small to tell them apart
+    some repeat), so every photo has as many regions.
+    """
+    out: list[tuple[int, int, int, int]] = []
+    for level in range(2, levels + 1):
+        size = 2.0 / (level + 1)
+        step = (1.0 - size) / (level - 1)
+        for i in range(level):
+            for j in range(level):
+                y0, x0 = i * step, j * step
+                a, c = min(int(round(y0 * height)), height - 1), min(int(round(x0 * width)), width - 1)
+                win = (a, min(height, max(a + 1, int(round((y0 + size) * height)))),
+                       c, min(width, max(c + 1, int(round((x0 + size) * width)))))
+                out.append(win)
+    return out
+
+
+def region_count(levels: int) -> int:
+    """How many regions :func:`region_windows` makes for ``levels``."""
+    return sum(level * level for level in range(2, levels + 1))
+
+
 def resize_long_side(x: Tensor, long_side: int, multiple: int = 1) -> Tensor:
     """Bilinearly resize a ``B x C x H x W`` batch so its long side is ``long_side``.
 

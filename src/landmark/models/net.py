@@ -41,6 +41,20 @@ class DescriptorNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return LF.l2n(self.embedding(self.pooled(x)))
 
+    def describe(self, fmap: Tensor) -> Tensor:
+        """The descriptor of a backbone feature map (``forward`` is ``describe(backbone(x))``)."""
+        return LF.l2n(self.embedding(self.pool(fmap)))
+
+    def regional(self, fmap: Tensor, levels: int) -> Tensor:
+        """Descriptors of the R-MAC-style regions of a feature map (:func:`~.functional.region_windows`):
+        ``B x R x dim``, each pooled, embedded and L2-normalised as the global descriptor is."""
+        windows = LF.region_windows(fmap.shape[-2], fmap.shape[-1], levels)
+        if not windows:
+            return fmap.new_zeros((fmap.shape[0], 0, self.dim))
+        pooled = torch.stack([self.pool(fmap[..., a:b, c:d]) for a, b, c, d in windows], dim=1)
+        emb = self.embedding(pooled.flatten(0, 1)).view(fmap.shape[0], len(windows), -1)
+        return LF.l2n(emb)
+
 
 def build_model(cfg: ModelConfig, pretrained: bool = True) -> DescriptorNet:
     """Build the network a :class:`ModelConfig` describes, loading its checkpoint if it names one."""

@@ -33,19 +33,50 @@ from ..evaluation.metrics import global_average_precision
 from ..index import StoreError
 from .filters import LANDMARK, PROBE_NAME, prior_decisions
 from .grading import boost_levels, frequent_landmarks, grade_a, tiered_scores
-from .knn import knn_vote
+from .knn import knn_vote, merge_views
 
 CALIBRATION_META = "calibration"
 
 
-def _knn(db: np.ndarray, db_labels: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _knn(db: np.ndarray, db_labels: np.ndarray, queries: np.ndarray, k: int,
+         regions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and similarities of each query's top-k in ``db``; with ``regions`` (``Q x R x d``)
+    found by the global descriptor or any region, as recognition does (:func:`merge_views`)."""
     import faiss
 
     index = faiss.IndexFlatIP(db.shape[1])
     index.add(np.ascontiguousarray(db, dtype=np.float32))
-    sims, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(db)))
-    labels = np.where(idx >= 0, db_labels[np.maximum(idx, 0)], -1)
+    kk = min(k, len(db))
+    views = np.asarray(queries, np.float32)[:, None] if regions is None else \
+        np.concatenate([np.asarray(queries, np.float32)[:, None], regions.astype(np.float32)], axis=1)
+    q, v, d = views.shape
+    sims, idx = index.search(np.ascontiguousarray(views.reshape(q * v, d)), kk)
+    pos, sims = merge_views(idx.reshape(q, v, kk), sims.reshape(q, v, kk), kk)
+    rows = np.where(pos >= 0, np.take_along_axis(idx.reshape(q, v * kk), np.maximum(pos, 0), axis=1), -1)
+    labels = np.where(rows >= 0, db_labels[np.maximum(rows, 0)], -1)
     return labels, sims
+
+
+def validation_regions(lm, keys: Sequence[str], vectors: np.ndarray, progress: bool | None = None) -> np.ndarray | None:
+    """The regional descriptors (``recognition.regions``) of stored photos, re-extracted from their files
+    (the store keeps global descriptors only); a photo that cannot be read repeats its global descriptor,
+    which adds nothing to its neighbours. None when regions are off."""
+    from ..features.extract import REGIONS_EXTRA
+
+    levels = lm.recognition_config.regions
+    if levels <= 1 or not len(keys):
+        return None
+    rows = lm.store.get(list(keys))
+    items = [ImageRecord(k, Path(rows[k].path)) for k in keys if rows[k].path]
+    res = lm.extractor.extract(items, regions=levels, progress=progress, description="calibration: query regions",
+                               cache_dir=lm.store.root / "_work" / "calibration-regions")
+    found = dict(zip(res.ids, res.extras.get(REGIONS_EXTRA, np.zeros((0, 0, 0), np.float32))))
+    n_regions = next(iter(found.values())).shape[0] if found else 0
+    out = np.repeat(np.asarray(vectors, np.float32)[:, None], max(n_regions, 1), axis=1)
+    for i, k in enumerate(keys):
+        if k in found:
+            out[i] = found[k]
+    return out
 
 
 def _budget_threshold(values: np.ndarray, n_total: int, loss: float, lo: float, hi: float, default: float) -> float:
@@ -93,7 +124,8 @@ def fit_grading(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | No
 
 
 def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction: float = 0.15, seed: int = 0,
-                    landmark_loss: float = 0.02, max_negatives: int = 5000, write: bool = True) -> dict[str, Any]:
+                    landmark_loss: float = 0.02, max_negatives: int = 5000, max_region_queries: int = 2000,
+                    write: bool = True, progress: bool | None = None) -> dict[str, Any]:
     """Refit the thresholds of ``lm``'s store (see the module docstring); returns what was fitted and on what."""
     from ..training.data import split_by_photo
 
@@ -144,9 +176,16 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     db_labels = np.array([r.landmark_id for r in split.train], dtype=np.int64)
     rng = np.random.default_rng(seed)
     neg_pick = rng.permutation(len(neg_keys))[:max_negatives] if len(neg_keys) else np.zeros(0, np.int64)
-    queries = np.concatenate([val_vecs, neg_vecs[neg_pick]]) if len(neg_pick) else val_vecs
-    truth = [r.landmark_id for r in split.val] + [None] * len(neg_pick)
-    labels, scores = _knn(db_vecs, db_labels, queries, cfg.k)
+    # with regions on, the landmark queries (at most max_region_queries of them, re-read from their files)
+    # look for neighbours with their regions too, as recognition does; non-landmark queries use their
+    # global descriptors only (regions barely move their similarities)
+    val_pick = np.sort(rng.permutation(len(val_keys))[:max_region_queries]) if cfg.regions > 1 else np.arange(len(val_keys))
+    val_regions = validation_regions(lm, [val_keys[i] for i in val_pick], val_vecs[val_pick], progress)
+    queries = np.concatenate([val_vecs[val_pick], neg_vecs[neg_pick]]) if len(neg_pick) else val_vecs[val_pick]
+    regions = None if val_regions is None else np.concatenate(
+        [val_regions, np.repeat(neg_vecs[neg_pick][:, None], val_regions.shape[1], axis=1)])
+    truth = [split.val[i].landmark_id for i in val_pick] + [None] * len(neg_pick)
+    labels, scores = _knn(db_vecs, db_labels, queries, cfg.k, regions)
     t1, t2, gap = fit_grading(labels, scores, truth, cfg.k)
     cfg = dataclasses.replace(cfg, t1=t1, t2=t2)
     fitted.update({"t1": t1, "t2": t2, "validation_gap_knn_grading": gap})
@@ -159,7 +198,8 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     chosen = ("prior_object_min", "distractor_threshold", "t1", "t2", "frequent_rerank")
     report = {"thresholds": {k: fitted[k] for k in chosen if k in fitted},
               "fit": {k: v for k, v in fitted.items() if k not in chosen},
-              "validation": {"landmark_queries": len(split.val), "database_photos": len(split.train),
+              "validation": {"landmark_queries": len(val_pick), "database_photos": len(split.train),
+                             "query_regions": int(val_regions.shape[1]) if val_regions is not None else 0,
                              "non_landmark_queries": int(len(neg_pick)), "known_non_landmarks": len(neg_keys),
                              "val_fraction": val_fraction, "seed": seed, "landmark_loss": landmark_loss,
                              "prior_source": lm.prior_source,

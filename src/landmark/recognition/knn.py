@@ -47,3 +47,32 @@ def knn_vote(labels: np.ndarray, scores: np.ndarray, k: int = 5) -> list[Vote]:
 def voted_labels(labels: np.ndarray, scores: np.ndarray, k: int = 5) -> np.ndarray:
     """The landmark id :func:`knn_vote` predicts for each row, ``-1`` where none (an int64 array)."""
     return np.array([-1 if v.landmark_id is None else v.landmark_id for v in knn_vote(labels, scores, k)], np.int64)
+
+
+def merge_views(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the neighbour lists of several views of each query (its global descriptor and its regions).
+
+    ``rows`` and ``scores`` are ``Q x V x K``: for each of V views, K neighbours (database row ids,
+    ``-1`` = missing). Each database photo is kept once, at its best similarity over the views, and
+    the ``k`` best are returned: ``Q x k`` positions into the flattened ``V * K`` candidates (``-1``
+    where fewer exist) and their similarities (``-inf`` there). A photo seen only by a region can
+    thus vote: a small or partial view of a landmark matches its photos where the whole frame does not.
+    """
+    q, v, kk = rows.shape
+    flat_rows, flat_scores = rows.reshape(q, v * kk), scores.reshape(q, v * kk)
+    order = np.argsort(-flat_scores, axis=1, kind="stable")
+    pos = np.full((q, k), -1, np.int64)
+    out = np.full((q, k), -np.inf, np.float32)
+    for qi in range(q):
+        seen: set[int] = set()
+        n = 0
+        for j in order[qi]:
+            r = int(flat_rows[qi, j])
+            if r < 0 or r in seen:
+                continue
+            seen.add(r)
+            pos[qi, n], out[qi, n] = j, flat_scores[qi, j]
+            n += 1
+            if n == k:
+                break
+    return pos, out

@@ -23,7 +23,7 @@ from .classifier import ClassifierPrediction, LandmarkClassifier
 from .filters import (LANDMARK, NON_LANDMARK, PROBE_NAME, ClassGroups, DetectorDecision, PriorDecision,
                       flat_index, min_of_top_k, prior_decisions, top_similarities)
 from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_scores
-from .knn import Vote, knn_vote
+from .knn import Vote, knn_vote, merge_views
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +209,33 @@ class Recognizer:
             vecs = np.concatenate([vecs[:len(given)], own[keep]])
         return given + flagged, vecs
 
+    def labelled_neighbours(self, vectors: np.ndarray, regions: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, list[list[str | None]]]:
+        """Each query's top-k labelled photos (landmark ids, similarities, keys); with ``regions``
+        (``Q x R x dim``) found by the global descriptor or any region, at the best (:func:`merge_views`)."""
+        k = self.cfg.k
+        if regions is None or regions.ndim != 3 or len(regions) != len(vectors) or not regions.shape[1]:
+            res = self.store.search(vectors, k, labelled_only=True)
+            return res.landmark_ids, res.scores, res.keys
+        q, r, d = regions.shape
+        views = np.concatenate([vectors[:, None], regions.astype(np.float32)], axis=1)      # Q x (1 + R) x d
+        res = self.store.search(np.ascontiguousarray(views.reshape(q * (1 + r), d)), k, labelled_only=True)
+        pos, scores = merge_views(res.rows.reshape(q, 1 + r, k), res.scores.reshape(q, 1 + r, k), k)
+        flat_labels = res.landmark_ids.reshape(q, -1)
+        labels = np.where(pos >= 0, np.take_along_axis(flat_labels, np.maximum(pos, 0), axis=1), -1)
+        keys = [[res.keys[qi * (1 + r) + j // k][j % k] if j >= 0 else None for j in row] for qi, row in enumerate(pos.tolist())]
+        return labels, scores, keys
+
     def gather(self, vectors: np.ndarray, ids: Sequence[str], prior_probs: np.ndarray | None = None,
                detections: Sequence[DetectorDecision | None] | None = None,
-               descriptors: np.ndarray | None = None) -> Evidence:
-        """``descriptors``: the queries' un-whitened descriptors, which the classifier of a whitened store reads."""
+               descriptors: np.ndarray | None = None, regions: np.ndarray | None = None) -> Evidence:
+        """``descriptors``: the queries' un-whitened descriptors, which the classifier of a whitened store reads;
+        ``regions``: their regional descriptors (``Q x R x dim``), which also look for labelled neighbours
+        (``cfg.regions``). The filters and the classifier read the global descriptors only."""
         cfg = self.cfg
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        res = self.store.search(vectors, cfg.k, labelled_only=True)
-        ev = Evidence(list(ids), res.landmark_ids, res.scores, res.keys, knn_vote(res.landmark_ids, res.scores, cfg.k))
+        labels, scores, keys = self.labelled_neighbours(vectors, regions if cfg.regions > 1 else None)
+        ev = Evidence(list(ids), labels, scores, keys, knn_vote(labels, scores, cfg.k))
         if self.classifier is not None:
             head_input = descriptors if self.classifier.unwhitened else vectors
             if head_input is not None and len(head_input) == len(vectors):
