@@ -328,3 +328,23 @@ def test_a_whitened_store_keeps_its_trained_classifier(gldv2_root, fast_override
 
     bad, good = lm.recognize([str(tmp_path / "missing.jpg"), Image.open(queries[0])])
     assert bad.error and [c[0] for c in good.evidence["classifier"]] == want.labels[0].tolist()
+
+
+@pytest.mark.slow
+def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tmp_path, monkeypatch):
+    """Thresholds fitted with (or without) query regions are stale for a run that votes the other way."""
+    import landmark.recognition.calibrate as calibrate
+    from landmark.config import load_config
+    from landmark.evaluation.run import prepare_recognition
+
+    calls, real = [], calibrate.calibrate_store
+    monkeypatch.setattr(calibrate, "calibrate_store", lambda lm, **kw: calls.append(lm.recognition_config.regions) or real(lm, **kw))
+    store = shutil.copytree(mini_store, tmp_path / "store")
+    first = prepare_recognition(landmark.open(store), load_config())
+    n = len(calls)                                    # 0 if the fixture's store was calibrated with regions already
+    assert first["validation"]["query_regions"] == 13
+    assert prepare_recognition(landmark.open(store), load_config()) == first and len(calls) == n
+    off = landmark.open(store)
+    report = prepare_recognition(off, load_config(overrides=["recognition.regions=1"]))
+    assert calls[n:] == [1] and report["validation"]["query_regions"] == 0
+    assert off.recognition_config.regions == 1
