@@ -102,8 +102,10 @@ class Landmarks:
         self._recognizer: Recognizer | None = None
         self._expanded: dict[tuple[str, ...] | None, ExpandedSearch] = {}
         self._categories: StoreCategories | None = None
-        self.recognition_config = store.config.recognition     # the store's (calibrated) thresholds
+        from .recognition.calibrate import store_recognition
         from .recognition.setup import attach_prior
+
+        self.recognition_config = store_recognition(store)      # the store's (calibrated) thresholds
 
         self.groups = attach_prior(extractor, store.config.recognition)   # group probabilities in the same pass
         if store.config.model.checkpoint and isinstance(extractor, WhitenedExtractor):
@@ -445,6 +447,8 @@ class Landmarks:
         from .recognition.calibrate import calibrate_store
 
         self.ensure_extras(progress=progress)
+        # fitted for the store's own query regions (a store calibrated before them votes without until now)
+        self.set_recognition_config(replace(self.recognition_config, regions=self.store.config.recognition.regions))
         recognition = calibrate_store(self, train_ids=train_ids, val_fraction=val_fraction, seed=seed,
                                       landmark_loss=landmark_loss, progress=progress)
         # one retrieval validation split (it depends on the known non-landmarks, so after recognition)

@@ -176,7 +176,8 @@ def test_evaluate_prints_the_ablation_and_per_query_evidence(mini_gldv2, fast_ov
     assert rows[2]["gap"] is None and "skipped" in rows[2]["note"]          # ImageNet weights: no classifier
     # the queries' regions were extracted and used; so were those of the calibration's validation photos
     assert report["recognition"]["config"]["regions"] == 3
-    assert report["recognition"]["calibration"]["validation"]["query_regions"] == 13
+    val = report["recognition"]["calibration"]["validation"]
+    assert val["regions"] == 3 and val["photos_with_regions"] == val["landmark_queries"] > 0
     knn = next(p for p in report["predictions"].values() if p["evidence"]["neighbours"])["evidence"]["neighbours"]
     assert [s for _, s, _ in knn] == sorted((s for _, s, _ in knn), reverse=True) and len({k for k, _, _ in knn}) == len(knn)
     assert all(0 <= r["gap"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows if r["gap"] is not None)
@@ -332,7 +333,8 @@ def test_a_whitened_store_keeps_its_trained_classifier(gldv2_root, fast_override
 
 @pytest.mark.slow
 def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tmp_path, monkeypatch):
-    """Thresholds fitted with (or without) query regions are stale for a run that votes the other way."""
+    """Thresholds fitted with (or without) query regions are stale for a run that votes the other way; a
+    run's own override is fitted for that run only, and a store calibrated before regions votes without."""
     import landmark.recognition.calibrate as calibrate
     from landmark.config import load_config
     from landmark.evaluation.run import prepare_recognition
@@ -342,9 +344,17 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
     store = shutil.copytree(mini_store, tmp_path / "store")
     first = prepare_recognition(landmark.open(store), load_config())
     n = len(calls)                                    # 0 if the fixture's store was calibrated with regions already
-    assert first["validation"]["query_regions"] == 13
+    assert first["validation"]["regions"] == 3
     assert prepare_recognition(landmark.open(store), load_config()) == first and len(calls) == n
     off = landmark.open(store)
     report = prepare_recognition(off, load_config(overrides=["recognition.regions=1"]))
-    assert calls[n:] == [1] and report["validation"]["query_regions"] == 0
-    assert off.recognition_config.regions == 1
+    assert calls[n:] == [1] and report["validation"]["regions"] == 1 and off.recognition_config.regions == 1
+    # that fit was not kept: the store still votes with its regions, by its own thresholds
+    assert off.store.meta_value(calibrate.CALIBRATION_META) == first and landmark.open(store).recognition_config.regions == 3
+    # a store calibrated before regions existed votes without them until it is calibrated again
+    old = first | {"validation": {k: v for k, v in first["validation"].items() if k not in ("regions", "photos_with_regions")}}
+    off.store.set_meta_value(calibrate.CALIBRATION_META, old)
+    lm = landmark.open(store)
+    assert lm.recognition_config.regions == 1
+    lm.calibrate(expansion=False, category=False)
+    assert calls[-1] == 3 and landmark.open(store).recognition_config.regions == 3

@@ -141,7 +141,7 @@ def test_regions_come_from_the_same_pass_and_survive_the_cache(extractor, tmp_pa
     assert np.allclose(res.vectors, plain.vectors, atol=1e-5)        # the global descriptors do not change
     regions = res.extras[REGIONS_EXTRA]
     assert regions.shape == (5, 4 + 9, extractor.dim)
-    assert np.allclose(np.linalg.norm(regions, axis=2), 1.0, atol=1e-4)
+    assert regions.dtype == np.float16 and np.allclose(np.linalg.norm(regions.astype(np.float32), axis=2), 1.0, atol=2e-3)
     # each region is the descriptor of its window of the feature map
     item = items[0]
     w, h = Image.open(item.path).size
@@ -151,11 +151,11 @@ def test_regions_come_from_the_same_pass_and_survive_the_cache(extractor, tmp_pa
         fmap = extractor.net.backbone(x)
         a, b, c, d = LF.region_windows(fmap.shape[-2], fmap.shape[-1], 3)[5]
         expected = extractor.net.describe(fmap[..., a:b, c:d])[0].numpy()
-    assert np.allclose(regions[0, 5], expected, atol=1e-4)
+    assert np.allclose(regions[0, 5].astype(np.float32), expected, atol=5e-4)
     assert not np.allclose(regions[0, 5], res.vectors[0], atol=1e-2)
     again = extractor.extract(items, progress=False, regions=3, cache_dir=tmp_path / "cache")   # all from the cache
     assert np.allclose(again.extras[REGIONS_EXTRA], regions)
     # in-memory photos give the same
     _, extras = extractor.extract_images_with_probe([Image.open(it.path).convert("RGB") for it in items], regions=3)
-    assert np.allclose(extras[REGIONS_EXTRA], regions, atol=1e-4)
+    assert np.allclose(extras[REGIONS_EXTRA].astype(np.float32), regions.astype(np.float32), atol=1e-3)
     assert REGIONS_EXTRA not in plain.extras

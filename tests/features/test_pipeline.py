@@ -113,8 +113,9 @@ def test_regions_are_combined_like_the_descriptors():
     ens = EnsembleExtractor([a, b])
     res = ens.extract([Item("p"), Item("bad1"), Item("q")], regions=3)
     r = res.extras["regions"]
-    assert r.shape == (2, 3, 10) and np.allclose(np.linalg.norm(r, axis=2), 1.0, atol=1e-6)
-    assert np.allclose(r[1, 2, 4:] * np.sqrt(2), b.regions("q")[2], atol=1e-6)
+    r = r.astype(np.float32)                           # regions are kept in float16
+    assert r.shape == (2, 3, 10) and np.allclose(np.linalg.norm(r, axis=2), 1.0, atol=2e-3)
+    assert np.allclose(r[1, 2, 4:] * np.sqrt(2), b.regions("q")[2], atol=2e-3)
     assert "regions" not in ens.extract([Item("p")]).extras
     _, extras = ens.extract_images_with_probe([object(), object()], regions=3)
     assert extras["regions"].shape == (2, 3, 10)
@@ -124,4 +125,4 @@ def test_regions_are_combined_like_the_descriptors():
     white = WhitenedExtractor(a, w)
     res = white.extract(items[:2], regions=3)
     assert res.extras["regions"].shape == (2, 3, 3)
-    assert np.allclose(res.extras["regions"][1], w.apply(a.regions("i1")), atol=1e-6)
+    assert np.allclose(res.extras["regions"][1], w.apply(a.regions("i1")), atol=1e-6)   # the fake's float64 in, float32 out

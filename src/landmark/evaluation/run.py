@@ -166,8 +166,7 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     on its train split first if it never was, was on another classifier's priors, or if asked), and the
     user's explicit recognition overrides."""
     from ..config import RecognitionConfig, merge
-    from ..recognition.calibrate import CALIBRATION_META, calibrate_store
-    from ..models.functional import region_count
+    from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_regions, store_recognition
     from ..recognition.setup import calibrated_with_other_priors
 
     lm.ensure_extras(progress=progress)
@@ -175,12 +174,14 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     defaults = dataclasses.asdict(RecognitionConfig())
     overrides = {k: v for k, v in dataclasses.asdict(config.recognition).items() if v != defaults[k]}
     regions = merge(lm.store.config.recognition, overrides).regions      # the thresholds depend on them
+    own = regions == lm.store.config.recognition.regions                # else the fit serves this run only
     lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=regions))
     stale = report is not None and (calibrated_with_other_priors(lm.store, lm.prior_source) or
-                                    report.get("validation", {}).get("query_regions", 0) != region_count(regions))
+                                    calibrated_regions(report) != regions)
     if calibrate or (calibrate is None and (report is None or stale)):
-        report = calibrate_store(lm, progress=progress)
-    lm.set_recognition_config(merge(lm.store.config.recognition, overrides))
+        report = calibrate_store(lm, progress=progress, write=own)     # leaves lm with the fitted thresholds
+    base = store_recognition(lm.store) if own else lm.recognition_config
+    lm.set_recognition_config(merge(base, overrides))
     return report
 
 

@@ -95,7 +95,7 @@ class EnsembleExtractor:
             for r in results:
                 pos = {k: j for j, k in enumerate(r.ids)}
                 parts.append(r.extras[REGIONS_EXTRA][[pos[i] for i in ids]])
-            extras[REGIONS_EXTRA] = self._combine(parts)
+            extras[REGIONS_EXTRA] = self._combine(parts).astype(np.float16)
         return ExtractionResult(ids, self._combine(vecs) if ids else np.zeros((0, self.dim), np.float32),
                                 list(failed.values()), {k: v for k, v in results[0].sizes.items() if k in ok}, extras)
 
@@ -109,7 +109,7 @@ class EnsembleExtractor:
         outs = [p.extract_images_with_probe(images, regions) for p in self.parts]
         extras = {k: v for k, v in outs[0][1].items() if k != REGIONS_EXTRA}
         if regions > 1:
-            extras[REGIONS_EXTRA] = self._combine([e[REGIONS_EXTRA] for _, e in outs])
+            extras[REGIONS_EXTRA] = self._combine([e[REGIONS_EXTRA] for _, e in outs]).astype(np.float16)
         return self._combine([v for v, _ in outs]), extras
 
 
@@ -128,7 +128,8 @@ class WhitenedExtractor:
         rows = extras.get(REGIONS_EXTRA)
         if rows is not None and rows.ndim == 3:      # regional descriptors live in the store's space too
             n, r, d = rows.shape
-            extras = extras | {REGIONS_EXTRA: self.whitening.apply(rows.reshape(n * r, d)).reshape(n, r, self.dim)}
+            flat = self.whitening.apply(rows.reshape(n * r, d))
+            extras = extras | {REGIONS_EXTRA: flat.reshape(n, r, self.dim).astype(rows.dtype)}
         return extras | {DESCRIPTOR_EXTRA: vectors} if self.keep_descriptors else extras
 
     @property

@@ -217,6 +217,12 @@ class Recognizer:
         if regions is None or regions.ndim != 3 or len(regions) != len(vectors) or not regions.shape[1]:
             res = self.store.search(vectors, k, labelled_only=True)
             return res.landmark_ids, res.scores, res.keys
+        parts = [self._views_neighbours(vectors[i:i + chunk], regions[i:i + chunk], k)
+                 for i, chunk in ((i, 1024) for i in range(0, len(vectors), 1024))]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                [row for p in parts for row in p[2]])
+
+    def _views_neighbours(self, vectors: np.ndarray, regions: np.ndarray, k: int):
         q, r, d = regions.shape
         views = np.concatenate([vectors[:, None], regions.astype(np.float32)], axis=1)      # Q x (1 + R) x d
         res = self.store.search(np.ascontiguousarray(views.reshape(q * (1 + r), d)), k, labelled_only=True)
@@ -234,7 +240,8 @@ class Recognizer:
         (``cfg.regions``). The filters and the classifier read the global descriptors only."""
         cfg = self.cfg
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        labels, scores, keys = self.labelled_neighbours(vectors, regions if cfg.regions > 1 else None)
+        regions = regions if cfg.regions > 1 else None
+        labels, scores, keys = self.labelled_neighbours(vectors, regions)
         ev = Evidence(list(ids), labels, scores, keys, knn_vote(labels, scores, cfg.k))
         if self.classifier is not None:
             head_input = descriptors if self.classifier.unwhitened else vectors
@@ -254,7 +261,9 @@ class Recognizer:
         if len(batch):
             near_object = np.maximum(top_similarities(vectors[batch], known_index, 1)[0].max(axis=1, initial=-np.inf),
                                      nearest_other(vectors[batch], vectors[batch], offset=0))
-            batch = batch[ev.scores[batch, 0] <= near_object]
+            near_landmark = ev.scores[batch, 0] if regions is None else \
+                self.store.search(vectors[batch], 1, labelled_only=True).scores[:, 0]    # the global descriptor's
+            batch = batch[near_landmark <= near_object]
         # each query's top-k among the known set and the kept batch photos (itself excluded)
         to_batch = vectors @ vectors[batch].T
         to_batch[batch, np.arange(len(batch))] = -np.inf
