@@ -35,7 +35,7 @@ from ..evaluation.metrics import global_average_precision
 from ..index import StoreError
 from .filters import LANDMARK, PROBE_NAME, prior_decisions
 from .grading import boost_levels, frequent_landmarks, grade_a, tiered_scores
-from .knn import knn_vote, merge_views
+from .knn import at_positions, knn_vote, merge_views, stack_views
 
 CALIBRATION_META = "calibration"
 log = logging.getLogger(__name__)
@@ -50,12 +50,11 @@ def _knn(db: np.ndarray, db_labels: np.ndarray, queries: np.ndarray, k: int,
     index = faiss.IndexFlatIP(db.shape[1])
     index.add(np.ascontiguousarray(db, dtype=np.float32))
     kk = min(k, len(db))
-    views = np.asarray(queries, np.float32)[:, None] if regions is None else \
-        np.concatenate([np.asarray(queries, np.float32)[:, None], regions.astype(np.float32)], axis=1)
+    views = stack_views(queries, regions)
     q, v, d = views.shape
     sims, idx = index.search(np.ascontiguousarray(views.reshape(q * v, d)), kk)
     pos, sims = merge_views(idx.reshape(q, v, kk), sims.reshape(q, v, kk), kk)
-    rows = np.where(pos >= 0, np.take_along_axis(idx.reshape(q, v * kk), np.maximum(pos, 0), axis=1), -1)
+    rows = at_positions(idx.reshape(q, v * kk), pos, -1)
     labels = np.where(rows >= 0, db_labels[np.maximum(rows, 0)], -1)
     return labels, sims
 

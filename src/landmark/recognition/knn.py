@@ -49,6 +49,17 @@ def voted_labels(labels: np.ndarray, scores: np.ndarray, k: int = 5) -> np.ndarr
     return np.array([-1 if v.landmark_id is None else v.landmark_id for v in knn_vote(labels, scores, k)], np.int64)
 
 
+def stack_views(vectors: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
+    """``Q x V x d`` float32: each query's global descriptor, then its regions (``Q x R x d``) if given."""
+    views = np.asarray(vectors, np.float32)[:, None]
+    return views if regions is None else np.concatenate([views, regions.astype(np.float32)], axis=1)
+
+
+def at_positions(values: np.ndarray, pos: np.ndarray, fill) -> np.ndarray:
+    """``values`` (``Q x (V * K)``, one row per query) at the positions :func:`merge_views` picked; ``fill`` at -1."""
+    return np.where(pos >= 0, np.take_along_axis(values, np.maximum(pos, 0), axis=1), fill)
+
+
 def merge_views(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge the neighbour lists of several views of each query (its global descriptor and its regions).
 

@@ -23,7 +23,7 @@ from .classifier import ClassifierPrediction, LandmarkClassifier
 from .filters import (LANDMARK, NON_LANDMARK, PROBE_NAME, ClassGroups, DetectorDecision, PriorDecision,
                       flat_index, min_of_top_k, prior_decisions, top_similarities)
 from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_scores
-from .knn import Vote, knn_vote, merge_views
+from .knn import Vote, at_positions, knn_vote, merge_views, stack_views
 
 log = logging.getLogger(__name__)
 
@@ -217,19 +217,18 @@ class Recognizer:
         if regions is None or regions.ndim != 3 or len(regions) != len(vectors) or not regions.shape[1]:
             res = self.store.search(vectors, k, labelled_only=True)
             return res.landmark_ids, res.scores, res.keys
-        parts = [self._views_neighbours(vectors[i:i + chunk], regions[i:i + chunk], k)
-                 for i, chunk in ((i, 1024) for i in range(0, len(vectors), 1024))]
+        step = 1024                     # queries per search: (1 + R) x k candidates each, float32 views
+        parts = [self._views_neighbours(vectors[i:i + step], regions[i:i + step], k) for i in range(0, len(vectors), step)]
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                 [row for p in parts for row in p[2]])
 
     def _views_neighbours(self, vectors: np.ndarray, regions: np.ndarray, k: int):
-        q, r, d = regions.shape
-        views = np.concatenate([vectors[:, None], regions.astype(np.float32)], axis=1)      # Q x (1 + R) x d
-        res = self.store.search(np.ascontiguousarray(views.reshape(q * (1 + r), d)), k, labelled_only=True)
-        pos, scores = merge_views(res.rows.reshape(q, 1 + r, k), res.scores.reshape(q, 1 + r, k), k)
-        flat_labels = res.landmark_ids.reshape(q, -1)
-        labels = np.where(pos >= 0, np.take_along_axis(flat_labels, np.maximum(pos, 0), axis=1), -1)
-        keys = [[res.keys[qi * (1 + r) + j // k][j % k] if j >= 0 else None for j in row] for qi, row in enumerate(pos.tolist())]
+        views = stack_views(vectors, regions)
+        q, v, d = views.shape
+        res = self.store.search(np.ascontiguousarray(views.reshape(q * v, d)), k, labelled_only=True)
+        pos, scores = merge_views(res.rows.reshape(q, v, k), res.scores.reshape(q, v, k), k)
+        labels = at_positions(res.landmark_ids.reshape(q, v * k), pos, -1)
+        keys = [[res.keys[qi * v + j // k][j % k] if j >= 0 else None for j in row] for qi, row in enumerate(pos.tolist())]
         return labels, scores, keys
 
     def gather(self, vectors: np.ndarray, ids: Sequence[str], prior_probs: np.ndarray | None = None,
