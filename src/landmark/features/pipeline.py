@@ -79,10 +79,15 @@ class EnsembleExtractor:
                                         description=f"{description} [{part.model_cfg.backbone}]", **kwargs))
         ok = set(results[0].ids).intersection(*(r.ids for r in results[1:]))
         ids = [i for i in results[0].ids if i in ok]
-        vecs = []
+        vecs, regions = [], []          # each model's rows of the photos all of them read, in one order
+        with_regions = all(len(r.extras.get(REGIONS_EXTRA, ())) == len(r.ids) for r in results) and \
+            REGIONS_EXTRA in results[0].extras
         for r in results:
             pos = {k: j for j, k in enumerate(r.ids)}
-            vecs.append(r.vectors[[pos[i] for i in ids]] if ids else np.zeros((0, r.vectors.shape[1]), np.float32))
+            rows = [pos[i] for i in ids]
+            vecs.append(r.vectors[rows] if ids else np.zeros((0, r.vectors.shape[1]), np.float32))
+            if with_regions:
+                regions.append(r.extras[REGIONS_EXTRA][rows])
         failed: dict[str, Failure] = {}
         for r in results:
             for f in r.failures:
@@ -90,12 +95,8 @@ class EnsembleExtractor:
         first = {k: j for j, k in enumerate(results[0].ids)}
         extras = {name: rows[[first[i] for i in ids]] for name, rows in results[0].extras.items()
                   if len(rows) == len(results[0].ids) and name != REGIONS_EXTRA}    # probes run on the first model only
-        if all(len(r.extras.get(REGIONS_EXTRA, ())) == len(r.ids) for r in results) and REGIONS_EXTRA in results[0].extras:
-            parts = []
-            for r in results:
-                pos = {k: j for j, k in enumerate(r.ids)}
-                parts.append(r.extras[REGIONS_EXTRA][[pos[i] for i in ids]])
-            extras[REGIONS_EXTRA] = self._combine(parts).astype(np.float16)
+        if with_regions:
+            extras[REGIONS_EXTRA] = self._combine(regions).astype(np.float16)
         return ExtractionResult(ids, self._combine(vecs) if ids else np.zeros((0, self.dim), np.float32),
                                 list(failed.values()), {k: v for k, v in results[0].sizes.items() if k in ok}, extras)
 
