@@ -9,8 +9,9 @@ left out: its graph links alone cost 2 * M * 4 bytes per vector, over the 128-by
 cannot remove vectors.)
 
 The compressed index proposes a shortlist of ``rerank`` candidates per query; they are re-scored
-exactly against the full-precision vectors, which live **on disk** (a ``.npy`` file opened with
-``mmap_mode="r"``, so only the pages touched are read) — see :class:`RerankedIndex`.
+against the full vectors, which live **on disk** in a FAISS flat file (float16 by default,
+``index.vectors_dtype``) that FAISS memory-maps, so only the pages touched are read; FAISS's
+``IndexRefine`` re-scores them in C++ — see :class:`RefineVectors` and :class:`RerankedIndex`.
 
 :class:`ShardedIndex` splits a collection into shard files that share one trained quantizer; each
 shard is memory-mapped by FAISS (``IO_FLAG_MMAP``) and searched in turn, the results merged, so
@@ -31,6 +32,7 @@ from ..config import IndexConfig
 from ..utils.io import atomic_path
 
 KINDS = ("flat", "ivfpq")
+VECTOR_DTYPES = ("float16", "float32")
 
 
 class AnnError(ValueError):
@@ -155,7 +157,11 @@ def rerank_rows(queries: np.ndarray, rows: np.ndarray, array: np.ndarray, k: int
 
 @dataclass
 class DiskVectors:
-    """Full-precision vectors on disk (``.npy``, memory-mapped); row ``i`` holds id ``i``."""
+    """Full-precision vectors in a ``.npy`` file, memory-mapped; row ``i`` holds id ``i``.
+
+    The plain-array form (the exact-search baseline of ``benchmarks/ann.py``, and the vectors of stores
+    written before :class:`RefineVectors`); a compressed index re-ranks from :class:`RefineVectors`.
+    """
 
     path: Path
 
@@ -189,20 +195,100 @@ class DiskVectors:
         return DiskVectors(path)
 
 
-class RerankedIndex:
-    """A compressed index (in memory) plus the full vectors on disk for exact re-ranking of its shortlist."""
+def flat_codes(dim: int, dtype: str) -> faiss.Index:
+    """An empty FAISS flat index holding ``dim``-d vectors as ``float16`` or ``float32`` (inner product)."""
+    if dtype == "float32":
+        return faiss.IndexFlatIP(dim)
+    if dtype == "float16":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    raise AnnError(f"index.vectors_dtype must be one of {VECTOR_DTYPES}, got {dtype!r}")
 
-    def __init__(self, index: faiss.Index, vectors: DiskVectors | None, cfg: IndexConfig):
+
+class RefineVectors:
+    """The full vectors a compressed index re-ranks from: a FAISS flat-codes file, memory-mapped.
+
+    Entry ``i`` is vector ``i``. ``float16`` (the default, ``index.vectors_dtype``) halves the bytes
+    each re-scored candidate reads from the file, and FAISS converts and multiplies them with SIMD;
+    scores differ from float32 ones by about 1e-4, so the re-rank is exact up to near-ties
+    (``benchmarks/ann.py`` measures its recall against float32 exact search). FAISS maps the file
+    (``IO_FLAG_MMAP_IFC``): only the pages of the candidates read are loaded.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.index = faiss.read_index(str(self.path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if isinstance(self.index, faiss.IndexFlat) else "float16"
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors ``ids`` as a len(ids) x d float32 array."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return np.zeros((0, self.index.d), np.float32)
+        if ids.min() < 0 or ids.max() >= len(self):
+            raise AnnError(f"vector ids must be in [0, {len(self)}), got {int(ids.min())}..{int(ids.max())}")
+        return self.index.reconstruct_batch(ids)
+
+    def refine(self, base: faiss.Index, queries: np.ndarray, k: int, shortlist: int,
+               base_params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The top-``k`` of ``base``'s ``shortlist`` best candidates per query, re-scored from these vectors.
+
+        ``base``'s ids must be entries of this file. FAISS's ``IndexRefine`` does it in C++: one
+        search of ``base`` (with ``base_params``: a selector, nprobe), then the candidates' vectors read
+        and scored. Returns (scores, ids), -inf / -1 where fewer candidates exist.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        refined = faiss.IndexRefine(base, self.index)
+        params = faiss.IndexRefineSearchParameters(k_factor=max(k, shortlist) / k, base_index_params=base_params)
+        scores, ids = refined.search(queries, k, params=params)
+        scores[ids < 0] = -np.inf
+        return scores, ids
+
+    @staticmethod
+    def write(path: str | Path, chunks: Iterable[np.ndarray], n: int, dim: int, dtype: str = "float16") -> "RefineVectors":
+        """Write ``chunks`` (``n`` vectors in all) to a new file (atomically); returns it opened.
+
+        The codes are gathered in memory before the file is written (2 bytes per dimension and
+        vector in float16).
+        """
+        path = Path(path)
+        codes = flat_codes(dim, dtype)
+        for c in chunks:
+            codes.add(np.ascontiguousarray(c, dtype=np.float32))
+        if codes.ntotal != n:
+            raise AnnError(f"{path}: expected {n} vectors, got {codes.ntotal}")
+        with atomic_path(path) as tmp:
+            faiss.write_index(codes, str(tmp))
+        return RefineVectors(path)
+
+
+
+def refined_search(base: faiss.Index, vectors: RefineVectors | DiskVectors, queries: np.ndarray, k: int,
+                   shortlist: int) -> tuple[np.ndarray, np.ndarray]:
+    """``base``'s ``shortlist`` candidates per query, re-ranked from ``vectors`` (ids = their entries)."""
+    if isinstance(vectors, RefineVectors):
+        return vectors.refine(base, queries, k, shortlist)
+    _, ids = base.search(queries, max(k, shortlist))
+    return vectors.rerank(queries, ids, k)
+
+
+class RerankedIndex:
+    """A compressed index (in memory) plus the full vectors on disk for re-ranking its shortlist."""
+
+    def __init__(self, index: faiss.Index, vectors: RefineVectors | DiskVectors | None, cfg: IndexConfig):
         self.index, self.vectors, self.cfg = index, vectors, cfg
         set_search_params(index, cfg)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        shortlist = max(k, self.cfg.rerank)
-        scores, ids = self.index.search(queries, shortlist if self.vectors is not None and self.cfg.rerank else k)
         if self.vectors is None or not self.cfg.rerank:
-            return scores, ids
-        return self.vectors.rerank(queries, ids, k)
+            return self.index.search(queries, k)
+        return refined_search(self.index, self.vectors, queries, k, self.cfg.rerank)
 
     @property
     def bytes_per_vector(self) -> float:
@@ -213,19 +299,26 @@ class ShardedIndex:
     """Shard files of one trained compressed index, searched one at a time from memory-mapped files.
 
     Build with :meth:`build`: the trained (empty) index is cloned per shard, filled with that shard's
-    vectors (ids are global row numbers) and written to ``shard-NNNN.faiss``.
+    vectors (ids are global row numbers) and written to ``shard-NNNN.faiss``. A search asks every
+    shard for its shortlist (FAISS ``IndexShards``), keeps the best ``rerank`` of their union and
+    re-ranks them from the full vectors.
     """
 
-    def __init__(self, paths: Sequence[Path], cfg: IndexConfig, vectors: DiskVectors | None = None, mmap: bool = True):
+    def __init__(self, paths: Sequence[Path], cfg: IndexConfig, vectors: RefineVectors | DiskVectors | None = None,
+                 mmap: bool = True):
         self.paths, self.cfg, self.vectors = [Path(p) for p in paths], cfg, vectors
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         self.shards = [faiss.read_index(str(p), flags) for p in self.paths]
+        if not self.shards:
+            raise AnnError("a sharded index needs at least one shard file")
+        self.union = faiss.IndexShards(self.shards[0].d, False, False)   # one thread; ids kept as they are
         for s in self.shards:
             set_search_params(s, cfg)
+            self.union.add_shard(s)
 
     @classmethod
     def build(cls, root: str | Path, trained: faiss.Index, chunks: Iterable[np.ndarray], shard_size: int,
-              cfg: IndexConfig, vectors: DiskVectors | None = None) -> "ShardedIndex":
+              cfg: IndexConfig, vectors: RefineVectors | DiskVectors | None = None) -> "ShardedIndex":
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         paths, current, start, filled = [], None, 0, 0
@@ -260,42 +353,58 @@ class ShardedIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        shortlist = max(k, self.cfg.rerank) if self.vectors is not None and self.cfg.rerank else k
-        all_s, all_i = [], []
-        for s in self.shards:
-            sc, ids = s.search(queries, shortlist)
-            all_s.append(sc)
-            all_i.append(ids)
-        scores, ids = np.concatenate(all_s, axis=1), np.concatenate(all_i, axis=1)
-        scores = np.where(ids >= 0, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :shortlist]
-        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
         if self.vectors is None or not self.cfg.rerank:
-            return scores[:, :k], ids[:, :k]
-        return self.vectors.rerank(queries, ids, k)
+            scores, ids = self.union.search(queries, k)
+        else:
+            scores, ids = refined_search(self.union, self.vectors, queries, k, self.cfg.rerank)
+        return np.where(ids >= 0, scores, -np.inf).astype(np.float32), ids
 
     def resident_bytes_per_vector(self) -> float:
         """Bytes of the largest shard per vector of the whole collection: what one search step holds."""
         return max(memory_bytes(s) for s in self.shards) / max(1, self.ntotal)
 
 
+def remap_ids(index: faiss.Index, mapping) -> None:
+    """Rename, in place, every id held in the inverted lists of ``index``: ``ids <- mapping(ids)``.
+
+    ``mapping`` takes and returns int64 arrays. The ids of an inverted list are a plain array (also
+    for fast-scan lists, whose codes are packed in blocks), rewritten here through a NumPy view.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    if ivf.direct_map.type != faiss.DirectMap.NoMap:
+        raise AnnError("cannot rename the ids of an inverted file that keeps a direct map")
+    lists = ivf.invlists
+    for lst in range(ivf.nlist):
+        size = lists.list_size(lst)
+        if size:
+            ids = faiss.rev_swig_ptr(lists.get_ids(lst), size)
+            ids[:] = mapping(ids.copy())
+
+
 class CompressedStoreIndex:
     """The store's index once it is compressed: FAISS codes in memory, full vectors on disk.
 
     It answers the calls :class:`~landmark.index.store.Store` makes on a FAISS ``IndexIDMap2``
-    (``add_with_ids``, ``remove_ids``, ``search``, ``reconstruct``, ``ntotal``, ``d``) so the store's
+    (``add_with_ids``, ``remove_ids``, ``search``, ``ntotal``, ``d``) in store rows, so the store's
     commit protocol is unchanged: :meth:`write` produces ``global-<g>.faiss`` (the codes) plus
-    ``vectors-<g>.npy`` / ``rows-<g>.npy`` (the full vectors for exact re-ranking) before SQLite
-    commits generation ``g``.
+    ``vectors-<g>.faiss`` / ``rows-<g>.npy`` (the full vectors for re-ranking, and the store row of
+    each) before SQLite commits generation ``g``.
+
+    Inside, the compressed index names each vector by its **position** in the written vectors file
+    (rows sorted), and the j-th vector added since by ``written + j``: FAISS then re-ranks a
+    shortlist straight from the file (:meth:`RefineVectors.refine`). Store rows are translated at
+    the edges (:meth:`ids_of`, :meth:`rows_of`); :meth:`write` renumbers the positions of the next
+    generation in place. Stores written before the vectors file was a FAISS file (``vectors-<g>.npy``,
+    float32, codes named by store row) are read and renamed on load, and re-ranked exactly.
     """
 
-    def __init__(self, index: faiss.Index, rows: np.ndarray, vectors: np.ndarray, cfg: IndexConfig):
+    def __init__(self, index: faiss.Index, rows: np.ndarray, vectors: RefineVectors | np.ndarray, cfg: IndexConfig):
         self.index, self.cfg = index, cfg
-        self.rows = np.asarray(rows, np.int64)           # sorted store rows
-        self.vectors = vectors                           # aligned with rows; a memmap once written
-        self._added_rows: list[np.ndarray] = []
+        self.rows = np.asarray(rows, np.int64)           # store row of each written position (sorted)
+        self.vectors = vectors                           # aligned with rows: a RefineVectors once written
+        self._added_rows: list[np.ndarray] = []          # vectors added since, at positions len(rows) + j
         self._added_vecs: list[np.ndarray] = []
-        self._removed: set[int] = set()
+        self._removed: set[int] = set()                  # positions removed since
         set_search_params(index, cfg)
         self.d = int(index.d)
 
@@ -304,86 +413,118 @@ class CompressedStoreIndex:
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
-    def add_with_ids(self, x: np.ndarray, ids: np.ndarray) -> None:
-        x = np.ascontiguousarray(x, np.float32)
-        ids = np.asarray(ids, np.int64)
-        self.index.add_with_ids(x, ids)
-        self._added_rows.append(ids)
-        self._added_vecs.append(x)
-        self._removed.difference_update(ids.tolist())
+    def _pending(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._added_rows:
+            return np.zeros(0, np.int64), np.zeros((0, self.d), np.float32)
+        return np.concatenate(self._added_rows), np.concatenate(self._added_vecs)
 
-    def remove_ids(self, ids: np.ndarray) -> int:
-        ids = np.asarray(ids, np.int64)
+    def ids_of(self, rows: np.ndarray, *, strict: bool = False) -> np.ndarray:
+        """The index ids (positions) of the store ``rows`` it holds; with ``strict``, all must be held."""
+        rows = np.asarray(rows, np.int64)
+        ids = np.full(len(rows), -1, np.int64)
+        pos, inside = sorted_positions(self.rows, rows)
+        ids[inside] = pos[inside]
+        if self._removed:
+            ids[np.isin(ids, np.fromiter(self._removed, np.int64))] = -1
+        pending, _ = self._pending()
+        if len(pending) and (ids < 0).any():
+            last = {int(r): len(self.rows) + j for j, r in enumerate(pending) if len(self.rows) + j not in self._removed}
+            for i in np.flatnonzero(ids < 0):
+                ids[i] = last.get(int(rows[i]), -1)
+        if strict and (ids < 0).any():
+            raise AnnError(f"rows {rows[ids < 0][:3].tolist()} are not in the compressed index")
+        return ids if strict else ids[ids >= 0]
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Store rows of index ``ids`` (-1 stays -1)."""
+        pending, _ = self._pending()
+        every = np.concatenate([self.rows, pending]) if len(pending) else self.rows
+        if not len(every):
+            return np.full(np.shape(ids), -1, np.int64)
+        return np.where(ids >= 0, every[np.clip(ids, 0, len(every) - 1)], -1)
+
+    def add_with_ids(self, x: np.ndarray, rows: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, np.float32)
+        rows = np.asarray(rows, np.int64)
+        start = len(self.rows) + sum(len(r) for r in self._added_rows)
+        self.index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+        self._added_rows.append(rows)
+        self._added_vecs.append(x)
+
+    def remove_ids(self, rows: np.ndarray) -> int:
+        ids = self.ids_of(rows)
         self._removed.update(ids.tolist())
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
 
-    def _positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each store row sits in the written vectors, and whether it is there at all."""
-        return sorted_positions(self.rows, rows)
-
-    def _fetch(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, np.int64)
-        out = np.empty((len(rows), self.d), np.float32)
-        pos, inside = self._positions(rows)
-        if inside.any():
-            out[inside] = self.vectors[pos[inside]]
-        if (~inside).any():
-            added_rows = np.concatenate(self._added_rows)
-            added_vecs = np.concatenate(self._added_vecs)
-            last = {int(r): i for i, r in enumerate(added_rows)}
-            for j in np.flatnonzero(~inside):
-                out[j] = added_vecs[last[int(rows[j])]]
+    def _fetch(self, ids: np.ndarray) -> np.ndarray:
+        """Full vectors of index ``ids`` (all >= 0)."""
+        ids = np.asarray(ids, np.int64)
+        out = np.empty((len(ids), self.d), np.float32)
+        written = ids < len(self.rows)
+        if written.any():
+            out[written] = self.vectors(ids[written]) if isinstance(self.vectors, RefineVectors) \
+                else self.vectors[ids[written]]
+        if (~written).any():
+            out[~written] = self._pending()[1][ids[~written] - len(self.rows)]
         return out
 
     def reconstruct(self, row: int) -> np.ndarray:
-        return self._fetch(np.array([row]))[0]
+        return self.reconstruct_rows(np.array([row]))[0]
 
     def reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
         """The full vectors of store ``rows`` (len(rows) x d), read in one pass."""
-        return self._fetch(rows)
+        return self._fetch(self.ids_of(rows, strict=True))
 
     def search(self, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` store rows; ``params.sel`` selects index ids (make it from :meth:`ids_of`)."""
         queries = np.ascontiguousarray(queries, np.float32)
-        shortlist = max(k, self.cfg.rerank) if self.cfg.rerank else k
         sp = None
         if params is not None and params.sel is not None:
             sp = faiss.SearchParametersIVF(sel=params.sel, nprobe=self.cfg.nprobe)
-        scores, ids = self.index.search(queries, shortlist, params=sp)
         if not self.cfg.rerank:
-            return scores, ids
-        return self._rerank(queries, ids, k)
-
-    def _rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact re-ranking: in C++ from the written vectors, unless a candidate was added since."""
-        valid = ids >= 0
-        pos, inside = self._positions(ids)
-        vecs = self.vectors
-        if (inside | ~valid).all() and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 and vecs.flags.c_contiguous:
-            scores, got = rerank_rows(queries, np.where(valid, pos, -1), vecs, k)
-            return scores, np.where(got >= 0, self.rows[np.maximum(got, 0)], -1)
-        return exact_rerank(queries, ids, self._fetch, k)
+            scores, ids = self.index.search(queries, k, params=sp)
+        elif not self._added_rows and isinstance(self.vectors, RefineVectors):
+            scores, ids = self.vectors.refine(self.index, queries, k, self.cfg.rerank, sp)
+        else:
+            _, cand = self.index.search(queries, max(k, self.cfg.rerank), params=sp)
+            vecs = self.vectors
+            if not self._added_rows and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 and vecs.flags.c_contiguous:
+                scores, ids = rerank_rows(queries, cand, vecs, k)
+            else:
+                scores, ids = exact_rerank(queries, cand, self._fetch, k)
+        return scores, self.rows_of(ids)
 
     # -- persistence ---------------------------------------------------------------------------
     def write(self, index_path: Path, vectors_path: Path, rows_path: Path) -> None:
-        """Write the codes and the merged full vectors (atomic files; the caller commits SQLite after)."""
-        rows = [self.rows]
-        if self._added_rows:
-            rows.append(np.concatenate(self._added_rows))
-        all_rows = np.unique(np.concatenate(rows))
-        if self._removed:
-            all_rows = all_rows[~np.isin(all_rows, np.fromiter(self._removed, np.int64))]
+        """Write the codes, the live vectors in row order, and their rows (atomic files; the caller
+        commits SQLite after). The in-memory index is renumbered to the written positions."""
+        pending, _ = self._pending()
+        every = np.concatenate([self.rows, pending])
+        alive = np.ones(len(every), bool)
+        alive[np.fromiter(self._removed, np.int64, len(self._removed))] = False
+        order = np.flatnonzero(alive)
+        order = order[np.argsort(every[order], kind="stable")]
         chunk = 65536
-        DiskVectors.write(vectors_path, (self._fetch(all_rows[i:i + chunk]) for i in range(0, len(all_rows), chunk)),
-                          len(all_rows), self.d)
+        vectors = RefineVectors.write(vectors_path, (self._fetch(order[i:i + chunk]) for i in range(0, len(order), chunk)),
+                                      len(order), self.d, self.cfg.vectors_dtype)
+        new_of_old = np.full(len(every), -1, np.int64)
+        new_of_old[order] = np.arange(len(order))
+        remap_ids(self.index, lambda ids: new_of_old[ids])
+        self.rows, self.vectors = every[order], vectors
+        self._added_rows, self._added_vecs, self._removed = [], [], set()
         with atomic_path(rows_path) as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, all_rows)
+                np.save(fh, self.rows)
         with atomic_path(index_path) as tmp:
             faiss.write_index(self.index, str(tmp))
 
     @classmethod
     def read(cls, index_path: Path, vectors_path: Path, rows_path: Path, cfg: IndexConfig) -> "CompressedStoreIndex":
-        return cls(faiss.read_index(str(index_path)), np.load(rows_path), np.load(vectors_path, mmap_mode="r"), cfg)
+        index, rows = faiss.read_index(str(index_path)), np.load(rows_path)
+        if vectors_path.suffix == ".npy":      # written before RefineVectors: codes named by store row
+            remap_ids(index, lambda ids: sorted_positions(rows, ids)[0])
+            return cls(index, rows, np.load(vectors_path, mmap_mode="r"), cfg)
+        return cls(index, rows, RefineVectors(vectors_path), cfg)
 
     @classmethod
     def from_flat(cls, flat: faiss.Index, cfg: IndexConfig) -> "CompressedStoreIndex":
@@ -397,7 +538,7 @@ class CompressedStoreIndex:
         sample = vectors[np.sort(rng.choice(len(rows), min(len(rows), 100_000), replace=False))]
         train_index(index, sample)
         for i in range(0, len(rows), 100_000):
-            index.add_with_ids(vectors[i:i + 100_000], rows[i:i + 100_000])
+            index.add_with_ids(vectors[i:i + 100_000], np.arange(i, min(i + 100_000, len(rows)), dtype=np.int64))
         return cls(index, rows, vectors, cfg)
 
     @property

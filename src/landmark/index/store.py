@@ -127,7 +127,7 @@ class Store:
             if not overwrite:
                 raise StoreError(f"{root} already holds a store (use overwrite to replace it)")
             for p in [root / "meta.sqlite", root / "meta.sqlite-wal", root / "meta.sqlite-shm", *root.glob("global-*.faiss"),
-                      *root.glob("vectors-*.npy"), *root.glob("rows-*.npy")]:
+                      *root.glob("vectors-*"), *root.glob("rows-*.npy")]:
                 p.unlink(missing_ok=True)
         root.mkdir(parents=True, exist_ok=True)
         with _lock(root):
@@ -173,7 +173,10 @@ class Store:
         if not path.is_file():
             raise StoreError(f"{self.root}: index file {path.name} named by meta.sqlite is missing")
         if (self.root / _rows_name(gen)).is_file():   # compressed: codes + full vectors on disk
-            self._index = CompressedStoreIndex.read(path, self.root / _vectors_name(gen), self.root / _rows_name(gen),
+            vectors = self.root / _vectors_name(gen)
+            if not vectors.is_file():                    # written before the vectors became a FAISS file
+                vectors = vectors.with_suffix(".npy")
+            self._index = CompressedStoreIndex.read(path, vectors, self.root / _rows_name(gen),
                                                     self.config.index)
         else:
             self._index = faiss.read_index(str(path))
@@ -424,7 +427,7 @@ class Store:
             self._generation = new
             self._derived.clear()
             current = {_index_name(new), _vectors_name(new), _rows_name(new)}
-            for stale in [*self.root.glob("global-*.faiss"), *self.root.glob("vectors-*.npy"), *self.root.glob("rows-*.npy")]:
+            for stale in [*self.root.glob("global-*.faiss"), *self.root.glob("vectors-*"), *self.root.glob("rows-*.npy")]:
                 if stale.name not in current:
                     stale.unlink(missing_ok=True)
             if isinstance(self._index, CompressedStoreIndex):
@@ -475,8 +478,10 @@ class Store:
     def _selector(self, labelled_only: bool, splits: tuple[str, ...]):
         key = ("selector", labelled_only, splits)
         if key not in self._derived:
-            rows = self._selected_rows(labelled_only, splits)
-            self._derived[key] = (faiss.IDSelectorBatch(rows), rows)  # keep rows alive with the selector
+            ids = self._selected_rows(labelled_only, splits)
+            if isinstance(self._index, CompressedStoreIndex):
+                ids = self._index.ids_of(ids)                 # the compressed index names vectors by position
+            self._derived[key] = (faiss.IDSelectorBatch(ids), ids)  # keep ids alive with the selector
         return self._derived[key][0]
 
     def _search_subset(self, queries: np.ndarray, k: int, labelled_only: bool, splits: tuple[str, ...]
@@ -515,7 +520,7 @@ def _index_name(generation: int) -> str:
 
 
 def _vectors_name(generation: int) -> str:
-    return f"vectors-{generation:06d}.npy"
+    return f"vectors-{generation:06d}.faiss"
 
 
 def _rows_name(generation: int) -> str:
