@@ -158,6 +158,12 @@ def test_refine_vectors_rescore_a_shortlist_like_the_exact_rerank(tmp_path, dtyp
     sel = faiss.SearchParametersIVF(nprobe=16, sel=faiss.IDSelectorBatch(np.arange(3, dtype=np.int64)))
     few_s, few_i = refine.refine(index, xq[:2], 5, 5, sel)
     assert set(few_i[:, :3].ravel()) <= {0, 1, 2} and (few_i[:, 3:] == -1).all() and np.isneginf(few_s[:, 3:]).all()
+    # vectors removed from the compressed index since the file was written are never proposed
+    index.remove_ids(faiss.IDSelectorRange(0, 1000))
+    _, cand = index.search(xq, 200)
+    want_s, want_i = exact_rerank(xq, cand, lambda ids: xb[ids], 10)
+    got_s, got_i = refine.refine(index, xq, 10, 200)
+    assert got_i.min() >= 1000 and np.allclose(got_s, want_s, atol=atol)
     with pytest.raises(AnnError, match="ids must be in"):
         refine(np.array([len(xb)]))
     with pytest.raises(AnnError, match="vectors_dtype"):

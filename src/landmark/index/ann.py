@@ -240,9 +240,14 @@ class RefineVectors:
 
         ``base``'s ids must be entries of this file. FAISS's ``IndexRefine`` does it in C++: one
         search of ``base`` (with ``base_params``: a selector, nprobe), then the candidates' vectors read
-        and scored. Returns (scores, ids), -inf / -1 where fewer candidates exist.
+        and scored; when ``base`` holds fewer vectors than the file (some removed since it was
+        written), the candidates are re-scored by :func:`exact_rerank` instead. Returns (scores, ids),
+        -inf / -1 where fewer candidates exist.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if int(base.ntotal) != len(self):    # IndexRefine wants both to hold as many (e.g. some removed from base)
+            _, ids = base.search(queries, max(k, shortlist), params=base_params)
+            return exact_rerank(queries, ids, self, k)
         refined = faiss.IndexRefine(base, self.index)
         params = faiss.IndexRefineSearchParameters(k_factor=max(k, shortlist) / k, base_index_params=base_params)
         scores, ids = refined.search(queries, k, params=params)
