@@ -51,7 +51,7 @@ class IndexConfig:
     residual: bool = True                 # ivfpq: code each vector's residual from its cell centre (finer codes, a shorter
                                           # exact re-rank for the same recall; off = one lookup table per query, not per cell)
     nprobe: int = 64                      # ivfpq: cells visited per query
-    rerank: int = 1000                    # shortlist re-ranked exactly with the full vectors (memory-mapped); 0 = off
+    rerank: int = 1000                    # shortlist re-ranked with the full vectors (memory-mapped on disk); 0 = off
     vectors_dtype: str = "float16"        # ivfpq: the full vectors on disk for the re-rank: float16 (half the bytes read
                                           # per candidate, scores within ~1e-4 of float32) | float32
     train_min: int = 50_000               # a compressed store stays exact until it holds this many vectors

@@ -78,11 +78,13 @@ def test_training_needs_enough_vectors():
         make_index(30, cfg, 100)
 
 
-def test_sharded_matches_single_index(tmp_path):
+@pytest.mark.parametrize("kind", ["npy", "float16"])
+def test_sharded_matches_single_index(tmp_path, kind):
     xb, xq = clustered(3000), clustered(20, seed=2)
     cfg = IndexConfig(kind="ivfpq", nlist=16, pq_m=8, nprobe=16, rerank=100)
     trained = train_index(make_index(D, cfg, len(xb)), xb)
-    vecs = DiskVectors.write(tmp_path / "v.npy", [xb], len(xb), D)
+    vecs = DiskVectors.write(tmp_path / "v.npy", [xb], len(xb), D) if kind == "npy" \
+        else RefineVectors.write(tmp_path / "v.faiss", [xb], len(xb), D, kind)
     sharded = ShardedIndex.build(tmp_path / "shards", trained, [xb[:1700], xb[1700:]], 1000, cfg, vecs)
     assert len(sharded.paths) == 3 and sharded.ntotal == 3000
     single = RerankedIndex(trained, vecs, cfg)
@@ -114,6 +116,7 @@ def test_store_compresses_past_train_min_and_keeps_commits(tmp_path):
     assert np.allclose(st.vectors(["k5", "k1500"]), xb[[5, 1500]], atol=1e-3)
     lab = st.search(xb[:5], 5, labelled_only=True)
     assert all(int(k[1:]) >= 1000 for row in lab.keys for k in row if k)
+    assert st.search(xb[[1000, 1999]], 1, labelled_only=True).keys == [["k1000"], ["k1999"]]
     # adds and removes after compression; the next generation holds exactly the live vectors
     st.add(keys[2000:], xb[2000:], split="index")
     st.remove(["k2001", "k3"])
@@ -130,6 +133,7 @@ def test_store_compresses_past_train_min_and_keeps_commits(tmp_path):
     assert reopened.search(newest[None], 1).keys == [["k2399"]]
     assert np.allclose(reopened.vectors(["k2399"]), newest, atol=1e-3)
     assert len(reopened) == 2398 and len(Store.open(tmp_path / "s")) == 2398     # the old vector went with its row
+    assert reopened.search(xb[[1000, 1999]], 1, labelled_only=True).keys == [["k1000"], ["k1999"]]
 
 
 def test_residual_coding_is_the_default_and_can_be_switched_off():
@@ -206,3 +210,52 @@ def test_a_store_compressed_before_refine_vectors_still_opens(tmp_path):
     old.remove(["k3"])                                                 # the next generation is in the new layout
     assert sorted(p.name for p in root.glob("vectors-*")) == ["vectors-000002.faiss"]
     assert Store.open(root).search(xb[[3, 4]], 1).keys[1] == ["k4"]
+
+
+def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_path):
+    """Adds and removes before a write (one store transaction) are searched, filtered and reconstructed
+    in store rows; the written generation, read back, answers the same."""
+    xb = clustered(1200)
+    cfg = IndexConfig(kind="ivfpq", nlist=8, pq_m=8, nprobe=8, rerank=2000, vectors_dtype="float32")
+    rows = 10 + 3 * np.arange(1000)                        # store rows with gaps
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(D))
+    flat.add_with_ids(xb[:1000], rows)
+    index = CompressedStoreIndex.from_flat(flat, cfg)
+    paths = [tmp_path / n for n in ("g1.faiss", "v1.faiss", "r1.npy")]
+    index.write(*paths)
+    index = CompressedStoreIndex.read(*paths, cfg)
+    live = dict(zip(rows.tolist(), xb[:1000]))
+    # remove the newest row and add it again with a new vector (a replace), remove an older one,
+    # add new rows, then remove one of those before any write
+    newest = int(rows[-1])
+    index.remove_ids(np.array([newest, int(rows[5])]))
+    del live[newest], live[int(rows[5])]
+    added = np.array([newest, 5000, 5001, 5002])
+    index.add_with_ids(xb[1000:1004], added)
+    live.update(zip(added.tolist(), xb[1000:1004]))
+    index.remove_ids(np.array([5001]))
+    del live[5001]
+
+    def check(ix):
+        keys = np.array(sorted(live))
+        vecs = np.stack([live[r] for r in keys])
+        assert ix.ntotal == len(keys)
+        assert np.allclose(ix.reconstruct_rows(keys[[0, -1, -3]]), vecs[[0, -1, -3]], atol=1e-6)
+        q = xb[[0, 1000, 1003, 1001]]
+        scores, got = ix.search(q, 5)
+        want = keys[np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :5]]
+        assert (got == want).all()                     # re-ranked over all of them: exact, in store rows
+        subset = keys[keys % 2 == 0]                   # a filter, as the store makes it
+        sel = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ix.ids_of(subset)))
+        _, fgot = ix.search(q, 3, params=sel)
+        sub = np.stack([live[r] for r in subset])
+        assert (fgot == subset[np.argsort(-(q @ sub.T), axis=1, kind="stable")[:, :3]]).all()
+        with pytest.raises(AnnError, match="not in the compressed index"):
+            ix.reconstruct_rows(np.array([5001]))
+
+    check(index)
+    paths = [tmp_path / n for n in ("g2.faiss", "v2.faiss", "r2.npy")]
+    index.write(*paths)
+    check(index)                                       # renumbered in memory
+    assert (np.load(paths[2]) == np.array(sorted(live))).all()
+    check(CompressedStoreIndex.read(*paths, cfg))

@@ -159,8 +159,9 @@ def rerank_rows(queries: np.ndarray, rows: np.ndarray, array: np.ndarray, k: int
 class DiskVectors:
     """Full-precision vectors in a ``.npy`` file, memory-mapped; row ``i`` holds id ``i``.
 
-    The plain-array form (the exact-search baseline of ``benchmarks/ann.py``, and the vectors of stores
-    written before :class:`RefineVectors`); a compressed index re-ranks from :class:`RefineVectors`.
+    The plain-array form (the vectors of ``benchmarks/ann.py``, from which its exact baseline and its
+    :class:`RefineVectors` are made); :class:`RerankedIndex` and :class:`ShardedIndex` re-rank from
+    either, FAISS re-ranks faster from :class:`RefineVectors`.
     """
 
     path: Path
@@ -249,7 +250,8 @@ class RefineVectors:
             _, ids = base.search(queries, max(k, shortlist), params=base_params)
             return exact_rerank(queries, ids, self, k)
         refined = faiss.IndexRefine(base, self.index)
-        params = faiss.IndexRefineSearchParameters(k_factor=max(k, shortlist) / k, base_index_params=base_params)
+        # FAISS truncates k * k_factor (in float): the half keeps the shortlist exactly max(k, shortlist) long
+        params = faiss.IndexRefineSearchParameters(k_factor=(max(k, shortlist) + 0.5) / k, base_index_params=base_params)
         scores, ids = refined.search(queries, k, params=params)
         scores[ids < 0] = -np.inf
         return scores, ids
@@ -390,8 +392,9 @@ class CompressedStoreIndex:
     """The store's index once it is compressed: FAISS codes in memory, full vectors on disk.
 
     It answers the calls :class:`~landmark.index.store.Store` makes on a FAISS ``IndexIDMap2``
-    (``add_with_ids``, ``remove_ids``, ``search``, ``ntotal``, ``d``) in store rows, so the store's
-    commit protocol is unchanged: :meth:`write` produces ``global-<g>.faiss`` (the codes) plus
+    (``add_with_ids``, ``remove_ids``, ``search``, ``ntotal``, ``d``) in store rows — except the
+    selector of a filtered :meth:`search`, which names index ids (make it from :meth:`ids_of`) — so the
+    store's commit protocol is unchanged: :meth:`write` produces ``global-<g>.faiss`` (the codes) plus
     ``vectors-<g>.faiss`` / ``rows-<g>.npy`` (the full vectors for re-ranking, and the store row of
     each) before SQLite commits generation ``g``.
 
@@ -527,7 +530,12 @@ class CompressedStoreIndex:
     def read(cls, index_path: Path, vectors_path: Path, rows_path: Path, cfg: IndexConfig) -> "CompressedStoreIndex":
         index, rows = faiss.read_index(str(index_path)), np.load(rows_path)
         if vectors_path.suffix == ".npy":      # written before RefineVectors: codes named by store row
-            remap_ids(index, lambda ids: sorted_positions(rows, ids)[0])
+            def positions(ids: np.ndarray) -> np.ndarray:
+                pos, found = sorted_positions(rows, ids)
+                if not found.all():
+                    raise AnnError(f"{index_path}: ids {ids[~found][:3].tolist()} are not in {rows_path.name}")
+                return pos
+            remap_ids(index, positions)
             return cls(index, rows, np.load(vectors_path, mmap_mode="r"), cfg)
         return cls(index, rows, RefineVectors(vectors_path), cfg)
 

@@ -5,6 +5,8 @@ Layout::
     meta.sqlite            images(row, key, path, landmark_id, split, width, height, added_at),
                            landmarks(landmark_id, name), meta(key, value): version, generation, signature
     global-<generation>.faiss   IndexIDMap2 over exact inner product; FAISS ids = images.row
+                           (compressed: IVF-PQ codes, named by position in vectors-<generation>.faiss,
+                           whose rows-<generation>.npy gives each position's images.row; see ann.py)
     config.yaml            the pipeline configuration the store was built with
     .lock                  held by the one writer
 
