@@ -230,9 +230,9 @@ def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_pa
     newest = int(rows[-1])
     index.remove_ids(np.array([newest, int(rows[5])]))
     del live[newest], live[int(rows[5])]
-    added = np.array([newest, 5000, 5001, 5002])
-    index.add_with_ids(xb[1000:1004], added)
-    live.update(zip(added.tolist(), xb[1000:1004]))
+    added = np.array([newest, 5000, 5001, 5002, 7])      # rows need not come in order
+    index.add_with_ids(xb[1000:1005], added)
+    live.update(zip(added.tolist(), xb[1000:1005]))
     index.remove_ids(np.array([5001]))
     del live[5001]
 
@@ -241,7 +241,7 @@ def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_pa
         vecs = np.stack([live[r] for r in keys])
         assert ix.ntotal == len(keys)
         assert np.allclose(ix.reconstruct_rows(keys[[0, -1, -3]]), vecs[[0, -1, -3]], atol=1e-6)
-        q = xb[[0, 1000, 1003, 1001]]
+        q = xb[[0, 1000, 1003, 1001, 1004]]
         scores, got = ix.search(q, 5)
         want = keys[np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :5]]
         assert (got == want).all()                     # re-ranked over all of them: exact, in store rows
