@@ -259,3 +259,20 @@ def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_pa
     check(index)                                       # renumbered in memory
     assert (np.load(paths[2]) == np.array(sorted(live))).all()
     check(CompressedStoreIndex.read(*paths, cfg))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_refine_vectors_are_streamed_into_faiss_own_file_format(tmp_path, dtype):
+    xb = clustered(700)
+    RefineVectors.write(tmp_path / "streamed.faiss", [xb[:300], xb[300:301], xb[301:]], len(xb), D, dtype)
+    whole = faiss.IndexFlatIP(D) if dtype == "float32" else \
+        faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    whole.add(xb)
+    faiss.write_index(whole, str(tmp_path / "faiss.faiss"))
+    assert (tmp_path / "streamed.faiss").read_bytes() == (tmp_path / "faiss.faiss").read_bytes()
+    assert len(RefineVectors.write(tmp_path / "empty.faiss", [], 0, D, dtype)) == 0
+    with pytest.raises(AnnError, match="expected 700 vectors, got 699"):
+        RefineVectors.write(tmp_path / "short.faiss", [xb[:699]], len(xb), D, dtype)
+    with pytest.raises(AnnError, match="more than the 10"):
+        RefineVectors.write(tmp_path / "long.faiss", [xb[:8], xb[8:16]], 10, D, dtype)
+    assert not (tmp_path / "short.faiss").exists() and not (tmp_path / "long.faiss").exists()

@@ -258,21 +258,34 @@ class RefineVectors:
 
     @staticmethod
     def write(path: str | Path, chunks: Iterable[np.ndarray], n: int, dim: int, dtype: str = "float16") -> "RefineVectors":
-        """Write ``chunks`` (``n`` vectors in all) to a new file (atomically); returns it opened.
+        """Stream ``chunks`` (``n`` vectors in all) into a new file (atomically); returns it opened.
 
-        The codes are gathered in memory before the file is written (2 bytes per dimension and
-        vector in float16).
+        FAISS writes a flat-codes index as its header (which holds ``ntotal``) followed by its codes
+        as one array: ``<uint64 count><bytes>``, the count in floats for float32, in bytes otherwise.
+        The header is FAISS's own, for ``n`` vectors; the codes are encoded chunk by chunk after it,
+        so no more than a chunk is in memory (the tests check the file is byte for byte FAISS's).
         """
         path = Path(path)
         codes = flat_codes(dim, dtype)
-        for c in chunks:
-            codes.add(np.ascontiguousarray(c, dtype=np.float32))
-        if codes.ntotal != n:
-            raise AnnError(f"{path}: expected {n} vectors, got {codes.ntotal}")
+        unit = 4 if isinstance(codes, faiss.IndexFlat) else 1
+        codes.ntotal = n
+        head = faiss.serialize_index(codes)
+        if head[-8:].view(np.uint64)[0] != 0:
+            raise AnnError(f"unexpected FAISS layout for {type(codes).__name__}")
+        head[-8:] = np.array([n * codes.code_size // unit], np.uint64).view(np.uint8)
         with atomic_path(path) as tmp:
-            faiss.write_index(codes, str(tmp))
+            written = 0
+            with open(tmp, "wb") as fh:
+                fh.write(head.tobytes())
+                for c in chunks:
+                    c = np.ascontiguousarray(c, dtype=np.float32)
+                    written += len(c)
+                    if written > n:
+                        raise AnnError(f"{path}: more than the {n} vectors announced")
+                    fh.write(codes.sa_encode(c).tobytes())
+            if written != n:
+                raise AnnError(f"{path}: expected {n} vectors, got {written}")
         return RefineVectors(path)
-
 
 
 def refined_search(base: faiss.Index, vectors: RefineVectors | DiskVectors, queries: np.ndarray, k: int,
