@@ -50,7 +50,7 @@ class IndexConfig:
     pca_dim: int = 0                      # ivfpq: PCA-rotate to this many dims before coding (0 = random rotation, all dims)
     residual: bool = True                 # ivfpq: code each vector's residual from its cell centre (finer codes, a shorter
                                           # exact re-rank for the same recall; off = one lookup table per query, not per cell)
-    nprobe: int = 64                      # ivfpq: cells visited per query
+    nprobe: int = 0                       # ivfpq: cells visited per query (0 = about 7 % of nlist, as nlist grows)
     rerank: int = 1000                    # shortlist re-ranked with the full vectors (memory-mapped on disk); 0 = off
     vectors_dtype: str = "float16"        # ivfpq: the full vectors on disk for the re-rank: float16 (half the bytes read
                                           # per candidate, scores within ~1e-4 of float32) | float32

@@ -6,7 +6,7 @@ from landmark.config import IndexConfig, load_config
 from landmark.features.whitening import l2n
 from landmark.index import Store
 from landmark.index.ann import (AnnError, CompressedStoreIndex, DiskVectors, RefineVectors, RerankedIndex, ShardedIndex,
-                                bytes_per_vector, default_nlist, exact_rerank, make_index, remap_ids, rerank_rows,
+                                bytes_per_vector, default_nlist, exact_rerank, make_index, nprobe_for, remap_ids, rerank_rows,
                                 train_index)
 
 D = 32
@@ -276,3 +276,11 @@ def test_refine_vectors_are_streamed_into_faiss_own_file_format(tmp_path, dtype)
     with pytest.raises(AnnError, match="more than the 10"):
         RefineVectors.write(tmp_path / "long.faiss", [xb[:8], xb[8:16]], 10, D, dtype)
     assert not (tmp_path / "short.faiss").exists() and not (tmp_path / "long.faiss").exists()
+
+
+def test_nprobe_is_a_share_of_the_cells_unless_set():
+    assert nprobe_for(2048, IndexConfig()) == 143 and nprobe_for(4096, IndexConfig()) == 287
+    assert nprobe_for(4, IndexConfig()) == 1                        # at least one cell
+    assert nprobe_for(2048, IndexConfig(nprobe=64)) == 64 and nprobe_for(16, IndexConfig(nprobe=64)) == 64
+    index = make_index(D, IndexConfig(kind="ivfpq", nlist=256, pq_m=8), 20_000)
+    assert faiss.extract_index_ivf(index).nprobe == 18              # 7 % of 256
