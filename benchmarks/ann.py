@@ -157,15 +157,16 @@ def main() -> None:
 
     residual = not args.no_residual
     cfg = IndexConfig(kind="ivfpq", nlist=args.nlist, pq_m=args.pq_m, pca_dim=args.pca_dim, residual=residual)
-    index = make_index(512, cfg, args.n)
-    sample = np.sort(rng.choice(args.n, args.train, replace=False))
-    _, t_train = timed(train_index, index, np.ascontiguousarray(vectors.array[sample]))
+    sample = np.ascontiguousarray(vectors.array[np.sort(rng.choice(args.n, args.train, replace=False))])
+    index = make_index(512, cfg, args.n, sample)        # --pca-dim 0: as many PCA dims as the store would pick
+    _, t_train = timed(train_index, index, sample)
     t0 = time.perf_counter()
     for i in range(0, args.n, 100_000):
         index.add_with_ids(np.ascontiguousarray(vectors.array[i:i + 100_000]), np.arange(i, min(i + 100_000, args.n)))
     t_add = time.perf_counter() - t0
     bpv = bytes_per_vector(index)
-    pre = f"PCAR{args.pca_dim}" if args.pca_dim else "RR512"
+    rotation = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+    pre = f"PCAR{rotation.d_out}" if isinstance(rotation, faiss.PCAMatrix) else f"RR{rotation.d_out}"
     print(f"{pre},IVF{args.nlist},PQ{2 * args.pq_m}x4fs{'r' if residual else ''} ({args.pq_m}-byte codes): trained on {args.train} in {t_train:.1f} s, added in {t_add:.1f} s, "
           f"{bpv:.1f} bytes/vector in RAM (codes + ids + centroids); full vectors for re-ranking on disk (mmap)")
     print(f"recall@100 against exact float32 search; the re-rank reads {args.vectors_dtype} vectors")

@@ -47,7 +47,10 @@ class IndexConfig:
     kind: str = "flat"                    # exact inner-product search | ivfpq (compressed, see index/ann.py)
     nlist: int = 0                        # ivfpq: coarse cells (0 = about 4 * sqrt(N) at training time)
     pq_m: int = 64                        # ivfpq: bytes per PQ code (2 * pq_m sub-quantizers of 4 bits)
-    pca_dim: int = 0                      # ivfpq: PCA-rotate to this many dims before coding (0 = random rotation, all dims)
+    pca_dim: int = 0                      # ivfpq: PCA-rotate to this many dims before coding; 0 = the fewest that hold
+                                          # pca_energy of the training vectors' variance (all dims, randomly rotated,
+                                          # when no fewer do, e.g. whitened vectors)
+    pca_energy: float = 0.85              # ivfpq: see pca_dim (1.0 = always all dims)
     residual: bool = True                 # ivfpq: code each vector's residual from its cell centre (finer codes, a shorter
                                           # exact re-rank for the same recall; off = one lookup table per query, not per cell)
     nprobe: int = 0                       # ivfpq: cells visited per query (0 = about 7 % of nlist, as nlist grows)

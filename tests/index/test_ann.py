@@ -6,7 +6,7 @@ from landmark.config import IndexConfig, load_config
 from landmark.features.whitening import l2n
 from landmark.index import Store
 from landmark.index.ann import (AnnError, CompressedStoreIndex, DiskVectors, RefineVectors, RerankedIndex, ShardedIndex,
-                                bytes_per_vector, default_nlist, exact_rerank, make_index, nprobe_for, remap_ids, rerank_rows,
+                                auto_pca_dim, bytes_per_vector, default_nlist, exact_rerank, make_index, nprobe_for, remap_ids, rerank_rows,
                                 train_index)
 
 D = 32
@@ -284,3 +284,21 @@ def test_nprobe_is_a_share_of_the_cells_unless_set():
     assert nprobe_for(2048, IndexConfig(nprobe=64)) == 64 and nprobe_for(16, IndexConfig(nprobe=64)) == 64
     index = make_index(D, IndexConfig(kind="ivfpq", nlist=256, pq_m=8), 20_000)
     assert faiss.extract_index_ivf(index).nprobe == 18              # 7 % of 256
+
+
+def test_the_codes_cover_the_pca_dimensions_that_hold_most_of_the_variance():
+    rng = np.random.default_rng(0)
+    spectrum = np.r_[np.full(8, 10.0), np.full(8, 1.0), np.full(16, 0.01)]    # 16 of 32 dims hold 99.7 %
+    sample = (rng.normal(size=(4000, D)) * np.sqrt(spectrum)) @ np.linalg.qr(rng.normal(size=(D, D)))[0]
+    assert auto_pca_dim(sample, 8, 0.85) == 8 and auto_pca_dim(sample, 8, 0.95) == 16
+    assert auto_pca_dim(sample, 8, 1.0) == D                                 # all: no fewer hold everything
+    assert auto_pca_dim(rng.normal(size=(4000, D)), 8, 0.85) == D             # a flat (whitened) spectrum
+    cfg = IndexConfig(kind="ivfpq", nlist=16, pq_m=4, pca_energy=0.95)
+
+    def rotation(index):          # (kind, output dims) of the index's first transform, read while it lives
+        first = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+        return type(first).__name__, first.d_out
+    assert rotation(make_index(D, cfg, 4000, sample.astype(np.float32))) == ("PCAMatrix", 16)
+    assert rotation(make_index(D, cfg, 4000)) == ("RandomRotationMatrix", D)           # no sample: all dims
+    fixed = IndexConfig(kind="ivfpq", nlist=16, pq_m=4, pca_dim=24)
+    assert rotation(make_index(D, fixed, 4000, sample)) == ("PCAMatrix", 24)

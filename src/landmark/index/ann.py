@@ -49,14 +49,36 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(nlist, n // 39)))
 
 
-def make_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
-    """An untrained compressed index for ``dim``-d unit vectors (inner product)."""
-    coded = cfg.pca_dim or dim
-    if coded > dim or coded % (2 * cfg.pq_m):
-        raise AnnError(f"2 * pq_m = {2 * cfg.pq_m} 4-bit sub-quantizers must divide the coded dimension {coded} (<= {dim})")
+def auto_pca_dim(sample: np.ndarray, step: int, energy: float, max_rows: int = 20_000) -> int:
+    """The fewest principal dimensions of ``sample``, a multiple of ``step``, that hold ``energy`` of
+    its variance; all of its dimensions when no fewer do (a flat spectrum, e.g. whitened vectors)."""
+    sample = np.asarray(sample)
+    dim = sample.shape[1]
+    x = np.asarray(sample[:: max(1, len(sample) // max_rows)], dtype=np.float64)
+    x = x - x.mean(axis=0)
+    eig = np.clip(np.linalg.eigvalsh(x.T @ x)[::-1], 0, None)
+    held = np.cumsum(eig) / max(float(eig.sum()), 1e-30)
+    return next((m for m in range(step, dim, step) if held[m - 1] >= energy), dim)
+
+
+def make_index(dim: int, cfg: IndexConfig, n_train: int, sample: np.ndarray | None = None) -> faiss.Index:
+    """An untrained compressed index for ``dim``-d unit vectors (inner product).
+
+    With ``index.pca_dim`` 0 the codes cover the fewest PCA dimensions of ``sample`` (the training
+    vectors) holding ``index.pca_energy`` of their variance (:func:`auto_pca_dim`), after a random
+    rotation that spreads it over the sub-quantizers (FAISS ``PCAR``); all ``dim`` of them, randomly
+    rotated (``RR``), when no fewer do or no sample is given.
+    """
+    step = 2 * cfg.pq_m
+    if cfg.pca_dim:
+        coded = cfg.pca_dim
+    else:
+        coded = auto_pca_dim(sample, step, cfg.pca_energy) if sample is not None and len(sample) > 1 else dim
+    if coded > dim or coded % step:
+        raise AnnError(f"2 * pq_m = {step} 4-bit sub-quantizers must divide the coded dimension {coded} (<= {dim})")
     if cfg.kind == "ivfpq":
         nlist = cfg.nlist or default_nlist(n_train)
-        pre = f"PCAR{coded}" if cfg.pca_dim else f"RR{dim}"
+        pre = f"PCAR{coded}" if cfg.pca_dim or coded < dim else f"RR{dim}"
         index = faiss.index_factory(dim, f"{pre},IVF{nlist},PQ{2 * cfg.pq_m}x4fs{'r' if cfg.residual else ''}",
                                     faiss.METRIC_INNER_PRODUCT)
         set_search_params(index, cfg)
@@ -570,9 +592,9 @@ class CompressedStoreIndex:
         vectors = flat.index.reconstruct_n(0, flat.ntotal) if flat.ntotal else np.zeros((0, flat.d), np.float32)
         order = np.argsort(rows)
         rows, vectors = rows[order], vectors[order]
-        index = make_index(flat.d, cfg, len(rows))
         rng = np.random.default_rng(0)
         sample = vectors[np.sort(rng.choice(len(rows), min(len(rows), 100_000), replace=False))]
+        index = make_index(flat.d, cfg, len(rows), sample)
         train_index(index, sample)
         for i in range(0, len(rows), 100_000):
             index.add_with_ids(vectors[i:i + 100_000], np.arange(i, min(i + 100_000, len(rows)), dtype=np.int64))
