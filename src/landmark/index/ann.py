@@ -1,10 +1,11 @@
 """Compressed FAISS indexes with exact re-ranking, and sharded indexes for collections larger than memory.
 
 ``ivfpq``: an inverted file of ``nlist`` cells over product-quantised codes of ``pq_m`` bytes (FAISS
-``RR<d>,IVF<nlist>,PQ<2 pq_m>x4fsr``: a random rotation that spreads the PCA'd variance evenly over
-the PQ sub-spaces — or, with ``pca_dim``, a rotating PCA to fewer dimensions — then 4-bit
-"fast-scan" PQ of each vector's residual from its cell centre, which trains in seconds and scans
-codes with SIMD). In memory per vector: the code plus its 8-byte id (+ the shared centroids). (HNSW was
+``PCAR<p>,IVF<nlist>,PQ<2 pq_m>x4fsr``: a PCA to the ``p`` dimensions that hold most of the
+variance (``pca_dim``, or chosen from ``pca_energy``), randomly rotated so that it spreads evenly
+over the PQ sub-spaces — ``RR<d>``, a random rotation of all dimensions, when no fewer hold it —
+then 4-bit "fast-scan" PQ of each vector's residual from its cell centre, which trains in seconds
+and scans codes with SIMD). In memory per vector: the code plus its 8-byte id (+ the shared centroids). (HNSW was
 left out: its graph links alone cost 2 * M * 4 bytes per vector, over the 128-byte budget, and it
 cannot remove vectors.)
 
