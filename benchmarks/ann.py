@@ -33,8 +33,8 @@ import numpy as np
 from landmark.config import IndexConfig
 from landmark.features.whitening import l2n, learn_whitening
 from landmark.index import Store
-from landmark.index.ann import (DiskVectors, RefineVectors, RerankedIndex, ShardedIndex, bytes_per_vector, make_index,
-                                train_index)
+from landmark.index.ann import (DiskVectors, RefineVectors, RerankedIndex, ShardedIndex, bytes_per_vector, index_name,
+                                make_index, train_index)
 
 
 def real_vectors(store_dir: Path, test_cache: Path):
@@ -165,9 +165,7 @@ def main() -> None:
         index.add_with_ids(np.ascontiguousarray(vectors.array[i:i + 100_000]), np.arange(i, min(i + 100_000, args.n)))
     t_add = time.perf_counter() - t0
     bpv = bytes_per_vector(index)
-    rotation = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
-    pre = f"PCAR{rotation.d_out}" if isinstance(rotation, faiss.PCAMatrix) else f"RR{rotation.d_out}"
-    print(f"{pre},IVF{args.nlist},PQ{2 * args.pq_m}x4fs{'r' if residual else ''} ({args.pq_m}-byte codes): trained on {args.train} in {t_train:.1f} s, added in {t_add:.1f} s, "
+    print(f"{index_name(index)} ({args.pq_m}-byte codes): trained on {args.train} in {t_train:.1f} s, added in {t_add:.1f} s, "
           f"{bpv:.1f} bytes/vector in RAM (codes + ids + centroids); full vectors for re-ranking on disk (mmap)")
     print(f"recall@100 against exact float32 search; the re-rank reads {args.vectors_dtype} vectors")
 

@@ -1,3 +1,5 @@
+import re
+
 import faiss
 import numpy as np
 import pytest
@@ -107,6 +109,9 @@ def test_store_compresses_past_train_min_and_keeps_commits(tmp_path):
     st.add(keys[1000:2000], xb[1000:2000], split="index", landmark_ids=[1] * 1000)
     info = st.info()
     assert info["index_kind"] == kind and info["bytes_per_vector"] < 4 * D
+    built = info["compressed"]
+    assert re.fullmatch(r"(PCAR16|RR32),IVF8,PQ16x4fsr", built["index"]), built
+    assert (built["nlist"], built["nprobe"], built["rerank"], built["vectors"]) == (8, 8, 100, "float16")
     files = sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith(("rows-", "vectors-", "global-")))
     assert files == ["global-000002.faiss", "rows-000002.npy", "vectors-000002.faiss"]
     # searches agree with exact ones; filters still work; stored vectors are the float16 ones

@@ -125,6 +125,18 @@ def bytes_per_vector(index: faiss.Index) -> float:
     return memory_bytes(index) / max(1, index.ntotal)
 
 
+def index_name(index: faiss.Index) -> str:
+    """A compressed index in FAISS factory terms, e.g. ``PCAR256,IVF4096,PQ128x4fsr``."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    pq = f"PQ{ivf.pq.M}x{ivf.pq.nbits}{'fs' if isinstance(ivf, faiss.IndexIVFFastScan) else ''}{'r' if ivf.by_residual else ''}"
+    parts = [f"IVF{ivf.nlist}", pq]
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexPreTransform):
+        first = faiss.downcast_VectorTransform(outer.chain.at(0))
+        parts.insert(0, f"{'PCAR' if isinstance(first, faiss.PCAMatrix) else 'RR'}{first.d_out}")
+    return ",".join(parts)
+
+
 def exact_rerank(queries: np.ndarray, ids: np.ndarray, fetch, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Re-score each query's candidate ``ids`` (Q x S, -1 = none) exactly; ``fetch(ids) -> vectors``.
 
@@ -604,3 +616,9 @@ class CompressedStoreIndex:
     @property
     def bytes_per_vector(self) -> float:
         return bytes_per_vector(self.index)
+
+    def describe(self) -> dict[str, object]:
+        """What was built and how it searches: FAISS factory-style name, cells, nprobe, re-rank."""
+        return {"index": index_name(self.index), "nlist": int(faiss.extract_index_ivf(self.index).nlist),
+                "nprobe": int(faiss.extract_index_ivf(self.index).nprobe), "rerank": int(self.cfg.rerank),
+                "vectors": self.vectors.dtype if isinstance(self.vectors, RefineVectors) else "float32"}

@@ -209,7 +209,8 @@ class Store:
                 "splits": by_split, "signature": self.signature,
                 "index_kind": "flat" if not isinstance(self._index, CompressedStoreIndex) else self.config.index.kind,
                 "bytes_per_vector": self._index.bytes_per_vector if isinstance(self._index, CompressedStoreIndex)
-                else 4 * self.dim}
+                else 4 * self.dim,
+                **({"compressed": self._index.describe()} if isinstance(self._index, CompressedStoreIndex) else {})}
 
     def label_names(self) -> dict[int, str]:
         return dict(self._conn.execute("SELECT landmark_id, name FROM landmarks"))
