@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.6)
     ap.add_argument("--nlist", type=int, default=2048)
     ap.add_argument("--pq-m", type=int, default=48, help="bytes per PQ code")
-    ap.add_argument("--pca-dim", type=int, default=192, help="PCA-rotate to this many dims before coding (0 = random rotation)")
+    ap.add_argument("--pca-dim", type=int, default=192, help="PCA-rotate to this many dims before coding (0 = as a store chooses: the fewest holding index.pca_energy of the variance, else a random rotation of all)")
     ap.add_argument("--no-residual", action="store_true", help="code the vectors themselves, not their residuals from the cell centres")
     ap.add_argument("--reuse", action="store_true", help="reuse WORK/base.npy from an earlier run")
     ap.add_argument("--train", type=int, default=150_000)
