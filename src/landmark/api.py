@@ -368,8 +368,10 @@ class Landmarks:
     def recognize(self, photos: Sequence[Photo], *, progress: bool | None = None) -> list[Recognition]:
         """Landmark id, score in [0, 1], grade and evidence for each photo (the pipeline of Baidu §3)."""
         ids, vectors, errors, extras = self._embed_queries(photos, progress, with_extras=True)
+        by_name = dict(zip(self._query_names(photos), photos))
+        detections = self.detect([by_name[q] for q in ids], progress=progress)
         out: dict[str, Recognition] = {q: Recognition(q, None, None, 0.0, error=e) for q, e in errors.items()}
-        for q, rec in zip(ids, self.recognize_vectors(vectors, extras=extras, ids=ids)):
+        for q, rec in zip(ids, self.recognize_vectors(vectors, extras=extras, ids=ids, detections=detections)):
             rec.query = q
             out[q] = rec
         return [out[q] for q in self._query_names(photos)]
@@ -405,22 +407,29 @@ class Landmarks:
         self.recognition_config = cfg
         self._recognizer = None
 
+    def detect(self, photos: Sequence[Photo], *, progress: bool | None = None):
+        """The configured object detector's decision on each photo (``recognition.detector``, the
+        paper's rule), for :meth:`gather`; None when no detector is configured."""
+        return self.recognizer.detect(photos, progress=progress)
+
     def gather(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
-               ids: Sequence[str] | None = None) -> Evidence:
-        """The recognition evidence of a batch of query descriptors (see :mod:`landmark.recognition.pipeline`)."""
+               ids: Sequence[str] | None = None, detections: Sequence | None = None) -> Evidence:
+        """The recognition evidence of a batch of query descriptors (see :mod:`landmark.recognition.pipeline`);
+        ``detections``: :meth:`detect` of the same photos, in the same order."""
         from .recognition.filters import PROBE_NAME
 
         ids = list(ids) if ids is not None else [str(i) for i in range(len(vectors))]
         extras = extras or {}
-        return self.recognizer.gather(vectors, ids, extras.get(PROBE_NAME), descriptors=extras.get(DESCRIPTOR_EXTRA),
-                                      regions=extras.get(REGIONS_EXTRA))
+        return self.recognizer.gather(vectors, ids, extras.get(PROBE_NAME), detections,
+                                      descriptors=extras.get(DESCRIPTOR_EXTRA), regions=extras.get(REGIONS_EXTRA))
 
     def recognize_vectors(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
-                          ids: Sequence[str] | None = None) -> list[Recognition]:
-        """Recognitions of query descriptors; ``extras`` are the extractor's probe outputs (object prior)."""
+                          ids: Sequence[str] | None = None, detections: Sequence | None = None) -> list[Recognition]:
+        """Recognitions of query descriptors; ``extras`` are the extractor's probe outputs (object prior),
+        ``detections`` the object detector's decisions (:meth:`detect`)."""
         if not len(vectors):
             return []
-        ev = self.gather(vectors, extras=extras, ids=ids)
+        ev = self.gather(vectors, extras=extras, ids=ids, detections=detections)
         return self.recognitions(ev, decide(ev, self.recognizer.cfg))
 
     def recognitions(self, ev: Evidence, decisions: Sequence[Decision]) -> list[Recognition]:

@@ -213,7 +213,9 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
     else:
         manifest = read_photos(photos)
     result = lm.embed(manifest, progress=progress, queries=True)
-    recs = lm.recognize_vectors(result.vectors, extras=result.extras, ids=result.ids)
+    paths = {r.id: r.path for r in manifest.records}
+    recs = lm.recognize_vectors(result.vectors, extras=result.extras, ids=result.ids,
+                                detections=lm.detect([paths[q] for q in result.ids], progress=progress))
     if csv:
         write_recognition_csv(csv, {r.query: (r.landmark_id, r.score) if r.landmark_id is not None else None for r in recs},
                               ids=manifest.ids())

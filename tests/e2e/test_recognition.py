@@ -358,3 +358,60 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
     assert lm.recognition_config.regions == 1
     lm.calibrate(expansion=False, category=False)
     assert calls[-1] == 3 and landmark.open(store).recognition_config.regions == 3
+
+
+def _detector_files(tmp_path, label_index):
+    """A constant ONNX detector whose one box covers its whole 32 x 64 input at score 0.9, labelled
+    ``label_index`` of: 0 Person (non-landmark), 1 Tower (landmark part)."""
+    from onnx_helpers import constant_detector
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    constant_detector(tmp_path / "det.onnx", [[0, 0, 32, 64]], [0.9], [label_index])
+    (tmp_path / "labels.txt").write_text("Person\nTower\n")
+    (tmp_path / "roles.yaml").write_text("Person: non_landmark\nTower: landmark\n")
+    return {"detector": str(tmp_path / "det.onnx"), "detector_labels": str(tmp_path / "labels.txt"),
+            "detector_roles": str(tmp_path / "roles.yaml")}
+
+
+@pytest.mark.slow
+def test_a_configured_onnx_detector_filters_recognition(mini_store, eiffel_query, tmp_path):
+    from dataclasses import replace
+
+    lm = landmark.open(mini_store)
+    plain = lm.recognize([str(eiffel_query)])[0]
+    assert plain.landmark_id == 47378 and "detector" not in plain.evidence["filters"]
+
+    # a landmark part (a tower) present: the detector keeps the photo, whatever the object prior says
+    # (this small test model's ImageNet prior takes this Eiffel Tower photo for an object)
+    lm.set_recognition_config(replace(lm.recognition_config, **_detector_files(tmp_path / "tower", 1)))
+    tower = lm.recognize([eiffel_query])[0]
+    assert tower.evidence["filters"]["detector"]["decision"] == "landmark"
+    assert tower.evidence["filters"]["non_landmark"] == [] and tower.grade != "non-landmark"
+    assert tower.landmark_id == 47378
+
+    # a person covering the whole photo at score 0.9: the paper's rule calls it a non-landmark
+    lm.set_recognition_config(replace(lm.recognition_config, **_detector_files(tmp_path / "person", 0)))
+    person = lm.recognize([str(eiffel_query)])[0]
+    assert person.evidence["filters"]["detector"]["decision"] == "non_landmark"
+    assert "detector" in person.evidence["filters"]["non_landmark"]
+    assert person.grade == "non-landmark" and person.score < tower.score
+    # ... not when the area rule is not met (the detector's settings are read)
+    lm.set_recognition_config(replace(lm.recognition_config, detector_area_min=1.01))
+    uncertain = lm.recognize([str(eiffel_query)])[0]
+    assert uncertain.evidence["filters"]["detector"]["decision"] == "uncertain"
+    assert "detector" not in uncertain.evidence["filters"]["non_landmark"]
+
+
+@pytest.mark.slow
+def test_recognize_cli_runs_the_store_s_detector(mini_store, eiffel_query, tmp_path):
+    from dataclasses import replace
+
+    from landmark.index import Store
+
+    store = shutil.copytree(mini_store, tmp_path / "store")
+    with Store.open(store) as st:
+        st.update_config(replace(st.config, recognition=replace(st.config.recognition, **_detector_files(tmp_path, 0))))
+    result = runner.invoke(app, ["recognize", str(eiffel_query), "--store", str(store), "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rec = json.loads(result.output)[0]
+    assert rec["evidence"]["filters"]["detector"]["decision"] == "non_landmark" and rec["grade"] == "non-landmark"

@@ -4,6 +4,7 @@ ONNX detector, and the distractor-similarity filter."""
 import numpy as np
 import pytest
 import torch
+from onnx_helpers import constant_detector
 from PIL import Image
 
 from landmark.recognition.filters import (LANDMARK, NON_LANDMARK, UNCERTAIN, ClassGroups, Detection,
@@ -100,30 +101,9 @@ def test_detector_rule_big_confident_non_landmark_object():
     assert detector_decision(weak, (100, 100), ROLES).decision == NON_LANDMARK
 
 
-def _constant_detector(path, boxes, scores, labels):
-    import onnx
-    from onnx import TensorProto, helper
-
-    def const(name, arr, dtype):
-        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name + "_v", dtype, arr.shape, arr.flatten().tolist()))
-
-    boxes, scores, labels = np.asarray(boxes, np.float32), np.asarray(scores, np.float32), np.asarray(labels, np.int64)
-    nodes = [helper.make_node("Shape", ["image"], ["shape"]),     # uses the input so it is not pruned
-             const("boxes", boxes, TensorProto.FLOAT), const("scores", scores, TensorProto.FLOAT),
-             const("labels", labels, TensorProto.INT64)]
-    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 32])],
-                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, list(boxes.shape)),
-                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, list(scores.shape)),
-                               helper.make_tensor_value_info("labels", TensorProto.INT64, list(labels.shape)),
-                               helper.make_tensor_value_info("shape", TensorProto.INT64, [4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 def test_onnx_detector_maps_boxes_back_to_the_photo(tmp_path):
     # the model sees a fixed 32 x 64 (w x h) input; the photo is 320 x 640, so boxes scale by 10
-    _constant_detector(tmp_path / "det.onnx", [[0, 0, 32, 40], [10, 10, 12, 12]], [0.9, 0.8], [1, 0])
+    constant_detector(tmp_path / "det.onnx", [[0, 0, 32, 40], [10, 10, 12, 12]], [0.9, 0.8], [1, 0])
     (tmp_path / "labels.txt").write_text("Tower\nCar\n")
     (tmp_path / "roles.yaml").write_text("Tower: landmark\nCar: non_landmark\n")
     det = OnnxDetector(tmp_path / "det.onnx", tmp_path / "labels.txt", tmp_path / "roles.yaml")

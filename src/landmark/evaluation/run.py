@@ -77,9 +77,11 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     timings["extract_test_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    evidence = lm.gather(queries.vectors, extras=queries.extras, ids=queries.ids)
+    paths = {r.id: r.path for r in test.records}
+    detections = lm.detect([paths[q] for q in queries.ids], progress=progress)
+    evidence = lm.gather(queries.vectors, extras=queries.extras, ids=queries.ids, detections=detections)
     global_only = (lm.gather(queries.vectors, extras={k: v for k, v in queries.extras.items() if k != REGIONS_EXTRA},
-                             ids=queries.ids) if REGIONS_EXTRA in queries.extras else None)
+                             ids=queries.ids, detections=detections) if REGIONS_EXTRA in queries.extras else None)
     ablation = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all, global_only)
     recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
     predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)

@@ -188,6 +188,8 @@ class DetectorDecision:
 
 
 class Detector(Protocol):
+    roles: Mapping[str, str]          # class name -> landmark | uncertain | non_landmark
+
     def detect(self, image: Image.Image) -> list[Detection]: ...
 
 

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..config import RecognitionConfig
+from ..data.images import ImageError, load_image
+from ..utils.progress import progress_bar
 from .classifier import ClassifierPrediction, LandmarkClassifier
 from .filters import (LANDMARK, NON_LANDMARK, PROBE_NAME, ClassGroups, DetectorDecision, PriorDecision,
-                      flat_index, min_of_top_k, prior_decisions, top_similarities)
+                      detector_decision, flat_index, min_of_top_k, prior_decisions, top_similarities)
 from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_scores
 from .knn import Vote, at_positions, knn_vote, merge_views, stack_views
 
@@ -231,6 +234,27 @@ class Recognizer:
         keys = [[res.keys[qi * v + j // k][j % k] if j >= 0 else None for j in row] for qi, row in enumerate(pos.tolist())]
         return labels, scores, keys
 
+    def detect(self, photos: Sequence[Any], *, progress: bool | None = None) -> list[DetectorDecision | None] | None:
+        """The object detector's decision on each photo (a path or a PIL image) by the paper's rule
+        (``cfg.detector_score_min``, ``cfg.detector_area_min``), for :meth:`gather`'s ``detections``.
+        None without a detector; a photo that cannot be read gets None (the other filters still judge it)."""
+        if self.detector is None:
+            return None
+        cfg, out = self.cfg, []
+        with progress_bar("object detector", total=len(photos), enabled=progress) as bar:
+            for photo in photos:
+                try:
+                    image = photo if isinstance(photo, Image.Image) else load_image(photo)
+                    found = self.detector.detect(image)
+                except ImageError as e:
+                    log.warning("object detector skipped %s: %s", photo, e)
+                    out.append(None)
+                else:
+                    out.append(detector_decision(found, image.size, self.detector.roles,
+                                                 cfg.detector_score_min, cfg.detector_area_min))
+                bar.advance()
+        return out
+
     def gather(self, vectors: np.ndarray, ids: Sequence[str], prior_probs: np.ndarray | None = None,
                detections: Sequence[DetectorDecision | None] | None = None,
                descriptors: np.ndarray | None = None, regions: np.ndarray | None = None) -> Evidence:
@@ -263,9 +287,12 @@ class Recognizer:
             near_landmark = ev.scores[batch, 0] if regions is None else \
                 self.store.search(vectors[batch], 1, labelled_only=True).scores[:, 0]    # the global descriptor's
             batch = batch[near_landmark <= near_object]
-        # each query's top-k among the known set and the kept batch photos (itself excluded)
-        to_batch = vectors @ vectors[batch].T
-        to_batch[batch, np.arange(len(batch))] = -np.inf
+        # each query's top-k among the known set and the kept batch photos (itself excluded); both
+        # searched with FAISS, so a batch of 100k queries never makes a Q x Q matrix
+        to_batch, rows = top_similarities(vectors, flat_index(vectors[batch]), cfg.distractor_k + 1)
+        hit_q, hit_j = np.nonzero(rows >= 0)
+        is_self = batch[rows[hit_q, hit_j]] == hit_q
+        to_batch[hit_q[is_self], hit_j[is_self]] = -np.inf
         candidates = np.concatenate([top_similarities(vectors, known_index, cfg.distractor_k)[0], to_batch], axis=1)
         ev.distractor = min_of_top_k(candidates, cfg.distractor_k)
         ev.distractor_set = len(keys) + len(batch)
