@@ -174,15 +174,7 @@ class Landmarks:
                                          expect_prior_source=self.prior_source if self.groups else None)
         else:
             result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
-        by_id = {r.id: r for r in todo}
-        self.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
-                       landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes,
-                       extras={k: v for k, v in result.extras.items() if k != DESCRIPTOR_EXTRA})
-        if result.extras and len(result.ids) and self.groups is not None:
-            from .recognition.setup import priors_stale, record_groups
-
-            if not priors_stale(self.store, self.groups, self.prior_source):   # else older photos' wait for a backfill
-                record_groups(self.store, self.groups, self.prior_source)
+        self.store_extracted(todo, result, split)
         shutil.rmtree(work, ignore_errors=True)
         report.added[split] = len(result.ids)
         report.failures += result.failures
@@ -191,6 +183,19 @@ class Landmarks:
             report.failures += self.add_local([r for r in manifest.records if r.id in stored], progress=progress,
                                               description=f"local features {split}")
         return report
+
+    def store_extracted(self, records: Sequence[ImageRecord], result: ExtractionResult, split: str) -> None:
+        """Add ``result`` (the global extraction of ``records``, with its object prior) to the store in
+        one commit under ``split``. Local features are :meth:`add_local`'s."""
+        by_id = {r.id: r for r in records}
+        self.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
+                       landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes,
+                       extras={k: v for k, v in result.extras.items() if k != DESCRIPTOR_EXTRA})
+        if result.extras and len(result.ids) and self.groups is not None:
+            from .recognition.setup import priors_stale, record_groups
+
+            if not priors_stale(self.store, self.groups, self.prior_source):   # else older photos' wait for a backfill
+                record_groups(self.store, self.groups, self.prior_source)
 
     def add_local(self, records: Sequence[ImageRecord], *, progress: bool | None = None,
                   description: str = "local features") -> list[Failure]:

@@ -14,6 +14,8 @@ from PIL import Image
 
 from landmark.api import Landmarks
 from landmark.index import Store
+from landmark.index.local import LOCAL_DIR, LocalStore
+from landmark.recognition.filters import PROBE_NAME
 from landmark.service import ServiceSettings, create_app
 
 pytestmark = pytest.mark.slow
@@ -229,7 +231,8 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     snap = c.app.state.service.snapshot
     assert snap.generation == new_gen and snap.lm._expanded and snap.lm._recognizer._known[0][0] == new_gen
     top = c.post("/search?k=3&expand=false", files=_upload(eiffel_query)).json()["matches"][0]
-    assert top["id"] == new["id"] and top["score"] == pytest.approx(1.0, abs=1e-4)
+    # the same photo: global similarity 1, and (its local features stored, below) verified by many inliers
+    assert top["id"] == new["id"] and top["score"] > 1.0 and top["inliers"] > 50
     # DBA + alpha-QE (the default) mix each photo with its neighbours: the copy is found, not always first
     expanded = c.post("/search?k=3", files=_upload(eiffel_query)).json()
     assert expanded["expanded"] and new["id"] in [m["id"] for m in expanded["matches"]]
@@ -238,6 +241,11 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     assert c.get(new["thumbnail"]).status_code == 200
     with Store.open(store) as st:                        # committed on disk, not only in memory
         assert st.get([new["id"]])[new["id"]].landmark_id == 47378
+        # with the object prior every stored photo keeps (the known non-landmarks read it)
+        prior = st.extras([new["id"]], PROBE_NAME)
+        assert prior.shape[1] > 0 and np.isfinite(prior).all()
+    # and its local features, so it is spatially verified like the photos of `landmark index add`
+    assert LocalStore.open(store / LOCAL_DIR).present([new["id"]]) == {new["id"]}
 
     d = c.delete(f"/images/{new['id']}")
     assert d.status_code == 200 and d.json()["removed"] == new["id"]
@@ -245,6 +253,7 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     ids = [m["id"] for m in c.post("/search?k=3", files=_upload(eiffel_query)).json()["matches"]]
     assert new["id"] not in ids
     assert not list((store / "uploads").iterdir())
+    assert not LocalStore.open(store / LOCAL_DIR).present([new["id"]])     # its local features went too
     assert c.delete(f"/images/{new['id']}").status_code == 404
     assert c.get("/health").json()["images"] == before["images"]
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +31,9 @@ import numpy as np
 from PIL import Image
 
 from ..api import Landmarks, Match, Recognition, SearchOutput
+from ..data import ImageRecord
 from ..data.images import ImageError, load_image
+from ..features import ExtractionResult
 from ..index import Store, StoreError
 from ..index.store import ImageRow
 from ..utils.io import atomic_write_bytes
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 # ids the service creates become file names: keep them plain
 _NEW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
+_PENDING = "pending"     # the id of a prepared upload until commit_add names it
 
 
 class ServiceError(Exception):
@@ -370,14 +373,17 @@ class Service:
                 "evidence": self.evidence_supported}
 
     # -- writes (writer thread only) -------------------------------------------------------------
-    def prepare_add(self, data: bytes, filename: str | None) -> tuple[DecodedUpload, np.ndarray]:
-        """Decode and embed a photo to add (inference pool); nothing is written yet."""
+    def prepare_add(self, data: bytes, filename: str | None) -> tuple[DecodedUpload, ExtractionResult]:
+        """Decode and embed a photo to add, with the object prior the store keeps for every photo
+        (inference pool); nothing is written yet."""
         up = decode_upload(data, self.settings, filename)
-        return up, self.writer.embed([up.image]).vectors
+        vectors, extras = self.writer.extractor.extract_images_with_probe([up.image])
+        return up, ExtractionResult([_PENDING], vectors, sizes={_PENDING: up.size}, extras=extras)
 
-    def commit_add(self, data: bytes, up: DecodedUpload, vector: np.ndarray, *, image_id: str | None,
+    def commit_add(self, data: bytes, up: DecodedUpload, extracted: ExtractionResult, *, image_id: str | None,
                    landmark_id: int | None, name: str | None) -> dict[str, Any]:
-        """Save the photo, add it in one store commit, then swap in the new snapshot (writer thread)."""
+        """Save the photo, add it in one store commit with its object prior, extract its local
+        features (when the store keeps them), then swap in the new snapshot (writer thread)."""
         store = self.writer.store
         if image_id is None:
             image_id = f"u-{uuid.uuid4().hex[:16]}"
@@ -388,14 +394,17 @@ class Service:
             raise ServiceError(409, f"an image with id {image_id!r} is already in the store")
         path = self.uploads_root / f"{image_id}{_EXT.get(up.format or '', '.img')}"
         atomic_write_bytes(path, data)
+        record = ImageRecord(image_id, path, landmark_id)
         try:
             if landmark_id is not None and name:
                 store.set_label_names({landmark_id: name})
-            store.add([image_id], vector, paths=[str(path)], landmark_ids=[landmark_id], split="user",
-                      sizes={image_id: up.size})
+            self.writer.store_extracted([record], replace(extracted, ids=[image_id], sizes={image_id: up.size}), "user")
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        if self.writer.config.local.enabled:   # for spatial re-ranking and /matches (a failure is logged, the photo stays)
+            for failure in self.writer.add_local([record]):
+                log.warning("no local features for %s: %s", image_id, failure.reason)
         self._refresh()
         self.thumbs.drop(image_id)
         return row_json(self.image_row(image_id), self.snapshot.names)
@@ -406,7 +415,7 @@ class Service:
         row = store.get([image_id]).get(image_id)
         if row is None:
             raise ServiceError(404, f"no image with id {image_id!r} in the store")
-        store.remove([image_id])
+        self.writer.remove([image_id])      # its vector, metadata and local features
         self._refresh()
         self.thumbs.drop(image_id)
         if row.path and row.split == "user":
