@@ -1,6 +1,6 @@
 import pytest
 
-from landmark.config import PRESETS, Config, ConfigError, config_from_dict, load_config, parse_overrides
+from landmark.config import PRESETS, Config, ConfigError, config_from_dict, explicit, load_config, parse_overrides, merge
 
 
 def test_default_preset_is_the_issue_baseline():
@@ -42,3 +42,20 @@ def test_optional_fields_and_round_trip():
 def test_every_preset_builds():
     for name in PRESETS:
         assert isinstance(load_config(name), Config)
+
+
+def test_explicit_settings_include_those_set_to_their_default(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("recognition:\n  t2: 0.85\n")
+    cfg = load_config("lite0-gem", f, ["recognition.t1=0.9", "category={enabled: true}", "expansion.qe=false"])
+    # t1 / t2 / enabled are the defaults, yet the user chose them: calibration must keep them
+    assert explicit(cfg, "recognition") == {"t1": 0.9, "t2": 0.85}
+    assert explicit(cfg, "category") == {"enabled": True}
+    assert explicit(cfg, "expansion") == {"qe": False} and explicit(load_config(), "expansion") == {}
+    assert explicit(cfg, "extract") == {"image_size": 320}                     # from the preset
+    assert "given" not in cfg.to_dict() and config_from_dict(cfg.to_dict()) == cfg     # never saved
+    with pytest.raises(ConfigError, match="unknown config key given"):
+        merge(Config(), {"given": ["x"]})
+    # a config built by hand: what differs from the defaults
+    hand = merge(Config(), {"recognition": {"t1": 0.9, "t2": 0.5}})
+    assert hand.given is None and explicit(hand, "recognition") == {"t2": 0.5}

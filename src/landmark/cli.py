@@ -79,7 +79,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Build a store from a dataset; re-running it finishes an interrupted build."""
     from .api import Landmarks
-    from .config import CategoryConfig
+    from .config import explicit
     from .evaluation.run import explicit_threshold
     from .index import StoreError
     from .recognition.calibrate import CALIBRATION_META
@@ -99,7 +99,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
               f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable")
     if calibrate or (calibrate is None and info["labelled"] and lm.store.meta_value(CALIBRATION_META) is None):
         try:
-            fitted = lm.calibrate(expansion=not explicit_threshold(cfg), category=cfg.category == CategoryConfig(),
+            fitted = lm.calibrate(expansion=not explicit_threshold(cfg), category=not explicit(cfg, "category"),
                                   progress=progress)        # what --set chose stays
         except StoreError as exc:     # e.g. too few photos per landmark for a validation split
             if calibrate:

@@ -183,6 +183,8 @@ class Config:
     whitening: WhiteningConfig = field(default_factory=WhiteningConfig)
     expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     category: CategoryConfig = field(default_factory=CategoryConfig)
+    # the dotted keys its preset, YAML file and overrides set (``load_config``); None: not known. Not saved.
+    given: frozenset[str] | None = field(default=None, compare=False, repr=False, metadata={"saved": False})
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -213,7 +215,7 @@ class ConfigError(ValueError):
 
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("saved", True)}
     if isinstance(obj, tuple):
         return [to_dict(v) for v in obj]
     return obj
@@ -265,7 +267,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def merge(base: T, updates: Mapping[str, Any], prefix: str = "") -> T:
     """Return a copy of dataclass ``base`` with the nested ``updates`` applied (type-checked)."""
     hints = typing.get_type_hints(type(base))
-    names = {f.name for f in dataclasses.fields(base)}
+    names = {f.name for f in dataclasses.fields(base) if f.metadata.get("saved", True)}
     changes: dict[str, Any] = {}
     for key, value in updates.items():
         if key not in names:
@@ -308,14 +310,42 @@ def layered(base: T, presets: Mapping[str, Mapping[str, Any]], name: str, what: 
     if name not in presets:
         raise ConfigError(f"unknown {what} {name!r}; choose one of {sorted(presets)}")
     cfg = merge(base, presets[name])
+    given = _dotted_keys(presets[name])
     if file is not None:
         data = yaml.safe_load(Path(file).read_text()) or {}
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file}: expected a mapping at the top level")
         cfg = merge(cfg, data)
+        given |= _dotted_keys(data)
     if overrides:
-        cfg = merge(cfg, overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
+        updates = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        cfg = merge(cfg, updates)
+        given |= _dotted_keys(updates)
+    if any(f.name == "given" for f in dataclasses.fields(cfg)):
+        cfg = dataclasses.replace(cfg, given=frozenset(given))
     return cfg
+
+
+def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """``{"a": {"b": 1}}`` -> ``{"a", "a.b"}``."""
+    out: set[str] = set()
+    for key, value in data.items():
+        out.add(f"{prefix}{key}")
+        if isinstance(value, Mapping):
+            out |= _dotted_keys(value, f"{prefix}{key}.")
+    return out
+
+
+def explicit(config: Config, section: str) -> dict[str, Any]:
+    """The settings of ``config.<section>`` that its preset, YAML file or overrides set, even to their
+    default value (what calibration must then leave alone); for a config built otherwise, those
+    that differ from the defaults."""
+    part = getattr(config, section)
+    values = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
+    if config.given is None:
+        defaults = type(part)()
+        return {k: v for k, v in values.items() if v != getattr(defaults, k)}
+    return {k: v for k, v in values.items() if f"{section}.{k}" in config.given}
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:

@@ -4,6 +4,7 @@ the store keeps each photo's object prior, calibrate refits thresholds, evaluate
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -144,6 +145,9 @@ def test_prepare_expansion_fits_once_and_keeps_an_explicit_threshold(mini_store,
     report = prepare_expansion(lm, load_config())                       # never fitted: fits now
     assert len(fits) == 1
     assert lm.config.expansion.threshold == report["threshold"] == lm.store.config.expansion.threshold
+    default = landmark.open(store)      # an explicit threshold equal to the default still wins over the fit
+    assert prepare_expansion(default, load_config(overrides=["expansion.threshold=0.5"])) is None and len(fits) == 1
+    assert default.config.expansion.threshold == 0.5
     again = landmark.open(store)
     assert prepare_expansion(again, load_config()) == report and len(fits) == 1       # fitted once: reused
     assert again.config.expansion.threshold == report["threshold"]
@@ -338,6 +342,7 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
     import landmark.recognition.calibrate as calibrate
     from landmark.config import load_config
     from landmark.evaluation.run import prepare_recognition
+    from landmark.index import Store
 
     calls, real = [], calibrate.calibrate_store
     monkeypatch.setattr(calibrate, "calibrate_store", lambda lm, **kw: calls.append(lm.recognition_config.regions) or real(lm, **kw))
@@ -358,6 +363,16 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
     assert lm.recognition_config.regions == 1
     lm.calibrate(expansion=False, category=False)
     assert calls[-1] == 3 and landmark.open(store).recognition_config.regions == 3
+    # the user's explicit settings beat the store's fitted ones, also where they equal the defaults
+    with Store.open(store) as st:
+        st.update_config(dataclasses.replace(st.config, recognition=dataclasses.replace(
+            st.config.recognition, t1=0.7, frequent_rerank=False)))
+    mine = landmark.open(store)
+    prepare_recognition(mine, load_config(overrides=["recognition.t1=0.9", "recognition.frequent_rerank=true"]))
+    assert mine.recognition_config.t1 == 0.9 and mine.recognition_config.frequent_rerank
+    stores = landmark.open(store)
+    prepare_recognition(stores, load_config())
+    assert stores.recognition_config.t1 == 0.7 and not stores.recognition_config.frequent_rerank
 
 
 def _detector_files(tmp_path, label_index):

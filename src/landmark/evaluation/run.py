@@ -167,14 +167,13 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     """Object priors for stored photos that lack them, the store's calibrated thresholds (calibrating
     on its train split first if it never was, was on another classifier's priors, or if asked), and the
     user's explicit recognition overrides."""
-    from ..config import RecognitionConfig, merge
+    from ..config import explicit, merge
     from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_regions, store_recognition
     from ..recognition.setup import calibrated_with_other_priors
 
     lm.ensure_extras(progress=progress)
     report = lm.store.meta_value(CALIBRATION_META)
-    defaults = dataclasses.asdict(RecognitionConfig())
-    overrides = {k: v for k, v in dataclasses.asdict(config.recognition).items() if v != defaults[k]}
+    overrides = explicit(config, "recognition")
     regions = merge(lm.store.config.recognition, overrides).regions      # the thresholds depend on them
     own = regions == lm.store.config.recognition.regions                # else the fit serves this run only
     lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=regions))
@@ -189,20 +188,20 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
 
 def explicit_threshold(config: Config) -> bool:
     """Whether ``config`` sets ``expansion.threshold`` itself (calibration then leaves it alone)."""
-    from ..config import ExpansionConfig
+    from ..config import explicit
 
-    return config.expansion.threshold != ExpansionConfig().threshold
+    return "threshold" in explicit(config, "expansion")
 
 
 def prepare_category(lm: Landmarks, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
     """The store's calibrated category re-rank (fitted on its train split first if it never was, was
     fitted with another classifier's priors or after other DBA / alpha-QE settings, or if asked),
     unless ``config`` sets it; ``config.category`` is what ``lm`` uses from now on."""
-    from ..config import CategoryConfig
+    from ..config import explicit
     from .ablation import CATEGORY_META, calibrate_category, ranking_settings
 
     lm.set_category_config(config.category)
-    if config.category != CategoryConfig():
+    if explicit(config, "category"):
         return None
     report = lm.store.meta_value(CATEGORY_META)
     stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
