@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ from landmark.models.export import export_onnx
 from landmark.training import load_train_config, train
 from landmark.training.data import ClassBalancedSampler, split_by_photo
 from landmark.data import ImageRecord
-from landmark.training.loop import lr_factor
+from landmark.training.loop import _batch_starts, lr_factor
 
 LANDMARKS = {47378: "Eiffel_Tower", 90396: "Stonehenge", 55350: "Sydney_Opera_House"}
 
@@ -57,7 +58,11 @@ def test_resume_continues_with_identical_state(tiny_folder, tmp_path):
     straight = train(tiny_folder, tmp_path / "a", cfg, progress=False)
     steps_per_epoch = straight.history[1]["step"]
     train(tiny_folder, tmp_path / "b", cfg, progress=False, max_steps=steps_per_epoch)   # "killed" after epoch 1
+    with open(tmp_path / "b" / "metrics.csv", "a") as fh:      # ... as if after logging epoch 2, before its checkpoint
+        fh.write("2,99,1.0,0.001,1.0,1.0,,,\n")
     resumed = train(tiny_folder, tmp_path / "b", cfg, progress=False, resume=True)
+    logged = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    assert [r["epoch"] for r in logged] == ["0", "1", "2"] and logged[-1]["step"] != "99"
     a = torch.load(straight.last_path, weights_only=False)["module"]
     b = torch.load(resumed.last_path, weights_only=False)["module"]
     assert a.keys() == b.keys()
@@ -123,3 +128,26 @@ def test_ddp_two_processes_on_cpu(tiny_folder, tmp_path):
     assert proc.stdout.count("landmark train:") == 1          # only rank 0 reports
     net, payload = load_checkpoint(tmp_path / "ddp" / "model.pt")
     assert payload["epoch"] == 1 and np.isfinite(payload["metrics"]["loss"])
+
+
+def test_cached_batches_never_end_with_a_single_photo():
+    # BatchNorm in training mode cannot normalise one sample: a final batch of one is dropped
+    assert _batch_starts(64, 32) == [0, 32] and _batch_starts(65, 32) == [0, 32]
+    assert _batch_starts(66, 32) == [0, 32, 64] and _batch_starts(27, 32) == [0]
+
+
+def test_unreadable_training_photos_are_skipped_not_trained_as_black(tiny_folder, tmp_path):
+    root = tmp_path / "photos"
+    for lab in LANDMARKS:
+        (root / str(lab)).mkdir(parents=True)
+        for p in sorted((tiny_folder / str(lab)).iterdir()):
+            os.symlink(os.readlink(p), root / str(lab) / p.name)
+    (root / "47378" / "broken.jpg").write_bytes(b"not a jpeg")
+    cfg = tiny_cfg("optim.epochs=1", "data.val_fraction=0", "optim.batch_size=5")
+    result = train(root, tmp_path / "run", cfg, progress=False)
+    meta = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert meta["train_photos"] == 3 * 6                 # the 18 readable photos, not the broken one
+    (cache,) = (tmp_path / "run" / "cache").glob("views-*.pt")
+    assert torch.load(cache, weights_only=True)["failed"] == ["47378/broken.jpg"]
+    # 18 cached photos in batches of 5 would end with ... 5, 3: every step ran on real crops
+    assert result.history[-1]["step"] == 4 and np.isfinite(result.history[-1]["loss"])

@@ -345,6 +345,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         _set_rng_state(state["rng"])
         if ctx.main:
             log.info("resuming from %s at epoch %d", last_path, start_epoch)
+            _write_log(out / "metrics.csv", history)   # drops a row written after the last checkpoint
 
     prep = net.preprocessing
     sampler = make_sampler(cfg.data.sampler, labels, cfg.seed, ctx.rank, ctx.world, cfg.data.epoch_samples or None)
@@ -353,10 +354,16 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     if cfg.cache_views:   # rank 0 computes the cache, the other ranks then read it
         if not ctx.main:
             ctx.barrier()
-        cached = _cached_views(module, split.train, cfg, out / "cache", ctx.device, progress if ctx.main else False)
+        cached, failed = _cached_views(module, split.train, cfg, out / "cache", ctx.device, progress if ctx.main else False)
         if ctx.main:
             ctx.barrier()
-        steps_per_epoch = math.ceil(len(sampler) / batch)
+        if failed:   # as the loader path skips them: never trained on as black crops
+            log.warning("skipped %d unreadable training photos: %s", len(failed), ", ".join(sorted(failed)[:10]))
+            keep = [i for i, r in enumerate(split.train) if r.id not in failed]
+            cached, split.train = cached[keep], [split.train[i] for i in keep]
+            labels = split.labels(split.train)
+            sampler = make_sampler(cfg.data.sampler, labels, cfg.seed, ctx.rank, ctx.world, cfg.data.epoch_samples or None)
+        steps_per_epoch = len(_batch_starts(len(sampler), batch))
     else:
         dataset = AugmentedPhotos(split.train, labels, train_transform(cfg.data, prep.mean, prep.std),
                                   draft_size=cfg.data.image_size * 2)
@@ -396,13 +403,13 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     for epoch in range(start_epoch, cfg.optim.epochs):
         module.train()
         sampler.set_epoch(epoch)
-        t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+        t0, seen, loss_sum, n_loss, micro = time.perf_counter(), 0, 0.0, 0, 0
         if cached is not None:
             order = torch.tensor(list(iter(sampler)), dtype=torch.long)
             g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + ctx.rank)
             view = torch.randint(cached.shape[1], (len(order),), generator=g)
             flip = torch.rand(len(order), generator=g) < (0.5 if cfg.data.flip else 0.0)
-            batches = [(order[i:i + batch], view[i:i + batch], flip[i:i + batch]) for i in range(0, len(order), batch)]
+            batches = [(order[i:i + batch], view[i:i + batch], flip[i:i + batch]) for i in _batch_starts(len(order), batch)]
         else:
             batches = loader
         with progress_bar(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=steps_per_epoch,
@@ -421,7 +428,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                 with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=amp):
                     loss, _ = ddp(x, y, cached=cached is not None)
                 scaler.scale(loss / accum).backward()
-                if (i + 1) % accum == 0:
+                micro += 1
+                if micro % accum == 0:
                     if cfg.optim.clip_grad:
                         scaler.unscale_(optimizer)
                         nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.clip_grad)
@@ -435,12 +443,15 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                 bar.advance()
                 if max_steps is not None and step >= max_steps:
                     break
+        # a partial accumulation left at the epoch's end is dropped (as drop_last drops a partial batch),
+        # so it never joins the next epoch's first update, with or without --resume
+        optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": ctx.mean(loss_sum / max(1, n_loss)),
                                "lr": max(g["lr"] for g in optimizer.param_groups),
                                "images_per_s": ctx.mean(seen / max(elapsed, 1e-9)) * ctx.world, "epoch_s": elapsed}
         last_epoch = epoch + 1 == cfg.optim.epochs or (max_steps is not None and step >= max_steps)
-        if ctx.main and split.val and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
+        if ctx.main and split.val and ((cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0) or last_epoch):
             if eval_cache is None and cfg.freeze_stages:
                 eval_cache = _EvalCache(module, split, cfg, ctx.device)
             row |= validate(module, split, cfg, ctx.device, eval_cache)
@@ -465,35 +476,57 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     return FitResult(model_path, last_path, history)
 
 
+_LOG_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "epoch_s", "val_gap", "val_accuracy", "val_map@100"]
+
+
 def _log_row(path: Path, row: dict[str, Any]) -> None:
-    fields = ["epoch", "step", "loss", "lr", "images_per_s", "epoch_s", "val_gap", "val_accuracy", "val_map@100"]
     new = not path.exists()
     with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=_LOG_FIELDS, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow(row)
 
 
+def _write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """``metrics.csv`` holding exactly ``rows`` (replaced atomically)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=_LOG_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+
+def _batch_starts(n: int, batch: int) -> list[int]:
+    """Starts of the batches over ``n`` cached samples; a final batch of one is dropped (BatchNorm
+    cannot normalise a single sample in training mode)."""
+    starts = list(range(0, n, batch))
+    return starts[:-1] if starts and n - starts[-1] == 1 and len(starts) > 1 else starts
+
+
 def _cache_key(records: Sequence[ImageRecord], cfg: TrainConfig, kind: str) -> str:
-    h = hashlib.sha256(json.dumps([kind, [r.id for r in records], cfg.model.backbone, cfg.freeze_stages,
-                                   cfg.cache_views, cfg.data.__dict__ if kind == "views" else cfg.eval_image_size,
+    data = {k: v for k, v in cfg.data.__dict__.items() if k != "num_workers"}     # what the crops depend on
+    h = hashlib.sha256(json.dumps([kind, [r.id for r in records], cfg.model.backbone, cfg.model.checkpoint,
+                                   cfg.freeze_stages, cfg.cache_views, data if kind == "views" else cfg.eval_image_size,
                                    cfg.seed], default=str).encode())
     return h.hexdigest()[:16]
 
 
 def _cached_views(module: TrainModule, records: Sequence[ImageRecord], cfg: TrainConfig, cache_dir: Path,
-                  device: torch.device, progress: bool | None) -> Tensor:
-    """``N x V x C x h x w`` float16 frozen-stage outputs of V augmented crops per photo (cached on disk)."""
+                  device: torch.device, progress: bool | None) -> tuple[Tensor, set[str]]:
+    """``N x V x C x h x w`` float16 frozen-stage outputs of V augmented crops per photo (cached on
+    disk), and the ids of the photos that could not be read (their rows are zeros)."""
     path = cache_dir / f"views-{_cache_key(records, cfg, 'views')}.pt"
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return (saved["views"], set(saved["failed"])) if isinstance(saved, dict) else (saved, set())
     prep = module.net.preprocessing
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     dataset = AugmentedPhotos(records, [0] * len(records), train_transform(cfg.data, prep.mean, prep.std),
                               draft_size=cfg.data.image_size * 2)
     out: Tensor | None = None
+    failed: set[str] = set()
     with progress_bar(f"cache {cfg.cache_views} crops/photo", total=len(records) * cfg.cache_views,
                       enabled=progress) as bar:
         for v in range(cfg.cache_views):
@@ -501,6 +534,7 @@ def _cached_views(module: TrainModule, records: Sequence[ImageRecord], cfg: Trai
                                 generator=g)
             row = 0
             for items in loader:
+                failed.update(records[row + j].id for j, x in enumerate(items) if x is None)
                 xs = torch.stack([x if x is not None else torch.zeros(3, cfg.data.image_size, cfg.data.image_size)
                                   for x in items])
                 with torch.no_grad():
@@ -511,8 +545,8 @@ def _cached_views(module: TrainModule, records: Sequence[ImageRecord], cfg: Trai
                 row += len(f)
                 bar.advance(len(f))
     with atomic_path(path) as tmp:
-        torch.save(out, tmp)
-    return out
+        torch.save({"views": out, "failed": sorted(failed)}, tmp)
+    return out, failed
 
 
 def _keep_order(batch):
