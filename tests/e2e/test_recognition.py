@@ -218,12 +218,19 @@ def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_ro
     torch.manual_seed(0)
     net = build_model(cfg.model)
     head = ArcFace(32, 3)
+    held_out = sorted(f"{p.parent.name}/{p.name}" for p in (tmp_path / "photos").glob("*/*.jpg"))[::3]  # photo ids
     save_checkpoint(tmp_path / "model.pt", net, cfg.model, {"classes": sorted(names), "head": head.state_dict(),
-                                                           "head_kind": "arcface"})
+                                                           "head_kind": "arcface", "val_ids": held_out})
     cfg = load_config(overrides=fast_overrides + [f"model.checkpoint={tmp_path / 'model.pt'}"])
     lm, _ = landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store", cfg, progress=False)
     lm = landmark.open(tmp_path / "store")
     assert lm.recognizer.classifier is not None and lm.recognizer.classifier.classes.tolist() == sorted(names)
+    # calibration validates on exactly the photos the model held out
+    stored = lm.store.keys()
+    assert set(held_out) <= set(stored)
+    fitted = lm.calibrate(expansion=False, category=False)["recognition"]["validation"]
+    assert fitted["split"] == "held out by the model" and fitted["landmark_queries"] == len(held_out)
+    assert fitted["database_photos"] == len(stored) - len(held_out)
     recs = lm.recognize(queries)
     for r in recs:
         clf = r.evidence["classifier"]

@@ -49,6 +49,8 @@ def test_few_steps_reduce_the_loss_and_give_a_usable_model(tiny_folder, tmp_path
     assert len(rows) == 7 and float(rows[-1]["loss"]) == pytest.approx(losses[-1], rel=1e-5)
     net, payload = load_checkpoint(result.model_path)
     assert net.dim == 16 and payload["classes"] == sorted(LANDMARKS)
+    # the held-out photos are recorded (calibration validates on them): one per landmark of 6 photos
+    assert len(payload["val_ids"]) == 3 and all((tiny_folder / i).is_symlink() for i in payload["val_ids"])
     # ONNX export of the trained model matches torch
     assert export_onnx(net, tmp_path / "m.onnx", height=96, width=128) < 1e-4
 

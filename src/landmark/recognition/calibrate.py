@@ -1,9 +1,9 @@
 """``landmark calibrate``: refit the recognition thresholds on a validation split carved from ``train``.
 
-Validation landmark queries are labelled store photos held out per landmark (the split of
-:func:`landmark.training.data.split_by_photo`: with the same fraction and seed as ``landmark train`` it
-is exactly the photos a trained model never saw); they are answered against the remaining labelled
-photos only. Validation non-landmark queries come from label-free sources only: the unlabelled store
+Validation landmark queries are labelled store photos held out per landmark: for a store whose model
+``landmark train`` made, the validation photos its checkpoint records (those the model never saw);
+otherwise the split of :func:`landmark.training.data.split_by_photo`. They are answered against the
+remaining labelled photos only. Validation non-landmark queries come from label-free sources only: the unlabelled store
 photos that the object prior flags, and photos added with ``--split distractors``. No test photo and
 no ground-truth file is read.
 
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from ..config import RecognitionConfig
 from ..data.manifests import ImageRecord
@@ -143,11 +144,21 @@ def fit_grading(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | No
     return best_pair
 
 
+def held_out_by_model(store) -> set[str] | None:
+    """The ids of the photos the store's trained model held out for validation (``landmark train``
+    records them in its checkpoint); None for a pretrained model or an older checkpoint."""
+    ckpt = store.config.model.checkpoint
+    if not ckpt or not Path(ckpt).is_file():
+        return None
+    ids = torch.load(ckpt, map_location="cpu", weights_only=False).get("val_ids")
+    return set(ids) if ids else None
+
+
 def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction: float = 0.15, seed: int = 0,
                     landmark_loss: float = 0.02, max_negatives: int = 5000, max_region_queries: int = 2000,
                     write: bool = True, progress: bool | None = None) -> dict[str, Any]:
     """Refit the thresholds of ``lm``'s store (see the module docstring); returns what was fitted and on what."""
-    from ..training.data import split_by_photo
+    from ..training.data import Split, split_by_photo
 
     t0 = time.perf_counter()
     store, cfg = lm.store, lm.recognition_config
@@ -157,10 +168,15 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
                 if r.landmark_id is not None and (wanted is None or k in wanted)]
     if not labelled:
         raise StoreError(f"store {store.root} holds no labelled photos to calibrate on")
-    try:
-        split = split_by_photo(labelled, val_fraction, 2, seed)
-    except ValueError as exc:
-        raise StoreError(f"store {store.root}: {exc}") from None
+    held = held_out_by_model(store) if train_ids is None else None
+    held_val = [r for r in labelled if r.id in held] if held else []
+    if held_val:   # exactly the photos the store's trained model never trained on
+        split = Split([r for r in labelled if r.id not in held], held_val, sorted({r.landmark_id for r in labelled}))
+    else:
+        try:
+            split = split_by_photo(labelled, val_fraction, 2, seed)
+        except ValueError as exc:
+            raise StoreError(f"store {store.root}: {exc}") from None
     if not split.val:
         raise StoreError(f"store {store.root}: the validation split is empty (calibration needs landmarks with at least 3 photos)")
     fitted: dict[str, Any] = {}
@@ -224,6 +240,7 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
               "validation": {"landmark_queries": len(val_pick), "database_photos": len(split.train),
                              "regions": cfg.regions, "photos_with_regions": with_regions,
                              "non_landmark_queries": int(len(neg_pick)), "known_non_landmarks": len(neg_keys),
+                             "split": "held out by the model" if held_val else "by photo",
                              "val_fraction": val_fraction, "seed": seed, "landmark_loss": landmark_loss,
                              "prior_source": lm.prior_source,
                              "non_landmark_source": "unlabelled store photos flagged by the object prior + split 'distractors'"},

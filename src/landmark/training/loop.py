@@ -462,6 +462,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
             if score > best or not model_path.exists():
                 best = score
                 save_checkpoint(model_path, net, cfg.model, {"classes": split.classes,
+                                                              "val_ids": [r.id for r in split.val],   # for calibration
                                                               "head": head.state_dict() if head is not None else None,
                                                               "head_kind": cfg.head.kind, "epoch": epoch + 1,
                                                               "metrics": row})
