@@ -129,7 +129,8 @@ class Landmarks:
             try:
                 store.check_signature(extractor.signature)
             except StoreError as exc:
-                raise StoreError(f"{exc}\n(pass overwrite to rebuild it with the new configuration)") from None
+                raise StoreError(f"{exc}\n(rebuild it with the new configuration: --overwrite, or overwrite=True "
+                                 "in Python; or use another store directory)") from None
         else:
             store = Store.create(root, config, extractor.signature, overwrite=overwrite)
         return cls(store, extractor, config)

@@ -242,7 +242,8 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              multiscale: bool = typer.Option(False, "--multiscale", help="Add the multi-scale ablation row (extracts index + test again at 3 scales)."),
              calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
                                                       help="Refit the recognition and DBA / alpha-QE thresholds on the train split first (default: if never done)."),
-             focus: Optional[str] = typer.Option(None, "--focus", help="Landmark ids whose queries also get their own mAP row, e.g. 900001-900006,42.")):
+             focus: Optional[str] = typer.Option(None, "--focus", help="Landmark ids whose queries also get their own mAP row, e.g. 900001-900006,42."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store built with another configuration (another model, preset or --set).")):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
     from .evaluation.run import evaluate_gldv2, parse_landmark_ids
 
@@ -255,7 +256,8 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
         err.print(f"[red]--focus: {exc}[/]")
         raise typer.Exit(2)
     report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device,
-                            progress=progress, multiscale=multiscale, calibrate=calibrate, focus=focused)
+                            progress=progress, multiscale=multiscale, calibrate=calibrate, focus=focused,
+                            overwrite=overwrite)
     m, t = report["metrics"], report["timings"]
     table = Table(title=f"landmark evaluate: {data}", title_justify="left")
     for col in ("metric", "value"):

@@ -163,10 +163,16 @@ def test_prepare_expansion_fits_once_and_keeps_an_explicit_threshold(mini_store,
 
 @pytest.mark.slow
 def test_evaluate_prints_the_ablation_and_per_query_evidence(mini_gldv2, fast_overrides, tmp_path):
+    from landmark.config import load_config
+
+    # a store of another configuration is in the way: evaluate says how to replace it, and does
+    landmark.Landmarks.create(tmp_path / "eval" / "store", load_config(overrides=fast_overrides + ["extract.image_size=160"]))
     args = ["evaluate", str(mini_gldv2), "--out", str(tmp_path / "eval"), "--no-progress"]
     for item in fast_overrides:
         args += ["--set", item]
-    result = runner.invoke(app, args, catch_exceptions=False)
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    result = runner.invoke(app, args + ["--overwrite"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     rows = report["metrics"]["recognition_ablation"]

@@ -47,11 +47,13 @@ def parse_landmark_ids(text: str) -> frozenset[int]:
 def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None = None, *,
                    store_dir: str | Path | None = None, device: str | None = None,
                    progress: bool | None = None, retrieval_k: int = 100, multiscale: bool = False,
-                   calibrate: bool | None = None, focus: frozenset[int] = frozenset()) -> dict[str, Any]:
+                   calibrate: bool | None = None, focus: frozenset[int] = frozenset(),
+                   overwrite: bool = False) -> dict[str, Any]:
     """Run the whole system on ``data`` and write ``report.json`` and the submissions to ``out_dir``.
 
     ``focus``: landmark ids whose queries also get their own retrieval figures (``map@K_focus_*``),
-    e.g. the hard full-resolution landmarks of gldv2-mini that ``make demo`` names.
+    e.g. the hard full-resolution landmarks of gldv2-mini that ``make demo`` names. ``overwrite``
+    replaces a store at ``store_dir`` built with another configuration.
     """
     root, out = Path(data), Path(out_dir)
     if not is_gldv2(root):
@@ -62,7 +64,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
 
     t0 = time.perf_counter()
     lm, build = Landmarks.build(root, store_dir or out / "store", config, splits=("train", "index"),
-                                device=device, progress=progress)
+                                device=device, progress=progress, overwrite=overwrite)
     timings["build_store_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     calibration = prepare_recognition(lm, config, progress=progress, calibrate=calibrate)
