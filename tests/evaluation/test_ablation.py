@@ -147,3 +147,14 @@ def test_fit_category_puts_confidently_voted_photos_first_and_keeps_the_better_c
     # where no similarity scores better than the ranking as it is, the re-rank is switched off
     off, _, _ = fit_category(space, lambda r: 1.0, ranks, load_config().category)
     assert not off.enabled
+
+
+def test_multiscale_rows_stay_aligned_when_a_photo_is_missing_there():
+    from landmark.evaluation.ablation import _replace_rows
+
+    base = np.arange(6, dtype=np.float32).reshape(3, 2)
+    new = np.array([[10, 10], [20, 20]], np.float32)
+    out, missing = _replace_rows(base, ["a", "b", "c"], ["c", "a"], new)
+    # "b" was not in the multi-scale pass: it keeps its row, the others take theirs by name, not position
+    assert missing == 1 and out.tolist() == [[20, 20], [2, 3], [10, 10]]
+    assert base.tolist() == [[0, 1], [2, 3], [4, 5]]                # the single-scale rows are untouched

@@ -114,7 +114,8 @@ def retrieve_scored(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: b
 
 
 def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, *,
-             multiscale: Space | None = None, k: int = 100,
+             multiscale: Space | None = None, multiscale_note: str = "not run (landmark evaluate --multiscale)",
+             k: int = 100,
              refit: Callable[[Callable[[np.ndarray], np.ndarray]], ExpansionConfig] | None = None
              ) -> list[dict[str, Any]]:
     """The cumulative rows; ``score`` maps Q x k database indices to mAP@k.
@@ -136,9 +137,9 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
     space = base
     if multiscale is not None:
         space = multiscale
-        add("+ multi-scale", score(retrieve(space, config.expansion, **noexp)))
+        add("+ multi-scale", score(retrieve(space, config.expansion, **noexp)), multiscale_note)
     else:
-        add("+ multi-scale", None, "not run (landmark evaluate --multiscale)")
+        add("+ multi-scale", None, multiscale_note)
     ec = config.expansion
     if config.whitening.kind == "none":
         wc = config.whitening
@@ -409,8 +410,12 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
         rankings = {q: [index_keys[j] for j in r if j >= 0] for q, r in zip(query_ids, ranks)}
         return mean_average_precision_at_k(rankings, retrieval_truth, k=k)
 
-    ms_space = None
-    if multiscale and len(config.extract.scales) == 1 and config.whitening.kind == "none":
+    ms_space, ms_note = None, "not run (landmark evaluate --multiscale)"
+    if multiscale and len(config.extract.scales) > 1:
+        ms_note = "not run: the store is multi-scale already"
+    elif multiscale and config.whitening.kind != "none":
+        ms_note = "not run: the store's vectors are whitened (the row compares un-whitened single-scale vectors)"
+    elif multiscale:
         cfg = dataclasses.replace(config, extract=dataclasses.replace(config.extract, scales=MULTISCALE))
         ex = base_extractor(cfg, device=str(lm.extractor.device))
         work = Path(work_dir)
@@ -418,16 +423,28 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
                          description="extract index (multi-scale)")
         test = ex.extract(read_gldv2(data, "test").records, cache_dir=work / "ms-test", progress=progress,
                           description="extract test (multi-scale)")
-        ipos, tpos = {i: n for n, i in enumerate(idx.ids)}, {i: n for n, i in enumerate(test.ids)}
-        # photos unreadable in either pass are dropped from both, so the rows compare like with like
-        keep_q = [n for n, q in enumerate(query_ids) if q in tpos]
-        qv = base.query_votes
-        ms_space = Space(idx.vectors[[ipos[i] for i in index_keys]], test.vectors[[tpos[query_ids[n]] for n in keep_q]],
-                         base.index_pred, base.query_pred[keep_q], base.index_votes,
-                         None if qv is None else (qv[0][keep_q], qv[1][keep_q]))
+        # a photo the multi-scale pass could not read keeps its single-scale vector (rows stay aligned)
+        index_ms, missing_i = _replace_rows(base.index, index_keys, idx.ids, idx.vectors)
+        queries_ms, missing_q = _replace_rows(base.queries, list(query_ids), test.ids, test.vectors)
+        ms_space = dataclasses.replace(base, index=index_ms, queries=queries_ms)
+        ms_note = (f"{missing_i} index / {missing_q} query photos unreadable there kept their single-scale vectors"
+                   if missing_i or missing_q else "")
 
     def refit(transform: Callable[[np.ndarray], np.ndarray]) -> ExpansionConfig:
         found = store_validation(lm, transform)
         return fit_threshold(*found[:2], config.expansion)[0] if found is not None else config.expansion
 
-    return ablation(base, score, config, multiscale=ms_space, k=k, refit=refit if refit_threshold else None)
+    return ablation(base, score, config, multiscale=ms_space, multiscale_note=ms_note, k=k,
+                    refit=refit if refit_threshold else None)
+
+
+def _replace_rows(vectors: np.ndarray, keys: Sequence[str], ids: Sequence[str], new: np.ndarray) -> tuple[np.ndarray, int]:
+    """``vectors`` (rows named by ``keys``) with each row found in ``ids`` replaced by its row of
+    ``new``; and how many were not found."""
+    pos = {i: n for n, i in enumerate(ids)}
+    out = np.array(vectors, dtype=np.float32, copy=True)
+    found = [(n, pos[key]) for n, key in enumerate(keys) if key in pos]
+    if found:
+        rows, src = map(list, zip(*found))
+        out[rows] = new[src]
+    return out, len(keys) - len(found)
