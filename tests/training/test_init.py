@@ -46,6 +46,18 @@ def test_pca_embedding_outputs_centred_pca_coordinates():
     assert torch.allclose(emb(x).detach(), z, atol=1e-2 * float(z.abs().max()))
 
 
+def test_a_trained_embedding_is_kept_and_only_the_head_initialised():
+    x, y = _clusters()
+    head = ArcFace(32, 3)
+    mod = _module(32, head)
+    trained = {k: v.clone() for k, v in mod.net.embedding.state_dict().items()}   # as loaded from model.checkpoint
+    done = initialise_from_features(mod, x, y, embedding=False)
+    assert done == {"head": "class means of 3/3 classes"}
+    assert all(torch.equal(v, mod.net.embedding.state_dict()[k]) for k, v in trained.items())
+    z = LF.l2n(mod.net.embedding.eval()(x).detach())          # the centres are the means of *its* outputs
+    assert torch.allclose(head.weight, LF.l2n(torch.stack([LF.l2n(z[y == c].mean(0, keepdim=True))[0] for c in range(3)])), atol=1e-5)
+
+
 def test_pca_needs_more_crops_than_dimensions():
     x, y = _clusters(n_per=5)
     with pytest.raises(ValueError, match="needs more than 32"):

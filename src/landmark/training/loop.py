@@ -127,7 +127,8 @@ class TrainModule(nn.Module):
 
 
 @torch.no_grad()
-def initialise_from_features(module: TrainModule, pooled: Tensor, labels: Tensor) -> dict[str, Any]:
+def initialise_from_features(module: TrainModule, pooled: Tensor, labels: Tensor,
+                             embedding: bool = True) -> dict[str, Any]:
     """Start training from the pretrained descriptor instead of random layers.
 
     ``pooled`` are the pooled features (``N x C``) of training crops and ``labels`` their classes.
@@ -135,7 +136,8 @@ def initialise_from_features(module: TrainModule, pooled: Tensor, labels: Tensor
     standardisation, so the layer outputs the centred PCA coordinates, not a whitening that
     amplifies noisy directions), and the centres of a cosine head (ArcFace, CosFace) become the
     unit class means of the resulting embeddings: the first steps then refine a working
-    descriptor rather than recover from a random projection. Returns what was set, for the log.
+    descriptor rather than recover from a random projection. ``embedding=False`` keeps the
+    embedding as it is (a trained checkpoint's) and sets the head only. Returns what was set, for the log.
     """
     from ..features.whitening import learn_whitening
     from ..models.heads import CosineHead
@@ -143,7 +145,7 @@ def initialise_from_features(module: TrainModule, pooled: Tensor, labels: Tensor
     done: dict[str, Any] = {}
     pooled = pooled.float().cpu()
     emb = module.net.embedding
-    if isinstance(emb, nn.Sequential):
+    if isinstance(emb, nn.Sequential) and embedding:
         lin, bn = emb[0], emb[1]
         dim = lin.out_features
         if len(pooled) <= dim:
@@ -375,7 +377,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         raise ValueError(f"unknown init {cfg.init!r}; choose pretrained or random")
     if cfg.init == "pretrained" and start_epoch == 0 and step == 0 and ctx.main:
         pooled, plabels = _pooled_training_features(module, split.train, labels, cfg, cached, ctx.device, progress)
-        log.info("initialised from pretrained features: %s", initialise_from_features(module, pooled, plabels))
+        # a trained checkpoint (model.checkpoint) keeps its embedding: only the new head starts at the class means
+        log.info("initialised from pretrained features: %s",
+                 initialise_from_features(module, pooled, plabels, embedding=not cfg.model.checkpoint))
     # DDP broadcasts rank 0's parameters and buffers (the initialisation above) when it wraps the module
     ddp = nn.parallel.DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
         if ctx.world > 1 else module
