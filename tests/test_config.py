@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from landmark.config import PRESETS, Config, ConfigError, config_from_dict, explicit, load_config, parse_overrides, merge
@@ -56,6 +58,8 @@ def test_explicit_settings_include_those_set_to_their_default(tmp_path):
     assert "given" not in cfg.to_dict() and config_from_dict(cfg.to_dict()) == cfg     # never saved
     with pytest.raises(ConfigError, match="unknown config key given"):
         merge(Config(), {"given": ["x"]})
-    # a config built by hand: what differs from the defaults
+    # a config built or changed in code: what differs from the defaults counts too
     hand = merge(Config(), {"recognition": {"t1": 0.9, "t2": 0.5}})
     assert hand.given is None and explicit(hand, "recognition") == {"t2": 0.5}
+    changed = dataclasses.replace(cfg, recognition=dataclasses.replace(cfg.recognition, k=7))
+    assert explicit(changed, "recognition") == {"t1": 0.9, "t2": 0.85, "k": 7}

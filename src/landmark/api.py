@@ -199,10 +199,15 @@ class Landmarks:
                 record_groups(self.store, self.groups, self.prior_source)
 
     def add_local(self, records: Sequence[ImageRecord], *, progress: bool | None = None,
-                  description: str = "local features") -> list[Failure]:
-        """Extract and store local features of stored photos that lack them (resumable)."""
+                  description: str = "local features", replace: bool = True) -> list[Failure]:
+        """Extract and store local features of stored photos that lack them (resumable). Local
+        features of other settings are replaced (all of them: the caller re-extracts every photo),
+        unless ``replace`` is False: then that is a :class:`StoreError`."""
         extractor = self.local_extractor()
         if self.local is None or self.local.signature != json.loads(json.dumps(extractor.signature)):
+            if not replace and self.local is not None:
+                raise StoreError(f"the store's local features were extracted with other settings "
+                                 f"({self.local.signature}); rebuild them with `landmark index build`")
             self.local = LocalStore.create(self.store.root / LOCAL_DIR, extractor.signature)
             self._verifier = None
         present = self.local.present([r.id for r in records])

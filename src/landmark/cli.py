@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -79,7 +80,7 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Build a store from a dataset; re-running it finishes an interrupted build."""
     from .api import Landmarks
-    from .config import explicit
+    from .config import explicit, merge
     from .evaluation.run import explicit_threshold
     from .index import StoreError
     from .recognition.calibrate import CALIBRATION_META
@@ -106,6 +107,10 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                 raise
             err.print(f"[yellow]not calibrated[/] (the paper's default thresholds stay): {exc}")
         else:
+            mine = explicit(cfg, "recognition")
+            if mine:     # what --set chose stays over the fitted thresholds
+                rc = merge(lm.store.config.recognition, mine)
+                lm.store.update_config(dataclasses.replace(lm.store.config, recognition=rc))
             out.print(_calibration_summary(fitted))
 
 
@@ -243,7 +248,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
                                                       help="Refit the recognition and DBA / alpha-QE thresholds on the train split first (default: if never done)."),
              focus: Optional[str] = typer.Option(None, "--focus", help="Landmark ids whose queries also get their own mAP row, e.g. 900001-900006,42."),
-             overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store built with another configuration (another model, preset or --set).")):
+             overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild the store from scratch (needed when it was built with another model, preset or --set).")):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
     from .evaluation.run import evaluate_gldv2, parse_landmark_ids
 
@@ -317,8 +322,8 @@ def evaluate_revisited_cmd(root: Path = typer.Argument(..., help="revisitop data
 @_friendly
 def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: only its train split's photos are used (default: all labelled store photos)."),
                   store: Path = StoreOpt,
-                  val_fraction: float = typer.Option(0.15, "--val-fraction", help="Photos of each landmark held out as validation queries."),
-                  seed: int = typer.Option(0, "--seed", help="Split seed (0 and 0.15 = the split landmark train validates on)."),
+                  val_fraction: float = typer.Option(0.15, "--val-fraction", help="Photos of each landmark held out as validation queries (a store of a `landmark train` model validates recognition on the photos that model held out instead)."),
+                  seed: int = typer.Option(0, "--seed", help="Split seed (as --val-fraction)."),
                   landmark_loss: float = typer.Option(0.02, "--landmark-loss", help="Share of validation landmarks a filter may reject."),
                   device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
     """Refit the recognition thresholds (object prior, distractor filter, grading t1/t2), the DBA /

@@ -337,15 +337,13 @@ def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
 
 
 def explicit(config: Config, section: str) -> dict[str, Any]:
-    """The settings of ``config.<section>`` that its preset, YAML file or overrides set, even to their
-    default value (what calibration must then leave alone); for a config built otherwise, those
-    that differ from the defaults."""
-    part = getattr(config, section)
-    values = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
-    if config.given is None:
-        defaults = type(part)()
-        return {k: v for k, v in values.items() if v != getattr(defaults, k)}
-    return {k: v for k, v in values.items() if f"{section}.{k}" in config.given}
+    """The settings of ``config.<section>`` the user chose (what calibration must leave alone): those
+    that differ from the defaults, and those its preset, YAML file or overrides set even to their
+    default value (``config.given``)."""
+    part, given = getattr(config, section), config.given or frozenset()
+    defaults = type(part)()
+    return {f.name: getattr(part, f.name) for f in dataclasses.fields(part)
+            if getattr(part, f.name) != getattr(defaults, f.name) or f"{section}.{f.name}" in given}
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:

@@ -146,7 +146,10 @@ def test_index_build_calibrates_a_labelled_store_once(mini_gldv2, fast_overrides
     with Store.open(other) as st:
         assert st.meta_value("calibration") is None and st.meta_value("expansion_calibration") is None
     mine = tmp_path / "mine"                    # an explicit expansion.threshold is not fitted over
-    kept = run("index", "build", mini_gldv2, "--store", mine, *sets, "--set", "expansion.threshold=0.66", "--no-progress")
+    kept = run("index", "build", mini_gldv2, "--store", mine, *sets, "--set", "expansion.threshold=0.66",
+               "--set", "recognition.t1=0.97", "--no-progress")
     assert kept.exit_code == 0 and "calibrated on" in kept.stdout and "expansion.threshold" not in kept.stdout
     with Store.open(mine) as st:
         assert st.config.expansion.threshold == 0.66 and st.meta_value("expansion_calibration") is None
+        # so is an explicit recognition setting: the store keeps it over the fitted value
+        assert st.config.recognition.t1 == 0.97 != st.meta_value("calibration")["thresholds"]["t1"]

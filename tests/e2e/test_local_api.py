@@ -81,3 +81,23 @@ def test_evaluate_reports_global_and_reranked(mini_gldv2, fast_overrides, tmp_pa
     assert 0 < m["map@100_focus_global"] <= 1 and m["map@100_focus_reranked"] is not None
     assert report["timings"]["rerank_pairs"] > 0 and report["timings"]["inverted_build_s"] > 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["map@100_global"] == m["map@100_global"]
+
+
+def test_add_local_never_wipes_other_local_features_unless_asked(mini_store, tmp_path):
+    import dataclasses
+    import shutil
+
+    from landmark.data import ImageRecord
+
+    store = shutil.copytree(mini_store, tmp_path / "store")
+    lm = Landmarks.open(store)
+    before = len(LocalStore.open(store / LOCAL_DIR).present(lm.store.keys()))
+    assert before > 0
+    lm.config = dataclasses.replace(lm.config, local=dataclasses.replace(lm.config.local, max_keypoints=123))
+    key = lm.store.keys()[0]
+    photo = ImageRecord(key, lm.store.get([key])[key].path)
+    with pytest.raises(StoreError, match="other settings"):
+        lm.add_local([photo], replace=False)       # as the service adds one photo
+    assert len(LocalStore.open(store / LOCAL_DIR).present(lm.store.keys())) == before
+    lm.add_local([photo])                          # as `index build` re-extracts everything
+    assert LocalStore.open(store / LOCAL_DIR).present(lm.store.keys()) == {key}

@@ -237,6 +237,9 @@ def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_ro
     fitted = lm.calibrate(expansion=False, category=False)["recognition"]["validation"]
     assert fitted["split"] == "held out by the model" and fitted["landmark_queries"] == len(held_out)
     assert fitted["database_photos"] == len(stored) - len(held_out)
+    # calibrating on photos the model mostly never held out: a split of their own
+    others = [k for k in stored if k not in held_out]
+    assert lm.calibrate(train_ids=others, expansion=False, category=False)["recognition"]["validation"]["split"] == "by photo"
     recs = lm.recognize(queries)
     for r in recs:
         clf = r.evidence["classifier"]

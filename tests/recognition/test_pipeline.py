@@ -71,6 +71,23 @@ def test_flagged_queries_join_the_distractor_set_only_when_nearer_to_it_than_to_
     assert ev.distractor[3] < 0.5                                      # the tower query stays far from them
 
 
+def test_a_query_whose_landmark_part_the_detector_found_is_no_batch_distractor(tmp_path):
+    from landmark.recognition.filters import DetectorDecision
+
+    groups, objects = _groups_and_objects()
+    st = Store.create(tmp_path / "s", load_config(), SIG)
+    st.add([f"lab{i}" for i in range(6)], _around(TOWER, 6, 0, 0.01), landmark_ids=[7] * 6, split="train")
+    st.add([f"obj{i}" for i in range(4)], _object_pairs(2, 20), split="index", extras={PROBE_NAME: np.tile(objects, (4, 1))})
+    queries = _object_pairs(1, 40)                                  # two photos the prior calls objects
+    rec = Recognizer(st, RecognitionConfig(distractor_k=3), groups=groups)
+    both = rec.gather(queries, ["a", "b"], prior_probs=np.tile(objects, (2, 1)))
+    assert both.distractor_set == 4 + 2
+    # a landmark part found in "a" overrules the prior: "a" is neither filtered nor a distractor for others
+    found = [DetectorDecision("landmark", "Tower 0.90"), None]
+    one = rec.gather(queries, ["a", "b"], prior_probs=np.tile(objects, (2, 1)), detections=found)
+    assert one.distractor_set == 4 + 1
+
+
 def test_the_classifier_of_a_whitened_store_reads_the_queries_unwhitened_descriptors(tmp_path):
     """Store vectors (whitened) feed the kNN vote; the head reads the descriptors passed beside them, and
     predicts nothing without them rather than misreading whitened vectors."""

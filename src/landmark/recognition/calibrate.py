@@ -168,8 +168,12 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
                 if r.landmark_id is not None and (wanted is None or k in wanted)]
     if not labelled:
         raise StoreError(f"store {store.root} holds no labelled photos to calibrate on")
-    held = held_out_by_model(store) if train_ids is None else None
+    held = held_out_by_model(store)
     held_val = [r for r in labelled if r.id in held] if held else []
+    if held and len(held_val) < 0.5 * len(held):    # another dataset than the model's: a split of its own
+        log.warning("only %d of the %d photos the store's model held out are labelled here: validating on a "
+                    "split by photo (seed %d) instead", len(held_val), len(held), seed)
+        held_val = []
     if held_val:   # exactly the photos the store's trained model never trained on
         split = Split([r for r in labelled if r.id not in held], held_val, sorted({r.landmark_id for r in labelled}))
     else:

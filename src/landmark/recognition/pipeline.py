@@ -57,15 +57,23 @@ class Decision:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
+def object_verdict(ev: Evidence, qi: int) -> str | None:
+    """Which object filter calls query ``qi`` a non-landmark ("detector" or "object_prior"), if any:
+    the detector's non-landmark first; a landmark part it found overrules the object prior."""
+    det = ev.detector[qi] if ev.detector is not None else None
+    if det is not None and det.decision == NON_LANDMARK:
+        return "detector"
+    if ev.prior is not None and ev.prior[qi].decision == NON_LANDMARK and not (det is not None and det.decision == LANDMARK):
+        return "object_prior"
+    return None
+
+
 def non_landmark_reasons(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[str]:
     """Which enabled filters call query ``qi`` a non-landmark."""
     reasons = []
-    if cfg.object_prior:
-        det = ev.detector[qi] if ev.detector is not None else None
-        if det is not None and det.decision == NON_LANDMARK:
-            reasons.append("detector")
-        elif ev.prior is not None and ev.prior[qi].decision == NON_LANDMARK and not (det is not None and det.decision == LANDMARK):
-            reasons.append("object_prior")
+    verdict = object_verdict(ev, qi) if cfg.object_prior else None
+    if verdict:
+        reasons.append(verdict)
     if cfg.distractor_filter and ev.distractor is not None and ev.distractor[qi] > cfg.distractor_threshold:
         reasons.append("distractor")
     return reasons
@@ -278,9 +286,7 @@ class Recognizer:
             ev.detector = list(detections)
         keys, _, known_index = self._known_set()      # searched, never copied, per batch
         # the batch's flagged photos join them, unless nearer to a labelled photo (as in known_non_landmarks)
-        batch = np.array([i for i in range(len(vectors)) if
-                          (ev.detector is not None and ev.detector[i] is not None and ev.detector[i].decision == NON_LANDMARK)
-                          or (ev.prior is not None and ev.prior[i].decision == NON_LANDMARK)], np.int64)
+        batch = np.array([i for i in range(len(vectors)) if object_verdict(ev, i)], np.int64)
         if len(batch):
             near_object = np.maximum(top_similarities(vectors[batch], known_index, 1)[0].max(axis=1, initial=-np.inf),
                                      nearest_other(vectors[batch], vectors[batch], offset=0))

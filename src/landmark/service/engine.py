@@ -403,8 +403,11 @@ class Service:
             path.unlink(missing_ok=True)
             raise
         if self.writer.config.local.enabled:   # for spatial re-ranking and /matches (a failure is logged, the photo stays)
-            for failure in self.writer.add_local([record]):
-                log.warning("no local features for %s: %s", image_id, failure.reason)
+            try:
+                for failure in self.writer.add_local([record], replace=False):
+                    log.warning("no local features for %s: %s", image_id, failure.reason)
+            except Exception as exc:       # the photo is committed: never a 500 for it, never a lost snapshot
+                log.warning("no local features for %s: %s", image_id, exc)
         self._refresh()
         self.thumbs.drop(image_id)
         return row_json(self.image_row(image_id), self.snapshot.names)

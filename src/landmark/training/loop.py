@@ -384,13 +384,21 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     ddp = nn.parallel.DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
         if ctx.world > 1 else module
     accum = max(1, cfg.optim.grad_accum)
-    total_updates = max(1, cfg.optim.epochs * steps_per_epoch // accum)
+    total_updates = max(1, cfg.optim.epochs * math.ceil(steps_per_epoch / accum))   # a partial accumulation steps too
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch / accum)
     eval_cache = None
     if ctx.main:
         atomic_write_json(out / "train_config.json", cfg.to_dict() | {"classes": split.classes,
                                                                      "train_photos": len(split.train),
                                                                      "val_photos": len(split.val)})
+
+    def update() -> None:
+        if cfg.optim.clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
 
     def set_lr() -> None:
         f = lr_factor(step, total_updates, warmup, cfg.optim)
@@ -434,12 +442,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                 scaler.scale(loss / accum).backward()
                 micro += 1
                 if micro % accum == 0:
-                    if cfg.optim.clip_grad:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                    update()
                     step += 1
                 loss_sum += float(loss.detach())
                 n_loss += 1
@@ -447,9 +450,11 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                 bar.advance()
                 if max_steps is not None and step >= max_steps:
                     break
-        # a partial accumulation left at the epoch's end is dropped (as drop_last drops a partial batch),
-        # so it never joins the next epoch's first update, with or without --resume
-        optimizer.zero_grad(set_to_none=True)
+        if micro % accum and not (max_steps is not None and step >= max_steps):
+            # the epoch's last, partial accumulation steps here: it never joins the next epoch's first
+            # update (which --resume could not repeat), and an epoch shorter than grad_accum still trains
+            update()
+            step += 1
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": ctx.mean(loss_sum / max(1, n_loss)),
                                "lr": max(g["lr"] for g in optimizer.param_groups),
