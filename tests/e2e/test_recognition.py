@@ -431,6 +431,10 @@ def test_a_configured_onnx_detector_filters_recognition(mini_store, eiffel_query
     uncertain = lm.recognize([str(eiffel_query)])[0]
     assert uncertain.evidence["filters"]["detector"]["decision"] == "uncertain"
     assert "detector" not in uncertain.evidence["filters"]["non_landmark"]
+    # switched off with the object prior: the detector does not even run
+    lm.set_recognition_config(replace(lm.recognition_config, detector_area_min=0.6, object_prior=False))
+    off = lm.recognize([str(eiffel_query)])[0]
+    assert "detector" not in off.evidence["filters"] and off.grade != "non-landmark"
 
 
 @pytest.mark.slow

@@ -245,8 +245,9 @@ class Recognizer:
     def detect(self, photos: Sequence[Any], *, progress: bool | None = None) -> list[DetectorDecision | None] | None:
         """The object detector's decision on each photo (a path or a PIL image) by the paper's rule
         (``cfg.detector_score_min``, ``cfg.detector_area_min``), for :meth:`gather`'s ``detections``.
-        None without a detector; a photo that cannot be read gets None (the other filters still judge it)."""
-        if self.detector is None:
+        None without a detector or with the object filters off (``cfg.object_prior``); a photo that
+        cannot be read gets None (the other filters still judge it)."""
+        if self.detector is None or not self.cfg.object_prior:
             return None
         cfg, out = self.cfg, []
         with progress_bar("object detector", total=len(photos), enabled=progress) as bar:
