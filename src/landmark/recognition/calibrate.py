@@ -3,9 +3,9 @@
 Validation landmark queries are labelled store photos held out per landmark: for a store whose model
 ``landmark train`` made, the validation photos its checkpoint records (those the model never saw);
 otherwise the split of :func:`landmark.training.data.split_by_photo`. They are answered against the
-remaining labelled photos only. Validation non-landmark queries come from label-free sources only: the unlabelled store
-photos that the object prior flags, and photos added with ``--split distractors``. No test photo and
-no ground-truth file is read.
+remaining labelled photos only. Validation non-landmark queries come from label-free sources only:
+the unlabelled store photos that the object prior flags, and photos added with ``--split
+distractors``. No test photo and no ground-truth file is read.
 
 * ``prior_object_min``: the lowest value that flags at most ``landmark_loss`` of the labelled photos
   (clipped to [0.5, 0.995]); a false-rejection budget, which needs no non-landmark labels.
