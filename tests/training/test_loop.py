@@ -161,3 +161,28 @@ def test_gradient_accumulation_longer_than_an_epoch_still_updates(tiny_folder, t
     result = train(tiny_folder, tmp_path / "run", cfg, progress=False)
     assert [r["step"] for r in result.history] == [0, 1, 2]
     assert "val_map@100" in result.history[-1] and "val_map@100" not in result.history[1]   # eval_every=0: last epoch only
+
+
+def test_ema_weights_are_validated_saved_and_resumed(tiny_folder, tmp_path):
+    cfg = tiny_cfg("optim.epochs=2", "optim.ema=0.5", "data.epoch_samples=24")
+    straight = train(tiny_folder, tmp_path / "a", cfg, progress=False)
+    state = torch.load(straight.last_path, weights_only=False)
+    raw = state["module"]
+    trained = [k for k in raw if k.startswith("suffix.") and raw[k].is_floating_point()]
+    ema_of = lambda s: {k.removeprefix("module."): v for k, v in s["ema"].items()}
+    assert trained and any(not torch.equal(raw[k], ema_of(state)[k]) for k in trained)   # an average, not the last weights
+    # a run killed after its first epoch (its last.pt holds epoch 1's average), then resumed
+    steps = straight.history[1]["step"]
+    train(tiny_folder, tmp_path / "b", cfg, progress=False, max_steps=steps)
+    first = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    resumed = train(tiny_folder, tmp_path / "b", cfg, progress=False, resume=True)
+    again = torch.load(resumed.last_path, weights_only=False)["ema"]
+    assert all(torch.equal(again[k], state["ema"][k]) for k in state["ema"])   # the same average
+    # model.pt holds the average of the epoch that validated best, not the trained weights
+    net, payload = load_checkpoint(straight.model_path)
+    ema = ema_of(state if payload["epoch"] == 2 else first)
+    saved = net.state_dict()
+    assert all(torch.equal(saved[k], ema["net." + k].to(saved[k].dtype)) for k in saved)
+    assert any(not torch.equal(saved[k], raw["net." + k]) for k in saved if saved[k].is_floating_point())
+    with pytest.raises(ValueError, match="optim.ema"):
+        train(tiny_folder, tmp_path / "c", tiny_cfg("optim.ema=1.5"), progress=False)

@@ -50,6 +50,8 @@ class OptimConfig:
     grad_accum: int = 1
     amp: bool = True                 # float16 autocast + grad scaling on CUDA
     clip_grad: float = 5.0
+    ema: float = 0.0                 # > 0: validate and save an exponential moving average of the weights
+                                     # (this decay per update, timm's ModelEmaV3); 0 = the weights as trained
 
 
 @dataclass

@@ -335,8 +335,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
 
     start_epoch, step, history, best = 0, 0, [], -1.0
     last_path, model_path = out / "last.pt", out / "model.pt"
+    resumed_state = None
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = resumed_state = torch.load(last_path, map_location="cpu", weights_only=False)
         if state["train_config"] != cfg.to_dict():
             raise ValueError(f"{last_path} was written with another training configuration; "
                              "resume with the same preset and overrides, or use a new --out")
@@ -383,6 +384,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     # DDP broadcasts rank 0's parameters and buffers (the initialisation above) when it wraps the module
     ddp = nn.parallel.DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
         if ctx.world > 1 else module
+    ema = _make_ema(module, cfg, resumed_state)
+    evaluated = ema.module if ema is not None else module   # what is validated and saved as model.pt
     accum = max(1, cfg.optim.grad_accum)
     total_updates = max(1, cfg.optim.epochs * math.ceil(steps_per_epoch / accum))   # a partial accumulation steps too
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch / accum)
@@ -399,6 +402,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(module)
 
     def set_lr() -> None:
         f = lr_factor(step, total_updates, warmup, cfg.optim)
@@ -409,7 +414,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     if ctx.main and split.val and start_epoch == 0 and not history:   # the "before" row: the untrained model
         if cfg.freeze_stages:
             eval_cache = _EvalCache(module, split, cfg, ctx.device)
-        row0 = {"epoch": 0, "step": 0} | validate(module, split, cfg, ctx.device, eval_cache)
+        row0 = {"epoch": 0, "step": 0} | validate(evaluated, split, cfg, ctx.device, eval_cache)
         history.append(row0)
         _log_row(out / "metrics.csv", row0)
     for epoch in range(start_epoch, cfg.optim.epochs):
@@ -463,27 +468,44 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         if ctx.main and split.val and ((cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0) or last_epoch):
             if eval_cache is None and cfg.freeze_stages:
                 eval_cache = _EvalCache(module, split, cfg, ctx.device)
-            row |= validate(module, split, cfg, ctx.device, eval_cache)
+            row |= validate(evaluated, split, cfg, ctx.device, eval_cache)
         if ctx.main:
             history.append(row)
             _log_row(out / "metrics.csv", row)
             score = row.get("val_map@100", -row["loss"])
             if score > best or not model_path.exists():
                 best = score
-                save_checkpoint(model_path, net, cfg.model, {"classes": split.classes,
-                                                              "val_ids": [r.id for r in split.val],   # for calibration
-                                                              "head": head.state_dict() if head is not None else None,
+                save_checkpoint(model_path, evaluated.net, cfg.model, {
+                    "classes": split.classes, "val_ids": [r.id for r in split.val],   # for calibration
+                    "head": evaluated.head.state_dict() if evaluated.head is not None else None,
                                                               "head_kind": cfg.head.kind, "epoch": epoch + 1,
                                                               "metrics": row})
             with atomic_path(last_path) as tmp:
                 torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "history": history,
-                            "best": best, "rng": _rng_state(), "train_config": cfg.to_dict()}, tmp)
+                            "best": best, "rng": _rng_state(), "train_config": cfg.to_dict(),
+                            "ema": ema.state_dict() if ema is not None else None}, tmp)
             log.info("epoch %d: %s", epoch + 1, json.dumps(row))
         ctx.barrier()
         if max_steps is not None and step >= max_steps:
             break
     return FitResult(model_path, last_path, history)
+
+
+def _make_ema(module: TrainModule, cfg: TrainConfig, resumed: dict[str, Any] | None):
+    """timm's ``ModelEmaV3`` of ``module`` (decay ``cfg.optim.ema`` per update; float32, on the
+    module's device), restored from a ``--resume`` state; None when ``ema`` is 0."""
+    decay = cfg.optim.ema
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"optim.ema must be 0 (off) or a decay in (0, 1), got {decay}")
+    from timm.utils import ModelEmaV3
+
+    ema = ModelEmaV3(module, decay=decay, dtype=torch.float32)
+    if resumed is not None and resumed.get("ema") is not None:
+        ema.load_state_dict(resumed["ema"])
+    return ema
 
 
 _LOG_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "epoch_s", "val_gap", "val_accuracy", "val_map@100"]
