@@ -234,12 +234,19 @@ def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_ro
     # calibration validates on exactly the photos the model held out
     stored = lm.store.keys()
     assert set(held_out) <= set(stored)
-    fitted = lm.calibrate(expansion=False, category=False)["recognition"]["validation"]
+    report = lm.calibrate()
+    fitted = report["recognition"]["validation"]
     assert fitted["split"] == "held out by the model" and fitted["landmark_queries"] == len(held_out)
     assert fitted["database_photos"] == len(stored) - len(held_out)
+    # the retrieval calibration too: the held-out photos (5) are its database and queries, the rest vote
+    retrieval = report["category"]["validation"]
+    known = retrieval["known_non_landmarks"]
+    assert retrieval["split"] == "held out by the model"
+    assert retrieval["queries"] + retrieval["database_photos"] - known == len(held_out)
     # calibrating on photos the model mostly never held out: a split of their own
     others = [k for k in stored if k not in held_out]
-    assert lm.calibrate(train_ids=others, expansion=False, category=False)["recognition"]["validation"]["split"] == "by photo"
+    report = lm.calibrate(train_ids=others, expansion=False)
+    assert report["recognition"]["validation"]["split"] == report["category"]["validation"]["split"] == "by photo"
     recs = lm.recognize(queries)
     for r in recs:
         clf = r.evidence["classifier"]

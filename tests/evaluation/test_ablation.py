@@ -41,6 +41,16 @@ def test_validation_split_is_disjoint_and_per_landmark():
     assert sum(labels[i] == 1 for i in qs) == 3
 
 
+def test_validation_split_of_a_trained_model_votes_with_its_training_photos():
+    labels = [1] * 9 + [2] * 6 + [3] * 2
+    held = [i % 3 == 0 for i in range(len(labels))]      # 3 + 2 + 1 photos the model never trained on
+    vote, db, qs = validation_split([str(i) for i in range(len(labels))], labels, seed=0, held=held)
+    assert sorted(vote) == [i for i in range(len(labels)) if not held[i]]
+    assert sorted(db + qs) == [i for i in range(len(labels)) if held[i]]
+    # per landmark, the held photos are dealt into database first, then queries
+    assert sorted(labels[i] for i in db) == [1, 1, 2, 3] and sorted(labels[i] for i in qs) == [1, 2]
+
+
 def test_ablation_rows_are_cumulative_and_expansion_helps():
     space, lab_db, lab_q = clustered_space(noise=1.6)
     cfg = load_config(overrides=["whitening.dim=32", "whitening.power=0.0"])

@@ -9,8 +9,9 @@ re-rank (Baidu §2.2: the query's confidently voted landmark first).
 The hyper-parameters those steps use (whitening dim/power/shrinkage, how M is found, the QE
 weights, the similarity threshold) are chosen by :func:`tune_on_validation` on a split carved out
 of the labelled ``train`` photos only: per landmark, a third of the photos vote (labelled), a third
-is the database, a third are the queries; PCA is learned on the unlabelled ``index`` photos, as on
-test. The store's known non-landmarks (photos its object prior flags, split ``distractors``) join
+is the database, a third are the queries (for a store of a model from ``landmark train``, the photos
+it trained on vote and those it held out are database and queries); PCA is learned on the unlabelled
+``index`` photos, as on test. The store's known non-landmarks (photos its object prior flags, split ``distractors``) join
 that database as photos relevant to no query: a test database holds such photos too, and a verifier
 that lets them in (``verify="vote"``: every photo gets a voted landmark) costs mAP only then.
 :func:`calibrate_expansion` fits the similarity threshold of ``verify="vote+threshold"`` the same
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -166,28 +167,39 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
 
 
 # -- validation split from train -----------------------------------------------------------------
-def validation_split(keys: Sequence[str], labels: Sequence[int], seed: int = 0) -> tuple[list[int], list[int], list[int]]:
-    """Per landmark, shuffled photos dealt round-robin into (vote, database, query) positions."""
+def validation_split(keys: Sequence[str], labels: Sequence[int], seed: int = 0,
+                     held: Sequence[bool] | None = None) -> tuple[list[int], list[int], list[int]]:
+    """Per landmark, shuffled photos dealt round-robin into (vote, database, query) positions.
+
+    ``held`` marks photos a trained model never trained on: then the others all vote (as the
+    trained-on ``train`` photos do on test) and the held ones are dealt into (database, query), so
+    that only photos the model never saw are retrieved and searched for, as on test.
+    """
     rng = np.random.default_rng(seed)
     folds: tuple[list[int], list[int], list[int]] = ([], [], [])
     by_label: dict[int, list[int]] = {}
     for i, lab in enumerate(labels):
         by_label.setdefault(int(lab), []).append(i)
     for lab in sorted(by_label):
-        idx = list(rng.permutation(by_label[lab]))
-        for j, i in enumerate(idx):
-            folds[j % 3].append(int(i))
+        idx = [int(i) for i in rng.permutation(by_label[lab])]
+        if held is None:
+            for j, i in enumerate(idx):
+                folds[j % 3].append(i)
+            continue
+        folds[0].extend(i for i in idx if not held[i])
+        for j, i in enumerate(i for i in idx if held[i]):
+            folds[1 + j % 2].append(i)
     return folds
 
 
 def validation_space(train: np.ndarray, labels: np.ndarray, seed: int = 0, negatives: np.ndarray | None = None,
-                     k: int = 5) -> tuple[Space, Callable[[np.ndarray], float]]:
+                     k: int = 5, held: Sequence[bool] | None = None) -> tuple[Space, Callable[[np.ndarray], float]]:
     """A :class:`Space` and scorer for held-out train photos (whitened by the caller, if at all).
 
     ``negatives`` (known non-landmark photos) join the database after the landmark photos, relevant
-    to no query.
+    to no query. ``held``: photos a trained model never saw (see :func:`validation_split`).
     """
-    vote, db, qs = validation_split([str(i) for i in range(len(labels))], labels.tolist(), seed)
+    vote, db, qs = validation_split([str(i) for i in range(len(labels))], np.asarray(labels).tolist(), seed, held)
     labels = np.asarray(labels)
     database, db_labels = train[db], labels[db]
     if negatives is not None and len(negatives):
@@ -264,16 +276,24 @@ def fit_threshold(space: Space, score: Callable[[np.ndarray], float], ec: Expans
     return best, trials
 
 
-# a store's validation space, its mAP@100 scorer and its number of known non-landmarks
-Validation = tuple[Space, Callable[[np.ndarray], float], int]
+class Validation(NamedTuple):
+    """A store's validation space, its mAP@100 scorer, its number of known non-landmarks, and how
+    its photos were split (``"held out by the model"`` or ``"by photo"``)."""
+    space: Space
+    score: Callable[[np.ndarray], float]
+    negatives: int
+    split: str
 
 
 def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = None, *,
                      train_ids: Sequence[str] | None = None, seed: int = 0
                      ) -> Validation | None:
     """:func:`validation_space` of a store's labelled photos (of ``train_ids`` only, if given), with
-    its known non-landmarks in the database, after ``transform``, and their number; None without
-    labelled photos."""
+    its known non-landmarks in the database, after ``transform``; None without labelled photos.
+    For a store of a model from ``landmark train``, the photos that model held out are the database
+    and the queries, and the photos it trained on vote."""
+    from ..recognition.calibrate import model_validation_ids
+
     store = lm.store
     wanted = set(train_ids) if train_ids is not None else None
     rows = store.get(store.keys())
@@ -281,11 +301,14 @@ def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = 
     if not keys:
         return None
     labels = np.array([rows[k].landmark_id for k in keys], np.int64)
+    held_ids = model_validation_ids(store, keys, seed)
+    held = [k in held_ids for k in keys] if held_ids else None
     _, negatives = lm.recognizer.known_non_landmarks(lm.recognition_config)
     transform = transform or (lambda x: x)
     space, score = validation_space(transform(store.vectors(keys)), labels, seed,
-                                    transform(negatives) if len(negatives) else None, k=lm.recognition_config.k)
-    return space, score, len(negatives)
+                                    transform(negatives) if len(negatives) else None, k=lm.recognition_config.k,
+                                    held=held)
+    return Validation(space, score, len(negatives), "held out by the model" if held else "by photo")
 
 
 def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0, write: bool = True,
@@ -300,13 +323,13 @@ def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int
     found = (validation or store_validation(lm, train_ids=train_ids, seed=seed)) if reads_threshold else None
     if found is None:
         return None
-    space, score, n_negatives = found
+    space, score, n_negatives, split = found
     fitted, trials = fit_threshold(space, score, ec)
     if not trials:
         return None
     report = {"threshold": fitted.threshold, "verify": ec.verify, "validation_map": max(t["map"] for t in trials),
               "trials": trials, "validation": {"database_photos": len(space.index), "queries": len(space.queries),
-                                               "known_non_landmarks": n_negatives, "seed": seed,
+                                               "known_non_landmarks": n_negatives, "split": split, "seed": seed,
                                                "prior_source": lm.prior_source}}
     lm.set_expansion_config(fitted)
     store = lm.store
@@ -354,7 +377,7 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
     found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
     if found is None:
         return None
-    space, score, n_negatives = found
+    space, score, n_negatives, split = found
     ec = lm.config.expansion
     fitted, trials, before = fit_category(space, score, retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe),
                                           lm.config.category)
@@ -362,7 +385,8 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
               "validation_map": max([before] + [t["map"] for t in trials]), "trials": trials,
               "expansion": ranking_settings(ec),
               "validation": {"database_photos": len(space.index), "queries": len(space.queries),
-                             "known_non_landmarks": n_negatives, "seed": seed, "prior_source": lm.prior_source}}
+                             "known_non_landmarks": n_negatives, "split": split, "seed": seed,
+                             "prior_source": lm.prior_source}}
     lm.set_category_config(fitted)
     store = lm.store
     if write and ranking_settings(store.config.expansion) == report["expansion"]:

@@ -154,6 +154,21 @@ def held_out_by_model(store) -> set[str] | None:
     return set(ids) if ids else None
 
 
+def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[str]:
+    """Those of the ``labelled`` store photos that the store's trained model never trained on (what
+    calibrations validate on); empty for a pretrained model, or when fewer than half of the photos
+    it held out are among them (another dataset than the model's: a split of its own is used)."""
+    held = held_out_by_model(store)
+    if not held:
+        return set()
+    found = held.intersection(labelled)
+    if len(found) < 0.5 * len(held):
+        log.warning("only %d of the %d photos the store's model held out are labelled here: validating on a "
+                    "split by photo (seed %d) instead", len(found), len(held), seed)
+        return set()
+    return found
+
+
 def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction: float = 0.15, seed: int = 0,
                     landmark_loss: float = 0.02, max_negatives: int = 5000, max_region_queries: int = 2000,
                     write: bool = True, progress: bool | None = None) -> dict[str, Any]:
@@ -168,12 +183,8 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
                 if r.landmark_id is not None and (wanted is None or k in wanted)]
     if not labelled:
         raise StoreError(f"store {store.root} holds no labelled photos to calibrate on")
-    held = held_out_by_model(store)
-    held_val = [r for r in labelled if r.id in held] if held else []
-    if held and len(held_val) < 0.5 * len(held):    # another dataset than the model's: a split of its own
-        log.warning("only %d of the %d photos the store's model held out are labelled here: validating on a "
-                    "split by photo (seed %d) instead", len(held_val), len(held), seed)
-        held_val = []
+    held = model_validation_ids(store, [r.id for r in labelled], seed)
+    held_val = [r for r in labelled if r.id in held]
     if held_val:   # exactly the photos the store's trained model never trained on
         split = Split([r for r in labelled if r.id not in held], held_val, sorted({r.landmark_id for r in labelled}))
     else:
