@@ -74,7 +74,7 @@ def browser():
         driver.quit()
 
 
-def test_recognise_a_photo_from_the_page(server, browser, eiffel_query, tmp_path):
+def test_recognise_a_photo_from_the_page(server, browser, stonehenge_query, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -82,19 +82,19 @@ def test_recognise_a_photo_from_the_page(server, browser, eiffel_query, tmp_path
     browser.get(server + "/")
     wait = WebDriverWait(browser, 120)
     wait.until(lambda d: "photos" in d.find_element(By.ID, "store-info").text)
-    browser.find_element(By.ID, "file").send_keys(str(eiffel_query))     # the file picker of the drop zone
+    browser.find_element(By.ID, "file").send_keys(str(stonehenge_query))     # the file picker of the drop zone
     wait.until(EC.visibility_of_element_located((By.ID, "result")))
-    assert "Eiffel Tower" in browser.find_element(By.ID, "landmark-name").text
+    assert "Stonehenge" in browser.find_element(By.ID, "landmark-name").text
     assert "confidence" in browser.find_element(By.ID, "score").text
     wait.until(lambda d: any(img.get_property("naturalWidth") > 0
                              for img in d.find_elements(By.CSS_SELECTOR, "#matches .card img")))
     cards = browser.find_elements(By.CSS_SELECTOR, "#matches .card")
-    assert cards and "Eiffel Tower" in cards[0].text and "score" in cards[0].text
-    # retrieval over every stored photo: Eiffel Tower photos, labelled or not, fill the similar photos
+    assert cards and "Stonehenge" in cards[0].text and "score" in cards[0].text
+    # retrieval over every stored photo: Stonehenge photos, labelled or not, fill the similar photos
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similar .card")) > 0)
     similar = browser.find_elements(By.CSS_SELECTOR, "#similar .card")
-    assert "Eiffel Tower" in similar[0].text or "unlabelled" in similar[0].text
-    assert sum("Eiffel Tower" in c.text for c in similar) >= 3
+    assert "Stonehenge" in similar[0].text or "unlabelled" in similar[0].text
+    assert sum("Stonehenge" in c.text for c in similar) >= 3
     # the store has local features: the verified keypoint matches with the best match are drawn
     wait.until(lambda d: d.find_element(By.ID, "evidence").get_property("naturalWidth") > 0)
     assert "keypoints" in browser.find_element(By.ID, "evidence-note").text
@@ -104,3 +104,25 @@ def test_recognise_a_photo_from_the_page(server, browser, eiffel_query, tmp_path
         out = Path(os.environ["LANDMARK_SCREENSHOT_DIR"])
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, out / "test_browser_recognize.png")
+
+
+def test_a_filtered_non_landmark_is_not_named_nor_offered_to_a_landmark(server, browser, gldv2_root):
+    import csv
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    test = {r["id"] for r in csv.DictReader(open(gldv2_root / "test.csv"))}
+    desk = next(r["id"] for r in sorted(csv.DictReader(open(gldv2_root / "sources.csv")), key=lambda r: r["source"])
+                if r["id"] in test and "freiburg" in r["source"].lower())     # a frame of a desk sequence
+    photo = gldv2_root / "test" / desk[0] / desk[1] / desk[2] / f"{desk}.jpg"
+    browser.get(server + "/")
+    wait = WebDriverWait(browser, 120)
+    wait.until(lambda d: "photos" in d.find_element(By.ID, "store-info").text)
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    wait.until(EC.visibility_of_element_located((By.ID, "result")))
+    assert browser.find_element(By.ID, "grade").text.lower() == "non-landmark"
+    assert browser.find_element(By.ID, "landmark-name").text == "Not a landmark"
+    assert "nearest landmark" in browser.find_element(By.ID, "landmark-id").text
+    assert not browser.find_element(By.ID, "add-this").is_displayed()

@@ -82,9 +82,15 @@ async function recognize(file) {
   lastResult = r;
   setStatus(status, "");
   $("query-img").src = URL.createObjectURL(file);
-  const known = r.landmark_id != null;
-  $("landmark-name").textContent = known ? (pretty(r.name) || `landmark ${r.landmark_id}`) : "No landmark recognised";
-  $("landmark-id").textContent = known ? `landmark id ${r.landmark_id}` : "no labelled photo in the store is close";
+  // a photo the filters call a non-landmark keeps its nearest landmark as evidence only: it is not named,
+  // and not offered to be added under that landmark
+  const filtered = r.grade === "non-landmark";
+  const known = r.landmark_id != null && !filtered;
+  const nearest = r.landmark_id != null ? (pretty(r.name) || `landmark ${r.landmark_id}`) : null;
+  $("landmark-name").textContent = known ? nearest : filtered ? "Not a landmark" : "No landmark recognised";
+  $("landmark-id").textContent = known ? `landmark id ${r.landmark_id}`
+    : filtered && nearest ? `the non-landmark filters rejected it (nearest landmark: ${nearest})`
+    : "no labelled photo in the store is close";
   const pct = Math.round(100 * r.score);
   $("bar-fill").style.width = `${pct}%`;
   $("bar-fill").style.background = r.score >= 0.6 ? "var(--ok)" : r.score >= 0.4 ? "var(--warn)" : "var(--bad)";
