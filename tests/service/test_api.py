@@ -169,6 +169,9 @@ def test_landmarks_and_paged_listing(client, ro_store):
     unl = client.get("/images?unlabelled=true&limit=500").json()["images"]
     assert len(unl) == counts.get(None, 0) and all(i["landmark_id"] is None for i in unl)
     assert client.get("/images?limit=0").status_code == 422
+    for bad in (f"offset={2 ** 64}", f"landmark_id={2 ** 64}", "landmark_id=47378&unlabelled=true"):
+        r = client.get(f"/images?{bad}")
+        assert r.status_code == 422 and "error" in r.json(), bad
 
 
 # -- keypoint evidence -----------------------------------------------------------------------------
@@ -364,6 +367,10 @@ def test_bad_form_fields_on_add(rw, eiffel_query):
     before = _state(store)
     r = c.post("/images", files=_upload(eiffel_query), data={"landmark_id": "eiffel"})
     assert r.status_code == 422 and "landmark_id must be an integer" in r.json()["error"]
+    r = c.post("/images", files=_upload(eiffel_query), data={"landmark_id": str(2 ** 64)})   # beyond SQLite's integers
+    assert r.status_code == 422 and "64-bit" in r.json()["error"]
+    r = c.post("/images", files=_upload(eiffel_query), data={"name": "Tour Eiffel"})         # a name of no landmark
+    assert r.status_code == 422 and "needs the landmark_id" in r.json()["error"]
     for bad in ("../x", "a/b", ".hidden", "x" * 200):
         r = c.post("/images", files=_upload(eiffel_query), data={"id": bad})
         assert r.status_code == 400 and "invalid id" in r.json()["error"], bad

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 FORM_SLACK = 64 * 1024          # multipart framing and small fields on top of the photo itself
 T = TypeVar("T")
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1     # what the store's SQLite integers hold
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -236,8 +237,10 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
         return {"landmarks": await run(service.io_pool, service.landmarks)}
 
     @app.get("/images", summary="A page of stored photos, optionally of one landmark")
-    async def list_images(landmark_id: int | None = None, unlabelled: bool = False,
-                          offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=500)) -> dict[str, Any]:
+    async def list_images(landmark_id: int | None = Query(None, ge=INT64_MIN, le=INT64_MAX), unlabelled: bool = False,
+                          offset: int = Query(0, ge=0, le=INT64_MAX), limit: int = Query(60, ge=1, le=500)) -> dict[str, Any]:
+        if unlabelled and landmark_id is not None:
+            raise ServiceError(422, "give landmark_id or unlabelled=true, not both")
         return await run(service.io_pool, service.list_images, landmark_id, unlabelled, offset, limit)
 
     @app.get("/images/{image_id:path}/thumbnail", summary="JPEG thumbnail of a stored photo",
@@ -277,6 +280,10 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
                 lab = int(landmark_id)
             except ValueError:
                 raise ServiceError(422, f"landmark_id must be an integer, got {landmark_id!r}") from None
+            if not INT64_MIN <= lab <= INT64_MAX:
+                raise ServiceError(422, f"landmark_id must be a 64-bit integer, got {landmark_id}")
+        elif (name or "").strip():
+            raise ServiceError(422, "a name needs the landmark_id it names")
         data = await read_photo(photo)
         up, vector = await infer(service.prepare_add, data, photo.filename)
         out = await run(service.write_pool, service.commit_add, data, up, vector, image_id=id or None,
