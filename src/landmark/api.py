@@ -259,6 +259,8 @@ class Landmarks:
         the ranked photos of that landmark first (:mod:`landmark.retrieval.category`); each match keeps
         its score, so scores then fall within each group, not across the whole list.
         """
+        if k is not None and k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
         k = k or self.store.config.search.k
         names = self.store.label_names()
         ids, vectors, errors = self._embed_queries(photos, progress)

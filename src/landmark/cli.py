@@ -171,7 +171,7 @@ def index_info(store: Path = StoreOpt):
 @app.command("search")
 @_friendly
 def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store: Path = StoreOpt,
-           k: int = typer.Option(10, "-k", help="Results per query."),
+           k: int = typer.Option(10, "-k", min=1, help="Results per query."),
            split: Optional[List[str]] = typer.Option(None, "--split", help="Only search these splits of the store."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
            rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="Re-rank with local-feature verification (default: when the store has local features)."),
@@ -227,14 +227,16 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
     _print_failures(result.failures)
     if as_json:
         print(json.dumps([asdict(r) | {"neighbours": [asdict(m) for m in r.neighbours]} for r in recs], indent=2))
-        return
-    table = Table()
-    for col in ("photo", "landmark", "score", "grade", "votes"):
-        table.add_column(col)
-    for r in recs:
-        table.add_row(r.query, _landmark(r.landmark_id, r.name), f"{r.score:.4f}", r.grade or "-",
-                      f"{r.votes}/{lm.store.config.recognition.k}")
-    out.print(table)
+    elif recs:
+        table = Table()
+        for col in ("photo", "landmark", "score", "grade", "votes"):
+            table.add_column(col)
+        for r in recs:
+            table.add_row(r.query, _landmark(r.landmark_id, r.name), f"{r.score:.4f}", r.grade or "-",
+                          f"{r.votes}/{lm.store.config.recognition.k}")
+        out.print(table)
+    if result.failures:      # as `search`: the readable photos are answered, the exit status says some were not
+        raise typer.Exit(1)
 
 
 @app.command("evaluate")

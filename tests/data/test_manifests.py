@@ -226,6 +226,11 @@ def test_read_photos_keeps_ids_unique(tmp_path):
 def test_read_photos_errors(tmp_path):
     with pytest.raises(DatasetError, match="no such file or directory"):
         read_photos([tmp_path / "nope.jpg"])
+    with pytest.raises(DatasetError, match="nope.jpg, .*gone.jpg: no such file or directory"):
+        read_photos([tmp_path / "nope.jpg", tmp_path / "gone.jpg"])
+    # among photos that exist, a missing one is a record whose reading fails (for it alone)
+    touch(tmp_path, "x.jpg")
+    assert read_photos([tmp_path / "nope.jpg", tmp_path / "x.jpg"]).ids() == ["nope", "x"]
     with pytest.raises(DatasetError, match="no photos given"):
         read_photos([])
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
+import landmark
 from landmark.cli import app
 
 runner = CliRunner()
@@ -51,21 +53,29 @@ def test_recognize_photo_and_bad_files(mini_store, eiffel_query, tmp_path):
     data = eiffel_query.read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     result = run("recognize", eiffel_query, tmp_path / "zero.jpg", tmp_path / "notes.jpg", tmp_path / "cut.jpg",
-                 "--store", mini_store, "--json")
-    assert result.exit_code == 0
+                 tmp_path / "missing.jpg", "--store", mini_store, "--json")
+    assert result.exit_code == 1          # the good photo is answered; the status says not all were
     out = json.loads(result.stdout)
     assert len(out) == 1 and out[0]["landmark_id"] == 47378 and out[0]["name"] == "Eiffel_Tower"
     assert 0 < out[0]["score"] <= 1 and 1 <= out[0]["votes"] <= 5
     err = result.stderr
-    assert "3 photo(s) could not be read" in err
+    assert "4 photo(s) could not be read" in err
     assert "zero.jpg: empty file" in err and "notes.jpg: not a recognised image format" in err
-    assert "cut.jpg: truncated" in err
+    assert "cut.jpg: truncated" in err and "missing.jpg: " in err
+    # every photo unreadable: no table, a failing status
+    result = run("recognize", tmp_path / "zero.jpg", "--store", mini_store)
+    assert result.exit_code == 1 and "empty file" in result.stderr and "landmark" not in result.stdout
 
 
 def test_search_reports_unreadable_query(mini_store, tmp_path):
     (tmp_path / "zero.jpg").write_bytes(b"")
     result = run("search", tmp_path / "zero.jpg", "--store", mini_store)
     assert result.exit_code == 1 and "empty file" in result.stderr
+    for k in ("0", "-1"):
+        result = run("search", tmp_path / "zero.jpg", "--store", mini_store, "-k", k)
+        assert result.exit_code == 2 and "-k" in result.stderr, k
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        landmark.open(mini_store).search([str(tmp_path / "zero.jpg")], k=0)
 
 
 def test_index_add_info_remove(mini_store, eiffel_query, tmp_path):

@@ -213,18 +213,21 @@ def read_photos(paths: Sequence[str | os.PathLike[str]]) -> Manifest:
     """Unlabelled records for files and folders named on a command line.
 
     A file's id is its name without extension, a folder's photos have ids relative to it; an id
-    already taken falls back to the path as given, and a path given twice is read once.
+    already taken falls back to the path as given, and a path given twice is read once. A path that
+    does not exist stays a record, so that reading it fails for that photo alone, as for any
+    unreadable photo of a batch; when none of the paths exists, that is an error here.
     """
     if not paths:
         raise DatasetError("no photos given")
+    if not any(Path(p).exists() for p in paths):
+        missing = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise DatasetError(f"{missing}: no such file or directory")
     records: list[ImageRecord] = []
     for given in map(Path, paths):
         if given.is_dir():
             records += read_folder(given, labelled=False).records
-        elif given.exists():
-            records.append(ImageRecord(given.stem, given))
         else:
-            raise DatasetError(f"{given}: no such file or directory")
+            records.append(ImageRecord(given.stem, given))
     unique: dict[str, ImageRecord] = {}
     seen_paths: set[Path] = set()
     for r in records:
