@@ -83,6 +83,17 @@ def test_remove_and_reopen_persist(store, tmp_path):
     assert len(list((tmp_path / "s").glob("global-*.faiss"))) == 1
 
 
+@pytest.mark.parametrize("content", [b"", b"not a database at all" * 10])
+def test_a_damaged_meta_database_is_a_store_error(store, tmp_path, content):
+    store.add(["a"], unit(1))
+    store.close()
+    (tmp_path / "s" / "meta.sqlite").write_bytes(content)
+    for side in ("-wal", "-shm"):
+        (tmp_path / "s" / f"meta.sqlite{side}").unlink(missing_ok=True)
+    with pytest.raises(StoreError, match="meta.sqlite is not a readable store database"):
+        Store.open(tmp_path / "s")
+
+
 def test_add_rejects_bad_input(store):
     with pytest.raises(StoreError, match="8 dimensions"):
         store.add(["x"], np.ones((1, 4), np.float32))

@@ -150,7 +150,15 @@ class Store:
         root = Path(root)
         if not (root / "meta.sqlite").is_file():
             raise StoreError(f"no store at {root} (build one with: landmark index build DATA --store {root})")
-        return cls(root, _connect(root / "meta.sqlite"))
+        conn = None
+        try:
+            conn = _connect(root / "meta.sqlite")
+            return cls(root, conn)
+        except sqlite3.DatabaseError as exc:     # an empty, truncated or foreign file (OperationalError included)
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"{root / 'meta.sqlite'} is not a readable store database ({exc}); rebuild the store "
+                             f"(landmark index build DATA --store {root} --overwrite) or restore that file") from None
 
     def close(self) -> None:
         self._conn.close()
