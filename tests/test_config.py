@@ -34,6 +34,28 @@ def test_errors_name_the_key():
         parse_overrides(["image_size"])
 
 
+@pytest.mark.parametrize("override,message", [
+    ("model.backbone=resnet9000", "model.backbone: unknown backbone 'resnet9000'"),
+    ("ensemble=[{backbone: tf_efficientnet_lite1}, {pooling: max}]", "ensemble.pooling: expected one of"),
+    ("local.kind=surf", r"local.kind: expected one of \['rootsift', 'orb', 'brisk'\], got 'surf'"),
+    ("index.kind=hnsw", "index.kind: expected one of"),
+    ("expansion.verify=always", "expansion.verify: expected one of"),
+    ("recognition.filtered=hide", "recognition.filtered: expected one of"),
+    ("recognition.k=0", "recognition.k: expected at least 1, got 0"),
+    ("extract.image_size=-5", "extract.image_size: expected at least 32"),
+    ("search.k=0", "search.k: expected at least 1"),
+])
+def test_values_no_stage_can_run_with_are_refused_by_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_values_in_range_and_hub_backbones_pass():
+    cfg = load_config(overrides=["model.backbone=timm/resnet50", "model.pooling=MAC", "index.kind=ivfpq",
+                                 "index.nprobe=0", "extract.image_size=32", "whitening.kind=pca"])
+    assert cfg.model.backbone == "timm/resnet50" and cfg.index.kind == "ivfpq"
+
+
 def test_optional_fields_and_round_trip():
     cfg = load_config(overrides=["model.embedding_dim=512"])
     assert cfg.model.embedding_dim == 512

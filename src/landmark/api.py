@@ -20,7 +20,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .config import Config, load_config
+from .config import Config, check, load_config
 from .data import ImageError, Manifest, load_image, read_dataset, read_photos
 from .data.manifests import ImageRecord, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
@@ -121,7 +121,7 @@ class Landmarks:
     def create(cls, store_dir: str | Path, config: Config | None = None, *, device: str | None = None,
                overwrite: bool = False) -> "Landmarks":
         """Open the store at ``store_dir`` if it was made with ``config``, else make a new one."""
-        config = config or load_config()
+        config = check(config) if config is not None else load_config()
         root = Path(store_dir)
         extractor = build_extractor(config, device=device, store_root=root)
         if (root / "meta.sqlite").exists() and not overwrite:
@@ -144,7 +144,7 @@ class Landmarks:
         ``ray`` (a :class:`landmark.distributed.RayConfig`) spreads the extraction over Ray actors.
         """
         root = Path(data)
-        config = config or load_config()
+        config = check(config) if config is not None else load_config()
         if config.whitening.kind != "none":
             _learn_whitening(root, Path(store_dir), config, splits or default_splits(root), device=device,
                              overwrite=overwrite, progress=progress)

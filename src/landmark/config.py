@@ -300,8 +300,55 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def load_config(preset: str | None = None, file: str | Path | None = None,
                 overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
-    """Build a :class:`Config` from a preset name, an optional YAML file and overrides."""
-    return layered(Config(), PRESETS, preset or DEFAULT_PRESET, "preset", file, overrides)
+    """Build a :class:`Config` from a preset name, an optional YAML file and overrides (checked by :func:`check`)."""
+    return check(layered(Config(), PRESETS, preset or DEFAULT_PRESET, "preset", file, overrides))
+
+
+# the least value each count or size can take (0 where 0 means "off" or "automatic")
+MINIMUMS: dict[str, int] = {
+    "extract.image_size": 32, "extract.size_multiple": 1, "extract.batch_size": 1, "extract.num_workers": 0,
+    "index.nlist": 0, "index.pq_m": 1, "index.pca_dim": 0, "index.nprobe": 0, "index.rerank": 0, "index.train_min": 0,
+    "search.k": 1, "recognition.k": 1, "recognition.regions": 1, "recognition.classifier_topk": 1,
+    "recognition.distractor_k": 1, "recognition.frequent_min": 1, "local.image_size": 32, "local.max_keypoints": 1,
+    "local.num_workers": 0, "rerank.top_k": 1, "rerank.max_iters": 1, "rerank.min_inliers": 0,
+    "rerank.saturation": 1, "rerank.verified_inliers": 0, "rerank.inverted_k": 0, "whitening.dim": 1,
+    "expansion.shortlist": 1, "expansion.search_max": 0, "category.max_labels": 1,
+}
+
+
+def check(config: Config) -> Config:
+    """``config`` if every choice names an option its stage has and every count is in range; else a
+    :class:`ConfigError` naming the key, so that a wrong ``--set`` fails before any work is done
+    (not half-way through a build) and without a traceback."""
+    from .features.local import KINDS as LOCAL_KINDS
+    from .features.pipeline import WHITENING_KINDS
+    from .index.ann import KINDS as INDEX_KINDS, VECTOR_DTYPES
+    from .models.backbones import REGISTRY
+    from .models.pooling import POOLINGS
+    from .retrieval.expansion import QE_WEIGHTS, VERIFIERS
+    from .retrieval.verification import MODELS
+
+    choices = {"index.kind": INDEX_KINDS, "index.vectors_dtype": VECTOR_DTYPES,
+               "recognition.filtered": ("demote", "drop"), "local.kind": LOCAL_KINDS, "rerank.model": MODELS,
+               "whitening.kind": WHITENING_KINDS, "expansion.verify": VERIFIERS, "expansion.qe_weights": QE_WEIGHTS}
+    for models, where in ((config.model,), "model"), (config.ensemble, "ensemble"):
+        for m in models:
+            if m.backbone not in REGISTRY and not m.backbone.startswith("timm/"):
+                raise ConfigError(f"{where}.backbone: unknown backbone {m.backbone!r}; choose one of {sorted(REGISTRY)} "
+                                  "or 'timm/<model name>' (timm hub weights: needs internet once)")
+            if m.pooling.lower() not in POOLINGS:
+                raise ConfigError(f"{where}.pooling: expected one of {sorted(POOLINGS)}, got {m.pooling!r}")
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")
+    for key, least in MINIMUMS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value < least:
+            raise ConfigError(f"{key}: expected at least {least}, got {value}")
+    return config
 
 
 def layered(base: T, presets: Mapping[str, Mapping[str, Any]], name: str, what: str,

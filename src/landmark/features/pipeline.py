@@ -171,13 +171,16 @@ def base_extractor(config: Config, device: str | None = None) -> Extractor:
     return EnsembleExtractor(parts)
 
 
+WHITENING_KINDS = ("none", "pca")
+
+
 def build_extractor(config: Config, device: str | None = None, store_root: str | Path | None = None) -> Extractor:
     """The extractor of a store: whitened with ``store_root/whitening.npz`` if ``config`` asks for it."""
     base = base_extractor(config, device=device)
     if config.whitening.kind == "none":
         return base
-    if config.whitening.kind != "pca":
-        raise WhiteningError(f"whitening.kind must be none or pca, got {config.whitening.kind!r}")
+    if config.whitening.kind not in WHITENING_KINDS:
+        raise WhiteningError(f"whitening.kind must be one of {WHITENING_KINDS}, got {config.whitening.kind!r}")
     path = Path(store_root) / WHITENING_FILE if store_root is not None else None
     if path is None or not path.is_file():
         raise WhiteningError(f"the configuration asks for whitening but {path} does not exist "

@@ -147,6 +147,7 @@ def vote_verified(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.
 
 
 VERIFIERS = ("none", "vote", "threshold", "vote+threshold")
+QE_WEIGHTS = ("rank", "alpha")
 
 
 def uses_votes(ec: ExpansionConfig) -> bool:
