@@ -129,8 +129,12 @@ class Landmarks:
             try:
                 store.check_signature(extractor.signature)
             except StoreError as exc:
-                raise StoreError(f"{exc}\n(rebuild it with the new configuration: --overwrite, or overwrite=True "
-                                 "in Python; or use another store directory)") from None
+                built = store.config.model.checkpoint
+                same = (f"to use the store as it is, give its model again (--model {built}); "
+                        if built and built != config.model.checkpoint else "")
+                store.close()
+                raise StoreError(f"{exc}\n({same}to rebuild it with the new configuration: --overwrite, or "
+                                 "overwrite=True in Python; or use another store directory)") from None
         else:
             store = Store.create(root, config, extractor.signature, overwrite=overwrite)
         return cls(store, extractor, config)

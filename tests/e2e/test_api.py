@@ -80,3 +80,20 @@ def test_search_applies_dba_and_qe_and_follows_writes(mini_store, mini_gldv2, ei
     lm.config = dataclasses.replace(lm.config, expansion=dataclasses.replace(lm.config.expansion, search_max=len(lm.store) - 1))
     assert not lm.expands_by_default
     assert lm.search([str(eiffel_query)], k=1, rerank=False)[0].matches[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_reopening_a_trained_model_s_store_without_its_model_says_how(fast_overrides, tmp_path):
+    from landmark.index import Store, StoreError
+    from landmark.models import build_model, save_checkpoint
+
+    cfg = load_config(overrides=fast_overrides)
+    save_checkpoint(tmp_path / "model.pt", build_model(cfg.model), cfg.model, {"classes": []})
+    trained = load_config(overrides=fast_overrides + [f"model.checkpoint={tmp_path / 'model.pt'}"])
+    landmark.Landmarks.create(tmp_path / "store", trained).store.close()
+    with pytest.raises(StoreError, match=rf"give its model again \(--model {tmp_path / 'model.pt'}\)"):
+        landmark.Landmarks.create(tmp_path / "store", cfg)          # as `landmark evaluate --out` without --model
+    with pytest.raises(StoreError) as info:                          # the same model, other settings: no such hint
+        landmark.Landmarks.create(tmp_path / "store", dataclasses.replace(
+            trained, model=dataclasses.replace(trained.model, gem_p=4.0)))
+    assert "--model" not in str(info.value) and "--overwrite" in str(info.value)
+    assert len(Store.open(tmp_path / "store")) == 0
