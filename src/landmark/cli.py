@@ -154,8 +154,12 @@ def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos
     if local is not None:
         local.remove(ids)
     with Store.open(store) as st:
+        unknown = sorted(set(ids) - set(st.get(ids)))
         n = st.remove(ids)
         out.print(f"removed {n} of {len(ids)} ids; store now holds {len(st)}")
+    if unknown:
+        err.print(f"[yellow]not in the store:[/] {', '.join(unknown[:20])}" + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""))
+        raise typer.Exit(1)
 
 
 @index_app.command("info")

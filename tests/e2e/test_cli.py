@@ -91,7 +91,10 @@ def test_index_add_info_remove(mini_store, eiffel_query, tmp_path):
     assert top["id"] == eiffel_query.stem and top["score"] > 0.999
     assert json.loads(run("index", "info", "--store", store).stdout)["images"] == before + 1
     removed = run("index", "remove", eiffel_query.stem, "--store", store)
-    assert "removed 1 of 1" in removed.stdout
+    assert removed.exit_code == 0 and "removed 1 of 1" in removed.stdout
+    removed = run("index", "remove", eiffel_query.stem, "no-such-photo", "--store", store)   # both unknown now
+    assert removed.exit_code == 1 and "removed 0 of 2" in removed.stdout
+    assert f"not in the store: {eiffel_query.stem}, no-such-photo" in removed.stderr
     assert json.loads(run("index", "info", "--store", store).stdout)["images"] == before
 
 
