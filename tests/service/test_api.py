@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -180,6 +181,11 @@ def test_matches_between_stored_photos_and_without_local_features(client, ro_sto
         a, b = st.keys("train")[:2]
     r = client.get(f"/images/{a}/matches/{b}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    with sqlite3.connect(store_copy / "meta.sqlite") as db:          # a stored photo's file gone from the server
+        db.execute("UPDATE images SET path = ? WHERE key = ?", (str(store_copy / "gone.jpg"), b))
+    with TestClient(create_app(store_copy, ServiceSettings())) as moved:
+        r = moved.get(f"/images/{a}/matches/{b}")
+    assert r.status_code == 404 and "a stored photo cannot be read" in r.json()["error"]
     shutil.rmtree(store_copy / "local")                           # a store built with local.enabled=false
     with TestClient(create_app(store_copy, ServiceSettings())) as bare:
         r = bare.get(f"/images/{a}/matches/{b}")

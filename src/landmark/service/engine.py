@@ -353,7 +353,8 @@ class Service:
         except KeyError as exc:
             raise ServiceError(404, f"no local features for this pair: {exc}") from None
         except ImageError as exc:
-            raise ServiceError(422, f"cannot draw the evidence: {exc}") from None
+            # the uploaded photo was read already: a stored photo's file is missing or unreadable on the server
+            raise ServiceError(404, f"cannot draw the evidence: a stored photo cannot be read: {exc}") from None
         if png is None:
             raise ServiceError(404, "local features are not available for this store (build it with local features "
                                     "to see matched keypoints)")
