@@ -232,6 +232,8 @@ def test_pil_decompression_bomb_error_becomes_image_error(tmp_path):
     path = tmp_path / "huge.png"
     path.write_bytes(png_claiming(100_000, 100_000))
     assert "decompression bomb" in reason_for(path, max_pixels=10**12).reason
+    # the limit named is the caller's when it is the lower one (the service's 40M, not Pillow's 179M)
+    assert "over the limit of 40,000,000 pixels" in reason_for(path, max_pixels=40_000_000).reason
 
 
 def test_max_pixels_on_a_real_image(tmp_path):

@@ -125,8 +125,9 @@ def _opened(source: Source, max_pixels: int) -> Iterator[tuple[str, Image.Image]
             img = Image.open(fh)
         except UnidentifiedImageError:
             raise ImageError(name, "not a recognised image format") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageError(name, f"decompression bomb: {exc}") from None
+        except Image.DecompressionBombError:   # Pillow refuses more than twice its MAX_IMAGE_PIXELS before we can
+            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0)) or max_pixels
+            raise ImageError(name, f"image is over the limit of {limit:,} pixels (possible decompression bomb)") from None
         except Exception as exc:
             raise ImageError(name, f"truncated or corrupt image data: {exc}") from None
         width, height = img.size
