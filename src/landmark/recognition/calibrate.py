@@ -22,6 +22,7 @@ distractors``. No test photo and no ground-truth file is read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -150,8 +151,15 @@ def held_out_by_model(store) -> set[str] | None:
     ckpt = store.config.model.checkpoint
     if not ckpt or not Path(ckpt).is_file():
         return None
-    ids = torch.load(ckpt, map_location="cpu", weights_only=False).get("val_ids")
+    st = Path(ckpt).stat()
+    ids = _checkpoint_val_ids(str(Path(ckpt).resolve()), st.st_mtime_ns, st.st_size)
     return set(ids) if ids else None
+
+
+@functools.lru_cache(maxsize=4)
+def _checkpoint_val_ids(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The ``val_ids`` a checkpoint records, read once per version of the file (calibrations ask several times)."""
+    return tuple(torch.load(path, map_location="cpu", weights_only=False).get("val_ids") or ())
 
 
 def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[str]:
