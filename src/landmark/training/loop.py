@@ -314,6 +314,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     ``--model``), ``metrics.csv`` and ``train_config.json`` to ``out_dir``. ``max_steps`` stops early
     (for tests and benchmarks).
     """
+    if cfg.optim.ema and not 0.0 < cfg.optim.ema < 1.0:
+        raise ValueError(f"optim.ema must be 0 (off) or a decay in (0, 1), got {cfg.optim.ema}")
     out = Path(out_dir)
     ctx = _Dist(cfg.device)
     if ctx.main:
@@ -478,8 +480,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                 save_checkpoint(model_path, evaluated.net, cfg.model, {
                     "classes": split.classes, "val_ids": [r.id for r in split.val],   # for calibration
                     "head": evaluated.head.state_dict() if evaluated.head is not None else None,
-                                                              "head_kind": cfg.head.kind, "epoch": epoch + 1,
-                                                              "metrics": row})
+                    "head_kind": cfg.head.kind, "epoch": epoch + 1, "metrics": row})
             with atomic_path(last_path) as tmp:
                 torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "history": history,
@@ -498,8 +499,6 @@ def _make_ema(module: TrainModule, cfg: TrainConfig, resumed: dict[str, Any] | N
     decay = cfg.optim.ema
     if not decay:
         return None
-    if not 0.0 < decay < 1.0:
-        raise ValueError(f"optim.ema must be 0 (off) or a decay in (0, 1), got {decay}")
     from timm.utils import ModelEmaV3
 
     ema = ModelEmaV3(module, decay=decay, dtype=torch.float32)
