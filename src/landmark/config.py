@@ -316,6 +316,19 @@ MINIMUMS: dict[str, int] = {
 }
 
 
+def check_models(models: Sequence[ModelConfig], where: str) -> None:
+    """A :class:`ConfigError` for a model whose backbone or pooling does not exist."""
+    from .models.backbones import REGISTRY
+    from .models.pooling import POOLINGS
+
+    for m in models:
+        if m.backbone not in REGISTRY and not m.backbone.startswith("timm/"):
+            raise ConfigError(f"{where}.backbone: unknown backbone {m.backbone!r}; choose one of {sorted(REGISTRY)} "
+                              "or 'timm/<model name>' (timm hub weights: needs internet once)")
+        if m.pooling.lower() not in POOLINGS:
+            raise ConfigError(f"{where}.pooling: expected one of {sorted(POOLINGS)}, got {m.pooling!r}")
+
+
 def check(config: Config) -> Config:
     """``config`` if every choice names an option its stage has and every count is in range; else a
     :class:`ConfigError` naming the key, so that a wrong ``--set`` fails before any work is done
@@ -323,21 +336,14 @@ def check(config: Config) -> Config:
     from .features.local import KINDS as LOCAL_KINDS
     from .features.pipeline import WHITENING_KINDS
     from .index.ann import KINDS as INDEX_KINDS, VECTOR_DTYPES
-    from .models.backbones import REGISTRY
-    from .models.pooling import POOLINGS
     from .retrieval.expansion import QE_WEIGHTS, VERIFIERS
     from .retrieval.verification import MODELS
 
     choices = {"index.kind": INDEX_KINDS, "index.vectors_dtype": VECTOR_DTYPES,
                "recognition.filtered": ("demote", "drop"), "local.kind": LOCAL_KINDS, "rerank.model": MODELS,
                "whitening.kind": WHITENING_KINDS, "expansion.verify": VERIFIERS, "expansion.qe_weights": QE_WEIGHTS}
-    for models, where in ((config.model,), "model"), (config.ensemble, "ensemble"):
-        for m in models:
-            if m.backbone not in REGISTRY and not m.backbone.startswith("timm/"):
-                raise ConfigError(f"{where}.backbone: unknown backbone {m.backbone!r}; choose one of {sorted(REGISTRY)} "
-                                  "or 'timm/<model name>' (timm hub weights: needs internet once)")
-            if m.pooling.lower() not in POOLINGS:
-                raise ConfigError(f"{where}.pooling: expected one of {sorted(POOLINGS)}, got {m.pooling!r}")
+    check_models([config.model], "model")
+    check_models(config.ensemble, "ensemble")
     for key, allowed in choices.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

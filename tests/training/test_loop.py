@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -78,6 +79,25 @@ def test_full_fine_tuning_path_without_cache(tiny_folder, tmp_path):
     cfg = tiny_cfg("cache_views=0", "freeze_stages=0", "optim.epochs=1", "head.kind=cosface", "data.image_size=64")
     result = train(tiny_folder, tmp_path / "c", cfg, progress=False)
     assert np.isfinite(result.history[-1]["loss"]) and result.model_path.is_file()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("head.kind=triplet", "head.kind: expected one of"), ("optim.optimizer=lion", "optim.optimizer: expected one of"),
+    ("optim.schedule=linear", "optim.schedule"), ("data.sampler=uniform", "data.sampler"), ("init=imagenet", "init"),
+    ("optim.epochs=0", "optim.epochs: expected at least 1"), ("data.val_fraction=1.0", "data.val_fraction"),
+    ("optim.ema=1.5", "optim.ema"), ("freeze_stages=0", "cache_views needs freeze_stages"),
+    ("model.backbone=resnet9000", "model.backbone: unknown backbone"),
+])
+def test_training_settings_no_loop_can_run_with_are_refused_by_key(override, message, tmp_path):
+    from landmark.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_train_config("cpu-mini", overrides=[override])
+    cfg = load_train_config("cpu-mini")          # made in Python: train() checks it before reading a photo
+    bad = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=0))
+    with pytest.raises(ConfigError, match="optim.epochs"):
+        train(tmp_path / "no-such-data", tmp_path / "run", bad, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_split_by_photo_and_min_per_class():
@@ -185,4 +205,4 @@ def test_ema_weights_are_validated_saved_and_resumed(tiny_folder, tmp_path):
     assert all(torch.equal(saved[k], ema["net." + k].to(saved[k].dtype)) for k in saved)
     assert any(not torch.equal(saved[k], raw["net." + k]) for k in saved if saved[k].is_floating_point())
     with pytest.raises(ValueError, match="optim.ema"):
-        train(tiny_folder, tmp_path / "c", tiny_cfg("optim.ema=1.5"), progress=False)
+        tiny_cfg("optim.ema=1.5")

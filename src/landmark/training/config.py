@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import ModelConfig, layered, to_dict
+from ..config import ConfigError, ModelConfig, check_models, layered, to_dict
 
 
 @dataclass
@@ -113,5 +113,43 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 def load_train_config(preset: str | None = None, file: str | Path | None = None,
                       overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
-    """``preset <- YAML file <- overrides``, as :func:`landmark.config.load_config` does for inference."""
-    return layered(TrainConfig(), TRAIN_PRESETS, preset or "cpu-mini", "training preset", file, overrides)
+    """``preset <- YAML file <- overrides``, as :func:`landmark.config.load_config` does for inference
+    (checked by :func:`check_train`)."""
+    return check_train(layered(TrainConfig(), TRAIN_PRESETS, preset or "cpu-mini", "training preset", file, overrides))
+
+
+HEADS = ("arcface", "subcenter_arcface", "cosface", "softmax", "bce", "npairs")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "step", "exp")
+SAMPLERS = ("balanced", "inverse_freq", "random")
+INITS = ("pretrained", "random")
+MINIMUMS = {"data.image_size": 32, "data.min_per_class": 1, "data.epoch_samples": 0, "data.num_workers": 0,
+            "optim.epochs": 1, "optim.batch_size": 2, "optim.grad_accum": 1, "head.subcenters": 1,
+            "freeze_stages": 0, "cache_views": 0, "eval_image_size": 32, "eval_every": 0}
+
+
+def check_train(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` if its choices exist and its counts are in range, else a :class:`ConfigError` naming
+    the key (before any photo is read)."""
+    check_models([cfg.model], "model")
+    for key, allowed in {"head.kind": HEADS, "optim.optimizer": OPTIMIZERS, "optim.schedule": SCHEDULES,
+                         "data.sampler": SAMPLERS, "init": INITS}.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")
+    for key, least in MINIMUMS.items():
+        if _get(cfg, key) < least:
+            raise ConfigError(f"{key}: expected at least {least}, got {_get(cfg, key)}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: expected a share in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.optim.ema and not 0.0 < cfg.optim.ema < 1.0:
+        raise ConfigError(f"optim.ema: expected 0 (off) or a decay in (0, 1), got {cfg.optim.ema}")
+    if cfg.cache_views and not cfg.freeze_stages:
+        raise ConfigError("cache_views needs freeze_stages > 0 (only frozen stages can be cached)")
+    return cfg
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2 as T
 
-from ..data import ImageError, ImageRecord, load_image
+from ..data import DatasetError, ImageError, ImageRecord, load_image
 from .config import TrainDataConfig
 
 
@@ -58,7 +58,7 @@ def split_by_photo(records: Sequence[ImageRecord], val_fraction: float, min_per_
         train += photos[n_val:]
         classes.append(lab)
     if not classes:
-        raise ValueError(f"no landmark has at least {min_per_class} labelled photos")
+        raise DatasetError(f"no landmark has at least {min_per_class} labelled photos")
     return Split(train, val, classes)
 
 

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..config import ExtractConfig
+from ..config import ConfigError, ExtractConfig
 from ..data import ImageRecord, is_gldv2, read_folder, read_gldv2
 from ..evaluation.metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from ..features.extract import GlobalExtractor, _Photos, bucket_batches
@@ -38,7 +38,7 @@ from ..recognition.knn import knn_vote
 from ..utils.device import resolve_device
 from ..utils.io import atomic_path, atomic_write_json
 from ..utils.progress import progress_bar
-from .config import TrainConfig
+from .config import TrainConfig, check_train
 from .data import AugmentedPhotos, Split, collate_skip_none, make_sampler, split_by_photo, train_transform
 from .losses import npairs_loss, one_vs_all_bce, smoothed_cross_entropy
 
@@ -314,8 +314,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     ``--model``), ``metrics.csv`` and ``train_config.json`` to ``out_dir``. ``max_steps`` stops early
     (for tests and benchmarks).
     """
-    if cfg.optim.ema and not 0.0 < cfg.optim.ema < 1.0:
-        raise ValueError(f"optim.ema must be 0 (off) or a decay in (0, 1), got {cfg.optim.ema}")
+    check_train(cfg)             # a TrainConfig made in Python meets the checks of load_train_config
     out = Path(out_dir)
     ctx = _Dist(cfg.device)
     if ctx.main:
@@ -329,8 +328,6 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     net = build_model(cfg.model)
     head = make_head(cfg, net.dim, counts)
     module = TrainModule(net, head, cfg).to(ctx.device)
-    if cfg.cache_views and not cfg.freeze_stages:
-        raise ValueError("cache_views needs freeze_stages > 0 (only frozen stages can be cached)")
     optimizer = _optimizer(module, cfg)
     amp = cfg.optim.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -341,7 +338,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     if resume and last_path.is_file():
         state = resumed_state = torch.load(last_path, map_location="cpu", weights_only=False)
         if state["train_config"] != cfg.to_dict():
-            raise ValueError(f"{last_path} was written with another training configuration; "
+            raise ConfigError(f"{last_path} was written with another training configuration; "
                              "resume with the same preset and overrides, or use a new --out")
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
@@ -376,8 +373,6 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                             collate_fn=collate_skip_none, pin_memory=ctx.device.type == "cuda", drop_last=True,
                             persistent_workers=False)
         steps_per_epoch = len(loader)
-    if cfg.init not in ("pretrained", "random"):
-        raise ValueError(f"unknown init {cfg.init!r}; choose pretrained or random")
     if cfg.init == "pretrained" and start_epoch == 0 and step == 0 and ctx.main:
         pooled, plabels = _pooled_training_features(module, split.train, labels, cfg, cached, ctx.device, progress)
         # a trained checkpoint (model.checkpoint) keeps its embedding: only the new head starts at the class means
