@@ -121,7 +121,6 @@ def load_train_config(preset: str | None = None, file: str | Path | None = None,
 HEADS = ("arcface", "subcenter_arcface", "cosface", "softmax", "bce", "npairs")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "step", "exp")
-SAMPLERS = ("balanced", "inverse_freq", "random")
 INITS = ("pretrained", "random")
 MINIMUMS = {"data.image_size": 32, "data.min_per_class": 1, "data.epoch_samples": 0, "data.num_workers": 0,
             "optim.epochs": 1, "optim.batch_size": 2, "optim.grad_accum": 1, "head.subcenters": 1,
@@ -131,9 +130,11 @@ MINIMUMS = {"data.image_size": 32, "data.min_per_class": 1, "data.epoch_samples"
 def check_train(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` if its choices exist and its counts are in range, else a :class:`ConfigError` naming
     the key (before any photo is read)."""
+    from .data import SAMPLER_POWERS
+
     check_models([cfg.model], "model")
     for key, allowed in {"head.kind": HEADS, "optim.optimizer": OPTIMIZERS, "optim.schedule": SCHEDULES,
-                         "data.sampler": SAMPLERS, "init": INITS}.items():
+                         "data.sampler": tuple(SAMPLER_POWERS), "init": INITS}.items():
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")

@@ -89,13 +89,16 @@ class ClassBalancedSampler(Sampler[int]):
         yield from rng.choice(len(self.labels), size=self.num_samples, p=self.weights).tolist()
 
 
+SAMPLER_POWERS = {"balanced": 0.0, "inverse_freq": 0.5, "random": 1.0}   # p(photo) ~ n(class) ** (power - 1)
+
+
 def make_sampler(kind: str, labels: Sequence[int], seed: int, rank: int = 0, world_size: int = 1,
                  num_samples: int | None = None) -> Sampler[int]:
     """``balanced`` (uniform over classes), ``inverse_freq`` (p ~ n^-1/2 per photo) or ``random``."""
-    powers = {"balanced": 0.0, "inverse_freq": 0.5, "random": 1.0}
-    if kind not in powers:
-        raise ValueError(f"unknown sampler {kind!r}; choose one of {sorted(powers)}")
-    return ClassBalancedSampler(labels, num_samples, power=powers[kind], seed=seed, rank=rank, world_size=world_size)
+    if kind not in SAMPLER_POWERS:
+        raise ValueError(f"unknown sampler {kind!r}; choose one of {list(SAMPLER_POWERS)}")
+    return ClassBalancedSampler(labels, num_samples, power=SAMPLER_POWERS[kind], seed=seed, rank=rank,
+                                world_size=world_size)
 
 
 def train_transform(cfg: TrainDataConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:

@@ -38,7 +38,7 @@ from ..recognition.knn import knn_vote
 from ..utils.device import resolve_device
 from ..utils.io import atomic_path, atomic_write_json
 from ..utils.progress import progress_bar
-from .config import TrainConfig, check_train
+from .config import HEADS, OPTIMIZERS, SCHEDULES, TrainConfig, check_train
 from .data import AugmentedPhotos, Split, collate_skip_none, make_sampler, split_by_photo, train_transform
 from .losses import npairs_loss, one_vs_all_bce, smoothed_cross_entropy
 
@@ -65,7 +65,7 @@ def make_head(cfg: TrainConfig, dim: int, counts: Sequence[int]) -> nn.Module | 
         return LinearHead(dim, n)
     if h.kind == "npairs":
         return None
-    raise ValueError(f"unknown head {h.kind!r}; choose arcface, subcenter_arcface, cosface, softmax, bce or npairs")
+    raise ValueError(f"unknown head {h.kind!r}; choose one of {HEADS}")
 
 
 class TrainModule(nn.Module):
@@ -227,7 +227,7 @@ def lr_factor(step: int, total: int, warmup: int, cfg) -> float:
         return 0.1 ** sum(t >= m for m in cfg.step_milestones)
     if cfg.schedule == "exp":
         return floor ** min(1.0, t)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine, step or exp")
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
 
 
 def _param_groups(module: TrainModule, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -252,7 +252,7 @@ def _optimizer(module: TrainModule, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=o.lr)
     if o.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr)
-    raise ValueError(f"unknown optimizer {o.optimizer!r}; choose adamw, adam or sgd")
+    raise ValueError(f"unknown optimizer {o.optimizer!r}; choose one of {OPTIMIZERS}")
 
 
 def _rng_state() -> dict[str, Any]:
