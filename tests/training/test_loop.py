@@ -73,6 +73,11 @@ def test_resume_continues_with_identical_state(tiny_folder, tmp_path):
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
     with pytest.raises(ValueError, match="another training configuration"):
         train(tiny_folder, tmp_path / "b", tiny_cfg("optim.epochs=3", "optim.lr=0.01"), progress=False, resume=True)
+    # a last.pt written before a setting existed (here optim.ema) resumes: the setting reads as its default
+    state = torch.load(resumed.last_path, weights_only=False)
+    del state["train_config"]["optim"]["ema"]
+    torch.save(state, resumed.last_path)
+    assert train(tiny_folder, tmp_path / "b", cfg, progress=False, resume=True).history[-1]["epoch"] == 2
 
 
 def test_full_fine_tuning_path_without_cache(tiny_folder, tmp_path):
@@ -181,6 +186,33 @@ def test_gradient_accumulation_longer_than_an_epoch_still_updates(tiny_folder, t
     result = train(tiny_folder, tmp_path / "run", cfg, progress=False)
     assert [r["step"] for r in result.history] == [0, 1, 2]
     assert "val_map@100" in result.history[-1] and "val_map@100" not in result.history[1]   # eval_every=0: last epoch only
+
+
+def test_ema_moves_every_parameter_once_per_update():
+    # the trainable stages are shared by the backbone and TrainModule.suffix: each must move by (1 - decay)
+    from landmark.models.net import build_model
+    from landmark.training.loop import TrainModule, _make_ema, make_head
+
+    cfg = tiny_cfg("optim.ema=0.75")
+    net = build_model(cfg.model)
+    module = TrainModule(net, make_head(cfg, net.dim, [3, 3]), cfg)
+    ema = _make_ema(module, cfg, None)
+    ema.update_parameters(module)                      # the first update copies
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(1.0)
+        for b in module.buffers():
+            if b.is_floating_point():
+                b.add_(2.0)
+    ema.update_parameters(module)
+    after = ema.module.state_dict()
+    params = {name for name, _ in ema.module.named_parameters(remove_duplicate=False)}
+    assert any(k.startswith("suffix.") for k in params) and any(k.startswith("head.") for k in params)
+    for k in params:
+        assert torch.allclose(after[k], before[k] + 0.25, atol=1e-5), k
+    buffers = [k for k, _ in module.named_buffers() if module.state_dict()[k].is_floating_point()]
+    assert buffers and all(torch.equal(after[k], module.state_dict()[k]) for k in buffers)   # BatchNorm follows
 
 
 def test_ema_weights_are_validated_saved_and_resumed(tiny_folder, tmp_path):

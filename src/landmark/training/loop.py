@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, ExtractConfig
+from ..config import ConfigError, ExtractConfig, merge
 from ..data import ImageRecord, is_gldv2, read_folder, read_gldv2
 from ..evaluation.metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from ..features.extract import GlobalExtractor, _Photos, bucket_batches
@@ -337,7 +337,8 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     resumed_state = None
     if resume and last_path.is_file():
         state = resumed_state = torch.load(last_path, map_location="cpu", weights_only=False)
-        if state["train_config"] != cfg.to_dict():
+        # the saved settings over today's defaults: a setting added since (e.g. optim.ema) reads as its default
+        if merge(TrainConfig(), state["train_config"]).to_dict() != cfg.to_dict():
             raise ConfigError(f"{last_path} was written with another training configuration; "
                              "resume with the same preset and overrides, or use a new --out")
         module.load_state_dict(state["module"])
@@ -400,7 +401,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.update(module)
+            ema.update_parameters(module)
 
     def set_lr() -> None:
         f = lr_factor(step, total_updates, warmup, cfg.optim)
@@ -489,14 +490,16 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
 
 
 def _make_ema(module: TrainModule, cfg: TrainConfig, resumed: dict[str, Any] | None):
-    """timm's ``ModelEmaV3`` of ``module`` (decay ``cfg.optim.ema`` per update; float32, on the
-    module's device), restored from a ``--resume`` state; None when ``ema`` is 0."""
+    """An exponential moving average of ``module``'s parameters (decay ``cfg.optim.ema`` per update;
+    its BatchNorm statistics follow the trained module's), restored from a ``--resume`` state; None
+    when ``ema`` is 0. torch's ``AveragedModel`` walks each parameter once, also those the trainable
+    stages share with the backbone (``TrainModule.suffix``)."""
     decay = cfg.optim.ema
     if not decay:
         return None
-    from timm.utils import ModelEmaV3
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    ema = ModelEmaV3(module, decay=decay, dtype=torch.float32)
+    ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
     if resumed is not None and resumed.get("ema") is not None:
         ema.load_state_dict(resumed["ema"])
     return ema
