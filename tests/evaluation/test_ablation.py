@@ -3,9 +3,9 @@ import dataclasses
 import numpy as np
 
 from landmark.config import load_config
-from landmark.evaluation.ablation import (SIMILARITIES, THRESHOLDS, Space, ablation, category_ranks, fit_category,
-                                         fit_threshold, retrieve, tune_on_validation, validation_space,
-                                         validation_split)
+from landmark.evaluation.ablation import (SIMILARITIES, THRESHOLDS, Space, ablation, answerable_queries,
+                                         category_ranks, fit_category, fit_threshold, retrieve, tune_on_validation,
+                                         validation_space, validation_split)
 from landmark.features.whitening import l2n
 
 
@@ -49,6 +49,9 @@ def test_validation_split_of_a_trained_model_votes_with_its_training_photos():
     assert sorted(db + qs) == [i for i in range(len(labels)) if held[i]]
     # per landmark, the held photos are dealt into database first, then queries
     assert sorted(labels[i] for i in db) == [1, 1, 2, 3] and sorted(labels[i] for i in qs) == [1, 2]
+    assert answerable_queries([str(i) for i in range(len(labels))], np.array(labels), 0, held) == 2
+    one_each = [i in (0, 9, 15) for i in range(len(labels))]   # one held photo per landmark: nothing to find
+    assert answerable_queries([str(i) for i in range(len(labels))], np.array(labels), 0, one_each) == 0
 
 
 def test_ablation_rows_are_cumulative_and_expansion_helps():

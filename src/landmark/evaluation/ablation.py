@@ -9,9 +9,10 @@ re-rank (Baidu §2.2: the query's confidently voted landmark first).
 The hyper-parameters those steps use (whitening dim/power/shrinkage, how M is found, the QE
 weights, the similarity threshold) are chosen by :func:`tune_on_validation` on a split carved out
 of the labelled ``train`` photos only: per landmark, a third of the photos vote (labelled), a third
-is the database, a third are the queries (for a store of a model from ``landmark train``, the photos
-it trained on vote and those it held out are database and queries); PCA is learned on the unlabelled
-``index`` photos, as on test. The store's known non-landmarks (photos its object prior flags, split ``distractors``) join
+is the database, a third are the queries; PCA is learned on the unlabelled ``index`` photos, as on
+test. The calibrations of a store (:func:`store_validation`) split the same way, except for a store
+of a model from ``landmark train``: there the photos it trained on vote and those it held out are
+database and queries. The store's known non-landmarks (photos its object prior flags, split ``distractors``) join
 that database as photos relevant to no query: a test database holds such photos too, and a verifier
 that lets them in (``verify="vote"``: every photo gets a voted landmark) costs mAP only then.
 :func:`calibrate_expansion` fits the similarity threshold of ``verify="vote+threshold"`` the same
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -34,6 +36,8 @@ from ..recognition.knn import voted_labels
 from ..retrieval.category import category_first, confident_labels
 from ..retrieval.expansion import dba, knn, label_verifier, query_expansion
 from .metrics import mean_average_precision_at_k
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -289,9 +293,10 @@ def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = 
                      train_ids: Sequence[str] | None = None, seed: int = 0
                      ) -> Validation | None:
     """:func:`validation_space` of a store's labelled photos (of ``train_ids`` only, if given), with
-    its known non-landmarks in the database, after ``transform``; None without labelled photos.
+    its known non-landmarks in the database, after ``transform``; None without a validation query.
     For a store of a model from ``landmark train``, the photos that model held out are the database
-    and the queries, and the photos it trained on vote."""
+    and the queries, and the photos it trained on vote (unless that gives fewer than
+    ``MIN_HELD_QUERIES`` queries that can find their landmark)."""
     from ..recognition.calibrate import model_validation_ids
 
     store = lm.store
@@ -303,12 +308,29 @@ def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = 
     labels = np.array([rows[k].landmark_id for k in keys], np.int64)
     held_ids = model_validation_ids(store, keys, seed)
     held = [k in held_ids for k in keys] if held_ids else None
+    if held is not None and answerable_queries(keys, labels, seed, held) < MIN_HELD_QUERIES:
+        log.warning("the photos the store's model held out give fewer than %d validation queries with a photo of "
+                    "their landmark to find (a landmark needs 2 of them): the retrieval calibration splits all "
+                    "labelled photos instead", MIN_HELD_QUERIES)
+        held = None
     _, negatives = lm.recognizer.known_non_landmarks(lm.recognition_config)
     transform = transform or (lambda x: x)
     space, score = validation_space(transform(store.vectors(keys)), labels, seed,
                                     transform(negatives) if len(negatives) else None, k=lm.recognition_config.k,
                                     held=held)
+    if not len(space.queries):
+        return None
     return Validation(space, score, len(negatives), "held out by the model" if held else "by photo")
+
+
+MIN_HELD_QUERIES = 10     # a split of a model's held-out photos answering fewer is not used
+
+
+def answerable_queries(keys: Sequence[str], labels: np.ndarray, seed: int, held: Sequence[bool] | None) -> int:
+    """How many queries of :func:`validation_split` have a database photo of their landmark."""
+    _, db, qs = validation_split(keys, np.asarray(labels).tolist(), seed, held)
+    in_db = {int(labels[i]) for i in db}
+    return sum(int(labels[i]) in in_db for i in qs)
 
 
 def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0, write: bool = True,

@@ -89,7 +89,7 @@ async function recognize(file) {
   const nearest = r.landmark_id != null ? (pretty(r.name) || `landmark ${r.landmark_id}`) : null;
   $("landmark-name").textContent = known ? nearest : filtered ? "Not a landmark" : "No landmark recognised";
   $("landmark-id").textContent = known ? `landmark id ${r.landmark_id}`
-    : filtered && nearest ? `the non-landmark filters rejected it (nearest landmark: ${nearest})`
+    : filtered ? `the non-landmark filters rejected it${nearest ? ` (nearest landmark: ${nearest})` : ""}`
     : "no labelled photo in the store is close";
   const pct = Math.round(100 * r.score);
   $("bar-fill").style.width = `${pct}%`;
