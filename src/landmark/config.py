@@ -344,17 +344,25 @@ def check(config: Config) -> Config:
                "whitening.kind": WHITENING_KINDS, "expansion.verify": VERIFIERS, "expansion.qe_weights": QE_WEIGHTS}
     check_models([config.model], "model")
     check_models(config.ensemble, "ensemble")
-    for key, allowed in choices.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")
-    for key, least in MINIMUMS.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value < least:
-            raise ConfigError(f"{key}: expected at least {least}, got {value}")
+    check_values(config, choices, MINIMUMS)
     return config
+
+
+def check_values(config: Any, choices: Mapping[str, Sequence[Any]], minimums: Mapping[str, int]) -> None:
+    """A :class:`ConfigError` for the first dotted key of ``config`` whose value is not among its
+    ``choices`` or is below its least value in ``minimums``."""
+    def value(dotted: str) -> Any:
+        node = config
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    for key, allowed in choices.items():
+        if value(key) not in allowed:
+            raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value(key)!r}")
+    for key, least in minimums.items():
+        if value(key) < least:
+            raise ConfigError(f"{key}: expected at least {least}, got {value(key)}")
 
 
 def layered(base: T, presets: Mapping[str, Mapping[str, Any]], name: str, what: str,

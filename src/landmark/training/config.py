@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import ConfigError, ModelConfig, check_models, layered, to_dict
+from ..config import ConfigError, ModelConfig, check_models, check_values, layered, to_dict
 
 
 @dataclass
@@ -51,7 +51,7 @@ class OptimConfig:
     amp: bool = True                 # float16 autocast + grad scaling on CUDA
     clip_grad: float = 5.0
     ema: float = 0.0                 # > 0: validate and save an exponential moving average of the weights
-                                     # (this decay per update, timm's ModelEmaV3); 0 = the weights as trained
+                                     # (this decay per update, torch's AveragedModel); 0 = the weights as trained
 
 
 @dataclass
@@ -133,24 +133,12 @@ def check_train(cfg: TrainConfig) -> TrainConfig:
     from .data import SAMPLER_POWERS
 
     check_models([cfg.model], "model")
-    for key, allowed in {"head.kind": HEADS, "optim.optimizer": OPTIMIZERS, "optim.schedule": SCHEDULES,
-                         "data.sampler": tuple(SAMPLER_POWERS), "init": INITS}.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")
-    for key, least in MINIMUMS.items():
-        if _get(cfg, key) < least:
-            raise ConfigError(f"{key}: expected at least {least}, got {_get(cfg, key)}")
+    check_values(cfg, {"head.kind": HEADS, "optim.optimizer": OPTIMIZERS, "optim.schedule": SCHEDULES,
+                       "data.sampler": tuple(SAMPLER_POWERS), "init": INITS}, MINIMUMS)
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: expected a share in [0, 1), got {cfg.data.val_fraction}")
     if cfg.optim.ema and not 0.0 < cfg.optim.ema < 1.0:
         raise ConfigError(f"optim.ema: expected 0 (off) or a decay in (0, 1), got {cfg.optim.ema}")
     if cfg.cache_views and not cfg.freeze_stages:
         raise ConfigError("cache_views needs freeze_stages > 0 (only frozen stages can be cached)")
-    return cfg
-
-
-def _get(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
     return cfg
