@@ -12,11 +12,12 @@ of the labelled ``train`` photos only: per landmark, a third of the photos vote 
 is the database, a third are the queries; PCA is learned on the unlabelled ``index`` photos, as on
 test. The calibrations of a store (:func:`store_validation`) split the same way, except for a store
 of a model from ``landmark train``: there the photos it trained on vote and those it held out are
-database and queries. The store's known non-landmarks (photos its object prior flags, split ``distractors``) join
-that database as photos relevant to no query: a test database holds such photos too, and a verifier
-that lets them in (``verify="vote"``: every photo gets a voted landmark) costs mAP only then.
-:func:`calibrate_expansion` fits the similarity threshold of ``verify="vote+threshold"`` the same
-way, in the space the store searches, and :func:`calibrate_category` the category re-rank after it.
+database and queries. The store's known non-landmarks (photos its object prior flags, split
+``distractors``) join that database as photos relevant to no query: a test database holds such
+photos too, and a verifier that lets them in (``verify="vote"``: every photo gets a voted
+landmark) costs mAP only then. :func:`calibrate_expansion` fits the similarity threshold of
+``verify="vote+threshold"`` the same way, in the space the store searches, and
+:func:`calibrate_category` the category re-rank after it.
 Test labels are never read here.
 """
 
