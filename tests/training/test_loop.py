@@ -105,6 +105,17 @@ def test_training_settings_no_loop_can_run_with_are_refused_by_key(override, mes
     assert not (tmp_path / "run").exists()
 
 
+def test_one_landmark_is_refused_before_any_work(tiny_folder, tmp_path):
+    from landmark.data import DatasetError
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "47378").symlink_to(tiny_folder / "47378")
+    with pytest.raises(DatasetError, match="at least 2 landmarks .* found 1"):
+        train(one, tmp_path / "run", tiny_cfg(), progress=False)
+    assert not (tmp_path / "run" / "cache").exists()
+
+
 def test_split_by_photo_and_min_per_class():
     recs = [ImageRecord(f"{c}{i}", None, c) for c, n in ((1, 10), (2, 3), (3, 1)) for i in range(n)]
     split = split_by_photo(recs, 0.2, min_per_class=2, seed=0)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError, ExtractConfig, merge
-from ..data import ImageRecord, is_gldv2, read_folder, read_gldv2
+from ..data import DatasetError, ImageRecord, is_gldv2, read_folder, read_gldv2
 from ..evaluation.metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from ..features.extract import GlobalExtractor, _Photos, bucket_batches
 from ..models import functional as LF
@@ -322,6 +322,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     _seed_all(cfg.seed)
     manifest = read_gldv2(data, "train") if is_gldv2(data) else read_folder(data)
     split = split_by_photo(manifest.records, cfg.data.val_fraction, cfg.data.min_per_class, cfg.seed)
+    if len(split.classes) < 2:   # one class: every loss is zero or constant, nothing is learned
+        raise DatasetError(f"{data}: training needs photos of at least 2 landmarks with {cfg.data.min_per_class} or "
+                           f"more photos each, found {len(split.classes)}")
     labels = split.labels(split.train)
     counts = np.bincount(labels, minlength=len(split.classes)).tolist()
 
