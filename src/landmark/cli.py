@@ -58,9 +58,10 @@ def _known_errors():
     from .data import DatasetError, ImageError
     from .index import StoreError
     from .distributed import RayUnavailable
-    from .models import WeightsUnavailable
+    from .models import CheckpointError, WeightsUnavailable
 
-    return (ConfigError, DatasetError, ImageError, StoreError, WeightsUnavailable, RayUnavailable, FileNotFoundError)
+    return (ConfigError, DatasetError, ImageError, StoreError, WeightsUnavailable, CheckpointError, RayUnavailable,
+            FileNotFoundError)
 
 
 @index_app.command("build")

@@ -4,8 +4,9 @@ import torch
 from PIL import Image
 
 from landmark.config import ModelConfig
-from landmark.models import REGISTRY, build_model, create_backbone, load_checkpoint, save_checkpoint
+from landmark.models import REGISTRY, CheckpointError, build_model, create_backbone, load_checkpoint, save_checkpoint
 from landmark.models.backbones import WeightsUnavailable
+from landmark.recognition.classifier import LandmarkClassifier
 
 
 def _imagenet_input(backbone, size=224):
@@ -91,6 +92,11 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "notes.txt").write_text("garbage\n")     # not even a torch file: the same error, naming it
+    with pytest.raises(CheckpointError, match=r"notes.txt: not a readable model checkpoint"):
+        load_checkpoint(tmp_path / "notes.txt")
+    with pytest.raises(CheckpointError, match="notes.txt: not a readable"):   # the classifier reads it the same way
+        LandmarkClassifier.from_checkpoint(tmp_path / "notes.txt")
 
 
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenet_v2"])

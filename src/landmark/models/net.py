@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -76,14 +76,28 @@ def save_checkpoint(path: str | Path, net: DescriptorNet, cfg: ModelConfig, extr
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path) -> tuple[DescriptorNet, dict[str, Any]]:
-    """Load a checkpoint written by :func:`save_checkpoint`; returns the network and the payload."""
+class CheckpointError(ValueError):
+    """A file given as a model checkpoint that is not one :func:`save_checkpoint` wrote."""
+
+
+def read_checkpoint(path: str | Path, required: Sequence[str] = ("model_config", "state_dict")) -> dict[str, Any]:
+    """The payload of a checkpoint written by :func:`save_checkpoint` (``landmark train``'s model.pt),
+    holding the ``required`` keys (those of the network by default)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "model_config" not in payload or "state_dict" not in payload:
-        raise ValueError(f"{path}: not a landmark checkpoint (expected keys model_config and state_dict)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:    # pickle and zip errors of all kinds for a file that is something else
+        raise CheckpointError(f"{path}: not a readable model checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in required):
+        raise CheckpointError(f"{path}: not a landmark checkpoint (expected keys {', '.join(required)})")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[DescriptorNet, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns the network and the payload."""
+    payload = read_checkpoint(path)
     cfg = config_from_dict({"model": payload["model_config"]}).model
     net = build_model(cfg, pretrained=False)
     net.load_state_dict(payload["state_dict"], strict=True)

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from ..config import RecognitionConfig
 from ..data.manifests import ImageRecord
 from ..evaluation.metrics import global_average_precision
 from ..index import StoreError
+from ..models.net import read_checkpoint
 from .filters import LANDMARK, PROBE_NAME, prior_decisions
 from .grading import boost_levels, frequent_landmarks, grade_a, tiered_scores
 from .knn import at_positions, knn_vote, merge_views, stack_views
@@ -159,7 +159,7 @@ def held_out_by_model(store) -> set[str] | None:
 @functools.lru_cache(maxsize=4)
 def _checkpoint_val_ids(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     """The ``val_ids`` a checkpoint records, read once per version of the file (calibrations ask several times)."""
-    return tuple(torch.load(path, map_location="cpu", weights_only=False).get("val_ids") or ())
+    return tuple(read_checkpoint(path, required=()).get("val_ids") or ())
 
 
 def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[str]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models.heads import ArcFace, CosFace, LinearHead
+from ..models.net import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,7 @@ class LandmarkClassifier:
     def from_checkpoint(cls, path: str | Path) -> "LandmarkClassifier | None":
         """Load the head of ``landmark train``'s model.pt (its scale from train_config.json beside it, if there)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model checkpoint not found: {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = read_checkpoint(path, required=())
         head_config = payload.get("head_config")
         cfg_file = path.parent / "train_config.json"
         if head_config is None and cfg_file.is_file():
