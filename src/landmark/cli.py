@@ -175,7 +175,7 @@ def index_info(store: Path = StoreOpt):
 
 @app.command("search")
 @_friendly
-def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store: Path = StoreOpt,
+def search(photos: List[Path] = typer.Argument(..., help="Query photos, or folders of them."), store: Path = StoreOpt,
            k: int = typer.Option(10, "-k", min=1, help="Results per query."),
            split: Optional[List[str]] = typer.Option(None, "--split", help="Only search these splits of the store."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
@@ -185,9 +185,11 @@ def search(photos: List[Path] = typer.Argument(..., help="Query photos."), store
     """The most similar stored photos for each query photo."""
     from .api import Landmarks
 
+    from .data import read_photos
+
     lm = Landmarks.open(store, device=device)
-    results = lm.search([str(p) for p in photos], k=k, splits=split or None, progress=False, rerank=rerank,
-                        expand=expand)
+    results = lm.search([str(r.path) for r in read_photos(photos).records], k=k, splits=split or None,
+                        progress=False, rerank=rerank, expand=expand)
     if as_json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     for r in results if not as_json else []:

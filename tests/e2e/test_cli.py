@@ -71,6 +71,12 @@ def test_search_reports_unreadable_query(mini_store, tmp_path):
     (tmp_path / "zero.jpg").write_bytes(b"")
     result = run("search", tmp_path / "zero.jpg", "--store", mini_store)
     assert result.exit_code == 1 and "empty file" in result.stderr
+    # a folder is searched photo by photo, as recognize reads it
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    (folder / "zero.jpg").write_bytes(b"")
+    result = run("search", folder, "--store", mini_store, "--json")
+    assert result.exit_code == 1 and [r["query"] for r in json.loads(result.stdout)] == [str(folder / "zero.jpg")]
     for k in ("0", "-1"):
         result = run("search", tmp_path / "zero.jpg", "--store", mini_store, "-k", k)
         assert result.exit_code == 2 and "-k" in result.stderr, k
