@@ -55,3 +55,39 @@ def test_frequent_rerank_is_judged_by_validation_gap():
     assert plain == pytest.approx(1.0)               # A1, then A2 by similarity: every landmark first
     assert frequent < plain                          # the frequent landmark's false hits jump the queue
     assert grading_gap(labels, scores, truth, 5, 0.9, 0.85, frequent_min=20) == pytest.approx(plain)   # none frequent
+
+
+def _fake_store(tmp_path, *members):
+    """A store-like object whose config names ``members``: (backbone, val_ids or None for pretrained)."""
+    import types
+
+    import torch
+
+    from landmark.config import Config, ModelConfig
+
+    models = []
+    for i, (backbone, val_ids) in enumerate(members):
+        ckpt = None
+        if val_ids is not None:
+            ckpt = tmp_path / f"model{i}.pt"
+            torch.save({"model_config": {}, "state_dict": {}, "val_ids": list(val_ids)}, ckpt)
+        models.append(ModelConfig(backbone=backbone, checkpoint=str(ckpt) if ckpt else None))
+    return types.SimpleNamespace(config=Config(model=models[0], ensemble=tuple(models[1:])))
+
+
+def test_held_out_by_an_ensemble_is_what_no_trained_member_trained_on(tmp_path, caplog):
+    from landmark.recognition.calibrate import held_out_by_model
+
+    lite2, lite1, mnv2 = "tf_efficientnet_lite2", "tf_efficientnet_lite1", "mobilenet_v2"
+    assert held_out_by_model(_fake_store(tmp_path, (lite2, None))) is None
+    assert held_out_by_model(_fake_store(tmp_path, (lite2, ["a", "b", "c"]))) == {"a", "b", "c"}
+    # a trained member that held out other photos trained on some of the model's held-out ones
+    both = _fake_store(tmp_path, (lite2, ["a", "b", "c"]), (lite1, ["b", "c", "d"]), (mnv2, None))
+    assert held_out_by_model(both) == {"b", "c"}
+    # a pretrained model with a trained member: the member's held-out photos
+    assert held_out_by_model(_fake_store(tmp_path, (lite2, None), (lite1, ["d"]))) == {"d"}
+    # a member that records none (trained on every photo) leaves nothing known to be held out
+    assert held_out_by_model(_fake_store(tmp_path, (lite2, ["a"]), (lite1, []))) is None
+    with caplog.at_level("WARNING"):
+        assert held_out_by_model(_fake_store(tmp_path, (lite2, ["a"]), (lite1, ["b"]))) == set()
+    assert "no photo in common" in caplog.text

@@ -146,14 +146,26 @@ def fit_grading(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | No
 
 
 def held_out_by_model(store) -> set[str] | None:
-    """The ids of the photos the store's trained model held out for validation (``landmark train``
-    records them in its checkpoint); None for a pretrained model or an older checkpoint."""
-    ckpt = store.config.model.checkpoint
-    if not ckpt or not Path(ckpt).is_file():
-        return None
-    st = Path(ckpt).stat()
-    ids = _checkpoint_val_ids(str(Path(ckpt).resolve()), st.st_mtime_ns, st.st_size)
-    return set(ids) if ids else None
+    """The ids of the photos that none of the store's trained models trained on: the intersection of
+    the validation photos that ``landmark train`` records in the checkpoint of ``model`` and of each
+    trained ``ensemble`` member (pretrained members trained on none). None when no model is trained,
+    or a trained one records none (an older checkpoint, or one trained on every photo)."""
+    config = store.config
+    held: set[str] | None = None
+    for model in (config.model, *config.ensemble):
+        if not model.checkpoint:
+            continue
+        if not Path(model.checkpoint).is_file():
+            return None
+        st = Path(model.checkpoint).stat()
+        ids = _checkpoint_val_ids(str(Path(model.checkpoint).resolve()), st.st_mtime_ns, st.st_size)
+        if not ids:
+            return None
+        held = set(ids) if held is None else held & set(ids)
+    if held is not None and not held:
+        log.warning("the store's trained models held out no photo in common (trained with different seeds or "
+                    "data?): calibrations validate on a split by photo, which they trained on")
+    return held
 
 
 @functools.lru_cache(maxsize=4)
