@@ -88,6 +88,11 @@ def dataset_manifest(root: Path, split: str) -> Manifest:
     return read_gldv2(root, split) if is_gldv2(root) else read_dataset(root)
 
 
+
+def _checkpoints(config: Config) -> list[str]:
+    """The trained checkpoints of ``config``'s model and ensemble members, in order."""
+    return [m.checkpoint for m in (config.model, *config.ensemble) if m.checkpoint]
+
 class Landmarks:
     """A store plus the extractor whose signature it carries."""
 
@@ -129,9 +134,10 @@ class Landmarks:
             try:
                 store.check_signature(extractor.signature)
             except StoreError as exc:
-                built = store.config.model.checkpoint
-                same = (f"to use the store as it is, give its model again (--model {built}); "
-                        if built and built != config.model.checkpoint else "")
+                built, given = _checkpoints(store.config), _checkpoints(config)
+                same = ("to use the store as it is, give its model again ("
+                        + " ".join(f"--model {c}" for c in built) + "); "
+                        if built and store.config.model.checkpoint and built != given else "")
                 store.close()
                 raise StoreError(f"{exc}\n({same}to rebuild it with the new configuration: --overwrite, or "
                                  "overwrite=True in Python; or use another store directory)") from None

@@ -9,7 +9,7 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -27,15 +27,26 @@ StoreOpt = typer.Option(..., "--store", "-s", help="Store directory.")
 PresetOpt = typer.Option(None, "--preset", "-p", help="Named configuration preset (see `landmark models`).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file with configuration overrides.")
 SetOpt = typer.Option(None, "--set", help="Override one key, e.g. --set extract.image_size=512 (repeatable).")
-ModelOpt = typer.Option(None, "--model", "-m", help="A trained checkpoint (landmark train's model.pt) instead of ImageNet weights.")
+ModelOpt = typer.Option(None, "--model", "-m", help="A trained checkpoint (landmark train's model.pt) instead of ImageNet weights; "
+                        "repeat it to concatenate several models' descriptors (the first is `model`, the others `ensemble`).")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: from the config).")
 ProgressOpt = typer.Option(None, "--progress/--no-progress", help="Show progress bars (default: on a terminal).")
 
 
-def _config(preset, config_file, overrides, model: Path | None = None):
-    from .config import load_config
+def _config(preset, config_file, overrides, models: Sequence[Path] | None = None):
+    from .config import ConfigError, load_config
+    from .models import read_checkpoint
 
-    extra = [f"model.checkpoint={Path(model).resolve()}"] if model else []
+    extra = []
+    if models:
+        first, *rest = [Path(m).resolve() for m in models]
+        extra.append(f"model.checkpoint={first}")
+        if rest:
+            if any(o.split("=", 1)[0].strip().startswith("ensemble") for o in overrides or []):
+                raise ConfigError("ensemble: give the extra models either as --model or as --set ensemble=..., not both")
+            # each member names its checkpoint's backbone, so the store's config says which networks it holds
+            members = [{"backbone": read_checkpoint(m)["model_config"].get("backbone"), "checkpoint": str(m)} for m in rest]
+            extra.append("ensemble=" + json.dumps(members))
     return load_config(preset, config_file, [*(overrides or []), *extra])
 
 
@@ -68,7 +79,7 @@ def _known_errors():
 @_friendly
 def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, index.csv, ...) or a folder of photos."),
                 store: Path = StoreOpt, preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt,
-                set_: Optional[List[str]] = SetOpt, model: Optional[Path] = ModelOpt,
+                set_: Optional[List[str]] = SetOpt, model: Optional[List[Path]] = ModelOpt,
                 split: Optional[List[str]] = typer.Option(None, "--split", help="GLDv2 splits to add (default: train and index)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store built with another configuration."),
                 ray: Optional[str] = typer.Option(None, "--ray", help="Extract on Ray: 'local' (this machine's cores), "
@@ -252,7 +263,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
              out_dir: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="Where the report, submissions and store go."),
              store: Optional[Path] = typer.Option(None, "--store", "-s", help="Store directory (default: OUT/store)."),
              preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-             model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
+             model: Optional[List[Path]] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
              multiscale: bool = typer.Option(False, "--multiscale", help="Add the multi-scale ablation row (extracts index + test again at 3 scales)."),
              calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
                                                       help="Refit the recognition and DBA / alpha-QE thresholds on the train split first (default: if never done)."),
@@ -306,7 +317,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
 def evaluate_revisited_cmd(root: Path = typer.Argument(..., help="revisitop data root: ROOT/roxford5k/{gnd_roxford5k.pkl,jpg/}, ROOT/rparis6k/..."),
                            dataset: Optional[List[str]] = typer.Option(None, "--dataset", "-d", help="roxford5k | rparis6k (default: both)."),
                            preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-                           model: Optional[Path] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
+                           model: Optional[List[Path]] = ModelOpt, device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt,
                            out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the results as JSON here.")):
     """ROxford5k / RParis6k mAP and mP@1,5,10 (Easy / Medium / Hard; junk ignored, queries cropped to their box)."""
     from .evaluation.revisited import DATASETS, evaluate_revisited

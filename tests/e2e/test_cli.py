@@ -172,3 +172,36 @@ def test_index_build_calibrates_a_labelled_store_once(mini_gldv2, fast_overrides
         assert st.config.expansion.threshold == 0.66 and st.meta_value("expansion_calibration") is None
         # so is an explicit recognition setting: the store keeps it over the fitted value
         assert st.config.recognition.t1 == 0.97 != st.meta_value("calibration")["thresholds"]["t1"]
+
+
+def test_repeated_model_concatenates_the_trained_models(mini_gldv2, fast_overrides, tmp_path):
+    from landmark.config import load_config
+    from landmark.models import build_model, save_checkpoint
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((mini_gldv2 / "train").rglob("*.jpg"))[:3]:
+        (photos / p.name).symlink_to(p)
+    nets = {}
+    for name, backbone in (("a.pt", "tf_efficientnet_lite0"), ("b.pt", "mobilenet_v2")):
+        cfg = load_config(overrides=fast_overrides + [f"model.backbone={backbone}"])
+        nets[name] = build_model(cfg.model)
+        save_checkpoint(tmp_path / name, nets[name], cfg.model, {"classes": []})
+    sets = [a for item in fast_overrides for a in ("--set", item)]
+    models = ["--model", tmp_path / "a.pt", "--model", tmp_path / "b.pt"]
+    built = run("index", "build", photos, "--store", tmp_path / "store", *models, *sets, "--no-progress")
+    assert built.exit_code == 0, built.output
+    config = landmark.open(tmp_path / "store").store.config
+    assert config.model.checkpoint == str(tmp_path / "a.pt")
+    (member,) = config.ensemble
+    assert member.checkpoint == str(tmp_path / "b.pt") and member.backbone == "mobilenet_v2"
+    assert landmark.open(tmp_path / "store").extractor.dim == nets["a.pt"].dim + nets["b.pt"].dim
+    # the store's models, named again, open it; one of them alone is told to give both
+    again = run("index", "build", photos, "--store", tmp_path / "store", *models, *sets, "--no-progress")
+    assert again.exit_code == 0 and "already present 3" in again.stdout
+    one = run("index", "build", photos, "--store", tmp_path / "store", "--model", tmp_path / "a.pt", *sets, "--no-progress")
+    assert one.exit_code == 2
+    assert f"--model {tmp_path / 'a.pt'} --model {tmp_path / 'b.pt'}" in " ".join(one.stderr.split())
+    both = run("index", "build", photos, "--store", tmp_path / "other", *models, *sets,
+               "--set", "ensemble=[{backbone: mobilenet_v2}]", "--no-progress")
+    assert both.exit_code == 2 and "not both" in both.stderr
