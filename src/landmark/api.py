@@ -26,7 +26,7 @@ from .data.manifests import ImageRecord, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
 from .features.extract import REGIONS_EXTRA
 from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, base_extractor, build_extractor,
-                                learn_store_whitening)
+                                learn_store_whitening, zoom_views, zoomed)
 from .index import Store, StoreError
 from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
@@ -245,16 +245,50 @@ class Landmarks:
     def embed(self, photos: Sequence[Photo] | Manifest, *, progress: bool | None = None,
               cache_dir: str | Path | None = None, queries: bool = False) -> ExtractionResult:
         """Descriptors for photos given as paths, PIL images, or a manifest. ``queries``: also the
-        extras recognition reads (object prior, and the regional descriptors of ``recognition.regions``)."""
-        regions = self.recognition_config.regions if queries else 1
+        extras recognition reads (object prior, and the regional and zoomed views of
+        ``recognition.regions`` / ``recognition.zoom``)."""
         if isinstance(photos, Manifest):
-            return self.extractor.extract(photos.records, progress=progress, cache_dir=cache_dir, regions=regions)
-        if all(isinstance(p, Image.Image) for p in photos):
+            items = photos.records
+        elif all(isinstance(p, Image.Image) for p in photos):
             ids = [f"image-{i}" for i in range(len(photos))]
-            vecs, extras = self.extractor.extract_images_with_probe(photos, regions)
-            return ExtractionResult(ids, vecs, extras=extras if queries else {})
-        items = [ImageRecord(str(p), Path(p)) for p in photos]
-        return self.extractor.extract(items, progress=progress, cache_dir=cache_dir, regions=regions)
+            if not queries:
+                return ExtractionResult(ids, self.extractor.extract_images(photos))
+            vecs, extras = self.query_views_of_images(photos)
+            return ExtractionResult(ids, vecs, extras=extras)
+        else:
+            items = [ImageRecord(str(p), Path(p)) for p in photos]
+        if queries:
+            return self.query_views(items, progress=progress, cache_dir=cache_dir)
+        return self.extractor.extract(items, progress=progress, cache_dir=cache_dir)
+
+    def query_views(self, items: Sequence[ImageRecord], *, progress: bool | None = None,
+                    cache_dir: str | Path | None = None, description: str = "queries") -> ExtractionResult:
+        """Descriptors of query photos on disk with what recognition reads: the probe outputs, and
+        as ``extras[REGIONS_EXTRA]`` the views that also look for labelled neighbours: the regions
+        (``recognition.regions``), then the global descriptor and regions of the photo read at
+        ``recognition.zoom`` times the image size (a second forward pass, 4x the pixels at zoom 2)."""
+        cfg = self.recognition_config
+        res = self.extractor.extract(items, progress=progress, cache_dir=cache_dir, description=description,
+                                     regions=cfg.regions)
+        if cfg.zoom <= 1 or not res.ids:
+            return res
+        done = set(res.ids)
+        z = zoomed(self.extractor, cfg.zoom).extract(
+            [r for r in items if r.id in done], progress=progress, regions=cfg.regions,
+            cache_dir=Path(cache_dir) / f"zoom-{cfg.zoom:g}" if cache_dir is not None else None,
+            description=f"{description} (zoom {cfg.zoom:g})")
+        views = zoom_views(res.ids, res.vectors, res.extras.get(REGIONS_EXTRA), z.ids, z.vectors, z.extras.get(REGIONS_EXTRA))
+        return replace(res, extras=res.extras | {REGIONS_EXTRA: views})
+
+    def query_views_of_images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`query_views` of in-memory photos: their descriptors and extras."""
+        cfg = self.recognition_config
+        vecs, extras = self.extractor.extract_images_with_probe(images, cfg.regions)
+        if cfg.zoom > 1 and len(images):
+            zv, ze = zoomed(self.extractor, cfg.zoom).extract_images_with_probe(images, cfg.regions)
+            ids = [str(i) for i in range(len(images))]
+            extras = extras | {REGIONS_EXTRA: zoom_views(ids, vecs, extras.get(REGIONS_EXTRA), ids, zv, ze.get(REGIONS_EXTRA))}
+        return vecs, extras
 
     def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
                progress: bool | None = None, rerank: bool | None = None,
@@ -479,8 +513,9 @@ class Landmarks:
         from .recognition.calibrate import calibrate_store
 
         self.ensure_extras(progress=progress)
-        # fitted for the store's own query regions (a store calibrated before them votes without until now)
-        self.set_recognition_config(replace(self.recognition_config, regions=self.store.config.recognition.regions))
+        # fitted for the store's own query views (a store calibrated before them recognises without until now)
+        own = self.store.config.recognition
+        self.set_recognition_config(replace(self.recognition_config, regions=own.regions, zoom=own.zoom))
         recognition = calibrate_store(self, train_ids=train_ids, val_fraction=val_fraction, seed=seed,
                                       landmark_loss=landmark_loss, progress=progress)
         # one retrieval validation split (it depends on the known non-landmarks, so after recognition)
@@ -516,17 +551,18 @@ class Landmarks:
         paths = [(n, p) for n, p in zip(names, photos) if not isinstance(p, Image.Image)]
         images = [(n, p) for n, p in zip(names, photos) if isinstance(p, Image.Image)]
         ids, vecs, extras = [], [], []
-        regions = self.recognition_config.regions if with_extras else 1    # only recognition reads the regions
         if paths:
-            res = self.extractor.extract([ImageRecord(n, Path(p)) for n, p in paths], progress=progress,
-                                         description="queries", regions=regions)
+            items = [ImageRecord(n, Path(p)) for n, p in paths]
+            res = self.query_views(items, progress=progress) if with_extras else \
+                self.extractor.extract(items, progress=progress, description="queries")   # only recognition reads the views
             ids += res.ids
             vecs.append(res.vectors)
             extras.append(res.extras)
             errors.update({f.id: f.reason for f in res.failures})
         if images:
             ids += [n for n, _ in images]
-            v, e = self.extractor.extract_images_with_probe([im for _, im in images], regions)
+            v, e = self.query_views_of_images([im for _, im in images]) if with_extras else \
+                (self.extractor.extract_images([im for _, im in images]), {})
             vecs.append(v)
             extras.append(e)
         vectors = np.concatenate(vecs) if vecs else np.zeros((0, self.extractor.dim), np.float32)

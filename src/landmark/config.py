@@ -71,6 +71,9 @@ class RecognitionConfig:
     regions: int = 3                      # the query's R-MAC regions also look for neighbours (levels 2..regions of
                                           # l x l windows; 1 = the global descriptor only): a small or partial view of
                                           # a landmark finds its photos; each photo votes at its best similarity
+    zoom: float = 2.0                     # the query is also read at zoom x extract.image_size: that global descriptor and
+                                          # its regions join the views (a small landmark in a wide view); 1 = off. Chosen
+                                          # on validation photos pasted small into non-landmark scenes (see Recognition)
     # Baidu §3.2-3.3 (landmark.recognition.pipeline); every stage switchable. `landmark calibrate`
     # refits the thresholds on a validation split carved from train and writes them here.
     classifier: bool = True               # B1/B2: agreement with the trained model's head (if the model has one)
@@ -305,10 +308,10 @@ def load_config(preset: str | None = None, file: str | Path | None = None,
 
 
 # the least value each count or size can take (0 where 0 means "off" or "automatic")
-MINIMUMS: dict[str, int] = {
+MINIMUMS: dict[str, float] = {
     "extract.image_size": 32, "extract.size_multiple": 1, "extract.batch_size": 1, "extract.num_workers": 0,
     "index.nlist": 0, "index.pq_m": 1, "index.pca_dim": 0, "index.nprobe": 0, "index.rerank": 0, "index.train_min": 0,
-    "search.k": 1, "recognition.k": 1, "recognition.regions": 1, "recognition.classifier_topk": 1,
+    "search.k": 1, "recognition.k": 1, "recognition.regions": 1, "recognition.zoom": 1.0, "recognition.classifier_topk": 1,
     "recognition.distractor_k": 1, "recognition.frequent_min": 1, "local.image_size": 32, "local.max_keypoints": 1,
     "local.num_workers": 0, "rerank.top_k": 1, "rerank.max_iters": 1, "rerank.min_inliers": 0,
     "rerank.saturation": 1, "rerank.verified_inliers": 0, "rerank.inverted_k": 0, "whitening.dim": 1,
@@ -348,7 +351,7 @@ def check(config: Config) -> Config:
     return config
 
 
-def check_values(config: Any, choices: Mapping[str, Sequence[Any]], minimums: Mapping[str, int]) -> None:
+def check_values(config: Any, choices: Mapping[str, Sequence[Any]], minimums: Mapping[str, float]) -> None:
     """A :class:`ConfigError` for the first dotted key of ``config`` whose value is not among its
     ``choices`` or is below its least value in ``minimums``."""
     def value(dotted: str) -> Any:

@@ -97,3 +97,28 @@ def test_reopening_a_trained_model_s_store_without_its_model_says_how(fast_overr
             trained, model=dataclasses.replace(trained.model, gem_p=4.0)))
     assert "--model" not in str(info.value) and "--overwrite" in str(info.value)
     assert len(Store.open(tmp_path / "store")) == 0
+
+
+def test_query_views_add_the_photo_read_at_zoom_times_the_size(mini_store, eiffel_query):
+    from PIL import Image
+
+    from landmark.data.manifests import ImageRecord
+    from landmark.features.extract import REGIONS_EXTRA
+    from landmark.features.pipeline import zoomed
+
+    lm = landmark.open(mini_store)
+    cfg = lm.recognition_config
+    assert cfg.zoom == 2.0 and cfg.regions == 3
+    res = lm.query_views([ImageRecord("q", eiffel_query)], progress=False)
+    n = lm.extractor.extract([ImageRecord("q", eiffel_query)], regions=cfg.regions, progress=False).extras[REGIONS_EXTRA].shape[1]
+    views = res.extras[REGIONS_EXTRA][0].astype(np.float32)
+    assert views.shape[0] == n + 1 + n                              # regions, the zoomed photo, its regions
+    big = zoomed(lm.extractor, 2.0)
+    assert big.cfg.image_size == 2 * lm.extractor.cfg.image_size and big.net is lm.extractor.net
+    want = big.extract_images([Image.open(eiffel_query).convert("RGB")])[0]
+    assert np.allclose(views[n], want, atol=2e-3) and not np.allclose(views[n], res.vectors[0], atol=2e-2)
+    # in-memory photos get the same views; without zoom only the regions
+    _, extras = lm.query_views_of_images([Image.open(eiffel_query).convert("RGB")])
+    assert np.allclose(extras[REGIONS_EXTRA][0].astype(np.float32), views, atol=2e-3)
+    lm.set_recognition_config(dataclasses.replace(cfg, zoom=1.0))
+    assert lm.query_views([ImageRecord("q", eiffel_query)], progress=False).extras[REGIONS_EXTRA].shape[1] == n

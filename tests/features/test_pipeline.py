@@ -126,3 +126,18 @@ def test_regions_are_combined_like_the_descriptors():
     res = white.extract(items[:2], regions=3)
     assert res.extras["regions"].shape == (2, 3, 3)
     assert np.allclose(res.extras["regions"][1], w.apply(a.regions("i1")), atol=1e-6)   # the fake's float64 in, float32 out
+
+
+def test_zoom_views_follow_the_regions_and_repeat_the_global_descriptor_where_the_zoomed_read_failed():
+    from landmark.features.pipeline import zoom_views
+
+    e = np.eye(6, dtype=np.float32)
+    vectors, regions = e[[0, 1]], np.stack([e[[2, 3]], e[[3, 2]]])          # 2 photos x 2 regions
+    zoom_vectors, zoom_regions = e[[4]], e[[5, 5]][None]                     # only "b" was read zoomed
+    out = zoom_views(["a", "b"], vectors, regions, ["b"], zoom_vectors, zoom_regions)
+    assert out.shape == (2, 2 + 1 + 2, 6) and out.dtype == np.float16
+    assert np.array_equal(out[:, :2], regions)                               # the base regions first
+    assert np.array_equal(out[1, 2], e[4]) and np.array_equal(out[1, 3:], e[[5, 5]])   # then the zoomed read
+    assert np.array_equal(out[0, 2:], e[[0, 0, 0]])                          # "a": its global descriptor again
+    no_regions = zoom_views(["a", "b"], vectors, None, ["a", "b"], e[[4, 5]], None)
+    assert no_regions.shape == (2, 1, 6) and np.array_equal(no_regions[:, 0], e[[4, 5]])

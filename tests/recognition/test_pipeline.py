@@ -127,6 +127,8 @@ def test_a_region_that_sees_the_landmark_wins_the_vote(tmp_path):
     assert ev.votes[0].landmark_id == 1 and ev.votes[0].votes == 3
     assert sorted(ev.keys[0]) == ["t0", "t1", "t2"] and ev.labels[0].tolist() == [1, 1, 1]
     assert np.allclose(ev.scores[0], np.sort(regions[0, 0] @ store.vectors(ev.keys[0]).T)[::-1], atol=1e-5)
-    # switched off, the regions are ignored
-    off = Recognizer(store, RecognitionConfig(k=3, regions=1)).gather(query, ["q"], regions=regions)
+    # switched off (no regions, no zoom), the other views are ignored; the zoomed read alone is one
+    off = Recognizer(store, RecognitionConfig(k=3, regions=1, zoom=1.0)).gather(query, ["q"], regions=regions)
     assert off.votes[0].landmark_id == 2
+    zoom_only = Recognizer(store, RecognitionConfig(k=3, regions=1, zoom=2.0)).gather(query, ["q"], regions=regions)
+    assert zoom_only.votes[0].landmark_id == 1

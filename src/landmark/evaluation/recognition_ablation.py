@@ -22,7 +22,7 @@ def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[st
     rows = []
     configs = ablation_configs(cfg, ev.classifier is not None)
     if global_only is not None:
-        rows.append(_row(global_only, configs[0][1], truth, "kNN only, global descriptor (no regions)", ""))
+        rows.append(_row(global_only, configs[0][1], truth, "kNN only, global descriptor (no regions, no zoom)", ""))
     for name, row_cfg, note in configs:
         if row_cfg is None:
             rows.append({"stage": name, "gap": None, "accuracy": None, "note": note})

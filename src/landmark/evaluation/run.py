@@ -170,17 +170,18 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     on its train split first if it never was, was on another classifier's priors, or if asked), and the
     user's explicit recognition overrides."""
     from ..config import explicit, merge
-    from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_regions, store_recognition
+    from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_views, query_views, store_recognition
     from ..recognition.setup import calibrated_with_other_priors
 
     lm.ensure_extras(progress=progress)
     report = lm.store.meta_value(CALIBRATION_META)
     overrides = explicit(config, "recognition")
-    regions = merge(lm.store.config.recognition, overrides).regions      # the thresholds depend on them
-    own = regions == lm.store.config.recognition.regions                # else the fit serves this run only
-    lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=regions))
+    wanted = merge(lm.store.config.recognition, overrides)
+    views = query_views(wanted)                                       # the thresholds depend on them
+    own = views == query_views(lm.store.config.recognition)           # else the fit serves this run only
+    lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=wanted.regions, zoom=wanted.zoom))
     stale = report is not None and (calibrated_with_other_priors(lm.store, lm.prior_source) or
-                                    calibrated_regions(report) != regions)
+                                    calibrated_views(report) != views)
     if calibrate or (calibrate is None and (report is None or stale)):
         report = calibrate_store(lm, progress=progress, write=own)     # leaves lm with the fitted thresholds
     base = store_recognition(lm.store) if own else lm.recognition_config

@@ -154,6 +154,36 @@ class WhitenedExtractor:
         return self.whitening.apply(vecs), self._extras(extras, vecs)
 
 
+def zoomed(extractor: Extractor, factor: float) -> Extractor:
+    """A copy of ``extractor`` that reads photos at ``factor`` times its image size, with the same
+    networks and whitening, and no probe (the object prior reads the photo at its own size)."""
+    if isinstance(extractor, WhitenedExtractor):
+        return WhitenedExtractor(zoomed(extractor.base, factor), extractor.whitening)
+    if isinstance(extractor, EnsembleExtractor):
+        return EnsembleExtractor([zoomed(p, factor) for p in extractor.parts])
+    return GlobalExtractor(extractor.net, dataclasses.replace(
+        extractor.cfg, image_size=int(round(extractor.cfg.image_size * factor))), extractor.model_cfg, extractor.device)
+
+
+def zoom_views(ids: Sequence[str], vectors: np.ndarray, regions: np.ndarray | None, zoom_ids: Sequence[str],
+               zoom_vectors: np.ndarray, zoom_regions: np.ndarray | None) -> np.ndarray:
+    """The extra views recognition searches with (``Q x R x dim``, float16): the photos' regions at
+    the base size (if any), then the global descriptor and the regions of their zoomed read. A photo
+    the zoomed read missed repeats its global descriptor there, which adds nothing to its neighbours."""
+    vectors = np.asarray(vectors, np.float32)
+    zoomed_rows = np.asarray(zoom_vectors, np.float32)[:, None]
+    if zoom_regions is not None and len(zoom_regions) == len(zoom_ids):
+        zoomed_rows = np.concatenate([zoomed_rows, np.asarray(zoom_regions, np.float32)], axis=1)
+    out = np.repeat(vectors[:, None], zoomed_rows.shape[1] if len(zoom_ids) else 1, axis=1)
+    pos = {k: j for j, k in enumerate(zoom_ids)}
+    for i, k in enumerate(ids):
+        if k in pos:
+            out[i] = zoomed_rows[pos[k]]
+    if regions is not None and len(regions) == len(ids):
+        out = np.concatenate([np.asarray(regions, np.float32), out], axis=1)
+    return out.astype(np.float16)
+
+
 def model_extractor(extractor) -> GlobalExtractor:
     """The single-model extractor inside ``extractor`` whose forward pass probes run on (the first model)."""
     while not isinstance(extractor, GlobalExtractor):

@@ -61,37 +61,47 @@ def _knn(db: np.ndarray, db_labels: np.ndarray, queries: np.ndarray, k: int,
     return labels, sims
 
 
-def calibrated_regions(report: dict[str, Any] | None) -> int:
-    """The ``recognition.regions`` a calibration report's thresholds were fitted with (1 before regions existed)."""
-    return int((report or {}).get("validation", {}).get("regions", 1))
+def calibrated_views(report: dict[str, Any] | None) -> tuple[int, float]:
+    """The ``recognition.regions`` and ``recognition.zoom`` a calibration report's thresholds were
+    fitted with (1 and 1.0 in reports from before regions or zoom existed)."""
+    validation = (report or {}).get("validation", {})
+    return int(validation.get("regions", 1)), float(validation.get("zoom", 1.0))
+
+
+def query_views(cfg: RecognitionConfig) -> tuple[int, float]:
+    """The query views ``cfg`` recognises with: its ``regions`` and ``zoom``."""
+    return cfg.regions, float(cfg.zoom)
 
 
 def store_recognition(store) -> RecognitionConfig:
-    """The store's recognition settings, with query regions as its thresholds were fitted: a store
-    calibrated before regions existed (or with other ones) keeps voting as then until ``landmark calibrate``."""
+    """The store's recognition settings, with the query views (regions, zoom) its thresholds were fitted
+    with: a store calibrated before they existed (or with other ones) keeps voting as then until
+    ``landmark calibrate``."""
     cfg = store.config.recognition
     report = store.meta_value(CALIBRATION_META)
-    if report is not None and calibrated_regions(report) != cfg.regions:
-        log.warning("store %s was calibrated with recognition.regions=%d, not %d: voting with %d until "
-                    "`landmark calibrate`", store.root, calibrated_regions(report), cfg.regions, calibrated_regions(report))
-        cfg = dataclasses.replace(cfg, regions=calibrated_regions(report))
+    if report is not None and calibrated_views(report) != query_views(cfg):
+        (regions, zoom), (now_regions, now_zoom) = calibrated_views(report), query_views(cfg)
+        log.warning("store %s was calibrated with recognition.regions=%d, zoom=%g, not %d, %g: recognising with "
+                    "%d, %g until `landmark calibrate`", store.root, regions, zoom, now_regions, now_zoom, regions, zoom)
+        cfg = dataclasses.replace(cfg, regions=regions, zoom=zoom)
     return cfg
 
 
 def validation_regions(lm, keys: Sequence[str], vectors: np.ndarray, progress: bool | None = None
                        ) -> tuple[np.ndarray | None, int]:
-    """The regional descriptors (``recognition.regions``) of stored photos, re-extracted from their files
-    (the store keeps global descriptors only), and how many photos could be read; a photo that cannot
-    be read repeats its global descriptor, which adds nothing to its neighbours. None when regions are off."""
+    """The other views (regions and zoomed read, :meth:`landmark.Landmarks.query_views`) of stored photos,
+    re-extracted from their files (the store keeps global descriptors only), and how many photos could be
+    read; a photo that cannot be read repeats its global descriptor, which adds nothing to its neighbours.
+    None when the configuration has no other views."""
     from ..features.extract import REGIONS_EXTRA
 
-    levels = lm.recognition_config.regions
-    if levels <= 1 or not len(keys):
+    cfg = lm.recognition_config
+    if (cfg.regions <= 1 and cfg.zoom <= 1) or not len(keys):
         return None, 0
     rows = lm.store.get(list(keys))
     items = [ImageRecord(k, Path(rows[k].path)) for k in keys if rows[k].path]
-    res = lm.extractor.extract(items, regions=levels, progress=progress, description="calibration: query regions",
-                               cache_dir=lm.store.root / "_work" / "calibration-regions")
+    res = lm.query_views(items, progress=progress, description="calibration: query views",
+                         cache_dir=lm.store.root / "_work" / "calibration-regions")
     found = dict(zip(res.ids, res.extras.get(REGIONS_EXTRA, np.zeros((0, 0, 0), np.float16))))
     n_regions = next(iter(found.values())).shape[0] if found else 0
     out = np.repeat(np.asarray(vectors, np.float32)[:, None], max(n_regions, 1), axis=1)
@@ -251,13 +261,23 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     # with as large a share of the non-landmark queries) look for neighbours with their regions too, as
     # recognition does; non-landmark queries use their global descriptors only: on gldv2-mini the regions
     # raised the mean top-1 / top-5 labelled similarity of 300 UKBench photos by < 0.001, of landmark
-    # photos by 0.007 (leave-one-out over train, ImageNet and cpu-mini models)
-    val_pick = np.sort(rng.permutation(len(val_keys))[:max_region_queries]) if cfg.regions > 1 else np.arange(len(val_keys))
+    # photos by 0.007 (leave-one-out over train, ImageNet and cpu-mini models). The zoomed read raises them
+    # more (0.524 -> 0.568 for 300 of them, cpu-mini model), so with zoom on as many non-landmark queries
+    # as landmark ones are re-read with their views too.
+    val_pick = np.sort(rng.permutation(len(val_keys))[:max_region_queries]) if cfg.regions > 1 or cfg.zoom > 1 \
+        else np.arange(len(val_keys))
     neg_pick = neg_pick[:int(round(len(neg_pick) * len(val_pick) / max(1, len(val_keys))))]
+    if cfg.zoom > 1:
+        neg_pick = neg_pick[:len(val_pick)]
     val_regions, with_regions = validation_regions(lm, [val_keys[i] for i in val_pick], val_vecs[val_pick], progress)
     queries = np.concatenate([val_vecs[val_pick], neg_vecs[neg_pick]]) if len(neg_pick) else val_vecs[val_pick]
-    regions = None if val_regions is None else np.concatenate(
-        [val_regions, np.repeat(neg_vecs[neg_pick][:, None], val_regions.shape[1], axis=1)])
+    regions = None
+    if val_regions is not None:
+        neg_regions = np.repeat(neg_vecs[neg_pick][:, None], val_regions.shape[1], axis=1)
+        if cfg.zoom > 1 and len(neg_pick):
+            read, _ = validation_regions(lm, [neg_keys[i] for i in neg_pick], neg_vecs[neg_pick], progress)
+            neg_regions = read if read.shape[1:] == val_regions.shape[1:] else neg_regions
+        regions = np.concatenate([val_regions, neg_regions])
     truth = [split.val[i].landmark_id for i in val_pick] + [None] * len(neg_pick)
     labels, scores = _knn(db_vecs, db_labels, queries, cfg.k, regions)
     t1, t2, gap = fit_grading(labels, scores, truth, cfg.k)
@@ -273,7 +293,7 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     report = {"thresholds": {k: fitted[k] for k in chosen if k in fitted},
               "fit": {k: v for k, v in fitted.items() if k not in chosen},
               "validation": {"landmark_queries": len(val_pick), "database_photos": len(split.train),
-                             "regions": cfg.regions, "photos_with_regions": with_regions,
+                             "regions": cfg.regions, "zoom": float(cfg.zoom), "photos_with_regions": with_regions,
                              "non_landmark_queries": int(len(neg_pick)), "known_non_landmarks": len(neg_keys),
                              "split": "held out by the model" if held_val else "by photo",
                              "val_fraction": val_fraction, "seed": seed, "landmark_loss": landmark_loss,

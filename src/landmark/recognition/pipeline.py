@@ -268,11 +268,12 @@ class Recognizer:
                detections: Sequence[DetectorDecision | None] | None = None,
                descriptors: np.ndarray | None = None, regions: np.ndarray | None = None) -> Evidence:
         """``descriptors``: the queries' un-whitened descriptors, which the classifier of a whitened store reads;
-        ``regions``: their regional descriptors (``Q x R x dim``), which also look for labelled neighbours
-        (``cfg.regions``). The filters and the classifier read the global descriptors only."""
+        ``regions``: their other views (``Q x R x dim``: regional descriptors and the zoomed read,
+        :meth:`landmark.Landmarks.query_views`), which also look for labelled neighbours (``cfg.regions``,
+        ``cfg.zoom``). The filters and the classifier read the global descriptors only."""
         cfg = self.cfg
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        regions = regions if cfg.regions > 1 else None
+        regions = regions if cfg.regions > 1 or cfg.zoom > 1 else None
         labels, scores, keys = self.labelled_neighbours(vectors, regions)
         ev = Evidence(list(ids), labels, scores, keys, knn_vote(labels, scores, cfg.k))
         if self.classifier is not None:
