@@ -107,8 +107,9 @@ def test_query_views_add_the_photo_read_at_zoom_times_the_size(mini_store, eiffe
     from landmark.features.pipeline import zoomed
 
     lm = landmark.open(mini_store)
-    cfg = lm.recognition_config
-    assert cfg.zoom == 2.0 and cfg.regions == 3
+    assert lm.recognition_config.zoom == 1.0           # off by default
+    cfg = dataclasses.replace(lm.recognition_config, zoom=2.0)
+    lm.set_recognition_config(cfg)
     res = lm.query_views([ImageRecord("q", eiffel_query)], progress=False)
     n = lm.extractor.extract([ImageRecord("q", eiffel_query)], regions=cfg.regions, progress=False).extras[REGIONS_EXTRA].shape[1]
     views = res.extras[REGIONS_EXTRA][0].astype(np.float32)

@@ -185,9 +185,9 @@ def test_evaluate_prints_the_ablation_and_per_query_evidence(mini_gldv2, fast_ov
     assert stages[7:] == ([] if calibrated["frequent_rerank"] else ["configured pipeline (frequent_rerank off)"])
     assert rows[2]["gap"] is None and "skipped" in rows[2]["note"]          # ImageNet weights: no classifier
     # the queries' regions were extracted and used; so were those of the calibration's validation photos
-    assert report["recognition"]["config"]["regions"] == 3 and report["recognition"]["config"]["zoom"] == 2.0
+    assert report["recognition"]["config"]["regions"] == 3 and report["recognition"]["config"]["zoom"] == 1.0
     val = report["recognition"]["calibration"]["validation"]
-    assert val["regions"] == 3 and val["zoom"] == 2.0 and val["photos_with_regions"] == val["landmark_queries"] > 0
+    assert val["regions"] == 3 and val["zoom"] == 1.0 and val["photos_with_regions"] == val["landmark_queries"] > 0
     knn = next(p for p in report["predictions"].values() if p["evidence"]["neighbours"])["evidence"]["neighbours"]
     assert [s for _, s, _ in knn] == sorted((s for _, s, _ in knn), reverse=True) and len({k for k, _, _ in knn}) == len(knn)
     assert all(0 <= r["gap"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows if r["gap"] is not None)
@@ -392,17 +392,15 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
     lm = landmark.open(store)
     assert (lm.recognition_config.regions, lm.recognition_config.zoom) == (1, 1.0)
     lm.calibrate(expansion=False, category=False)
-    assert calls[-1] == 3 and (landmark.open(store).recognition_config.regions, landmark.open(store).recognition_config.zoom) == (3, 2.0)
-    # so does one calibrated with regions but before the zoomed read
-    off.store.set_meta_value(calibrate.CALIBRATION_META, first | {"validation": {
-        k: v for k, v in first["validation"].items() if k != "zoom"}})
+    assert calls[-1] == 3 and landmark.open(store).recognition_config.regions == 3
+    # a run with the zoomed read is fitted for itself (the non-landmark queries read with their views too);
+    # the store keeps its own fit
+    n, zoomed = len(calls), landmark.open(store)
+    report = prepare_recognition(zoomed, load_config(overrides=["recognition.zoom=2"]))
+    assert len(calls) == n + 1 and report["validation"]["zoom"] == 2.0 and zoomed.recognition_config.zoom == 2.0
+    assert report["validation"]["photos_with_regions"] == report["validation"]["landmark_queries"]
     assert landmark.open(store).recognition_config.zoom == 1.0
-    # a run without zoom is fitted for itself; the store keeps its own fit
-    off.store.set_meta_value(calibrate.CALIBRATION_META, first)
-    n, unzoomed = len(calls), landmark.open(store)
-    report = prepare_recognition(unzoomed, load_config(overrides=["recognition.zoom=1"]))
-    assert len(calls) == n + 1 and report["validation"]["zoom"] == 1.0 and unzoomed.recognition_config.zoom == 1.0
-    assert off.store.meta_value(calibrate.CALIBRATION_META) == first
+    assert calibrate.calibrated_views(zoomed.store.meta_value(calibrate.CALIBRATION_META)) == (3, 1.0)
     # the user's explicit settings beat the store's fitted ones, also where they equal the defaults
     with Store.open(store) as st:
         st.update_config(dataclasses.replace(st.config, recognition=dataclasses.replace(
