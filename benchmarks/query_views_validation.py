@@ -9,7 +9,7 @@ from a copy of the store, then recognised against the photos left, for each sett
 
 * as they are, together with known non-landmark photos of the store (kNN votes wrong, and the GAP
   of the kNN vote over both: a view that lifts non-landmarks costs there);
-* pasted at `--paste` of the width into a known non-landmark scene (a small landmark in a wide view).
+* pasted at `--paste` of the long side into a known non-landmark scene (a small landmark in a wide view).
 
 Prints one line per setting and set. Never reads the test split or a solution file.
 """
@@ -49,7 +49,7 @@ def pasted(photo: Path, scene: Path, share: float, rng: np.random.Generator) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("store")
-    ap.add_argument("--paste", type=float, default=0.45)
+    ap.add_argument("--paste", type=float, default=0.45, help="long side of the pasted photo, as a share of the scene's")
     ap.add_argument("--views", default="1x1,3x1,3x2", help="REGIONSxZOOM settings, comma-separated")
     ap.add_argument("--negatives", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
@@ -76,7 +76,7 @@ def main() -> None:
         scenes = [neg_rows[neg_keys[i]].path for i in rng.integers(0, len(neg_keys), len(held))]
         small = [pasted(Path(rows[k].path), Path(s), args.paste, rng) for k, s in zip(held, scenes)]
         print(f"{len(held)} validation photos against {len(lm.store.keys('train'))} labelled ones; "
-              f"{len(negatives)} known non-landmarks; pasted at {args.paste:g} of the width")
+              f"{len(negatives)} known non-landmarks; pasted at {args.paste:g} of the long side")
         for setting in args.views.split(","):
             regions, zoom = setting.split("x")
             lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=int(regions), zoom=float(zoom)))

@@ -137,7 +137,7 @@ class Landmarks:
                 built, given = _checkpoints(store.config), _checkpoints(config)
                 same = ("to use the store as it is, give its model again ("
                         + " ".join(f"--model {c}" for c in built) + "); "
-                        if built and store.config.model.checkpoint and built != given else "")
+                        if built and len(built) == 1 + len(store.config.ensemble) and built != given else "")
                 store.close()
                 raise StoreError(f"{exc}\n({same}to rebuild it with the new configuration: --overwrite, or "
                                  "overwrite=True in Python; or use another store directory)") from None

@@ -42,8 +42,9 @@ def _config(preset, config_file, overrides, models: Sequence[Path] | None = None
         first, *rest = [Path(m).resolve() for m in models]
         extra.append(f"model.checkpoint={first}")
         if rest:
-            if any(o.split("=", 1)[0].strip().startswith("ensemble") for o in overrides or []):
-                raise ConfigError("ensemble: give the extra models either as --model or as --set ensemble=..., not both")
+            if load_config(preset, config_file, overrides or []).ensemble:
+                raise ConfigError("ensemble: give the extra models either as --model or in the configuration "
+                                  "(--preset, --config, --set ensemble=...), not both")
             # each member names its checkpoint's backbone, so the store's config says which networks it holds
             members = [{"backbone": read_checkpoint(m)["model_config"].get("backbone"), "checkpoint": str(m)} for m in rest]
             extra.append("ensemble=" + json.dumps(members))

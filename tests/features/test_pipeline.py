@@ -141,3 +141,22 @@ def test_zoom_views_follow_the_regions_and_repeat_the_global_descriptor_where_th
     assert np.array_equal(out[0, 2:], e[[0, 0, 0]])                          # "a": its global descriptor again
     no_regions = zoom_views(["a", "b"], vectors, None, ["a", "b"], e[[4, 5]], None)
     assert no_regions.shape == (2, 1, 6) and np.array_equal(no_regions[:, 0], e[[4, 5]])
+    # a zoomed read that read nothing (its extras then hold an empty 2-d array) adds the global descriptors
+    empty = zoom_views(["a", "b"], vectors, regions, [], np.zeros((0, 6), np.float32), np.zeros((0, 0), np.float16))
+    assert empty.shape == (2, 5, 6) and np.array_equal(empty[:, 2:], np.repeat(vectors[:, None], 3, axis=1))
+
+
+def test_a_zoomed_extractor_reads_larger_photos_with_the_same_network_and_no_probe():
+    from landmark.features.extract import GlobalExtractor
+    from landmark.features.pipeline import zoomed
+    from landmark.models import build_model
+
+    cfg = load_config(overrides=["model.backbone=tf_efficientnet_lite0", "extract.image_size=224", "extract.batch_size=8"])
+    base = GlobalExtractor(build_model(cfg.model, pretrained=False), cfg.extract, cfg.model, device="cpu")
+    base.set_probe("p", lambda x: x)
+    params = {k: v.data_ptr() for k, v in base.net.state_dict().items()}
+    big = zoomed(base, 2.0)
+    assert big.net is base.net and {k: v.data_ptr() for k, v in base.net.state_dict().items()} == params
+    assert (big.cfg.image_size, big.cfg.batch_size, big.probe) == (448, 2, None)
+    assert (base.cfg.image_size, base.cfg.batch_size, base.probe_name) == (224, 8, "p")     # the original is untouched
+    assert max(big.target_shape(640, 480)) == 448 and max(base.target_shape(640, 480)) == 224

@@ -66,10 +66,12 @@ def _fake_store(tmp_path, *members):
     from landmark.config import Config, ModelConfig
 
     models = []
+    folder = tmp_path / f"store{len(list(tmp_path.iterdir()))}"   # new files each time: the ids are cached per file version
+    folder.mkdir()
     for i, (backbone, val_ids) in enumerate(members):
         ckpt = None
         if val_ids is not None:
-            ckpt = tmp_path / f"model{i}.pt"
+            ckpt = folder / f"model{i}.pt"
             torch.save({"model_config": {}, "state_dict": {}, "val_ids": list(val_ids)}, ckpt)
         models.append(ModelConfig(backbone=backbone, checkpoint=str(ckpt) if ckpt else None))
     return types.SimpleNamespace(config=Config(model=models[0], ensemble=tuple(models[1:])))

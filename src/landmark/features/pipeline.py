@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -161,8 +162,11 @@ def zoomed(extractor: Extractor, factor: float) -> Extractor:
         return WhitenedExtractor(zoomed(extractor.base, factor), extractor.whitening)
     if isinstance(extractor, EnsembleExtractor):
         return EnsembleExtractor([zoomed(p, factor) for p in extractor.parts])
-    return GlobalExtractor(extractor.net, dataclasses.replace(
-        extractor.cfg, image_size=int(round(extractor.cfg.image_size * factor))), extractor.model_cfg, extractor.device)
+    out = copy.copy(extractor)          # shares the network as it is: nothing is moved or re-set under other threads
+    out.cfg = dataclasses.replace(extractor.cfg, image_size=int(round(extractor.cfg.image_size * factor)),
+                                  batch_size=max(1, int(extractor.cfg.batch_size / factor ** 2)))   # the same pixels a batch
+    out.set_probe(None, None)
+    return out
 
 
 def zoom_views(ids: Sequence[str], vectors: np.ndarray, regions: np.ndarray | None, zoom_ids: Sequence[str],
@@ -171,15 +175,20 @@ def zoom_views(ids: Sequence[str], vectors: np.ndarray, regions: np.ndarray | No
     the base size (if any), then the global descriptor and the regions of their zoomed read. A photo
     the zoomed read missed repeats its global descriptor there, which adds nothing to its neighbours."""
     vectors = np.asarray(vectors, np.float32)
-    zoomed_rows = np.asarray(zoom_vectors, np.float32)[:, None]
-    if zoom_regions is not None and len(zoom_regions) == len(zoom_ids):
+    has_regions = regions is not None and np.ndim(regions) == 3 and len(regions) == len(ids)
+    width = 1 + (regions.shape[1] if has_regions else 0)      # the zoomed read has as many regions as the base one
+    zoomed_rows = np.asarray(zoom_vectors, np.float32).reshape(len(zoom_ids), 1, vectors.shape[1])
+    if has_regions and zoom_regions is not None and np.ndim(zoom_regions) == 3 and len(zoom_regions) == len(zoom_ids):
         zoomed_rows = np.concatenate([zoomed_rows, np.asarray(zoom_regions, np.float32)], axis=1)
-    out = np.repeat(vectors[:, None], zoomed_rows.shape[1] if len(zoom_ids) else 1, axis=1)
+    if zoomed_rows.shape[1] != width:                          # a zoomed read without its regions adds nothing
+        zoomed_rows = np.zeros((0, width, vectors.shape[1]), np.float32)
+        zoom_ids = []
+    out = np.repeat(vectors[:, None], width, axis=1)
     pos = {k: j for j, k in enumerate(zoom_ids)}
     for i, k in enumerate(ids):
         if k in pos:
             out[i] = zoomed_rows[pos[k]]
-    if regions is not None and len(regions) == len(ids):
+    if has_regions:
         out = np.concatenate([np.asarray(regions, np.float32), out], axis=1)
     return out.astype(np.float16)
 

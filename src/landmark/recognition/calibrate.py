@@ -262,8 +262,8 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     # recognition does; non-landmark queries use their global descriptors only: on gldv2-mini the regions
     # raised the mean top-1 / top-5 labelled similarity of 300 UKBench photos by < 0.001, of landmark
     # photos by 0.007 (leave-one-out over train, ImageNet and cpu-mini models). The zoomed read raises them
-    # more (0.524 -> 0.568 for 300 of them, cpu-mini model), so with zoom on as many non-landmark queries
-    # as landmark ones are re-read with their views too.
+    # more (0.524 -> 0.568 for 300 of them, cpu-mini model), so with zoom on the non-landmark queries are
+    # read with their views too, and to bound that cost there are only as many as landmark queries.
     val_pick = np.sort(rng.permutation(len(val_keys))[:max_region_queries]) if cfg.regions > 1 or cfg.zoom > 1 \
         else np.arange(len(val_keys))
     neg_pick = neg_pick[:int(round(len(neg_pick) * len(val_pick) / max(1, len(val_keys))))]
