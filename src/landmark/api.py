@@ -88,10 +88,10 @@ def dataset_manifest(root: Path, split: str) -> Manifest:
     return read_gldv2(root, split) if is_gldv2(root) else read_dataset(root)
 
 
-
 def _checkpoints(config: Config) -> list[str]:
     """The trained checkpoints of ``config``'s model and ensemble members, in order."""
     return [m.checkpoint for m in (config.model, *config.ensemble) if m.checkpoint]
+
 
 class Landmarks:
     """A store plus the extractor whose signature it carries."""

@@ -97,6 +97,16 @@ class RecognitionConfig:
     frequent_min: int = 5
     filtered: str = "demote"              # non-landmarks: demote (ranked below all others) | drop (no prediction)
 
+    @property
+    def views(self) -> tuple[int, float]:
+        """The query views it recognises with, ``(regions, zoom)``: fitted thresholds depend on them."""
+        return self.regions, float(self.zoom)
+
+    @property
+    def extra_views(self) -> bool:
+        """Whether a query has views besides its global descriptor (regions, or the zoomed read)."""
+        return self.regions > 1 or self.zoom > 1
+
 
 @dataclass
 class LocalConfig:

@@ -170,15 +170,15 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     on its train split first if it never was, was on another classifier's priors, or if asked), and the
     user's explicit recognition overrides."""
     from ..config import explicit, merge
-    from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_views, query_views, store_recognition
+    from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_views, store_recognition
     from ..recognition.setup import calibrated_with_other_priors
 
     lm.ensure_extras(progress=progress)
     report = lm.store.meta_value(CALIBRATION_META)
     overrides = explicit(config, "recognition")
     wanted = merge(lm.store.config.recognition, overrides)
-    views = query_views(wanted)                                       # the thresholds depend on them
-    own = views == query_views(lm.store.config.recognition)           # else the fit serves this run only
+    views = wanted.views                                              # the thresholds depend on them
+    own = views == lm.store.config.recognition.views                  # else the fit serves this run only
     lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=wanted.regions, zoom=wanted.zoom))
     stale = report is not None and (calibrated_with_other_priors(lm.store, lm.prior_source) or
                                     calibrated_views(report) != views)

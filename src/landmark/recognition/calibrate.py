@@ -68,19 +68,14 @@ def calibrated_views(report: dict[str, Any] | None) -> tuple[int, float]:
     return int(validation.get("regions", 1)), float(validation.get("zoom", 1.0))
 
 
-def query_views(cfg: RecognitionConfig) -> tuple[int, float]:
-    """The query views ``cfg`` recognises with: its ``regions`` and ``zoom``."""
-    return cfg.regions, float(cfg.zoom)
-
-
 def store_recognition(store) -> RecognitionConfig:
     """The store's recognition settings, with the query views (regions, zoom) its thresholds were fitted
     with: a store calibrated before they existed (or with other ones) keeps voting as then until
     ``landmark calibrate``."""
     cfg = store.config.recognition
     report = store.meta_value(CALIBRATION_META)
-    if report is not None and calibrated_views(report) != query_views(cfg):
-        (regions, zoom), (now_regions, now_zoom) = calibrated_views(report), query_views(cfg)
+    if report is not None and calibrated_views(report) != cfg.views:
+        (regions, zoom), (now_regions, now_zoom) = calibrated_views(report), cfg.views
         log.warning("store %s was calibrated with recognition.regions=%d, zoom=%g, not %d, %g: recognising with "
                     "%d, %g until `landmark calibrate`", store.root, regions, zoom, now_regions, now_zoom, regions, zoom)
         cfg = dataclasses.replace(cfg, regions=regions, zoom=zoom)
@@ -96,7 +91,7 @@ def validation_regions(lm, keys: Sequence[str], vectors: np.ndarray, progress: b
     from ..features.extract import REGIONS_EXTRA
 
     cfg = lm.recognition_config
-    if (cfg.regions <= 1 and cfg.zoom <= 1) or not len(keys):
+    if not cfg.extra_views or not len(keys):
         return None, 0
     rows = lm.store.get(list(keys))
     items = [ImageRecord(k, Path(rows[k].path)) for k in keys if rows[k].path]
@@ -264,8 +259,7 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     # photos by 0.007 (leave-one-out over train, ImageNet and cpu-mini models). The zoomed read raises them
     # more (0.524 -> 0.568 for 300 of them, cpu-mini model), so with zoom on the non-landmark queries are
     # read with their views too, and to bound that cost there are only as many as landmark queries.
-    val_pick = np.sort(rng.permutation(len(val_keys))[:max_region_queries]) if cfg.regions > 1 or cfg.zoom > 1 \
-        else np.arange(len(val_keys))
+    val_pick = np.sort(rng.permutation(len(val_keys))[:max_region_queries]) if cfg.extra_views else np.arange(len(val_keys))
     neg_pick = neg_pick[:int(round(len(neg_pick) * len(val_pick) / max(1, len(val_keys))))]
     if cfg.zoom > 1:
         neg_pick = neg_pick[:len(val_pick)]

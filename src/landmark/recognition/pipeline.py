@@ -273,7 +273,7 @@ class Recognizer:
         ``cfg.zoom``). The filters and the classifier read the global descriptors only."""
         cfg = self.cfg
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        regions = regions if cfg.regions > 1 or cfg.zoom > 1 else None
+        regions = regions if cfg.extra_views else None
         labels, scores, keys = self.labelled_neighbours(vectors, regions)
         ev = Evidence(list(ids), labels, scores, keys, knn_vote(labels, scores, cfg.k))
         if self.classifier is not None:
