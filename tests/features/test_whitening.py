@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from landmark.features.whitening import Whitening, WhiteningError, l2n, learn_whitening
+from landmark.features.whitening import Whitening, WhiteningError, l2n, learn_labelled_whitening, learn_whitening
 
 
 def _data(n=400, d=32, seed=0):
@@ -90,3 +90,76 @@ def test_whitening_helps_retrieval_with_a_dominant_nuisance_direction():
     plain = (q @ db.T).argmax(1) == np.arange(classes)
     white = (w.apply(q) @ w.apply(db).T).argmax(1) == np.arange(classes)
     assert white.mean() > plain.mean() + 0.2
+
+
+def _landmarks(n_per=60, classes=6, d=16, seed=0):
+    """Photos of ``classes`` landmarks whose means differ along small directions, while a large
+    nuisance (light, viewpoint) varies inside every landmark along a few others."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros((classes, d))
+    means[:, :4] = rng.normal(scale=1.0, size=(classes, 4))
+    nuisance = np.concatenate([np.full(4, 0.3), np.full(3, 6.0), np.full(d - 7, 0.3)])
+    labels = np.repeat(np.arange(classes), n_per)
+    x = means[labels] + rng.normal(size=(len(labels), d)) * nuisance
+    return x, labels
+
+
+def test_learned_whitening_whitens_the_within_landmark_covariance():
+    x, labels = _landmarks()
+    w = learn_labelled_whitening(x, labels, dim=None, shrinkage=0.0)
+    assert w.kind == "learned" and w.out_dim == x.shape[1]
+    y = (x - w.mean) @ w.projection.T                    # before re-normalisation
+    means = np.stack([y[labels == c].mean(0) for c in range(6)])
+    within = y - means[labels]
+    # pair-weighted (every class has n photos, so it is the plain within-class covariance)
+    assert np.allclose(within.T @ within / len(y), np.eye(x.shape[1]), atol=1e-6)
+    # the kept components come in the order of their variance after that whitening
+    assert np.all(np.diff(w.eigenvalues) <= 1e-12)
+    assert np.allclose(y.var(axis=0), w.eigenvalues, rtol=1e-6)
+
+
+def test_learned_whitening_finds_the_landmarks_a_nuisance_hides():
+    x_all, l_all = _landmarks(n_per=80, seed=3)
+    train, train_labels, queries, q_labels = x_all[::2], l_all[::2], x_all[1::2], l_all[1::2]
+
+    def nn_accuracy(transform):
+        q, db = transform(queries), transform(train)
+        return float(np.mean(train_labels[np.argmax(q @ db.T, axis=1)] == q_labels))
+
+    learned = learn_labelled_whitening(train, train_labels, dim=4, shrinkage=0.0)
+    pca = learn_whitening(train, dim=4, power=1.0)
+    assert nn_accuracy(l2n) < 0.6 and nn_accuracy(pca.apply) < 0.6
+    assert nn_accuracy(learned.apply) > 0.85
+
+
+def test_learned_whitening_needs_landmarks_and_shrinkage_when_singular():
+    x, labels = _landmarks(n_per=2, classes=3)           # 6 photos, 16 dimensions
+    with pytest.raises(WhiteningError, match="singular.*shrinkage"):
+        learn_labelled_whitening(x, labels, dim=8, shrinkage=0.0)
+    assert learn_labelled_whitening(x, labels, dim=8, shrinkage=0.1).out_dim == 8
+    with pytest.raises(WhiteningError, match="at least 2 landmarks"):
+        learn_labelled_whitening(x, np.array([0, 0, 1, 2, 3, 4]), dim=4, shrinkage=0.1)
+    # unlabelled rows (-1) are ignored, not taken for one more landmark
+    with pytest.raises(WhiteningError, match="at least 2 landmarks"):
+        learn_labelled_whitening(x, np.array([0, 0, -1, -1, 3, 4]), dim=4, shrinkage=0.1)
+    with pytest.raises(WhiteningError, match="one label per vector"):
+        learn_labelled_whitening(x, labels[:5], dim=4, shrinkage=0.1)
+
+
+def test_learned_whitening_file_keeps_its_kind_and_held_out_photos(tmp_path):
+    x, labels = _landmarks()
+    w = learn_labelled_whitening(x, labels, dim=5, shrinkage=0.1, held_out=("b", "a"))
+    w.save(tmp_path / "w.npz")
+    with np.load(tmp_path / "w.npz", allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+    back = Whitening.load(tmp_path / "w.npz")
+    assert back.kind == "learned" and back.held_out == ("b", "a") and back.digest == w.digest
+    assert back.signature["kind"] == "learned"
+    # the same arrays as a PCA whitening are another whitening (its digest differs)
+    assert Whitening(w.mean, w.projection, w.eigenvalues, w.power, w.shrinkage).digest != w.digest
+    # files written before learned whitening existed load as PCA, with the digest they had
+    pca = learn_whitening(x, dim=5)
+    np.savez(tmp_path / "old.npz", mean=pca.mean, projection=pca.projection, eigenvalues=pca.eigenvalues,
+             power=np.float64(pca.power), shrinkage=np.float64(pca.shrinkage))
+    old = Whitening.load(tmp_path / "old.npz")
+    assert old.kind == "pca" and old.held_out == () and old.digest == pca.digest and "kind" not in old.signature
