@@ -576,14 +576,25 @@ class Landmarks:
 
 def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequence[str], *, device: str | None,
                      overwrite: bool, progress: bool | None) -> None:
-    """Learn the store's PCA-whitening on its index split (unlabelled photos) before the store is made."""
+    """Learn the store's whitening before the store is made: PCA on its ``whitening.learn_on`` split
+    (the index, unlabelled), or the learned whitening on that split's labelled photos, less those kept
+    for validation: the photos the store's trained models held out, else the split by photo that
+    ``landmark calibrate`` makes (15 % per landmark, seed 0)."""
     if (store_dir / "meta.sqlite").exists() and (store_dir / WHITENING_FILE).exists() and not overwrite:
         return   # an existing store keeps its whitening; create() checks the signature
     learn = [s for s in splits if config.whitening.learn_on in (s, "all")] or list(splits)
     records = [r for s in learn for r in dataset_manifest(root, s).records]
-    cache = store_dir / "_work" / f"extract-{learn[0]}" if len(learn) == 1 else None
+    held: set[str] = set()
+    if config.whitening.kind == "learned":
+        from .recognition.calibrate import held_out_by_config
+        from .training.data import split_by_photo
+
+        labelled = [r for r in records if r.landmark_id is not None]
+        held = held_out_by_config(config) or (
+            {r.id for r in split_by_photo(labelled, 0.15, 2, 0).val} if labelled else set())
+    cache = store_dir / "_work" / f"whitening-{learn[0]}" if len(learn) == 1 else None   # un-whitened vectors
     learn_store_whitening(config, base_extractor(config, device=device), records, store_dir,
-                          cache_dir=cache, progress=progress)
+                          cache_dir=cache, progress=progress, held_out=sorted(held))
 
 
 def open(store_dir: str | Path, device: str | None = None) -> Landmarks:  # noqa: A001 - mirrors io.open style

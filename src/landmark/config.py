@@ -145,13 +145,17 @@ class RerankConfig:
 
 @dataclass
 class WhiteningConfig:
-    """PCA / PCA-whitening of the (concatenated) descriptors, learned on the store's index split."""
+    """PCA / PCA-whitening of the (concatenated) descriptors, learned on the store's index split, or
+    the supervised learned whitening of its labelled photos (``kind=learned``, ``learn_on=train``)."""
 
-    kind: str = "none"                    # none | pca (power=0 is plain PCA, power=1 full whitening)
+    kind: str = "none"                    # none | pca (power=0 is plain PCA, power=1 full whitening) | learned
     dim: int = 256                        # dim, power, shrinkage: chosen on a validation split of train
-    power: float = 0.0                    #   (benchmarks/retrieval_validation.py)
+    power: float = 0.0                    #   (benchmarks/retrieval_validation.py); pca only
     shrinkage: float = 0.0                # fraction of the mean eigenvalue added to every eigenvalue
-    learn_on: str = "index"               # split whose (unlabelled) photos it is learned on; "all" = every split
+                                          #   (learned: of the within-landmark covariance; needs > 0 with
+                                          #   fewer labelled photos than dimensions)
+    learn_on: str = "index"               # split whose photos it is learned on ("all" = every split); learned:
+                                          #   a labelled one (train), less the photos kept for validation
 
 
 @dataclass
@@ -214,6 +218,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lite2-gem-sift2k": {"local": {"max_keypoints": 2000}},
     "lite2-gem-orb": {"local": {"kind": "orb", "max_keypoints": 2000}},
     "lite2-gem-pcaw": {"whitening": {"kind": "pca"}},
+    # Radenovic et al.'s learned whitening of the labelled photos; dim and shrinkage chosen on a validation
+    # split of train (benchmarks/learned_whitening_validation.py)
+    "lite2-gem-lw": {"whitening": {"kind": "learned", "learn_on": "train", "dim": 128, "shrinkage": 0.05}},
     "ensemble-gem-pcaw": {"ensemble": [{"backbone": "tf_efficientnet_lite1"}, {"backbone": "mobilenet_v2"}],
                           "whitening": {"kind": "pca", "dim": 512}},   # the paper's 512-d (not validated here)
 }

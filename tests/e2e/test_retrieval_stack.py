@@ -9,10 +9,10 @@ import pytest
 
 from landmark.api import Landmarks
 from landmark.config import load_config
-from landmark.data.manifests import read_gldv2_solution
+from landmark.data.manifests import read_gldv2, read_gldv2_solution
 from landmark.evaluation.metrics import mean_average_precision_at_k
 from landmark.evaluation.run import evaluate_gldv2
-from landmark.features.whitening import Whitening
+from landmark.features.whitening import Whitening, WhiteningError, learn_labelled_whitening
 from landmark.index import StoreError
 
 pytestmark = pytest.mark.slow
@@ -37,6 +37,36 @@ def test_ensemble_whitened_store_round_trip(mini_gldv2, fast_overrides, eiffel_q
     Whitening(w.mean, w.projection * 2, w.eigenvalues, w.power, w.shrinkage).save(store / "whitening.npz")
     with pytest.raises(StoreError, match="whitening"):
         Landmarks.open(store, device="cpu")
+
+
+def test_learned_whitening_store_keeps_its_validation_photos_out(mini_gldv2, fast_overrides, eiffel_query, tmp_path):
+    from landmark.features.pipeline import base_extractor
+    from landmark.recognition.calibrate import model_validation_ids
+    from landmark.training.data import split_by_photo
+
+    cfg = load_config(overrides=[*fast_overrides, "whitening.kind=learned", "whitening.learn_on=train",
+                                 "whitening.dim=6", "whitening.shrinkage=0.1"])
+    store = tmp_path / "store"
+    lm, report = Landmarks.build(mini_gldv2, store, cfg, progress=False)
+    w = Whitening.load(store / "whitening.npz")
+    assert w.kind == "learned" and lm.store.dim == 6 and lm.store.signature["whitening"]["kind"] == "learned"
+    train = read_gldv2(mini_gldv2, "train").records
+    held = {r.id for r in split_by_photo(train, 0.15, 2, 0).val}   # the split `landmark calibrate` makes
+    assert held and set(w.held_out) == held
+    # learned on the other labelled photos only
+    rest = [r for r in train if r.id not in held]
+    res = base_extractor(cfg, device="cpu").extract(rest, progress=False)
+    labels = {r.id: r.landmark_id for r in rest}
+    again = learn_labelled_whitening(res.vectors, np.array([labels[i] for i in res.ids]), 6, shrinkage=0.1)
+    assert np.allclose(again.projection, w.projection, atol=1e-6)
+    # every photo is stored, and calibrations validate on exactly the held-out ones
+    assert sum(report.added.values()) == len(lm.store) and held <= set(lm.store.keys("train"))
+    assert model_validation_ids(lm.store, lm.store.keys("train")) == held
+    assert Landmarks.open(store, device="cpu").recognize([str(eiffel_query)])[0].landmark_id == 47378
+    # the unlabelled index split cannot teach it
+    with pytest.raises(WhiteningError, match="learn_on=train"):
+        Landmarks.build(mini_gldv2, tmp_path / "other", load_config(overrides=[*fast_overrides, "whitening.kind=learned"]),
+                        progress=False)
 
 
 def test_evaluate_reports_the_ablation(mini_gldv2, mini_store, fast_overrides, tmp_path):

@@ -154,7 +154,8 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
             f"dim {min(wc.dim, base.index.shape[1])}, power {wc.power}, shrinkage {wc.shrinkage}")
         ec = refit(transform) if refit is not None else ec
     else:
-        add("+ PCA-whitening", None, "already in the store's vectors")
+        add("+ PCA-whitening", None, "already in the store's vectors" if config.whitening.kind == "pca"
+            else f"the store's vectors are whitened already ({config.whitening.kind})")
     verify = f"verify={ec.verify}" + (f" (similarity > {ec.threshold:.2f})" if "threshold" in ec.verify else "")
     add("+ DBA", score(retrieve(space, ec, dba_on=True, qe_on=False, k=k)), verify)
     expanded = retrieve(space, ec, dba_on=True, qe_on=True, k=k)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..config import Config
 from .extract import REGIONS_EXTRA, ExtractionResult, Failure, GlobalExtractor, PhotoItem
-from .whitening import Whitening, WhiteningError, learn_whitening
+from .whitening import Whitening, WhiteningError, learn_labelled_whitening, learn_whitening
 
 WHITENING_FILE = "whitening.npz"
 DESCRIPTOR_EXTRA = "descriptor"       # extras key of the un-whitened descriptors (WhitenedExtractor.keep_descriptors)
@@ -210,7 +210,7 @@ def base_extractor(config: Config, device: str | None = None) -> Extractor:
     return EnsembleExtractor(parts)
 
 
-WHITENING_KINDS = ("none", "pca")
+WHITENING_KINDS = ("none", "pca", "learned")
 
 
 def build_extractor(config: Config, device: str | None = None, store_root: str | Path | None = None) -> Extractor:
@@ -228,11 +228,26 @@ def build_extractor(config: Config, device: str | None = None, store_root: str |
 
 
 def learn_store_whitening(config: Config, base: Extractor, items: Sequence[PhotoItem], store_root: str | Path, *,
-                          cache_dir: str | Path | None = None, progress: bool | None = None) -> Whitening:
-    """Extract ``items`` (the index split) with ``base``, learn the whitening and save it in the store."""
+                          cache_dir: str | Path | None = None, progress: bool | None = None,
+                          held_out: Sequence[str] = ()) -> Whitening:
+    """Extract ``items`` with ``base``, learn the store's whitening and save it in the store: PCA
+    (``kind=pca``) of the photos (the index split), or the learned whitening (``kind=learned``) of the
+    labelled ones among them but those in ``held_out`` (kept for validation, recorded in the file)."""
     wc = config.whitening
+    if wc.kind == "learned":
+        skip = set(held_out)
+        items = [r for r in items if getattr(r, "landmark_id", None) is not None and r.id not in skip]
+        if not items:
+            raise WhiteningError(f"whitening.kind=learned needs labelled photos, and the split(s) "
+                                 f"'{wc.learn_on}' it is learned on have none (set whitening.learn_on=train)")
     res = base.extract(items, cache_dir=cache_dir, progress=progress, description="extract (whitening)")
-    dim = min(wc.dim, base.dim, len(res.vectors) - 1)
-    w = learn_whitening(res.vectors, dim, power=wc.power, shrinkage=wc.shrinkage)
+    if wc.kind == "learned":
+        label = {r.id: r.landmark_id for r in items}
+        w = learn_labelled_whitening(res.vectors, np.array([label[i] for i in res.ids], np.int64),
+                                     min(wc.dim, base.dim), shrinkage=wc.shrinkage,
+                                     held_out=tuple(sorted(set(held_out))))
+    else:
+        dim = min(wc.dim, base.dim, len(res.vectors) - 1)
+        w = learn_whitening(res.vectors, dim, power=wc.power, shrinkage=wc.shrinkage)
     w.save(Path(store_root) / WHITENING_FILE)
     return w

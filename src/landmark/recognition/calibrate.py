@@ -151,11 +151,15 @@ def fit_grading(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | No
 
 
 def held_out_by_model(store) -> set[str] | None:
-    """The ids of the photos that none of the store's trained models trained on: the intersection of
+    """:func:`held_out_by_config` of the store's configuration."""
+    return held_out_by_config(store.config)
+
+
+def held_out_by_config(config) -> set[str] | None:
+    """The ids of the photos that none of the trained models of ``config`` trained on: the intersection of
     the validation photos that ``landmark train`` records in the checkpoint of ``model`` and of each
     trained ``ensemble`` member (pretrained members trained on none). None when no model is trained,
     or a trained one records none (an older checkpoint, or one trained on every photo)."""
-    config = store.config
     held: set[str] | None = None
     for model in (config.model, *config.ensemble):
         if not model.checkpoint:
@@ -179,11 +183,26 @@ def _checkpoint_val_ids(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     return tuple(read_checkpoint(path, required=()).get("val_ids") or ())
 
 
+def held_out_by_whitening(store) -> set[str] | None:
+    """The labelled photos a store's learned whitening (``whitening.kind=learned``) was not learned on;
+    None for other stores."""
+    from ..features.pipeline import WHITENING_FILE
+    from ..features.whitening import Whitening
+
+    if store.config.whitening.kind != "learned" or not (store.root / WHITENING_FILE).is_file():
+        return None
+    return set(Whitening.load(store.root / WHITENING_FILE).held_out)
+
+
 def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[str]:
-    """Those of the ``labelled`` store photos that the store's trained model never trained on (what
-    calibrations validate on); empty for a pretrained model, or when fewer than half of the photos
-    it held out are among them (another dataset than the model's: a split of its own is used)."""
+    """Those of the ``labelled`` store photos that neither the store's trained models nor its learned
+    whitening were fitted on (what calibrations validate on); empty for a pretrained model without
+    one, or when fewer than half of the photos held out are among them (another dataset than the
+    model's: a split of its own is used)."""
     held = held_out_by_model(store)
+    learned = held_out_by_whitening(store)
+    if learned is not None:
+        held = learned if held is None else held & learned
     if not held:
         return set()
     found = held.intersection(labelled)
