@@ -11,7 +11,9 @@ prior flags) join the retrieval database, the other half are non-landmark querie
 * kNN wrong: validation photos the top-5 vote among the training photos gets wrong;
 * kNN GAP: the GAP of that vote over the validation photos and the non-landmark queries (scored by
   similarity; a space where non-landmarks come closer to landmark photos costs here);
-* mAP@100: validation photos searching the training photos and the other half of the non-landmarks.
+* mAP@100: each validation photo searching the other validation photos and the other half of the
+  non-landmarks (leave-one-out: photos the whitening was learned on would flatter it, since their
+  own within-landmark variation is what it removed).
 
 Never reads the test split or a solution file.
 """
@@ -42,10 +44,13 @@ def scores(transform, held, train, held_labels, train_labels, neg_db, neg_q) -> 
     truth = {i: (int(held_labels[i]) if i < len(q) else None) for i in range(len(queries))}
     gap = global_average_precision({i: (v.landmark_id, v.score) for i, v in enumerate(votes)}, truth)
     wrong = sum(votes[i].landmark_id != held_labels[i] for i in range(len(q)))
-    database = np.concatenate([db, transform(neg_db)])
-    ranks = np.argsort(-(q @ database.T), axis=1)[:, :100]
-    rel = {i: [str(j) for j in np.flatnonzero(train_labels == held_labels[i])] for i in range(len(q))}
-    m = mean_average_precision_at_k({i: [str(j) for j in r] for i, r in enumerate(ranks)}, rel, k=100)
+    database = np.concatenate([q, transform(neg_db)])
+    sims = q @ database.T
+    sims[np.arange(len(q)), np.arange(len(q))] = -np.inf                 # not itself
+    ranks = np.argsort(-sims, axis=1)[:, :100]
+    rel = {i: [str(j) for j in np.flatnonzero(held_labels == held_labels[i]) if j != i] for i in range(len(q))}
+    rel = {i: r for i, r in rel.items() if r}
+    m = mean_average_precision_at_k({i: [str(j) for j in ranks[i]] for i in rel}, rel, k=100)
     return wrong, gap, m
 
 
