@@ -27,6 +27,7 @@ from .features import ExtractionResult, Failure, GlobalExtractor
 from .features.extract import REGIONS_EXTRA
 from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, base_extractor, build_extractor,
                                 learn_store_whitening, zoom_views, zoomed)
+from .features.whitening import WhiteningError
 from .index import Store, StoreError
 from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
@@ -590,8 +591,11 @@ def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequen
         from .training.data import split_by_photo
 
         labelled = [r for r in records if r.landmark_id is not None]
-        held = held_out_by_config(config) or (
-            {r.id for r in split_by_photo(labelled, 0.15, 2, 0).val} if labelled else set())
+        if not labelled:
+            raise WhiteningError(f"whitening.kind=learned is learned from labelled photos, and {root} has none in "
+                                 f"{' + '.join(learn)}: set whitening.learn_on to a labelled split (train of a "
+                                 "GLDv2 root), or use whitening.kind=pca")
+        held = held_out_by_config(config) or {r.id for r in split_by_photo(labelled, 0.15, 2, 0).val}
     cache = store_dir / "_work" / f"whitening-{learn[0]}" if len(learn) == 1 else None   # un-whitened vectors
     learn_store_whitening(config, base_extractor(config, device=device), records, store_dir,
                           cache_dir=cache, progress=progress, held_out=sorted(held))

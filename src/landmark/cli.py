@@ -70,10 +70,11 @@ def _known_errors():
     from .data import DatasetError, ImageError
     from .index import StoreError
     from .distributed import RayUnavailable
+    from .features.whitening import WhiteningError
     from .models import CheckpointError, WeightsUnavailable
 
     return (ConfigError, DatasetError, ImageError, StoreError, WeightsUnavailable, CheckpointError, RayUnavailable,
-            FileNotFoundError)
+            WhiteningError, FileNotFoundError)
 
 
 @index_app.command("build")

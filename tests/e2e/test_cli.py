@@ -111,6 +111,17 @@ def test_store_refuses_another_model(mini_gldv2, mini_store):
     assert "was built with" in result.stderr and '"image_size": 224' in result.stderr
 
 
+def test_learned_whitening_without_labels_is_refused_before_any_store(eiffel_query, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(eiffel_query.read_bytes())
+    result = run("index", "build", photos, "--store", tmp_path / "store", "--preset", "lite2-gem-lw",
+                 "--set", "model.backbone=tf_efficientnet_lite0", "--no-progress")
+    assert result.exit_code == 2
+    assert "learned from labelled photos" in result.stderr and "whitening.kind=pca" in result.stderr
+    assert not (tmp_path / "store").exists()
+
+
 def test_missing_store_exit_2_with_message(tmp_path):
     result = run("search", tmp_path / "x.jpg", "--store", tmp_path / "nostore")
     assert result.exit_code == 2 and "no store at" in result.stderr

@@ -64,7 +64,7 @@ def test_learned_whitening_store_keeps_its_validation_photos_out(mini_gldv2, fas
     assert model_validation_ids(lm.store, lm.store.keys("train")) == held
     assert Landmarks.open(store, device="cpu").recognize([str(eiffel_query)])[0].landmark_id == 47378
     # the unlabelled index split cannot teach it
-    with pytest.raises(WhiteningError, match="learn_on=train"):
+    with pytest.raises(WhiteningError, match="has none in index: set whitening.learn_on to a labelled split"):
         Landmarks.build(mini_gldv2, tmp_path / "other", load_config(overrides=[*fast_overrides, "whitening.kind=learned"]),
                         progress=False)
 

@@ -238,8 +238,8 @@ def learn_store_whitening(config: Config, base: Extractor, items: Sequence[Photo
         skip = set(held_out)
         items = [r for r in items if getattr(r, "landmark_id", None) is not None and r.id not in skip]
         if not items:
-            raise WhiteningError(f"whitening.kind=learned needs labelled photos, and the split(s) "
-                                 f"'{wc.learn_on}' it is learned on have none (set whitening.learn_on=train)")
+            raise WhiteningError("whitening.kind=learned is learned from labelled photos, and none of those given "
+                                 "has a label")
     res = base.extract(items, cache_dir=cache_dir, progress=progress, description="extract (whitening)")
     if wc.kind == "learned":
         label = {r.id: r.landmark_id for r in items}
