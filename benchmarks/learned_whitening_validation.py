@@ -30,7 +30,7 @@ import landmark
 from landmark.data.manifests import ImageRecord
 from landmark.evaluation.metrics import global_average_precision, mean_average_precision_at_k
 from landmark.features.whitening import l2n, learn_labelled_whitening
-from landmark.recognition.calibrate import model_validation_ids
+from landmark.recognition.calibrate import VAL_FRACTION, model_validation_ids
 from landmark.recognition.knn import knn_vote
 from landmark.training.data import split_by_photo
 
@@ -72,7 +72,7 @@ def main() -> None:
     held_ids = model_validation_ids(st, keys, args.seed)
     if not held_ids:
         records = [ImageRecord(k, Path(rows[k].path or k), rows[k].landmark_id) for k in keys]
-        held_ids = {r.id for r in split_by_photo(records, 0.15, 2, args.seed).val}
+        held_ids = {r.id for r in split_by_photo(records, VAL_FRACTION, 2, args.seed).val}
     held = [k for k in keys if k in held_ids]
     train = [k for k in keys if k not in held_ids]
     _, negatives = lm.recognizer.known_non_landmarks()

@@ -578,27 +578,33 @@ class Landmarks:
 def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequence[str], *, device: str | None,
                      overwrite: bool, progress: bool | None) -> None:
     """Learn the store's whitening before the store is made: PCA on its ``whitening.learn_on`` split
-    (the index, unlabelled), or the learned whitening on that split's labelled photos, less those kept
-    for validation: the photos the store's trained models held out, else the split by photo that
-    ``landmark calibrate`` makes (15 % per landmark, seed 0)."""
+    (the index, unlabelled), or the learned whitening on that split's labelled photos less those kept
+    for validation (:func:`~landmark.recognition.calibrate.validation_holdout`)."""
     if (store_dir / "meta.sqlite").exists() and (store_dir / WHITENING_FILE).exists() and not overwrite:
         return   # an existing store keeps its whitening; create() checks the signature
-    learn = [s for s in splits if config.whitening.learn_on in (s, "all")] or list(splits)
+    wc = config.whitening
+    learn = [s for s in splits if wc.learn_on in (s, "all")] or list(splits)
     records = [r for s in learn for r in dataset_manifest(root, s).records]
     held: set[str] = set()
-    if config.whitening.kind == "learned":
-        from .recognition.calibrate import held_out_by_config
-        from .training.data import split_by_photo
+    if wc.kind == "learned":
+        from .recognition.calibrate import validation_holdout
 
         labelled = [r for r in records if r.landmark_id is not None]
         if not labelled:
+            named = "" if wc.learn_on in (*splits, "all") else f" (whitening.learn_on={wc.learn_on} is not built here)"
             raise WhiteningError(f"whitening.kind=learned is learned from labelled photos, and {root} has none in "
-                                 f"{' + '.join(learn)}: set whitening.learn_on to a labelled split (train of a "
-                                 "GLDv2 root), or use whitening.kind=pca")
-        held = held_out_by_config(config) or {r.id for r in split_by_photo(labelled, 0.15, 2, 0).val}
+                                 f"{' + '.join(learn)}{named}: learn it on a labelled split (train of a GLDv2 root), "
+                                 "or use whitening.kind=pca")
+        held = validation_holdout(config, labelled)
+    base = base_extractor(config, device=device)
+    if wc.kind == "learned" and wc.shrinkage <= 0:   # rank of the within-landmark covariance <= photos - landmarks
+        rest = [r for r in labelled if r.id not in held]
+        if len(rest) - len({r.landmark_id for r in rest}) < base.dim:
+            raise WhiteningError(f"{len(rest)} labelled photos of {len({r.landmark_id for r in rest})} landmarks leave "
+                                 f"the within-landmark covariance of {base.dim}-d descriptors singular: set "
+                                 "whitening.shrinkage > 0 (0.2 in lite2-gem-lw)")
     cache = store_dir / "_work" / f"whitening-{learn[0]}" if len(learn) == 1 else None   # un-whitened vectors
-    learn_store_whitening(config, base_extractor(config, device=device), records, store_dir,
-                          cache_dir=cache, progress=progress, held_out=sorted(held))
+    learn_store_whitening(config, base, records, store_dir, cache_dir=cache, progress=progress, held_out=sorted(held))
 
 
 def open(store_dir: str | Path, device: str | None = None) -> Landmarks:  # noqa: A001 - mirrors io.open style

@@ -344,7 +344,7 @@ def evaluate_revisited_cmd(root: Path = typer.Argument(..., help="revisitop data
 @_friendly
 def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: only its train split's photos are used (default: all labelled store photos)."),
                   store: Path = StoreOpt,
-                  val_fraction: float = typer.Option(0.15, "--val-fraction", help="Photos of each landmark held out as validation queries (a store of a `landmark train` model validates on the photos that model held out instead)."),
+                  val_fraction: float = typer.Option(0.15, "--val-fraction", help="Photos of each landmark held out as validation queries (a store of a `landmark train` model validates on the photos that model held out instead, one with a learned whitening on the photos it was not learned on)."),
                   seed: int = typer.Option(0, "--seed", help="Split seed (as --val-fraction)."),
                   landmark_loss: float = typer.Option(0.02, "--landmark-loss", help="Share of validation landmarks a filter may reject."),
                   device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):

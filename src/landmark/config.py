@@ -152,8 +152,8 @@ class WhiteningConfig:
     dim: int = 256                        # dim, power, shrinkage: chosen on a validation split of train
     power: float = 0.0                    #   (benchmarks/retrieval_validation.py); pca only
     shrinkage: float = 0.0                # fraction of the mean eigenvalue added to every eigenvalue
-                                          #   (learned: of the within-landmark covariance; needs > 0 with
-                                          #   fewer labelled photos than dimensions)
+                                          #   (learned: of the within-landmark covariance; needs > 0 when
+                                          #   labelled photos less landmarks are fewer than dimensions)
     learn_on: str = "index"               # split whose photos it is learned on ("all" = every split); learned:
                                           #   a labelled one (train), less the photos kept for validation
 

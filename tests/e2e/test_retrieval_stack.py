@@ -64,9 +64,14 @@ def test_learned_whitening_store_keeps_its_validation_photos_out(mini_gldv2, fas
     assert model_validation_ids(lm.store, lm.store.keys("train")) == held
     assert Landmarks.open(store, device="cpu").recognize([str(eiffel_query)])[0].landmark_id == 47378
     # the unlabelled index split cannot teach it
-    with pytest.raises(WhiteningError, match="has none in index: set whitening.learn_on to a labelled split"):
+    with pytest.raises(WhiteningError, match="has none in index: learn it on a labelled split"):
         Landmarks.build(mini_gldv2, tmp_path / "other", load_config(overrides=[*fast_overrides, "whitening.kind=learned"]),
                         progress=False)
+    # nor can 40 photos of 4 landmarks without shrinkage: refused before anything is extracted
+    with pytest.raises(WhiteningError, match="singular: set whitening.shrinkage > 0"):
+        Landmarks.build(mini_gldv2, tmp_path / "third", load_config(overrides=[
+            *fast_overrides, "whitening.kind=learned", "whitening.learn_on=train", "whitening.shrinkage=0"]), progress=False)
+    assert not (tmp_path / "third").exists()
 
 
 def test_evaluate_reports_the_ablation(mini_gldv2, mini_store, fast_overrides, tmp_path):

@@ -160,3 +160,29 @@ def test_a_zoomed_extractor_reads_larger_photos_with_the_same_network_and_no_pro
     assert (big.cfg.image_size, big.cfg.batch_size, big.probe) == (448, 2, None)
     assert (base.cfg.image_size, base.cfg.batch_size, base.probe_name) == (224, 8, "p")     # the original is untouched
     assert max(big.target_shape(640, 480)) == 448 and max(base.target_shape(640, 480)) == 224
+
+
+def test_learned_store_whitening_uses_only_the_labelled_photos_asked_for(tmp_path):
+    from landmark.features.whitening import Whitening, learn_labelled_whitening
+
+    class Cached(Fake):
+        def extract(self, items, **kw):   # a resumable cache can hold photos of an earlier run
+            stale = [Item("stale1"), Item("stale2")]
+            return super().extract([*items, *stale], **kw)
+
+    class Labelled(Item):
+        def __init__(self, i, label):
+            super().__init__(i)
+            self.landmark_id = label
+
+    base = Cached(16, 0)
+    items = [Labelled(f"i{n}", n % 3) for n in range(30)] + [Labelled("u", None)]
+    cfg = load_config(overrides=["whitening.kind=learned", "whitening.dim=4", "whitening.shrinkage=0.1"])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    w = learn_store_whitening(cfg, base, items, tmp_path, cache_dir=cache, held_out=["i1", "i0"])
+    rest = [f"i{n}" for n in range(2, 30)]
+    expected = learn_labelled_whitening(np.stack([base.vec(i) for i in rest]), np.arange(2, 30) % 3, 4, shrinkage=0.1)
+    assert np.allclose(w.projection, expected.projection) and np.allclose(w.mean, expected.mean)
+    assert w.held_out == ("i0", "i1") and Whitening.load(tmp_path / "whitening.npz").digest == w.digest
+    assert not cache.exists()            # its un-whitened vectors are not left behind

@@ -135,8 +135,12 @@ def test_learned_whitening_finds_the_landmarks_a_nuisance_hides():
 def test_learned_whitening_needs_landmarks_and_shrinkage_when_singular():
     x, labels = _landmarks(n_per=2, classes=3)           # 6 photos, 16 dimensions
     with pytest.raises(WhiteningError, match="singular.*shrinkage"):
-        learn_labelled_whitening(x, labels, dim=8, shrinkage=0.0)
-    assert learn_labelled_whitening(x, labels, dim=8, shrinkage=0.1).out_dim == 8
+        learn_labelled_whitening(x, labels, dim=4, shrinkage=0.0)
+    assert learn_labelled_whitening(x, labels, dim=4, shrinkage=0.1).out_dim == 4
+    # beyond the rank of the centred photos, components would be arbitrary
+    with pytest.raises(WhiteningError, match="span at most 5"):
+        learn_labelled_whitening(x, labels, dim=6, shrinkage=0.1)
+    assert learn_labelled_whitening(x, labels, dim=None, shrinkage=0.1).out_dim == 5
     with pytest.raises(WhiteningError, match="at least 2 landmarks"):
         learn_labelled_whitening(x, np.array([0, 0, 1, 2, 3, 4]), dim=4, shrinkage=0.1)
     # unlabelled rows (-1) are ignored, not taken for one more landmark
@@ -157,9 +161,29 @@ def test_learned_whitening_file_keeps_its_kind_and_held_out_photos(tmp_path):
     assert back.signature["kind"] == "learned"
     # the same arrays as a PCA whitening are another whitening (its digest differs)
     assert Whitening(w.mean, w.projection, w.eigenvalues, w.power, w.shrinkage).digest != w.digest
+    # a PCA whitening keeps the digest and signature stores were built with (computed by the code before
+    # learned whitening existed), so they keep opening
+    fixed = Whitening(np.arange(3.0), np.arange(6.0).reshape(2, 3) / 10, np.array([2.0, 1.0]), 0.5, 0.1)
+    assert fixed.digest == "3721d262a622b033"
+    assert fixed.signature == {"digest": "3721d262a622b033", "in_dim": 3, "dim": 2, "power": 0.5, "shrinkage": 0.1}
     # files written before learned whitening existed load as PCA, with the digest they had
     pca = learn_whitening(x, dim=5)
     np.savez(tmp_path / "old.npz", mean=pca.mean, projection=pca.projection, eigenvalues=pca.eigenvalues,
              power=np.float64(pca.power), shrinkage=np.float64(pca.shrinkage))
     old = Whitening.load(tmp_path / "old.npz")
     assert old.kind == "pca" and old.held_out == () and old.digest == pca.digest and "kind" not in old.signature
+
+
+def test_learned_whitening_weighs_landmarks_as_all_their_pairs():
+    # unequal landmarks: the whitened covariance is that of every same-landmark pair difference
+    rng = np.random.default_rng(4)
+    sizes = (2, 3, 7, 15, 40)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    d = 6
+    per_class = [rng.normal(size=(d, d)) for _ in sizes]        # each landmark varies its own way
+    x = np.concatenate([rng.normal(size=(n, d)) @ a + 3 * c for c, (n, a) in enumerate(zip(sizes, per_class))])
+    w = learn_labelled_whitening(x, labels, dim=None, shrinkage=0.0)
+    diffs = np.concatenate([(x[i] - x[j])[None] for c in range(len(sizes)) for i in np.flatnonzero(labels == c)
+                            for j in np.flatnonzero(labels == c) if i < j])
+    pairs = w.projection @ (diffs.T @ diffs) @ w.projection.T
+    assert np.allclose(pairs / pairs[0, 0], np.eye(d), atol=1e-8)

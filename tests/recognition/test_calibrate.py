@@ -93,3 +93,46 @@ def test_held_out_by_an_ensemble_is_what_no_trained_member_trained_on(tmp_path, 
     with caplog.at_level("WARNING"):
         assert held_out_by_model(_fake_store(tmp_path, (lite2, ["a"]), (lite1, ["b"]))) == set()
     assert "no photo in common" in caplog.text
+
+
+def test_learned_whitening_holds_out_what_calibrations_validate_on(tmp_path, caplog):
+    import dataclasses
+    import types
+    from pathlib import Path
+
+    from landmark.config import WhiteningConfig
+    from landmark.data.manifests import ImageRecord
+    from landmark.features.whitening import learn_labelled_whitening
+    from landmark.recognition.calibrate import model_validation_ids, validation_holdout
+    from landmark.training.data import split_by_photo
+
+    labelled = [ImageRecord(f"p{i}", Path(f"/x/p{i}.jpg"), i % 4) for i in range(40)]
+    pretrained = _fake_store(tmp_path, ("tf_efficientnet_lite2", None))
+    by_photo = {r.id for r in split_by_photo(labelled, 0.15, 2, 0).val}
+    assert validation_holdout(pretrained.config, labelled) == by_photo
+    # a trained model's held-out photos, when they are this dataset's
+    trained = _fake_store(tmp_path, ("tf_efficientnet_lite2", ["p1", "p2", "p3", "p5"]))
+    assert validation_holdout(trained.config, labelled) == {"p1", "p2", "p3", "p5"}
+    # a model trained on another dataset: the split by photo
+    other = _fake_store(tmp_path, ("tf_efficientnet_lite2", ["q1", "q2", "p1"]))
+    assert validation_holdout(other.config, labelled) == by_photo
+
+    # a store with a learned whitening validates on the photos its file records, whatever else
+    x = np.random.default_rng(0).normal(size=(40, 8))
+    root = tmp_path / "lw"
+    root.mkdir()
+    learn_labelled_whitening(x, np.arange(40) % 4, 4, shrinkage=0.1, held_out=("p1", "p7", "p9")).save(root / "whitening.npz")
+    config = dataclasses.replace(other.config, whitening=WhiteningConfig(kind="learned"))
+    store = types.SimpleNamespace(config=config, root=root)
+    keys = [r.id for r in labelled]
+    assert model_validation_ids(store, keys) == {"p1", "p7", "p9"}    # not the split by photo other stores fall to
+    assert model_validation_ids(store, keys[:5]) == {"p1"}
+    with caplog.at_level("WARNING"):
+        assert model_validation_ids(store, ["p2", "p3"]) == set()
+    assert "learned on" in caplog.text
+    # a PCA whitening holds nothing out: the model's rule applies (this model's photos are not these)
+    from landmark.features.whitening import learn_whitening
+
+    learn_whitening(x, 4).save(root / "whitening.npz")
+    pca_store = types.SimpleNamespace(config=dataclasses.replace(config, whitening=WhiteningConfig(kind="pca")), root=root)
+    assert model_validation_ids(pca_store, keys) == set()

@@ -284,7 +284,7 @@ def fit_threshold(space: Space, score: Callable[[np.ndarray], float], ec: Expans
 
 class Validation(NamedTuple):
     """A store's validation space, its mAP@100 scorer, its number of known non-landmarks, and how
-    its photos were split (``"held out by the model"`` or ``"by photo"``)."""
+    its photos were split (``"held out by the model"``, ``"held out by the learned whitening"`` or ``"by photo"``)."""
     space: Space
     score: Callable[[np.ndarray], float]
     negatives: int
@@ -299,7 +299,7 @@ def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = 
     For a store of a model from ``landmark train``, the photos that model held out are the database
     and the queries, and the photos it trained on vote (unless that gives fewer than
     ``MIN_HELD_QUERIES`` queries that can find their landmark)."""
-    from ..recognition.calibrate import model_validation_ids
+    from ..recognition.calibrate import held_out_by_whitening, held_out_label, model_validation_ids
 
     store = lm.store
     wanted = set(train_ids) if train_ids is not None else None
@@ -311,10 +311,14 @@ def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = 
     held_ids = model_validation_ids(store, keys, seed)
     held = [k in held_ids for k in keys] if held_ids else None
     if held is not None and answerable_queries(keys, labels, seed, held) < MIN_HELD_QUERIES:
-        log.warning("the photos the store's model held out give fewer than %d validation queries with a photo of "
-                    "their landmark to find (a landmark needs 2 of them): the retrieval calibration splits all "
-                    "labelled photos instead", MIN_HELD_QUERIES)
-        held = None
+        if held_out_by_whitening(store) is not None:   # the others taught the whitening: never validate on them
+            log.warning("the photos the store's learned whitening held out give fewer than %d validation queries "
+                        "with a photo of their landmark to find: the retrieval calibration is noisy", MIN_HELD_QUERIES)
+        else:
+            log.warning("the photos the store's model held out give fewer than %d validation queries with a photo "
+                        "of their landmark to find (a landmark needs 2 of them): the retrieval calibration splits "
+                        "all labelled photos instead", MIN_HELD_QUERIES)
+            held = None
     _, negatives = lm.recognizer.known_non_landmarks(lm.recognition_config)
     transform = transform or (lambda x: x)
     space, score = validation_space(transform(store.vectors(keys)), labels, seed,
@@ -322,7 +326,7 @@ def store_validation(lm, transform: Callable[[np.ndarray], np.ndarray] | None = 
                                     held=held)
     if not len(space.queries):
         return None
-    return Validation(space, score, len(negatives), "held out by the model" if held else "by photo")
+    return Validation(space, score, len(negatives), held_out_label(store) if held else "by photo")
 
 
 MIN_HELD_QUERIES = 10     # a split of a model's held-out photos answering fewer is not used

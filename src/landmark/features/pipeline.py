@@ -1,12 +1,13 @@
-"""The extractor a store uses: one model, or several models concatenated, optionally PCA-whitened.
+"""The extractor a store uses: one model, or several models concatenated, optionally whitened.
 
 * One model (the default) is a plain :class:`GlobalExtractor`, with the same signature as before,
   so stores built before ensembles and whitening existed keep opening.
 * ``config.ensemble`` adds models: each model's L2-normalised descriptor is computed, they are
   concatenated and divided by sqrt(#models) (a unit vector again) — :class:`EnsembleExtractor`.
-* ``config.whitening.kind = "pca"`` wraps either in :class:`WhitenedExtractor`, which projects with a
-  :class:`~landmark.features.whitening.Whitening` learned on the index split and kept in the store
-  as ``whitening.npz``; its digest is part of the signature. With ``keep_descriptors`` it also returns
+* ``config.whitening.kind = "pca"`` (or ``"learned"``) wraps either in :class:`WhitenedExtractor`,
+  which projects with a :class:`~landmark.features.whitening.Whitening` learned on the index split
+  (or on the labelled photos, less the validation ones) and kept in the store as ``whitening.npz``;
+  its digest is part of the signature. With ``keep_descriptors`` it also returns
   the un-whitened descriptors, as ``extras["descriptor"]``: a trained classifier head reads those.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -232,7 +234,8 @@ def learn_store_whitening(config: Config, base: Extractor, items: Sequence[Photo
                           held_out: Sequence[str] = ()) -> Whitening:
     """Extract ``items`` with ``base``, learn the store's whitening and save it in the store: PCA
     (``kind=pca``) of the photos (the index split), or the learned whitening (``kind=learned``) of the
-    labelled ones among them but those in ``held_out`` (kept for validation, recorded in the file)."""
+    labelled ones among them but those in ``held_out`` (kept for validation, recorded in the file).
+    ``cache_dir`` makes the extraction resumable and is removed once the whitening is saved."""
     wc = config.whitening
     if wc.kind == "learned":
         skip = set(held_out)
@@ -241,13 +244,16 @@ def learn_store_whitening(config: Config, base: Extractor, items: Sequence[Photo
             raise WhiteningError("whitening.kind=learned is learned from labelled photos, and none of those given "
                                  "has a label")
     res = base.extract(items, cache_dir=cache_dir, progress=progress, description="extract (whitening)")
+    wanted = {r.id: r for r in items}
+    keep = [n for n, i in enumerate(res.ids) if i in wanted]   # a cache may hold photos of an earlier run
+    vectors, ids = res.vectors[keep], [res.ids[n] for n in keep]
+    dim = min(wc.dim, base.dim, len(vectors) - 1)
     if wc.kind == "learned":
-        label = {r.id: r.landmark_id for r in items}
-        w = learn_labelled_whitening(res.vectors, np.array([label[i] for i in res.ids], np.int64),
-                                     min(wc.dim, base.dim), shrinkage=wc.shrinkage,
-                                     held_out=tuple(sorted(set(held_out))))
+        w = learn_labelled_whitening(vectors, np.array([wanted[i].landmark_id for i in ids], np.int64), dim,
+                                     shrinkage=wc.shrinkage, held_out=tuple(sorted(set(held_out))))
     else:
-        dim = min(wc.dim, base.dim, len(res.vectors) - 1)
-        w = learn_whitening(res.vectors, dim, power=wc.power, shrinkage=wc.shrinkage)
+        w = learn_whitening(vectors, dim, power=wc.power, shrinkage=wc.shrinkage)
     w.save(Path(store_root) / WHITENING_FILE)
+    if cache_dir is not None:
+        shutil.rmtree(cache_dir, ignore_errors=True)
     return w

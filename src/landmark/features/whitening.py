@@ -44,8 +44,8 @@ class Whitening:
 
     mean: np.ndarray          # D, float64
     projection: np.ndarray    # d x D, float64
-    eigenvalues: np.ndarray   # d, float64 (of the kept components, descending)
-    power: float
+    eigenvalues: np.ndarray   # d, float64 (of the kept components, descending; learned: after the within-landmark whitening)
+    power: float              # learned: 1 (whitened within landmarks)
     shrinkage: float
     kind: str = "pca"                     # pca (learn_whitening) | learned (learn_labelled_whitening)
     held_out: tuple[str, ...] = ()        # learned: ids of the labelled photos it was not learned on
@@ -145,8 +145,9 @@ def learn_labelled_whitening(x: np.ndarray, labels: np.ndarray, dim: int | None 
 
     ``S_w`` is the covariance of the differences of all same-landmark pairs (cirtorch's ``whitenlearn``
     over every matching pair, up to a factor 2): photos around their landmark's mean, each weighted by
-    its landmark's number of photos. With fewer photos than dimensions it is singular:
-    ``shrinkage`` (a fraction of its mean eigenvalue added to every eigenvalue) must then be > 0.
+    its landmark's number of photos. Its rank is at most the number of photos less the number of
+    landmarks; below the dimension it is singular, and ``shrinkage`` (a fraction of its mean
+    eigenvalue added to every eigenvalue) must be > 0. ``dim`` is at most the photos less one.
     Rows whose label is negative, and landmarks with a single photo, add nothing to ``S_w``.
     ``held_out`` records the photos kept out for validation (saved with it, read by calibrations).
     """
@@ -164,9 +165,10 @@ def learn_labelled_whitening(x: np.ndarray, labels: np.ndarray, dim: int | None 
     if np.sum(counts >= 2) < 2:
         raise WhiteningError("a learned whitening needs at least 2 landmarks with 2 or more labelled photos each")
     n, d_in = x.shape
-    dim = d_in if dim is None else int(dim)
-    if not 1 <= dim <= d_in:
-        raise WhiteningError(f"cannot keep {dim} dimensions of {d_in}-d vectors")
+    rank = min(n - 1, d_in)
+    dim = rank if dim is None else int(dim)
+    if not 1 <= dim <= rank:
+        raise WhiteningError(f"cannot keep {dim} dimensions: {n} vectors of {d_in} dimensions span at most {rank}")
     means = np.zeros((len(classes), d_in))
     np.add.at(means, inverse, x)
     means /= counts[:, None]

@@ -184,25 +184,55 @@ def _checkpoint_val_ids(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
 
 
 def held_out_by_whitening(store) -> set[str] | None:
-    """The labelled photos a store's learned whitening (``whitening.kind=learned``) was not learned on;
-    None for other stores."""
+    """The labelled photos a store's learned whitening (``whitening.kind=learned``) was not learned on,
+    as its file records them; None for other stores."""
     from ..features.pipeline import WHITENING_FILE
     from ..features.whitening import Whitening
 
-    if store.config.whitening.kind != "learned" or not (store.root / WHITENING_FILE).is_file():
+    if store.config.whitening.kind == "none" or not (Path(store.root) / WHITENING_FILE).is_file():
         return None
-    return set(Whitening.load(store.root / WHITENING_FILE).held_out)
+    w = Whitening.load(Path(store.root) / WHITENING_FILE)
+    return set(w.held_out) if w.kind == "learned" else None
+
+
+def held_out_label(store) -> str:
+    """How a store's validation photos were held out, for calibration reports."""
+    return "held out by the learned whitening" if held_out_by_whitening(store) is not None else "held out by the model"
+
+
+VAL_FRACTION, VAL_SEED = 0.15, 0     # calibrate's split by photo: the share of each landmark's photos, the seed
+
+
+def validation_holdout(config, labelled: Sequence[ImageRecord], val_fraction: float = VAL_FRACTION,
+                       seed: int = VAL_SEED) -> set[str]:
+    """The ``labelled`` photos that a store of ``config`` keeps out of what it learns from labels (its
+    learned whitening), for calibrations to validate on: those its trained models held out when at
+    least half of them are among ``labelled`` (as :func:`model_validation_ids` requires), else the
+    split by photo that ``landmark calibrate`` makes."""
+    from ..training.data import split_by_photo
+
+    ids = {r.id for r in labelled}
+    held = held_out_by_config(config)
+    if held and len(held & ids) >= 0.5 * len(held):
+        return held & ids
+    return {r.id for r in split_by_photo(labelled, val_fraction, 2, seed).val}
 
 
 def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[str]:
-    """Those of the ``labelled`` store photos that neither the store's trained models nor its learned
-    whitening were fitted on (what calibrations validate on); empty for a pretrained model without
-    one, or when fewer than half of the photos held out are among them (another dataset than the
-    model's: a split of its own is used)."""
-    held = held_out_by_model(store)
+    """Those of the ``labelled`` store photos that the store never fitted anything on (what calibrations
+    validate on): for a store with a learned whitening, the photos it recorded as held out (which
+    include those its trained models held out); else those the store's trained models never trained
+    on. Empty for a pretrained model without a learned whitening, or when fewer than half of the
+    photos a model held out are among ``labelled`` (another dataset than the model's): the caller
+    then splits the photos itself."""
     learned = held_out_by_whitening(store)
     if learned is not None:
-        held = learned if held is None else held & learned
+        found = learned.intersection(labelled)
+        if not found:
+            log.warning("none of the photos the store's learned whitening held out are among these labelled ones: "
+                        "validating on photos it was learned on")
+        return found
+    held = held_out_by_model(store)
     if not held:
         return set()
     found = held.intersection(labelled)
@@ -213,7 +243,7 @@ def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[s
     return found
 
 
-def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction: float = 0.15, seed: int = 0,
+def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction: float = VAL_FRACTION, seed: int = VAL_SEED,
                     landmark_loss: float = 0.02, max_negatives: int = 5000, max_region_queries: int = 2000,
                     write: bool = True, progress: bool | None = None) -> dict[str, Any]:
     """Refit the thresholds of ``lm``'s store (see the module docstring); returns what was fitted and on what."""
@@ -308,7 +338,7 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
               "validation": {"landmark_queries": len(val_pick), "database_photos": len(split.train),
                              "regions": cfg.regions, "zoom": float(cfg.zoom), "photos_with_regions": with_regions,
                              "non_landmark_queries": int(len(neg_pick)), "known_non_landmarks": len(neg_keys),
-                             "split": "held out by the model" if held_val else "by photo",
+                             "split": held_out_label(store) if held_val else "by photo",
                              "val_fraction": val_fraction, "seed": seed, "landmark_loss": landmark_loss,
                              "prior_source": lm.prior_source,
                              "non_landmark_source": "unlabelled store photos flagged by the object prior + split 'distractors'"},
