@@ -597,13 +597,17 @@ def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequen
                                  "or use whitening.kind=pca")
         held = validation_holdout(config, labelled)
     base = base_extractor(config, device=device)
+    from .recognition.setup import attach_prior
+
+    attach_prior(base, config.recognition)   # as the store's extractor will: it then reuses these photos' cache
     if wc.kind == "learned" and wc.shrinkage <= 0:   # rank of the within-landmark covariance <= photos - landmarks
         rest = [r for r in labelled if r.id not in held]
         if len(rest) - len({r.landmark_id for r in rest}) < base.dim:
             raise WhiteningError(f"{len(rest)} labelled photos of {len({r.landmark_id for r in rest})} landmarks leave "
                                  f"the within-landmark covariance of {base.dim}-d descriptors singular: set "
                                  "whitening.shrinkage > 0 (0.2 in lite2-gem-lw)")
-    cache = store_dir / "_work" / f"whitening-{learn[0]}" if len(learn) == 1 else None   # un-whitened vectors
+    # the store's extraction of that split reads the same cache (its extractor is this one, whitened), then removes it
+    cache = store_dir / "_work" / f"extract-{learn[0]}" if len(learn) == 1 else None
     learn_store_whitening(config, base, records, store_dir, cache_dir=cache, progress=progress, held_out=sorted(held))
 
 

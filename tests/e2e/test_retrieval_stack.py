@@ -61,6 +61,7 @@ def test_learned_whitening_store_keeps_its_validation_photos_out(mini_gldv2, fas
     assert np.allclose(again.projection, w.projection, atol=1e-6)
     # every photo is stored, and calibrations validate on exactly the held-out ones
     assert sum(report.added.values()) == len(lm.store) and held <= set(lm.store.keys("train"))
+    assert not list((store / "_work").glob("extract-*"))   # the store's extraction used up the whitening's cache
     assert model_validation_ids(lm.store, lm.store.keys("train")) == held
     assert Landmarks.open(store, device="cpu").recognize([str(eiffel_query)])[0].landmark_id == 47378
     # the unlabelled index split cannot teach it

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -235,7 +234,7 @@ def learn_store_whitening(config: Config, base: Extractor, items: Sequence[Photo
     """Extract ``items`` with ``base``, learn the store's whitening and save it in the store: PCA
     (``kind=pca``) of the photos (the index split), or the learned whitening (``kind=learned``) of the
     labelled ones among them but those in ``held_out`` (kept for validation, recorded in the file).
-    ``cache_dir`` makes the extraction resumable and is removed once the whitening is saved."""
+    ``cache_dir`` makes the extraction resumable (it may hold other photos: only ``items`` are read)."""
     wc = config.whitening
     if wc.kind == "learned":
         skip = set(held_out)
@@ -254,6 +253,4 @@ def learn_store_whitening(config: Config, base: Extractor, items: Sequence[Photo
     else:
         w = learn_whitening(vectors, dim, power=wc.power, shrinkage=wc.shrinkage)
     w.save(Path(store_root) / WHITENING_FILE)
-    if cache_dir is not None:
-        shutil.rmtree(cache_dir, ignore_errors=True)
     return w
