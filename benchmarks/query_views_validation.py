@@ -29,7 +29,7 @@ from PIL import Image
 import landmark
 from landmark.data.manifests import ImageRecord
 from landmark.evaluation.metrics import global_average_precision
-from landmark.recognition.calibrate import model_validation_ids
+from landmark.recognition.calibrate import VAL_FRACTION, model_validation_ids
 from landmark.training.data import split_by_photo
 
 
@@ -61,7 +61,7 @@ def main() -> None:
     held = sorted(model_validation_ids(src.store, keys, args.seed))
     if not held:
         labelled = [ImageRecord(k, Path(rows[k].path), rows[k].landmark_id) for k in keys if rows[k].landmark_id is not None]
-        held = sorted(r.id for r in split_by_photo(labelled, 0.15, 2, args.seed).val)
+        held = sorted(r.id for r in split_by_photo(labelled, VAL_FRACTION, 2, args.seed).val)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(args.store, Path(tmp) / "store")
         lm = landmark.open(Path(tmp) / "store")

@@ -36,6 +36,7 @@ from .retrieval.rerank import Verifier, rerank_shortlist
 from .retrieval.category import StoreCategories, category_first
 from .retrieval.search import ExpandedSearch, rank
 from .retrieval.verification import draw_matches, verify
+from .recognition.calibrate import VAL_FRACTION, VAL_SEED
 from .recognition.pipeline import Decision, Evidence, Recognizer, decide
 
 log = logging.getLogger(__name__)
@@ -502,7 +503,7 @@ class Landmarks:
                                    d.score, ev.votes[qi].votes, matches, grade=d.grade, evidence=d.evidence))
         return out
 
-    def calibrate(self, *, train_ids: Sequence[str] | None = None, val_fraction: float = 0.15, seed: int = 0,
+    def calibrate(self, *, train_ids: Sequence[str] | None = None, val_fraction: float = VAL_FRACTION, seed: int = VAL_SEED,
                   landmark_loss: float = 0.02, expansion: bool = True, category: bool = True,
                   progress: bool | None = None) -> dict:
         """Refit the recognition thresholds (object prior, distractor filter, grades) and, if asked,

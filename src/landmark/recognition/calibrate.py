@@ -187,12 +187,22 @@ def held_out_by_whitening(store) -> set[str] | None:
     """The labelled photos a store's learned whitening (``whitening.kind=learned``) was not learned on,
     as its file records them; None for other stores."""
     from ..features.pipeline import WHITENING_FILE
+
+    path = Path(store.root) / WHITENING_FILE if store.config.whitening.kind != "none" else None
+    if path is None or not path.is_file():
+        return None
+    st = path.stat()
+    held = _whitening_held_out(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return None if held is None else set(held)
+
+
+@functools.lru_cache(maxsize=4)
+def _whitening_held_out(path: str, mtime_ns: int, size: int) -> frozenset[str] | None:
+    """The ``held_out`` of a learned whitening file, read once per version of the file (None: PCA)."""
     from ..features.whitening import Whitening
 
-    if store.config.whitening.kind == "none" or not (Path(store.root) / WHITENING_FILE).is_file():
-        return None
-    w = Whitening.load(Path(store.root) / WHITENING_FILE)
-    return set(w.held_out) if w.kind == "learned" else None
+    w = Whitening.load(path)
+    return frozenset(w.held_out) if w.kind == "learned" else None
 
 
 def held_out_label(store) -> str:
