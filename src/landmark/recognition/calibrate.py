@@ -221,11 +221,21 @@ def validation_holdout(config, labelled: Sequence[ImageRecord], val_fraction: fl
     split by photo that ``landmark calibrate`` makes."""
     from ..training.data import split_by_photo
 
-    ids = {r.id for r in labelled}
-    held = held_out_by_config(config)
-    if held and len(held & ids) >= 0.5 * len(held):
-        return held & ids
-    return {r.id for r in split_by_photo(labelled, val_fraction, 2, seed).val}
+    found = _held_here(held_out_by_config(config), [r.id for r in labelled], seed)
+    return found or {r.id for r in split_by_photo(labelled, val_fraction, 2, seed).val}
+
+
+def _held_here(held: set[str] | None, labelled: Sequence[str], seed: int) -> set[str]:
+    """Those of ``labelled`` among the photos trained models ``held`` out; empty when none are known or
+    fewer than half of them are among ``labelled`` (another dataset than the models')."""
+    if not held:
+        return set()
+    found = held.intersection(labelled)
+    if len(found) < 0.5 * len(held):
+        log.warning("only %d of the %d photos the store's model held out are labelled here: validating on a "
+                    "split by photo (seed %d) instead", len(found), len(held), seed)
+        return set()
+    return found
 
 
 def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[str]:
@@ -242,15 +252,7 @@ def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[s
             log.warning("none of the photos the store's learned whitening held out are among these labelled ones: "
                         "validating on photos it was learned on")
         return found
-    held = held_out_by_model(store)
-    if not held:
-        return set()
-    found = held.intersection(labelled)
-    if len(found) < 0.5 * len(held):
-        log.warning("only %d of the %d photos the store's model held out are labelled here: validating on a "
-                    "split by photo (seed %d) instead", len(found), len(held), seed)
-        return set()
-    return found
+    return _held_here(held_out_by_model(store), labelled, seed)
 
 
 def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction: float = VAL_FRACTION, seed: int = VAL_SEED,
