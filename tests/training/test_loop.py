@@ -92,6 +92,7 @@ def test_full_fine_tuning_path_without_cache(tiny_folder, tmp_path):
     ("optim.epochs=0", "optim.epochs: expected at least 1"), ("data.val_fraction=1.0", "data.val_fraction"),
     ("optim.ema=1.5", "optim.ema"), ("freeze_stages=0", "cache_views needs freeze_stages"),
     ("model.backbone=resnet9000", "model.backbone: unknown backbone"),
+    ("data.split=val", "data.split: expected one of"), ("data.split=index", "that split is unlabelled; give data.labels"),
 ])
 def test_training_settings_no_loop_can_run_with_are_refused_by_key(override, message, tmp_path):
     from landmark.config import ConfigError

@@ -32,6 +32,9 @@ class TrainDataConfig:
     sampler: str = "balanced"        # balanced | inverse_freq | random
     epoch_samples: int = 0           # photos drawn per epoch (0 = as many as training photos)
     num_workers: int = 1
+    split: str = "train"             # the GLDv2 split trained on (a folder dataset has one)
+    labels: str | None = None        # CSV of id,landmark_id replacing the split's labels, e.g. the
+                                     # index clusters of `landmark cluster` (photos it does not name are left out)
 
 
 @dataclass
@@ -130,6 +133,7 @@ MINIMUMS = {"data.image_size": 32, "data.min_per_class": 1, "data.epoch_samples"
 def check_train(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` if its choices exist and its counts are in range, else a :class:`ConfigError` naming
     the key (before any photo is read)."""
+    from ..data.manifests import GLDV2_SPLITS
     from .data import SAMPLER_POWERS
 
     check_models([cfg.model], "model")
@@ -139,6 +143,11 @@ def check_train(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"data.val_fraction: expected a share in [0, 1), got {cfg.data.val_fraction}")
     if cfg.optim.ema and not 0.0 < cfg.optim.ema < 1.0:
         raise ConfigError(f"optim.ema: expected 0 (off) or a decay in (0, 1), got {cfg.optim.ema}")
+    if cfg.data.split not in GLDV2_SPLITS:
+        raise ConfigError(f"data.split: expected one of {', '.join(GLDV2_SPLITS)}, got {cfg.data.split!r}")
+    if cfg.data.split != "train" and not cfg.data.labels:
+        raise ConfigError(f"data.split={cfg.data.split}: that split is unlabelled; give data.labels "
+                          "(e.g. the CSV `landmark cluster --split index` writes)")
     if cfg.cache_views and not cfg.freeze_stages:
         raise ConfigError("cache_views needs freeze_stages > 0 (only frozen stages can be cached)")
     return cfg

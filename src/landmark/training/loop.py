@@ -41,6 +41,7 @@ from ..utils.progress import progress_bar
 from .config import HEADS, OPTIMIZERS, SCHEDULES, TrainConfig, check_train
 from .data import AugmentedPhotos, Split, collate_skip_none, make_sampler, split_by_photo, train_transform
 from .losses import npairs_loss, one_vs_all_bce, smoothed_cross_entropy
+from .pseudo import read_labels, relabel
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +307,24 @@ class _Dist:
         return float(t.item()) / self.world
 
 
+def training_records(data: str | Path, cfg: TrainConfig) -> list[ImageRecord]:
+    """The photos of ``data`` training reads (its ``data.split``, or the folder) with their labels,
+    those of ``data.labels`` where given."""
+    gldv2 = is_gldv2(data)
+    if not gldv2 and cfg.data.split != "train":
+        raise ConfigError(f"data.split={cfg.data.split}: {data} is a folder of photos, not a GLDv2 root with splits")
+    records = (read_gldv2(data, cfg.data.split) if gldv2 else read_folder(data)).records
+    if cfg.data.labels:
+        records = relabel(records, read_labels(cfg.data.labels))
+        if not records:
+            raise DatasetError(f"data.labels={cfg.data.labels}: it names none of the photos of {data} "
+                               f"({cfg.data.split if gldv2 else 'folder'})")
+    return records
+
+
 def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bool = False,
           progress: bool | None = None, max_steps: int | None = None) -> FitResult:
-    """Fine-tune a descriptor network on the labelled ``train`` photos of ``data``.
+    """Fine-tune a descriptor network on the labelled photos of ``data`` (:func:`training_records`).
 
     Writes ``last.pt`` (full state, every epoch), ``model.pt`` (best validated model, usable as
     ``--model``), ``metrics.csv`` and ``train_config.json`` to ``out_dir``. ``max_steps`` stops early
@@ -320,8 +336,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
     _seed_all(cfg.seed)
-    manifest = read_gldv2(data, "train") if is_gldv2(data) else read_folder(data)
-    split = split_by_photo(manifest.records, cfg.data.val_fraction, cfg.data.min_per_class, cfg.seed)
+    split = split_by_photo(training_records(data, cfg), cfg.data.val_fraction, cfg.data.min_per_class, cfg.seed)
     if len(split.classes) < 2:   # one class: every loss is zero or constant, nothing is learned
         raise DatasetError(f"{data}: training needs photos of at least 2 landmarks with {cfg.data.min_per_class} or "
                            f"more photos each, found {len(split.classes)}")
@@ -478,6 +493,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                 best = score
                 save_checkpoint(model_path, evaluated.net, cfg.model, {
                     "classes": split.classes, "val_ids": [r.id for r in split.val],   # for calibration
+                    "train_split": cfg.data.split,
                     "head": evaluated.head.state_dict() if evaluated.head is not None else None,
                     "head_kind": cfg.head.kind, "epoch": epoch + 1, "metrics": row})
             with atomic_path(last_path) as tmp:

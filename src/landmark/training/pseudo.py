@@ -1,0 +1,172 @@
+"""Another training set from unlabelled photos: cluster them, one pseudo-landmark per cluster.
+
+The Baidu GLR19 solution (§2.1.1) clustered the stage-2 *index* set into about 40k classes and
+fine-tuned a model on them (``res152_arcmargin_index``), one of the six it concatenated. Here the
+clusters are the connected components of the graph that joins two photos when each is among the
+other's ``neighbours`` nearest and their cosine similarity reaches ``threshold`` (mutual k-NN, so a
+photo similar to everything, e.g. a blank sky, cannot chain unrelated groups). The threshold depends
+on the descriptor, so by default it is chosen on labelled photos: the lowest one at which the
+clusters those photos form are at least ``purity`` pure.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Collection, Mapping, Sequence
+
+import numpy as np
+
+from ..data import DatasetError
+from ..utils.io import atomic_path
+
+LABEL_OFFSET = 1_000_000_000   # pseudo-landmark ids start here, far above GLDv2's (< 203,094)
+
+
+@dataclass
+class ClusterConfig:
+    neighbours: int = 10              # k of the mutual k-NN graph
+    threshold: float | None = None    # cosine similarity an edge needs; None = chosen on labelled photos
+    min_size: int = 3                 # smaller clusters stay unlabelled
+    purity: float = 0.99              # what the chosen threshold must reach on the labelled photos
+    candidates: tuple[float, ...] = tuple(round(0.5 + 0.025 * i, 3) for i in range(19))   # 0.5 ... 0.95
+
+
+@dataclass
+class ThresholdChoice:
+    threshold: float
+    rows: list[dict] = field(default_factory=list)   # per candidate: threshold, purity, coverage, clusters
+
+
+def mutual_knn_clusters(vectors: np.ndarray, threshold: float, neighbours: int = 10, min_size: int = 3) -> np.ndarray:
+    """Cluster index (0, 1, ...) of each of the L2-normalised ``vectors``, -1 for photos in no cluster
+    of ``min_size`` or more. Clusters are numbered by decreasing size (ties by first photo)."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    k = min(neighbours + 1, n)
+    sims, nbrs = index.search(x, k)
+    near = [set(int(j) for j, s in zip(row_n, row_s) if j != i and j >= 0 and s >= threshold)
+            for i, (row_n, row_s) in enumerate(zip(nbrs, sims))]
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in near[i]:
+            if i in near[j]:
+                parent[root(i)] = root(j)
+    roots = np.array([root(i) for i in range(n)])
+    sizes = Counter(roots.tolist())
+    first = {}
+    for i, r in enumerate(roots.tolist()):
+        first.setdefault(r, i)
+    kept = sorted((r for r, c in sizes.items() if c >= min_size), key=lambda r: (-sizes[r], first[r]))
+    number = {r: c for c, r in enumerate(kept)}
+    return np.array([number.get(r, -1) for r in roots.tolist()], np.int64)
+
+
+def cluster_purity(clusters: np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
+    """``(purity, coverage)`` of ``clusters`` against the true ``labels``: the share of clustered
+    photos that carry their cluster's majority label (1.0 when none is clustered), and the share of
+    photos clustered at all."""
+    clusters, labels = np.asarray(clusters), np.asarray(labels)
+    inside = clusters >= 0
+    if not inside.any():
+        return 1.0, 0.0
+    majority = sum(Counter(labels[clusters == c].tolist()).most_common(1)[0][1] for c in np.unique(clusters[inside]))
+    return majority / int(inside.sum()), float(inside.mean())
+
+
+def choose_threshold(vectors: np.ndarray, labels: Sequence[int], cfg: ClusterConfig) -> ThresholdChoice:
+    """The lowest of ``cfg.candidates`` whose clusters of the labelled ``vectors`` are at least
+    ``cfg.purity`` pure and cover some photo (the highest candidate when none is)."""
+    if len(set(labels)) < 2:
+        raise DatasetError("choosing a clustering threshold needs labelled photos of at least 2 landmarks")
+    rows = []
+    for t in sorted(cfg.candidates):
+        c = mutual_knn_clusters(vectors, t, cfg.neighbours, cfg.min_size)
+        purity, coverage = cluster_purity(c, labels)
+        rows.append({"threshold": t, "purity": purity, "coverage": coverage, "clusters": int(c.max() + 1)})
+    good = [r for r in rows if r["purity"] >= cfg.purity and r["coverage"] > 0]
+    return ThresholdChoice((good[0] if good else rows[-1])["threshold"], rows)
+
+
+def write_labels(path: str | Path, ids: Sequence[str], clusters: np.ndarray, offset: int = LABEL_OFFSET) -> int:
+    """Write the clustered photos as ``id,landmark_id`` rows (landmark id = ``offset`` + cluster),
+    the columns of GLDv2's ``train.csv`` that training reads; returns how many rows."""
+    n = 0
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "landmark_id"])
+        for i, c in zip(ids, np.asarray(clusters).tolist()):
+            if c >= 0:
+                w.writerow([i, offset + c])
+                n += 1
+    return n
+
+
+def read_labels(path: str | Path) -> dict[str, int]:
+    """``id -> landmark_id`` from a CSV with those columns (``write_labels``' output, or a train.csv)."""
+    from ..data.manifests import _csv_rows, _parse_int
+
+    path = Path(path)
+    out: dict[str, int] = {}
+    with _csv_rows(path, ("id", "landmark_id")) as rows:
+        for line, (i, lab) in rows:
+            out.setdefault(i, _parse_int(lab, path, line, "landmark_id"))
+    return out
+
+
+def relabel(records: Sequence, labels: Mapping[str, int]) -> list:
+    """``records`` with their labels from ``labels`` (by id); photos it does not name are left out."""
+    from dataclasses import replace
+
+    return [replace(r, landmark_id=labels[r.id]) for r in records if r.id in labels]
+
+
+@dataclass
+class StoreClusters:
+    ids: list[str]
+    clusters: np.ndarray              # per id: cluster index, -1 = in none
+    threshold: float
+    chosen_on: str                    # what chose the threshold ("given", or which labelled photos)
+    choice: ThresholdChoice | None = None
+
+
+def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None, *,
+                  exclude: Collection[str] = ()) -> StoreClusters:
+    """Cluster the stored photos of ``split`` (less ``exclude``) by their global descriptors. Without ``cfg.threshold``
+    it is chosen on the store's labelled photos: those its trained model (or learned whitening) held
+    out where known, since the photos a model trained on sit closer than new ones would."""
+    from ..recognition.calibrate import model_validation_ids
+
+    cfg = cfg or ClusterConfig()
+    ids = store.keys(split)
+    if not ids:
+        raise DatasetError(f"the store has no photos of split {split!r} (it has: {', '.join(sorted(store.info()['splits'])) or 'none'})")
+    skip = set(exclude)
+    ids = [k for k in ids if k not in skip]
+    choice, chosen_on, threshold = None, "given", cfg.threshold
+    if threshold is None:
+        rows = store.get(store.keys())
+        own = set(ids)
+        labelled = [k for k, r in rows.items() if r.landmark_id is not None and k not in own]
+        held = model_validation_ids(store, labelled)
+        pick = sorted(held) if held else labelled
+        chosen_on = f"{len(pick)} labelled photos the model held out" if held else f"{len(pick)} labelled photos"
+        choice = choose_threshold(store.vectors(pick), [rows[k].landmark_id for k in pick], cfg)
+        threshold = choice.threshold
+    clusters = mutual_knn_clusters(store.vectors(ids), threshold, cfg.neighbours, cfg.min_size)
+    return StoreClusters(ids, clusters, threshold, chosen_on, choice)

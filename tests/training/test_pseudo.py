@@ -1,0 +1,114 @@
+"""Pseudo-landmarks from clustering unlabelled photos, and training on them."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from landmark.config import ConfigError
+from landmark.data import DatasetError, ImageRecord
+from landmark.models import load_checkpoint
+from landmark.training import load_train_config, train
+from landmark.training.loop import training_records
+from landmark.training.pseudo import (LABEL_OFFSET, ClusterConfig, choose_threshold, cluster_purity, mutual_knn_clusters,
+                                      read_labels, relabel, write_labels)
+
+
+def on_circle(degrees) -> np.ndarray:
+    a = np.radians(np.asarray(degrees, float))
+    return np.stack([np.cos(a), np.sin(a)], 1).astype(np.float32)
+
+
+# two tight groups 36 degrees apart, H half-way (18 degrees, cos 0.951, from the nearest of each), a pair, a loner
+A, B, H, PAIR, LONE = [0, 2, 4], [40, 42, 44], [22], [120, 121], [250]
+POINTS = on_circle(A + B + H + PAIR + LONE)
+
+
+def test_groups_become_clusters_numbered_by_size_and_small_ones_stay_out():
+    c = mutual_knn_clusters(on_circle(A + B + [41, 43] + PAIR + LONE), threshold=0.9, neighbours=2, min_size=3)
+    # B and its two extra points form the larger cluster (0); A is cluster 1; the pair and the loner are in none
+    assert c.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, -1, -1, -1]
+    assert mutual_knn_clusters(POINTS[:0], 0.9).shape == (0,)
+
+
+def test_only_mutual_neighbours_are_joined():
+    # with k=2, H's nearest (A's 4 and B's 40) have their own group as their 2 nearest: H joins nothing
+    two = mutual_knn_clusters(POINTS, threshold=0.9, neighbours=2, min_size=3)
+    assert two[:7].tolist() == [0, 0, 0, 1, 1, 1, -1]
+    # with k=3, H is among their 3 nearest too: the edges are mutual and chain A, H and B into one cluster
+    three = mutual_knn_clusters(POINTS, threshold=0.9, neighbours=3, min_size=3)
+    assert three[:7].tolist() == [0] * 7
+    # ... unless the threshold is above H's similarity to them
+    assert mutual_knn_clusters(POINTS, threshold=0.96, neighbours=3, min_size=3)[:7].tolist() == [0, 0, 0, 1, 1, 1, -1]
+
+
+def test_purity_and_coverage():
+    assert cluster_purity(np.array([0, 0, 0, 1, 1, -1]), [5, 5, 6, 7, 7, 8]) == pytest.approx((4 / 5, 5 / 6))
+    assert cluster_purity(np.array([-1, -1]), [1, 2]) == (1.0, 0.0)
+
+
+def test_threshold_is_the_lowest_giving_pure_clusters_of_labelled_photos():
+    labels = [1, 1, 1, 2, 2, 2, 1, 3, 3, 4]
+    cfg = ClusterConfig(neighbours=3, min_size=3, purity=0.99, candidates=(0.99, 0.9, 0.95, 0.96))
+    choice = choose_threshold(POINTS, labels, cfg)
+    # 0.9 and 0.95 (< cos 18 degrees) chain A, H and B: 4 of 7 carry the majority label; 0.96 separates them
+    assert [r["threshold"] for r in choice.rows] == [0.9, 0.95, 0.96, 0.99]
+    assert [round(r["purity"], 3) for r in choice.rows] == [round(4 / 7, 3), round(4 / 7, 3), 1.0, 1.0]
+    assert choice.threshold == 0.96
+    with pytest.raises(DatasetError, match="at least 2 landmarks"):
+        choose_threshold(POINTS, [1] * len(POINTS), cfg)
+
+
+def test_labels_file_round_trip_and_relabel(tmp_path):
+    path = tmp_path / "sub" / "clusters.csv"
+    assert write_labels(path, ["a", "b", "c", "d"], np.array([1, -1, 0, 1])) == 3
+    labels = read_labels(path)
+    assert labels == {"a": LABEL_OFFSET + 1, "c": LABEL_OFFSET, "d": LABEL_OFFSET + 1}
+    recs = [ImageRecord(i, None) for i in "abcd"]
+    assert [(r.id, r.landmark_id) for r in relabel(recs, labels)] == [(i, labels[i]) for i in "acd"]
+
+
+@pytest.fixture()
+def index_gldv2(gldv2_root, tmp_path):
+    """A GLDv2 root whose index split holds 6 photos of each of 3 landmarks, with a clusters file for them."""
+    rows = list(csv.DictReader(open(gldv2_root / "train.csv")))
+    picked = [r["id"] for lab in ("47378", "90396", "55350") for r in [x for x in rows if x["landmark_id"] == lab][:6]]
+    root = tmp_path / "gldv2"
+    for i in picked:
+        dst = root / "index" / i[0] / i[1] / i[2] / f"{i}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(gldv2_root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg", dst)
+    (root / "index.csv").write_text("id\n" + "".join(f"{i}\n" for i in picked))
+    (root / "train.csv").write_text("id,url,landmark_id\n")
+    clusters = np.repeat([0, 1, 2], 6)
+    clusters[-1] = -1                                       # one photo in no cluster: not trained on
+    write_labels(tmp_path / "clusters.csv", picked, clusters)
+    return root, tmp_path / "clusters.csv", picked
+
+
+def test_training_on_a_clustered_split(index_gldv2, tmp_path):
+    root, labels, picked = index_gldv2
+    cfg = load_train_config("cpu-mini", overrides=[
+        "model.backbone=tf_efficientnet_lite0", "data.image_size=64", "eval_image_size=96", "data.num_workers=0",
+        "cache_views=1", "freeze_stages=5", "optim.batch_size=8", "optim.epochs=1", "data.split=index",
+        f"data.labels={labels}"])
+    records = training_records(root, cfg)
+    assert [r.id for r in records] == picked[:-1] and {r.landmark_id for r in records} == {LABEL_OFFSET + c for c in range(3)}
+    result = train(root, tmp_path / "run", cfg, progress=False)
+    _, payload = load_checkpoint(result.model_path)
+    assert payload["classes"] == [LABEL_OFFSET, LABEL_OFFSET + 1, LABEL_OFFSET + 2]
+    assert set(payload["val_ids"]) < set(picked[:-1]) and payload["train_split"] == "index"
+
+
+def test_clustered_split_errors(index_gldv2, tmp_path):
+    root, labels, _ = index_gldv2
+    (tmp_path / "other.csv").write_text("id,landmark_id\nnot-a-photo,1\n")
+    with pytest.raises(DatasetError, match="names none of the photos"):
+        training_records(root, load_train_config("cpu-mini", overrides=["data.split=index", f"data.labels={tmp_path / 'other.csv'}"]))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="a folder of photos, not a GLDv2 root"):
+        training_records(folder, load_train_config("cpu-mini", overrides=["data.split=index", f"data.labels={labels}"]))
