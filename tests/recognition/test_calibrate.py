@@ -58,7 +58,8 @@ def test_frequent_rerank_is_judged_by_validation_gap():
 
 
 def _fake_store(tmp_path, *members):
-    """A store-like object whose config names ``members``: (backbone, val_ids or None for pretrained)."""
+    """A store-like object whose config names ``members``: (backbone, val_ids or None for pretrained[, the
+    split it was trained on])."""
     import types
 
     import torch
@@ -68,11 +69,12 @@ def _fake_store(tmp_path, *members):
     models = []
     folder = tmp_path / f"store{len(list(tmp_path.iterdir()))}"   # new files each time: the ids are cached per file version
     folder.mkdir()
-    for i, (backbone, val_ids) in enumerate(members):
+    for i, (backbone, val_ids, *split) in enumerate(members):
         ckpt = None
         if val_ids is not None:
             ckpt = folder / f"model{i}.pt"
-            torch.save({"model_config": {}, "state_dict": {}, "val_ids": list(val_ids)}, ckpt)
+            torch.save({"model_config": {}, "state_dict": {}, "val_ids": list(val_ids),
+                        **({"train_split": split[0]} if split else {})}, ckpt)
         models.append(ModelConfig(backbone=backbone, checkpoint=str(ckpt) if ckpt else None))
     return types.SimpleNamespace(config=Config(model=models[0], ensemble=tuple(models[1:])))
 
@@ -93,6 +95,9 @@ def test_held_out_by_an_ensemble_is_what_no_trained_member_trained_on(tmp_path, 
     with caplog.at_level("WARNING"):
         assert held_out_by_model(_fake_store(tmp_path, (lite2, ["a"]), (lite1, ["b"]))) == set()
     assert "no photo in common" in caplog.text
+    # a member trained on pseudo-landmarks of the index split trained on none of the labelled photos
+    assert held_out_by_model(_fake_store(tmp_path, (lite2, ["a", "b"]), (lite1, ["x"], "index"))) == {"a", "b"}
+    assert held_out_by_model(_fake_store(tmp_path, (lite1, ["x"], "index"))) is None
 
 
 def test_learned_whitening_holds_out_what_calibrations_validate_on(tmp_path, caplog):

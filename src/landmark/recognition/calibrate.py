@@ -158,8 +158,9 @@ def held_out_by_model(store) -> set[str] | None:
 def held_out_by_config(config) -> set[str] | None:
     """The ids of the photos that none of the trained models of ``config`` trained on: the intersection of
     the validation photos that ``landmark train`` records in the checkpoint of ``model`` and of each
-    trained ``ensemble`` member (pretrained members trained on none). None when no model is trained,
-    or a trained one records none (an older checkpoint, or one trained on every photo)."""
+    trained ``ensemble`` member (pretrained members trained on none, nor did members trained on the
+    pseudo-landmarks of an unlabelled split, ``data.split`` other than ``train``). None when no model
+    trained on labelled photos, or such a one records none (an older checkpoint, or one trained on every photo)."""
     held: set[str] | None = None
     for model in (config.model, *config.ensemble):
         if not model.checkpoint:
@@ -167,7 +168,9 @@ def held_out_by_config(config) -> set[str] | None:
         if not Path(model.checkpoint).is_file():
             return None
         st = Path(model.checkpoint).stat()
-        ids = _checkpoint_val_ids(str(Path(model.checkpoint).resolve()), st.st_mtime_ns, st.st_size)
+        split, ids = _checkpoint_held_out(str(Path(model.checkpoint).resolve()), st.st_mtime_ns, st.st_size)
+        if split != "train":
+            continue
         if not ids:
             return None
         held = set(ids) if held is None else held & set(ids)
@@ -178,9 +181,11 @@ def held_out_by_config(config) -> set[str] | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _checkpoint_val_ids(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    """The ``val_ids`` a checkpoint records, read once per version of the file (calibrations ask several times)."""
-    return tuple(read_checkpoint(path, required=()).get("val_ids") or ())
+def _checkpoint_held_out(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[str, ...]]:
+    """The split a checkpoint was trained on (``train`` when it predates the record) and the ``val_ids``
+    it held out, read once per version of the file (calibrations ask several times)."""
+    payload = read_checkpoint(path, required=())
+    return payload.get("train_split", "train"), tuple(payload.get("val_ids") or ())
 
 
 def held_out_by_whitening(store) -> set[str] | None:
