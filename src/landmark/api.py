@@ -527,6 +527,15 @@ class Landmarks:
                            if category else None)
         return {"recognition": recognition, "expansion": fitted, "category": fitted_category}
 
+    def cluster(self, split: str = "index", cfg=None, *, landmarks_only: bool = True):
+        """Pseudo-landmarks for the photos of ``split``: clusters of their global descriptors
+        (:func:`landmark.training.pseudo.cluster_store`), without the photos recognition knows are not
+        landmarks (``landmarks_only``: object prior + distractors split), so that clusters are places."""
+        from .training.pseudo import cluster_store
+
+        exclude = self.recognizer.known_non_landmarks()[0] if landmarks_only else ()
+        return cluster_store(self.store, split, cfg, exclude=exclude)
+
     def ensure_extras(self, *, progress: bool | None = None) -> int:
         """Compute the object prior of stored photos that lack it (stores built before it existed); returns how many."""
         from .recognition.setup import backfill_prior

@@ -375,6 +375,41 @@ def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: 
     out.print_json(json.dumps(report["validation"]))
 
 
+@app.command("cluster")
+@_friendly
+def cluster_cmd(store: Path = StoreOpt,
+                out_csv: Path = typer.Option(..., "--out", "-o", help="CSV of id,landmark_id to write (train with "
+                                             "--set data.split=SPLIT --set data.labels=THIS)."),
+                split: str = typer.Option("index", "--split", help="Stored split to cluster."),
+                threshold: Optional[float] = typer.Option(None, "--threshold", help="Cosine similarity that joins two mutual "
+                                                          "neighbours (default: the lowest giving 99 % pure clusters of the "
+                                                          "store's labelled photos)."),
+                neighbours: int = typer.Option(10, "--neighbours", help="k of the mutual k-NN graph."),
+                min_size: int = typer.Option(3, "--min-size", help="Smallest cluster kept."),
+                landmarks_only: bool = typer.Option(True, "--landmarks-only/--all-photos",
+                                                    help="Leave out the photos recognition knows are not landmarks.")):
+    """Cluster a split's stored photos into pseudo-landmarks, another training set (Baidu GLR19 §2.1.1:
+    a model fine-tuned on the clustered index set, concatenated with the others)."""
+    from .api import Landmarks
+    from .training.pseudo import ClusterConfig, write_labels
+
+    import numpy as np
+
+    if neighbours < 1 or min_size < 2:
+        raise typer.BadParameter("--neighbours must be >= 1 and --min-size >= 2")
+    lm = Landmarks.open(store)
+    res = lm.cluster(split, ClusterConfig(neighbours=neighbours, threshold=threshold, min_size=min_size),
+                     landmarks_only=landmarks_only)
+    n = write_labels(out_csv, res.ids, res.clusters)
+    sizes = np.bincount(res.clusters[res.clusters >= 0]) if n else np.zeros(0, int)
+    out.print(f"[green]clusters[/] {out_csv}: {n} of {len(res.ids)} photos of split {split!r} in {len(sizes)} clusters "
+              f"(sizes {', '.join(map(str, sizes[:12]))}{', ...' if len(sizes) > 12 else ''}); threshold {res.threshold:.3f} "
+              f"({res.chosen_on})")
+    if res.choice is not None:
+        row = next(r for r in res.choice.rows if r["threshold"] == res.threshold)
+        out.print(f"  on those photos: purity {row['purity']:.3f}, {row['coverage']:.0%} clustered, {row['clusters']} clusters")
+
+
 def _print_recognition_ablation(rows) -> None:
     if not rows:
         return

@@ -216,3 +216,23 @@ def test_repeated_model_concatenates_the_trained_models(mini_gldv2, fast_overrid
     both = run("index", "build", photos, "--store", tmp_path / "other", *models, *sets,
                "--set", "ensemble=[{backbone: mobilenet_v2}]", "--no-progress")
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_cluster_writes_pseudo_landmarks_of_the_index_split(mini_store, tmp_path):
+    from landmark.training.pseudo import read_labels
+
+    lm = landmark.open(mini_store)
+    index_ids = set(lm.store.keys("index"))
+    known = set(lm.recognizer.known_non_landmarks()[0])
+    result = run("cluster", "--store", mini_store, "--out", tmp_path / "c.csv", "--neighbours", "3")
+    assert result.exit_code == 0, result.output
+    labels = read_labels(tmp_path / "c.csv")
+    assert labels and set(labels) <= index_ids - known          # index photos, none known not to be a landmark
+    assert f"{len(labels)} of {len(index_ids - known)} photos of split 'index'" in result.output
+    assert "labelled photos" in result.output                   # the threshold was chosen on them
+    every = run("cluster", "--store", mini_store, "--out", tmp_path / "all.csv", "--all-photos", "--threshold", "0.5")
+    assert every.exit_code == 0 and f"of {len(index_ids)} photos" in every.output and "threshold 0.500 (given)" in every.output
+    none = run("cluster", "--store", mini_store, "--out", tmp_path / "none.csv", "--threshold", "1.01")
+    assert none.exit_code == 0 and read_labels(tmp_path / "none.csv") == {}
+    missing = run("cluster", "--store", mini_store, "--out", tmp_path / "x.csv", "--split", "test")
+    assert missing.exit_code == 2 and "no photos of split 'test'" in missing.output
