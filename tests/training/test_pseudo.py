@@ -112,3 +112,37 @@ def test_clustered_split_errors(index_gldv2, tmp_path):
     folder.mkdir()
     with pytest.raises(ConfigError, match="a folder of photos, not a GLDv2 root"):
         training_records(folder, load_train_config("cpu-mini", overrides=["data.split=index", f"data.labels={labels}"]))
+
+
+def test_a_store_split_clusters_as_its_vectors_do_with_excluded_photos_left_out(tmp_path):
+    from landmark.config import load_config
+    from landmark.index import Store
+    from landmark.training.pseudo import cluster_store
+    from store_helpers import SIG
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8))
+    x = np.concatenate([c + 0.1 * rng.normal(size=(6, 8)) for c in centres] + [rng.normal(size=(6, 8))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"i{n:02d}" for n in range(len(x))]
+    store = Store.create(tmp_path / "s", load_config(), SIG)
+    store.add(ids, x, split="index")
+    labelled = (x[:12] + 0.05 * rng.normal(size=(12, 8))).astype(np.float32)
+    store.add([f"t{n}" for n in range(12)], labelled / np.linalg.norm(labelled, axis=1, keepdims=True),
+              landmark_ids=[0] * 6 + [1] * 6, split="train")           # another split: never a neighbour here
+    cfg = ClusterConfig(neighbours=5, threshold=0.6, min_size=3)
+    res = cluster_store(store, "index", cfg)
+    assert res.ids == ids and res.chosen_on == "given"
+    assert res.clusters.tolist() == mutual_knn_clusters(x, 0.6, 5, 3).tolist()
+    assert sorted(np.bincount(res.clusters[res.clusters >= 0]).tolist()) == [6, 6, 6, 6]
+    # excluded photos are neither clustered nor neighbours: as if the split held only the others
+    drop = set(ids[::3])
+    kept = [i for i in ids if i not in drop]
+    res = cluster_store(store, "index", cfg, exclude=drop)
+    assert res.ids == kept
+    assert res.clusters.tolist() == mutual_knn_clusters(x[[ids.index(i) for i in kept]], 0.6, 5, 3).tolist()
+    # without a threshold it is chosen on the labelled photos
+    chosen = cluster_store(store, "index", ClusterConfig(neighbours=4, min_size=3))
+    assert chosen.chosen_on == "12 labelled photos" and chosen.choice.threshold == chosen.threshold
+    with pytest.raises(DatasetError, match="no photos of split 'test'"):
+        cluster_store(store, "test", cfg)

@@ -42,19 +42,25 @@ class ThresholdChoice:
 
 def mutual_knn_clusters(vectors: np.ndarray, threshold: float, neighbours: int = 10, min_size: int = 3) -> np.ndarray:
     """Cluster index (0, 1, ...) of each of the L2-normalised ``vectors``, -1 for photos in no cluster
-    of ``min_size`` or more. Clusters are numbered by decreasing size (ties by first photo)."""
+    of ``min_size`` or more (:func:`clusters_of_graph` over their exact ``neighbours``-NN)."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(x)
-    if n == 0:
+    if not len(x):
         return np.zeros(0, np.int64)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    k = min(neighbours + 1, n)
-    sims, nbrs = index.search(x, k)
+    sims, nbrs = index.search(x, min(neighbours + 1, len(x)))
+    return clusters_of_graph(sims, nbrs, threshold, min_size)
+
+
+def clusters_of_graph(sims: np.ndarray, nbrs: np.ndarray, threshold: float, min_size: int = 3) -> np.ndarray:
+    """The clusters of :func:`mutual_knn_clusters` from a k-NN table: row i lists photo i's nearest
+    photos (positions in the same set, -1 = none; i itself may be among them) and their similarities.
+    Numbered by decreasing size, ties by first photo."""
+    n = len(nbrs)
     near = [set(int(j) for j, s in zip(row_n, row_s) if j != i and j >= 0 and s >= threshold)
-            for i, (row_n, row_s) in enumerate(zip(nbrs, sims))]
+            for i, (row_n, row_s) in enumerate(zip(nbrs.tolist(), sims.tolist()))]
     parent = np.arange(n)
 
     def root(i: int) -> int:
@@ -67,14 +73,14 @@ def mutual_knn_clusters(vectors: np.ndarray, threshold: float, neighbours: int =
         for j in near[i]:
             if i in near[j]:
                 parent[root(i)] = root(j)
-    roots = np.array([root(i) for i in range(n)])
-    sizes = Counter(roots.tolist())
-    first = {}
-    for i, r in enumerate(roots.tolist()):
+    roots = [root(i) for i in range(n)]
+    sizes = Counter(roots)
+    first: dict[int, int] = {}
+    for i, r in enumerate(roots):
         first.setdefault(r, i)
     kept = sorted((r for r, c in sizes.items() if c >= min_size), key=lambda r: (-sizes[r], first[r]))
     number = {r: c for c, r in enumerate(kept)}
-    return np.array([number.get(r, -1) for r in roots.tolist()], np.int64)
+    return np.array([number.get(r, -1) for r in roots], np.int64)
 
 
 def cluster_purity(clusters: np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
@@ -168,5 +174,28 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
         chosen_on = f"{len(pick)} labelled photos the model held out" if held else f"{len(pick)} labelled photos"
         choice = choose_threshold(store.vectors(pick), [rows[k].landmark_id for k in pick], cfg)
         threshold = choice.threshold
-    clusters = mutual_knn_clusters(store.vectors(ids), threshold, cfg.neighbours, cfg.min_size)
-    return StoreClusters(ids, clusters, threshold, chosen_on, choice)
+    return StoreClusters(ids, clusters_of_graph(*_store_graph(store, split, ids, cfg.neighbours), threshold, cfg.min_size),
+                         threshold, chosen_on, choice)
+
+
+def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, batch: int = 4096):
+    """Each of ``ids``' nearest photos among ``ids`` by the store's own index (exact, or IVF-PQ with
+    re-ranking on a compressed store, so that a million-photo split clusters in ANN time): positions
+    in ``ids`` (-1 for a neighbour outside them, e.g. an excluded photo) and similarities."""
+    from ..utils.progress import progress_bar
+
+    pos = {k: i for i, k in enumerate(ids)}
+    k = neighbours + 1
+    wide = k + (neighbours if len(store.keys(split)) > len(ids) else 0)     # room for excluded photos among them
+    sims = np.full((len(ids), k), -np.inf, np.float32)
+    nbrs = np.full((len(ids), k), -1, np.int64)
+    with progress_bar(f"neighbours of {split}", len(ids), enabled=None if len(ids) > batch else False) as bar:
+        for start in range(0, len(ids), batch):
+            part = ids[start:start + batch]
+            res = store.search(store.vectors(part), wide, splits=[split])
+            for i, (keys, scores) in enumerate(zip(res.keys, res.scores.tolist())):
+                kept = [(pos[key], s) for key, s in zip(keys, scores) if key in pos][:k]
+                if kept:
+                    nbrs[start + i, :len(kept)], sims[start + i, :len(kept)] = zip(*kept)
+            bar.advance(len(part))
+    return sims, nbrs
