@@ -92,6 +92,7 @@ def test_full_fine_tuning_path_without_cache(tiny_folder, tmp_path):
     ("optim.epochs=0", "optim.epochs: expected at least 1"), ("data.val_fraction=1.0", "data.val_fraction"),
     ("optim.ema=1.5", "optim.ema"), ("freeze_stages=0", "cache_views needs freeze_stages"),
     ("model.backbone=resnet9000", "model.backbone: unknown backbone"),
+    ("data.zoom_out=0.5", "data.zoom_out"), ("data.zoom_out_p=2", "data.zoom_out_p"),
     ("data.split=val", "data.split: expected one of"), ("data.split=index", "that split is unlabelled; give data.labels"),
 ])
 def test_training_settings_no_loop_can_run_with_are_refused_by_key(override, message, tmp_path):
@@ -250,3 +251,26 @@ def test_ema_weights_are_validated_saved_and_resumed(tiny_folder, tmp_path):
     assert any(not torch.equal(saved[k], raw["net." + k]) for k in saved if saved[k].is_floating_point())
     with pytest.raises(ValueError, match="optim.ema"):
         tiny_cfg("optim.ema=1.5")
+
+
+def test_zoom_out_shrinks_crops_onto_a_mean_colour_canvas():
+    from PIL import Image
+
+    from landmark.training.data import train_transform
+
+    red = Image.new("RGB", (500, 400), (255, 0, 0))
+
+    def shares(*overrides, seeds=range(8)):
+        t = train_transform(load_train_config("cpu-mini", overrides=["data.color_jitter=0", *overrides]).data, [0.5] * 3, [0.5] * 3)
+        out = []
+        for s in seeds:
+            torch.manual_seed(s)
+            x = t(red)
+            assert x.shape == (3, 288, 288)
+            out.append(float((x[0].abs() < 0.02).float().mean()))     # mean colour: 0 once normalised
+        return np.array(out)
+
+    assert (shares() == 0).all()                                        # off by default: the photo fills the crop
+    zoomed = shares("data.zoom_out=2", "data.zoom_out_p=1")
+    assert (zoomed > 0).all() and (zoomed < 0.75 + 0.02).all()           # at most 2x smaller: >= 1/4 of the area is photo
+    assert (shares("data.zoom_out=2", "data.zoom_out_p=0") == 0).all()

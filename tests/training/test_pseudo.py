@@ -146,3 +146,17 @@ def test_a_store_split_clusters_as_its_vectors_do_with_excluded_photos_left_out(
     assert chosen.chosen_on == "12 labelled photos" and chosen.choice.threshold == chosen.threshold
     with pytest.raises(DatasetError, match="no photos of split 'test'"):
         cluster_store(store, "test", cfg)
+
+
+def test_threshold_sample_keeps_whole_landmarks():
+    from landmark.training.pseudo import whole_landmarks
+
+    label = {f"{lab}-{i}": lab for lab, n in ((1, 5), (2, 3), (3, 4), (4, 6)) for i in range(n)}
+    ids = sorted(label)
+    assert whole_landmarks(ids, label, 100) == ids
+    for seed in range(5):
+        pick = whole_landmarks(ids, label, 8, seed)
+        assert 0 < len(pick) <= 8
+        landmarks = {label[k] for k in pick}
+        assert pick and all(sum(label[k] == lab for k in pick) == sum(label[k] == lab for k in ids) for lab in landmarks)
+    assert len(whole_landmarks(ids, {k: 1 for k in ids}, 3)) == len(ids)    # one landmark larger than the limit

@@ -25,6 +25,8 @@ class HeadConfig:
 class TrainDataConfig:
     image_size: int = 384            # side of the square random-resized training crops
     crop_scale: tuple[float, ...] = (0.35, 1.0)
+    zoom_out: float = 1.0            # > 1: with probability zoom_out_p a crop shrinks by up to this factor
+    zoom_out_p: float = 0.5          # onto a mean-colour canvas (a small landmark in a wide view)
     flip: bool = True
     color_jitter: float = 0.2
     min_per_class: int = 2           # classes with fewer photos are dropped
@@ -141,6 +143,9 @@ def check_train(cfg: TrainConfig) -> TrainConfig:
                        "data.sampler": tuple(SAMPLER_POWERS), "init": INITS}, MINIMUMS)
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: expected a share in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.data.zoom_out < 1.0 or not 0.0 <= cfg.data.zoom_out_p <= 1.0:
+        raise ConfigError(f"data.zoom_out / data.zoom_out_p: expected a factor >= 1 and a probability, got "
+                          f"{cfg.data.zoom_out} / {cfg.data.zoom_out_p}")
     if cfg.optim.ema and not 0.0 < cfg.optim.ema < 1.0:
         raise ConfigError(f"optim.ema: expected 0 (off) or a decay in (0, 1), got {cfg.optim.ema}")
     if cfg.data.split not in GLDV2_SPLITS:

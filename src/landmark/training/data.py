@@ -102,8 +102,13 @@ def make_sampler(kind: str, labels: Sequence[int], seed: int, rank: int = 0, wor
 
 
 def train_transform(cfg: TrainDataConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
-    """Random resized crop (aspect jitter 3/4..4/3), flip, colour jitter, normalise."""
+    """Random resized crop (aspect jitter 3/4..4/3), [zoom-out onto a mean-colour canvas], flip, colour
+    jitter, normalise."""
     ops = [T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), antialias=True)]
+    if cfg.zoom_out > 1.0 and cfg.zoom_out_p > 0:
+        fill = [int(round(255 * m)) for m in mean]
+        ops += [T.RandomZoomOut(fill=fill, side_range=(1.0, cfg.zoom_out), p=cfg.zoom_out_p),
+                T.Resize((cfg.image_size, cfg.image_size), antialias=True)]
     if cfg.flip:
         ops.append(T.RandomHorizontalFlip())
     if cfg.color_jitter > 0:

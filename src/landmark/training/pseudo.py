@@ -32,6 +32,7 @@ class ClusterConfig:
     min_size: int = 3                 # smaller clusters stay unlabelled
     purity: float = 0.99              # what the chosen threshold must reach on the labelled photos
     candidates: tuple[float, ...] = tuple(round(0.5 + 0.025 * i, 3) for i in range(19))   # 0.5 ... 0.95
+    threshold_photos: int = 20000     # at most this many labelled photos choose it (whole landmarks, drawn at random)
 
 
 @dataclass
@@ -170,7 +171,8 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
         own = set(ids)
         labelled = [k for k, r in rows.items() if r.landmark_id is not None and k not in own]
         held = model_validation_ids(store, labelled)
-        pick = sorted(held) if held else labelled
+        pick = whole_landmarks(sorted(held) if held else labelled, {k: rows[k].landmark_id for k in labelled},
+                               cfg.threshold_photos)
         chosen_on = f"{len(pick)} labelled photos the model held out" if held else f"{len(pick)} labelled photos"
         choice = choose_threshold(store.vectors(pick), [rows[k].landmark_id for k in pick], cfg)
         threshold = choice.threshold
@@ -178,10 +180,27 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
                          threshold, chosen_on, choice)
 
 
+def whole_landmarks(ids: Sequence[str], label: Mapping[str, int], limit: int, seed: int = 0) -> list[str]:
+    """``ids``, or when more than ``limit`` the photos of landmarks drawn at random until the next would
+    pass it (at least one landmark): a sample as dense per landmark as the whole, unlike a photo sample."""
+    if len(ids) <= limit:
+        return list(ids)
+    by: dict[int, list[str]] = {}
+    for k in ids:
+        by.setdefault(label[k], []).append(k)
+    out: list[str] = []
+    for lab in np.random.default_rng(seed).permutation(sorted(by)).tolist():
+        if out and len(out) + len(by[lab]) > limit:
+            continue
+        out += by[lab]
+    return out
+
+
 def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, batch: int = 4096):
-    """Each of ``ids``' nearest photos among ``ids`` by the store's own index (exact, or IVF-PQ with
-    re-ranking on a compressed store, so that a million-photo split clusters in ANN time): positions
-    in ``ids`` (-1 for a neighbour outside them, e.g. an excluded photo) and similarities."""
+    """Each of ``ids``' ``neighbours`` + 1 nearest photos among ``ids`` (itself included) by the store's
+    own index (exact, or IVF-PQ with re-ranking on a compressed store, so that a million-photo split
+    clusters in ANN time): positions in ``ids`` and similarities, -1 / -inf where fewer are found (the
+    search leaves room for ``neighbours`` other photos of the split, e.g. excluded ones, among them)."""
     from ..utils.progress import progress_bar
 
     pos = {k: i for i, k in enumerate(ids)}
