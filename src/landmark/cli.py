@@ -381,11 +381,11 @@ def cluster_cmd(store: Path = StoreOpt,
                 out_csv: Path = typer.Option(..., "--out", "-o", help="CSV of id,landmark_id to write (train with "
                                              "--set data.split=SPLIT --set data.labels=THIS)."),
                 split: str = typer.Option("index", "--split", help="Stored split to cluster."),
-                threshold: Optional[float] = typer.Option(None, "--threshold", help="Cosine similarity that joins two mutual "
+                threshold: Optional[float] = typer.Option(None, "--threshold", min=-1.0, max=1.0, help="Cosine similarity that joins two mutual "
                                                           "neighbours (default: the lowest giving 99 % pure clusters of the "
                                                           "store's labelled photos)."),
-                neighbours: int = typer.Option(10, "--neighbours", help="k of the mutual k-NN graph."),
-                min_size: int = typer.Option(3, "--min-size", help="Smallest cluster kept."),
+                neighbours: int = typer.Option(10, "--neighbours", min=1, help="k of the mutual k-NN graph."),
+                min_size: int = typer.Option(3, "--min-size", min=2, help="Smallest cluster kept."),
                 landmarks_only: bool = typer.Option(True, "--landmarks-only/--all-photos",
                                                     help="Leave out the photos recognition knows are not landmarks.")):
     """Cluster a split's stored photos into pseudo-landmarks, another training set (Baidu GLR19 §2.1.1:
@@ -395,8 +395,6 @@ def cluster_cmd(store: Path = StoreOpt,
 
     import numpy as np
 
-    if neighbours < 1 or min_size < 2:
-        raise typer.BadParameter("--neighbours must be >= 1 and --min-size >= 2")
     lm = Landmarks.open(store)
     res = lm.cluster(split, ClusterConfig(neighbours=neighbours, threshold=threshold, min_size=min_size),
                      landmarks_only=landmarks_only)
@@ -408,6 +406,9 @@ def cluster_cmd(store: Path = StoreOpt,
     if res.choice is not None:
         row = next(r for r in res.choice.rows if r["threshold"] == res.threshold)
         out.print(f"  on those photos: purity {row['purity']:.3f}, {row['coverage']:.0%} clustered, {row['clusters']} clusters")
+    if not n:
+        err.print(f"[yellow]no cluster of {min_size} or more photos[/]: nothing to train on (lower --threshold or --min-size)")
+        raise typer.Exit(1)
 
 
 def _print_recognition_ablation(rows) -> None:

@@ -219,7 +219,7 @@ def test_repeated_model_concatenates_the_trained_models(mini_gldv2, fast_overrid
 
 
 def test_cluster_writes_pseudo_landmarks_of_the_index_split(mini_store, tmp_path):
-    from landmark.training.pseudo import read_labels
+    from landmark.data.manifests import read_labels
 
     lm = landmark.open(mini_store)
     index_ids = set(lm.store.keys("index"))
@@ -232,7 +232,8 @@ def test_cluster_writes_pseudo_landmarks_of_the_index_split(mini_store, tmp_path
     assert "labelled photos" in result.output                   # the threshold was chosen on them
     every = run("cluster", "--store", mini_store, "--out", tmp_path / "all.csv", "--all-photos", "--threshold", "0.5")
     assert every.exit_code == 0 and f"of {len(index_ids)} photos" in every.output and "threshold 0.500 (given)" in every.output
-    none = run("cluster", "--store", mini_store, "--out", tmp_path / "none.csv", "--threshold", "1.01")
-    assert none.exit_code == 0 and read_labels(tmp_path / "none.csv") == {}
+    none = run("cluster", "--store", mini_store, "--out", tmp_path / "none.csv", "--threshold", "1.0")
+    assert none.exit_code == 1 and read_labels(tmp_path / "none.csv") == {} and "nothing to train on" in none.output
+    assert run("cluster", "--store", mini_store, "--out", tmp_path / "x.csv", "--threshold", "1.5").exit_code == 2
     missing = run("cluster", "--store", mini_store, "--out", tmp_path / "x.csv", "--split", "test")
     assert missing.exit_code == 2 and "no photos of split 'test'" in missing.output

@@ -93,7 +93,7 @@ def test_full_fine_tuning_path_without_cache(tiny_folder, tmp_path):
     ("optim.ema=1.5", "optim.ema"), ("freeze_stages=0", "cache_views needs freeze_stages"),
     ("model.backbone=resnet9000", "model.backbone: unknown backbone"),
     ("data.zoom_out=0.5", "data.zoom_out"), ("data.zoom_out_p=2", "data.zoom_out_p"),
-    ("data.split=val", "data.split: expected one of"), ("data.split=index", "that split is unlabelled; give data.labels"),
+    ("data.split=val", "data.split: expected one of"), ("data.split=test", "never the test queries"), ("data.split=index", "that split is unlabelled; give data.labels"),
 ])
 def test_training_settings_no_loop_can_run_with_are_refused_by_key(override, message, tmp_path):
     from landmark.config import ConfigError

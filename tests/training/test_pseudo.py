@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 
 import numpy as np
@@ -13,8 +14,9 @@ from landmark.data import DatasetError, ImageRecord
 from landmark.models import load_checkpoint
 from landmark.training import load_train_config, train
 from landmark.training.loop import training_records
+from landmark.data.manifests import read_labels
 from landmark.training.pseudo import (LABEL_OFFSET, ClusterConfig, choose_threshold, cluster_purity, mutual_knn_clusters,
-                                      read_labels, relabel, write_labels)
+                                      relabel, write_labels)
 
 
 def on_circle(degrees) -> np.ndarray:
@@ -62,6 +64,22 @@ def test_threshold_is_the_lowest_giving_pure_clusters_of_labelled_photos():
         choose_threshold(POINTS, [1] * len(POINTS), cfg)
 
 
+def test_no_pure_threshold_is_said(caplog):
+    labels = [1, 1, 1, 2, 2, 2, 1, 3, 3, 4]
+    with caplog.at_level("WARNING"):
+        choice = choose_threshold(POINTS, labels, ClusterConfig(neighbours=3, min_size=3, candidates=(0.9, 0.95)))
+    assert choice.threshold == 0.95 and "no clustering threshold of 0.9, 0.95 makes clusters" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [dict(neighbours=0), dict(min_size=1), dict(threshold=1.5), dict(purity=0.0),
+                                 dict(candidates=())])
+def test_cluster_settings_out_of_range_are_refused(bad):
+    from landmark.training.pseudo import check_cluster
+
+    with pytest.raises(ConfigError):
+        check_cluster(ClusterConfig(**bad))
+
+
 def test_labels_file_round_trip_and_relabel(tmp_path):
     path = tmp_path / "sub" / "clusters.csv"
     assert write_labels(path, ["a", "b", "c", "d"], np.array([1, -1, 0, 1])) == 3
@@ -101,6 +119,14 @@ def test_training_on_a_clustered_split(index_gldv2, tmp_path):
     _, payload = load_checkpoint(result.model_path)
     assert payload["classes"] == [LABEL_OFFSET, LABEL_OFFSET + 1, LABEL_OFFSET + 2]
     assert set(payload["val_ids"]) < set(picked[:-1]) and payload["train_split"] == "index"
+    # its head names pseudo-landmarks, none of a store's: recognition takes no classifier from it
+    from landmark.recognition.classifier import LandmarkClassifier
+
+    assert LandmarkClassifier.from_checkpoint(result.model_path) is None
+    # clusters written anew (other classes) cannot resume the run trained on the old ones
+    write_labels(labels, picked, np.repeat([0, 1, 2, 3], [5, 5, 4, 4]))
+    with pytest.raises(ConfigError, match="other landmarks than"):
+        train(root, tmp_path / "run", dataclasses.replace(cfg), progress=False, resume=True)
 
 
 def test_clustered_split_errors(index_gldv2, tmp_path):

@@ -334,3 +334,14 @@ def _folder_ids(root: Path, folders: list[str]) -> dict[str, int]:
         if name not in ids:
             ids[name] = next(free)
     return ids
+
+
+def read_labels(path: str | os.PathLike[str]) -> dict[str, int]:
+    """``id -> landmark_id`` from a CSV with those columns (``landmark cluster``'s output, or a train.csv);
+    the first row of a repeated id wins."""
+    path = Path(path)
+    out: dict[str, int] = {}
+    with _csv_rows(path, ("id", "landmark_id")) as rows:
+        for line, (i, lab) in rows:
+            out.setdefault(i, _parse_int(lab, path, line, "landmark_id"))
+    return out

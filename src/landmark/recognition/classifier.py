@@ -99,6 +99,10 @@ class LandmarkClassifier:
         """Load the head of ``landmark train``'s model.pt (its scale from train_config.json beside it, if there)."""
         path = Path(path)
         payload = read_checkpoint(path, required=())
+        if payload.get("train_split", "train") != "train":
+            log.info("%s was trained on pseudo-landmarks of the %s split: its head names none of the store's "
+                     "landmarks, so it is no classifier", path, payload["train_split"])
+            return None
         head_config = payload.get("head_config")
         cfg_file = path.parent / "train_config.json"
         if head_config is None and cfg_file.is_file():

@@ -127,6 +127,7 @@ HEADS = ("arcface", "subcenter_arcface", "cosface", "softmax", "bce", "npairs")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "step", "exp")
 INITS = ("pretrained", "random")
+TRAIN_SPLITS = ("train", "index")   # GLDv2 splits training reads; index only with data.labels
 MINIMUMS = {"data.image_size": 32, "data.min_per_class": 1, "data.epoch_samples": 0, "data.num_workers": 0,
             "optim.epochs": 1, "optim.batch_size": 2, "optim.grad_accum": 1, "head.subcenters": 1,
             "freeze_stages": 0, "cache_views": 0, "eval_image_size": 32, "eval_every": 0}
@@ -135,7 +136,6 @@ MINIMUMS = {"data.image_size": 32, "data.min_per_class": 1, "data.epoch_samples"
 def check_train(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` if its choices exist and its counts are in range, else a :class:`ConfigError` naming
     the key (before any photo is read)."""
-    from ..data.manifests import GLDV2_SPLITS
     from .data import SAMPLER_POWERS
 
     check_models([cfg.model], "model")
@@ -148,8 +148,9 @@ def check_train(cfg: TrainConfig) -> TrainConfig:
                           f"{cfg.data.zoom_out} / {cfg.data.zoom_out_p}")
     if cfg.optim.ema and not 0.0 < cfg.optim.ema < 1.0:
         raise ConfigError(f"optim.ema: expected 0 (off) or a decay in (0, 1), got {cfg.optim.ema}")
-    if cfg.data.split not in GLDV2_SPLITS:
-        raise ConfigError(f"data.split: expected one of {', '.join(GLDV2_SPLITS)}, got {cfg.data.split!r}")
+    if cfg.data.split not in TRAIN_SPLITS:
+        raise ConfigError(f"data.split: expected one of {', '.join(TRAIN_SPLITS)} (never the test queries), "
+                          f"got {cfg.data.split!r}")
     if cfg.data.split != "train" and not cfg.data.labels:
         raise ConfigError(f"data.split={cfg.data.split}: that split is unlabelled; give data.labels "
                           "(e.g. the CSV `landmark cluster --split index` writes)")

@@ -41,7 +41,8 @@ from ..utils.progress import progress_bar
 from .config import HEADS, OPTIMIZERS, SCHEDULES, TrainConfig, check_train
 from .data import AugmentedPhotos, Split, collate_skip_none, make_sampler, split_by_photo, train_transform
 from .losses import npairs_loss, one_vs_all_bce, smoothed_cross_entropy
-from .pseudo import read_labels, relabel
+from ..data.manifests import read_labels
+from .pseudo import relabel
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +360,9 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         if merge(TrainConfig(), state["train_config"]).to_dict() != cfg.to_dict():
             raise ConfigError(f"{last_path} was written with another training configuration; "
                              "resume with the same preset and overrides, or use a new --out")
+        if state.get("classes", split.classes) != split.classes:
+            raise ConfigError(f"{last_path} was trained on other landmarks than {data} has now (data.labels "
+                              "rewritten?); use a new --out")
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -499,7 +503,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
             with atomic_path(last_path) as tmp:
                 torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "history": history,
-                            "best": best, "rng": _rng_state(), "train_config": cfg.to_dict(),
+                            "best": best, "rng": _rng_state(), "train_config": cfg.to_dict(), "classes": split.classes,
                             "ema": ema.state_dict() if ema is not None else None}, tmp)
             log.info("epoch %d: %s", epoch + 1, json.dumps(row))
         ctx.barrier()
@@ -553,7 +557,9 @@ def _batch_starts(n: int, batch: int) -> list[int]:
 
 
 def _cache_key(records: Sequence[ImageRecord], cfg: TrainConfig, kind: str) -> str:
-    data = {k: v for k, v in cfg.data.__dict__.items() if k != "num_workers"}     # what the crops depend on
+    # what the crops depend on (the photos are named below; zoom-out only when on, so older caches stay valid)
+    data = {k: v for k, v in cfg.data.__dict__.items() if k not in ("num_workers", "split", "labels")
+            and not (k.startswith("zoom_out") and cfg.data.zoom_out <= 1.0)}
     h = hashlib.sha256(json.dumps([kind, [r.id for r in records], cfg.model.backbone, cfg.model.checkpoint,
                                    cfg.freeze_stages, cfg.cache_views, data if kind == "views" else cfg.eval_image_size,
                                    cfg.seed], default=str).encode())

@@ -12,6 +12,7 @@ clusters those photos form are at least ``purity`` pure.
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,11 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
+from ..config import ConfigError
 from ..data import DatasetError
 from ..utils.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 LABEL_OFFSET = 1_000_000_000   # pseudo-landmark ids start here, far above GLDv2's (< 203,094)
 
@@ -107,6 +111,9 @@ def choose_threshold(vectors: np.ndarray, labels: Sequence[int], cfg: ClusterCon
         purity, coverage = cluster_purity(c, labels)
         rows.append({"threshold": t, "purity": purity, "coverage": coverage, "clusters": int(c.max() + 1)})
     good = [r for r in rows if r["purity"] >= cfg.purity and r["coverage"] > 0]
+    if not good:
+        log.warning("no clustering threshold of %s makes clusters of the labelled photos %.0f %% pure: using the "
+                    "highest, %g", ", ".join(f"{t:g}" for t in sorted(cfg.candidates)), 100 * cfg.purity, rows[-1]["threshold"])
     return ThresholdChoice((good[0] if good else rows[-1])["threshold"], rows)
 
 
@@ -122,18 +129,6 @@ def write_labels(path: str | Path, ids: Sequence[str], clusters: np.ndarray, off
                 w.writerow([i, offset + c])
                 n += 1
     return n
-
-
-def read_labels(path: str | Path) -> dict[str, int]:
-    """``id -> landmark_id`` from a CSV with those columns (``write_labels``' output, or a train.csv)."""
-    from ..data.manifests import _csv_rows, _parse_int
-
-    path = Path(path)
-    out: dict[str, int] = {}
-    with _csv_rows(path, ("id", "landmark_id")) as rows:
-        for line, (i, lab) in rows:
-            out.setdefault(i, _parse_int(lab, path, line, "landmark_id"))
-    return out
 
 
 def relabel(records: Sequence, labels: Mapping[str, int]) -> list:
@@ -152,14 +147,28 @@ class StoreClusters:
     choice: ThresholdChoice | None = None
 
 
+def check_cluster(cfg: ClusterConfig) -> ClusterConfig:
+    """``cfg`` if its values are in range, else a :class:`ConfigError` naming the setting."""
+    if cfg.neighbours < 1 or cfg.min_size < 2 or cfg.threshold_photos < 2:
+        raise ConfigError(f"clustering needs neighbours >= 1, min_size >= 2 and threshold_photos >= 2, got "
+                          f"{cfg.neighbours}, {cfg.min_size}, {cfg.threshold_photos}")
+    if cfg.threshold is not None and not -1.0 <= cfg.threshold <= 1.0:
+        raise ConfigError(f"clustering threshold: a cosine similarity in [-1, 1], got {cfg.threshold}")
+    if not 0.0 < cfg.purity <= 1.0 or not cfg.candidates:
+        raise ConfigError("clustering purity must be in (0, 1] and the candidate thresholds non-empty")
+    return cfg
+
+
 def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None, *,
                   exclude: Collection[str] = ()) -> StoreClusters:
     """Cluster the stored photos of ``split`` (less ``exclude``) by their global descriptors. Without ``cfg.threshold``
     it is chosen on the store's labelled photos: those its trained model (or learned whitening) held
-    out where known, since the photos a model trained on sit closer than new ones would."""
-    from ..recognition.calibrate import model_validation_ids
+    out where known, since the photos a model trained on sit closer than new ones would. Excluded
+    photos are no neighbours; where more than ``cfg.neighbours`` of them come before the others in a
+    photo's ranking, that photo has fewer neighbours than asked (see :func:`_store_graph`)."""
+    from ..recognition.calibrate import held_out_label, model_validation_ids
 
-    cfg = cfg or ClusterConfig()
+    cfg = check_cluster(cfg or ClusterConfig())
     ids = store.keys(split)
     if not ids:
         raise DatasetError(f"the store has no photos of split {split!r} (it has: {', '.join(sorted(store.info()['splits'])) or 'none'})")
@@ -170,10 +179,13 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
         rows = store.get(store.keys())
         own = set(ids)
         labelled = [k for k, r in rows.items() if r.landmark_id is not None and k not in own]
+        if not labelled:
+            raise DatasetError(f"no labelled photos outside split {split!r} to choose the clustering threshold on: "
+                               "give one (--threshold)")
         held = model_validation_ids(store, labelled)
         pick = whole_landmarks(sorted(held) if held else labelled, {k: rows[k].landmark_id for k in labelled},
                                cfg.threshold_photos)
-        chosen_on = f"{len(pick)} labelled photos the model held out" if held else f"{len(pick)} labelled photos"
+        chosen_on = f"{len(pick)} labelled photos {held_out_label(store)}" if held else f"{len(pick)} labelled photos"
         choice = choose_threshold(store.vectors(pick), [rows[k].landmark_id for k in pick], cfg)
         threshold = choice.threshold
     return StoreClusters(ids, clusters_of_graph(*_store_graph(store, split, ids, cfg.neighbours), threshold, cfg.min_size),
@@ -181,8 +193,9 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
 
 
 def whole_landmarks(ids: Sequence[str], label: Mapping[str, int], limit: int, seed: int = 0) -> list[str]:
-    """``ids``, or when more than ``limit`` the photos of landmarks drawn at random until the next would
-    pass it (at least one landmark): a sample as dense per landmark as the whole, unlike a photo sample."""
+    """``ids``, or when more than ``limit`` the photos of whole landmarks in a random order, each taken
+    if it still fits under ``limit`` (the first always): a sample as dense per landmark as the whole,
+    unlike a sample of photos."""
     if len(ids) <= limit:
         return list(ids)
     by: dict[int, list[str]] = {}
