@@ -146,3 +146,20 @@ def test_distractor_score_is_min_of_top3_and_skips_self():
     assert without[0] < with_self[0]
     # fewer known non-landmarks than k: the filter cannot fire
     assert np.isneginf(distractor_scores(q, near[:2], k=3)).all()
+
+
+def test_large_sets_are_searched_by_ivf_finding_the_same_nearest_photos():
+    import faiss
+
+    from landmark.recognition.filters import similarity_index, top_similarities
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(150, 32))
+    x = centres[rng.integers(0, 150, 3000)] + 0.5 * rng.normal(size=(3000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    exact, approx = similarity_index(x, exact_max=3000), similarity_index(x, exact_max=1000)
+    assert isinstance(exact, faiss.IndexFlatIP) and isinstance(approx, faiss.IndexIVFFlat)
+    assert approx.ntotal == 3000 and approx.nlist == int(4 * np.sqrt(3000))
+    (es, er), (as_, ar) = top_similarities(x, exact, 2), top_similarities(x, approx, 2)
+    assert np.mean(er[:, 1] == ar[:, 1]) > 0.98             # each photo's nearest other, as the exact search finds it
+    assert np.all(as_[:, 1] <= es[:, 1] + 1e-5)               # never a similarity the exact search would not give

@@ -24,7 +24,7 @@ from ..data.images import ImageError, load_image
 from ..utils.progress import progress_bar
 from .classifier import ClassifierPrediction, LandmarkClassifier
 from .filters import (LANDMARK, NON_LANDMARK, PROBE_NAME, ClassGroups, DetectorDecision, PriorDecision,
-                      detector_decision, flat_index, min_of_top_k, prior_decisions, top_similarities)
+                      detector_decision, min_of_top_k, prior_decisions, similarity_index, top_similarities)
 from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_scores
 from .knn import Vote, at_positions, knn_vote, merge_views, stack_views
 
@@ -171,7 +171,7 @@ def nearest_other(rows: np.ndarray, pool: np.ndarray, offset: int) -> np.ndarray
     the rest of ``pool``; -inf where the pool holds nothing else."""
     if len(pool) < 2 or not len(rows):
         return np.full(len(rows), -np.inf, np.float32)
-    sims, idx = top_similarities(rows, flat_index(pool), 2)
+    sims, idx = top_similarities(rows, similarity_index(pool), 2)
     self_pos = np.arange(offset, offset + len(rows))[:, None]
     return np.where(idx == self_pos, -np.inf, sims).max(axis=1).astype(np.float32)
 
@@ -199,7 +199,7 @@ class Recognizer:
         token = (self.store.generation, cfg.prior_landmark_min, cfg.prior_object_min)
         if self._known is None or self._known[0] != token:
             keys, vecs = self._find_known_non_landmarks(cfg)
-            self._known = (token, keys, vecs, flat_index(vecs))
+            self._known = (token, keys, vecs, similarity_index(vecs))
         return self._known[1:]
 
     def _find_known_non_landmarks(self, cfg: RecognitionConfig) -> tuple[list[str], np.ndarray]:
@@ -297,7 +297,7 @@ class Recognizer:
             batch = batch[near_landmark <= near_object]
         # each query's top-k among the known set and the kept batch photos (itself excluded); both
         # searched with FAISS, so a batch of 100k queries never makes a Q x Q matrix
-        to_batch, rows = top_similarities(vectors, flat_index(vectors[batch]), cfg.distractor_k + 1)
+        to_batch, rows = top_similarities(vectors, similarity_index(vectors[batch]), cfg.distractor_k + 1)
         hit_q, hit_j = np.nonzero(rows >= 0)
         is_self = batch[rows[hit_q, hit_j]] == hit_q
         to_batch[hit_q[is_self], hit_j[is_self]] = -np.inf
