@@ -123,10 +123,19 @@ def test_training_on_a_clustered_split(index_gldv2, tmp_path):
     from landmark.recognition.classifier import LandmarkClassifier
 
     assert LandmarkClassifier.from_checkpoint(result.model_path) is None
-    # clusters written anew (other classes) cannot resume the run trained on the old ones
-    write_labels(labels, picked, np.repeat([0, 1, 2, 3], [5, 5, 4, 4]))
-    with pytest.raises(ConfigError, match="other landmarks than"):
-        train(root, tmp_path / "run", dataclasses.replace(cfg), progress=False, resume=True)
+    import torch                                      # ... also when trained on pseudo-landmarks of the train split
+
+    state = torch.load(result.model_path, weights_only=False)
+    torch.save(state | {"train_split": "train"}, tmp_path / "as-train.pt")
+    assert LandmarkClassifier.from_checkpoint(tmp_path / "as-train.pt") is None
+    torch.save(state | {"train_split": "train", "classes": [1, 2, 3]}, tmp_path / "real.pt")
+    assert LandmarkClassifier.from_checkpoint(tmp_path / "real.pt") is not None
+    # clusters written anew cannot resume the run trained on the old ones: other classes, or the same
+    # cluster ids naming other photos
+    for clusters in (np.repeat([0, 1, 2, 3], [5, 5, 4, 4]), np.repeat([0, 1, 2], 6)[::-1]):
+        write_labels(labels, picked, clusters)
+        with pytest.raises(ConfigError, match="other photos or landmarks than"):
+            train(root, tmp_path / "run", dataclasses.replace(cfg), progress=False, resume=True)
 
 
 def test_clustered_split_errors(index_gldv2, tmp_path):

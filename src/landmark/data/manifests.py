@@ -336,6 +336,9 @@ def _folder_ids(root: Path, folders: list[str]) -> dict[str, int]:
     return ids
 
 
+PSEUDO_LABEL_OFFSET = 1_000_000_000   # `landmark cluster`'s pseudo-landmark ids start here, far above GLDv2's (< 203,094)
+
+
 def read_labels(path: str | os.PathLike[str]) -> dict[str, int]:
     """``id -> landmark_id`` from a CSV with those columns (``landmark cluster``'s output, or a train.csv);
     the first row of a repeated id wins."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.manifests import PSEUDO_LABEL_OFFSET
 from ..models.heads import ArcFace, CosFace, LinearHead
 from ..models.net import read_checkpoint
 
@@ -99,9 +100,10 @@ class LandmarkClassifier:
         """Load the head of ``landmark train``'s model.pt (its scale from train_config.json beside it, if there)."""
         path = Path(path)
         payload = read_checkpoint(path, required=())
-        if payload.get("train_split", "train") != "train":
-            log.info("%s was trained on pseudo-landmarks of the %s split: its head names none of the store's "
-                     "landmarks, so it is no classifier", path, payload["train_split"])
+        if payload.get("train_split", "train") != "train" or \
+                any(c >= PSEUDO_LABEL_OFFSET for c in payload.get("classes") or ()):
+            log.info("%s was trained on pseudo-landmarks (landmark cluster): its head names none of the store's "
+                     "landmarks, so it is no classifier", path)
             return None
         head_config = payload.get("head_config")
         cfg_file = path.parent / "train_config.json"

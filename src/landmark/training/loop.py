@@ -360,9 +360,15 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         if merge(TrainConfig(), state["train_config"]).to_dict() != cfg.to_dict():
             raise ConfigError(f"{last_path} was written with another training configuration; "
                              "resume with the same preset and overrides, or use a new --out")
-        if state.get("classes", split.classes) != split.classes:
-            raise ConfigError(f"{last_path} was trained on other landmarks than {data} has now (data.labels "
-                              "rewritten?); use a new --out")
+        saved = state.get("labels_digest")
+        if saved is None:     # written before the digest: the classes train_config.json recorded
+            saved_classes = state.get("classes") or _saved_classes(out / "train_config.json")
+            same = saved_classes is None or saved_classes == split.classes
+        else:
+            same = saved == _labels_digest(split)
+        if not same:
+            raise ConfigError(f"{last_path} was trained on other photos or landmarks than {data} gives now "
+                              "(data.labels rewritten?); use a new --out")
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -503,7 +509,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
             with atomic_path(last_path) as tmp:
                 torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "history": history,
-                            "best": best, "rng": _rng_state(), "train_config": cfg.to_dict(), "classes": split.classes,
+                            "best": best, "rng": _rng_state(), "train_config": cfg.to_dict(), "labels_digest": _labels_digest(split),
                             "ema": ema.state_dict() if ema is not None else None}, tmp)
             log.info("epoch %d: %s", epoch + 1, json.dumps(row))
         ctx.barrier()
@@ -556,8 +562,22 @@ def _batch_starts(n: int, batch: int) -> list[int]:
     return starts[:-1] if starts and n - starts[-1] == 1 and len(starts) > 1 else starts
 
 
+def _labels_digest(split: Split) -> str:
+    """What a resumed run must train on again: every training and validation photo with its landmark."""
+    pairs = sorted((r.id, r.landmark_id) for r in split.train + split.val)
+    return hashlib.sha256(json.dumps([pairs, split.classes]).encode()).hexdigest()[:16]
+
+
+def _saved_classes(path: Path) -> list[int] | None:
+    try:
+        return json.loads(path.read_text()).get("classes")
+    except (OSError, ValueError):
+        return None
+
+
 def _cache_key(records: Sequence[ImageRecord], cfg: TrainConfig, kind: str) -> str:
-    # what the crops depend on (the photos are named below; zoom-out only when on, so older caches stay valid)
+    # what the crops depend on (the photos are named below; zoom-out only when on, so that caches made
+    # before the data.split / data.labels / data.zoom_out settings existed keep their key)
     data = {k: v for k, v in cfg.data.__dict__.items() if k not in ("num_workers", "split", "labels")
             and not (k.startswith("zoom_out") and cfg.data.zoom_out <= 1.0)}
     h = hashlib.sha256(json.dumps([kind, [r.id for r in records], cfg.model.backbone, cfg.model.checkpoint,

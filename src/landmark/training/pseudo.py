@@ -22,11 +22,12 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data import DatasetError
+from ..data.manifests import PSEUDO_LABEL_OFFSET
 from ..utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-LABEL_OFFSET = 1_000_000_000   # pseudo-landmark ids start here, far above GLDv2's (< 203,094)
+LABEL_OFFSET = PSEUDO_LABEL_OFFSET
 
 
 @dataclass
