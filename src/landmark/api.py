@@ -15,7 +15,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -38,6 +38,9 @@ from .retrieval.search import ExpandedSearch, rank
 from .retrieval.verification import draw_matches, verify
 from .recognition.calibrate import VAL_FRACTION, VAL_SEED
 from .recognition.pipeline import Decision, Evidence, Recognizer, decide
+
+if TYPE_CHECKING:
+    from .training.pseudo import ClusterConfig, StoreClusters
 
 log = logging.getLogger(__name__)
 
@@ -527,7 +530,8 @@ class Landmarks:
                            if category else None)
         return {"recognition": recognition, "expansion": fitted, "category": fitted_category}
 
-    def cluster(self, split: str = "index", cfg=None, *, landmarks_only: bool = True):
+    def cluster(self, split: str = "index", cfg: ClusterConfig | None = None, *,
+                landmarks_only: bool = True) -> StoreClusters:
         """Pseudo-landmarks for the photos of ``split``: clusters of their global descriptors
         (:func:`landmark.training.pseudo.cluster_store`), without the photos recognition knows are not
         landmarks (``landmarks_only``: object prior + distractors split), so that clusters are places."""

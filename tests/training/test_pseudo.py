@@ -14,8 +14,8 @@ from landmark.data import DatasetError, ImageRecord
 from landmark.models import load_checkpoint
 from landmark.training import load_train_config, train
 from landmark.training.loop import training_records
-from landmark.data.manifests import read_labels
-from landmark.training.pseudo import (LABEL_OFFSET, ClusterConfig, choose_threshold, cluster_purity, mutual_knn_clusters,
+from landmark.data.manifests import PSEUDO_LABEL_OFFSET as LABEL_OFFSET, read_labels
+from landmark.training.pseudo import (ClusterConfig, choose_threshold, cluster_purity, mutual_knn_clusters,
                                       relabel, write_labels)
 
 

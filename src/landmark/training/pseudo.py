@@ -27,8 +27,6 @@ from ..utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-LABEL_OFFSET = PSEUDO_LABEL_OFFSET
-
 
 @dataclass
 class ClusterConfig:
@@ -49,15 +47,19 @@ class ThresholdChoice:
 def mutual_knn_clusters(vectors: np.ndarray, threshold: float, neighbours: int = 10, min_size: int = 3) -> np.ndarray:
     """Cluster index (0, 1, ...) of each of the L2-normalised ``vectors``, -1 for photos in no cluster
     of ``min_size`` or more (:func:`clusters_of_graph` over their exact ``neighbours``-NN)."""
+    return clusters_of_graph(*exact_graph(vectors, neighbours), threshold, min_size)
+
+
+def exact_graph(vectors: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's ``neighbours`` + 1 nearest among ``vectors`` (itself included): similarities and positions."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if not len(x):
-        return np.zeros(0, np.int64)
+        return np.zeros((0, 1), np.float32), np.zeros((0, 1), np.int64)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    sims, nbrs = index.search(x, min(neighbours + 1, len(x)))
-    return clusters_of_graph(sims, nbrs, threshold, min_size)
+    return index.search(x, min(neighbours + 1, len(x)))
 
 
 def clusters_of_graph(sims: np.ndarray, nbrs: np.ndarray, threshold: float, min_size: int = 3) -> np.ndarray:
@@ -107,8 +109,9 @@ def choose_threshold(vectors: np.ndarray, labels: Sequence[int], cfg: ClusterCon
     if len(set(labels)) < 2:
         raise DatasetError("choosing a clustering threshold needs labelled photos of at least 2 landmarks")
     rows = []
+    graph = exact_graph(vectors, cfg.neighbours)           # searched once, cut at each candidate
     for t in sorted(cfg.candidates):
-        c = mutual_knn_clusters(vectors, t, cfg.neighbours, cfg.min_size)
+        c = clusters_of_graph(*graph, t, cfg.min_size)
         purity, coverage = cluster_purity(c, labels)
         rows.append({"threshold": t, "purity": purity, "coverage": coverage, "clusters": int(c.max() + 1)})
     good = [r for r in rows if r["purity"] >= cfg.purity and r["coverage"] > 0]
@@ -118,7 +121,7 @@ def choose_threshold(vectors: np.ndarray, labels: Sequence[int], cfg: ClusterCon
     return ThresholdChoice((good[0] if good else rows[-1])["threshold"], rows)
 
 
-def write_labels(path: str | Path, ids: Sequence[str], clusters: np.ndarray, offset: int = LABEL_OFFSET) -> int:
+def write_labels(path: str | Path, ids: Sequence[str], clusters: np.ndarray, offset: int = PSEUDO_LABEL_OFFSET) -> int:
     """Write the clustered photos as ``id,landmark_id`` rows (landmark id = ``offset`` + cluster),
     the columns of GLDv2's ``train.csv`` that training reads; returns how many rows."""
     n = 0
@@ -174,7 +177,7 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
     if not ids:
         raise DatasetError(f"the store has no photos of split {split!r} (it has: {', '.join(sorted(store.info()['splits'])) or 'none'})")
     skip = set(exclude)
-    ids = [k for k in ids if k not in skip]
+    in_split, ids = len(ids), [k for k in ids if k not in skip]
     choice, chosen_on, threshold = None, "given", cfg.threshold
     if threshold is None:
         rows = store.get(store.keys())
@@ -189,8 +192,8 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
         chosen_on = f"{len(pick)} labelled photos {held_out_label(store)}" if held else f"{len(pick)} labelled photos"
         choice = choose_threshold(store.vectors(pick), [rows[k].landmark_id for k in pick], cfg)
         threshold = choice.threshold
-    return StoreClusters(ids, clusters_of_graph(*_store_graph(store, split, ids, cfg.neighbours), threshold, cfg.min_size),
-                         threshold, chosen_on, choice)
+    graph = _store_graph(store, split, ids, cfg.neighbours, room=in_split > len(ids))
+    return StoreClusters(ids, clusters_of_graph(*graph, threshold, cfg.min_size), threshold, chosen_on, choice)
 
 
 def whole_landmarks(ids: Sequence[str], label: Mapping[str, int], limit: int, seed: int = 0) -> list[str]:
@@ -210,16 +213,16 @@ def whole_landmarks(ids: Sequence[str], label: Mapping[str, int], limit: int, se
     return out
 
 
-def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, batch: int = 4096):
+def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, *, room: bool, batch: int = 4096):
     """Each of ``ids``' ``neighbours`` + 1 nearest photos among ``ids`` (itself included) by the store's
     own index (exact, or IVF-PQ with re-ranking on a compressed store, so that a million-photo split
-    clusters in ANN time): positions in ``ids`` and similarities, -1 / -inf where fewer are found (the
-    search leaves room for ``neighbours`` other photos of the split, e.g. excluded ones, among them)."""
+    clusters in ANN time): similarities and positions in ``ids``, -inf / -1 where fewer are found (with
+    ``room``, the split holds other photos, e.g. excluded ones: the search leaves room for ``neighbours`` of them)."""
     from ..utils.progress import progress_bar
 
     pos = {k: i for i, k in enumerate(ids)}
     k = neighbours + 1
-    wide = k + (neighbours if len(store.keys(split)) > len(ids) else 0)     # room for excluded photos among them
+    wide = k + (neighbours if room else 0)
     sims = np.full((len(ids), k), -np.inf, np.float32)
     nbrs = np.full((len(ids), k), -1, np.int64)
     with progress_bar(f"neighbours of {split}", len(ids), enabled=None if len(ids) > batch else False) as bar:
