@@ -113,7 +113,7 @@ class LocalConfig:
     """Local features for spatial verification (landmark.features.local), stored in ``STORE/local/``."""
 
     enabled: bool = True                  # extract them when building a store (and re-rank with them)
-    kind: str = "rootsift"                # rootsift (OpenCV SIFT + RootSIFT) | orb | brisk
+    kind: str = "rootsift"                # rootsift (OpenCV SIFT + RootSIFT) | affine_rootsift (ASIFT views) | orb | brisk
     image_size: int = 1024                # long side in pixels; smaller photos are not upscaled
     max_keypoints: int = 1000             # strongest keypoints kept per photo
     num_workers: int = 2                  # extraction processes (0 = in this process)

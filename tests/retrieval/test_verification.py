@@ -90,3 +90,18 @@ def test_draw_matches_is_a_png_of_both_photos(photo):
     img = Image.open(io.BytesIO(png))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and img.height == 200
     assert abs(img.width - 2 * round(photo.width * 200 / photo.height)) <= 2
+
+
+def test_affine_rootsift_matches_a_grazing_view_that_rootsift_loses(photo):
+    w, h = photo.size
+    # the photo squeezed to a third of its width (a view at about 70 degrees) and rotated by 30 degrees
+    A = cv2.getRotationMatrix2D((w / 2, h / 2), 30, 1.0) @ np.array([[1 / 3, 0, w / 3], [0, 1, 0], [0, 0, 1]])
+    grazing = Image.fromarray(cv2.warpAffine(np.asarray(photo), A, (w, h)))
+    inliers = {}
+    for kind in ("rootsift", "affine_rootsift"):
+        ex = LocalExtractor(LocalConfig(kind=kind, image_size=640, max_keypoints=1000, num_workers=0))
+        a, b = ex.extract_image(photo), ex.extract_image(grazing)
+        assert b.descriptors.shape[1] == 128 and len(b) <= 1000
+        m = match_pair(prepare(a.descriptors), prepare(b.descriptors), ratio=0.85)
+        inliers[kind] = verify(a.xy, b.xy, m, model="homography", threshold=4.0, max_iters=2000).inliers
+    assert inliers["affine_rootsift"] >= 60 and inliers["affine_rootsift"] >= 3 * inliers["rootsift"]

@@ -1,4 +1,11 @@
-"""Local features: RootSIFT (OpenCV SIFT, L1-normalised, square-rooted), ORB or BRISK keypoints.
+"""Local features: RootSIFT (OpenCV SIFT, L1-normalised, square-rooted), affine-covariant RootSIFT,
+ORB or BRISK keypoints.
+
+The Baidu GLR19 solution (§2.1.2) chose SURF and Hessian-Affine RootSIFT for their robustness to
+scale and viewpoint; neither is in OpenCV's main modules (SURF is in the non-free contrib build).
+``affine_rootsift`` reaches affine covariance the way ASIFT does (OpenCV's ``AffineFeature``): SIFT
+runs on simulated tilts and rotations of the photo and its keypoints are mapped back, so that a
+facade seen at a grazing angle still matches a frontal photo.
 
 Photos are decoded safely (:func:`landmark.data.load_image`), converted to grey and resized so that
 their long side is at most ``image_size`` (never upscaled); keypoints are kept in that *extraction
@@ -34,8 +41,9 @@ from .extract import Failure, PhotoItem
 
 log = logging.getLogger(__name__)
 
-KINDS = ("rootsift", "orb", "brisk")
+KINDS = ("rootsift", "affine_rootsift", "orb", "brisk")
 BINARY_KINDS = ("orb", "brisk")
+AFFINE_MAX_TILT = 3                    # affine_rootsift: tilts 1, sqrt 2, 2, 2 sqrt 2 (ASIFT goes to 5, 1.6x slower)
 
 
 @dataclass
@@ -73,6 +81,8 @@ def local_signature(cfg: LocalConfig) -> dict[str, Any]:
 def _detector(cfg: LocalConfig):
     if cfg.kind == "rootsift":
         return cv2.SIFT_create(nfeatures=int(cfg.max_keypoints))
+    if cfg.kind == "affine_rootsift":   # the strongest max_keypoints over all simulated views are kept by detect()
+        return cv2.AffineFeature_create(cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)), maxTilt=AFFINE_MAX_TILT)
     if cfg.kind == "orb":
         return cv2.ORB_create(nfeatures=int(cfg.max_keypoints))
     if cfg.kind == "brisk":
@@ -84,7 +94,7 @@ def _detector(cfg: LocalConfig):
 
 
 def descriptor_size(kind: str) -> int:
-    return {"rootsift": 128, "orb": 32, "brisk": 64}[kind]
+    return {"rootsift": 128, "affine_rootsift": 128, "orb": 32, "brisk": 64}[kind]
 
 
 def extraction_frame(image: Image.Image | np.ndarray, image_size: int) -> tuple[np.ndarray, float]:
