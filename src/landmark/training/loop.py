@@ -362,7 +362,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
                              "resume with the same preset and overrides, or use a new --out")
         saved = state.get("labels_digest")
         if saved is None:     # written before the digest: the classes train_config.json recorded
-            saved_classes = state.get("classes") or _saved_classes(out / "train_config.json")
+            saved_classes = _saved_classes(out / "train_config.json")
             same = saved_classes is None or saved_classes == split.classes
         else:
             same = saved == _labels_digest(split)
