@@ -15,20 +15,21 @@ import logging
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
 from .config import Config, check, load_config
 from .data import ImageError, Manifest, load_image, read_dataset, read_photos
-from .data.manifests import ImageRecord, is_gldv2, read_gldv2
+from .data.manifests import ImageRecord, check_split_ids, has_gldv2_split, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
 from .features.extract import REGIONS_EXTRA
 from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, base_extractor, build_extractor,
                                 learn_store_whitening, zoom_views, zoomed)
 from .features.whitening import WhiteningError
 from .index import Store, StoreError
+from .index.store import StoredFile, content_hash
 from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
 from .retrieval.matching import match_pair
@@ -37,7 +38,7 @@ from .retrieval.category import StoreCategories, category_first
 from .retrieval.search import ExpandedSearch, rank
 from .retrieval.verification import draw_matches, verify
 from .recognition.calibrate import VAL_FRACTION, VAL_SEED
-from .recognition.pipeline import Decision, Evidence, Recognizer, decide
+from .recognition.pipeline import Decision, Evidence, Recognizer, decide, neighbour_inliers
 
 if TYPE_CHECKING:
     from .training.pseudo import ClusterConfig, StoreClusters
@@ -77,16 +78,30 @@ class Recognition:
     evidence: dict = field(default_factory=dict)   # classifier top-k, filter decisions, grade parts
 
 
+@dataclass(frozen=True)
+class Renamed:
+    """A photo kept under a new id because the id it came with names another stored photo."""
+
+    id: str          # the id it came with (its file name, or its CSV id), taken in the store
+    new_id: str      # the id it is stored under: ``{id}~{first 8 hex digits of its SHA-256}``
+    path: str
+    reason: str      # why it counts as another photo than the stored one
+
+    def __str__(self) -> str:
+        return f"{self.path}: id {self.id!r} is taken by {self.reason}; kept as {self.new_id!r}"
+
+
 @dataclass
 class BuildReport:
-    added: dict[str, int] = field(default_factory=dict)      # split -> photos added
-    skipped: dict[str, int] = field(default_factory=dict)    # split -> photos already in the store
+    added: dict[str, int] = field(default_factory=dict)      # split -> photos added (renamed ones included)
+    skipped: dict[str, int] = field(default_factory=dict)    # split -> photos already in the store (same content)
     failures: list[Failure] = field(default_factory=list)
+    renamed: list[Renamed] = field(default_factory=list)     # added under a new id: theirs was taken
 
 
 def default_splits(root: Path) -> tuple[str, ...]:
     """Which parts of a dataset make the database: GLDv2 train + index, or the whole folder."""
-    return tuple(s for s in ("train", "index") if (root / f"{s}.csv").is_file()) if is_gldv2(root) else ("db",)
+    return tuple(s for s in ("train", "index") if has_gldv2_split(root, s)) if is_gldv2(root) else ("db",)
 
 
 def dataset_manifest(root: Path, split: str) -> Manifest:
@@ -157,9 +172,13 @@ class Landmarks:
         """Build (or finish building) a store from a GLDv2 root or a folder of photos.
 
         ``ray`` (a :class:`landmark.distributed.RayConfig`) spreads the extraction over Ray actors.
+        A GLDv2 root whose splits share photo ids is refused before any work (:func:`check_split_ids`);
+        a resumed build skips the photos already stored (same file or same content, see :meth:`add_manifest`).
         """
         root = Path(data)
         config = check(config) if config is not None else load_config()
+        if is_gldv2(root):     # before any extraction: a shared id would drop one of its two photos
+            check_split_ids(root, splits or default_splits(root), queries=("test",))
         if config.whitening.kind != "none":
             _learn_whitening(root, Path(store_dir), config, splits or default_splits(root), device=device,
                              overwrite=overwrite, progress=progress)
@@ -175,12 +194,18 @@ class Landmarks:
     # -- writes --------------------------------------------------------------------------------
     def add_manifest(self, manifest: Manifest, split: str | None = None, *, progress: bool | None = None,
                      report: BuildReport | None = None) -> BuildReport:
-        """Extract and add the photos of ``manifest`` not yet in the store (resumable)."""
+        """Extract and add the photos of ``manifest`` not yet in the store (resumable).
+
+        A photo is already in the store when a stored photo has its id and its content (see
+        :func:`_place`); one whose id names another stored photo is added under a new id,
+        ``{id}~{first 8 hex digits of its SHA-256}``, listed in ``report.renamed`` and logged: no photo
+        is dropped for its name."""
         report = report or BuildReport()
         split = split or manifest.name
-        present = set(self.store.get(manifest.ids()))
-        todo = [r for r in manifest.records if r.id not in present]
-        report.skipped[split] = len(manifest) - len(todo)
+        placed = _place(self.store, manifest.records)
+        todo = placed.todo
+        report.skipped[split] = len(placed.records) - len(todo)
+        report.failures += placed.failures
         work = self.store.root / "_work" / f"extract-{split}"
         if self.ray is not None:
             from .distributed import extract_distributed
@@ -190,23 +215,34 @@ class Landmarks:
                                          expect_prior_source=self.prior_source if self.groups else None)
         else:
             result = self.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
-        self.store_extracted(todo, result, split)
+        self.store_extracted(todo, result, split, contents=placed.contents)
         shutil.rmtree(work, ignore_errors=True)
         report.added[split] = len(result.ids)
         report.failures += result.failures
+        done = set(result.ids)
+        renamed = [r for r in placed.renamed if r.new_id in done]
+        report.renamed += renamed
+        if renamed:
+            log.warning("%s: %d photo(s) kept under a new id, theirs being taken by another stored photo: %s%s",
+                        split, len(renamed), "; ".join(map(str, renamed[:3])),
+                        f"; and {len(renamed) - 3} more" if len(renamed) > 3 else "")
         if self.config.local.enabled:
-            stored = set(self.store.get(manifest.ids()))
-            report.failures += self.add_local([r for r in manifest.records if r.id in stored], progress=progress,
+            stored = set(self.store.get([r.id for r in placed.records]))
+            report.failures += self.add_local([r for r in placed.records if r.id in stored], progress=progress,
                                               description=f"local features {split}")
         return report
 
-    def store_extracted(self, records: Sequence[ImageRecord], result: ExtractionResult, split: str) -> None:
+    def store_extracted(self, records: Sequence[ImageRecord], result: ExtractionResult, split: str, *,
+                        contents: Mapping[str, str] | None = None) -> None:
         """Add ``result`` (the global extraction of ``records``, with its object prior) to the store in
-        one commit under ``split``. Local features are :meth:`add_local`'s."""
+        one commit under ``split``, with each photo's content hash (from ``contents`` where already
+        computed, else read from its file). Local features are :meth:`add_local`'s."""
         by_id = {r.id: r for r in records}
+        known = contents or {}
         self.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
                        landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes,
-                       extras={k: v for k, v in result.extras.items() if k != DESCRIPTOR_EXTRA})
+                       extras={k: v for k, v in result.extras.items() if k != DESCRIPTOR_EXTRA},
+                       contents=[known.get(i) or _content_or_none(by_id[i].path) for i in result.ids])
         if result.extras and len(result.ids) and self.groups is not None:
             from .recognition.setup import priors_stale, record_groups
 
@@ -234,6 +270,9 @@ class Landmarks:
 
     def add_photos(self, photos: Sequence[str | Path], *, landmark_id: int | None = None, split: str = "user",
                    name: str | None = None, progress: bool | None = None) -> BuildReport:
+        """Add photos (ids: their file names, see :func:`~landmark.data.read_photos`) under ``split``.
+        One whose id names another stored photo is kept under a new id (``report.renamed``); one
+        already stored (same id, same content) is skipped (see :meth:`add_manifest`)."""
         manifest = read_photos(photos)
         manifest = Manifest(manifest.name, manifest.root,
                             [ImageRecord(r.id, r.path, landmark_id) for r in manifest.records])
@@ -433,7 +472,9 @@ class Landmarks:
         by_name = dict(zip(self._query_names(photos), photos))
         detections = self.detect([by_name[q] for q in ids], progress=progress)
         out: dict[str, Recognition] = {q: Recognition(q, None, None, 0.0, error=e) for q, e in errors.items()}
-        for q, rec in zip(ids, self.recognize_vectors(vectors, extras=extras, ids=ids, detections=detections)):
+        recs = self.recognize_vectors(vectors, extras=extras, ids=ids, detections=detections,
+                                      local=self.query_local_features(by_name), progress=progress)
+        for q, rec in zip(ids, recs):
             rec.query = q
             out[q] = rec
         return [out[q] for q in self._query_names(photos)]
@@ -485,13 +526,45 @@ class Landmarks:
         return self.recognizer.gather(vectors, ids, extras.get(PROBE_NAME), detections,
                                       descriptors=extras.get(DESCRIPTOR_EXTRA), regions=extras.get(REGIONS_EXTRA))
 
+    def verify_neighbours(self, ev: Evidence, features: Mapping[str, LocalFeatures] | LocalStore, *,
+                          progress: bool | None = None) -> Evidence:
+        """Fill ``ev.inliers`` (the geometric evidence :func:`~landmark.recognition.pipeline.decide` weighs
+        against the non-landmark filters) from the queries' local features by query id: a mapping (e.g.
+        :meth:`query_local_features`), or a :class:`LocalStore` of cached query features (``landmark
+        evaluate``'s), read one query at a time. Each query is verified against its top-k labelled
+        neighbours as search re-ranks (:attr:`verifier`); a query without features stays unverified (-1),
+        and a store without local features leaves ``ev.inliers`` None. Returns ``ev``."""
+        if not self.has_local_features:
+            return ev
+        lookup = (lambda q: features[q] if q in features else None) if isinstance(features, LocalStore) else features.get
+        ev.inliers = neighbour_inliers(ev.keys, ev.labels.shape[1], (lookup(q) for q in ev.ids),
+                                       self.verifier.inliers, progress=progress)
+        return ev
+
+    @property
+    def has_local_features(self) -> bool:
+        """Whether the store keeps local features to verify neighbours with (``rerank.enabled`` switches
+        them for search; recognition verifies whenever they are there)."""
+        return self.local is not None and len(self.local) > 0
+
+    def query_local_features(self, photos: Mapping[str, Photo]) -> "QueryLocalFeatures":
+        """The local features of query ``photos`` (id -> path or PIL image) for :meth:`verify_neighbours`,
+        made like the stored ones (:meth:`local_features`) when read, one photo at a time."""
+        return QueryLocalFeatures(self, photos)
+
     def recognize_vectors(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
-                          ids: Sequence[str] | None = None, detections: Sequence | None = None) -> list[Recognition]:
+                          ids: Sequence[str] | None = None, detections: Sequence | None = None,
+                          local: Mapping[str, LocalFeatures] | LocalStore | None = None,
+                          progress: bool | None = None) -> list[Recognition]:
         """Recognitions of query descriptors; ``extras`` are the extractor's probe outputs (object prior),
-        ``detections`` the object detector's decisions (:meth:`detect`)."""
+        ``detections`` the object detector's decisions (:meth:`detect`), ``local`` the queries' local
+        features by id (:meth:`query_local_features` of their photos), which verify their neighbours
+        (:meth:`verify_neighbours`)."""
         if not len(vectors):
             return []
         ev = self.gather(vectors, extras=extras, ids=ids, detections=detections)
+        if local is not None:
+            self.verify_neighbours(ev, local, progress=progress)
         return self.recognitions(ev, decide(ev, self.recognizer.cfg))
 
     def recognitions(self, ev: Evidence, decisions: Sequence[Decision]) -> list[Recognition]:
@@ -499,9 +572,10 @@ class Landmarks:
         rows = self.store.get(sorted({k for row in ev.keys for k in row if k is not None}))
         out = []
         for qi, d in enumerate(decisions):
+            inliers = ev.inliers[qi] if ev.inliers is not None else np.full(len(ev.keys[qi]), -1)
             matches = [Match(key, float(s), int(lab) if lab >= 0 else None, names.get(int(lab)) if lab >= 0 else None,
-                             rows[key].path if key in rows else None)
-                       for key, s, lab in zip(ev.keys[qi], ev.scores[qi], ev.labels[qi]) if key is not None]
+                             rows[key].path if key in rows else None, int(inl) if inl >= 0 else None)
+                       for key, s, lab, inl in zip(ev.keys[qi], ev.scores[qi], ev.labels[qi], inliers) if key is not None]
             out.append(Recognition(ev.ids[qi], d.landmark_id, names.get(d.landmark_id) if d.landmark_id is not None else None,
                                    d.score, ev.votes[qi].votes, matches, grade=d.grade, evidence=d.evidence))
         return out
@@ -589,6 +663,128 @@ class Landmarks:
         return ids, vectors, errors, merged
 
 
+class QueryLocalFeatures(Mapping[str, LocalFeatures]):
+    """Query photos' local features by id, extracted when read and not kept (a batch of thousands never
+    holds them all), as :meth:`Landmarks.local_features` makes them for search's re-rank. A photo that
+    cannot be read again is missing (``get`` gives None: its neighbours stay unverified)."""
+
+    def __init__(self, lm: Landmarks, photos: Mapping[str, Photo]):
+        self.lm, self.photos = lm, photos
+
+    def __getitem__(self, query: str) -> LocalFeatures:
+        photo = self.photos[query]
+        try:
+            return self.lm.local_features(photo)
+        except ImageError as exc:
+            log.warning("no local features for %s, its neighbours stay unverified: %s", query, exc)
+            raise KeyError(query) from exc
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.photos)
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+
+@dataclass
+class _Placement:
+    """Where the photos of a manifest go in a store (:func:`_place`)."""
+
+    records: list[ImageRecord] = field(default_factory=list)   # each photo under its store id, skipped ones too
+    todo: list[ImageRecord] = field(default_factory=list)      # those to extract and add
+    renamed: list[Renamed] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)      # unreadable photos whose id is taken
+    contents: dict[str, str] = field(default_factory=dict)     # store id -> content hash already computed
+
+
+def _place(store: Store, records: Sequence[ImageRecord]) -> _Placement:
+    """Sort photos into new ones, ones already stored, and ones whose id names another stored photo.
+
+    A photo is already stored when the stored photo of its id has its content: it is the same file,
+    unmodified since it was added (no file is read: a resumed build costs a ``stat`` per photo), or
+    its bytes have the same SHA-256. Otherwise it is kept under ``{id}~{first 8 hex digits of its
+    SHA-256}`` (16, then 64 digits if that is taken by yet another photo), so that adding it again
+    finds it there. A photo stored before content hashes were kept gets its hash from its file, which
+    is then recorded; when that file is gone the two cannot be compared and the new photo gets a new id.
+    """
+    stored = store.stored_files([r.id for r in records])
+    out = _Placement()
+    taken = {r.id for r in records}
+    backfill: dict[str, str] = {}
+    for r in records:
+        old = stored.get(r.id)
+        if old is None:
+            out.records.append(r)
+            out.todo.append(r)
+            continue
+        if _same_file(old, r.path):
+            out.records.append(r)
+            continue
+        try:
+            digest = content_hash(r.path)
+        except OSError as exc:
+            out.failures.append(Failure(r.id, str(r.path), f"cannot read it to compare with the stored photo "
+                                                           f"{r.id!r}: {exc.strerror or exc}"))
+            continue
+        known = old.content
+        if known is None and old.path is not None:     # stored before content hashes were kept
+            known = digest if old.path == str(Path(r.path).resolve()) else _content_or_none(old.path)
+            if known is not None:
+                backfill[r.id] = known
+        if known == digest:
+            out.records.append(r)
+            continue
+        new_id, present = _new_id(store, r.id, digest, taken)
+        record = ImageRecord(new_id, r.path, r.landmark_id)
+        out.records.append(record)
+        if present:            # added before under its new id
+            continue
+        taken.add(new_id)
+        out.todo.append(record)
+        out.contents[new_id] = digest
+        out.renamed.append(Renamed(r.id, new_id, str(r.path), f"another photo ({old.path})" if known is not None else
+                                   f"a photo stored before content hashes were kept, whose file {old.path} is gone "
+                                   "(so the two cannot be compared)"))
+    store.set_contents(backfill)
+    return out
+
+
+def _new_id(store: Store, image_id: str, digest: str, taken: set[str]) -> tuple[str, bool]:
+    """The id of a photo of content ``digest`` whose own ``image_id`` is taken, and whether a photo of that
+    content is already stored under it: ``{image_id}~{digest prefix}``, the prefix longer while the
+    id names another photo or one of ``taken`` (ids of the same batch)."""
+    for n in (8, 16, len(digest)):
+        candidate = f"{image_id}~{digest[:n]}"
+        if candidate in taken:
+            continue
+        found = store.stored_files([candidate]).get(candidate)
+        if found is None:
+            return candidate, False
+        if found.content == digest:
+            return candidate, True
+    raise StoreError(f"no free id for a photo of id {image_id!r} (SHA-256 {digest}): {image_id}~{digest} names "
+                     "another stored photo")
+
+
+def _same_file(stored: StoredFile, path: str | Path) -> bool:
+    """Whether ``path`` is the file ``stored`` was read from, not modified since it was added."""
+    if stored.path is None:
+        return False
+    try:
+        resolved = Path(path).resolve()
+        return str(resolved) == stored.path and resolved.stat().st_mtime <= stored.added_at
+    except OSError:
+        return False
+
+
+def _content_or_none(path: str | Path) -> str | None:
+    """:func:`content_hash` of ``path``, None when it cannot be read (then it is compared as unknown)."""
+    try:
+        return content_hash(path)
+    except OSError:
+        return None
+
+
 def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequence[str], *, device: str | None,
                      overwrite: bool, progress: bool | None) -> None:
     """Learn the store's whitening before the store is made: PCA on its ``whitening.learn_on`` split
@@ -635,4 +831,5 @@ def load_photo(source) -> Image.Image:
     return load_image(source)
 
 
-__all__ = ["BuildReport", "ImageError", "Landmarks", "Match", "Recognition", "SearchOutput", "open", "load_photo"]
+__all__ = ["BuildReport", "ImageError", "Landmarks", "Match", "QueryLocalFeatures", "Recognition", "Renamed", "SearchOutput",
+           "open", "load_photo"]

@@ -108,9 +108,10 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
     lm, report = Landmarks.build(data, store, cfg, splits=split or None,
                                  device=device, overwrite=overwrite, progress=progress, ray=ray_cfg)
     _print_failures(report.failures)
+    _print_renamed(report.renamed)
     info = lm.store.info()
     out.print(f"[green]store[/] {store}: {info['images']} photos ({info['labelled']} labelled, "
-              f"{info['landmarks']} landmarks), added {sum(report.added.values())}, "
+              f"{info['landmarks']} landmarks), added {sum(report.added.values())}{_renamed_note(report.renamed)}, "
               f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable")
     if calibrate or (calibrate is None and info["labelled"] and lm.store.meta_value(CALIBRATION_META) is None):
         try:
@@ -153,8 +154,9 @@ def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders o
     lm = Landmarks.open(store, device=device)
     report = lm.add_photos(photos, landmark_id=landmark_id, split=split, name=name, progress=progress)
     _print_failures(report.failures)
-    out.print(f"added {sum(report.added.values())} photos, {sum(report.skipped.values())} already present; "
-              f"store now holds {len(lm.store)}")
+    _print_renamed(report.renamed)
+    out.print(f"added {sum(report.added.values())} photos{_renamed_note(report.renamed)}, "
+              f"{sum(report.skipped.values())} already present (same id, same content); store now holds {len(lm.store)}")
 
 
 @index_app.command("remove")
@@ -240,7 +242,8 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
     result = lm.embed(manifest, progress=progress, queries=True)
     paths = {r.id: r.path for r in manifest.records}
     recs = lm.recognize_vectors(result.vectors, extras=result.extras, ids=result.ids,
-                                detections=lm.detect([paths[q] for q in result.ids], progress=progress))
+                                detections=lm.detect([paths[q] for q in result.ids], progress=progress),
+                                local=lm.query_local_features({q: paths[q] for q in result.ids}), progress=progress)
     if csv:
         write_recognition_csv(csv, {r.query: (r.landmark_id, r.score) if r.landmark_id is not None else None for r in recs},
                               ids=manifest.ids())
@@ -552,6 +555,22 @@ def _print_failures(failures) -> None:
         err.print(f"  {f.path}: {f.reason}")
     if len(failures) > 20:
         err.print(f"  ... and {len(failures) - 20} more (see the report)")
+
+
+def _print_renamed(renamed) -> None:
+    """The photos kept under a new id because theirs named another stored photo: old id -> new id."""
+    if not renamed:
+        return
+    out.print(f"[yellow]{len(renamed)} photo(s) kept under a new id (theirs names another stored photo, "
+              f"with other content):[/]")
+    for r in renamed[:20]:
+        out.print(f"  {r.path}: {r.id} -> {r.new_id}", markup=False, highlight=False)
+    if len(renamed) > 20:
+        out.print(f"  ... and {len(renamed) - 20} more")
+
+
+def _renamed_note(renamed) -> str:
+    return f" ({len(renamed)} under a new id)" if renamed else ""
 
 
 def main() -> None:

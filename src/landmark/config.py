@@ -90,6 +90,11 @@ class RecognitionConfig:
     distractor_filter: bool = True        # min of top-k similarities to known non-landmarks > threshold
     distractor_k: int = 3
     distractor_threshold: float = 0.8
+    evidence_overrules: bool = True       # a unanimous top-k vote (k of k) with >= evidence_inliers verified local
+                                          # inliers to a neighbour of that landmark is kept: the object prior and the
+                                          # distractor filter (similarity thresholds) do not overrule its own evidence
+    evidence_inliers: int = 8             # verified inliers that show the landmark (rerank.verified_inliers: no false
+                                          # positive among ~6,700 negative pairs of the train validation)
     grading: bool = True                  # A1-A4 from the top-k neighbours
     t1: float = 0.9                       # A1: min similarity of the predicted label's neighbours > t1
     t2: float = 0.85                      # A2: max similarity of the predicted label > t2
@@ -329,7 +334,8 @@ MINIMUMS: dict[str, float] = {
     "extract.image_size": 32, "extract.size_multiple": 1, "extract.batch_size": 1, "extract.num_workers": 0,
     "index.nlist": 0, "index.pq_m": 1, "index.pca_dim": 0, "index.nprobe": 0, "index.rerank": 0, "index.train_min": 0,
     "search.k": 1, "recognition.k": 1, "recognition.regions": 1, "recognition.zoom": 1.0, "recognition.classifier_topk": 1,
-    "recognition.distractor_k": 1, "recognition.frequent_min": 1, "local.image_size": 32, "local.max_keypoints": 1,
+    "recognition.distractor_k": 1, "recognition.evidence_inliers": 1, "recognition.frequent_min": 1,
+    "local.image_size": 32, "local.max_keypoints": 1,
     "local.num_workers": 0, "rerank.top_k": 1, "rerank.max_iters": 1, "rerank.min_inliers": 0,
     "rerank.saturation": 1, "rerank.verified_inliers": 0, "rerank.inverted_k": 0, "whitening.dim": 1,
     "expansion.shortlist": 1, "expansion.search_max": 0, "category.max_labels": 1,

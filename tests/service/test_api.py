@@ -107,6 +107,11 @@ def test_recognize_an_eiffel_photo(client, eiffel_query, ro_store):
     assert body["matches"][0]["landmark_id"] == 47378
     rec = Landmarks.open(ro_store).recognize([str(eiffel_query)])[0]        # the service answers what the API does
     assert body["score"] == pytest.approx(rec.score, abs=1e-5) and body["grade"] == rec.grade
+    # its neighbours are verified with local features: the evidence the non-landmark filters are weighed against
+    verification = body["evidence"]["verification"]
+    assert verification["needed"] == 8 and len(verification["inliers"]) == len(body["matches"])
+    assert [m["inliers"] for m in body["matches"]] == verification["inliers"] == [m.inliers for m in rec.neighbours]
+    assert body["grade"] != "non-landmark" or not verification["shows_landmark"]
     thumb = client.get(body["matches"][0]["thumbnail"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     # the store has local features: the upload's keypoint matches with its best match come as a PNG

@@ -123,6 +123,6 @@ def test_a_filtered_non_landmark_is_not_named_nor_offered_to_a_landmark(server, 
     browser.find_element(By.ID, "file").send_keys(str(photo))
     wait.until(EC.visibility_of_element_located((By.ID, "result")))
     assert browser.find_element(By.ID, "grade").text.lower() == "non-landmark"
-    assert browser.find_element(By.ID, "landmark-name").text == "Not a landmark"
+    assert browser.find_element(By.ID, "landmark-name").text == "Not recognised as a landmark"
     assert "nearest landmark" in browser.find_element(By.ID, "landmark-id").text
     assert not browser.find_element(By.ID, "add-this").is_displayed()

@@ -8,7 +8,9 @@ from .manifests import (
     ImageRecord,
     Manifest,
     Solution,
+    dataset_entry,
     gldv2_image_path,
+    has_gldv2_split,
     is_gldv2,
     read_dataset,
     read_folder,
@@ -19,6 +21,6 @@ from .manifests import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "GLDV2_SPLITS", "IMAGE_EXTENSIONS", "DatasetError", "ImageError", "ImageRecord",
-    "Manifest", "Solution", "gldv2_image_path", "is_gldv2", "load_image", "probe_size", "read_dataset",
+    "Manifest", "Solution", "dataset_entry", "gldv2_image_path", "has_gldv2_split", "is_gldv2", "load_image", "probe_size", "read_dataset",
     "read_folder", "read_gldv2", "read_gldv2_solution", "read_photos", "to_rgb",
 ]

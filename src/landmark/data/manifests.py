@@ -89,10 +89,50 @@ def _gldv2_relpath(image_id: str) -> str:
     return f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
 
 
+_LINK_STUB_MAX = 4096   # bytes: a file this small whose one line names an existing relative path is a link stub
+_LINK_HOPS = 8
+
+
+def dataset_entry(root: str | os.PathLike[str], name: str) -> Path:
+    """``root / name``, following link stubs: where a dataset's file or folder is a symbolic link that
+    was copied as a small text file holding the link's relative target (git with ``core.symlinks``
+    off, archives, some sync tools), the path it names, relative to the stub's folder. Real symbolic
+    links need nothing (the OS follows them); anything else is returned as it is."""
+    path = Path(root) / name
+    for _ in range(_LINK_HOPS):
+        target = _stub_target(path)
+        if target is None:
+            return path
+        path = target
+    raise DatasetError(f"{Path(root) / name}: more than {_LINK_HOPS} link stubs in a row (a loop?)")
+
+
+def _stub_target(path: Path) -> Path | None:
+    """The existing path a link stub at ``path`` names, else None."""
+    try:
+        if not path.is_file() or path.stat().st_size > _LINK_STUB_MAX:
+            return None
+        text = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        line = text.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if not line or "\n" in line or "," in line or "\0" in line or Path(line).is_absolute():
+        return None
+    target = path.parent / line
+    return target if target.exists() and target != path else None
+
+
 def is_gldv2(root: str | os.PathLike[str]) -> bool:
     """Whether ``root`` has at least one GLDv2 split: ``{split}.csv`` next to a ``{split}/`` folder."""
-    root = Path(root)
-    return any((root / f"{s}.csv").is_file() and (root / s).is_dir() for s in GLDV2_SPLITS)
+    return any(has_gldv2_split(root, s) for s in GLDV2_SPLITS)
+
+
+def has_gldv2_split(root: str | os.PathLike[str], split: str) -> bool:
+    """Whether ``root`` has GLDv2 split ``split``: ``{split}.csv`` next to a ``{split}/`` folder (link stubs followed)."""
+    return dataset_entry(root, f"{split}.csv").is_file() and dataset_entry(root, split).is_dir()
 
 
 def read_gldv2(root: str | os.PathLike[str], split: str, *, check_files: bool = False) -> Manifest:
@@ -103,9 +143,9 @@ def read_gldv2(root: str | os.PathLike[str], split: str, *, check_files: bool = 
     if split not in GLDV2_SPLITS:
         raise DatasetError(f"unknown GLDv2 split {split!r} (expected one of {', '.join(GLDV2_SPLITS)})")
     root = Path(root)
-    csv_path = root / f"{split}.csv"
+    csv_path = dataset_entry(root, f"{split}.csv")
     needed = ("id", "landmark_id") if split == "train" else ("id",)
-    split_dir = root / split  # joined once: ``split_dir / relpath`` is the fastest Path for 4M rows
+    split_dir = dataset_entry(root, split)  # joined once: ``split_dir / relpath`` is the fastest Path for 4M rows
     records = []
     seen: set[str] = set()
     duplicates = 0
@@ -125,9 +165,44 @@ def read_gldv2(root: str | os.PathLike[str], split: str, *, check_files: bool = 
     if check_files:
         missing = [str(r.path) for r in records if not r.path.is_file()]
         if missing:
-            raise DatasetError(f"{root / split}: {len(missing)} of {len(records)} photos of {csv_path.name} are "
+            raise DatasetError(f"{split_dir}: {len(missing)} of {len(records)} photos of {csv_path.name} are "
                                f"missing:{_listing(missing)}")
-    return Manifest(split, root, records, _read_label_names(root / "label_names.csv"))
+    return Manifest(split, root, records, _read_label_names(dataset_entry(root, "label_names.csv")))
+
+
+def check_split_ids(root: str | os.PathLike[str], splits: Sequence[str], queries: Sequence[str] = ()) -> None:
+    """Refuse a GLDv2 root whose database ``splits`` share photo ids; warn where ``queries`` splits
+    share ids with them. Reads only the id column of each CSV, so it is cheap to run before any work.
+
+    A store keys photos by id: a photo of ``index.csv`` whose id is also in ``train.csv`` would be
+    taken for the stored train photo and dropped, so that is a :class:`DatasetError` naming the two
+    CSV files and the ids (the first few and how many). Queries (``test``) are never stored, and a
+    dataset whose queries are also database photos (Revisited Oxford / Paris made into this layout)
+    is legitimate, so there it is a warning. Splits the root does not have are left out.
+    """
+    root = Path(root)
+    ids: dict[str, set[str]] = {}
+    for split in dict.fromkeys([*splits, *queries]):
+        if split in GLDV2_SPLITS and has_gldv2_split(root, split):
+            with _csv_rows(dataset_entry(root, f"{split}.csv"), ("id",)) as rows:
+                ids[split] = {cells[0] for _, cells in rows}
+    database = [s for s in dict.fromkeys(splits) if s in ids]
+    for i, a in enumerate(database):
+        for b in database[i + 1:]:
+            shared = sorted(ids[a] & ids[b])
+            if shared:
+                raise DatasetError(
+                    f"{dataset_entry(root, f'{a}.csv')} and {dataset_entry(root, f'{b}.csv')} share {len(shared)} "
+                    f"photo id(s); a store keys photos by id, so one photo of each pair would be lost. Give them "
+                    f"distinct ids, or build one of the splits (--split):{_listing(shared)}")
+    for q in (s for s in dict.fromkeys(queries) if s in ids and s not in database):
+        for a in database:
+            shared = sorted(ids[q] & ids[a])
+            if shared:
+                log.warning("%s and %s share %d photo id(s): queries that are also database photos (right where "
+                            "the queries are drawn from the database, otherwise give them distinct ids):%s",
+                            dataset_entry(root, f"{q}.csv"), dataset_entry(root, f"{a}.csv"), len(shared),
+                            _listing(shared))
 
 
 @dataclass
@@ -150,7 +225,7 @@ def read_gldv2_solution(root: str | os.PathLike[str]) -> Solution:
     """Read ``recognition_solution.csv`` and ``retrieval_solution.csv``; a missing file gives empty dicts."""
     root = Path(root)
     solution = Solution({}, {}, {}, {})
-    rec_path, ret_path = root / "recognition_solution.csv", root / "retrieval_solution.csv"
+    rec_path, ret_path = dataset_entry(root, "recognition_solution.csv"), dataset_entry(root, "retrieval_solution.csv")
     if rec_path.is_file():
         with _csv_rows(rec_path, ("id", "landmarks", "Usage")) as rows:
             for line, (test_id, cell, usage) in rows:

@@ -2,7 +2,7 @@
 
 Layout::
 
-    meta.sqlite            images(row, key, path, landmark_id, split, width, height, added_at),
+    meta.sqlite            images(row, key, path, landmark_id, split, width, height, added_at, content),
                            landmarks(landmark_id, name), meta(key, value): version, generation, signature
     global-<generation>.faiss   IndexIDMap2 over exact inner product; FAISS ids = images.row
                            (compressed: IVF-PQ codes, named by position in vectors-<generation>.faiss,
@@ -14,6 +14,10 @@ Searches limited to labelled photos or to some splits use, on an exact store, a 
 those photos' vectors made once per generation (FAISS's flat search behind an ID selector gives up
 BLAS); a compressed store filters with an ID selector.
 
+``images.content`` is the SHA-256 of the photo file's bytes (:func:`content_hash`): what tells a new
+photo that comes with a stored photo's id apart from that photo (see ``Landmarks.add_manifest``).
+Stores made before it existed get the column when opened; their rows have none until it is needed.
+
 Commit protocol: a write produces ``global-<g+1>.faiss`` (temp file, fsync, rename) and then commits
 the SQLite transaction that moves ``generation`` to ``g+1``; only then is the old file removed. A
 run killed at any point leaves SQLite naming a FAISS file that exists and matches it.
@@ -22,7 +26,9 @@ run killed at any point leaves SQLite naming a FAISS file that exists and matche
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -48,7 +54,8 @@ CREATE TABLE IF NOT EXISTS images (
     split TEXT,
     width INTEGER,
     height INTEGER,
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    content TEXT
 );
 CREATE INDEX IF NOT EXISTS images_landmark ON images(landmark_id);
 CREATE INDEX IF NOT EXISTS images_split ON images(split);
@@ -77,6 +84,23 @@ class ImageRow:
     split: str | None
     width: int | None
     height: int | None
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """Where a stored photo came from: its file (resolved path), when it was added, and the SHA-256 of
+    its bytes (None for photos stored before content hashes were kept, until one is recorded)."""
+
+    path: str | None
+    added_at: float
+    content: str | None
+
+
+def content_hash(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a file's bytes: a photo's identity in the store, whatever its name.
+    Raises OSError when the file cannot be read."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass
@@ -115,6 +139,11 @@ class Store:
                              "value BLOB NOT NULL, PRIMARY KEY (row, name))")
             except sqlite3.OperationalError:
                 pass
+        if not self._has_content_column():
+            try:   # stores made before content hashes were kept: their rows have none (see add_manifest)
+                conn.execute("ALTER TABLE images ADD COLUMN content TEXT")
+            except sqlite3.OperationalError:
+                pass   # read-only (reads then see no hashes), or another process added it just now
         self._generation = -1
         self._index: faiss.Index | None = None
         self._derived: dict[Any, Any] = {}      # per-generation lookups: selectors, subset indexes, row positions
@@ -239,6 +268,27 @@ class Store:
             out.update({r[0]: ImageRow(*r) for r in self._conn.execute(q, list(part))})
         return out
 
+    def stored_files(self, keys: Sequence[str]) -> dict[str, StoredFile]:
+        """Where each stored one of ``keys`` came from (unknown keys are left out): what decides whether
+        a photo coming with a stored id is that photo again."""
+        content = "content" if self._has_content_column() else "NULL"
+        out: dict[str, StoredFile] = {}
+        for part in _chunks(list(keys)):
+            q = f"SELECT key, path, added_at, {content} FROM images WHERE key IN ({','.join('?' * len(part))})"
+            out.update({r[0]: StoredFile(*r[1:]) for r in self._conn.execute(q, list(part))})
+        return out
+
+    def set_contents(self, contents: Mapping[str, str]) -> None:
+        """Record the content hashes of stored photos that were added without one (one commit; unknown
+        keys are ignored). Metadata only: the index and its generation stay as they are."""
+        if not contents:
+            return
+        with _lock(self.root), self._conn:
+            self._conn.executemany("UPDATE images SET content=? WHERE key=?", [(h, k) for k, h in contents.items()])
+
+    def _has_content_column(self) -> bool:
+        return any(r[1] == "content" for r in self._conn.execute("PRAGMA table_info(images)"))
+
     def landmark_counts(self) -> list[tuple[int | None, int, str]]:
         """``(landmark_id, photos, first key)`` per landmark (``None`` = unlabelled), most photos first."""
         q = "SELECT landmark_id, count(*) AS n, key, min(row) FROM images GROUP BY landmark_id ORDER BY n DESC, landmark_id"
@@ -353,9 +403,9 @@ class Store:
     def add(self, keys: Sequence[str], vectors: np.ndarray, *, paths: Sequence[str | None] | None = None,
             landmark_ids: Sequence[int | None] | None = None, split: str | None = None,
             sizes: Mapping[str, tuple[int, int]] | None = None, replace: bool = False,
-            extras: Mapping[str, np.ndarray] | None = None) -> int:
-        """Add descriptors with their metadata (and ``extras``: name -> N x G arrays) in one atomic commit;
-        returns the number added."""
+            extras: Mapping[str, np.ndarray] | None = None, contents: Sequence[str | None] | None = None) -> int:
+        """Add descriptors with their metadata (``contents``: each photo's :func:`content_hash`;
+        ``extras``: name -> N x G arrays) in one atomic commit; returns the number added."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = len(keys)
         if vectors.shape != (n, self.dim):
@@ -368,6 +418,10 @@ class Store:
             return 0
         paths = list(paths) if paths is not None else [None] * n
         labels = list(landmark_ids) if landmark_ids is not None else [None] * n
+        hashes = list(contents) if contents is not None else [None] * n
+        if len(paths) != n or len(labels) != n or len(hashes) != n:
+            raise StoreError(f"expected {n} paths, landmark ids and contents, got {len(paths)}, {len(labels)} "
+                             f"and {len(hashes)}")
         sizes = sizes or {}
         now = time.time()
         with self._write() as conn:
@@ -379,9 +433,10 @@ class Store:
             first = conn.execute("SELECT coalesce(max(row), 0) + 1 FROM images").fetchone()[0]
             rows = np.arange(first, first + n, dtype=np.int64)
             conn.executemany(
-                "INSERT INTO images (row, key, path, landmark_id, split, width, height, added_at) VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO images (row, key, path, landmark_id, split, width, height, added_at, content) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
                 [(int(r), k, None if p is None else str(p), None if lab is None else int(lab), split,
-                  *(sizes.get(k) or (None, None)), now) for r, k, p, lab in zip(rows, keys, paths, labels)])
+                  *(sizes.get(k) or (None, None)), now, h) for r, k, p, lab, h in zip(rows, keys, paths, labels, hashes)])
             for name, values in (extras or {}).items():
                 values = np.asarray(values, dtype=np.float16).reshape(n, -1)
                 conn.executemany("INSERT INTO extras VALUES (?, ?, ?)",

@@ -3,7 +3,10 @@
 ``gather`` computes every piece of evidence for a batch of queries once (top-k labelled neighbours,
 the kNN vote, the classifier's top-k, the object prior and detector decisions, the distractor
 similarities); ``decide`` is a pure function of that evidence and a :class:`RecognitionConfig`, so an
-ablation re-runs only ``decide`` with stages switched on one after the other.
+ablation re-runs only ``decide`` with stages switched on one after the other. A query whose own
+evidence shows its landmark (a unanimous top-k vote, a neighbour verified with local features:
+``Evidence.inliers``, :func:`evidence_shows_landmark`) is not filtered by the object prior or the
+distractor similarity threshold.
 
 Order of the final scores: A1B1 > A1B2 > A2B1 > ... > A4B2 > non-landmark (filtered, demoted or
 dropped); inside a grade, frequent landmarks first, then the kNN similarity (:mod:`.grading`).
@@ -14,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -29,8 +32,12 @@ from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_
 from .knn import Vote, at_positions, knn_vote, merge_views, stack_views
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")                        # a query's local features (neighbour_inliers)
 
 DISTRACTOR_SPLIT = "distractors"      # `landmark index add --split distractors`: user-given non-landmark photos
+# the filters a query's verified unanimous vote overrules (evidence_shows_landmark); the detector's verdict (an
+# object covering most of the photo) stands
+OVERRULABLE = ("object_prior", "distractor")
 
 
 @dataclass
@@ -47,6 +54,8 @@ class Evidence:
     detector: list[DetectorDecision | None] | None = None
     distractor: np.ndarray | None = None            # Q: min of top-k similarities to known non-landmarks
     distractor_set: int = 0                         # how many known non-landmark photos there were
+    inliers: np.ndarray | None = None               # Q x k verified local-feature inliers with each neighbour
+                                                    # (-1 = not verified); None: no local features (neighbour_inliers)
 
 
 @dataclass
@@ -68,8 +77,8 @@ def object_verdict(ev: Evidence, qi: int) -> str | None:
     return None
 
 
-def non_landmark_reasons(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[str]:
-    """Which enabled filters call query ``qi`` a non-landmark."""
+def fired_filters(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[str]:
+    """Which enabled filters call query ``qi`` a non-landmark, before its own evidence is weighed."""
     reasons = []
     verdict = object_verdict(ev, qi) if cfg.object_prior else None
     if verdict:
@@ -77,6 +86,41 @@ def non_landmark_reasons(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[
     if cfg.distractor_filter and ev.distractor is not None and ev.distractor[qi] > cfg.distractor_threshold:
         reasons.append("distractor")
     return reasons
+
+
+def verified_support(ev: Evidence, qi: int, cfg: RecognitionConfig) -> int | None:
+    """The most verified inliers between query ``qi`` and one of its top-k neighbours of the landmark
+    it is voted; None where no such neighbour was verified (no local features, or no prediction)."""
+    lab = ev.votes[qi].landmark_id
+    if ev.inliers is None or lab is None:
+        return None
+    inliers = ev.inliers[qi, :cfg.k]
+    mine = inliers[(ev.labels[qi, :len(inliers)] == lab) & (inliers >= 0)]
+    return int(mine.max()) if len(mine) else None
+
+
+def evidence_shows_landmark(ev: Evidence, qi: int, cfg: RecognitionConfig) -> bool:
+    """Whether query ``qi``'s own evidence shows its landmark (``cfg.evidence_overrules``): all ``cfg.k``
+    neighbours vote it and one of them is verified with at least ``cfg.evidence_inliers`` inliers.
+    Such a query is the same place as labelled photos, geometrically: a similarity threshold to known
+    non-landmarks, or an ImageNet prior that mistakes a tower for an object, does not outweigh that."""
+    if not cfg.evidence_overrules or ev.votes[qi].votes < cfg.k:
+        return False
+    support = verified_support(ev, qi, cfg)
+    return support is not None and support >= cfg.evidence_inliers
+
+
+def overruled_filters(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[str]:
+    """The fired filters (of :data:`OVERRULABLE`) that query ``qi``'s own evidence overrules
+    (:func:`evidence_shows_landmark`)."""
+    fired = [r for r in fired_filters(ev, qi, cfg) if r in OVERRULABLE]
+    return fired if fired and evidence_shows_landmark(ev, qi, cfg) else []
+
+
+def non_landmark_reasons(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[str]:
+    """Which enabled filters call query ``qi`` a non-landmark, less those its evidence overrules."""
+    overruled = overruled_filters(ev, qi, cfg)
+    return [r for r in fired_filters(ev, qi, cfg) if r not in overruled]
 
 
 def decide(ev: Evidence, cfg: RecognitionConfig) -> list[Decision]:
@@ -120,8 +164,14 @@ def _evidence(ev: Evidence, qi: int, cfg: RecognitionConfig, reasons: list[str],
                 "votes": ev.votes[qi].votes},
         "neighbours": [[key, round(float(s), 4), int(lab) if lab >= 0 else None]
                        for key, s, lab in zip(ev.keys[qi][:cfg.k], ev.scores[qi, :cfg.k], ev.labels[qi, :cfg.k]) if key is not None],
-        "filters": {"non_landmark": reasons},
+        "filters": {"non_landmark": reasons, "overruled_by_evidence": overruled_filters(ev, qi, cfg)},
     }
+    if ev.inliers is not None:      # the query's own geometric evidence (evidence_shows_landmark), per neighbour
+        e["verification"] = {
+            "inliers": [int(i) if i >= 0 else None for key, i in zip(ev.keys[qi][:cfg.k], ev.inliers[qi, :cfg.k])
+                        if key is not None],
+            "best_inliers": verified_support(ev, qi, cfg), "needed": cfg.evidence_inliers,
+            "unanimous": ev.votes[qi].votes >= cfg.k, "shows_landmark": evidence_shows_landmark(ev, qi, cfg)}
     if ev.classifier is not None:
         e["classifier"] = [[int(lab), round(float(p), 4)] for lab, p in zip(ev.classifier.labels[qi], ev.classifier.probs[qi])]
     if ev.prior is not None:
@@ -166,6 +216,23 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
 
 
 # -- gathering the evidence over a store -----------------------------------------------------------------
+def neighbour_inliers(keys: Sequence[Sequence[str | None]], k: int, queries: Iterable[T | None],
+                      inliers_of: Callable[[T, list[str]], Sequence[int]], *,
+                      progress: bool | None = None) -> np.ndarray:
+    """``Evidence.inliers``: Q x ``k`` verified inliers between each query and its first ``k`` neighbour
+    ``keys``, from ``inliers_of(query features, neighbour keys)`` (e.g. :meth:`Verifier.inliers
+    <landmark.retrieval.rerank.Verifier.inliers>`); -1 where there is no neighbour or the query has
+    no features (``None`` in ``queries``, which is read lazily, one query at a time, in row order)."""
+    out = np.full((len(keys), k), -1, np.int32)
+    with progress_bar("verify neighbours", total=len(keys), enabled=progress) as bar:
+        for qi, (row, feats) in enumerate(zip(keys, queries)):
+            at = [j for j, key in enumerate(row[:k]) if key is not None]
+            if feats is not None and at:
+                out[qi, at] = np.asarray(inliers_of(feats, [row[j] for j in at]), np.int32)
+            bar.advance()
+    return out
+
+
 def nearest_other(rows: np.ndarray, pool: np.ndarray, offset: int) -> np.ndarray:
     """For each of ``rows`` (which are ``pool[offset:offset + len(rows)]``), its highest similarity to
     the rest of ``pool``; -inf where the pool holds nothing else."""

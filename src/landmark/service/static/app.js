@@ -83,13 +83,14 @@ async function recognize(file) {
   setStatus(status, "");
   $("query-img").src = URL.createObjectURL(file);
   // a photo the filters call a non-landmark keeps its nearest landmark as evidence only: it is not named,
-  // and not offered to be added under that landmark
+  // and not offered to be added under that landmark. The verdict says why, in the words of its own evidence
+  // (a unanimous vote with verified keypoints is never filtered: the server's decide() keeps it)
   const filtered = r.grade === "non-landmark";
   const known = r.landmark_id != null && !filtered;
   const nearest = r.landmark_id != null ? (pretty(r.name) || `landmark ${r.landmark_id}`) : null;
-  $("landmark-name").textContent = known ? nearest : filtered ? "Not a landmark" : "No landmark recognised";
+  $("landmark-name").textContent = known ? nearest : filtered ? "Not recognised as a landmark" : "No landmark recognised";
   $("landmark-id").textContent = known ? `landmark id ${r.landmark_id}`
-    : filtered ? `the non-landmark filters rejected it${nearest ? ` (nearest landmark: ${nearest})` : ""}`
+    : filtered ? `${filterReasons(r)}${nearest ? ` (nearest landmark: ${nearest}${verifiedButSplit(r)})` : ""}`
     : "no labelled photo in the store is close";
   const pct = Math.round(100 * r.score);
   $("bar-fill").style.width = `${pct}%`;
@@ -103,7 +104,8 @@ async function recognize(file) {
   $("result").hidden = false;
 
   const grid = $("matches");
-  grid.replaceChildren(...r.matches.map((m, i) => card(m, { best: i === 0 })));
+  grid.replaceChildren(...r.matches.map((m, i) => card(m, {
+    best: i === 0, subtitle: m.inliers != null ? `score ${m.score.toFixed(3)}, ${m.inliers} inliers` : undefined })));
   $("matches-block").hidden = r.matches.length === 0;
   showEvidence(r);
   showSimilar(file);
@@ -127,6 +129,29 @@ async function showSimilar(file) {
   }
 }
 
+// why the filters call a photo a non-landmark, from its evidence (recognition pipeline's evidence dict)
+const REASONS = {
+  distractor: (f) => "it is as close to photos known not to be landmarks"
+    + (f.distractor && f.distractor.min_top_k != null ? ` (similarity ${f.distractor.min_top_k.toFixed(3)} > ${f.distractor.threshold})` : ""),
+  object_prior: (f) => `the object prior sees ${f.object_prior && f.object_prior.top_group ? `"${pretty(f.object_prior.top_group)}"` : "an object"}, not a place`,
+  detector: () => "the object detector found an object filling the photo",
+};
+function filterReasons(r) {
+  const f = (r.evidence && r.evidence.filters) || {};
+  const named = (f.non_landmark || []).map((n) => (REASONS[n] ? REASONS[n](f) : n));
+  return named.length ? named.join("; ") : "the non-landmark filters rejected it";
+}
+
+// verified keypoints with the nearest landmark that did not keep the photo: say which part of the evidence fell short
+function verifiedButSplit(r) {
+  const v = r.evidence && r.evidence.verification;
+  if (!v || v.best_inliers == null || v.best_inliers < v.needed) return "";
+  const verified = `; ${v.best_inliers} keypoints verified, but`;
+  return v.shows_landmark ? `${verified} that does not overrule the object detector`
+    : !v.unanimous ? `${verified} only ${r.votes} of the ${r.matches.length} nearest labelled photos agree`
+    : `${verified} recognition.evidence_overrules is off`;
+}
+
 function showEvidence(r) {
   const block = $("evidence-block"), img = $("evidence"), note = $("evidence-note");
   block.hidden = r.matches.length === 0;
@@ -144,7 +169,8 @@ function showEvidence(r) {
     }
     img.src = URL.createObjectURL(await res.blob());
     img.hidden = false;
-    note.textContent = `Lines join keypoints of your photo (left) and of ${r.matches[0].id} (right) that agree under one geometric transform.`;
+    note.textContent = `Lines join keypoints of your photo (left) and of ${r.matches[0].id} (right) that agree under one geometric transform.`
+      + (r.grade === "non-landmark" ? ` Not recognised as a landmark all the same: ${filterReasons(r)}${verifiedButSplit(r)}.` : "");
   }).catch((e) => { note.textContent = `no keypoint evidence: ${e.message}`; });
 }
 
