@@ -22,10 +22,15 @@ def test_move_verified_first_is_stable_and_counts_m():
     idx = np.array([[5, 6, 7, 8, -1]])
     sims = np.array([[0.9, 0.8, 0.7, 0.6, -np.inf]], dtype=np.float32)
     ver = np.array([[False, True, False, True, True]])   # the padding slot never counts
-    new_idx, new_sims, m = move_verified_first(idx, sims, ver)
+    new_idx, new_sims, new_ver, m = move_verified_first(idx, sims, ver)
     assert new_idx.tolist() == [[6, 8, 5, 7, -1]]
     assert np.allclose(new_sims[0, :2], [0.8, 0.6])
+    assert new_ver.tolist() == [[True, True, False, False, False]]
     assert m.tolist() == [2]
+    # over the database itself (DBA), the row's own entry is never counted
+    _, _, own_ver, m_self = move_verified_first(np.array([[0, 6, 7]]), sims[:, :3], np.ones((1, 3), bool),
+                                                self_in_list=True)
+    assert m_self.tolist() == [2] and own_ver.tolist() == [[True, True, False]]
     with pytest.raises(ValueError, match="aligned"):
         move_verified_first(idx, sims, ver[:, :3])
 
@@ -52,13 +57,36 @@ def test_dba_skips_itself_and_uses_n_from_m():
     others = [j for j in idx[i] if j != i][:9]
     manual = db[i] + sum((10 - x) / 10 * db[j] for x, j in enumerate(others, start=1))
     assert np.allclose(out[i], l2n(manual[None])[0], atol=1e-5)
-    # 12 verified neighbours -> N = 12 and the verified ones come first
+    # 12 verified neighbours -> N = 12 and only the verified ones join, in their order
     ver = np.zeros_like(idx, dtype=bool)
     ver[i, 15:27] = True
     out2 = dba(db, ver, neighbours=(sims, idx))
     chosen = [j for j in idx[i, 15:27] if j != i][:11]
     manual2 = db[i] + sum((12 - x) / 12 * db[j] for x, j in enumerate(chosen, start=1))
     assert np.allclose(out2[i], l2n(manual2[None])[0], atol=1e-5)
+    # 2 verified neighbours -> N = 10 (eq. 1) but only those 2 join: weights 1, 0.9, 0.8
+    ver3 = np.zeros_like(idx, dtype=bool)
+    ver3[i, [3, 8]] = True
+    out3 = dba(db, ver3, neighbours=(sims, idx))
+    manual3 = db[i] + 0.9 * db[idx[i, 3]] + 0.8 * db[idx[i, 8]]
+    assert np.allclose(out3[i], l2n(manual3[None])[0], atol=1e-5)
+
+
+def test_a_photo_without_verified_neighbour_keeps_its_descriptor():
+    """DBA and QE move a photo only towards verified photos of its landmark (Baidu §2.3); with no
+    verified neighbour (its only neighbours are other places) it stays exactly as it was."""
+    rng = np.random.default_rng(1)
+    db = l2n(rng.normal(size=(25, 8)))
+    q = l2n(rng.normal(size=(4, 8)))
+    sims, idx = knn(db, db, 25)
+    ver = np.zeros_like(idx, dtype=bool)
+    ver[:, 0] = True                          # only each row's own entry (itself): no neighbour verified
+    assert np.allclose(dba(db, ver, neighbours=(sims, idx)), db, atol=1e-6)
+    assert np.allclose(dba(db, np.zeros_like(idx, dtype=bool), neighbours=(sims, idx)), db, atol=1e-6)
+    assert np.allclose(query_expansion(q, db, lambda s, i: np.zeros_like(i, dtype=bool)), q, atol=1e-6)
+    # a verifier by predicted landmark: photos with no label (-1) verify nothing, so nothing moves
+    unlabelled = label_verifier(ExpansionConfig(verify="vote+threshold", threshold=0.0), np.full(25, -1), np.full(25, -1))
+    assert np.allclose(dba(db, unlabelled, shortlist=25), db, atol=1e-6)
 
 
 def test_verified_as_a_function_of_the_lists():

@@ -9,11 +9,17 @@ Both replace a descriptor by a weighted sum of itself and its best neighbours, t
   similarity order) and ``M`` is their number;
 * ``N`` neighbours are kept: eq. (1) for DBA (N = 10 if M <= 10 else min(M, 20)), eq. (3) for QE
   (N = 3 if M <= 3 else min(M, 6));
-* the item itself is rank ``x = 0`` and its re-ordered neighbours ranks ``x = 1 .. N-1``; weights are
-  ``(N - x) / N`` (eq. (2)/(4)). ``qe_weights="alpha"`` uses ``similarity ** alpha`` instead
+* the item itself is rank ``x = 0`` and its verified neighbours ranks ``x = 1 .. min(M, N-1)``; weights
+  are ``(N - x) / N`` (eq. (2)/(4)). ``qe_weights="alpha"`` uses ``similarity ** alpha`` instead
   (Radenovic et al.'s alpha-QE; the item itself has weight 1).
 
-Without a verifier (``verified=None``) ``M = 0``, so N is 10 / 3 plain similarity neighbours.
+Only verified neighbours join the sum (§2.3: "verify on the top 300 neighbors to obtain M same landmark
+images"): an unverified neighbour of a photo with few photos of its landmark is usually another place,
+and averaging it in moves the photo towards that place. A photo with no verified neighbour keeps its
+own descriptor, so expansion can only move a photo towards photos verified as its landmark. Without a
+verifier (``verified=None``, ``expansion.verify=none``) every neighbour counts as verified: the classic
+unverified DBA / QE over the 10 / 3 nearest, which helps where landmarks have many photos and hurts
+where they have few.
 :func:`vote_verified` and :func:`threshold_verified` make ``verified`` from predicted labels and/or a
 similarity threshold (fitted on a validation split) when no local-feature verifier is configured.
 
@@ -68,28 +74,36 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, 
     return sims, idx
 
 
-def move_verified_first(idx: np.ndarray, sims: np.ndarray, verified: Verified
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reorder each row so verified neighbours come first (stable); returns (idx, sims, M)."""
+def move_verified_first(idx: np.ndarray, sims: np.ndarray, verified: Verified, *, self_in_list: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reorder each row so verified neighbours come first (stable); returns (idx, sims, verified, M),
+    the verified mask in the new order. ``verified=None``: every neighbour counts as verified (M = 0,
+    the paper's rule for "no same-landmark photo found"). ``self_in_list``: row ``i`` of the lists
+    holds ``i`` itself (DBA over the database), which is never counted in M."""
     if callable(verified):
         verified = verified(sims, idx)
     if verified is None:
-        return idx, sims, np.zeros(len(idx), dtype=np.int64)
+        return idx, sims, idx >= 0, np.zeros(len(idx), dtype=np.int64)
     verified = np.asarray(verified, dtype=bool)
     if verified.shape != idx.shape:
         raise ValueError(f"verified must be aligned with the neighbour lists: {verified.shape} vs {idx.shape}")
     verified = verified & (idx >= 0)
+    if self_in_list:
+        verified = verified & (idx != np.arange(len(idx))[:, None])
     order = np.argsort(~verified, axis=1, kind="stable")
     return (np.take_along_axis(idx, order, 1), np.take_along_axis(sims, order, 1),
-            verified.sum(axis=1).astype(np.int64))
+            np.take_along_axis(verified, order, 1), verified.sum(axis=1).astype(np.int64))
 
 
 def aggregate(own: np.ndarray, database: np.ndarray, idx: np.ndarray, sims: np.ndarray, n: np.ndarray, *,
-              weights: Literal["rank", "alpha"] = "rank", alpha: float = 3.0, self_in_list: bool = False) -> np.ndarray:
+              weights: Literal["rank", "alpha"] = "rank", alpha: float = 3.0, self_in_list: bool = False,
+              joins: np.ndarray | None = None) -> np.ndarray:
     """Weighted sum of each row of ``own`` (rank 0) and its first neighbours in ``idx``, re-normalised.
 
-    ``n[i]`` items in all (the row itself included). ``self_in_list``: the neighbour lists also
-    contain the row itself (DBA over the database), which is then skipped.
+    ``n[i]`` items at most (the row itself included). ``self_in_list``: the neighbour lists also
+    contain the row itself (DBA over the database), which is then skipped. ``joins`` (aligned with
+    ``idx``): the neighbours that may join the sum (the verified ones); a row with none keeps its
+    own vector (re-normalised). None: all of them.
     """
     own = np.asarray(own, dtype=np.float32)
     out = np.empty_like(own)
@@ -97,6 +111,8 @@ def aggregate(own: np.ndarray, database: np.ndarray, idx: np.ndarray, sims: np.n
         ni = int(n[i])
         row_idx, row_sim = idx[i], sims[i]
         keep = row_idx >= 0
+        if joins is not None:
+            keep &= np.asarray(joins[i], bool)
         if self_in_list:
             keep &= row_idx != i
         row_idx, row_sim = row_idx[keep][:ni - 1], row_sim[keep][:ni - 1]
@@ -117,8 +133,8 @@ def dba(database: np.ndarray, verified: Verified = None, *, shortlist: int = SHO
     """
     database = np.asarray(database, dtype=np.float32)
     sims, idx = neighbours if neighbours is not None else knn(database, database, shortlist)
-    idx, sims, m = move_verified_first(idx, sims, verified)
-    return aggregate(database, database, idx, sims, dba_n(m), self_in_list=True)
+    idx, sims, joins, m = move_verified_first(idx, sims, verified, self_in_list=True)
+    return aggregate(database, database, idx, sims, dba_n(m), self_in_list=True, joins=joins)
 
 
 def query_expansion(queries: np.ndarray, database: np.ndarray, verified: Verified = None, *,
@@ -127,8 +143,9 @@ def query_expansion(queries: np.ndarray, database: np.ndarray, verified: Verifie
     """Expanded query vectors (eq. (3)-(4)); search the database again with them."""
     queries = np.asarray(queries, dtype=np.float32)
     sims, idx = neighbours if neighbours is not None else knn(queries, database, shortlist)
-    idx, sims, m = move_verified_first(idx, sims, verified)
-    return aggregate(queries, np.asarray(database, np.float32), idx, sims, qe_n(m), weights=weights, alpha=alpha)
+    idx, sims, joins, m = move_verified_first(idx, sims, verified)
+    return aggregate(queries, np.asarray(database, np.float32), idx, sims, qe_n(m), weights=weights, alpha=alpha,
+                     joins=joins)
 
 
 def threshold_verified(sims: np.ndarray, threshold: float) -> np.ndarray:
