@@ -25,3 +25,18 @@ def revisited_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"revisited-oxford-paris not found at {root}")
     return root
+
+
+@pytest.fixture(autouse=True)
+def small_validation_minimum(request, monkeypatch):
+    """The test stores are small (gldv2-mini's 4 landmarks x 10 photos give 8 validation queries), far
+    below the number a real store needs before calibration fits a threshold or switches a stage
+    (``MIN_VALIDATION_QUERIES``: 30). Tests of the fitting itself stand for such a store with this
+    minimum at 5; tests marked ``real_minimums`` keep the product's values."""
+    if request.node.get_closest_marker("real_minimums"):
+        return
+    from landmark.evaluation import ablation
+    from landmark.recognition import calibrate
+
+    monkeypatch.setattr(ablation, "MIN_VALIDATION_QUERIES", 5)
+    monkeypatch.setattr(calibrate, "MIN_VALIDATION_QUERIES", 5)

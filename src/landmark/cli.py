@@ -181,11 +181,12 @@ def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos
 @index_app.command("info")
 @_friendly
 def index_info(store: Path = StoreOpt):
-    """Show what a store holds and which model made it."""
+    """Show what a store holds, which model made it, and which stages its calibration switched on or off and why."""
+    from .evaluation.ablation import calibration_decisions
     from .index import Store
 
     with Store.open(store) as st:
-        out.print_json(json.dumps(st.info()))
+        out.print_json(json.dumps(st.info() | {"calibration": calibration_decisions(st)}))
 
 
 @app.command("search")
@@ -292,8 +293,9 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     table = Table(title=f"landmark evaluate: {data}", title_justify="left")
     for col in ("metric", "value"):
         table.add_column(col)
-    table.add_row("GAP (recognition)", f"{m['gap']:.4f}")
-    table.add_row("accuracy (landmark queries)", f"{m['accuracy']:.4f}")
+    if m.get("gap") is not None:
+        table.add_row("GAP (recognition)", f"{m['gap']:.4f}")
+        table.add_row("accuracy (landmark queries)", f"{m['accuracy']:.4f}")
     if m.get("map@100") is not None:
         table.add_row("mAP@100 (retrieval)", f"{m['map@100']:.4f}")
     for scope, tag in (("", "all"), ("_focus", focus)):
@@ -304,12 +306,16 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
                                      + ["-" if v is None else f"{v:.4f}" for v in (rer, cat)]))
     table.add_row("queries / landmark / retrieval", f"{m['queries']} / {m['landmark_queries']} / {m['retrieval_queries']}")
     table.add_row("store build / test extraction / search (s)",
-                  f"{t['build_store_s']:.1f} / {t['extract_test_s']:.1f} / {t['search_s']:.2f}")
+                  f"{t['build_store_s']:.1f} / {t['extract_test_s']:.1f} / {t.get('search_s', 0.0):.2f}")
     if "rerank_s" in t:
         table.add_row("local features of queries / re-ranking (s, pairs/s)",
                       f"{t['extract_local_queries_s']:.1f} / {t['rerank_s']:.1f} ({t['rerank_pairs_per_s']:.0f})")
     table.add_row("unreadable photos skipped", str(len(report["failures"])))
     out.print(table)
+    for part, why in (m.get("skipped") or {}).items():
+        out.print(f"[yellow]{part} not scored:[/] {why}")
+    for stage, why in (report.get("calibration_decisions") or {}).items():
+        out.print(f"calibration: {stage}: {why}")
     if m.get("ablation"):
         _print_ablation(m["ablation"])
     _print_recognition_ablation(m.get("recognition_ablation") or [])

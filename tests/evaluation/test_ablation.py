@@ -1,6 +1,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from landmark.config import load_config
 from landmark.evaluation.ablation import (SIMILARITIES, THRESHOLDS, Space, ablation, answerable_queries,
@@ -171,3 +172,17 @@ def test_multiscale_rows_stay_aligned_when_a_photo_is_missing_there():
     # "b" was not in the multi-scale pass: it keeps its row, the others take theirs by name, not position
     assert missing == 1 and out.tolist() == [[20, 20], [2, 3], [10, 10]]
     assert base.tolist() == [[0, 1], [2, 3], [4, 5]]                # the single-scale rows are untouched
+
+
+@pytest.mark.real_minimums
+def test_a_stage_is_not_validated_on_too_few_queries():
+    from landmark.evaluation.ablation import MIN_VALIDATION_QUERIES, Validation, too_few_to_validate
+
+    def validation(n):
+        space = Space(np.zeros((50, 4), np.float32), np.zeros((n, 4), np.float32), np.zeros(50, np.int64),
+                      np.zeros(n, np.int64))
+        return Validation(space, lambda ranks: 0.0, 0, "by photo")
+    assert MIN_VALIDATION_QUERIES == 30
+    assert "no labelled photos" in too_few_to_validate(None)
+    assert "29 validation queries" in too_few_to_validate(validation(29))
+    assert too_few_to_validate(validation(30)) is None

@@ -339,31 +339,61 @@ def answerable_queries(keys: Sequence[str], labels: np.ndarray, seed: int, held:
     return sum(int(labels[i]) in in_db for i in qs)
 
 
+MIN_VALIDATION_QUERIES = 30    # fewer validation queries than this cannot tell a stage that helps from noise
+
+
+def too_few_to_validate(validation: Validation | None) -> str | None:
+    """Why ``validation`` cannot decide whether a retrieval stage helps (None: it can): no labelled
+    photos, or fewer than :data:`MIN_VALIDATION_QUERIES` queries (e.g. one photo per landmark)."""
+    if validation is None:
+        return "no labelled photos with a second photo of their landmark to validate on"
+    n = len(validation.space.queries)
+    if n < MIN_VALIDATION_QUERIES:
+        return f"{n} validation queries (fewer than {MIN_VALIDATION_QUERIES}: too few labelled photos per landmark)"
+    return None
+
+
 def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0, write: bool = True,
                         validation: Validation | None = None) -> dict[str, Any] | None:
-    """Refit ``expansion.threshold`` (verify ``vote+threshold`` / ``threshold``) of ``lm``'s store on
-    its validation split with its known non-landmarks, in the space the store searches; use it from
-    now on and, if ``write``, keep it in the store (only when the store's own ``expansion.verify`` is
-    the one it was fitted for). None where nothing reads a threshold. ``validation``: the
-    :func:`store_validation` of these ``train_ids`` / ``seed``, if already made."""
+    """Decide DBA / alpha-QE for ``lm``'s store on its validation split with its known non-landmarks,
+    in the space the store searches: refit ``expansion.threshold`` (verify ``vote+threshold`` /
+    ``threshold``), and switch both off where expanding scores below plain kNN on validation, or where
+    the store has too few labelled photos to tell (:func:`too_few_to_validate`: then off is the
+    default that cannot hurt, and the report says so). Used from now on and, if ``write``, kept in the
+    store (only when the store's own ``expansion.verify`` is the one it was decided for). None where
+    the configuration expands nothing. ``validation``: the :func:`store_validation` of these
+    ``train_ids`` / ``seed``, if already made."""
     ec = lm.config.expansion
-    reads_threshold = "threshold" in ec.verify and (ec.dba or ec.qe)
-    found = (validation or store_validation(lm, train_ids=train_ids, seed=seed)) if reads_threshold else None
-    if found is None:
+    if not (ec.dba or ec.qe):
         return None
-    space, score, n_negatives, split = found
-    fitted, trials = fit_threshold(space, score, ec)
-    if not trials:
-        return None
-    report = {"threshold": fitted.threshold, "verify": ec.verify, "validation_map": max(t["map"] for t in trials),
-              "trials": trials, "validation": {"database_photos": len(space.index), "queries": len(space.queries),
-                                               "known_non_landmarks": n_negatives, "split": split, "seed": seed,
-                                               "prior_source": lm.prior_source}}
+    found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
+    why = too_few_to_validate(found)
+    report: dict[str, Any] = {"verify": ec.verify, "threshold": ec.threshold, "trials": []}
+    if why is not None:
+        fitted = dataclasses.replace(ec, dba=False, qe=False)
+        report |= {"dba": False, "qe": False, "decision": f"DBA and alpha-QE off (safe default): {why}",
+                   "validation": {"queries": len(found.space.queries) if found else 0, "prior_source": lm.prior_source}}
+    else:
+        space, score, n_negatives, split = found
+        plain = score(retrieve(space, ec, dba_on=False, qe_on=False))
+        fitted, trials = fit_threshold(space, score, ec)
+        expanded = max(t["map"] for t in trials) if trials else score(retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe))
+        helps = expanded >= plain
+        if not helps:
+            fitted = dataclasses.replace(fitted, dba=False, qe=False)
+        report |= {"threshold": fitted.threshold, "dba": fitted.dba, "qe": fitted.qe,
+                   "validation_map": expanded, "validation_map_plain": plain, "trials": trials,
+                   "decision": (f"on: validation mAP@100 {plain:.4f} -> {expanded:.4f}" if helps else
+                                f"off: it lowered validation mAP@100 {plain:.4f} -> {expanded:.4f}"),
+                   "validation": {"database_photos": len(space.index), "queries": len(space.queries),
+                                  "known_non_landmarks": n_negatives, "split": split, "seed": seed,
+                                  "prior_source": lm.prior_source}}
     lm.set_expansion_config(fitted)
     store = lm.store
     if write and store.config.expansion.verify == ec.verify:
         store.update_config(dataclasses.replace(
-            store.config, expansion=dataclasses.replace(store.config.expansion, threshold=fitted.threshold)))
+            store.config, expansion=dataclasses.replace(store.config.expansion, threshold=fitted.threshold,
+                                                        dba=fitted.dba, qe=fitted.qe)))
         store.set_meta_value(EXPANSION_META, report)
     return report
 
@@ -403,18 +433,25 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
     and, if ``write``, keep it in the store. None without labelled photos. ``validation``: as for
     :func:`calibrate_expansion`."""
     found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
-    if found is None:
-        return None
-    space, score, n_negatives, split = found
     ec = lm.config.expansion
-    fitted, trials, before = fit_category(space, score, retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe),
-                                          lm.config.category)
-    report = {"enabled": fitted.enabled, "min_similarity": fitted.min_similarity, "validation_map_before": before,
-              "validation_map": max([before] + [t["map"] for t in trials]), "trials": trials,
-              "expansion": ranking_settings(ec),
-              "validation": {"database_photos": len(space.index), "queries": len(space.queries),
-                             "known_non_landmarks": n_negatives, "split": split, "seed": seed,
-                             "prior_source": lm.prior_source}}
+    why = too_few_to_validate(found)
+    if why is not None:       # the re-rank trusts votes that nothing here can check: off
+        fitted = dataclasses.replace(lm.config.category, enabled=False)
+        report = {"enabled": False, "min_similarity": fitted.min_similarity, "trials": [],
+                  "decision": f"off (safe default): {why}", "expansion": ranking_settings(ec),
+                  "validation": {"queries": len(found.space.queries) if found else 0, "prior_source": lm.prior_source}}
+    else:
+        space, score, n_negatives, split = found
+        fitted, trials, before = fit_category(space, score, retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe),
+                                              lm.config.category)
+        after = max([before] + [t["map"] for t in trials])
+        report = {"enabled": fitted.enabled, "min_similarity": fitted.min_similarity, "validation_map_before": before,
+                  "validation_map": after, "trials": trials, "expansion": ranking_settings(ec),
+                  "decision": (f"on: validation mAP@100 {before:.4f} -> {after:.4f}" if fitted.enabled else
+                               "off: no similarity threshold raised validation mAP@100"),
+                  "validation": {"database_photos": len(space.index), "queries": len(space.queries),
+                                 "known_non_landmarks": n_negatives, "split": split, "seed": seed,
+                                 "prior_source": lm.prior_source}}
     lm.set_category_config(fitted)
     store = lm.store
     if write and ranking_settings(store.config.expansion) == report["expansion"]:
@@ -422,6 +459,24 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
         store.update_config(dataclasses.replace(store.config, category=fitted))
         store.set_meta_value(CATEGORY_META, report)
     return report
+
+
+def calibration_decisions(store) -> dict[str, str]:
+    """Which stages a store's calibrations switched on or off and why, one line each (for ``landmark
+    index info`` and ``landmark evaluate``); stages never calibrated are left out."""
+    from ..recognition.calibrate import CALIBRATION_META
+
+    out: dict[str, str] = {}
+    recognition = store.meta_value(CALIBRATION_META) or {}
+    for stage, why in (recognition.get("decisions") or {}).items():
+        out[f"recognition.{stage}"] = why
+    expansion = store.meta_value(EXPANSION_META) or {}
+    if expansion.get("decision"):
+        out["expansion (DBA, alpha-QE)"] = expansion["decision"]
+    category = store.meta_value(CATEGORY_META) or {}
+    if category.get("decision"):
+        out["category re-rank"] = category["decision"]
+    return out
 
 
 # -- the ablation of `landmark evaluate` on a GLDv2-layout dataset ---------------------------------

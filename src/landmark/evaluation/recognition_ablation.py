@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..config import RecognitionConfig
-from ..recognition.pipeline import ABLATION_STAGES, Decision, Evidence, ablation_configs, decide
+from ..recognition.pipeline import Decision, Evidence, ablation_configs, decide
 from .metrics import Truth, accuracy, global_average_precision
 
 
@@ -16,9 +16,10 @@ def predictions_of(ev: Evidence, decisions: list[Decision]) -> dict[str, tuple[i
 def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[str, Truth],
                          global_only: Evidence | None = None) -> list[dict[str, Any]]:
     """One row per stage (kNN only, + classifier agreement, + object prior, + distractor filter,
-    + grading, + frequent-landmark re-rank), each stage added to the ones above it. With
-    ``global_only`` (the same queries' evidence without their regions) a first row shows the kNN
-    vote of the global descriptors alone."""
+    + grading, + frequent-landmark re-rank), each stage that ``cfg`` runs added to the ones above it
+    (a stage that is off has a row without figures), so the last row with figures is the pipeline as
+    run. With ``global_only`` (the same queries' evidence without their regions) a first row shows
+    the kNN vote of the global descriptors alone."""
     rows = []
     configs = ablation_configs(cfg, ev.classifier is not None)
     if global_only is not None:
@@ -28,9 +29,6 @@ def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[st
             rows.append({"stage": name, "gap": None, "accuracy": None, "note": note})
             continue
         rows.append(_row(ev, row_cfg, truth, name, note))
-    off = [s for s in ABLATION_STAGES if not getattr(cfg, s) and not (s == "classifier" and ev.classifier is None)]
-    if off:    # e.g. a stage that `landmark calibrate` switched off on validation: the pipeline actually run
-        rows.append(_row(ev, cfg, truth, f"configured pipeline ({', '.join(off)} off)", "the GAP that evaluate reports"))
     return rows
 
 

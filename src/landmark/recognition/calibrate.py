@@ -150,6 +150,42 @@ def fit_grading(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | No
     return best_pair
 
 
+def knn_gap(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | None], k: int) -> float:
+    """GAP of the plain kNN vote (voted landmark, best similarity) on validation queries."""
+    votes = knn_vote(labels, scores, k)
+    preds = {str(i): (v.landmark_id, float(v.score)) for i, v in enumerate(votes) if v.landmark_id is not None}
+    return global_average_precision(preds, {str(i): t for i, t in enumerate(truth)})
+
+
+MIN_VALIDATION_QUERIES = 30   # fewer held-out landmark photos than this cannot fit a threshold
+
+
+def _keep_defaults(lm, cfg: RecognitionConfig, n_labelled: int, n_val: int, *, write: bool, seed: int,
+                   t0: float) -> dict[str, Any]:
+    """Calibration of a store with too few labelled photos to fit anything (e.g. one per landmark):
+    the configured thresholds stay, and the stages that reorder votes by rules fitted to dense
+    landmarks (grading, the frequent-landmark re-rank) are off, since nothing here can show they help."""
+    why = (f"{n_val} validation landmark queries from {n_labelled} labelled photos (fewer than "
+           f"{MIN_VALIDATION_QUERIES}: landmarks need at least 3 photos each to hold one out)")
+    log.warning("store %s: %s; recognition keeps its default thresholds, grading and the frequent-landmark "
+                "re-rank are off", lm.store.root, why)
+    cfg = dataclasses.replace(cfg, grading=False, frequent_rerank=False)
+    report = {"thresholds": {"prior_object_min": cfg.prior_object_min, "distractor_threshold": cfg.distractor_threshold,
+                             "t1": cfg.t1, "t2": cfg.t2, "grading": False, "frequent_rerank": False},
+              "decisions": {"thresholds": f"defaults kept: {why}", "grading": f"off (safe default): {why}",
+                            "frequent_rerank": f"off (safe default): {why}"},
+              "fit": {}, "defaults_kept": True,
+              "validation": {"landmark_queries": n_val, "labelled_photos": n_labelled, "regions": cfg.regions,
+                             "zoom": float(cfg.zoom), "seed": seed, "prior_source": lm.prior_source,
+                             "split": "too few to split"},
+              "seconds": round(time.perf_counter() - t0, 2)}
+    lm.set_recognition_config(cfg)
+    if write:
+        lm.store.update_config(dataclasses.replace(lm.store.config, recognition=cfg))
+        lm.store.set_meta_value(CALIBRATION_META, report)
+    return report
+
+
 def held_out_by_model(store) -> set[str] | None:
     """:func:`held_out_by_config` of the store's configuration."""
     return held_out_by_config(store.config)
@@ -281,10 +317,10 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     else:
         try:
             split = split_by_photo(labelled, val_fraction, 2, seed)
-        except ValueError as exc:
-            raise StoreError(f"store {store.root}: {exc}") from None
-    if not split.val:
-        raise StoreError(f"store {store.root}: the validation split is empty (calibration needs landmarks with at least 3 photos)")
+        except ValueError:
+            split = Split([], [], [])
+    if len(split.val) < MIN_VALIDATION_QUERIES:
+        return _keep_defaults(lm, cfg, len(labelled), len(split.val), write=write, seed=seed, t0=t0)
     fitted: dict[str, Any] = {}
 
     # 1. the object prior: a false-rejection budget over all labelled photos
@@ -341,16 +377,26 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     truth = [split.val[i].landmark_id for i in val_pick] + [None] * len(neg_pick)
     labels, scores = _knn(db_vecs, db_labels, queries, cfg.k, regions)
     t1, t2, gap = fit_grading(labels, scores, truth, cfg.k)
-    cfg = dataclasses.replace(cfg, t1=t1, t2=t2)
-    fitted.update({"t1": t1, "t2": t2, "validation_gap_knn_grading": gap})
+    gap_knn = knn_gap(labels, scores, truth, cfg.k)
+    grading = bool(gap >= gap_knn)        # grading is kept only where it does not lower the kNN vote's GAP
+    cfg = dataclasses.replace(cfg, t1=t1, t2=t2, grading=grading)
+    fitted.update({"t1": t1, "t2": t2, "grading": grading, "validation_gap_knn": gap_knn,
+                   "validation_gap_knn_grading": gap})
 
     # 4. the frequent-landmark re-rank: kept only where it does not lower that validation GAP
     gap_frequent = grading_gap(labels, scores, truth, cfg.k, t1, t2, frequent_min=cfg.frequent_min)
-    cfg = dataclasses.replace(cfg, frequent_rerank=bool(gap_frequent >= gap))
+    cfg = dataclasses.replace(cfg, frequent_rerank=bool(grading and gap_frequent >= gap))
     fitted.update({"frequent_rerank": cfg.frequent_rerank, "validation_gap_knn_grading_frequent": gap_frequent})
+    decisions = {
+        "grading": (f"on: validation GAP {gap_knn:.4f} -> {gap:.4f}" if grading else
+                    f"off: it lowered validation GAP {gap_knn:.4f} -> {gap:.4f}"),
+        "frequent_rerank": ("on: it did not lower validation GAP" if cfg.frequent_rerank else
+                            "off: " + ("grading is off" if not grading else
+                                       f"it lowered validation GAP {gap:.4f} -> {gap_frequent:.4f}")),
+    }
 
-    chosen = ("prior_object_min", "distractor_threshold", "t1", "t2", "frequent_rerank")
-    report = {"thresholds": {k: fitted[k] for k in chosen if k in fitted},
+    chosen = ("prior_object_min", "distractor_threshold", "t1", "t2", "grading", "frequent_rerank")
+    report = {"thresholds": {k: fitted[k] for k in chosen if k in fitted}, "decisions": decisions,
               "fit": {k: v for k, v in fitted.items() if k not in chosen},
               "validation": {"landmark_queries": len(val_pick), "database_photos": len(split.train),
                              "regions": cfg.regions, "zoom": float(cfg.zoom), "photos_with_regions": with_regions,

@@ -201,7 +201,9 @@ ABLATION_NAMES = {None: "kNN only", "classifier": "+ classifier agreement", "obj
 
 
 def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple[str, RecognitionConfig | None, str]]:
-    """(row name, config or None if skipped, note) for kNN only, then each stage added in turn."""
+    """(row name, config or None if skipped, note) for kNN only, then each stage of ``cfg`` that is on
+    added in turn, so the last row is the pipeline ``cfg`` runs; a stage ``cfg`` switches off (by
+    calibration or by the user) gets a row without figures that says so."""
     off = {s: False for s in ABLATION_STAGES}
     rows = [(ABLATION_NAMES[None], dataclasses.replace(cfg, **off), "")]
     on: dict[str, bool] = {}
@@ -209,6 +211,10 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
         if stage == "classifier" and not has_classifier:
             rows.append((ABLATION_NAMES[stage], None, "skipped: no trained classifier head reads the store's descriptors "
                                                     "(ImageNet weights); build it with --model model.pt"))
+            continue
+        if not getattr(cfg, stage):
+            rows.append((ABLATION_NAMES[stage], None, f"off (recognition.{stage}: switched off by calibration or by the "
+                                                    "configuration; see the report's calibration decisions)"))
             continue
         on[stage] = True
         rows.append((ABLATION_NAMES[stage], dataclasses.replace(cfg, **(off | on)), ""))
