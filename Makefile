@@ -8,7 +8,7 @@ OUT    ?= runs/demo
 # the demo also reports gldv2-mini's full-resolution landmarks on their own (none with other data)
 FOCUS  ?= $(if $(LANDMARK_DATA),,900001-900006)
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench quality clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# every dev set at once, side by side (how every quality change is judged): see benchmarks/quality.py
+quality: $(STAMP)
+	$(BIN)/python benchmarks/quality.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py

@@ -8,9 +8,10 @@ photos that could not be read; both Kaggle submission files are written beside i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,20 @@ import torch
 
 from ..api import Landmarks
 from ..config import Config, load_config
-from ..data.manifests import DatasetError, is_gldv2, read_gldv2, read_gldv2_solution
+from ..data.manifests import DatasetError, Solution, has_gldv2_split, is_gldv2, read_gldv2, read_gldv2_solution
 from ..features.extract import REGIONS_EXTRA
+from ..features.local import extract_many
+from ..index.local import LocalStore
 from ..retrieval import rank
+from ..retrieval.search import ExpandedSearch
 from ..recognition.pipeline import decide
 from ..utils.io import atomic_write_json
-from .ablation import gldv2_ablation
+from .ablation import calibration_decisions, gldv2_ablation
 from .recognition_ablation import recognition_ablation
 from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
+
+log = logging.getLogger(__name__)
 
 
 def parse_landmark_ids(text: str) -> frozenset[int]:
@@ -56,69 +62,93 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     replaces a store at ``store_dir`` built with another configuration.
     """
     root, out = Path(data), Path(out_dir)
-    if not is_gldv2(root):
-        raise DatasetError(f"{root}: not a GLDv2-layout dataset (expected train.csv, index.csv, test.csv and their folders)")
+    plan = evaluation_plan(root)          # what can be scored, decided before any work
     config = config or load_config()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    for part, why in plan.skipped.items():
+        log.warning("%s: %s not scored: %s", root, part, why)
 
     t0 = time.perf_counter()
-    lm, build = Landmarks.build(root, store_dir or out / "store", config, splits=("train", "index"),
+    lm, build = Landmarks.build(root, store_dir or out / "store", config, splits=plan.splits,
                                 device=device, progress=progress, overwrite=overwrite)
     timings["build_store_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    calibration = prepare_recognition(lm, config, progress=progress, calibrate=calibrate)
+    calibration = prepare_recognition(lm, config, progress=progress, calibrate=calibrate) if plan.recognition else None
     expansion_calibration = prepare_expansion(lm, config, calibrate=calibrate)
     category_calibration = prepare_category(lm, config, calibrate=calibrate)
     timings["recognition_setup_s"] = time.perf_counter() - t0
 
     test = read_gldv2(root, "test")
-    solution = read_gldv2_solution(root).restricted(test.ids())   # test.csv may list a partial download
+    solution = plan.solution.restricted(test.ids())   # test.csv may list a partial download
     t0 = time.perf_counter()
     queries = lm.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test", queries=True)
     timings["extract_test_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    paths = {r.id: r.path for r in test.records}
-    detections = lm.detect([paths[q] for q in queries.ids], progress=progress)
-    evidence = lm.gather(queries.vectors, extras=queries.extras, ids=queries.ids, detections=detections)
-    global_only = (lm.gather(queries.vectors, extras={k: v for k, v in queries.extras.items() if k != REGIONS_EXTRA},
-                             ids=queries.ids, detections=detections) if REGIONS_EXTRA in queries.extras else None)
-    ablation = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all, global_only)
-    recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
-    predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
-                   for q, r in zip(queries.ids, recognitions)}
-    depth = max(retrieval_k, config.rerank.top_k)
-    if config.expansion.dba or config.expansion.qe:   # DBA / alpha-QE (Baidu §2.3) before re-ranking, as `search` does
-        ranked = lm.expanded_search(["index"]).rank(queries.vectors, depth)
-    else:
-        ranked = rank(lm.store, queries.vectors, depth, splits=["index"])
-    rankings = {q: r.keys[:retrieval_k] for q, r in zip(queries.ids, ranked)}
-    timings["search_s"] = time.perf_counter() - t0
-    global_rankings = rankings
+    recognitions, predictions, ablation = [], {}, []
     local_failures: list = []
-    if lm.can_rerank:   # spatial verification of the global shortlist (landmark.retrieval.rerank)
-        from ..retrieval.rerank import rerank_test_queries
+    if plan.recognition:
+        paths = {r.id: r.path for r in test.records}
+        detections = lm.detect([paths[q] for q in queries.ids], progress=progress)
+        evidence = lm.gather(queries.vectors, extras=queries.extras, ids=queries.ids, detections=detections)
+        global_only = (lm.gather(queries.vectors, extras={k: v for k, v in queries.extras.items() if k != REGIONS_EXTRA},
+                                 ids=queries.ids, detections=detections) if REGIONS_EXTRA in queries.extras else None)
+        if lm.has_local_features:   # verified inliers with each query's top-k neighbours (evidence against the filters)
+            query_local, local_failures = test_local_features(lm, test, out / "_work" / "local-test", progress)
+            lm.verify_neighbours(evidence, query_local, progress=progress)
+            if global_only is not None:
+                lm.verify_neighbours(global_only, query_local, progress=progress)
+            query_local.close()
+        ablation = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all, global_only)
+        recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
+        predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
+                       for q, r in zip(queries.ids, recognitions)}
+    rankings: dict[str, list[str]] = {}
+    stage_rankings: dict[str, dict[str, list[str]]] = {}     # the submitted ranking, stage by stage
+    global_rankings = reranked_rankings = rankings
+    if "index" in plan.splits:
+        depth = max(retrieval_k, config.rerank.top_k)
+        ec = lm.config.expansion
+        plain = rank(lm.store, queries.vectors, depth, splits=["index"])
+        stage_rankings["plain kNN"] = _cut(queries.ids, plain, retrieval_k)
+        if ec.dba and ec.qe:     # the DBA row alone: the same augmented database, queries not expanded
+            dba_only = ExpandedSearch(lm.store, dataclasses.replace(ec, qe=False), ["index"], vote_k=lm.recognition_config.k)
+            stage_rankings["+ DBA"] = _cut(queries.ids, dba_only.rank(queries.vectors, retrieval_k), retrieval_k)
+        if ec.dba or ec.qe:   # DBA / alpha-QE (Baidu §2.3) before re-ranking, as `search` does
+            ranked = lm.expanded_search(["index"]).rank(queries.vectors, depth)
+            stage_rankings["+ alpha-QE" if ec.qe else "+ DBA"] = _cut(queries.ids, ranked, retrieval_k)
+        else:
+            ranked = plain
+        rankings = {q: r.keys[:retrieval_k] for q, r in zip(queries.ids, ranked)}
+        timings["search_s"] = time.perf_counter() - t0
+        global_rankings = rankings
+        if lm.can_rerank:   # spatial verification of the global shortlist (landmark.retrieval.rerank)
+            from ..retrieval.rerank import rerank_test_queries
 
-        rankings, local_failures, local_timings = rerank_test_queries(
-            lm, test, {q: (r.keys, r.scores) for q, r in zip(queries.ids, ranked)}, out / "_work" / "local-test",
-            k=retrieval_k, progress=progress, vectors=dict(zip(queries.ids, queries.vectors)),
-            database=lm.store.keys("index"))
-        timings.update(local_timings)
-    reranked_rankings = rankings
-    if lm.config.category.enabled:   # the query's confidently voted landmark first (Baidu §2.2)
-        cats = lm.categories()
-        rankings = cats.rerank(rankings, dict(zip(queries.ids, cats.vote(queries.vectors).tolist())))
+            rankings, rerank_failures, local_timings = rerank_test_queries(
+                lm, test, {q: (r.keys, r.scores) for q, r in zip(queries.ids, ranked)}, out / "_work" / "local-test",
+                k=retrieval_k, progress=progress, vectors=dict(zip(queries.ids, queries.vectors)),
+                database=lm.store.keys("index"))
+            timings.update(local_timings)
+            local_failures = local_failures or rerank_failures    # the same photos: reported once
+            stage_rankings["+ spatial re-rank"] = rankings
+        reranked_rankings = rankings
+        if lm.config.category.enabled:   # the query's confidently voted landmark first (Baidu §2.2)
+            cats = lm.categories()
+            rankings = cats.rerank(rankings, dict(zip(queries.ids, cats.vote(queries.vectors).tolist())))
+            stage_rankings["+ category re-rank"] = rankings
 
     truth = solution.recognition_all
     metrics = {
-        "gap": global_average_precision(predictions, truth),
-        "accuracy": accuracy(predictions, truth),
+        "gap": global_average_precision(predictions, truth) if plan.recognition else None,
+        "accuracy": accuracy(predictions, truth) if plan.recognition else None,
         f"map@{retrieval_k}": mean_average_precision_at_k(rankings, solution.retrieval, k=retrieval_k)
         if solution.retrieval else None,
         "queries": len(test), "landmark_queries": sum(1 for v in truth.values() if v),
         "retrieval_queries": len(solution.retrieval),
         "recognition_ablation": ablation,
+        "skipped": dict(plan.skipped),
     }
     if solution.retrieval:   # global vs re-ranked, overall and on the focus landmarks
         focused = {q: rel for q, rel in solution.retrieval.items() if truth.get(q, set()) & focus}
@@ -134,13 +164,15 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
             metrics[f"map@{retrieval_k}{name}_category"] = (mean_average_precision_at_k(rankings, subset, k=retrieval_k)
                                                             if rankings is not reranked_rankings else None)
         metrics["focus_queries"], metrics["focus_landmarks"] = len(focused), sorted(focus)
+        metrics["retrieval_stages"] = retrieval_stages(stage_rankings, solution.retrieval, lm.config, retrieval_k)
     if solution.retrieval:   # Table-1-style ablation: plain kNN, + multi-scale, + PCA-whitening, + DBA, + alpha-QE, + category
         t0 = time.perf_counter()
         metrics["ablation"] = gldv2_ablation(lm, root, queries.ids, queries.vectors, solution.retrieval,
                                              work_dir=out / "_work", multiscale=multiscale, progress=progress, k=retrieval_k,
                                              refit_threshold=calibrate is not False and not explicit_threshold(config))
         timings["ablation_s"] = time.perf_counter() - t0
-    write_recognition_csv(out / "submission_recognition.csv", predictions, ids=test.ids())
+    if plan.recognition:
+        write_recognition_csv(out / "submission_recognition.csv", predictions, ids=test.ids())
     write_retrieval_csv(out / "submission_retrieval.csv", rankings, ids=test.ids(), k=retrieval_k)
     report = {
         "dataset": str(root), "metrics": metrics, "timings": timings,
@@ -149,9 +181,11 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         "build": {"added": build.added, "skipped": build.skipped},
         "failures": [asdict(f) for f in build.failures + queries.failures + local_failures],
         "config": config.to_dict(),
-        "recognition": {"config": dataclasses.asdict(lm.recognition_config), "calibration": calibration},
+        "recognition": {"config": dataclasses.asdict(lm.recognition_config), "calibration": calibration}
+        if plan.recognition else None,
         "expansion": {"config": dataclasses.asdict(lm.config.expansion), "calibration": expansion_calibration},
         "category": {"config": dataclasses.asdict(lm.config.category), "calibration": category_calibration},
+        "calibration_decisions": calibration_decisions(lm.store),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": str(lm.extractor.device),
                     "threads": torch.get_num_threads()},
@@ -162,6 +196,93 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     }
     atomic_write_json(out / "report.json", report)
     return report
+
+
+def test_local_features(lm: Landmarks, test, work_dir: Path, progress: bool | None):
+    """The test queries' local features, extracted once into ``work_dir`` (resumable; the re-ranking
+    reads the same cache), and the photos that could not be read."""
+    extractor = lm.query_local_extractor()
+    cache = LocalStore.create(work_dir, extractor.signature)
+    done = cache.present(test.ids())
+    failures = extract_many(extractor, [r for r in test.records if r.id not in done], cache.add,
+                            progress=progress, description="local features queries")
+    return cache, failures
+
+
+RETRIEVAL_STAGES = ("plain kNN", "+ DBA", "+ alpha-QE", "+ spatial re-rank", "+ category re-rank")
+
+
+def _cut(ids: list[str], ranked, k: int) -> dict[str, list[str]]:
+    return {q: r.keys[:k] for q, r in zip(ids, ranked)}
+
+
+def retrieval_stages(stage_rankings: dict[str, dict[str, list[str]]], truth: dict[str, list[str]], config: Config,
+                     k: int = 100) -> list[dict[str, Any]]:
+    """mAP@k of the submitted ranking after each of its stages (each row adds one stage to the rows
+    above; a stage that is off has no mAP and says why); the last row with an mAP is what was submitted."""
+    rows: list[dict[str, Any]] = []
+    prev = None
+    why_off = {"+ DBA": "off (expansion.dba)", "+ alpha-QE": "off (expansion.qe)",
+               "+ spatial re-rank": "off (rerank.enabled, or the store has no local features)",
+               "+ category re-rank": "off (category.enabled)"}
+    ec = config.expansion
+    notes = {"+ DBA": f"verify={ec.verify}" + (f", similarity > {ec.threshold:.2f}" if "threshold" in ec.verify else ""),
+             "+ alpha-QE": f"weights={ec.qe_weights}",
+             "+ spatial re-rank": f"{config.rerank.model}, >= {config.rerank.min_inliers} inliers",
+             "+ category re-rank": f"best similarity > {config.category.min_similarity:.2f}"}
+    for stage in RETRIEVAL_STAGES:
+        found = stage_rankings.get(stage)
+        if found is None:
+            rows.append({"stage": stage, "map": None, "delta": None, "note": why_off.get(stage, "")})
+            continue
+        value = mean_average_precision_at_k(found, truth, k=k)
+        rows.append({"stage": stage, "map": value, "delta": None if prev is None else value - prev,
+                     "note": notes.get(stage, "")})
+        prev = value
+    return rows
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What ``landmark evaluate`` can score on a dataset, decided from its files before any work."""
+
+    splits: tuple[str, ...]              # the store's splits: train (when it holds labelled photos) and index
+    labelled: bool                       # the train split holds labelled photos (calibration has something to fit on)
+    recognition: bool                    # labelled photos to vote with and a recognition solution to score
+    solution: Solution
+    skipped: dict[str, str] = field(default_factory=dict)   # part -> why it is not scored
+
+
+def evaluation_plan(root: str | Path) -> EvaluationPlan:
+    """Which parts of ``root`` (a GLDv2-layout dataset) can be evaluated: recognition needs a ``train``
+    split with labelled photos and a ``recognition_solution.csv``; retrieval needs an ``index`` split and
+    a ``retrieval_solution.csv``. A :class:`DatasetError` when neither can be, so that no store is
+    built for nothing."""
+    root = Path(root)
+    if not is_gldv2(root):
+        raise DatasetError(f"{root}: not a GLDv2-layout dataset (expected train.csv, index.csv, test.csv and their folders)")
+    if not has_gldv2_split(root, "test"):
+        raise DatasetError(f"{root}: no test split (test.csv and test/): there are no queries to evaluate")
+    solution = read_gldv2_solution(root)
+    skipped: dict[str, str] = {}
+    labelled = has_gldv2_split(root, "train") and len(read_gldv2(root, "train")) > 0
+    has_index = has_gldv2_split(root, "index") and len(read_gldv2(root, "index")) > 0
+    if not labelled:
+        skipped["recognition"] = ("no labelled photos to vote with (train.csv missing or empty); calibration is "
+                                  "skipped too, every stage runs its default")
+    elif not solution.recognition:
+        skipped["recognition"] = "no recognition_solution.csv (or it lists no query)"
+    if not has_index:
+        skipped["retrieval"] = "no index split (index.csv and index/) to retrieve from"
+    elif not solution.retrieval:
+        skipped["retrieval"] = "no retrieval_solution.csv (or it lists no query)"
+    if len(skipped) == 2:
+        raise DatasetError(f"{root}: nothing to evaluate: recognition: {skipped['recognition']}; "
+                           f"retrieval: {skipped['retrieval']}")
+    if "retrieval" in skipped:
+        solution = dataclasses.replace(solution, retrieval={})
+    splits = tuple(s for s, ok in (("train", labelled), ("index", has_index)) if ok)
+    return EvaluationPlan(splits, labelled, "recognition" not in skipped, solution, skipped)
 
 
 def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None = None,
@@ -181,7 +302,7 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     own = views == lm.store.config.recognition.views                  # else the fit serves this run only
     lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=wanted.regions, zoom=wanted.zoom))
     stale = report is not None and (calibrated_with_other_priors(lm.store, lm.prior_source) or
-                                    calibrated_views(report) != views)
+                                    calibrated_views(report) != views or "decisions" not in report)
     if calibrate or (calibrate is None and (report is None or stale)):
         report = calibrate_store(lm, progress=progress, write=own)     # leaves lm with the fitted thresholds
     base = store_recognition(lm.store) if own else lm.recognition_config
@@ -224,15 +345,22 @@ def prepare_expansion(lm: Landmarks, config: Config, *, calibrate: bool | None =
     ``config`` sets one; ``config.expansion`` is what ``lm`` expands with from now on."""
     from .ablation import EXPANSION_META, calibrate_expansion
 
+    from ..config import explicit, merge
+
     lm.set_expansion_config(config.expansion)
     if explicit_threshold(config):
         return None
     report = lm.store.meta_value(EXPANSION_META)
     stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
-                                    or report["verify"] != config.expansion.verify)
+                                    or report["verify"] != config.expansion.verify or "dba" not in report)
     if calibrate or (calibrate is None and (report is None or stale)):
-        return calibrate_expansion(lm)
-    if report is None or stale:      # --no-calibrate: the configured threshold stays
+        report = calibrate_expansion(lm)
+    elif report is None or stale:      # --no-calibrate: the configured settings stay
         return None
-    lm.set_expansion_config(dataclasses.replace(lm.config.expansion, threshold=report["threshold"]))
+    else:
+        lm.set_expansion_config(dataclasses.replace(lm.config.expansion, threshold=report["threshold"],
+                                                    dba=report["dba"], qe=report["qe"]))
+    chosen = {k: v for k, v in explicit(config, "expansion").items() if k in ("dba", "qe")}
+    if chosen:       # the user's own choice wins over calibration's
+        lm.set_expansion_config(merge(lm.config.expansion, chosen))
     return report
