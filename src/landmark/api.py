@@ -25,8 +25,8 @@ from .data import ImageError, Manifest, load_image, read_dataset, read_photos
 from .data.manifests import ImageRecord, check_split_ids, has_gldv2_split, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
 from .features.extract import REGIONS_EXTRA
-from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, base_extractor, build_extractor,
-                                learn_store_whitening, zoom_views, zoomed)
+from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, auto_learns_pca, base_extractor,
+                                build_extractor, learn_store_whitening, zoom_views, zoomed)
 from .features.whitening import WhiteningError
 from .index import Store, StoreError
 from .index.store import StoredFile, content_hash
@@ -790,11 +790,16 @@ def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequen
     """Learn the store's whitening before the store is made: PCA on its ``whitening.learn_on`` split
     (the index, unlabelled), or the learned whitening on that split's labelled photos less those kept
     for validation (:func:`~landmark.recognition.calibrate.validation_holdout`)."""
-    if (store_dir / "meta.sqlite").exists() and (store_dir / WHITENING_FILE).exists() and not overwrite:
-        return   # an existing store keeps its whitening; create() checks the signature
     wc = config.whitening
+    if (store_dir / "meta.sqlite").exists() and not overwrite and ((store_dir / WHITENING_FILE).exists()
+                                                                    or wc.kind == "auto"):
+        return   # an existing store keeps its whitening (auto: or its lack of one); create() checks the signature
     learn = [s for s in splits if wc.learn_on in (s, "all")] or list(splits)
     records = [r for s in learn for r in dataset_manifest(root, s).records]
+    if wc.kind == "auto" and not auto_learns_pca(config, len(records)):
+        log.info("whitening.kind=auto: %d photos in %s are too few to learn %d PCA components; the store keeps the "
+                 "network's descriptors", len(records), " + ".join(learn), wc.dim)
+        return
     held: set[str] = set()
     if wc.kind == "learned":
         from .recognition.calibrate import validation_holdout

@@ -87,7 +87,20 @@ def test_presets_for_ensemble_and_whitening():
     assert [m.backbone for m in cfg.ensemble] == ["tf_efficientnet_lite1", "mobilenet_v2"]
     assert cfg.whitening.kind == "pca"
     assert load_config("lite2-gem-pcaw").whitening.kind == "pca"
-    assert load_config().ensemble == () and load_config().whitening.kind == "none"
+    assert load_config().ensemble == () and load_config().whitening.kind == "auto"
+    assert load_config("lite2-gem-nopca").whitening.kind == "none"
+
+
+def test_auto_whitening_is_pca_only_where_the_store_learned_one(tmp_path):
+    from landmark.features.pipeline import WHITENING_FILE, auto_learns_pca, whitening_in_force
+    from landmark.features.whitening import learn_whitening
+
+    cfg = load_config()                                   # auto, dim 256
+    assert not auto_learns_pca(cfg, 256) and auto_learns_pca(cfg, 257)
+    assert whitening_in_force(cfg, None) == "none" and whitening_in_force(cfg, tmp_path) == "none"
+    learn_whitening(np.random.default_rng(0).normal(size=(20, 8)), 4, power=0.0).save(tmp_path / WHITENING_FILE)
+    assert whitening_in_force(cfg, tmp_path) == "pca"
+    assert whitening_in_force(load_config("lite2-gem-nopca"), tmp_path) == "none"
 
 
 class RegionFake(Fake):

@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ..config import CategoryConfig, Config, ExpansionConfig, WhiteningConfig
+from ..features.pipeline import whitening_in_force
 from ..features.whitening import learn_whitening
 from ..recognition.knn import voted_labels
 from ..retrieval.category import category_first, confident_labels
@@ -147,7 +148,7 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
     else:
         add("+ multi-scale", None, multiscale_note)
     ec = config.expansion
-    if config.whitening.kind == "none":
+    if config.whitening.kind in ("none", "auto"):     # auto: gldv2_ablation says which; here, not whitened
         wc = config.whitening
         space, transform = whiten(space, wc)
         add("+ PCA-whitening", score(retrieve(space, config.expansion, **noexp)),
@@ -353,6 +354,15 @@ def too_few_to_validate(validation: Validation | None) -> str | None:
     return None
 
 
+def _validation_info(found: Validation | None, seed: int, prior_source: str) -> dict[str, Any]:
+    """What a calibration report says of the validation split it had (or did not have)."""
+    if found is None:
+        return {"database_photos": 0, "queries": 0, "known_non_landmarks": 0, "split": "none", "seed": seed,
+                "prior_source": prior_source}
+    return {"database_photos": len(found.space.index), "queries": len(found.space.queries),
+            "known_non_landmarks": found.negatives, "split": found.split, "seed": seed, "prior_source": prior_source}
+
+
 def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int = 0, write: bool = True,
                         validation: Validation | None = None) -> dict[str, Any] | None:
     """Decide DBA / alpha-QE for ``lm``'s store on its validation split with its known non-landmarks,
@@ -372,7 +382,7 @@ def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int
     if why is not None:
         fitted = dataclasses.replace(ec, dba=False, qe=False)
         report |= {"dba": False, "qe": False, "decision": f"DBA and alpha-QE off (safe default): {why}",
-                   "validation": {"queries": len(found.space.queries) if found else 0, "prior_source": lm.prior_source}}
+                   "validation": _validation_info(found, seed, lm.prior_source)}
     else:
         space, score, n_negatives, split = found
         plain = score(retrieve(space, ec, dba_on=False, qe_on=False))
@@ -439,7 +449,7 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
         fitted = dataclasses.replace(lm.config.category, enabled=False)
         report = {"enabled": False, "min_similarity": fitted.min_similarity, "trials": [],
                   "decision": f"off (safe default): {why}", "expansion": ranking_settings(ec),
-                  "validation": {"queries": len(found.space.queries) if found else 0, "prior_source": lm.prior_source}}
+                  "validation": _validation_info(found, seed, lm.prior_source)}
     else:
         space, score, n_negatives, split = found
         fitted, trials, before = fit_category(space, score, retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe),
@@ -509,8 +519,10 @@ def gldv2_ablation(lm, data, query_ids: Sequence[str], query_vectors: np.ndarray
     from ..data.manifests import read_gldv2
     from ..features.pipeline import base_extractor
 
+    wc = lm.store.config.whitening
     config = dataclasses.replace(lm.store.config, expansion=lm.config.expansion,   # what evaluate searches with
-                                 category=lm.config.category)
+                                 category=lm.config.category,
+                                 whitening=dataclasses.replace(wc, kind=whitening_in_force(lm.store.config, lm.store.root)))
     base, index_keys = store_space(lm, query_vectors)
 
     def score(ranks: np.ndarray) -> float:

@@ -4,6 +4,8 @@
   so stores built before ensembles and whitening existed keep opening.
 * ``config.ensemble`` adds models: each model's L2-normalised descriptor is computed, they are
   concatenated and divided by sqrt(#models) (a unit vector again) — :class:`EnsembleExtractor`.
+* ``config.whitening.kind = "auto"`` (the default) is PCA where the store learned one (from enough
+  photos, see :data:`AUTO_PCA_MIN`), else none: :func:`whitening_in_force` says which.
 * ``config.whitening.kind = "pca"`` (or ``"learned"``) wraps either in :class:`WhitenedExtractor`,
   which projects with a :class:`~landmark.features.whitening.Whitening` learned on the index split
   (or on the labelled photos, less the validation ones) and kept in the store as ``whitening.npz``;
@@ -211,16 +213,33 @@ def base_extractor(config: Config, device: str | None = None) -> Extractor:
     return EnsembleExtractor(parts)
 
 
-WHITENING_KINDS = ("none", "pca", "learned")
+WHITENING_KINDS = ("none", "auto", "pca", "learned")
+
+
+def auto_learns_pca(config: Config, photos: int) -> bool:
+    """Whether ``whitening.kind=auto`` learns PCA from ``photos`` photos: only from more than
+    ``whitening.dim`` of them (fewer span fewer directions than it keeps, and their mean is a poor
+    estimate of a collection's), else the store keeps the network's descriptors."""
+    return photos > config.whitening.dim
+
+
+def whitening_in_force(config: Config, store_root: str | Path | None) -> str:
+    """The whitening a store of ``config`` at ``store_root`` applies: ``none``, ``pca`` or ``learned``
+    (``auto`` is ``pca`` where the store learned one, else ``none``)."""
+    kind = config.whitening.kind
+    if kind != "auto":
+        return kind
+    return "pca" if store_root is not None and (Path(store_root) / WHITENING_FILE).is_file() else "none"
 
 
 def build_extractor(config: Config, device: str | None = None, store_root: str | Path | None = None) -> Extractor:
-    """The extractor of a store: whitened with ``store_root/whitening.npz`` if ``config`` asks for it."""
+    """The extractor of a store: whitened with ``store_root/whitening.npz`` if ``config`` asks for it
+    (``auto``: if the store learned one)."""
     base = base_extractor(config, device=device)
-    if config.whitening.kind == "none":
-        return base
     if config.whitening.kind not in WHITENING_KINDS:
         raise WhiteningError(f"whitening.kind must be one of {WHITENING_KINDS}, got {config.whitening.kind!r}")
+    if whitening_in_force(config, store_root) == "none":
+        return base
     path = Path(store_root) / WHITENING_FILE if store_root is not None else None
     if path is None or not path.is_file():
         raise WhiteningError(f"the configuration asks for whitening but {path} does not exist "

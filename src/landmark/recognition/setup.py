@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RecognitionConfig
+from ..features.pipeline import whitening_in_force
 from .classifier import LandmarkClassifier
 from .filters import PROBE_NAME, ClassGroups, ImageNetPrior, OnnxDetector
 from .pipeline import Recognizer
@@ -77,7 +78,7 @@ def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None, s
             classifier = LandmarkClassifier.from_checkpoint(ckpt)
         except FileNotFoundError:
             log.warning("the store's model %s is gone: no classifier agreement (B1/B2)", ckpt)
-    if classifier is not None and store.config.whitening.kind != "none":
+    if classifier is not None and whitening_in_force(store.config, store.root) != "none":
         classifier = classifier.reading_unwhitened()   # the extractor keeps the queries' descriptors for it
     if classifier is not None and store.config.ensemble:
         classifier = classifier.reading_leading()   # the trained model comes first in the concatenation
