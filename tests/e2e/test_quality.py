@@ -4,6 +4,7 @@ with one labelled photo per landmark keeping its safe defaults, and the quality 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def _unlabelled_copy(src: Path, dst: Path, *, stubs: bool) -> Path:
     for name in ("index", "test"):
         for part in (name, f"{name}.csv"):
             if stubs:
-                (dst / part).write_text(f"../{src.name}/{part}")
+                (dst / part).write_text(os.path.relpath(src / part, dst))
             else:
                 (dst / part).symlink_to(src / part)
     shutil.copy(src / "retrieval_solution.csv", dst)

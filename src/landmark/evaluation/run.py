@@ -353,14 +353,14 @@ def prepare_expansion(lm: Landmarks, config: Config, *, calibrate: bool | None =
     report = lm.store.meta_value(EXPANSION_META)
     stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
                                     or report["verify"] != config.expansion.verify or "dba" not in report)
+    chosen = {k: v for k, v in explicit(config, "expansion").items() if k in ("dba", "qe")}
     if calibrate or (calibrate is None and (report is None or stale)):
-        report = calibrate_expansion(lm)
+        report = calibrate_expansion(lm, write=not chosen)     # a fit after the user's own dba / qe serves this run
     elif report is None or stale:      # --no-calibrate: the configured settings stay
         return None
     else:
         lm.set_expansion_config(dataclasses.replace(lm.config.expansion, threshold=report["threshold"],
                                                     dba=report["dba"], qe=report["qe"]))
-    chosen = {k: v for k, v in explicit(config, "expansion").items() if k in ("dba", "qe")}
     if chosen:       # the user's own choice wins over calibration's
         lm.set_expansion_config(merge(lm.config.expansion, chosen))
     return report

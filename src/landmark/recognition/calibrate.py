@@ -161,7 +161,7 @@ MIN_VALIDATION_QUERIES = 30   # fewer held-out landmark photos than this cannot 
 
 
 def _keep_defaults(lm, cfg: RecognitionConfig, n_labelled: int, n_val: int, *, write: bool, seed: int,
-                   t0: float) -> dict[str, Any]:
+                   t0: float, split: str) -> dict[str, Any]:
     """Calibration of a store with too few labelled photos to fit anything (e.g. one per landmark):
     the configured thresholds stay, and the stages that reorder votes by rules fitted to dense
     landmarks (grading, the frequent-landmark re-rank) are off, since nothing here can show they help."""
@@ -177,7 +177,7 @@ def _keep_defaults(lm, cfg: RecognitionConfig, n_labelled: int, n_val: int, *, w
               "fit": {}, "defaults_kept": True,
               "validation": {"landmark_queries": n_val, "labelled_photos": n_labelled, "regions": cfg.regions,
                              "zoom": float(cfg.zoom), "seed": seed, "prior_source": lm.prior_source,
-                             "split": "too few to split"},
+                             "split": split},
               "seconds": round(time.perf_counter() - t0, 2)}
     lm.set_recognition_config(cfg)
     if write:
@@ -320,7 +320,8 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
         except ValueError:
             split = Split([], [], [])
     if len(split.val) < MIN_VALIDATION_QUERIES:
-        return _keep_defaults(lm, cfg, len(labelled), len(split.val), write=write, seed=seed, t0=t0)
+        return _keep_defaults(lm, cfg, len(labelled), len(split.val), write=write, seed=seed, t0=t0,
+                              split=held_out_label(store) if held_val else "by photo")
     fitted: dict[str, Any] = {}
 
     # 1. the object prior: a false-rejection budget over all labelled photos
