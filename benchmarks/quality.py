@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--overwrite", action="store_true", help="rebuild every store (after a configuration change)")
-    ap.add_argument("--no-calibrate", dest="calibrate", action="store_const", const=False, default=None)
+    ap.add_argument("--calibrate", dest="calibrate", action="store_const", const=True, default=None,
+                    help="refit every store's calibration (default: where it never was, or is stale)")
+    ap.add_argument("--no-calibrate", dest="calibrate", action="store_const", const=False)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

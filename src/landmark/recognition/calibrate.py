@@ -163,16 +163,19 @@ MIN_VALIDATION_QUERIES = 30   # fewer held-out landmark photos than this cannot 
 def _keep_defaults(lm, cfg: RecognitionConfig, n_labelled: int, n_val: int, *, write: bool, seed: int,
                    t0: float, split: str) -> dict[str, Any]:
     """Calibration of a store with too few labelled photos to fit anything (e.g. one per landmark):
-    the configured thresholds stay, and the stages that reorder votes by rules fitted to dense
+    the configured thresholds stay (``cfg`` holds the object prior's budget, which needs no validation
+    split), and the stages that reorder votes by rules fitted to dense
     landmarks (grading, the frequent-landmark re-rank) are off, since nothing here can show they help."""
     why = (f"{n_val} validation landmark queries from {n_labelled} labelled photos (fewer than "
            f"{MIN_VALIDATION_QUERIES}: landmarks need at least 3 photos each to hold one out)")
-    log.warning("store %s: %s; recognition keeps its default thresholds, grading and the frequent-landmark "
-                "re-rank are off", lm.store.root, why)
+    log.warning("store %s: %s; recognition keeps its default thresholds (but the object prior's budget over the "
+                "labelled photos), grading and the frequent-landmark re-rank are off", lm.store.root, why)
     cfg = dataclasses.replace(cfg, grading=False, frequent_rerank=False)
     report = {"thresholds": {"prior_object_min": cfg.prior_object_min, "distractor_threshold": cfg.distractor_threshold,
                              "t1": cfg.t1, "t2": cfg.t2, "grading": False, "frequent_rerank": False},
-              "decisions": {"thresholds": f"defaults kept: {why}", "grading": f"off (safe default): {why}",
+              "decisions": {"thresholds": f"defaults kept, but prior_object_min (its false-rejection budget over the "
+                                          f"labelled photos): {why}",
+                            "grading": f"off (safe default): {why}",
                             "frequent_rerank": f"off (safe default): {why}"},
               "fit": {}, "defaults_kept": True,
               "validation": {"landmark_queries": n_val, "labelled_photos": n_labelled, "regions": cfg.regions,
@@ -319,12 +322,10 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
             split = split_by_photo(labelled, val_fraction, 2, seed)
         except ValueError:
             split = Split([], [], [])
-    if len(split.val) < MIN_VALIDATION_QUERIES:
-        return _keep_defaults(lm, cfg, len(labelled), len(split.val), write=write, seed=seed, t0=t0,
-                              split=held_out_label(store) if held_val else "by photo")
     fitted: dict[str, Any] = {}
 
-    # 1. the object prior: a false-rejection budget over all labelled photos
+    # 1. the object prior: a false-rejection budget over all labelled photos (a quantile of theirs, which
+    # needs no validation split: from a few photos it flags none of them)
     if lm.groups is not None:
         keys = [r.id for r in labelled]
         probs = store.extras(keys, PROBE_NAME)
@@ -333,6 +334,9 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
         cfg = dataclasses.replace(cfg, prior_object_min=_budget_threshold(
             cand, len(keys), landmark_loss, 0.5, 0.995, cfg.prior_object_min))
         fitted["prior_object_min"] = cfg.prior_object_min
+    if len(split.val) < MIN_VALIDATION_QUERIES:
+        return _keep_defaults(lm, cfg, len(labelled), len(split.val), write=write, seed=seed, t0=t0,
+                              split=held_out_label(store) if held_val else "by photo")
 
     # 2. the distractor filter: a false-rejection budget over the validation landmark queries
     lm.set_recognition_config(cfg)
