@@ -22,6 +22,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", 
 _MAX_LISTED = 10  # items named in an error message that lists missing photos or unknown ids
 
 log = logging.getLogger(__name__)
+_warned_repeats: set[str] = set()     # CSV files whose repeated ids were already reported
 
 
 class DatasetError(ValueError):
@@ -160,7 +161,8 @@ def read_gldv2(root: str | os.PathLike[str], split: str, *, check_files: bool = 
             seen.add(image_id)
             label = _parse_int(cells[1], csv_path, line, "landmark_id") if split == "train" else None
             records.append(ImageRecord(image_id, split_dir / _gldv2_relpath(image_id), label))
-    if duplicates:
+    if duplicates and str(csv_path) not in _warned_repeats:    # said once per file, however often it is read
+        _warned_repeats.add(str(csv_path))
         log.warning("%s: %d repeated id(s) ignored (first row kept)", csv_path, duplicates)
     if check_files:
         missing = [str(r.path) for r in records if not r.path.is_file()]
