@@ -95,11 +95,16 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         global_only = (lm.gather(queries.vectors, extras={k: v for k, v in queries.extras.items() if k != REGIONS_EXTRA},
                                  ids=queries.ids, detections=detections) if REGIONS_EXTRA in queries.extras else None)
         if lm.has_local_features:   # verified inliers with each query's top-k neighbours (evidence against the filters)
+            t1 = time.perf_counter()
             query_local, local_failures = test_local_features(lm, test, out / "_work" / "local-test", progress)
+            t2 = time.perf_counter()
             lm.verify_neighbours(evidence, query_local, progress=progress)
             if global_only is not None:
                 lm.verify_neighbours(global_only, query_local, progress=progress)
             query_local.close()
+            timings["extract_local_queries_s"] = t2 - t1
+            timings["verify_neighbours_s"] = time.perf_counter() - t2
+        timings["recognize_s"] = time.perf_counter() - t0 - timings.get("extract_local_queries_s", 0.0)
         ablation = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all, global_only)
         recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
         predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
@@ -108,6 +113,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     stage_rankings: dict[str, dict[str, list[str]]] = {}     # the submitted ranking, stage by stage
     global_rankings = reranked_rankings = rankings
     if "index" in plan.splits:
+        t0 = time.perf_counter()
         depth = max(retrieval_k, config.rerank.top_k)
         ec = lm.config.expansion
         plain = rank(lm.store, queries.vectors, depth, splits=["index"])
@@ -130,7 +136,8 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
                 lm, test, {q: (r.keys, r.scores) for q, r in zip(queries.ids, ranked)}, out / "_work" / "local-test",
                 k=retrieval_k, progress=progress, vectors=dict(zip(queries.ids, queries.vectors)),
                 database=lm.store.keys("index"))
-            timings.update(local_timings)
+            timings.update({k: v for k, v in local_timings.items()                 # its queries' features were
+                            if not (k == "extract_local_queries_s" and k in timings)})   # extracted above
             local_failures = local_failures or rerank_failures    # the same photos: reported once
             stage_rankings["+ spatial re-rank"] = rankings
         reranked_rankings = rankings
