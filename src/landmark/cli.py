@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -286,6 +287,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     except ValueError as exc:
         err.print(f"[red]--focus: {exc}[/]")
         raise typer.Exit(2)
+    started = time.time() - 1
     report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device,
                             progress=progress, multiscale=multiscale, calibrate=calibrate, focus=focused,
                             overwrite=overwrite)
@@ -319,8 +321,9 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     if m.get("ablation"):
         _print_ablation(m["ablation"])
     _print_recognition_ablation(m.get("recognition_ablation") or [])
-    out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {out_dir / 'submission_recognition.csv'}, "
-              f"{out_dir / 'submission_retrieval.csv'}")
+    written = [str(p) for p in (out_dir / "submission_recognition.csv", out_dir / "submission_retrieval.csv")
+               if p.is_file() and p.stat().st_mtime >= started]
+    out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {', '.join(written) or 'none'}")
 
 
 @app.command("evaluate-revisited")

@@ -158,6 +158,8 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
         add("+ PCA-whitening", None, "already in the store's vectors" if config.whitening.kind == "pca"
             else f"the store's vectors are whitened already ({config.whitening.kind})")
     verify = f"verify={ec.verify}" + (f" (similarity > {ec.threshold:.2f})" if "threshold" in ec.verify else "")
+    if not (ec.dba or ec.qe):    # calibration switched them off: these rows say what they would have done
+        verify = f"off in the submitted ranking (what it would do: {verify})"
     add("+ DBA", score(retrieve(space, ec, dba_on=True, qe_on=False, k=k)), verify)
     expanded = retrieve(space, ec, dba_on=True, qe_on=True, k=k)
     add("+ alpha-QE", score(expanded), f"weights={ec.qe_weights}")

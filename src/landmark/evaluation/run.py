@@ -275,8 +275,8 @@ def evaluation_plan(root: str | Path) -> EvaluationPlan:
     labelled = has_gldv2_split(root, "train") and len(read_gldv2(root, "train")) > 0
     has_index = has_gldv2_split(root, "index") and len(read_gldv2(root, "index")) > 0
     if not labelled:
-        skipped["recognition"] = ("no labelled photos to vote with (train.csv missing or empty); calibration is "
-                                  "skipped too, every stage runs its default")
+        skipped["recognition"] = ("no labelled photos to vote with (train.csv missing or empty); the stages that "
+                                  "only labelled photos can validate are off")
     elif not solution.recognition:
         skipped["recognition"] = "no recognition_solution.csv (or it lists no query)"
     if not has_index:
