@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -183,11 +182,11 @@ def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos
 @_friendly
 def index_info(store: Path = StoreOpt):
     """Show what a store holds, which model made it, and which stages its calibration switched on or off and why."""
-    from .evaluation.ablation import calibration_decisions
+    from .evaluation.ablation import store_calibration_decisions
     from .index import Store
 
     with Store.open(store) as st:
-        out.print_json(json.dumps(st.info() | {"calibration": calibration_decisions(st)}))
+        out.print_json(json.dumps(st.info() | {"calibration": store_calibration_decisions(st)}))
 
 
 @app.command("search")
@@ -276,7 +275,8 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
                                                       help="Refit the recognition and DBA / alpha-QE thresholds on the train split first (default: if never done)."),
              focus: Optional[str] = typer.Option(None, "--focus", help="Landmark ids whose queries also get their own mAP row, e.g. 900001-900006,42."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild the store from scratch (needed when it was built with another model, preset or --set).")):
-    """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100."""
+    """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100 (what the
+    dataset allows: a collection without labels is scored for retrieval only) and what calibration decided."""
     from .evaluation.run import evaluate_gldv2, parse_landmark_ids
 
     if not data.exists():
@@ -287,7 +287,6 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     except ValueError as exc:
         err.print(f"[red]--focus: {exc}[/]")
         raise typer.Exit(2)
-    started = time.time() - 1
     report = evaluate_gldv2(data, out_dir, _config(preset, config, set_, model), store_dir=store, device=device,
                             progress=progress, multiscale=multiscale, calibrate=calibrate, focus=focused,
                             overwrite=overwrite)
@@ -321,9 +320,7 @@ def evaluate(data: Path = typer.Argument(..., help="GLDv2-layout dataset root wi
     if m.get("ablation"):
         _print_ablation(m["ablation"])
     _print_recognition_ablation(m.get("recognition_ablation") or [])
-    written = [str(p) for p in (out_dir / "submission_recognition.csv", out_dir / "submission_retrieval.csv")
-               if p.is_file() and p.stat().st_mtime >= started]
-    out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {', '.join(written) or 'none'}")
+    out.print(f"report: {out_dir / 'report.json'}\nsubmissions: {', '.join(report['submissions'])}")
 
 
 @app.command("evaluate-revisited")

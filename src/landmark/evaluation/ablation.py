@@ -386,7 +386,7 @@ def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int
         report |= {"dba": False, "qe": False, "decision": f"DBA and alpha-QE off (safe default): {why}",
                    "validation": _validation_info(found, seed, lm.prior_source)}
     else:
-        space, score, n_negatives, split = found
+        space, score = found.space, found.score
         plain = score(retrieve(space, ec, dba_on=False, qe_on=False))
         fitted, trials = fit_threshold(space, score, ec)
         expanded = max(t["map"] for t in trials) if trials else score(retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe))
@@ -397,9 +397,7 @@ def calibrate_expansion(lm, *, train_ids: Sequence[str] | None = None, seed: int
                    "validation_map": expanded, "validation_map_plain": plain, "trials": trials,
                    "decision": (f"on: validation mAP@100 {plain:.4f} -> {expanded:.4f}" if helps else
                                 f"off: it lowered validation mAP@100 {plain:.4f} -> {expanded:.4f}"),
-                   "validation": {"database_photos": len(space.index), "queries": len(space.queries),
-                                  "known_non_landmarks": n_negatives, "split": split, "seed": seed,
-                                  "prior_source": lm.prior_source}}
+                   "validation": _validation_info(found, seed, lm.prior_source)}
     lm.set_expansion_config(fitted)
     store = lm.store
     if write and store.config.expansion.verify == ec.verify:
@@ -453,7 +451,7 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
                   "decision": f"off (safe default): {why}", "expansion": ranking_settings(ec),
                   "validation": _validation_info(found, seed, lm.prior_source)}
     else:
-        space, score, n_negatives, split = found
+        space, score = found.space, found.score
         fitted, trials, before = fit_category(space, score, retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe),
                                               lm.config.category)
         after = max([before] + [t["map"] for t in trials])
@@ -461,9 +459,7 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
                   "validation_map": after, "trials": trials, "expansion": ranking_settings(ec),
                   "decision": (f"on: validation mAP@100 {before:.4f} -> {after:.4f}" if fitted.enabled else
                                "off: no similarity threshold raised validation mAP@100"),
-                  "validation": {"database_photos": len(space.index), "queries": len(space.queries),
-                                 "known_non_landmarks": n_negatives, "split": split, "seed": seed,
-                                 "prior_source": lm.prior_source}}
+                  "validation": _validation_info(found, seed, lm.prior_source)}
     lm.set_category_config(fitted)
     store = lm.store
     if write and ranking_settings(store.config.expansion) == report["expansion"]:
@@ -473,22 +469,25 @@ def calibrate_category(lm, *, train_ids: Sequence[str] | None = None, seed: int 
     return report
 
 
-def calibration_decisions(store) -> dict[str, str]:
-    """Which stages a store's calibrations switched on or off and why, one line each (for ``landmark
-    index info`` and ``landmark evaluate``); stages never calibrated are left out."""
-    from ..recognition.calibrate import CALIBRATION_META
-
-    out: dict[str, str] = {}
-    recognition = store.meta_value(CALIBRATION_META) or {}
-    for stage, why in (recognition.get("decisions") or {}).items():
-        out[f"recognition.{stage}"] = why
-    expansion = store.meta_value(EXPANSION_META) or {}
-    if expansion.get("decision"):
+def calibration_decisions(recognition: Mapping[str, Any] | None, expansion: Mapping[str, Any] | None,
+                          category: Mapping[str, Any] | None) -> dict[str, str]:
+    """Which stages calibration switched on or off and why, one line each, from its three reports
+    (a run's, for ``landmark evaluate``; a store's kept ones, :func:`store_calibration_decisions`);
+    stages never calibrated are left out."""
+    out = {f"recognition.{stage}": why for stage, why in ((recognition or {}).get("decisions") or {}).items()}
+    if (expansion or {}).get("decision"):
         out["expansion (DBA, alpha-QE)"] = expansion["decision"]
-    category = store.meta_value(CATEGORY_META) or {}
-    if category.get("decision"):
+    if (category or {}).get("decision"):
         out["category re-rank"] = category["decision"]
     return out
+
+
+def store_calibration_decisions(store) -> dict[str, str]:
+    """:func:`calibration_decisions` of the reports a store keeps (``landmark index info``)."""
+    from ..recognition.calibrate import CALIBRATION_META
+
+    return calibration_decisions(store.meta_value(CALIBRATION_META), store.meta_value(EXPANSION_META),
+                                 store.meta_value(CATEGORY_META))
 
 
 # -- the ablation of `landmark evaluate` on a GLDv2-layout dataset ---------------------------------

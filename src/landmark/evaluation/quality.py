@@ -74,21 +74,10 @@ def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
         "what_if": m.get("ablation") or [], "skipped": m.get("skipped") or {},
         "queries": m.get("queries"), "retrieval_queries": m.get("retrieval_queries"),
         "landmark_queries": m.get("landmark_queries"),
-        "calibration": calibration_summary(report),
+        "calibration": report.get("calibration_decisions") or {},
     }
     summary["checks"] = checks(summary, configured)
     return summary
-
-
-def calibration_summary(report: Mapping[str, Any]) -> dict[str, Any]:
-    """What calibration decided for each stage of this run, and why (from the report)."""
-    out: dict[str, Any] = {}
-    for part in ("recognition", "expansion", "category"):
-        section = report.get(part) or {}
-        cal = section.get("calibration") if isinstance(section, Mapping) else None
-        if cal:
-            out[part] = cal.get("decisions") or {k: v for k, v in cal.items() if k not in ("trials", "validation")}
-    return out
 
 
 def checks(summary: Mapping[str, Any], configured: Mapping[str, Any] | None) -> list[dict[str, Any]]:

@@ -18,16 +18,16 @@ from typing import Any
 import torch
 
 from ..api import Landmarks
-from ..config import Config, load_config
+from ..config import Config, explicit, load_config, merge
 from ..data.manifests import DatasetError, Solution, has_gldv2_split, is_gldv2, read_gldv2, read_gldv2_solution
 from ..features.extract import REGIONS_EXTRA
 from ..features.local import extract_many
 from ..index.local import LocalStore
 from ..retrieval import rank
-from ..retrieval.search import ExpandedSearch
 from ..recognition.pipeline import decide
 from ..utils.io import atomic_write_json
-from .ablation import calibration_decisions, gldv2_ablation
+from . import ablation
+from .ablation import CATEGORY_META, EXPANSION_META, calibration_decisions, gldv2_ablation, ranking_settings
 from .recognition_ablation import recognition_ablation
 from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
@@ -82,11 +82,12 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     test = read_gldv2(root, "test")
     solution = plan.solution.restricted(test.ids())   # test.csv may list a partial download
     t0 = time.perf_counter()
-    queries = lm.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test", queries=True)
+    # the views recognition reads (object prior, regions) only where recognition is scored
+    queries = lm.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test", queries=plan.recognition)
     timings["extract_test_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    recognitions, predictions, ablation = [], {}, []
+    recognitions, predictions, recognition_rows = [], {}, []
     local_failures: list = []
     if plan.recognition:
         paths = {r.id: r.path for r in test.records}
@@ -105,7 +106,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
             timings["extract_local_queries_s"] = t2 - t1
             timings["verify_neighbours_s"] = time.perf_counter() - t2
         timings["recognize_s"] = time.perf_counter() - t0 - timings.get("extract_local_queries_s", 0.0)
-        ablation = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all, global_only)
+        recognition_rows = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all, global_only)
         recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
         predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
                        for q, r in zip(queries.ids, recognitions)}
@@ -118,11 +119,12 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         ec = lm.config.expansion
         plain = rank(lm.store, queries.vectors, depth, splits=["index"])
         stage_rankings["plain kNN"] = _cut(queries.ids, plain, retrieval_k)
-        if ec.dba and ec.qe:     # the DBA row alone: the same augmented database, queries not expanded
-            dba_only = ExpandedSearch(lm.store, dataclasses.replace(ec, qe=False), ["index"], vote_k=lm.recognition_config.k)
-            stage_rankings["+ DBA"] = _cut(queries.ids, dba_only.rank(queries.vectors, retrieval_k), retrieval_k)
         if ec.dba or ec.qe:   # DBA / alpha-QE (Baidu §2.3) before re-ranking, as `search` does
-            ranked = lm.expanded_search(["index"]).rank(queries.vectors, depth)
+            expanded = lm.expanded_search(["index"])
+            if ec.dba and ec.qe:     # the DBA row alone: the same augmented database, queries not expanded
+                stage_rankings["+ DBA"] = _cut(queries.ids, expanded.rank(queries.vectors, retrieval_k, qe=False),
+                                               retrieval_k)
+            ranked = expanded.rank(queries.vectors, depth)
             stage_rankings["+ alpha-QE" if ec.qe else "+ DBA"] = _cut(queries.ids, ranked, retrieval_k)
         else:
             ranked = plain
@@ -154,7 +156,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         if solution.retrieval else None,
         "queries": len(test), "landmark_queries": sum(1 for v in truth.values() if v),
         "retrieval_queries": len(solution.retrieval),
-        "recognition_ablation": ablation,
+        "recognition_ablation": recognition_rows,
         "skipped": dict(plan.skipped),
     }
     if solution.retrieval:   # global vs re-ranked, overall and on the focus landmarks
@@ -178,9 +180,12 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
                                              work_dir=out / "_work", multiscale=multiscale, progress=progress, k=retrieval_k,
                                              refit_threshold=calibrate is not False and not explicit_threshold(config))
         timings["ablation_s"] = time.perf_counter() - t0
+    submissions = []
     if plan.recognition:
-        write_recognition_csv(out / "submission_recognition.csv", predictions, ids=test.ids())
-    write_retrieval_csv(out / "submission_retrieval.csv", rankings, ids=test.ids(), k=retrieval_k)
+        submissions.append(out / "submission_recognition.csv")
+        write_recognition_csv(submissions[-1], predictions, ids=test.ids())
+    submissions.append(out / "submission_retrieval.csv")
+    write_retrieval_csv(submissions[-1], rankings, ids=test.ids(), k=retrieval_k)
     report = {
         "dataset": str(root), "metrics": metrics, "timings": timings,
         "store": lm.store.info() | {"root": str(lm.store.root)},
@@ -192,7 +197,8 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         if plan.recognition else None,
         "expansion": {"config": dataclasses.asdict(lm.config.expansion), "calibration": expansion_calibration},
         "category": {"config": dataclasses.asdict(lm.config.category), "calibration": category_calibration},
-        "calibration_decisions": calibration_decisions(lm.store),
+        "calibration_decisions": calibration_decisions(calibration, expansion_calibration, category_calibration),
+        "submissions": [str(p) for p in submissions],
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "device": str(lm.extractor.device),
                     "threads": torch.get_num_threads()},
@@ -297,7 +303,6 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
     """Object priors for stored photos that lack them, the store's calibrated thresholds (calibrating
     on its train split first if it never was, was on another classifier's priors, or if asked), and the
     user's explicit recognition overrides."""
-    from ..config import explicit, merge
     from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_views, store_recognition
     from ..recognition.setup import calibrated_with_other_priors
 
@@ -319,8 +324,6 @@ def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None 
 
 def explicit_threshold(config: Config) -> bool:
     """Whether ``config`` sets ``expansion.threshold`` itself (calibration then leaves it alone)."""
-    from ..config import explicit
-
     return "threshold" in explicit(config, "expansion")
 
 
@@ -328,9 +331,6 @@ def prepare_category(lm: Landmarks, config: Config, *, calibrate: bool | None = 
     """The store's calibrated category re-rank (fitted on its train split first if it never was, was
     fitted with another classifier's priors or after other DBA / alpha-QE settings, or if asked),
     unless ``config`` sets it; ``config.category`` is what ``lm`` uses from now on."""
-    from ..config import explicit
-    from .ablation import CATEGORY_META, calibrate_category, ranking_settings
-
     lm.set_category_config(config.category)
     if explicit(config, "category"):
         return None
@@ -338,7 +338,7 @@ def prepare_category(lm: Landmarks, config: Config, *, calibrate: bool | None = 
     stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
                                     or report["expansion"] != ranking_settings(lm.config.expansion))
     if calibrate or (calibrate is None and (report is None or stale)):
-        return calibrate_category(lm)
+        return ablation.calibrate_category(lm)
     if report is None or stale:
         return None
     lm.set_category_config(dataclasses.replace(config.category, enabled=report["enabled"],
@@ -350,10 +350,6 @@ def prepare_expansion(lm: Landmarks, config: Config, *, calibrate: bool | None =
     """The store's calibrated ``expansion.threshold`` (fitted on its train split first if it never
     was, was fitted with another classifier's priors or for another verifier, or if asked), unless
     ``config`` sets one; ``config.expansion`` is what ``lm`` expands with from now on."""
-    from .ablation import EXPANSION_META, calibrate_expansion
-
-    from ..config import explicit, merge
-
     lm.set_expansion_config(config.expansion)
     if explicit_threshold(config):
         return None
@@ -362,7 +358,7 @@ def prepare_expansion(lm: Landmarks, config: Config, *, calibrate: bool | None =
                                     or report["verify"] != config.expansion.verify or "dba" not in report)
     chosen = {k: v for k, v in explicit(config, "expansion").items() if k in ("dba", "qe")}
     if calibrate or (calibrate is None and (report is None or stale)):
-        report = calibrate_expansion(lm, write=not chosen)     # a fit after the user's own dba / qe serves this run
+        report = ablation.calibrate_expansion(lm, write=not chosen)     # a fit after the user's own dba / qe serves this run
     elif report is None or stale:      # --no-calibrate: the configured settings stay
         return None
     else:

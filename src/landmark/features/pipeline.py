@@ -5,7 +5,7 @@
 * ``config.ensemble`` adds models: each model's L2-normalised descriptor is computed, they are
   concatenated and divided by sqrt(#models) (a unit vector again) — :class:`EnsembleExtractor`.
 * ``config.whitening.kind = "auto"`` (the default) is PCA where the store learned one (from enough
-  photos, see :data:`AUTO_PCA_MIN`), else none: :func:`whitening_in_force` says which.
+  photos, see :func:`auto_learns_pca`), else none: :func:`whitening_in_force` says which.
 * ``config.whitening.kind = "pca"`` (or ``"learned"``) wraps either in :class:`WhitenedExtractor`,
   which projects with a :class:`~landmark.features.whitening.Whitening` learned on the index split
   (or on the labelled photos, less the validation ones) and kept in the store as ``whitening.npz``;

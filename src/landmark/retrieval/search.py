@@ -72,12 +72,13 @@ class ExpandedSearch:
         result = self.store.search(vectors, self.vote_k, labelled_only=True)
         return voted_labels(result.landmark_ids, result.scores, self.vote_k)
 
-    def rank(self, queries: np.ndarray, k: int = 100) -> list[Ranking]:
-        """Top-``k`` database photos for each query vector, best first."""
+    def rank(self, queries: np.ndarray, k: int = 100, *, qe: bool | None = None) -> list[Ranking]:
+        """Top-``k`` database photos for each query vector, best first; ``qe=False`` searches the
+        (augmented) database with the queries as they are (default: ``ec.qe``)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if not len(self.keys):
             return [Ranking([], []) for _ in queries]
-        if self.ec.qe and len(queries):
+        if (self.ec.qe if qe is None else qe) and len(queries):
             q_labels = self.vote(queries) if uses_votes(self.ec) else None
             neighbours = self.index.search(queries, min(self.ec.shortlist, len(self.keys)))
             queries = query_expansion(queries, self.vectors, label_verifier(self.ec, q_labels, self.labels),
