@@ -27,6 +27,19 @@ def revisited_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory):
+    """One user cache for the session (exported engine graphs, engine choices): each network is
+    exported and timed once, not once per test store; the user's own cache is left alone."""
+    old = os.environ.get("LANDMARK_CACHE")
+    os.environ["LANDMARK_CACHE"] = str(tmp_path_factory.mktemp("landmark-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LANDMARK_CACHE", None)
+    else:
+        os.environ["LANDMARK_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def small_validation_minimum(request, monkeypatch):
     """The test stores are small (gldv2-mini's 4 landmarks x 10 photos give 8 validation queries), far

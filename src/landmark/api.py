@@ -25,6 +25,7 @@ from .data import ImageError, Manifest, load_image, read_dataset, read_photos
 from .data.manifests import ImageRecord, check_split_ids, has_gldv2_split, is_gldv2, read_gldv2
 from .features import ExtractionResult, Failure, GlobalExtractor
 from .features.extract import REGIONS_EXTRA
+from .features.engine import STORE_ENGINES_DIR
 from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, auto_learns_pca, base_extractor,
                                 build_extractor, learn_store_whitening, zoom_views, zoomed)
 from .features.whitening import WhiteningError
@@ -811,7 +812,7 @@ def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequen
                                  f"{' + '.join(learn)}{named}: learn it on a labelled split (train of a GLDv2 root), "
                                  "or use whitening.kind=pca")
         held = validation_holdout(config, labelled)
-    base = base_extractor(config, device=device)
+    base = base_extractor(config, device=device, engine_dir=store_dir / STORE_ENGINES_DIR)
     from .recognition.setup import attach_prior
 
     attach_prior(base, config.recognition)   # as the store's extractor will: it then reuses these photos' cache

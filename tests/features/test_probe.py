@@ -24,7 +24,8 @@ def photos(tmp_path, n=4):
 
 def test_probe_shares_the_forward_pass_and_is_cached(tmp_path):
     net = build_model(LITE0)
-    cfg = ExtractConfig(image_size=128, batch_size=2, num_workers=0, device="cpu", flip=True)
+    cfg = ExtractConfig(image_size=128, batch_size=2, num_workers=0, device="cpu", flip=True,
+                        engine="torch")   # counts the passes of the torch trunk
     plain = GlobalExtractor(net, cfg, LITE0)
     probed = GlobalExtractor(net, cfg, LITE0)
     groups = ClassGroups.load()

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..config import Config
+from .engine import STORE_ENGINES_DIR
 from .extract import REGIONS_EXTRA, ExtractionResult, Failure, GlobalExtractor, PhotoItem
 from .whitening import Whitening, WhiteningError, learn_labelled_whitening, learn_whitening
 
@@ -203,12 +204,14 @@ def model_extractor(extractor) -> GlobalExtractor:
     return extractor
 
 
-def base_extractor(config: Config, device: str | None = None) -> Extractor:
-    """The un-whitened extractor of ``config``: one model, or the ensemble ``model`` + ``ensemble``."""
-    first = GlobalExtractor.from_config(config, device=device)
+def base_extractor(config: Config, device: str | None = None, engine_dir: str | Path | None = None) -> Extractor:
+    """The un-whitened extractor of ``config``: one model, or the ensemble ``model`` + ``ensemble``
+    (their inference engines' graphs kept in ``engine_dir``)."""
+    first = GlobalExtractor.from_config(config, device=device, engine_dir=engine_dir)
     if not config.ensemble:
         return first
-    parts = [first] + [GlobalExtractor.from_config(dataclasses.replace(config, model=m), device=device)
+    parts = [first] + [GlobalExtractor.from_config(dataclasses.replace(config, model=m), device=device,
+                                                   engine_dir=engine_dir)
                        for m in config.ensemble]
     return EnsembleExtractor(parts)
 
@@ -235,7 +238,8 @@ def whitening_in_force(config: Config, store_root: str | Path | None) -> str:
 def build_extractor(config: Config, device: str | None = None, store_root: str | Path | None = None) -> Extractor:
     """The extractor of a store: whitened with ``store_root/whitening.npz`` if ``config`` asks for it
     (``auto``: if the store learned one)."""
-    base = base_extractor(config, device=device)
+    base = base_extractor(config, device=device,
+                          engine_dir=Path(store_root) / STORE_ENGINES_DIR if store_root is not None else None)
     if config.whitening.kind not in WHITENING_KINDS:
         raise WhiteningError(f"whitening.kind must be one of {WHITENING_KINDS}, got {config.whitening.kind!r}")
     if whitening_in_force(config, store_root) == "none":

@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,17 @@ class Backbone(nn.Module):
         for stage in self.stages()[start:stop]:
             x = stage(x)
         return x
+
+    def forward_taps(self, x: Tensor, taps: Sequence[int] = ()) -> tuple[Tensor, ...]:
+        """The inputs of the stages ``taps`` (ascending), then the final feature map: one pass."""
+        if not taps:
+            return (self.forward(x),)
+        outs, start = [], 0
+        for tap in taps:
+            x = self.run_stages(x, start, tap)
+            outs.append(x)
+            start = tap
+        return (*outs, self.run_stages(x, start))
 
     def classify(self, fmap: Tensor) -> Tensor:
         """ImageNet-1k logits from a feature map (the backbone's original classifier)."""

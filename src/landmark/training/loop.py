@@ -668,8 +668,9 @@ def _embed_all(module: TrainModule, split: Split, cfg: TrainConfig, device: torc
             _, emb = module.embed_features(f.to(device).float(), cached=True)
             out[idx] = emb.float().cpu().numpy()
     else:
+        # eager torch: the weights change every epoch, an exported graph would be stale
         ex = GlobalExtractor(module.net, ExtractConfig(image_size=cfg.eval_image_size, num_workers=0,
-                                                       device=str(device)), cfg.model)
+                                                       device=str(device), engine="torch"), cfg.model)
         res = ex.extract(records, progress=False)
         pos = {r.id: i for i, r in enumerate(records)}
         out[[pos[i] for i in res.ids]] = res.vectors
