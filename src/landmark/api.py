@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence, Union
@@ -30,6 +32,7 @@ from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtrac
                                 build_extractor, learn_store_whitening, zoom_views, zoomed)
 from .features.whitening import WhiteningError
 from .index import Store, StoreError
+from .utils.progress import progress_bar
 from .index.store import StoredFile, content_hash
 from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
@@ -139,17 +142,38 @@ class Landmarks:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def open(cls, store_dir: str | Path, device: str | None = None) -> "Landmarks":
+    def open(cls, store_dir: str | Path, device: str | None = None, *, warm: bool = True) -> "Landmarks":
+        """Open a store with the extractor it was built with; ``warm``: pay now what the first query
+        would otherwise wait for (:meth:`warm`), so that it is as fast as the tenth."""
         store = Store.open(store_dir)
-        return cls(store, build_extractor(store.config, device=device, store_root=store.root))
+        lm = cls(store, build_extractor(store.config, device=device, store_root=store.root))
+        if warm:
+            lm.warm()
+        return lm
+
+    def warm(self) -> None:
+        """Run one landscape and one portrait photo through the whole recognition (engine made or
+        compiled, its kernels for those shapes, the recognizer's known non-landmarks, the query's
+        local features and their verification), so that the first real query does not pay for them."""
+        size = self.store.config.extract.image_size
+        rng = np.random.default_rng(0)
+        photos = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+                  for h, w in ((size * 3 // 4, size), (size, size * 3 // 4))]
+        t0 = time.perf_counter()
+        try:
+            self.recognize(photos, progress=False)
+        except Exception as exc:   # noqa: BLE001 - the first real query then pays, and reports what fails
+            log.warning("warming up %s failed: %s", self.store.root, exc)
+        log.info("warmed up in %.2f s", time.perf_counter() - t0)
 
     @classmethod
     def create(cls, store_dir: str | Path, config: Config | None = None, *, device: str | None = None,
-               overwrite: bool = False) -> "Landmarks":
-        """Open the store at ``store_dir`` if it was made with ``config``, else make a new one."""
+               overwrite: bool = False, base=None) -> "Landmarks":
+        """Open the store at ``store_dir`` if it was made with ``config``, else make a new one (``base``:
+        the un-whitened extractor of ``config`` where one is at hand, see :func:`build_extractor`)."""
         config = check(config) if config is not None else load_config()
         root = Path(store_dir)
-        extractor = build_extractor(config, device=device, store_root=root)
+        extractor = build_extractor(config, device=device, store_root=root, base=base)
         if (root / "meta.sqlite").exists() and not overwrite:
             store = Store.open(root)
             try:
@@ -180,10 +204,11 @@ class Landmarks:
         config = check(config) if config is not None else load_config()
         if is_gldv2(root):     # before any extraction: a shared id would drop one of its two photos
             check_split_ids(root, splits or default_splits(root), queries=("test",))
+        base = None      # the network the whitening was learned with serves the store too: built once
         if config.whitening.kind != "none":
-            _learn_whitening(root, Path(store_dir), config, splits or default_splits(root), device=device,
-                             overwrite=overwrite, progress=progress)
-        lm = cls.create(store_dir, config, device=device, overwrite=overwrite)
+            base = _learn_whitening(root, Path(store_dir), config, splits or default_splits(root), device=device,
+                                    overwrite=overwrite, progress=progress)
+        lm = cls.create(store_dir, config, device=device, overwrite=overwrite, base=base)
         lm.ray = ray
         report = BuildReport()
         for split in splits or default_splits(root):
@@ -280,6 +305,48 @@ class Landmarks:
         if landmark_id is not None and name:
             self.store.set_label_names({landmark_id: name})
         return self.add_manifest(manifest, split=split, progress=progress)
+
+    def import_vectors(self, vectors: np.ndarray, ids: Sequence[str], *,
+                       landmark_ids: Sequence[int | None] | None = None, paths: Sequence[str | None] | None = None,
+                       split: str = "index", batch_size: int = 100_000, progress: bool | None = None) -> BuildReport:
+        """Add descriptors computed elsewhere (a Spark or Ray job running the store's network) under
+        ``split``, ``batch_size`` rows a commit: a killed import resumes, ids already stored are
+        skipped (``report.skipped``). Rows are the network's unit-norm descriptors, or already in
+        the store's space (``store.dim``); a store that whitens applies its whitening to the
+        former. Imported photos have no local features and no object prior (``paths`` lets
+        :meth:`ensure_extras` compute the latter later)."""
+        n = len(ids)
+        if vectors.ndim != 2 or len(vectors) != n:
+            raise StoreError(f"expected {n} vector rows (one per id), got shape {vectors.shape}")
+        if len(set(ids)) != n:
+            dup = next(i for i, c in Counter(ids).items() if c > 1)
+            raise StoreError(f"the ids repeat (e.g. {dup!r}): each imported row needs its own id")
+        whiten = isinstance(self.extractor, WhitenedExtractor) and vectors.shape[1] == self.extractor.base.dim
+        if vectors.shape[1] != self.store.dim and not whiten:
+            raise StoreError(f"the store holds {self.store.dim}-d vectors; these are {vectors.shape[1]}-d")
+        report = BuildReport(added={split: 0}, skipped={split: 0})
+        with progress_bar(f"import {split}", total=n, enabled=progress) as bar:
+            for lo in range(0, n, batch_size):
+                part = slice(lo, min(n, lo + batch_size))
+                keys = list(ids[part])
+                rows = np.ascontiguousarray(vectors[part], dtype=np.float32)
+                norms = np.linalg.norm(rows, axis=1)
+                if not np.allclose(norms, 1.0, atol=1e-3):
+                    bad = int(np.argmax(np.abs(norms - 1.0)))
+                    raise StoreError(f"row {lo + bad} ({keys[bad]!r}) has norm {norms[bad]:.4f}: descriptors are "
+                                     "L2-normalised rows")
+                if whiten:
+                    rows = self.extractor.whitening.apply(rows)
+                present = self.store.get(keys)
+                keep = [j for j, k in enumerate(keys) if k not in present]
+                self.store.add([keys[j] for j in keep], rows[keep],
+                               paths=[paths[lo + j] for j in keep] if paths is not None else None,
+                               landmark_ids=[landmark_ids[lo + j] for j in keep] if landmark_ids is not None else None,
+                               split=split)
+                report.added[split] += len(keep)
+                report.skipped[split] += len(keys) - len(keep)
+                bar.advance(len(keys))
+        return report
 
     def remove(self, ids: Sequence[str]) -> int:
         if self.local is not None:
@@ -787,20 +854,21 @@ def _content_or_none(path: str | Path) -> str | None:
 
 
 def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequence[str], *, device: str | None,
-                     overwrite: bool, progress: bool | None) -> None:
+                     overwrite: bool, progress: bool | None):
     """Learn the store's whitening before the store is made: PCA on its ``whitening.learn_on`` split
     (the index, unlabelled), or the learned whitening on that split's labelled photos less those kept
-    for validation (:func:`~landmark.recognition.calibrate.validation_holdout`)."""
+    for validation (:func:`~landmark.recognition.calibrate.validation_holdout`). Returns the
+    un-whitened extractor it learned with (None where nothing was learned)."""
     wc = config.whitening
     if (store_dir / "meta.sqlite").exists() and not overwrite and ((store_dir / WHITENING_FILE).exists()
                                                                     or wc.kind == "auto"):
-        return   # an existing store keeps its whitening (auto: or its lack of one); create() checks the signature
+        return None   # an existing store keeps its whitening (auto: or its lack of one); create() checks the signature
     learn = [s for s in splits if wc.learn_on in (s, "all")] or list(splits)
     records = [r for s in learn for r in dataset_manifest(root, s).records]
     if wc.kind == "auto" and not auto_learns_pca(config, len(records)):
         log.info("whitening.kind=auto: %d photos in %s are too few to learn %d PCA components; the store keeps the "
                  "network's descriptors", len(records), " + ".join(learn), wc.dim)
-        return
+        return None
     held: set[str] = set()
     if wc.kind == "learned":
         from .recognition.calibrate import validation_holdout
@@ -825,11 +893,12 @@ def _learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequen
     # the store's extraction of that split reads the same cache (its extractor is this one, whitened), then removes it
     cache = store_dir / "_work" / f"extract-{learn[0]}" if len(learn) == 1 else None
     learn_store_whitening(config, base, records, store_dir, cache_dir=cache, progress=progress, held_out=sorted(held))
+    return base
 
 
-def open(store_dir: str | Path, device: str | None = None) -> Landmarks:  # noqa: A001 - mirrors io.open style
-    """Open an existing store with the extractor it was built with."""
-    return Landmarks.open(store_dir, device=device)
+def open(store_dir: str | Path, device: str | None = None, *, warm: bool = True) -> Landmarks:  # noqa: A001
+    """Open an existing store with the extractor it was built with (see :meth:`Landmarks.open`)."""
+    return Landmarks.open(store_dir, device=device, warm=warm)
 
 
 def load_photo(source) -> Image.Image:

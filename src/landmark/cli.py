@@ -151,12 +151,52 @@ def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders o
     """Add photos to a store (ids are the file names)."""
     from .api import Landmarks
 
-    lm = Landmarks.open(store, device=device)
+    lm = Landmarks.open(store, device=device, warm=False)
     report = lm.add_photos(photos, landmark_id=landmark_id, split=split, name=name, progress=progress)
     _print_failures(report.failures)
     _print_renamed(report.renamed)
     out.print(f"added {sum(report.added.values())} photos{_renamed_note(report.renamed)}, "
               f"{sum(report.skipped.values())} already present (same id, same content); store now holds {len(lm.store)}")
+
+
+@index_app.command("import")
+@_friendly
+def index_import(vectors: Path = typer.Argument(..., help="N x D descriptors (.npy), e.g. from a Spark or Ray job."),
+                 ids: Path = typer.Argument(..., help="CSV with an 'id' column (and optionally 'landmark_id', "
+                                                      "'path'), one row per vector, in order."),
+                 store: Path = StoreOpt, preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt,
+                 set_: Optional[List[str]] = SetOpt,
+                 split: str = typer.Option("index", "--split", help="Tag stored with the imported photos."),
+                 batch_size: int = typer.Option(100_000, "--batch-size", help="Rows per commit."),
+                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+    """Import descriptors computed elsewhere into a store (made with the configuration if absent); resumable."""
+    import csv as csvlib
+
+    import numpy as np
+
+    from .api import Landmarks
+    from .index import StoreError
+
+    if not vectors.is_file():
+        raise FileNotFoundError(f"vectors file not found: {vectors}")
+    try:
+        array = np.load(vectors, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise StoreError(f"{vectors}: not a .npy array of vectors ({exc})") from None
+    with open(ids, newline="") as fh:
+        rows = list(csvlib.DictReader(fh))
+    if not rows or "id" not in rows[0]:
+        raise StoreError(f"{ids}: expected a CSV with an 'id' column (and optionally 'landmark_id', 'path')")
+    labels = [int(r["landmark_id"]) if r.get("landmark_id") else None for r in rows] if "landmark_id" in rows[0] else None
+    paths = [r.get("path") or None for r in rows] if "path" in rows[0] else None
+    if (store / "meta.sqlite").exists():
+        lm = Landmarks.open(store, device=device, warm=False)
+    else:
+        lm = Landmarks.create(store, _config(preset, config, set_), device=device)
+    report = lm.import_vectors(array, [r["id"] for r in rows], landmark_ids=labels, paths=paths, split=split,
+                               batch_size=batch_size, progress=progress)
+    out.print(f"imported {report.added[split]} vectors, {report.skipped[split]} already present; "
+              f"store now holds {len(lm.store)}")
 
 
 @index_app.command("remove")
@@ -203,7 +243,7 @@ def search(photos: List[Path] = typer.Argument(..., help="Query photos, or folde
 
     from .data import read_photos
 
-    lm = Landmarks.open(store, device=device)
+    lm = Landmarks.open(store, device=device, warm=False)
     results = lm.search([str(r.path) for r in read_photos(photos).records], k=k, splits=split or None,
                         progress=False, rerank=rerank, expand=expand)
     if as_json:
@@ -235,7 +275,7 @@ def recognize(photos: List[Path] = typer.Argument(..., help="Photos, folders, or
     from .data.manifests import is_gldv2, read_gldv2
     from .evaluation.submission import write_recognition_csv
 
-    lm = Landmarks.open(store, device=device)
+    lm = Landmarks.open(store, device=device, warm=False)
     if len(photos) == 1 and photos[0].is_dir() and is_gldv2(photos[0]):
         manifest = read_gldv2(photos[0], "test")
     else:
@@ -363,7 +403,7 @@ def calibrate_cmd(data: Optional[Path] = typer.Argument(None, help="GLDv2 root: 
     from .api import Landmarks
     from .data.manifests import is_gldv2, read_gldv2
 
-    lm = Landmarks.open(store, device=device)
+    lm = Landmarks.open(store, device=device, warm=False)
     train_ids = read_gldv2(data, "train").ids() if data is not None and is_gldv2(data) else None
     fitted = lm.calibrate(train_ids=train_ids, val_fraction=val_fraction, seed=seed, landmark_loss=landmark_loss,
                           progress=progress)
@@ -404,7 +444,7 @@ def cluster_cmd(store: Path = StoreOpt,
 
     import numpy as np
 
-    lm = Landmarks.open(store)
+    lm = Landmarks.open(store, warm=False)
     res = lm.cluster(split, ClusterConfig(neighbours=neighbours, threshold=threshold, min_size=min_size),
                      landmarks_only=landmarks_only)
     n = write_labels(out_csv, res.ids, res.clusters)

@@ -123,3 +123,13 @@ def test_query_views_add_the_photo_read_at_zoom_times_the_size(mini_store, eiffe
     assert np.allclose(extras[REGIONS_EXTRA][0].astype(np.float32), views, atol=2e-3)
     lm.set_recognition_config(dataclasses.replace(cfg, zoom=1.0))
     assert lm.query_views([ImageRecord("q", eiffel_query)], progress=False).extras[REGIONS_EXTRA].shape[1] == n
+
+
+def test_open_warms_what_the_first_query_would_wait_for(mini_store):
+    from landmark.features.pipeline import model_extractor
+
+    cold = landmark.Landmarks.open(mini_store, warm=False)
+    assert model_extractor(cold.extractor).trunk._engines == {} and cold._recognizer is None   # made at the first query
+    warm = landmark.Landmarks.open(mini_store)
+    assert model_extractor(warm.extractor).trunk._engines and warm._recognizer is not None
+    assert warm.store.generation == cold.store.generation               # warming writes nothing

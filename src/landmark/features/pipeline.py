@@ -235,11 +235,14 @@ def whitening_in_force(config: Config, store_root: str | Path | None) -> str:
     return "pca" if store_root is not None and (Path(store_root) / WHITENING_FILE).is_file() else "none"
 
 
-def build_extractor(config: Config, device: str | None = None, store_root: str | Path | None = None) -> Extractor:
+def build_extractor(config: Config, device: str | None = None, store_root: str | Path | None = None,
+                    base: Extractor | None = None) -> Extractor:
     """The extractor of a store: whitened with ``store_root/whitening.npz`` if ``config`` asks for it
-    (``auto``: if the store learned one)."""
-    base = base_extractor(config, device=device,
-                          engine_dir=Path(store_root) / STORE_ENGINES_DIR if store_root is not None else None)
+    (``auto``: if the store learned one); ``base``: the un-whitened extractor of ``config`` where one
+    is at hand (a build that learned the whitening with it), else made here."""
+    if base is None:
+        base = base_extractor(config, device=device,
+                              engine_dir=Path(store_root) / STORE_ENGINES_DIR if store_root is not None else None)
     if config.whitening.kind not in WHITENING_KINDS:
         raise WhiteningError(f"whitening.kind must be one of {WHITENING_KINDS}, got {config.whitening.kind!r}")
     if whitening_in_force(config, store_root) == "none":

@@ -256,10 +256,24 @@ class Store:
         with _lock(self.root), self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO landmarks VALUES (?, ?)", [(int(k), str(v)) for k, v in names.items()])
 
-    def keys(self, split: str | None = None) -> list[str]:
-        if split is None:
-            return [r[0] for r in self._conn.execute("SELECT key FROM images ORDER BY row")]
-        return [r[0] for r in self._conn.execute("SELECT key FROM images WHERE split=? ORDER BY row", (split,))]
+    def keys(self, split: str | None = None, *, labelled: bool | None = None, other_than: str | None = None) -> list[str]:
+        """Stored ids in insertion order: all, those of ``split``, and/or only the (un)labelled ones
+        (``labelled``), or those of any split but ``other_than``. Read by SQL alone: a million-photo
+        store lists its few distractors without making a row object per photo."""
+        where, args = [], []
+        if split is not None:
+            where.append("split=?")
+            args.append(split)
+        if other_than is not None:
+            where.append("(split IS NULL OR split!=?)")
+            args.append(other_than)
+        if labelled is not None:
+            where.append("landmark_id IS NOT NULL" if labelled else "landmark_id IS NULL")
+        sql = "SELECT key FROM images" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY row"
+        return [r[0] for r in self._conn.execute(sql, args)]
+
+    def has_labels(self) -> bool:
+        return self._conn.execute("SELECT 1 FROM images WHERE landmark_id IS NOT NULL LIMIT 1").fetchone() is not None
 
     def get(self, keys: Sequence[str]) -> dict[str, ImageRow]:
         out: dict[str, ImageRow] = {}

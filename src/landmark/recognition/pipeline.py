@@ -276,16 +276,15 @@ class Recognizer:
         return self._known[1:]
 
     def _find_known_non_landmarks(self, cfg: RecognitionConfig) -> tuple[list[str], np.ndarray]:
-        rows = self.store.get(self.store.keys())
-        given = [k for k, r in rows.items() if r.split == DISTRACTOR_SPLIT]
-        unlabelled = [k for k, r in rows.items() if r.landmark_id is None and r.split != DISTRACTOR_SPLIT]
+        given = self.store.keys(DISTRACTOR_SPLIT)
+        unlabelled = self.store.keys(labelled=False, other_than=DISTRACTOR_SPLIT)
         flagged: list[str] = []
         if self.groups is not None and unlabelled:
             probs = self.store.extras(unlabelled, PROBE_NAME)
             decisions = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
             flagged = [k for k, d in zip(unlabelled, decisions) if d.decision == NON_LANDMARK]
         vecs = self.store.vectors(given + flagged) if given or flagged else np.zeros((0, self.store.dim), np.float32)
-        if flagged and any(r.landmark_id is not None for r in rows.values()):
+        if flagged and self.store.has_labels():
             own = vecs[len(given):]
             near_landmark = self.store.search(own, 1, labelled_only=True).scores[:, 0]
             keep = near_landmark <= nearest_other(own, vecs, offset=len(given))
