@@ -56,6 +56,17 @@ def test_few_steps_reduce_the_loss_and_give_a_usable_model(tiny_folder, tmp_path
     assert export_onnx(net, tmp_path / "m.onnx", height=96, width=128) < 1e-4
 
 
+def test_a_vision_transformer_trains_from_random_weights(tiny_folder, tmp_path):
+    cfg = load_train_config("cpu-mini", overrides=[
+        "model.backbone=timm/vit_tiny_patch16_224", "backbone_weights=random", "init=random", "model.embedding_dim=16",
+        "data.image_size=64", "eval_image_size=64", "data.num_workers=0", "optim.batch_size=4", "optim.epochs=1",
+        "data.epoch_samples=8", "optim.warmup_epochs=0", "freeze_stages=0", "cache_views=0"])
+    result = train(tiny_folder, tmp_path / "vit", cfg, progress=False)
+    assert np.isfinite(result.history[-1]["loss"])
+    net, _ = load_checkpoint(result.model_path)
+    assert net.backbone.name == "vit_tiny_patch16_224" and net.dim == 16
+
+
 def test_resume_continues_with_identical_state(tiny_folder, tmp_path):
     cfg = tiny_cfg("optim.epochs=2")
     straight = train(tiny_folder, tmp_path / "a", cfg, progress=False)

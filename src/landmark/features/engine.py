@@ -217,6 +217,11 @@ def make_engine(kind: str, source: TrunkSource, device: torch.device, *, batch_s
         if kind not in ("auto", "torch"):
             raise EngineError(f"extract.engine={kind} runs on the CPU; on {device.type} the engine is torch")
         return TorchEngine(source)
+    if not source.backbone.any_size_graph:     # e.g. a vision transformer: a graph per photo shape is not kept
+        if kind not in ("auto", "torch"):
+            raise EngineError(f"extract.engine={kind} runs graphs that take any photo shape, which "
+                              f"{source.backbone.name} does not export to: use extract.engine=torch")
+        return TorchEngine(source)
     if kind == "auto":
         kind = fastest_engine(source, batch_size=batch_size, image_size=image_size)
     spec = ENGINES[kind]

@@ -39,9 +39,12 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, trunk: nn.Module, head: nn.Module | None, channels: int,
                  preprocessing: Preprocessing, features: Callable[[nn.Module, Tensor], Tensor],
-                 stages: Callable[[nn.Module], list[nn.Module]] | None = None):
+                 stages: Callable[[nn.Module], list[nn.Module]] | None = None, any_size_graph: bool = True):
         super().__init__()
         self.name = name
+        # whether one exported graph takes any input size (a vision transformer's position embeddings are
+        # resized with sizes the exporter freezes: its graph takes the size it was exported at)
+        self.any_size_graph = any_size_graph
         self.trunk = trunk
         self.head = head
         self.out_channels = channels
@@ -146,12 +149,30 @@ def _mobilenet_v2(pretrained: bool) -> Backbone:
 
 
 def _timm_hub(name: str) -> Callable[[bool], Backbone]:
+    """Any timm model: a CNN's feature map as it is; a vision transformer's patch tokens laid out on
+    their grid (``B x C x H/patch x W/patch``, at any input size: position embeddings interpolated,
+    the input padded to whole patches), or with ``:cls`` after the name its class token as a
+    ``B x C x 1 x 1`` map (pool it with ``spoc`` or ``mac``)."""
+    model_name, _, token = name.partition(":")
+    if token not in ("", "cls"):
+        raise KeyError(f"unknown token choice {token!r} in {name!r}: 'timm/<vit>' pools the patch tokens, "
+                       "'timm/<vit>:cls' takes the class token")
+
     def build(pretrained: bool) -> Backbone:
         import timm
 
-        model = timm.create_model(name, pretrained=pretrained)
+        try:      # vision transformers: any input size (CNNs take no such argument)
+            model = timm.create_model(model_name, pretrained=pretrained, dynamic_img_size=True, dynamic_img_pad=True)
+        except TypeError:
+            model = timm.create_model(model_name, pretrained=pretrained)
         cfg = model.pretrained_cfg
         prep = Preprocessing(tuple(cfg.get("mean", IMAGENET.mean)), tuple(cfg.get("std", IMAGENET.std)))
+        if is_vision_transformer(model):
+            features = vit_class_token if token else vit_patch_grid
+            return Backbone(name, model, None, model.num_features, prep, features,    # its head reads tokens
+                            any_size_graph=False)
+        if token:
+            raise KeyError(f"{model_name} is not a vision transformer: it has no class token (drop ':cls')")
 
         def head(fmap: Tensor) -> Tensor:
             return model.forward_head(fmap)
@@ -160,6 +181,24 @@ def _timm_hub(name: str) -> Callable[[bool], Backbone]:
                         lambda trunk, x: trunk.forward_features(x))
 
     return build
+
+
+def is_vision_transformer(model: nn.Module) -> bool:
+    """A timm model whose features are tokens (a patch embedding plus prefix tokens), not a map."""
+    return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+
+
+def vit_patch_grid(trunk: nn.Module, x: Tensor) -> Tensor:
+    """A vision transformer's final patch tokens as a ``B x C x h x w`` map (the prefix tokens dropped)."""
+    tokens = trunk.forward_features(x)
+    h, w = trunk.patch_embed.dynamic_feat_size(x.shape[-2:])
+    patches = tokens[:, trunk.num_prefix_tokens:]
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
+
+
+def vit_class_token(trunk: nn.Module, x: Tensor) -> Tensor:
+    """A vision transformer's final class token as a ``B x C x 1 x 1`` map."""
+    return trunk.forward_features(x)[:, 0, :, None, None]
 
 
 class _Lambda(nn.Module):

@@ -4,11 +4,13 @@ backbone alone (the inference engines' graph: normalised RGB in, feature maps ou
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..utils.io import atomic_path
 from .backbones import Backbone
@@ -17,18 +19,38 @@ from .net import DescriptorNet
 
 def export_onnx(net: DescriptorNet, path: str | Path, *, height: int = 384, width: int = 384, opset: int = 17,
                 check: bool = True, atol: float = 1e-4) -> float:
-    """Write ``net`` as ONNX with dynamic batch, height and width; returns the max abs difference
-    between ONNX Runtime and torch on a random batch (checked against ``atol`` when ``check``)."""
+    """Write ``net`` as ONNX with dynamic batch, height and width (a vision transformer's graph: dynamic
+    batch, at ``height`` x ``width`` only); returns the max abs difference between ONNX Runtime and
+    torch on a random batch (checked against ``atol`` when ``check``)."""
     net = net.eval().to("cpu", memory_format=torch.contiguous_format)
+    any_size = net.backbone.any_size_graph
     x = torch.randn(2, 3, height, width)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    axes = {"images": {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}, "descriptors": {0: "batch"}}
+    with atomic_path(path) as tmp, warnings.catch_warnings(), _exportable_interpolation():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (x,), str(tmp), input_names=["images"], output_names=["descriptors"],
-                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "descriptors": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+                          dynamic_axes=axes, opset_version=opset, dynamo=False)
     if not check:
         return float("nan")
-    return _check(net, Path(path), ((height, width), (max(32, height // 2), width)), atol)
+    shapes = ((height, width), (max(32, height // 2), width)) if any_size else ((height, width),)
+    return _check(net, Path(path), shapes, atol)
+
+
+@contextmanager
+def _exportable_interpolation():
+    """ONNX has no antialiased bicubic resize (timm resizes a vision transformer's position embeddings
+    with one): exported without the antialias, which changes nothing when enlarging; the export's
+    check against torch catches a shrinking one."""
+    real = F.interpolate
+
+    def interpolate(*args, antialias: bool = False, **kwargs):
+        return real(*args, **kwargs)
+
+    F.interpolate = interpolate
+    try:
+        yield
+    finally:
+        F.interpolate = real
 
 
 class _Trunk(torch.nn.Module):

@@ -72,6 +72,8 @@ class TrainConfig:
                                      # cosine-head centres = class means, so training starts from the
                                      # off-the-shelf descriptor | random: the layers' default init
     init_photos: int = 20000         # training photos (at most) whose features fit that initialisation
+    backbone_weights: str = "pretrained"   # the backbone's starting weights: pretrained (ImageNet, or the hub's for
+                                     # timm/<name>) | random (from scratch; what tests of hub models use offline)
     eval_image_size: int = 384       # validation extraction (long side, aspect kept)
     eval_every: int = 1              # epochs between validations
     seed: int = 0
@@ -140,7 +142,7 @@ def check_train(cfg: TrainConfig) -> TrainConfig:
 
     check_models([cfg.model], "model")
     check_values(cfg, {"head.kind": HEADS, "optim.optimizer": OPTIMIZERS, "optim.schedule": SCHEDULES,
-                       "data.sampler": tuple(SAMPLER_POWERS), "init": INITS}, MINIMUMS)
+                       "data.sampler": tuple(SAMPLER_POWERS), "init": INITS, "backbone_weights": INITS}, MINIMUMS)
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: expected a share in [0, 1), got {cfg.data.val_fraction}")
     if cfg.data.zoom_out < 1.0 or not 0.0 <= cfg.data.zoom_out_p <= 1.0:

@@ -344,7 +344,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
     labels = split.labels(split.train)
     counts = np.bincount(labels, minlength=len(split.classes)).tolist()
 
-    net = build_model(cfg.model)
+    net = build_model(cfg.model, pretrained=cfg.backbone_weights == "pretrained")
     head = make_head(cfg, net.dim, counts)
     module = TrainModule(net, head, cfg).to(ctx.device)
     optimizer = _optimizer(module, cfg)
