@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from landmark.config import ConfigError
 from landmark.models import load_checkpoint
 from landmark.models.export import export_onnx
 from landmark.training import load_train_config, train
@@ -54,6 +55,18 @@ def test_few_steps_reduce_the_loss_and_give_a_usable_model(tiny_folder, tmp_path
     assert len(payload["val_ids"]) == 3 and all((tiny_folder / i).is_symlink() for i in payload["val_ids"])
     # ONNX export of the trained model matches torch
     assert export_onnx(net, tmp_path / "m.onnx", height=96, width=128) < 1e-4
+
+
+def test_agem_trains_on_cached_crops_and_its_branch_is_saved(tiny_folder, tmp_path):
+    result = train(tiny_folder, tmp_path / "agem", tiny_cfg("model.pooling=agem", "optim.epochs=2",
+                                                            "data.epoch_samples=16"), progress=False)
+    assert np.isfinite(result.history[-1]["loss"])
+    net, payload = load_checkpoint(result.model_path)
+    assert net.taps and payload["model_config"]["pooling"] == "agem"
+    first = torch.load(result.model_path, weights_only=False)["state_dict"]
+    assert any(k.startswith("attention.") for k in first)        # the trained branch is in the checkpoint
+    with pytest.raises(ConfigError, match="freeze_stages"):      # a frozen (cached) stage cannot feed it
+        train(tiny_folder, tmp_path / "frozen", tiny_cfg("model.pooling=agem", "freeze_stages=7"), progress=False)
 
 
 def test_a_vision_transformer_trains_from_random_weights(tiny_folder, tmp_path):

@@ -189,8 +189,9 @@ class GlobalExtractor:
         h, w = batch.shape[-2:]
         total = probed = regional = None
         amp = self.cfg.amp and self.device.type == "cuda"
-        tap = getattr(self.probe, "tap", None)
-        taps = () if tap is None else (tap,)
+        tap = getattr(self.probe, "tap", None) if self.probe is not None else None
+        taps = tuple(sorted(set(self.net.taps) | ({tap} if tap is not None else set())))   # one pass serves all
+        net_at = [taps.index(t) for t in self.net.taps]
         base = min(self.cfg.scales, key=lambda s: abs(s - 1.0))
         for s in self.cfg.scales:
             x = batch if s == 1.0 else F.interpolate(
@@ -202,13 +203,14 @@ class GlobalExtractor:
                 with_regions = regions > 1 and s == base and i == 0
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
                     # one pass over the trunk serves the descriptor, the probe and the regions
-                    *tapped, fmap = self.trunk(v, taps if self.probe is not None else ())
-                    d = self.net.describe(fmap).float()
+                    *tapped, fmap = self.trunk(v, taps)
+                    mine = [tapped[i] for i in net_at]
+                    d = self.net.describe(fmap, mine).float()
                     if self.probe is not None:
-                        p = self.probe(tapped[0] if tapped else fmap).float()
+                        p = self.probe(tapped[taps.index(tap)] if tap is not None else fmap).float()
                         probed = p if probed is None else probed + p
                     if with_regions:
-                        regional = self.net.regional(fmap, regions).float()
+                        regional = self.net.regional(fmap, regions, mine).float()
                 total = d if total is None else total + d
         n_views = len(self.cfg.scales) * (2 if self.cfg.flip else 1)
         return LF.l2n(total), (probed / n_views if probed is not None else None), regional

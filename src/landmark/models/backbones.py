@@ -67,11 +67,12 @@ class Backbone(nn.Module):
             x = stage(x)
         return x
 
-    def forward_taps(self, x: Tensor, taps: Sequence[int] = ()) -> tuple[Tensor, ...]:
-        """The inputs of the stages ``taps`` (ascending), then the final feature map: one pass."""
-        if not taps:
+    def forward_taps(self, x: Tensor, taps: Sequence[int] = (), start: int = 0) -> tuple[Tensor, ...]:
+        """The inputs of the stages ``taps`` (ascending), then the final feature map: one pass (from
+        the input of stage ``start``, ``x`` being that input)."""
+        if not taps and not start:
             return (self.forward(x),)
-        outs, start = [], 0
+        outs = []
         for tap in taps:
             x = self.run_stages(x, start, tap)
             outs.append(x)

@@ -39,6 +39,16 @@ def gem(x: Tensor, p: Tensor | float = 3.0, eps: float = 1e-6) -> Tensor:
     return torch.mean(x.clamp(min=eps).pow(p_t), dim=(-2, -1)).pow(1.0 / p_t)
 
 
+def residual_attention(x: Tensor, masks: list[Tensor]) -> Tensor:
+    """Attention residual learning (Wang et al., CVPR 2017): ``(1 + M) * x``, ``M`` the mean of the
+    ``B x 1 x h x w`` attention ``masks`` (in [0, 1]) resized to ``x``'s grid. A uniform mask scales
+    every position alike, so any pooling then L2-normalised gives what it gives without attention."""
+    size = x.shape[-2:]
+    resized = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+               for m in masks]
+    return x * (1.0 + torch.stack(resized).mean(dim=0))
+
+
 def region_windows(height: int, width: int, levels: int) -> list[tuple[int, int, int, int]]:
     """R-MAC-style regions of a ``height x width`` feature map, as ``(y0, y1, x0, x1)`` index windows.
 

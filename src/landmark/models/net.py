@@ -9,19 +9,24 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, config_from_dict, to_dict
+from ..config import ConfigError, ModelConfig, config_from_dict, to_dict
 from . import functional as LF
 from .backbones import Backbone, create_backbone
-from .pooling import make_pooling
+from .pooling import ATTENTION_TAPS, ResidualAttention, make_pooling
 
 
 class DescriptorNet(nn.Module):
-    """Global descriptor network. ``forward`` takes normalised images, returns unit-norm rows."""
+    """Global descriptor network. ``forward`` takes normalised images, returns unit-norm rows.
 
-    def __init__(self, backbone: Backbone, pooling: nn.Module, embedding_dim: int | None = None):
+    With an ``attention`` branch (aGeM, :class:`~.pooling.ResidualAttention`) the backbone also gives
+    the inputs of the stages ``attention.taps``, whose masks re-weight the final map before pooling."""
+
+    def __init__(self, backbone: Backbone, pooling: nn.Module, embedding_dim: int | None = None,
+                 attention: ResidualAttention | None = None):
         super().__init__()
         self.backbone = backbone
         self.pool = pooling
+        self.attention = attention       # a submodule only when present: other checkpoints keep their keys
         if embedding_dim:
             self.embedding: nn.Module = nn.Sequential(
                 nn.Linear(backbone.out_channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
@@ -34,26 +39,57 @@ class DescriptorNet(nn.Module):
     def preprocessing(self):
         return self.backbone.preprocessing
 
+    @property
+    def taps(self) -> tuple[int, ...]:
+        """The backbone stages whose inputs the network reads besides its final map (aGeM's)."""
+        return self.attention.taps if self.attention is not None else ()
+
+    def features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The backbone's final map and its maps at :attr:`taps`, in one pass."""
+        *tapped, fmap = self.backbone.forward_taps(x, self.taps)
+        return fmap, tapped
+
+    def attend(self, fmap: Tensor, tapped: Sequence[Tensor] = ()) -> Tensor:
+        """The final map as pooled: re-weighted by the attention branch where there is one."""
+        return self.attention(fmap, list(tapped)) if self.attention is not None else fmap
+
     def pooled(self, x: Tensor) -> Tensor:
         """Pooled backbone features before the embedding (``B x C``)."""
-        return self.pool(self.backbone(x))
+        return self.pool(self.attend(*self.features(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         return LF.l2n(self.embedding(self.pooled(x)))
 
-    def describe(self, fmap: Tensor) -> Tensor:
-        """The descriptor of a backbone feature map (``forward`` is ``describe(backbone(x))``)."""
-        return LF.l2n(self.embedding(self.pool(fmap)))
+    def describe(self, fmap: Tensor, tapped: Sequence[Tensor] = ()) -> Tensor:
+        """The descriptor of a backbone feature map and its :attr:`taps` maps (``forward`` is
+        ``describe(*features(x))``)."""
+        return LF.l2n(self.embedding(self.pool(self.attend(fmap, tapped))))
 
-    def regional(self, fmap: Tensor, levels: int) -> Tensor:
+    def regional(self, fmap: Tensor, levels: int, tapped: Sequence[Tensor] = ()) -> Tensor:
         """Descriptors of the R-MAC-style regions of a feature map (:func:`~.functional.region_windows`):
         ``B x R x dim``, each pooled, embedded and L2-normalised as the global descriptor is."""
+        fmap = self.attend(fmap, tapped)
         windows = LF.region_windows(fmap.shape[-2], fmap.shape[-1], levels)
         if not windows:
             return fmap.new_zeros((fmap.shape[0], 0, self.dim))
         pooled = torch.stack([self.pool(fmap[..., a:b, c:d]) for a, b, c, d in windows], dim=1)
         emb = self.embedding(pooled.flatten(0, 1)).view(fmap.shape[0], len(windows), -1)
         return LF.l2n(emb)
+
+
+def attention_branch(backbone: Backbone, count: int = ATTENTION_TAPS) -> ResidualAttention:
+    """aGeM's attention units on the inputs of ``backbone``'s last ``count`` stages (their channels
+    read from one small forward pass)."""
+    try:
+        n = len(backbone.stages())
+    except NotImplementedError:
+        raise ConfigError(f"model.pooling=agem needs a backbone split into stages; {backbone.name} is not") from None
+    taps = tuple(range(max(1, n - count), n))
+    with torch.no_grad():
+        was = backbone.training
+        *tapped, _ = backbone.eval().forward_taps(torch.zeros(1, 3, 64, 64), taps)
+        backbone.train(was)
+    return ResidualAttention(taps, tuple(int(t.shape[1]) for t in tapped))
 
 
 def build_model(cfg: ModelConfig, pretrained: bool = True) -> DescriptorNet:
@@ -63,7 +99,8 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> DescriptorNet:
         return net
     backbone = create_backbone(cfg.backbone, pretrained=pretrained)
     pool = make_pooling(cfg.pooling, p=cfg.gem_p, trainable=cfg.gem_trainable)
-    return DescriptorNet(backbone, pool, cfg.embedding_dim)
+    attention = attention_branch(backbone) if cfg.pooling.lower() == "agem" else None
+    return DescriptorNet(backbone, pool, cfg.embedding_dim, attention)
 
 
 def save_checkpoint(path: str | Path, net: DescriptorNet, cfg: ModelConfig, extra: dict[str, Any] | None = None) -> None:

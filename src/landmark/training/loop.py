@@ -80,6 +80,10 @@ class TrainModule(nn.Module):
         super().__init__()
         self.net, self.head, self.cfg = net, head, cfg
         self.frozen = cfg.freeze_stages
+        if self.frozen and any(t < self.frozen for t in net.taps):
+            raise ConfigError(f"model.pooling=agem reads the inputs of backbone stages {list(net.taps)}; with "
+                              f"freeze_stages={self.frozen} some are frozen (or cached): set freeze_stages <= "
+                              f"{min(net.taps)}")
         stages = net.backbone.stages() if self.frozen else None
         self.prefix = nn.Sequential(*stages[: self.frozen]) if stages else None
         self.suffix = nn.Sequential(*stages[self.frozen:]) if stages else None
@@ -105,11 +109,15 @@ class TrainModule(nn.Module):
 
     def pooled(self, fmap: Tensor, cached: bool) -> Tensor:
         """Pooled backbone features (before the embedding) of images or cached frozen features."""
+        taps = self.net.taps
         if self.suffix is None:
-            fmap = self.net.backbone(fmap)
-        else:
-            fmap = self.suffix(fmap if cached else self.frozen_features(fmap))
-        return self.net.pool(fmap)
+            fmap, tapped = self.net.features(fmap)
+        elif not taps:
+            fmap, tapped = self.suffix(fmap if cached else self.frozen_features(fmap)), []
+        else:      # the attention branch reads maps of the trained stages (checked: taps >= freeze_stages)
+            *tapped, fmap = self.net.backbone.forward_taps(fmap if cached else self.frozen_features(fmap), taps,
+                                                           start=self.frozen)
+        return self.net.pool(self.net.attend(fmap, tapped))
 
     def embed_features(self, fmap: Tensor, cached: bool) -> tuple[Tensor, Tensor]:
         """(pre-normalisation embedding, unit embedding) from images or cached frozen features."""
