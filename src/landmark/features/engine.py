@@ -40,7 +40,7 @@ from torch import Tensor
 from ..config import ConfigError
 from ..models.backbones import Backbone
 from ..models.export import export_trunk
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ STORE_ENGINES_DIR = "engines"      # a store's exported graphs
 
 class EngineError(ConfigError):
     """``extract.engine`` names an engine that cannot run here (unknown, not installed, or not on this device)."""
-
-
-def user_cache_dir() -> Path:
-    """``$LANDMARK_CACHE``, else ``$XDG_CACHE_HOME/landmark``, else ``~/.cache/landmark``."""
-    if os.environ.get("LANDMARK_CACHE"):
-        return Path(os.environ["LANDMARK_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "landmark"
 
 
 def trunk_digest(backbone: Backbone, taps: Sequence[int] = ()) -> str:

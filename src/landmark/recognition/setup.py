@@ -12,6 +12,7 @@ from ..config import RecognitionConfig
 from ..features.pipeline import whitening_in_force
 from .classifier import LandmarkClassifier
 from .filters import PROBE_NAME, ClassGroups, ImageNetPrior, OnnxDetector
+from .oidv4 import NAME as OIDV4, OidV4Detector
 from .pipeline import Recognizer
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None, s
         log.warning("store %s was calibrated on object priors of another classifier; run `landmark calibrate`",
                     store.root)
     detector = None
-    if cfg.detector:
+    if cfg.detector == OIDV4:
+        detector = OidV4Detector(roles=cfg.detector_roles, score_min=min(cfg.detector_score_min, 0.3))
+    elif cfg.detector:
         if not cfg.detector_labels or not cfg.detector_roles:
             raise ValueError("recognition.detector needs recognition.detector_labels and recognition.detector_roles")
         detector = OnnxDetector(cfg.detector, cfg.detector_labels, cfg.detector_roles)

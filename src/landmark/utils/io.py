@@ -55,3 +55,12 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def user_cache_dir() -> Path:
+    """``$LANDMARK_CACHE``, else ``$XDG_CACHE_HOME/landmark``, else ``~/.cache/landmark``: what is made
+    once per user (exported engine graphs, fetched models), not per store."""
+    if os.environ.get("LANDMARK_CACHE"):
+        return Path(os.environ["LANDMARK_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "landmark"
