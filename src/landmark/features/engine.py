@@ -240,7 +240,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def time_engines(engines: dict[str, Engine], batch: Tensor, rounds: int = 3) -> dict[str, float]:
+def time_engines(engines: dict[str, Engine], batch: Tensor, rounds: int = 5) -> dict[str, float]:
     """Seconds per call of each engine on ``batch``: the best of ``rounds`` calls after a warm-up,
     the engines taking turns each round (a busy moment of the machine then hits them alike)."""
     best = {name: float("inf") for name in engines}
