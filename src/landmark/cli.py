@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import LandmarkError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Landmark recognition and retrieval: build a store of photos, search it, recognise landmarks, evaluate.")
 index_app = typer.Typer(no_args_is_help=True, help="Build and change the embedded store (FAISS + SQLite in one directory).")
@@ -58,23 +60,11 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except _known_errors() as exc:
+        except (LandmarkError, FileNotFoundError) as exc:
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def _known_errors():
-    from .config import ConfigError
-    from .data import DatasetError, ImageError
-    from .index import StoreError
-    from .distributed import RayUnavailable
-    from .features.whitening import WhiteningError
-    from .models import CheckpointError, WeightsUnavailable
-
-    return (ConfigError, DatasetError, ImageError, StoreError, WeightsUnavailable, CheckpointError, RayUnavailable,
-            WhiteningError, FileNotFoundError)
 
 
 @index_app.command("build")

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
+from .errors import LandmarkError
+
 
 @dataclass
 class ModelConfig:
@@ -244,7 +246,7 @@ DEFAULT_PRESET = "lite2-gem"
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(LandmarkError, ValueError):
     """A configuration key or value is wrong; the message names it."""
 
 

@@ -18,6 +18,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
+from ..errors import LandmarkError
+
 DEFAULT_MAX_PIXELS = 100_000_000  # decompression-bomb limit (width * height of the stored image)
 
 Source = str | os.PathLike[str] | bytes
@@ -37,7 +39,7 @@ _WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 _BACKGROUND = (255, 255, 255)
 
 
-class ImageError(ValueError):
+class ImageError(LandmarkError, ValueError):
     """A photo that cannot be decoded; ``source`` names it and ``reason`` says why."""
 
     def __init__(self, source: str, reason: str):

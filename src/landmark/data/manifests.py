@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import LandmarkError
+
 GLDV2_SPLITS = ("train", "index", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 _MAX_LISTED = 10  # items named in an error message that lists missing photos or unknown ids
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 _warned_repeats: set[str] = set()     # CSV files whose repeated ids were already reported
 
 
-class DatasetError(ValueError):
+class DatasetError(LandmarkError, ValueError):
     """A dataset that cannot be read: the message names the file and what is wrong with it."""
 
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import Config, config_from_dict
+from ..errors import LandmarkError
 from ..features.extract import ExtractionResult, PhotoItem, _ChunkCache
 from ..recognition.filters import PROBE_NAME
 from ..utils.progress import progress_bar
@@ -26,7 +27,7 @@ from ..utils.progress import progress_bar
 log = logging.getLogger(__name__)
 
 
-class RayUnavailable(RuntimeError):
+class RayUnavailable(LandmarkError, RuntimeError):
     """Ray is not installed or its cluster cannot be reached."""
 
 

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import LandmarkError
 from ..utils.io import atomic_path
 
 
-class WhiteningError(ValueError):
+class WhiteningError(LandmarkError, ValueError):
     """A whitening cannot be learned from these vectors, or a whitening file is damaged."""
 
 

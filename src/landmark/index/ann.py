@@ -30,6 +30,7 @@ import faiss
 import numpy as np
 
 from ..config import IndexConfig
+from ..errors import LandmarkError
 from ..utils.io import atomic_path
 
 KINDS = ("flat", "ivfpq")
@@ -37,7 +38,7 @@ VECTOR_DTYPES = ("float16", "float32")
 AUTO_NPROBE_SHARE = 0.07          # index.nprobe = 0: the share of cells visited per query
 
 
-class AnnError(ValueError):
+class AnnError(LandmarkError, ValueError):
     """A compressed index cannot be built or used as asked."""
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from ..config import Config, config_from_dict
+from ..errors import LandmarkError
 from ..utils.io import atomic_path, atomic_write_text
 from .ann import CompressedStoreIndex, sorted_positions
 
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, val
 # probabilities; removed with their photo.
 
 
-class StoreError(RuntimeError):
+class StoreError(LandmarkError, RuntimeError):
     """The store is missing, damaged, or asked for something it cannot do."""
 
 

@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import LandmarkError
 
-class WeightsUnavailable(RuntimeError):
+
+class WeightsUnavailable(LandmarkError, RuntimeError):
     """The weights of a registered backbone are not installed."""
 
 

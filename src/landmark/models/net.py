@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError, ModelConfig, config_from_dict, to_dict
+from ..errors import LandmarkError
 from . import functional as LF
 from .backbones import Backbone, create_backbone
 from .pooling import ATTENTION_TAPS, ResidualAttention, make_pooling
@@ -113,7 +114,7 @@ def save_checkpoint(path: str | Path, net: DescriptorNet, cfg: ModelConfig, extr
         torch.save(payload, tmp)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LandmarkError, ValueError):
     """A file given as a model checkpoint that is not one :func:`save_checkpoint` wrote."""
 
 

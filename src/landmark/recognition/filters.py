@@ -24,12 +24,14 @@ import yaml
 from PIL import Image
 from torch import Tensor
 
+from ..errors import LandmarkError
+
 LANDMARK, UNCERTAIN, NON_LANDMARK = "landmark", "uncertain", "non_landmark"
 ROLES = (LANDMARK, UNCERTAIN, NON_LANDMARK)
 PROBE_NAME = "imagenet_groups"        # the store extra holding each photo's group probabilities
 
 
-class FilterConfigError(ValueError):
+class FilterConfigError(LandmarkError, ValueError):
     """A class-group or detector-label file is malformed; the message names the file and the entry."""
 
 

@@ -33,6 +33,7 @@ from PIL import Image
 from ..api import Landmarks, Match, Recognition, SearchOutput
 from ..data import ImageRecord
 from ..data.images import ImageError, load_image
+from ..errors import LandmarkError
 from ..features import ExtractionResult
 from ..index import Store, StoreError
 from ..index.store import ImageRow
@@ -47,7 +48,7 @@ _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".
 _PENDING = "pending"     # the id of a prepared upload until commit_add names it
 
 
-class ServiceError(Exception):
+class ServiceError(LandmarkError):
     """A request the service refuses: ``status`` is the HTTP status, the message says what is wrong."""
 
     def __init__(self, status: int, message: str):
