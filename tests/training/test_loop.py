@@ -78,6 +78,9 @@ def test_a_vision_transformer_trains_from_random_weights(tiny_folder, tmp_path):
     assert np.isfinite(result.history[-1]["loss"])
     net, _ = load_checkpoint(result.model_path)
     assert net.backbone.name == "vit_tiny_patch16_224" and net.dim == 16
+    frozen = dataclasses.replace(cfg, freeze_stages=2)
+    with pytest.raises(ConfigError, match="cannot be split into stages"):
+        train(tiny_folder, tmp_path / "frozen", frozen, progress=False)
 
 
 def test_resume_continues_with_identical_state(tiny_folder, tmp_path):

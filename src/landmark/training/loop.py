@@ -84,7 +84,11 @@ class TrainModule(nn.Module):
             raise ConfigError(f"model.pooling=agem reads the inputs of backbone stages {list(net.taps)}; with "
                               f"freeze_stages={self.frozen} some are frozen (or cached): set freeze_stages <= "
                               f"{min(net.taps)}")
-        stages = net.backbone.stages() if self.frozen else None
+        try:
+            stages = net.backbone.stages() if self.frozen else None
+        except NotImplementedError:
+            raise ConfigError(f"freeze_stages={self.frozen}: backbone {net.backbone.name} cannot be split into stages "
+                              "(set freeze_stages=0 and cache_views=0)") from None
         self.prefix = nn.Sequential(*stages[: self.frozen]) if stages else None
         self.suffix = nn.Sequential(*stages[self.frozen:]) if stages else None
         frozen = list(self.prefix.parameters()) if self.prefix is not None else []
