@@ -13,6 +13,8 @@ from landmark.cli import app
 from landmark.config import load_config
 from landmark.index import Store, StoreError
 
+pytestmark = pytest.mark.slow      # makes stores with the network
+
 CONFIG = ["model.backbone=tf_efficientnet_lite0", "local.enabled=false", "whitening.kind=none"]
 runner = CliRunner()
 

@@ -15,6 +15,8 @@ ray = pytest.importorskip("ray")
 
 from landmark.distributed import RayConfig, RayUnavailable, extract_distributed  # noqa: E402
 
+pytestmark = pytest.mark.slow      # starts Ray workers
+
 FAST = ["model.backbone=tf_efficientnet_lite0", "extract.image_size=160", "extract.num_workers=0"]
 
 

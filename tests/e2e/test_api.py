@@ -13,6 +13,8 @@ from PIL import Image
 import landmark
 from landmark.config import load_config
 
+pytestmark = pytest.mark.slow      # builds stores from real photos
+
 
 def test_folder_store_recognises_and_searches(gldv2_root, fast_overrides, tmp_path):
     names = {47378: "Eiffel_Tower", 90396: "Stonehenge", 55350: "Sydney_Opera_House"}

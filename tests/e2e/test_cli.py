@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 import landmark
 from landmark.cli import app
 
+pytestmark = pytest.mark.slow      # builds stores from real photos through the CLI
+
 runner = CliRunner()
 
 

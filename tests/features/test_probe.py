@@ -1,6 +1,7 @@
 """A probe (e.g. the ImageNet class-group prior) computed in the descriptor's forward pass."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from landmark.config import ExtractConfig, ModelConfig
@@ -67,6 +68,7 @@ def _fine_tune(net, stages=(-2, -1), seed=0):
     return net
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_backbone_is_probed_with_its_pretrained_classifier(tmp_path):
     """After fine-tuning, the prior reads the pretrained network from the first changed stage on: the
     probabilities equal the untouched model's, the descriptors are the fine-tuned model's."""

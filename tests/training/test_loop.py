@@ -39,6 +39,7 @@ def tiny_cfg(*extra):
         "data.num_workers=0", "cache_views=2", "freeze_stages=5", "optim.batch_size=8", "optim.lr=0.003", "optim.warmup_epochs=0", *extra])
 
 
+@pytest.mark.slow
 def test_few_steps_reduce_the_loss_and_give_a_usable_model(tiny_folder, tmp_path):
     # from random layers, so that learning (not the pretrained initialisation) must lower the loss
     result = train(tiny_folder, tmp_path / "run", tiny_cfg("optim.epochs=6", "data.epoch_samples=64", "eval_every=3",
@@ -57,6 +58,7 @@ def test_few_steps_reduce_the_loss_and_give_a_usable_model(tiny_folder, tmp_path
     assert export_onnx(net, tmp_path / "m.onnx", height=96, width=128) < 1e-4
 
 
+@pytest.mark.slow
 def test_agem_trains_on_cached_crops_and_its_branch_is_saved(tiny_folder, tmp_path):
     result = train(tiny_folder, tmp_path / "agem", tiny_cfg("model.pooling=agem", "optim.epochs=2",
                                                             "data.epoch_samples=16"), progress=False)
@@ -69,6 +71,7 @@ def test_agem_trains_on_cached_crops_and_its_branch_is_saved(tiny_folder, tmp_pa
         train(tiny_folder, tmp_path / "frozen", tiny_cfg("model.pooling=agem", "freeze_stages=7"), progress=False)
 
 
+@pytest.mark.slow
 def test_a_vision_transformer_trains_from_random_weights(tiny_folder, tmp_path):
     cfg = load_train_config("cpu-mini", overrides=[
         "model.backbone=timm/vit_tiny_patch16_224", "backbone_weights=random", "init=random", "model.embedding_dim=16",
@@ -83,6 +86,7 @@ def test_a_vision_transformer_trains_from_random_weights(tiny_folder, tmp_path):
         train(tiny_folder, tmp_path / "frozen", frozen, progress=False)
 
 
+@pytest.mark.slow
 def test_resume_continues_with_identical_state(tiny_folder, tmp_path):
     cfg = tiny_cfg("optim.epochs=2")
     straight = train(tiny_folder, tmp_path / "a", cfg, progress=False)
@@ -107,6 +111,7 @@ def test_resume_continues_with_identical_state(tiny_folder, tmp_path):
     assert train(tiny_folder, tmp_path / "b", cfg, progress=False, resume=True).history[-1]["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_path_without_cache(tiny_folder, tmp_path):
     cfg = tiny_cfg("cache_views=0", "freeze_stages=0", "optim.epochs=1", "head.kind=cosface", "data.image_size=64")
     result = train(tiny_folder, tmp_path / "c", cfg, progress=False)
@@ -174,6 +179,7 @@ def test_schedules():
     assert lr_factor(80, 100, 0, step) == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tiny_folder, tmp_path):
     """``torchrun --nproc_per_node=2`` (gloo on CPU): both ranks train, rank 0 writes the model."""
     import socket
@@ -203,6 +209,7 @@ def test_cached_batches_never_end_with_a_single_photo():
     assert _batch_starts(66, 32) == [0, 32, 64] and _batch_starts(27, 32) == [0]
 
 
+@pytest.mark.slow
 def test_unreadable_training_photos_are_skipped_not_trained_as_black(tiny_folder, tmp_path):
     root = tmp_path / "photos"
     for lab in LANDMARKS:
@@ -219,6 +226,7 @@ def test_unreadable_training_photos_are_skipped_not_trained_as_black(tiny_folder
     assert np.isfinite(result.history[-1]["loss"])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_longer_than_an_epoch_still_updates(tiny_folder, tmp_path):
     # 15 training photos in batches of 8: 2 micro-batches per epoch, fewer than grad_accum = 4;
     # each epoch's partial accumulation steps at its end (it is neither lost nor carried over)
@@ -255,6 +263,7 @@ def test_ema_moves_every_parameter_once_per_update():
     assert buffers and all(torch.equal(after[k], module.state_dict()[k]) for k in buffers)   # BatchNorm follows
 
 
+@pytest.mark.slow
 def test_ema_weights_are_validated_saved_and_resumed(tiny_folder, tmp_path):
     cfg = tiny_cfg("optim.epochs=2", "optim.ema=0.5", "data.epoch_samples=24")
     straight = train(tiny_folder, tmp_path / "a", cfg, progress=False)
