@@ -26,6 +26,7 @@ import io
 import logging
 import math
 import tarfile
+import threading
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,15 +180,17 @@ class OidV4Detector:
         self._classes = next(i for n, i in outputs.items() if "class" in n)
         self.size = int(self._input["shape"][1])
         self.anchors = ssd_anchors(AnchorOptions(input_size=self.size))
+        self._lock = threading.Lock()        # one interpreter: the service's inference threads take turns
 
     def detect(self, image: Image.Image) -> list[Detection]:
         image = image.convert("RGB")
         w, h = image.size
         x = np.asarray(image.resize((self.size, self.size), Image.BILINEAR), np.float32)[None] / 127.5 - 1.0
-        self.interpreter.set_tensor(self._input["index"], x)
-        self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self._boxes)[0]
-        logits = self.interpreter.get_tensor(self._classes)[0]
+        with self._lock:
+            self.interpreter.set_tensor(self._input["index"], x)
+            self.interpreter.invoke()
+            raw = self.interpreter.get_tensor(self._boxes)[0].copy()
+            logits = self.interpreter.get_tensor(self._classes)[0].copy()
         scores = 1.0 / (1.0 + np.exp(-logits[:, 1:]))          # class 0 is the background ("???")
         best = scores.argmax(axis=1)
         best_score = scores[np.arange(len(scores)), best]
