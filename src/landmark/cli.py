@@ -177,7 +177,10 @@ def index_import(vectors: Path = typer.Argument(..., help="N x D descriptors (.n
         rows = list(csvlib.DictReader(fh))
     if not rows or "id" not in rows[0]:
         raise StoreError(f"{ids}: expected a CSV with an 'id' column (and optionally 'landmark_id', 'path')")
-    labels = [int(r["landmark_id"]) if r.get("landmark_id") else None for r in rows] if "landmark_id" in rows[0] else None
+    try:
+        labels = [int(r["landmark_id"]) if r.get("landmark_id") else None for r in rows] if "landmark_id" in rows[0] else None
+    except ValueError as exc:
+        raise StoreError(f"{ids}: landmark_id must be an integer or empty ({exc})") from None
     paths = [r.get("path") or None for r in rows] if "path" in rows[0] else None
     if (store / "meta.sqlite").exists():
         lm = Landmarks.open(store, device=device, warm=False)

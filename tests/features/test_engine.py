@@ -103,3 +103,14 @@ def test_extraction_with_probe_and_regions_equals_torch(kind, net, tmp_path):
 def test_the_allocator_is_tuned_once():
     assert tune_cpu_allocator() is True            # glibc on Linux: the thresholds are fixed
     assert tune_cpu_allocator() is True
+
+
+def test_auto_makes_the_engine_it_timed_only_once(net, tmp_path, monkeypatch):
+    monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path))
+    built = []
+    for name, spec in list(E.ENGINES.items()):
+        counted = lambda source, _build=spec.build, _name=name: built.append(_name) or _build(source)  # noqa: E731
+        monkeypatch.setitem(E.ENGINES, name, E.EngineSpec(spec.name, spec.available, counted, spec.needs_graph))
+    engine = E.make_engine("auto", E.TrunkSource(net.backbone), torch.device("cpu"), batch_size=2, image_size=64)
+    assert sorted(built) == sorted(E.available_engines())       # each built once, to be timed; the winner kept
+    assert engine.name in built

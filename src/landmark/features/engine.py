@@ -215,7 +215,9 @@ def make_engine(kind: str, source: TrunkSource, device: torch.device, *, batch_s
                               f"{source.backbone.name} does not export to: use extract.engine=torch")
         return TorchEngine(source)
     if kind == "auto":
-        kind = fastest_engine(source, batch_size=batch_size, image_size=image_size)
+        kind, measured = _choose(source, batch_size, image_size)
+        if measured is not None:          # made to be timed just now: not made twice
+            return measured
     spec = ENGINES[kind]
     if not spec.available():
         raise EngineError(f"extract.engine={kind} is not installed (pip install {kind}), or choose one of "
@@ -259,9 +261,14 @@ def fastest_engine(source: TrunkSource, *, batch_size: int = 8, image_size: int 
     """The installed CPU engine that runs ``source`` fastest at a typical batch (long side
     ``image_size``, 4:3), measured once per network, machine and thread count; the choice is kept
     in the user cache (``engines/choices.json``)."""
+    return _choose(source, batch_size, image_size)[0]
+
+
+def _choose(source: TrunkSource, batch_size: int, image_size: int) -> tuple[str, Engine | None]:
+    """:func:`fastest_engine`, and the chosen engine where it was made to be timed (else None)."""
     names = available_engines()
     if len(names) == 1:
-        return names[0]
+        return names[0], None
     key = f"{source.digest}|{_cpu_name()}|threads={source.threads}|batch={batch_size}|size={image_size}"
     path = user_cache_dir() / "engines" / "choices.json"
     try:
@@ -269,7 +276,7 @@ def fastest_engine(source: TrunkSource, *, batch_size: int = 8, image_size: int 
     except (OSError, ValueError):
         choices = {}
     if choices.get(key, {}).get("engine") in names:
-        return choices[key]["engine"]
+        return choices[key]["engine"], None
     side = max(32, image_size // 32 * 32)
     batch = torch.randn(batch_size, 3, side, max(32, side * 3 // 4 // 32 * 32))
     engines: dict[str, Engine] = {}
@@ -287,7 +294,7 @@ def fastest_engine(source: TrunkSource, *, batch_size: int = 8, image_size: int 
         atomic_write_json(path, choices)
     except OSError as err:
         log.warning("could not remember the engine choice in %s: %s", path, err)
-    return best
+    return best, engines.get(best)
 
 
 class TrunkRunner:

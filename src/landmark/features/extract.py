@@ -189,7 +189,7 @@ class GlobalExtractor:
         h, w = batch.shape[-2:]
         total = probed = regional = None
         amp = self.cfg.amp and self.device.type == "cuda"
-        tap = getattr(self.probe, "tap", None) if self.probe is not None else None
+        tap = getattr(self.probe, "tap", None)
         taps = tuple(sorted(set(self.net.taps) | ({tap} if tap is not None else set())))   # one pass serves all
         net_at = [taps.index(t) for t in self.net.taps]
         base = min(self.cfg.scales, key=lambda s: abs(s - 1.0))
