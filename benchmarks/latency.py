@@ -91,7 +91,7 @@ def real_store(store: Path, photos: list[Path]) -> dict:
     for p in photos:
         img = Image.open(p).convert("RGB")
         t0 = time.perf_counter()
-        vecs, _ = lm.query_views_of_images([img])
+        vecs, _ = lm.embedding.query_views_of_images([img])
         t1 = time.perf_counter()
         lm.store.search(vecs[:1], 100)
         t2 = time.perf_counter()
@@ -217,7 +217,7 @@ def measure_synthetic(root: Path, n: int, eig: np.ndarray, queries: int = 200) -
     recog = []
     for i in range(min(queries, 100)):
         t0 = time.perf_counter()
-        lm.recognize_vectors(q[i:i + 1], ids=[f"q{i}"])
+        lm.recognising.recognize_vectors(q[i:i + 1], ids=[f"q{i}"])
         recog.append(time.perf_counter() - t0)
     after = rss_bytes()
     cached = file_bytes()

@@ -28,11 +28,11 @@ import numpy as np
 
 import landmark
 from landmark.data.manifests import ImageRecord
-from landmark.evaluation.metrics import global_average_precision, mean_average_precision_at_k
+from landmark.metrics import global_average_precision, mean_average_precision_at_k
 from landmark.features.whitening import l2n, learn_labelled_whitening
 from landmark.recognition.calibrate import VAL_FRACTION, model_validation_ids
 from landmark.recognition.knn import knn_vote
-from landmark.training.data import split_by_photo
+from landmark.data.splits import split_by_photo
 
 
 def scores(transform, held, train, held_labels, train_labels, neg_db, neg_q) -> tuple[int, float, float]:
@@ -75,7 +75,7 @@ def main() -> None:
         held_ids = {r.id for r in split_by_photo(records, VAL_FRACTION, 2, args.seed).val}
     held = [k for k in keys if k in held_ids]
     train = [k for k in keys if k not in held_ids]
-    _, negatives = lm.recognizer.known_non_landmarks()
+    _, negatives = lm.recognising.recognizer.known_non_landmarks()
     order = np.random.default_rng(args.seed).permutation(len(negatives))
     neg_db, neg_q = negatives[order[: len(order) // 2]], negatives[order[len(order) // 2:]]
     hv, tv = st.vectors(held), st.vectors(train)

@@ -28,9 +28,9 @@ from PIL import Image
 
 import landmark
 from landmark.data.manifests import ImageRecord
-from landmark.evaluation.metrics import global_average_precision
+from landmark.metrics import global_average_precision
 from landmark.recognition.calibrate import VAL_FRACTION, model_validation_ids
-from landmark.training.data import split_by_photo
+from landmark.data.splits import split_by_photo
 
 
 def pasted(photo: Path, scene: Path, share: float, rng: np.random.Generator) -> Image.Image:
@@ -66,7 +66,7 @@ def main() -> None:
         shutil.copytree(args.store, Path(tmp) / "store")
         lm = landmark.open(Path(tmp) / "store")
         lm.remove(held)
-        neg_keys, _ = lm.recognizer.known_non_landmarks()
+        neg_keys, _ = lm.recognising.recognizer.known_non_landmarks()
         neg_rows = lm.store.get(neg_keys)
         rng = np.random.default_rng(args.seed)
         negatives = [neg_keys[i] for i in rng.permutation(len(neg_keys))[:args.negatives]]
@@ -79,13 +79,13 @@ def main() -> None:
               f"{len(negatives)} known non-landmarks; pasted at {args.paste:g} of the long side")
         for setting in args.views.split(","):
             regions, zoom = setting.split("x")
-            lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=int(regions), zoom=float(zoom)))
+            lm.recognising.set_recognition_config(dataclasses.replace(lm.recognising.recognition_config, regions=int(regions), zoom=float(zoom)))
             for name, images, ids in (("as taken + non-landmarks", plain, held + negatives),
                                       ("pasted small", small, held)):
                 t0 = time.perf_counter()
-                vectors, extras = lm.query_views_of_images(images)
+                vectors, extras = lm.embedding.query_views_of_images(images)
                 seconds = time.perf_counter() - t0
-                recs = lm.recognize_vectors(vectors, extras=extras, ids=ids)
+                recs = lm.recognising.recognize_vectors(vectors, extras=extras, ids=ids)
                 votes = {k: (r.evidence["knn"]["landmark_id"], r.evidence["knn"]["similarity"]) for k, r in zip(ids, recs)}
                 wrong = sum(votes[k][0] != truth[k] for k in held)
                 print(f"regions {regions} zoom {zoom}: {name:24s} kNN wrong {wrong:3d} of {len(held)}, "

@@ -31,7 +31,7 @@ def main(store_dir: str) -> None:
     labels = np.array([rows[k].landmark_id for k in train_keys], np.int64)
     index = st.vectors(index_keys)
     config = st.config
-    _, negatives = lm.recognizer.known_non_landmarks(lm.recognition_config)
+    _, negatives = lm.recognising.recognizer.known_non_landmarks(lm.recognising.recognition_config)
     t0 = time.perf_counter()
     res = tune_on_validation(train, labels, index, Config(whitening=config.whitening, expansion=config.expansion),
                              negatives=negatives)

@@ -24,8 +24,10 @@ from landmark.models.net import DescriptorNet
 from landmark.models.backbones import create_backbone
 from landmark.models.pooling import make_pooling
 from landmark.training import load_train_config
-from landmark.training.data import AugmentedPhotos, collate_skip_none, make_sampler, split_by_photo, train_transform
-from landmark.training.loop import TrainModule, _optimizer, make_head
+from landmark.data.splits import split_by_photo
+from landmark.training.data import AugmentedPhotos, collate_skip_none, make_sampler, train_transform
+from landmark.training.module import TrainModule, make_head
+from landmark.training.optim import make_optimizer as _optimizer
 from landmark.utils.device import resolve_device
 
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from landmark.config import RerankConfig
-from landmark.evaluation.metrics import mean_average_precision_at_k
+from landmark.metrics import mean_average_precision_at_k
 from landmark.index import Store
 from landmark.index.local import LOCAL_DIR, LocalStore
 from landmark.retrieval.rerank import Verifier, combine

@@ -48,8 +48,8 @@ def small_validation_minimum(request, monkeypatch):
     minimum at 5; tests marked ``real_minimums`` keep the product's values."""
     if request.node.get_closest_marker("real_minimums"):
         return
-    from landmark.evaluation import ablation
+    from landmark.evaluation import calibration
     from landmark.recognition import calibrate
 
-    monkeypatch.setattr(ablation, "MIN_VALIDATION_QUERIES", 5)
+    monkeypatch.setattr(calibration, "MIN_VALIDATION_QUERIES", 5)
     monkeypatch.setattr(calibrate, "MIN_VALIDATION_QUERIES", 5)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import landmark.api as api
-import landmark.recognition.setup as setup
+import landmark.pipeline.building as building
+import landmark.pipeline.context as context
 from landmark.api import Landmarks
 from landmark.cli import app
 from landmark.config import load_config
@@ -54,8 +54,9 @@ class ContentExtractor:
 @pytest.fixture
 def extractor(monkeypatch) -> ContentExtractor:
     fake = ContentExtractor()
-    monkeypatch.setattr(api, "build_extractor", lambda *a, **kw: fake)
-    monkeypatch.setattr(setup, "attach_prior", lambda *a, **kw: None)    # no ImageNet head on the stand-in
+    monkeypatch.setattr(building, "build_extractor", lambda *a, **kw: fake)
+    for module in (building, context):
+        monkeypatch.setattr(module, "attach_prior", lambda *a, **kw: None)    # no ImageNet head on the stand-in
     return fake
 
 

@@ -85,3 +85,28 @@ def test_explicit_settings_include_those_set_to_their_default(tmp_path):
     assert hand.given is None and explicit(hand, "recognition") == {"t2": 0.5}
     changed = dataclasses.replace(cfg, recognition=dataclasses.replace(cfg.recognition, k=7))
     assert explicit(changed, "recognition") == {"t1": 0.9, "t2": 0.85, "k": 7}
+
+
+def test_the_composed_config_imports_no_stage_logic():
+    """``landmark.config`` composes the stages' config leaves: no stage module, no torch / FAISS / OpenCV."""
+    import subprocess
+    import sys
+
+    code = ("import sys, landmark.config; print(' '.join(m for m in sys.modules "
+            "if m.startswith('landmark') or m in ('torch', 'faiss', 'cv2', 'numpy')))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    allowed_leaves = {"landmark", "landmark.config", "landmark.errors", "landmark.utils", "landmark.utils.config",
+                      "landmark.utils.lazy", "landmark.utils.registry"}
+    stages = {"models", "features", "index", "retrieval", "recognition"}
+    allowed = allowed_leaves | {f"landmark.{s}" for s in stages} | {f"landmark.{s}.config" for s in stages}
+    assert loaded <= allowed, sorted(loaded - allowed)
+    assert "landmark.index.config" in loaded   # each section's dataclass comes from its stage
+
+
+def test_stage_choices_match_their_registries():
+    from landmark.models.backbones import REGISTRY
+    from landmark.models.config import BACKBONES, POOLINGS
+    from landmark.models.pooling import POOLINGS as POOLING_LAYERS
+
+    assert set(BACKBONES) == set(REGISTRY)
+    assert set(POOLINGS) == set(POOLING_LAYERS)

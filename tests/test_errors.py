@@ -10,7 +10,7 @@ import pytest
 import typer
 
 import landmark
-from landmark.cli import _friendly
+from landmark.cli.app import friendly
 from landmark.errors import LandmarkError
 from landmark.index.ann import AnnError
 from landmark.recognition.filters import FilterConfigError
@@ -19,6 +19,8 @@ from landmark.recognition.filters import FilterConfigError
 def package_errors() -> list[type]:
     found = []
     for mod in pkgutil.walk_packages(landmark.__path__, "landmark."):
+        if mod.name.endswith(".__main__"):   # runs the CLI when imported
+            continue
         try:
             module = importlib.import_module(mod.name)
         except ImportError:          # an optional extra (ray) that is not installed
@@ -37,7 +39,7 @@ def test_every_error_of_the_package_is_a_landmark_error():
 
 @pytest.mark.parametrize("error", [AnnError("no such index"), FilterConfigError("bad roles")])
 def test_the_cli_prints_any_of_them_and_exits_2(error, capsys):
-    @_friendly
+    @friendly
     def command():
         raise error
 

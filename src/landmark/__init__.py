@@ -7,8 +7,7 @@ Names are imported lazily so that ``import landmark`` (and the CLI's ``--help``)
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -17,9 +16,4 @@ _EXPORTS = {
     "load_photo": "api", "open": "api", "Config": "config", "load_config": "config",
 }
 __all__ = [*_EXPORTS, "__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'landmark' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -61,10 +61,10 @@ def test_search_applies_dba_and_qe_and_follows_writes(mini_store, mini_gldv2, ei
 
     shutil.copytree(mini_store, tmp_path / "store")
     lm = landmark.open(tmp_path / "store")
-    assert lm.expands_by_default      # the default config: DBA + alpha-QE on, exact index
+    assert lm.searching.expands_by_default      # the default config: DBA + alpha-QE on, exact index
     query = lm.embed([eiffel_query]).vectors
     got = lm.search([str(eiffel_query)], k=8, rerank=False)[0]
-    want = ExpandedSearch(lm.store, lm.config.expansion, vote_k=lm.recognition_config.k).rank(query, 8)[0]
+    want = ExpandedSearch(lm.store, lm.config.expansion, vote_k=lm.recognising.recognition_config.k).rank(query, 8)[0]
     assert [m.id for m in got.matches] == want.keys
     assert [m.score for m in got.matches] == pytest.approx(want.scores, abs=1e-5)
     plain = lm.search([str(eiffel_query)], k=8, rerank=False, expand=False)[0]
@@ -76,11 +76,11 @@ def test_search_applies_dba_and_qe_and_follows_writes(mini_store, mini_gldv2, ei
     # a photo added later is searched at once: the augmented database follows the store's generation
     lm.add_photos([eiffel_query], landmark_id=47378)
     again = lm.search([str(eiffel_query)], k=3, rerank=False)[0]
-    assert lm.expanded_search().generation == lm.store.generation and len(lm.expanded_search().keys) == len(lm.store)
+    assert lm.searching.expanded_search().generation == lm.store.generation and len(lm.searching.expanded_search().keys) == len(lm.store)
     assert str(eiffel_query.resolve()) in [m.path for m in again.matches]   # not always first: DBA mixes it with its neighbours
     # larger stores than expansion.search_max search without expansion unless asked (DBA is quadratic)
     lm.config = dataclasses.replace(lm.config, expansion=dataclasses.replace(lm.config.expansion, search_max=len(lm.store) - 1))
-    assert not lm.expands_by_default
+    assert not lm.searching.expands_by_default
     assert lm.search([str(eiffel_query)], k=1, rerank=False)[0].matches[0].score == pytest.approx(1.0, abs=1e-4)
 
 
@@ -109,10 +109,10 @@ def test_query_views_add_the_photo_read_at_zoom_times_the_size(mini_store, eiffe
     from landmark.features.pipeline import zoomed
 
     lm = landmark.open(mini_store)
-    assert lm.recognition_config.zoom == 1.0           # off by default
-    cfg = dataclasses.replace(lm.recognition_config, zoom=2.0)
-    lm.set_recognition_config(cfg)
-    res = lm.query_views([ImageRecord("q", eiffel_query)], progress=False)
+    assert lm.recognising.recognition_config.zoom == 1.0           # off by default
+    cfg = dataclasses.replace(lm.recognising.recognition_config, zoom=2.0)
+    lm.recognising.set_recognition_config(cfg)
+    res = lm.embedding.query_views([ImageRecord("q", eiffel_query)], progress=False)
     n = lm.extractor.extract([ImageRecord("q", eiffel_query)], regions=cfg.regions, progress=False).extras[REGIONS_EXTRA].shape[1]
     views = res.extras[REGIONS_EXTRA][0].astype(np.float32)
     assert views.shape[0] == n + 1 + n                              # regions, the zoomed photo, its regions
@@ -121,10 +121,10 @@ def test_query_views_add_the_photo_read_at_zoom_times_the_size(mini_store, eiffe
     want = big.extract_images([Image.open(eiffel_query).convert("RGB")])[0]
     assert np.allclose(views[n], want, atol=2e-3) and not np.allclose(views[n], res.vectors[0], atol=2e-2)
     # in-memory photos get the same views; without zoom only the regions
-    _, extras = lm.query_views_of_images([Image.open(eiffel_query).convert("RGB")])
+    _, extras = lm.embedding.query_views_of_images([Image.open(eiffel_query).convert("RGB")])
     assert np.allclose(extras[REGIONS_EXTRA][0].astype(np.float32), views, atol=2e-3)
-    lm.set_recognition_config(dataclasses.replace(cfg, zoom=1.0))
-    assert lm.query_views([ImageRecord("q", eiffel_query)], progress=False).extras[REGIONS_EXTRA].shape[1] == n
+    lm.recognising.set_recognition_config(dataclasses.replace(cfg, zoom=1.0))
+    assert lm.embedding.query_views([ImageRecord("q", eiffel_query)], progress=False).extras[REGIONS_EXTRA].shape[1] == n
 
 
 def test_open_warms_what_the_first_query_would_wait_for(mini_store):

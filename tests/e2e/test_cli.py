@@ -225,7 +225,7 @@ def test_cluster_writes_pseudo_landmarks_of_the_index_split(mini_store, tmp_path
 
     lm = landmark.open(mini_store)
     index_ids = set(lm.store.keys("index"))
-    known = set(lm.recognizer.known_non_landmarks()[0])
+    known = set(lm.recognising.recognizer.known_non_landmarks()[0])
     result = run("cluster", "--store", mini_store, "--out", tmp_path / "c.csv", "--neighbours", "3")
     assert result.exit_code == 0, result.output
     labels = read_labels(tmp_path / "c.csv")

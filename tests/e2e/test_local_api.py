@@ -97,7 +97,7 @@ def test_add_local_never_wipes_other_local_features_unless_asked(mini_store, tmp
     key = lm.store.keys()[0]
     photo = ImageRecord(key, lm.store.get([key])[key].path)
     with pytest.raises(StoreError, match="other settings"):
-        lm.add_local([photo], replace=False)       # as the service adds one photo
+        lm.building.add_local([photo], replace=False)       # as the service adds one photo
     assert len(LocalStore.open(store / LOCAL_DIR).present(lm.store.keys())) == before
-    lm.add_local([photo])                          # as `index build` re-extracts everything
+    lm.building.add_local([photo])                          # as `index build` re-extracts everything
     assert LocalStore.open(store / LOCAL_DIR).present(lm.store.keys()) == {key}

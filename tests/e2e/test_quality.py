@@ -100,7 +100,7 @@ def test_calibration_with_one_labelled_photo_per_landmark_keeps_the_defaults(min
     # no threshold fitted from nothing: the configured ones stay; stages nothing can validate are off
     assert rec["thresholds"]["distractor_threshold"] == defaults.distractor_threshold
     assert (rec["thresholds"]["t1"], rec["thresholds"]["t2"]) == (defaults.t1, defaults.t2)
-    assert lm.recognition_config.grading is False and lm.recognition_config.frequent_rerank is False
+    assert lm.recognising.recognition_config.grading is False and lm.recognising.recognition_config.frequent_rerank is False
     assert fitted["expansion"]["dba"] is False and fitted["expansion"]["qe"] is False
     assert lm.config.expansion.dba is False and fitted["category"]["enabled"] is False
     assert "safe default" in fitted["expansion"]["decision"] and "safe default" in rec["decisions"]["grading"]

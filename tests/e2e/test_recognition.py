@@ -100,11 +100,11 @@ def test_calibrate_writes_thresholds_into_the_store(mini_store, mini_gldv2, tmp_
 
 
 def counted_fits(monkeypatch, name: str) -> list:
-    """Calls of ``landmark.evaluation.ablation.<name>`` (still run) are appended to the returned list."""
-    import landmark.evaluation.ablation as ablation
+    """Calls of ``<name>`` by ``landmark evaluate`` (still run) are appended to the returned list."""
+    import landmark.evaluation.run as run
 
-    fits, real = [], getattr(ablation, name)
-    monkeypatch.setattr(ablation, name, lambda lm, **kw: fits.append(1) or real(lm, **kw))
+    fits, real = [], getattr(run, name)
+    monkeypatch.setattr(run, name, lambda lm, **kw: fits.append(1) or real(lm, **kw))
     return fits
 
 
@@ -232,7 +232,7 @@ def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_ro
     cfg = load_config(overrides=fast_overrides + [f"model.checkpoint={tmp_path / 'model.pt'}"])
     lm, _ = landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store", cfg, progress=False)
     lm = landmark.open(tmp_path / "store")
-    assert lm.recognizer.classifier is not None and lm.recognizer.classifier.classes.tolist() == sorted(names)
+    assert lm.recognising.recognizer.classifier is not None and lm.recognising.recognizer.classifier.classes.tolist() == sorted(names)
     # calibration validates on exactly the photos the model held out
     stored = lm.store.keys()
     assert set(held_out) <= set(stored)
@@ -242,9 +242,9 @@ def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_ro
     assert fitted["database_photos"] == len(stored) - len(held_out)
     # 5 held-out photos give the retrieval calibration too few queries: it splits all labelled photos
     assert report["category"]["validation"]["split"] == "by photo"
-    from landmark.evaluation import ablation
+    from landmark.evaluation import calibration
 
-    monkeypatch.setattr(ablation, "MIN_HELD_QUERIES", 1)
+    monkeypatch.setattr(calibration, "MIN_HELD_QUERIES", 1)
     # with enough of them, the held-out photos are its database and queries and the rest vote
     retrieval = lm.calibrate()["category"]["validation"]
     known = retrieval["known_non_landmarks"]
@@ -260,8 +260,8 @@ def test_store_with_a_trained_checkpoint_grades_by_classifier_agreement(gldv2_ro
         assert len(clf) == 3 and {c[0] for c in clf} == set(names)
         b = "B1" if clf[0][0] == r.evidence["knn"]["landmark_id"] else "B2"
         assert r.grade == "non-landmark" or r.grade.endswith(b)
-    ids, vectors, _, extras = lm._embed_queries(queries, False, with_extras=True)
-    rows_ = recognition_ablation(lm.gather(vectors, extras=extras, ids=ids), lm.recognition_config, truth)
+    ids, vectors, _, extras = lm.embedding.queries(queries, False, with_extras=True)
+    rows_ = recognition_ablation(lm.recognising.gather(vectors, extras=extras, ids=ids), lm.recognising.recognition_config, truth)
     assert rows_[1]["stage"] == "+ classifier agreement" and rows_[1]["gap"] is not None
 
 
@@ -349,9 +349,9 @@ def test_a_whitened_store_keeps_its_trained_classifier(gldv2_root, fast_override
                                                   "whitening.kind=pca", "whitening.dim=8"])
     landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store", cfg, progress=False)
     lm = landmark.open(tmp_path / "store")
-    assert lm.store.dim == 8 and lm.recognizer.classifier.unwhitened
+    assert lm.store.dim == 8 and lm.recognising.recognizer.classifier.unwhitened
     raw = lm.extractor.base.extract([ImageRecord(q, q) for q in queries], progress=False).vectors
-    want = lm.recognizer.classifier.predict(raw, 3)
+    want = lm.recognising.recognizer.classifier.predict(raw, 3)
     recs = lm.recognize(queries)
     for r, labels in zip(recs, want.labels):
         assert [c[0] for c in r.evidence["classifier"]] == labels.tolist()
@@ -369,13 +369,14 @@ def test_a_whitened_store_keeps_its_trained_classifier(gldv2_root, fast_override
 def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tmp_path, monkeypatch):
     """Thresholds fitted with (or without) query regions are stale for a run that votes the other way; a
     run's own override is fitted for that run only, and a store calibrated before regions votes without."""
+    import landmark.evaluation.run as run
     import landmark.recognition.calibrate as calibrate
     from landmark.config import load_config
     from landmark.evaluation.run import prepare_recognition
     from landmark.index import Store
 
     calls, real = [], calibrate.calibrate_store
-    monkeypatch.setattr(calibrate, "calibrate_store", lambda lm, **kw: calls.append(lm.recognition_config.regions) or real(lm, **kw))
+    monkeypatch.setattr(run, "calibrate_store", lambda rec, **kw: calls.append(rec.recognition_config.regions) or real(rec, **kw))
     store = shutil.copytree(mini_store, tmp_path / "store")
     first = prepare_recognition(landmark.open(store), load_config())
     n = len(calls)                                    # 0 if the fixture's store was calibrated with regions already
@@ -383,24 +384,24 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
     assert prepare_recognition(landmark.open(store), load_config()) == first and len(calls) == n
     off = landmark.open(store)
     report = prepare_recognition(off, load_config(overrides=["recognition.regions=1"]))
-    assert calls[n:] == [1] and report["validation"]["regions"] == 1 and off.recognition_config.regions == 1
+    assert calls[n:] == [1] and report["validation"]["regions"] == 1 and off.recognising.recognition_config.regions == 1
     # that fit was not kept: the store still votes with its regions, by its own thresholds
-    assert off.store.meta_value(calibrate.CALIBRATION_META) == first and landmark.open(store).recognition_config.regions == 3
+    assert off.store.meta_value(calibrate.CALIBRATION_META) == first and landmark.open(store).recognising.recognition_config.regions == 3
     # a store calibrated before regions existed votes without them until it is calibrated again
     old = first | {"validation": {k: v for k, v in first["validation"].items()
                                  if k not in ("regions", "zoom", "photos_with_regions")}}
     off.store.set_meta_value(calibrate.CALIBRATION_META, old)
     lm = landmark.open(store)
-    assert (lm.recognition_config.regions, lm.recognition_config.zoom) == (1, 1.0)
+    assert (lm.recognising.recognition_config.regions, lm.recognising.recognition_config.zoom) == (1, 1.0)
     lm.calibrate(expansion=False, category=False)
-    assert calls[-1] == 3 and landmark.open(store).recognition_config.regions == 3
+    assert calls[-1] == 3 and landmark.open(store).recognising.recognition_config.regions == 3
     # a run with the zoomed read is fitted for itself (the non-landmark queries read with their views too);
     # the store keeps its own fit
     n, zoomed = len(calls), landmark.open(store)
     report = prepare_recognition(zoomed, load_config(overrides=["recognition.zoom=2"]))
-    assert len(calls) == n + 1 and report["validation"]["zoom"] == 2.0 and zoomed.recognition_config.zoom == 2.0
+    assert len(calls) == n + 1 and report["validation"]["zoom"] == 2.0 and zoomed.recognising.recognition_config.zoom == 2.0
     assert report["validation"]["photos_with_regions"] == report["validation"]["landmark_queries"]
-    assert landmark.open(store).recognition_config.zoom == 1.0
+    assert landmark.open(store).recognising.recognition_config.zoom == 1.0
     assert calibrate.calibrated_views(zoomed.store.meta_value(calibrate.CALIBRATION_META)) == (3, 1.0)
     # the user's explicit settings beat the store's fitted ones, also where they equal the defaults
     with Store.open(store) as st:
@@ -408,10 +409,10 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
             st.config.recognition, t1=0.7, frequent_rerank=False)))
     mine = landmark.open(store)
     prepare_recognition(mine, load_config(overrides=["recognition.t1=0.9", "recognition.frequent_rerank=true"]))
-    assert mine.recognition_config.t1 == 0.9 and mine.recognition_config.frequent_rerank
+    assert mine.recognising.recognition_config.t1 == 0.9 and mine.recognising.recognition_config.frequent_rerank
     stores = landmark.open(store)
     prepare_recognition(stores, load_config())
-    assert stores.recognition_config.t1 == 0.7 and not stores.recognition_config.frequent_rerank
+    assert stores.recognising.recognition_config.t1 == 0.7 and not stores.recognising.recognition_config.frequent_rerank
 
 
 def _detector_files(tmp_path, label_index):
@@ -437,25 +438,25 @@ def test_a_configured_onnx_detector_filters_recognition(mini_store, eiffel_query
 
     # a landmark part (a tower) present: the detector keeps the photo, whatever the object prior says
     # (this small test model's ImageNet prior takes this Eiffel Tower photo for an object)
-    lm.set_recognition_config(replace(lm.recognition_config, **_detector_files(tmp_path / "tower", 1)))
+    lm.recognising.set_recognition_config(replace(lm.recognising.recognition_config, **_detector_files(tmp_path / "tower", 1)))
     tower = lm.recognize([eiffel_query])[0]
     assert tower.evidence["filters"]["detector"]["decision"] == "landmark"
     assert tower.evidence["filters"]["non_landmark"] == [] and tower.grade != "non-landmark"
     assert tower.landmark_id == 47378
 
     # a person covering the whole photo at score 0.9: the paper's rule calls it a non-landmark
-    lm.set_recognition_config(replace(lm.recognition_config, **_detector_files(tmp_path / "person", 0)))
+    lm.recognising.set_recognition_config(replace(lm.recognising.recognition_config, **_detector_files(tmp_path / "person", 0)))
     person = lm.recognize([str(eiffel_query)])[0]
     assert person.evidence["filters"]["detector"]["decision"] == "non_landmark"
     assert "detector" in person.evidence["filters"]["non_landmark"]
     assert person.grade == "non-landmark" and person.score < tower.score
     # ... not when the area rule is not met (the detector's settings are read)
-    lm.set_recognition_config(replace(lm.recognition_config, detector_area_min=1.01))
+    lm.recognising.set_recognition_config(replace(lm.recognising.recognition_config, detector_area_min=1.01))
     uncertain = lm.recognize([str(eiffel_query)])[0]
     assert uncertain.evidence["filters"]["detector"]["decision"] == "uncertain"
     assert "detector" not in uncertain.evidence["filters"]["non_landmark"]
     # switched off with the object prior: the detector does not even run
-    lm.set_recognition_config(replace(lm.recognition_config, detector_area_min=0.6, object_prior=False))
+    lm.recognising.set_recognition_config(replace(lm.recognising.recognition_config, detector_area_min=0.6, object_prior=False))
     off = lm.recognize([str(eiffel_query)])[0]
     assert "detector" not in off.evidence["filters"] and off.grade != "non-landmark"
 

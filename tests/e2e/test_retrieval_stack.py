@@ -10,7 +10,7 @@ import pytest
 from landmark.api import Landmarks
 from landmark.config import load_config
 from landmark.data.manifests import read_gldv2, read_gldv2_solution
-from landmark.evaluation.metrics import mean_average_precision_at_k
+from landmark.metrics import mean_average_precision_at_k
 from landmark.evaluation.run import evaluate_gldv2
 from landmark.features.whitening import Whitening, WhiteningError, learn_labelled_whitening
 from landmark.index import StoreError
@@ -42,7 +42,7 @@ def test_ensemble_whitened_store_round_trip(mini_gldv2, fast_overrides, eiffel_q
 def test_learned_whitening_store_keeps_its_validation_photos_out(mini_gldv2, fast_overrides, eiffel_query, tmp_path):
     from landmark.features.pipeline import base_extractor
     from landmark.recognition.calibrate import model_validation_ids
-    from landmark.training.data import split_by_photo
+    from landmark.data.splits import split_by_photo
 
     cfg = load_config(overrides=[*fast_overrides, "whitening.kind=learned", "whitening.learn_on=train",
                                  "whitening.dim=6", "whitening.shrinkage=0.1"])

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from landmark.config import load_config
-from landmark.evaluation.ablation import (SIMILARITIES, THRESHOLDS, Space, ablation, answerable_queries,
-                                         category_ranks, fit_category, fit_threshold, retrieve, tune_on_validation,
-                                         validation_space, validation_split)
+from landmark.evaluation.ablation import ablation, tune_on_validation
+from landmark.evaluation.calibration import SIMILARITIES, answerable_queries, fit_category
+from landmark.evaluation.spaces import (THRESHOLDS, Space, category_ranks, fit_threshold, retrieve, validation_space,
+                                        validation_split)
 from landmark.features.whitening import l2n
 
 
@@ -176,7 +177,7 @@ def test_multiscale_rows_stay_aligned_when_a_photo_is_missing_there():
 
 @pytest.mark.real_minimums
 def test_a_stage_is_not_validated_on_too_few_queries():
-    from landmark.evaluation.ablation import MIN_VALIDATION_QUERIES, Validation, too_few_to_validate
+    from landmark.evaluation.calibration import MIN_VALIDATION_QUERIES, Validation, too_few_to_validate
 
     def validation(n):
         space = Space(np.zeros((50, 4), np.float32), np.zeros((n, 4), np.float32), np.zeros(50, np.int64),

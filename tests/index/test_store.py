@@ -113,7 +113,7 @@ def test_failed_commit_leaves_last_good_state(store, tmp_path, monkeypatch):
     def boom(index, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(mod, "_write_index", boom)
+    monkeypatch.setattr(mod, "write_index", boom)
     with pytest.raises(OSError, match="disk full"):
         store.add(["lost"], unit(1, seed=2))
     monkeypatch.undo()
@@ -125,13 +125,13 @@ def _killed_writer(root):
     st = Store.open(root)
     import landmark.index.store as mod
 
-    real = mod._write_index
+    real = mod.write_index
 
     def write_then_die(index, path):
         real(index, path)     # the new generation's file is fully written...
         os._exit(9)           # ...and the process dies before SQLite commits
 
-    mod._write_index = write_then_die
+    mod.write_index = write_then_die
     st.add(["doomed"], unit(1, seed=3))
 
 

@@ -32,7 +32,7 @@ def test_fit_grading_separates_landmarks_from_non_landmarks():
     assert t1 >= t2
     assert gap > 0.95
     # plain kNN (no grading) ranks many non-landmarks above landmarks on the same data
-    from landmark.evaluation.metrics import global_average_precision
+    from landmark.metrics import global_average_precision
     from landmark.recognition.knn import knn_vote
 
     votes = knn_vote(labels, scores, 5)
@@ -109,7 +109,7 @@ def test_learned_whitening_holds_out_what_calibrations_validate_on(tmp_path, cap
     from landmark.data.manifests import ImageRecord
     from landmark.features.whitening import learn_labelled_whitening
     from landmark.recognition.calibrate import model_validation_ids, validation_holdout
-    from landmark.training.data import split_by_photo
+    from landmark.data.splits import split_by_photo
 
     labelled = [ImageRecord(f"p{i}", Path(f"/x/p{i}.jpg"), i % 4) for i in range(40)]
     pretrained = _fake_store(tmp_path, ("tf_efficientnet_lite2", None))

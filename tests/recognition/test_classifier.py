@@ -106,3 +106,20 @@ def test_store_wiring_reads_ensembles_and_the_unwhitened_descriptors_of_whitened
     assert whitened.unwhitened and not whitened.leading
     both = recognizer("both", ["whitening.kind=pca", "ensemble=[{backbone: mobilenet_v2}]"]).classifier
     assert both.unwhitened and both.leading
+
+
+@pytest.mark.parametrize("kind", ["arcface", "subcenter_arcface", "cosface", "softmax", "bce"])
+def test_every_head_kind_with_a_head_comes_back_from_its_checkpoint_payload(kind):
+    """The classifier rebuilds a trained head of any registered kind (landmark.models.config.HEADS)."""
+    from types import SimpleNamespace
+
+    from landmark.models.config import HEADS
+
+    settings = SimpleNamespace(scale=16.0, margin=0.2, subcenters=3, dynamic_margin=kind == "arcface",
+                               margin_low=0.05, margin_high=0.5)
+    head = HEADS[kind].make(16, [5, 1, 2], settings)
+    clf = LandmarkClassifier.from_payload({"head": head.state_dict(), "head_kind": kind, "classes": CLASSES},
+                                          {"scale": 16.0})
+    x = torch.nn.functional.normalize(torch.randn(4, 16), dim=1).numpy()
+    want = head.logits(torch.as_tensor(x) * (4.0 if HEADS[kind].linear else 1.0))
+    assert torch.allclose(clf.logits(x), want, atol=1e-5)

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from landmark.api import Landmarks
+from landmark.pipeline import Recognising, StoreContext
 from landmark.config import RecognitionConfig, load_config
 from landmark.features.local import LocalFeatures
 from landmark.index.local import LocalStore
@@ -112,11 +112,11 @@ def _view(f, shift, keep, seed):
     return LocalFeatures(kp.astype(np.float16), f.descriptors[idx], 1.0, 600, 600)
 
 
-class _LocalOnly(Landmarks):
-    """The local-feature side of :class:`Landmarks` over a bare :class:`LocalStore` (no model, no global store)."""
-
-    def __init__(self, local: LocalStore):
-        self.local, self.config, self._verifier = local, load_config(), None
+def _local_only(local: LocalStore) -> Recognising:
+    """The recognition part over a bare :class:`LocalStore` (no model, no global store)."""
+    ctx = StoreContext.__new__(StoreContext)
+    ctx.local, ctx.config, ctx._verifier = local, load_config(), None
+    return Recognising(ctx, embedding=None)
 
 
 def test_verify_neighbours_fills_the_inliers_that_keep_a_query(tmp_path):
@@ -128,8 +128,8 @@ def test_verify_neighbours_fills_the_inliers_that_keep_a_query(tmp_path):
     labels = np.array([[7, 7, 7], [7, 7, -1]])
     ev = Evidence(["q0", "q1"], labels, np.full((2, 3), 0.7, np.float32), [["t1", "other", "t2"], ["t1", "t2", None]],
                   knn_vote(labels, np.full((2, 3), 0.7), 3), distractor=np.array([0.9, 0.9], np.float32))
-    lm = _LocalOnly(stored)
-    assert lm.verify_neighbours(ev, queries) is ev                  # q1 has no local features: unverified
+    rec = _local_only(stored)
+    assert rec.verify_neighbours(ev, queries) is ev                  # q1 has no local features: unverified
     assert ev.inliers.shape == (2, 3) and ev.inliers[0, 0] > 50 and ev.inliers[0, 2] > 50 and ev.inliers[0, 1] < 8
     assert (ev.inliers[1] == -1).all()
     cfg = RecognitionConfig(k=3, distractor_threshold=0.8)
@@ -138,6 +138,6 @@ def test_verify_neighbours_fills_the_inliers_that_keep_a_query(tmp_path):
     assert unverified.grade == "non-landmark"
     # a mapping by id does the same; a store without local features leaves the evidence unverified
     again = dataclasses.replace(ev, inliers=None)
-    assert np.array_equal(lm.verify_neighbours(again, queries.get(["q0"])).inliers, ev.inliers)
+    assert np.array_equal(rec.verify_neighbours(again, queries.get(["q0"])).inliers, ev.inliers)
     bare = dataclasses.replace(ev, inliers=None)
-    assert _LocalOnly(LocalStore.create(tmp_path / "empty", SIG)).verify_neighbours(bare, queries).inliers is None
+    assert _local_only(LocalStore.create(tmp_path / "empty", SIG)).verify_neighbours(bare, queries).inliers is None

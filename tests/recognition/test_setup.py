@@ -36,7 +36,7 @@ def test_thresholds_fitted_on_another_classifiers_priors_are_noticed(tmp_path):
 
 def test_an_attached_prior_is_reused(monkeypatch):
     """A service opens a Landmarks per store generation over one extractor: the prior is set up once."""
-    import landmark.models.backbones as backbones
+    import landmark.recognition.filters as filters
     from landmark.config import ExtractConfig, ModelConfig
     from landmark.features import GlobalExtractor
     from landmark.models import build_model
@@ -46,8 +46,8 @@ def test_an_attached_prior_is_reused(monkeypatch):
     extractor = GlobalExtractor(build_model(ModelConfig(backbone="tf_efficientnet_lite0")),
                                 ExtractConfig(device="cpu"), model)
     calls = []
-    real = backbones.pretrained_tail
-    monkeypatch.setattr(backbones, "pretrained_tail", lambda b: calls.append(1) or real(b))
+    real = filters.pretrained_tail
+    monkeypatch.setattr(filters, "pretrained_tail", lambda b: calls.append(1) or real(b))
     cfg = load_config().recognition
     attach_prior(extractor, cfg)
     probe = extractor.probe

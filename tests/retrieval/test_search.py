@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from landmark.config import ExpansionConfig, load_config
-from landmark.evaluation.ablation import Space, retrieve_scored
+from landmark.evaluation.spaces import Space, retrieve_scored
 from landmark.features.whitening import l2n
 from landmark.index import Store
 from landmark.recognition.knn import voted_labels

@@ -243,7 +243,7 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     new_gen = after["generation"]
     # the new generation was prepared on the writer thread before reads saw it (reads never wait for that work)
     snap = c.app.state.service.snapshot
-    assert snap.generation == new_gen and snap.lm._expanded and snap.lm._recognizer._known[0][0] == new_gen
+    assert snap.generation == new_gen and snap.lm.searching._expanded and snap.lm.recognising._recognizer._known[0][0] == new_gen
     top = c.post("/search?k=3&expand=false", files=_upload(eiffel_query)).json()["matches"][0]
     # the same photo: global similarity 1, and (its local features stored, below) verified by many inliers
     assert top["id"] == new["id"] and top["score"] > 1.0 and top["inliers"] > 50

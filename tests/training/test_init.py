@@ -10,7 +10,7 @@ from landmark.models import functional as LF
 from landmark.models.heads import ArcFace
 from landmark.models.net import build_model
 from landmark.training import load_train_config
-from landmark.training.loop import TrainModule, initialise_from_features
+from landmark.training.module import TrainModule, initialise_from_features
 
 
 def _module(embedding_dim, head):

@@ -15,9 +15,11 @@ from landmark.config import ConfigError
 from landmark.models import load_checkpoint
 from landmark.models.export import export_onnx
 from landmark.training import load_train_config, train
-from landmark.training.data import ClassBalancedSampler, split_by_photo
+from landmark.data.splits import split_by_photo
+from landmark.training.data import ClassBalancedSampler
 from landmark.data import ImageRecord
-from landmark.training.loop import _batch_starts, lr_factor
+from landmark.training.optim import lr_factor
+from landmark.training.validation import batch_starts as _batch_starts
 
 LANDMARKS = {47378: "Eiffel_Tower", 90396: "Stonehenge", 55350: "Sydney_Opera_House"}
 
@@ -239,7 +241,8 @@ def test_gradient_accumulation_longer_than_an_epoch_still_updates(tiny_folder, t
 def test_ema_moves_every_parameter_once_per_update():
     # the trainable stages are shared by the backbone and TrainModule.suffix: each must move by (1 - decay)
     from landmark.models.net import build_model
-    from landmark.training.loop import TrainModule, _make_ema, make_head
+    from landmark.training.module import TrainModule, make_head
+    from landmark.training.optim import make_ema as _make_ema
 
     cfg = tiny_cfg("optim.ema=0.75")
     net = build_model(cfg.model)

@@ -1,9 +1,21 @@
-"""Evaluation: GAP, accuracy, mAP@k, Kaggle submission files, and the ``evaluate`` run."""
+"""Evaluation: Kaggle submission files, the ``evaluate`` run, ablations and the quality suite (the
+metrics themselves, GAP and mAP@k, are :mod:`landmark.metrics`, which training and calibration use too).
 
-from .metrics import (accuracy, average_precision_at_k, global_average_precision, mean_average_precision_at_k,
-                      precision_at_k)
-from .submission import read_recognition_csv, read_retrieval_csv, write_recognition_csv, write_retrieval_csv
+Names are imported from their submodule on first use (landmark.utils.lazy).
+"""
 
-__all__ = ["accuracy", "average_precision_at_k", "global_average_precision", "mean_average_precision_at_k",
-           "precision_at_k", "read_recognition_csv", "read_retrieval_csv", "write_recognition_csv",
-           "write_retrieval_csv"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..utils.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .submission import read_recognition_csv, read_retrieval_csv, write_recognition_csv, write_retrieval_csv
+
+_EXPORTS = {
+    "read_recognition_csv": "submission", "read_retrieval_csv": "submission", "write_recognition_csv": "submission",
+    "write_retrieval_csv": "submission",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

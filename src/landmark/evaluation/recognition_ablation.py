@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..config import RecognitionConfig
+from ..metrics import Truth, accuracy, global_average_precision
+from ..recognition.config import RecognitionConfig
 from ..recognition.pipeline import Decision, Evidence, ablation_configs, decide
-from .metrics import Truth, accuracy, global_average_precision
 
 
 def predictions_of(ev: Evidence, decisions: list[Decision]) -> dict[str, tuple[int, float] | None]:

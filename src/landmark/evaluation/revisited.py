@@ -33,7 +33,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.manifests import DatasetError
+from ..data.images import ImageError, load_image
+from ..data.manifests import DatasetError, ImageRecord
+from ..retrieval.expansion import dba as _dba
+from ..retrieval.expansion import knn, query_expansion
 
 DATASETS = ("roxford5k", "rparis6k")
 SETUPS = ("easy", "medium", "hard")
@@ -162,10 +165,6 @@ def evaluate_revisited(root: str | Path, extractor, datasets: Sequence[str] = DA
     ``extractor`` is any :class:`~landmark.features.pipeline.Extractor`; ``expansion`` optionally
     ``{"dba": bool, "qe": bool}`` applies DBA / alpha-QE before the final ranking.
     """
-    from ..data.images import ImageError, load_image
-    from ..data.manifests import ImageRecord
-    from ..retrieval.expansion import dba as _dba, knn, query_expansion
-
     root = Path(root)
     report: dict[str, Any] = {}
     for name in datasets:

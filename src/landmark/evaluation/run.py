@@ -17,19 +17,23 @@ from typing import Any
 
 import torch
 
-from ..api import Landmarks
 from ..config import Config, explicit, load_config, merge
 from ..data.manifests import DatasetError, Solution, has_gldv2_split, is_gldv2, read_gldv2, read_gldv2_solution
 from ..features.extract import REGIONS_EXTRA
 from ..features.local import extract_many
 from ..index.local import LocalStore
-from ..retrieval import rank
+from ..metrics import accuracy, global_average_precision, mean_average_precision_at_k
+from ..pipeline import Parts, build_store
+from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_views, store_recognition
 from ..recognition.pipeline import decide
+from ..recognition.setup import calibrated_with_other_priors
+from ..retrieval import rank
+from ..retrieval.rerank import rerank_test_queries
 from ..utils.io import atomic_write_json
-from . import ablation
-from .ablation import CATEGORY_META, EXPANSION_META, calibration_decisions, gldv2_ablation, ranking_settings
+from .ablation import gldv2_ablation
+from .calibration import (CATEGORY_META, EXPANSION_META, calibrate_category, calibrate_expansion, calibration_decisions,
+                          ranking_settings)
 from .recognition_ablation import recognition_ablation
-from .metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from .submission import write_recognition_csv, write_retrieval_csv
 
 log = logging.getLogger(__name__)
@@ -70,8 +74,9 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         log.warning("%s: %s not scored: %s", root, part, why)
 
     t0 = time.perf_counter()
-    lm, build = Landmarks.build(root, store_dir or out / "store", config, splits=plan.splits,
-                                device=device, progress=progress, overwrite=overwrite)
+    ctx, build = build_store(root, store_dir or out / "store", config, splits=plan.splits,
+                             device=device, progress=progress, overwrite=overwrite)
+    lm = Parts(ctx)
     timings["build_store_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     calibration = prepare_recognition(lm, config, progress=progress, calibrate=calibrate) if plan.recognition else None
@@ -83,7 +88,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     solution = plan.solution.restricted(test.ids())   # test.csv may list a partial download
     t0 = time.perf_counter()
     # the views recognition reads (object prior, regions) only where recognition is scored
-    queries = lm.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test", queries=plan.recognition)
+    queries = lm.embedding.embed(test, progress=progress, cache_dir=out / "_work" / "extract-test", queries=plan.recognition)
     timings["extract_test_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -91,23 +96,23 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     local_failures: list = []
     if plan.recognition:
         paths = {r.id: r.path for r in test.records}
-        detections = lm.detect([paths[q] for q in queries.ids], progress=progress)
-        evidence = lm.gather(queries.vectors, extras=queries.extras, ids=queries.ids, detections=detections)
-        global_only = (lm.gather(queries.vectors, extras={k: v for k, v in queries.extras.items() if k != REGIONS_EXTRA},
+        detections = lm.recognising.detect([paths[q] for q in queries.ids], progress=progress)
+        evidence = lm.recognising.gather(queries.vectors, extras=queries.extras, ids=queries.ids, detections=detections)
+        global_only = (lm.recognising.gather(queries.vectors, extras={k: v for k, v in queries.extras.items() if k != REGIONS_EXTRA},
                                  ids=queries.ids, detections=detections) if REGIONS_EXTRA in queries.extras else None)
-        if lm.has_local_features:   # verified inliers with each query's top-k neighbours (evidence against the filters)
+        if lm.ctx.has_local_features:   # verified inliers with each query's top-k neighbours (evidence against the filters)
             t1 = time.perf_counter()
             query_local, local_failures = test_local_features(lm, test, out / "_work" / "local-test", progress)
             t2 = time.perf_counter()
-            lm.verify_neighbours(evidence, query_local, progress=progress)
+            lm.recognising.verify_neighbours(evidence, query_local, progress=progress)
             if global_only is not None:
-                lm.verify_neighbours(global_only, query_local, progress=progress)
+                lm.recognising.verify_neighbours(global_only, query_local, progress=progress)
             query_local.close()
             timings["extract_local_queries_s"] = t2 - t1
             timings["verify_neighbours_s"] = time.perf_counter() - t2
         timings["recognize_s"] = time.perf_counter() - t0 - timings.get("extract_local_queries_s", 0.0)
-        recognition_rows = recognition_ablation(evidence, lm.recognition_config, solution.recognition_all, global_only)
-        recognitions = lm.recognitions(evidence, decide(evidence, lm.recognition_config))
+        recognition_rows = recognition_ablation(evidence, lm.ctx.recognition_config, solution.recognition_all, global_only)
+        recognitions = lm.recognising.recognitions(evidence, decide(evidence, lm.ctx.recognition_config))
         predictions = {q: ((r.landmark_id, r.score) if r.landmark_id is not None else None)
                        for q, r in zip(queries.ids, recognitions)}
     rankings: dict[str, list[str]] = {}
@@ -116,11 +121,11 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     if "index" in plan.splits:
         t0 = time.perf_counter()
         depth = max(retrieval_k, config.rerank.top_k)
-        ec = lm.config.expansion
-        plain = rank(lm.store, queries.vectors, depth, splits=["index"])
+        ec = lm.ctx.config.expansion
+        plain = rank(lm.ctx.store, queries.vectors, depth, splits=["index"])
         stage_rankings["plain kNN"] = _cut(queries.ids, plain, retrieval_k)
         if ec.dba or ec.qe:   # DBA / alpha-QE (Baidu §2.3) before re-ranking, as `search` does
-            expanded = lm.expanded_search(["index"])
+            expanded = lm.searching.expanded_search(["index"])
             if ec.dba and ec.qe:     # the DBA row alone: the same augmented database, queries not expanded
                 stage_rankings["+ DBA"] = _cut(queries.ids, expanded.rank(queries.vectors, retrieval_k, qe=False),
                                                retrieval_k)
@@ -131,20 +136,18 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
         rankings = {q: r.keys[:retrieval_k] for q, r in zip(queries.ids, ranked)}
         timings["search_s"] = time.perf_counter() - t0
         global_rankings = rankings
-        if lm.can_rerank:   # spatial verification of the global shortlist (landmark.retrieval.rerank)
-            from ..retrieval.rerank import rerank_test_queries
-
+        if lm.searching.can_rerank:   # spatial verification of the global shortlist (landmark.retrieval.rerank)
             rankings, rerank_failures, local_timings = rerank_test_queries(
-                lm, test, {q: (r.keys, r.scores) for q, r in zip(queries.ids, ranked)}, out / "_work" / "local-test",
+                lm.ctx, test, {q: (r.keys, r.scores) for q, r in zip(queries.ids, ranked)}, out / "_work" / "local-test",
                 k=retrieval_k, progress=progress, vectors=dict(zip(queries.ids, queries.vectors)),
-                database=lm.store.keys("index"))
+                database=lm.ctx.store.keys("index"))
             timings.update({k: v for k, v in local_timings.items()                 # its queries' features were
                             if not (k == "extract_local_queries_s" and k in timings)})   # extracted above
             local_failures = local_failures or rerank_failures    # the same photos: reported once
             stage_rankings["+ spatial re-rank"] = rankings
         reranked_rankings = rankings
-        if lm.config.category.enabled:   # the query's confidently voted landmark first (Baidu §2.2)
-            cats = lm.categories()
+        if lm.ctx.config.category.enabled:   # the query's confidently voted landmark first (Baidu §2.2)
+            cats = lm.searching.categories()
             rankings = cats.rerank(rankings, dict(zip(queries.ids, cats.vote(queries.vectors).tolist())))
             stage_rankings["+ category re-rank"] = rankings
 
@@ -173,7 +176,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
             metrics[f"map@{retrieval_k}{name}_category"] = (mean_average_precision_at_k(rankings, subset, k=retrieval_k)
                                                             if rankings is not reranked_rankings else None)
         metrics["focus_queries"], metrics["focus_landmarks"] = len(focused), sorted(focus)
-        metrics["retrieval_stages"] = retrieval_stages(stage_rankings, solution.retrieval, lm.config, retrieval_k)
+        metrics["retrieval_stages"] = retrieval_stages(stage_rankings, solution.retrieval, lm.ctx.config, retrieval_k)
     if solution.retrieval:   # Table-1-style ablation: plain kNN, + multi-scale, + PCA-whitening, + DBA, + alpha-QE, + category
         t0 = time.perf_counter()
         metrics["ablation"] = gldv2_ablation(lm, root, queries.ids, queries.vectors, solution.retrieval,
@@ -188,19 +191,19 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     write_retrieval_csv(submissions[-1], rankings, ids=test.ids(), k=retrieval_k)
     report = {
         "dataset": str(root), "metrics": metrics, "timings": timings,
-        "store": lm.store.info() | {"root": str(lm.store.root)},
-        "local_features": lm.local.info() if lm.local is not None else None,
+        "store": lm.ctx.store.info() | {"root": str(lm.ctx.store.root)},
+        "local_features": lm.ctx.local.info() if lm.ctx.local is not None else None,
         "build": {"added": build.added, "skipped": build.skipped},
         "failures": [asdict(f) for f in build.failures + queries.failures + local_failures],
         "config": config.to_dict(),
-        "recognition": {"config": dataclasses.asdict(lm.recognition_config), "calibration": calibration}
+        "recognition": {"config": dataclasses.asdict(lm.ctx.recognition_config), "calibration": calibration}
         if plan.recognition else None,
-        "expansion": {"config": dataclasses.asdict(lm.config.expansion), "calibration": expansion_calibration},
-        "category": {"config": dataclasses.asdict(lm.config.category), "calibration": category_calibration},
+        "expansion": {"config": dataclasses.asdict(lm.ctx.config.expansion), "calibration": expansion_calibration},
+        "category": {"config": dataclasses.asdict(lm.ctx.config.category), "calibration": category_calibration},
         "calibration_decisions": calibration_decisions(calibration, expansion_calibration, category_calibration),
         "submissions": [str(p) for p in submissions],
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "device": str(lm.extractor.device),
+                    "torch": torch.__version__, "device": str(lm.ctx.extractor.device),
                     "threads": torch.get_num_threads()},
         "predictions": {q: {"landmark_id": r.landmark_id, "score": r.score, "votes": r.votes, "grade": r.grade,
                             "neighbours": [[m.id, round(m.score, 4), m.landmark_id] for m in r.neighbours],
@@ -211,10 +214,10 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
     return report
 
 
-def test_local_features(lm: Landmarks, test, work_dir: Path, progress: bool | None):
+def test_local_features(lm: Parts, test, work_dir: Path, progress: bool | None):
     """The test queries' local features, extracted once into ``work_dir`` (resumable; the re-ranking
     reads the same cache), and the photos that could not be read."""
-    extractor = lm.query_local_extractor()
+    extractor = lm.ctx.query_local_extractor()
     cache = LocalStore.create(work_dir, extractor.signature)
     done = cache.present(test.ids())
     failures = extract_many(extractor, [r for r in test.records if r.id not in done], cache.add,
@@ -298,27 +301,24 @@ def evaluation_plan(root: str | Path) -> EvaluationPlan:
     return EvaluationPlan(splits, labelled, "recognition" not in skipped, solution, skipped)
 
 
-def prepare_recognition(lm: Landmarks, config: Config, *, progress: bool | None = None,
+def prepare_recognition(lm: Parts, config: Config, *, progress: bool | None = None,
                         calibrate: bool | None = None) -> dict[str, Any] | None:
     """Object priors for stored photos that lack them, the store's calibrated thresholds (calibrating
     on its train split first if it never was, was on another classifier's priors, or if asked), and the
     user's explicit recognition overrides."""
-    from ..recognition.calibrate import CALIBRATION_META, calibrate_store, calibrated_views, store_recognition
-    from ..recognition.setup import calibrated_with_other_priors
-
-    lm.ensure_extras(progress=progress)
-    report = lm.store.meta_value(CALIBRATION_META)
+    lm.recognising.ensure_extras(progress=progress)
+    report = lm.ctx.store.meta_value(CALIBRATION_META)
     overrides = explicit(config, "recognition")
-    wanted = merge(lm.store.config.recognition, overrides)
+    wanted = merge(lm.ctx.store.config.recognition, overrides)
     views = wanted.views                                              # the thresholds depend on them
-    own = views == lm.store.config.recognition.views                  # else the fit serves this run only
-    lm.set_recognition_config(dataclasses.replace(lm.recognition_config, regions=wanted.regions, zoom=wanted.zoom))
-    stale = report is not None and (calibrated_with_other_priors(lm.store, lm.prior_source) or
+    own = views == lm.ctx.store.config.recognition.views                  # else the fit serves this run only
+    lm.recognising.set_recognition_config(dataclasses.replace(lm.ctx.recognition_config, regions=wanted.regions, zoom=wanted.zoom))
+    stale = report is not None and (calibrated_with_other_priors(lm.ctx.store, lm.ctx.prior_source) or
                                     calibrated_views(report) != views or "decisions" not in report)
     if calibrate or (calibrate is None and (report is None or stale)):
-        report = calibrate_store(lm, progress=progress, write=own)     # leaves lm with the fitted thresholds
-    base = store_recognition(lm.store) if own else lm.recognition_config
-    lm.set_recognition_config(merge(base, overrides))
+        report = calibrate_store(lm.recognising, progress=progress, write=own)     # leaves lm with the fitted thresholds
+    base = store_recognition(lm.ctx.store) if own else lm.ctx.recognition_config
+    lm.recognising.set_recognition_config(merge(base, overrides))
     return report
 
 
@@ -327,43 +327,43 @@ def explicit_threshold(config: Config) -> bool:
     return "threshold" in explicit(config, "expansion")
 
 
-def prepare_category(lm: Landmarks, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
+def prepare_category(lm: Parts, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
     """The store's calibrated category re-rank (fitted on its train split first if it never was, was
     fitted with another classifier's priors or after other DBA / alpha-QE settings, or if asked),
     unless ``config`` sets it; ``config.category`` is what ``lm`` uses from now on."""
-    lm.set_category_config(config.category)
+    lm.searching.set_category_config(config.category)
     if explicit(config, "category"):
         return None
-    report = lm.store.meta_value(CATEGORY_META)
-    stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
-                                    or report["expansion"] != ranking_settings(lm.config.expansion))
+    report = lm.ctx.store.meta_value(CATEGORY_META)
+    stale = report is not None and (report["validation"].get("prior_source") != lm.ctx.prior_source
+                                    or report["expansion"] != ranking_settings(lm.ctx.config.expansion))
     if calibrate or (calibrate is None and (report is None or stale)):
-        return ablation.calibrate_category(lm)
+        return calibrate_category(lm)
     if report is None or stale:
         return None
-    lm.set_category_config(dataclasses.replace(config.category, enabled=report["enabled"],
+    lm.searching.set_category_config(dataclasses.replace(config.category, enabled=report["enabled"],
                                                min_similarity=report["min_similarity"]))
     return report
 
 
-def prepare_expansion(lm: Landmarks, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
+def prepare_expansion(lm: Parts, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
     """The store's calibrated ``expansion.threshold`` (fitted on its train split first if it never
     was, was fitted with another classifier's priors or for another verifier, or if asked), unless
     ``config`` sets one; ``config.expansion`` is what ``lm`` expands with from now on."""
-    lm.set_expansion_config(config.expansion)
+    lm.searching.set_expansion_config(config.expansion)
     if explicit_threshold(config):
         return None
-    report = lm.store.meta_value(EXPANSION_META)
-    stale = report is not None and (report["validation"].get("prior_source") != lm.prior_source
+    report = lm.ctx.store.meta_value(EXPANSION_META)
+    stale = report is not None and (report["validation"].get("prior_source") != lm.ctx.prior_source
                                     or report["verify"] != config.expansion.verify or "dba" not in report)
     chosen = {k: v for k, v in explicit(config, "expansion").items() if k in ("dba", "qe")}
     if calibrate or (calibrate is None and (report is None or stale)):
-        report = ablation.calibrate_expansion(lm, write=not chosen)     # a fit after the user's own dba / qe serves this run
+        report = calibrate_expansion(lm, write=not chosen)     # a fit after the user's own dba / qe serves this run
     elif report is None or stale:      # --no-calibrate: the configured settings stay
         return None
     else:
-        lm.set_expansion_config(dataclasses.replace(lm.config.expansion, threshold=report["threshold"],
+        lm.searching.set_expansion_config(dataclasses.replace(lm.ctx.config.expansion, threshold=report["threshold"],
                                                     dba=report["dba"], qe=report["qe"]))
     if chosen:       # the user's own choice wins over calibration's
-        lm.set_expansion_config(merge(lm.config.expansion, chosen))
+        lm.searching.set_expansion_config(merge(lm.ctx.config.expansion, chosen))
     return report

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..utils.config import ConfigError
 from ..models.backbones import Backbone
 from ..models.export import export_trunk
 from ..utils.io import atomic_write_json, user_cache_dir

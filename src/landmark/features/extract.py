@@ -23,14 +23,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, ExtractConfig, ModelConfig, to_dict
 from ..data.images import ImageError, load_image, probe_size
 from ..models import functional as LF
+from ..models.config import ModelConfig
 from ..models.net import DescriptorNet, build_model, file_digest
+from ..utils.config import to_dict
 from ..utils.device import resolve_device, tune_cpu_allocator
-from .engine import TrunkRunner
 from ..utils.io import atomic_path, atomic_write_json
 from ..utils.progress import progress_bar
+from .config import ExtractConfig, FeatureSettings
+from .engine import TrunkRunner
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ class GlobalExtractor:
         self.probe_name, self.probe = (name, probe) if probe is not None else (None, None)
 
     @classmethod
-    def from_config(cls, config: Config, device: str | None = None,
+    def from_config(cls, config: FeatureSettings, device: str | None = None,
                     engine_dir: str | Path | None = None) -> "GlobalExtractor":
         return cls(build_model(config.model), config.extract, config.model, device=device, engine_dir=engine_dir)
 

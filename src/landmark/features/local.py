@@ -34,14 +34,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..config import LocalConfig
+from .config import LOCAL_KINDS as KINDS, LocalConfig
 from ..data.images import ImageError, load_image
 from ..utils.progress import progress_bar
 from .extract import Failure, PhotoItem
 
 log = logging.getLogger(__name__)
 
-KINDS = ("rootsift", "affine_rootsift", "orb", "brisk")
 BINARY_KINDS = ("orb", "brisk")
 AFFINE_MAX_TILT = 3                    # affine_rootsift: tilts 1, sqrt 2, 2, 2 sqrt 2 (ASIFT goes to 5, 1.6x slower)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import Config
+from .config import WHITENING_KINDS, FeatureSettings
 from .engine import STORE_ENGINES_DIR
 from .extract import REGIONS_EXTRA, ExtractionResult, Failure, GlobalExtractor, PhotoItem
 from .whitening import Whitening, WhiteningError, learn_labelled_whitening, learn_whitening
@@ -204,7 +204,7 @@ def model_extractor(extractor) -> GlobalExtractor:
     return extractor
 
 
-def base_extractor(config: Config, device: str | None = None, engine_dir: str | Path | None = None) -> Extractor:
+def base_extractor(config: FeatureSettings, device: str | None = None, engine_dir: str | Path | None = None) -> Extractor:
     """The un-whitened extractor of ``config``: one model, or the ensemble ``model`` + ``ensemble``
     (their inference engines' graphs kept in ``engine_dir``)."""
     first = GlobalExtractor.from_config(config, device=device, engine_dir=engine_dir)
@@ -216,17 +216,16 @@ def base_extractor(config: Config, device: str | None = None, engine_dir: str | 
     return EnsembleExtractor(parts)
 
 
-WHITENING_KINDS = ("none", "auto", "pca", "learned")
 
 
-def auto_learns_pca(config: Config, photos: int) -> bool:
+def auto_learns_pca(config: FeatureSettings, photos: int) -> bool:
     """Whether ``whitening.kind=auto`` learns PCA from ``photos`` photos: only from more than
     ``whitening.dim`` of them (fewer span fewer directions than it keeps, and their mean is a poor
     estimate of a collection's), else the store keeps the network's descriptors."""
     return photos > config.whitening.dim
 
 
-def whitening_in_force(config: Config, store_root: str | Path | None) -> str:
+def whitening_in_force(config: FeatureSettings, store_root: str | Path | None) -> str:
     """The whitening a store of ``config`` at ``store_root`` applies: ``none``, ``pca`` or ``learned``
     (``auto`` is ``pca`` where the store learned one, else ``none``)."""
     kind = config.whitening.kind
@@ -235,7 +234,7 @@ def whitening_in_force(config: Config, store_root: str | Path | None) -> str:
     return "pca" if store_root is not None and (Path(store_root) / WHITENING_FILE).is_file() else "none"
 
 
-def build_extractor(config: Config, device: str | None = None, store_root: str | Path | None = None,
+def build_extractor(config: FeatureSettings, device: str | None = None, store_root: str | Path | None = None,
                     base: Extractor | None = None) -> Extractor:
     """The extractor of a store: whitened with ``store_root/whitening.npz`` if ``config`` asks for it
     (``auto``: if the store learned one); ``base``: the un-whitened extractor of ``config`` where one
@@ -254,7 +253,7 @@ def build_extractor(config: Config, device: str | None = None, store_root: str |
     return WhitenedExtractor(base, Whitening.load(path))
 
 
-def learn_store_whitening(config: Config, base: Extractor, items: Sequence[PhotoItem], store_root: str | Path, *,
+def learn_store_whitening(config: FeatureSettings, base: Extractor, items: Sequence[PhotoItem], store_root: str | Path, *,
                           cache_dir: str | Path | None = None, progress: bool | None = None,
                           held_out: Sequence[str] = ()) -> Whitening:
     """Extract ``items`` with ``base``, learn the store's whitening and save it in the store: PCA

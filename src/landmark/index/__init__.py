@@ -1,5 +1,21 @@
-"""The embedded store: FAISS index files + SQLite metadata in one directory, with atomic writes."""
+"""The embedded store: FAISS index files + SQLite metadata in one directory, with atomic writes.
 
-from .store import ImageRow, SearchResult, SignatureMismatch, Store, StoreError
+Names are imported from their submodule on first use (landmark.utils.lazy).
+"""
 
-__all__ = ["ImageRow", "SearchResult", "SignatureMismatch", "Store", "StoreError"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..utils.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .records import ImageRow, SearchResult
+    from .store import SignatureMismatch, Store, StoreError
+
+_EXPORTS = {
+    "ImageRow": "records", "SearchResult": "records", "SignatureMismatch": "store", "Store": "store",
+    "StoreError": "store",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -29,12 +29,10 @@ from typing import Iterable, Sequence
 import faiss
 import numpy as np
 
-from ..config import IndexConfig
+from .config import KINDS, VECTOR_DTYPES, IndexConfig
 from ..errors import LandmarkError
 from ..utils.io import atomic_path
 
-KINDS = ("flat", "ivfpq")
-VECTOR_DTYPES = ("float16", "float32")
 AUTO_NPROBE_SHARE = 0.07          # index.nprobe = 0: the share of cells visited per query
 
 

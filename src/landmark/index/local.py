@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..features.local import LocalFeatures
 from ..utils.io import atomic_path
-from .store import StoreError, _chunks, _connect, _lock
+from .sqlite import chunks, connect, lock, transaction
+from .store import StoreError
 
 LOCAL_DIR = "local"
 _SCHEMA = """
@@ -54,16 +54,16 @@ class LocalStore:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         sig = json.loads(json.dumps(dict(signature), sort_keys=True))
-        with _lock(root):
-            conn = _connect(root / "entries.sqlite")
+        with lock(root):
+            conn = connect(root / "entries.sqlite")
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='signature'").fetchone()
             if row is not None and json.loads(row[0]) != sig:   # made by another extractor: start over
-                with _tx(conn):
+                with transaction(conn):
                     conn.execute("DELETE FROM entries")
                 for p in root.glob("seg-*.npy"):
                     p.unlink()
-            with _tx(conn):
+            with transaction(conn):
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)", (json.dumps(sig, sort_keys=True),))
         return cls(root, conn)
 
@@ -72,7 +72,7 @@ class LocalStore:
         root = Path(root)
         if not (root / "entries.sqlite").is_file():
             raise StoreError(f"no local features at {root} (build the store with local.enabled=true)")
-        return cls(root, _connect(root / "entries.sqlite"))
+        return cls(root, connect(root / "entries.sqlite"))
 
     @classmethod
     def open_if_exists(cls, root: str | Path) -> "LocalStore | None":
@@ -94,7 +94,7 @@ class LocalStore:
 
     def present(self, keys: Sequence[str]) -> set[str]:
         out: set[str] = set()
-        for part in _chunks(list(keys)):
+        for part in chunks(list(keys)):
             q = f"SELECT key FROM entries WHERE key IN ({','.join('?' * len(part))})"
             out.update(k for (k,) in self._conn.execute(q, list(part)))
         return out
@@ -102,7 +102,7 @@ class LocalStore:
     def get(self, keys: Sequence[str]) -> dict[str, LocalFeatures]:
         """Features of ``keys`` that are stored (arrays are read-only views of memory-mapped files)."""
         out: dict[str, LocalFeatures] = {}
-        for part in _chunks(list(keys)):
+        for part in chunks(list(keys)):
             q = f"SELECT key, segment, start, count, scale, width, height FROM entries WHERE key IN ({','.join('?' * len(part))})"
             for key, seg, start, count, scale, w, h in self._conn.execute(q, list(part)):
                 kp, desc = self._segment(seg)
@@ -143,7 +143,7 @@ class LocalStore:
         dim = dims.pop() if dims else 0
         kp = np.concatenate([np.asarray(f.keypoints, np.float16).reshape(-1, 4) for f in features])
         desc = np.concatenate([np.asarray(f.descriptors, np.uint8).reshape(-1, dim) for f in features])
-        with _lock(self.root):
+        with lock(self.root):
             seg = self._conn.execute("SELECT coalesce(max(segment), 0) + 1 FROM entries").fetchone()[0]
             seg = max([seg] + [int(p.name.split("-")[1].split(".")[0]) + 1 for p in self.root.glob("seg-*.npy")])
             for arr, part in ((kp, "kp"), (desc, "desc")):
@@ -151,16 +151,16 @@ class LocalStore:
                     with open(tmp, "wb") as fh:
                         np.save(fh, arr)
             starts = np.concatenate([[0], np.cumsum([len(f.keypoints) for f in features])[:-1]])
-            with _tx(self._conn):
+            with transaction(self._conn):
                 self._conn.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)", [
                     (k, seg, int(s), len(f.keypoints), float(f.scale), int(f.width), int(f.height))
                     for k, s, f in zip(keys, starts, features)])
         return len(keys)
 
     def remove(self, keys: Sequence[str]) -> int:
-        with _lock(self.root), _tx(self._conn):
+        with lock(self.root), transaction(self._conn):
             n = 0
-            for part in _chunks(list(keys)):
+            for part in chunks(list(keys)):
                 n += self._conn.execute(f"DELETE FROM entries WHERE key IN ({','.join('?' * len(part))})", list(part)).rowcount
         return n
 
@@ -172,7 +172,7 @@ class LocalStore:
         self.add(keys, [LocalFeatures(np.array(f.keypoints), np.array(f.descriptors), f.scale, f.width, f.height)
                         for f in (feats[k] for k in keys)])
         self._maps.clear()
-        with _lock(self.root):
+        with lock(self.root):
             for seg in old:
                 for part in ("kp", "desc"):
                     (self.root / _seg_name(seg, part)).unlink(missing_ok=True)
@@ -186,14 +186,3 @@ class LocalStore:
 
 def _seg_name(seg: int, part: str) -> str:
     return f"seg-{seg:06d}.{part}.npy"
-
-
-@contextmanager
-def _tx(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

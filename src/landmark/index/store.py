@@ -15,7 +15,7 @@ those photos' vectors made once per generation (FAISS's flat search behind an ID
 BLAS); a compressed store filters with an ID selector.
 
 ``images.content`` is the SHA-256 of the photo file's bytes (:func:`content_hash`): what tells a new
-photo that comes with a stored photo's id apart from that photo (see ``Landmarks.add_manifest``).
+photo that comes with a stored photo's id apart from that photo (see ``landmark.pipeline.Building.add_manifest``).
 Stores made before it existed get the column when opened; their rows have none until it is needed.
 
 Commit protocol: a write produces ``global-<g+1>.faiss`` (temp file, fsync, rename) and then commits
@@ -25,14 +25,10 @@ run killed at any point leaves SQLite naming a FAISS file that exists and matche
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -42,8 +38,11 @@ import yaml
 
 from ..config import Config, config_from_dict
 from ..errors import LandmarkError
-from ..utils.io import atomic_path, atomic_write_text
+from ..utils.io import atomic_write_text
 from .ann import CompressedStoreIndex, sorted_positions
+from .files import generation_files, index_name, rows_name, vectors_name, write_index
+from .records import ImageRow, SearchResult, StoredFile
+from .sqlite import chunks, connect, lock
 
 STORE_VERSION = 1
 _SCHEMA = """
@@ -75,51 +74,6 @@ class StoreError(LandmarkError, RuntimeError):
 
 class SignatureMismatch(StoreError):
     """Query vectors come from another model or preprocessing than the store's."""
-
-
-@dataclass(frozen=True)
-class ImageRow:
-    key: str
-    path: str | None
-    landmark_id: int | None
-    split: str | None
-    width: int | None
-    height: int | None
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """Where a stored photo came from: its file (resolved path), when it was added, and the SHA-256 of
-    its bytes (None for photos stored before content hashes were kept, until one is recorded)."""
-
-    path: str | None
-    added_at: float
-    content: str | None
-
-
-def content_hash(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 (hex) of a file's bytes: a photo's identity in the store, whatever its name.
-    Raises OSError when the file cannot be read."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-@dataclass
-class SearchResult:
-    """``k`` neighbours per query; missing neighbours have key ``None`` and score ``-inf``."""
-
-    keys: list[list[str | None]]
-    scores: np.ndarray        # Q x k float32, inner products (cosine for unit vectors)
-    landmark_ids: np.ndarray  # Q x k int64, -1 where unlabelled or missing
-    rows: np.ndarray          # Q x k int64 store rows, -1 where missing
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-def _chunks(seq: Sequence, n: int = 900) -> Iterator[Sequence]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
 
 
 class Store:
@@ -158,14 +112,13 @@ class Store:
         if (root / "meta.sqlite").exists():
             if not overwrite:
                 raise StoreError(f"{root} already holds a store (use overwrite to replace it)")
-            for p in [root / "meta.sqlite", root / "meta.sqlite-wal", root / "meta.sqlite-shm", *root.glob("global-*.faiss"),
-                      *root.glob("vectors-*"), *root.glob("rows-*.npy")]:
+            for p in [root / "meta.sqlite", root / "meta.sqlite-wal", root / "meta.sqlite-shm", *generation_files(root)]:
                 p.unlink(missing_ok=True)
         root.mkdir(parents=True, exist_ok=True)
-        with _lock(root):
+        with lock(root):
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(int(signature["dim"])))
-            _write_index(index, root / _index_name(0))
-            conn = _connect(root / "meta.sqlite")
+            write_index(index, root / index_name(0))
+            conn = connect(root / "meta.sqlite")
             with conn:
                 conn.executescript(_SCHEMA)
                 conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
@@ -182,7 +135,7 @@ class Store:
             raise StoreError(f"no store at {root} (build one with: landmark index build DATA --store {root})")
         conn = None
         try:
-            conn = _connect(root / "meta.sqlite")
+            conn = connect(root / "meta.sqlite")
             return cls(root, conn)
         except sqlite3.DatabaseError as exc:     # an empty, truncated or foreign file (OperationalError included)
             if conn is not None:
@@ -209,14 +162,14 @@ class Store:
         gen = int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
         if gen == self._generation and self._index is not None:
             return False
-        path = self.root / _index_name(gen)
+        path = self.root / index_name(gen)
         if not path.is_file():
             raise StoreError(f"{self.root}: index file {path.name} named by meta.sqlite is missing")
-        if (self.root / _rows_name(gen)).is_file():   # compressed: codes + full vectors on disk
-            vectors = self.root / _vectors_name(gen)
+        if (self.root / rows_name(gen)).is_file():   # compressed: codes + full vectors on disk
+            vectors = self.root / vectors_name(gen)
             if not vectors.is_file():                    # written before the vectors became a FAISS file
                 vectors = vectors.with_suffix(".npy")
-            self._index = CompressedStoreIndex.read(path, vectors, self.root / _rows_name(gen),
+            self._index = CompressedStoreIndex.read(path, vectors, self.root / rows_name(gen),
                                                     self.config.index)
         else:
             self._index = faiss.read_index(str(path))
@@ -254,13 +207,14 @@ class Store:
         return dict(self._conn.execute("SELECT landmark_id, name FROM landmarks"))
 
     def set_label_names(self, names: Mapping[int, str]) -> None:
-        with _lock(self.root), self._conn:
+        with lock(self.root), self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO landmarks VALUES (?, ?)", [(int(k), str(v)) for k, v in names.items()])
 
-    def keys(self, split: str | None = None, *, labelled: bool | None = None, other_than: str | None = None) -> list[str]:
+    def keys(self, split: str | None = None, *, labelled: bool | None = None, other_than: str | None = None,
+             limit: int | None = None) -> list[str]:
         """Stored ids in insertion order: all, those of ``split``, and/or only the (un)labelled ones
-        (``labelled``), or those of any split but ``other_than``. Read by SQL alone: a million-photo
-        store lists its few distractors without making a row object per photo."""
+        (``labelled``), or those of any split but ``other_than``; the first ``limit`` of them. Read by
+        SQL alone: a million-photo store lists its few distractors without making a row object per photo."""
         where, args = [], []
         if split is not None:
             where.append("split=?")
@@ -271,14 +225,13 @@ class Store:
         if labelled is not None:
             where.append("landmark_id IS NOT NULL" if labelled else "landmark_id IS NULL")
         sql = "SELECT key FROM images" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY row"
+        if limit is not None:
+            sql, args = sql + " LIMIT ?", [*args, int(limit)]
         return [r[0] for r in self._conn.execute(sql, args)]
-
-    def has_labels(self) -> bool:
-        return self._conn.execute("SELECT 1 FROM images WHERE landmark_id IS NOT NULL LIMIT 1").fetchone() is not None
 
     def get(self, keys: Sequence[str]) -> dict[str, ImageRow]:
         out: dict[str, ImageRow] = {}
-        for part in _chunks(list(keys)):
+        for part in chunks(list(keys)):
             q = f"SELECT key, path, landmark_id, split, width, height FROM images WHERE key IN ({','.join('?' * len(part))})"
             out.update({r[0]: ImageRow(*r) for r in self._conn.execute(q, list(part))})
         return out
@@ -288,7 +241,7 @@ class Store:
         a photo coming with a stored id is that photo again."""
         content = "content" if self._has_content_column() else "NULL"
         out: dict[str, StoredFile] = {}
-        for part in _chunks(list(keys)):
+        for part in chunks(list(keys)):
             q = f"SELECT key, path, added_at, {content} FROM images WHERE key IN ({','.join('?' * len(part))})"
             out.update({r[0]: StoredFile(*r[1:]) for r in self._conn.execute(q, list(part))})
         return out
@@ -298,7 +251,7 @@ class Store:
         keys are ignored). Metadata only: the index and its generation stay as they are."""
         if not contents:
             return
-        with _lock(self.root), self._conn:
+        with lock(self.root), self._conn:
             self._conn.executemany("UPDATE images SET content=? WHERE key=?", [(h, k) for k, h in contents.items()])
 
     def _has_content_column(self) -> bool:
@@ -366,7 +319,7 @@ class Store:
         found: dict[int, np.ndarray] = {}
         if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='extras'").fetchone() is None:
             return np.full((len(keys), 0), np.nan, np.float32)
-        for part in _chunks([rows[k] for k in keys]):
+        for part in chunks([rows[k] for k in keys]):
             q = f"SELECT row, value FROM extras WHERE name=? AND row IN ({','.join('?' * len(part))})"
             found.update({r: np.frombuffer(v, dtype=np.float16) for r, v in self._conn.execute(q, [name, *part])})
         width = max((len(v) for v in found.values()), default=0)
@@ -380,7 +333,7 @@ class Store:
     def set_extras(self, keys: Sequence[str], name: str, values: np.ndarray) -> None:
         """Attach (or replace) the ``name`` extra of stored photos in one commit (KeyError for unknown keys)."""
         values = np.asarray(values, dtype=np.float32).reshape(len(keys), -1)
-        with _lock(self.root):
+        with lock(self.root):
             rows = self._rows_of(keys)
             with self._conn:
                 self._conn.executemany("INSERT OR REPLACE INTO extras VALUES (?, ?, ?)",
@@ -389,7 +342,7 @@ class Store:
     def update_config(self, config: Config) -> None:
         """Replace the stored pipeline configuration (meta and config.yaml), e.g. after calibration.
         The model and extraction settings must stay those that made the vectors."""
-        with _lock(self.root):
+        with lock(self.root):
             with self._conn:
                 self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("config", json.dumps(config.to_dict())))
             atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -401,12 +354,12 @@ class Store:
         return json.loads(row[0]) if row else None
 
     def set_meta_value(self, key: str, value: Any) -> None:
-        with _lock(self.root), self._conn:
+        with lock(self.root), self._conn:
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"user.{key}", json.dumps(value)))
 
     def _rows_of(self, keys: Sequence[str]) -> dict[str, int]:
         rows: dict[str, int] = {}
-        for part in _chunks(list(keys)):
+        for part in chunks(list(keys)):
             q = f"SELECT key, row FROM images WHERE key IN ({','.join('?' * len(part))})"
             rows.update(dict(self._conn.execute(q, list(part))))
         missing = [k for k in keys if k not in rows]
@@ -470,20 +423,20 @@ class Store:
 
     def _existing(self, keys: Sequence[str]) -> dict[str, int]:
         rows: dict[str, int] = {}
-        for part in _chunks(list(keys)):
+        for part in chunks(list(keys)):
             q = f"SELECT key, row FROM images WHERE key IN ({','.join('?' * len(part))})"
             rows.update(dict(self._conn.execute(q, list(part))))
         return rows
 
     def _delete_rows(self, conn: sqlite3.Connection, rows: list[int]) -> None:
-        for part in _chunks(rows):
+        for part in chunks(rows):
             conn.execute(f"DELETE FROM images WHERE row IN ({','.join('?' * len(part))})", list(part))
             conn.execute(f"DELETE FROM extras WHERE row IN ({','.join('?' * len(part))})", list(part))
         self._index.remove_ids(np.asarray(rows, dtype=np.int64))
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with _lock(self.root):
+        with lock(self.root):
             self.refresh()
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -495,9 +448,9 @@ class Store:
                 if ic.kind != "flat" and not isinstance(self._index, CompressedStoreIndex) and len(self) >= ic.train_min:
                     self._index = CompressedStoreIndex.from_flat(self._index, ic)
                 if isinstance(self._index, CompressedStoreIndex):
-                    self._index.write(self.root / _index_name(new), self.root / _vectors_name(new), self.root / _rows_name(new))
+                    self._index.write(self.root / index_name(new), self.root / vectors_name(new), self.root / rows_name(new))
                 else:
-                    _write_index(self._index, self.root / _index_name(new))
+                    write_index(self._index, self.root / index_name(new))
                 conn.execute("UPDATE meta SET value=? WHERE key='generation'", (str(new),))
                 conn.execute("COMMIT")
             except BaseException:
@@ -507,8 +460,8 @@ class Store:
                 raise
             self._generation = new
             self._derived.clear()
-            current = {_index_name(new), _vectors_name(new), _rows_name(new)}
-            for stale in [*self.root.glob("global-*.faiss"), *self.root.glob("vectors-*"), *self.root.glob("rows-*.npy")]:
+            current = {index_name(new), vectors_name(new), rows_name(new)}
+            for stale in generation_files(self.root):
                 if stale.name not in current:
                     stale.unlink(missing_ok=True)
             if isinstance(self._index, CompressedStoreIndex):
@@ -541,7 +494,7 @@ class Store:
 
     def _row_meta(self, rows: list[int]) -> dict[int, tuple[str, int | None]]:
         out: dict[int, tuple[str, int | None]] = {}
-        for part in _chunks(rows):
+        for part in chunks(rows):
             q = f"SELECT row, key, landmark_id FROM images WHERE row IN ({','.join('?' * len(part))})"
             out.update({r: (k, lab) for r, k, lab in self._conn.execute(q, list(part))})
         return out
@@ -594,37 +547,3 @@ class Store:
             subset.add(self._reconstruct_rows(rows))
             self._derived[key] = (subset, rows)
         return self._derived[key]
-
-
-def _index_name(generation: int) -> str:
-    return f"global-{generation:06d}.faiss"
-
-
-def _vectors_name(generation: int) -> str:
-    return f"vectors-{generation:06d}.faiss"
-
-
-def _rows_name(generation: int) -> str:
-    return f"rows-{generation:06d}.npy"
-
-
-def _write_index(index: faiss.Index, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=60)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
-
-
-@contextmanager
-def _lock(root: Path) -> Iterator[None]:
-    with open(root / ".lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

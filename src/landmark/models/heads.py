@@ -7,6 +7,8 @@ Every head maps an embedding batch ``B x D`` (and, for margin heads, the labels)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,3 +86,43 @@ def dynamic_margins(counts: Tensor, low: float = 0.05, high: float = 0.5, power:
     f = counts.float().clamp(min=1).pow(power)
     span = (f.max() - f.min()).clamp(min=1e-12)
     return low + (high - low) * (f - f.min()) / span
+
+
+class HeadSettings(Protocol):
+    """What making a head reads (``landmark.training.config.HeadConfig`` has it)."""
+
+    scale: float
+    margin: float
+    subcenters: int
+    dynamic_margin: bool
+    margin_low: float
+    margin_high: float
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """A kind of head (``head.kind``, registered in :data:`landmark.models.config.HEADS`): how it is made
+    for ``dim``-d embeddings and classes of ``counts`` photos, which training loss scores it
+    (:data:`landmark.training.config.LOSSES`), and how a classifier reads it: a linear head reads the
+    unit descriptor scaled by sqrt(D) (a batch-normalised embedding's norm), a cosine one its direction."""
+
+    make: Callable[[int, Sequence[int], HeadSettings], nn.Module | None]
+    loss: str
+    linear: bool = False
+    sigmoid: bool = False          # probabilities: sigmoid of each logit (one-vs-all), else softmax
+
+
+def _arcface(subcenters: bool) -> Callable[[int, Sequence[int], HeadSettings], nn.Module]:
+    def make(dim: int, counts: Sequence[int], h: HeadSettings) -> nn.Module:
+        margins = dynamic_margins(torch.tensor(counts), h.margin_low, h.margin_high) if h.dynamic_margin else None
+        return ArcFace(dim, len(counts), h.scale, h.margin, subcenters=h.subcenters if subcenters else 1,
+                       class_margins=margins)
+    return make
+
+
+ARCFACE = HeadKind(_arcface(subcenters=False), "cross_entropy")
+SUBCENTER_ARCFACE = HeadKind(_arcface(subcenters=True), "cross_entropy")
+COSFACE = HeadKind(lambda dim, counts, h: CosFace(dim, len(counts), h.scale, h.margin), "cross_entropy")
+SOFTMAX = HeadKind(lambda dim, counts, h: LinearHead(dim, len(counts)), "cross_entropy", linear=True)
+BCE = HeadKind(lambda dim, counts, h: LinearHead(dim, len(counts)), "bce", linear=True, sigmoid=True)
+NPAIRS = HeadKind(lambda dim, counts, h: None, "npairs")        # no head: the loss reads the embeddings

@@ -9,7 +9,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError, ModelConfig, config_from_dict, to_dict
+from ..utils.config import ConfigError, merge, to_dict
+from ..utils.io import atomic_path
+from .config import ModelConfig
 from ..errors import LandmarkError
 from . import functional as LF
 from .backbones import Backbone, create_backbone
@@ -106,8 +108,6 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> DescriptorNet:
 
 def save_checkpoint(path: str | Path, net: DescriptorNet, cfg: ModelConfig, extra: dict[str, Any] | None = None) -> None:
     """Write ``{"model_config", "state_dict", ...extra}`` atomically."""
-    from ..utils.io import atomic_path
-
     payload = {"model_config": to_dict(cfg) | {"checkpoint": None}, "state_dict": net.state_dict()}
     payload.update(extra or {})
     with atomic_path(path) as tmp:
@@ -136,7 +136,7 @@ def read_checkpoint(path: str | Path, required: Sequence[str] = ("model_config",
 def load_checkpoint(path: str | Path) -> tuple[DescriptorNet, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`; returns the network and the payload."""
     payload = read_checkpoint(path)
-    cfg = config_from_dict({"model": payload["model_config"]}).model
+    cfg = merge(ModelConfig(), payload["model_config"])
     net = build_model(cfg, pretrained=False)
     net.load_state_dict(payload["state_dict"], strict=True)
     return net, payload

@@ -2,7 +2,7 @@
 
 Validation landmark queries are labelled store photos held out per landmark: for a store whose model
 ``landmark train`` made, the validation photos its checkpoint records (those the model never saw);
-otherwise the split of :func:`landmark.training.data.split_by_photo`. They are answered against the
+otherwise the split of :func:`landmark.data.splits.split_by_photo`. They are answered against the
 remaining labelled photos only. Validation non-landmark queries come from label-free sources only:
 the unlabelled store photos that the object prior flags, and photos added with ``--split
 distractors``. No test photo and no ground-truth file is read.
@@ -26,18 +26,23 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from ..config import RecognitionConfig
+from .config import RecognitionConfig
 from ..data.manifests import ImageRecord
-from ..evaluation.metrics import global_average_precision
-from ..index import StoreError
+from ..data.splits import Split, split_by_photo
+from ..features.extract import REGIONS_EXTRA, ExtractionResult
+from ..features.pipeline import WHITENING_FILE
+from ..features.whitening import Whitening
+from ..metrics import global_average_precision
+from ..index import Store, StoreError
 from ..models.net import read_checkpoint
-from .filters import LANDMARK, PROBE_NAME, prior_decisions
+from .filters import LANDMARK, PROBE_NAME, ClassGroups, distractor_scores, prior_decisions
 from .grading import boost_levels, frequent_landmarks, grade_a, tiered_scores
 from .knn import at_positions, knn_vote, merge_views, stack_views
+from .pipeline import Recognizer
 
 CALIBRATION_META = "calibration"
 log = logging.getLogger(__name__)
@@ -82,14 +87,37 @@ def store_recognition(store) -> RecognitionConfig:
     return cfg
 
 
-def validation_regions(lm, keys: Sequence[str], vectors: np.ndarray, progress: bool | None = None
+class Calibrated(Protocol):
+    """What calibration reads and sets of the recognition over a store
+    (:class:`landmark.pipeline.Recognising` has it)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def groups(self) -> ClassGroups | None: ...
+
+    @property
+    def prior_source(self) -> str: ...
+
+    @property
+    def recognition_config(self) -> RecognitionConfig: ...
+
+    @property
+    def recognizer(self) -> Recognizer: ...
+
+    def set_recognition_config(self, cfg: RecognitionConfig) -> None: ...
+
+    def query_views(self, items: Sequence[ImageRecord], *, progress: bool | None = None,
+                    cache_dir: str | Path | None = None, description: str = "queries") -> ExtractionResult: ...
+
+
+def validation_regions(lm: Calibrated, keys: Sequence[str], vectors: np.ndarray, progress: bool | None = None
                        ) -> tuple[np.ndarray | None, int]:
-    """The other views (regions and zoomed read, :meth:`landmark.Landmarks.query_views`) of stored photos,
+    """The other views (regions and zoomed read, :meth:`landmark.pipeline.Embedding.query_views`) of stored photos,
     re-extracted from their files (the store keeps global descriptors only), and how many photos could be
     read; a photo that cannot be read repeats its global descriptor, which adds nothing to its neighbours.
     None when the configuration has no other views."""
-    from ..features.extract import REGIONS_EXTRA
-
     cfg = lm.recognition_config
     if not cfg.extra_views or not len(keys):
         return None, 0
@@ -160,7 +188,7 @@ def knn_gap(labels: np.ndarray, scores: np.ndarray, truth: Sequence[int | None],
 MIN_VALIDATION_QUERIES = 30   # fewer held-out landmark photos than this cannot fit a threshold
 
 
-def _keep_defaults(lm, cfg: RecognitionConfig, n_labelled: int, n_val: int, *, write: bool, seed: int,
+def _keep_defaults(lm: Calibrated, cfg: RecognitionConfig, n_labelled: int, n_val: int, *, write: bool, seed: int,
                    t0: float, split: str) -> dict[str, Any]:
     """Calibration of a store with too few labelled photos to fit anything (e.g. one per landmark):
     the configured thresholds stay (``cfg`` holds the object prior's budget, which needs no validation
@@ -230,8 +258,6 @@ def _checkpoint_held_out(path: str, mtime_ns: int, size: int) -> tuple[str, tupl
 def held_out_by_whitening(store) -> set[str] | None:
     """The labelled photos a store's learned whitening (``whitening.kind=learned``) was not learned on,
     as its file records them; None for other stores."""
-    from ..features.pipeline import WHITENING_FILE
-
     path = Path(store.root) / WHITENING_FILE if store.config.whitening.kind != "none" else None
     if path is None or not path.is_file():
         return None
@@ -243,8 +269,6 @@ def held_out_by_whitening(store) -> set[str] | None:
 @functools.lru_cache(maxsize=4)
 def _whitening_held_out(path: str, mtime_ns: int, size: int) -> frozenset[str] | None:
     """The ``held_out`` of a learned whitening file, read once per version of the file (None: PCA)."""
-    from ..features.whitening import Whitening
-
     w = Whitening.load(path)
     return frozenset(w.held_out) if w.kind == "learned" else None
 
@@ -263,7 +287,6 @@ def validation_holdout(config, labelled: Sequence[ImageRecord], val_fraction: fl
     learned whitening), for calibrations to validate on: those its trained models held out when at
     least half of them are among ``labelled`` (as :func:`model_validation_ids` requires), else the
     split by photo that ``landmark calibrate`` makes."""
-    from ..training.data import split_by_photo
 
     found = _held_here(held_out_by_config(config), [r.id for r in labelled], seed)
     return found or {r.id for r in split_by_photo(labelled, val_fraction, 2, seed).val}
@@ -299,11 +322,10 @@ def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[s
     return _held_here(held_out_by_model(store), labelled, seed)
 
 
-def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction: float = VAL_FRACTION, seed: int = VAL_SEED,
+def calibrate_store(lm: Calibrated, *, train_ids: Sequence[str] | None = None, val_fraction: float = VAL_FRACTION, seed: int = VAL_SEED,
                     landmark_loss: float = 0.02, max_negatives: int = 5000, max_region_queries: int = 2000,
                     write: bool = True, progress: bool | None = None) -> dict[str, Any]:
     """Refit the thresholds of ``lm``'s store (see the module docstring); returns what was fitted and on what."""
-    from ..training.data import Split, split_by_photo
 
     t0 = time.perf_counter()
     store, cfg = lm.store, lm.recognition_config
@@ -343,8 +365,6 @@ def calibrate_store(lm, *, train_ids: Sequence[str] | None = None, val_fraction:
     neg_keys, neg_vecs = lm.recognizer.known_non_landmarks(cfg)
     val_keys = [r.id for r in split.val]
     val_vecs = store.vectors(val_keys)
-    from .filters import distractor_scores
-
     val_d = distractor_scores(val_vecs, neg_vecs, cfg.distractor_k)
     if len(neg_keys) >= cfg.distractor_k:
         cfg = dataclasses.replace(cfg, distractor_threshold=_budget_threshold(

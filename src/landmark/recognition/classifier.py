@@ -14,6 +14,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,14 +23,10 @@ import torch
 from torch import nn
 
 from ..data.manifests import PSEUDO_LABEL_OFFSET
-from ..models.heads import ArcFace, CosFace, LinearHead
+from ..models.config import HEADS
 from ..models.net import read_checkpoint
 
 log = logging.getLogger(__name__)
-
-COSINE_KINDS = ("arcface", "subcenter_arcface", "cosface")
-LINEAR_KINDS = ("softmax", "bce")
-
 
 @dataclass
 class ClassifierPrediction:
@@ -76,22 +73,17 @@ class LandmarkClassifier:
         state, kind, classes = payload.get("head"), payload.get("head_kind"), payload.get("classes")
         if not state or not kind or not classes:
             return None
-        hc = dict(head_config or {})
-        n = len(classes)
-        if kind in COSINE_KINDS:
-            weight = state["weight"]
-            dim = int(weight.shape[1])
-            if kind == "cosface":
-                head: nn.Module = CosFace(dim, n, float(hc.get("scale", 30.0)), float(hc.get("margin", 0.35)))
-            else:
-                margins = state.get("class_margins")
-                head = ArcFace(dim, n, float(hc.get("scale", 30.0)), float(hc.get("margin", 0.3)),
-                               subcenters=int(weight.shape[0]) // n,
-                               class_margins=margins if margins is not None and margins.numel() else None)
-        elif kind in LINEAR_KINDS:
-            head = LinearHead(int(state["fc.weight"].shape[1]), n)
-        else:
+        if kind not in HEADS:
             raise ValueError(f"unknown head kind {kind!r} in checkpoint")
+        spec, n = HEADS[kind], len(classes)
+        weight = next(v for v in state.values() if getattr(v, "ndim", 0) == 2)   # classes (x sub-centres) x dim
+        margins = state.get("class_margins")
+        hc = {"scale": 30.0, "margin": 0.3, "margin_low": 0.05, "margin_high": 0.5} | dict(head_config or {})
+        settings = SimpleNamespace(**hc | {"subcenters": int(weight.shape[0]) // n,
+                                           "dynamic_margin": margins is not None and margins.numel() > 0})
+        head = spec.make(int(weight.shape[1]), [1] * n, settings)
+        if head is None:
+            return None
         head.load_state_dict(state, strict=True)
         return cls(head, [int(c) for c in classes], kind)
 
@@ -121,7 +113,7 @@ class LandmarkClassifier:
             x = torch.nn.functional.normalize(x[:, :self.dim], dim=1)
         if x.shape[1] != self.dim:
             raise ValueError(f"the classifier head reads {self.dim}-d descriptors, got {x.shape[1]}-d")
-        if self.kind in LINEAR_KINDS:
+        if HEADS[self.kind].linear:
             x = x * math.sqrt(x.shape[1])
         return self.head.logits(x).float()
 
@@ -130,7 +122,7 @@ class LandmarkClassifier:
         if len(vectors) == 0:
             return ClassifierPrediction(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
         logits = self.logits(vectors)
-        probs = torch.sigmoid(logits) if self.kind == "bce" else torch.softmax(logits, dim=1)
+        probs = torch.sigmoid(logits) if HEADS[self.kind].sigmoid else torch.softmax(logits, dim=1)
         k = min(k, probs.shape[1])
         top = torch.topk(probs, k, dim=1)
         return ClassifierPrediction(self.classes[top.indices.numpy()], top.values.numpy().astype(np.float32))

@@ -25,6 +25,8 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import LandmarkError
+from .config import RecognitionConfig
+from ..models.backbones import pretrained_tail
 
 LANDMARK, UNCERTAIN, NON_LANDMARK = "landmark", "uncertain", "non_landmark"
 ROLES = (LANDMARK, UNCERTAIN, NON_LANDMARK)
@@ -150,8 +152,6 @@ class ImageNetPrior:
     @classmethod
     def for_backbone(cls, backbone, groups: ClassGroups | None = None) -> "ImageNetPrior":
         """The prior of ``backbone``'s pretrained network, read from the first stage training changed."""
-        from ..models.backbones import pretrained_tail
-
         found = pretrained_tail(backbone)
         if found is None:
             return cls(backbone, groups)
@@ -324,3 +324,10 @@ def distractor_scores(queries: np.ndarray, distractors: np.ndarray, k: int = 3,
         same = (rows >= 0) & (dids[np.clip(rows, 0, None)] == np.asarray(list(query_ids), dtype=object)[:, None])
         sims = np.where(same, -np.inf, sims)
     return min_of_top_k(sims, k)
+
+
+def onnx_detector(cfg: RecognitionConfig) -> OnnxDetector:
+    """``recognition.detector`` naming an ONNX model file, with ``detector_labels`` and ``detector_roles``."""
+    if not cfg.detector or not cfg.detector_labels or not cfg.detector_roles:
+        raise ValueError("recognition.detector needs recognition.detector_labels and recognition.detector_roles")
+    return OnnxDetector(cfg.detector, cfg.detector_labels, cfg.detector_roles)

@@ -37,6 +37,7 @@ import yaml
 from PIL import Image
 
 from ..utils.io import atomic_path, atomic_write_text, user_cache_dir
+from .config import RecognitionConfig
 from .filters import Detection, FilterConfigError
 
 log = logging.getLogger(__name__)
@@ -222,3 +223,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
         overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
         order = [j for j, o in zip(order, overlap) if o <= iou]
     return kept
+
+
+def oidv4_detector(cfg: RecognitionConfig) -> OidV4Detector:
+    """``recognition.detector=oidv4``: the installed Open Images detector, with its own roles unless given."""
+    return OidV4Detector(roles=cfg.detector_roles, score_min=min(cfg.detector_score_min, 0.3))

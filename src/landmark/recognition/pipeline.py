@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import numpy as np
 from PIL import Image
 
-from ..config import RecognitionConfig
+from .config import RecognitionConfig
 from ..data.images import ImageError, load_image
 from ..utils.progress import progress_bar
 from .classifier import ClassifierPrediction, LandmarkClassifier
@@ -284,7 +284,7 @@ class Recognizer:
             decisions = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
             flagged = [k for k, d in zip(unlabelled, decisions) if d.decision == NON_LANDMARK]
         vecs = self.store.vectors(given + flagged) if given or flagged else np.zeros((0, self.store.dim), np.float32)
-        if flagged and self.store.has_labels():
+        if flagged and self.store.keys(labelled=True, limit=1):
             own = vecs[len(given):]
             near_landmark = self.store.search(own, 1, labelled_only=True).scores[:, 0]
             keep = near_landmark <= nearest_other(own, vecs, offset=len(given))

@@ -1,18 +1,21 @@
-"""Wiring the recognition stages to a store and its extractor (used by :class:`landmark.api.Landmarks`)."""
+"""Wiring the recognition stages to a store and its extractor (used by :mod:`landmark.pipeline`)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import RecognitionConfig
-from ..features.pipeline import whitening_in_force
+from .config import DETECTORS, RecognitionConfig
+from ..data.manifests import ImageRecord
+from ..index import Store
+from ..features.pipeline import model_extractor, whitening_in_force
+from .calibrate import CALIBRATION_META
 from .classifier import LandmarkClassifier
-from .filters import PROBE_NAME, ClassGroups, ImageNetPrior, OnnxDetector
-from .oidv4 import NAME as OIDV4, OidV4Detector
+from .filters import PROBE_NAME, ClassGroups, ImageNetPrior, onnx_detector
 from .pipeline import Recognizer
 
 log = logging.getLogger(__name__)
@@ -26,8 +29,6 @@ def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
 
     Returns the groups, or None when the backbone has no ImageNet classifier (no object prior then).
     """
-    from ..features.pipeline import model_extractor
-
     single = model_extractor(extractor)      # ensembles and whitened extractors probe their first model
     backbone = single.net.backbone
     if not ImageNetPrior.available(backbone):
@@ -44,8 +45,6 @@ def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
 
 def prior_source(extractor) -> str:
     """The :attr:`ImageNetPrior.source` of ``extractor``'s probe ("own" without a tail)."""
-    from ..features.pipeline import model_extractor
-
     return getattr(model_extractor(extractor).probe, "source", "own")
 
 
@@ -58,8 +57,6 @@ def record_groups(store, groups: ClassGroups, source: str = "own") -> None:
 
 def calibrated_with_other_priors(store, source: str) -> bool:
     """The store's thresholds were fitted on priors made by another classifier (``landmark calibrate`` again)."""
-    from .calibrate import CALIBRATION_META
-
     report = store.meta_value(CALIBRATION_META)
     return bool(report) and report.get("validation", {}).get("prior_source", "own") != source
 
@@ -89,17 +86,31 @@ def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None, s
     elif groups is not None and calibrated_with_other_priors(store, source):
         log.warning("store %s was calibrated on object priors of another classifier; run `landmark calibrate`",
                     store.root)
-    detector = None
-    if cfg.detector == OIDV4:
-        detector = OidV4Detector(roles=cfg.detector_roles, score_min=min(cfg.detector_score_min, 0.3))
-    elif cfg.detector:
-        if not cfg.detector_labels or not cfg.detector_roles:
-            raise ValueError("recognition.detector needs recognition.detector_labels and recognition.detector_roles")
-        detector = OnnxDetector(cfg.detector, cfg.detector_labels, cfg.detector_roles)
-    return Recognizer(store, cfg, classifier, groups, detector)
+    return Recognizer(store, cfg, classifier, groups, make_detector(cfg))
 
 
-def backfill_prior(lm, *, progress: bool | None = None) -> int:
+def make_detector(cfg: RecognitionConfig):
+    """The object detector of ``recognition.detector``: a registered kind (:data:`DETECTORS`), else the
+    path of an ONNX model (:class:`OnnxDetector`, with its labels and roles); None when there is none."""
+    if not cfg.detector:
+        return None
+    if cfg.detector in DETECTORS:
+        return DETECTORS[cfg.detector](cfg)
+    return onnx_detector(cfg)
+
+
+class PriorTarget(Protocol):
+    """A store and the extractor that made it (:class:`landmark.pipeline.StoreContext` is one)."""
+
+    store: Store
+    extractor: Any
+    groups: ClassGroups | None
+
+    @property
+    def prior_source(self) -> str: ...
+
+
+def backfill_prior(lm: PriorTarget, *, progress: bool | None = None) -> int:
     """Compute the object prior of stored photos that lack it (or were made with other groups)."""
     store, groups = lm.store, lm.groups
     if groups is None:
@@ -115,8 +126,6 @@ def backfill_prior(lm, *, progress: bool | None = None) -> int:
     todo = [k for k in missing if rows[k].path and Path(rows[k].path).is_file()]
     redone: list[str] = []
     if todo:
-        from ..data.manifests import ImageRecord
-
         work = store.root / "_work" / "extract-prior"
         res = lm.extractor.extract([ImageRecord(k, Path(rows[k].path)) for k in todo], cache_dir=work,
                                    progress=progress, description="object prior of stored photos")

@@ -1,6 +1,21 @@
-"""Retrieval: nearest-neighbour search in the store, DBA and alpha-QE, spatial re-ranking."""
+"""Retrieval: nearest-neighbour search in the store, DBA and alpha-QE, spatial re-ranking.
 
-from .expansion import dba, query_expansion
-from .search import ExpandedSearch, Ranking, rank
+Names are imported from their submodule on first use (landmark.utils.lazy).
+"""
 
-__all__ = ["ExpandedSearch", "Ranking", "dba", "query_expansion", "rank"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..utils.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .search import ExpandedSearch, Ranking, rank
+    from .expansion import dba, query_expansion
+
+_EXPORTS = {
+    "ExpandedSearch": "search", "Ranking": "search", "dba": "expansion", "query_expansion": "expansion",
+    "rank": "search",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

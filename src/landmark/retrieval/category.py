@@ -10,7 +10,7 @@ rule does not hold); a labelled stored photo's is its own label. :func:`category
 ranked photos whose confident label is the query's to the front, keeping the order within both
 groups, so the re-rank only reorders what was retrieved. The 0.85 is a similarity of the paper's
 descriptor: ``landmark calibrate`` refits it on a validation split of the labelled photos
-(:func:`landmark.evaluation.ablation.calibrate_category`). That validation votes among a third of the
+(:func:`landmark.evaluation.calibration.calibrate_category`). That validation votes among a third of the
 labelled photos, and its labelled database photos get voted labels, as unlabelled ones do here.
 """
 
@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..config import CategoryConfig
+from .config import CategoryConfig
 from ..index import Store
 from ..recognition.knn import knn_vote
 

@@ -33,7 +33,7 @@ from typing import Callable, Literal, Union
 import faiss
 import numpy as np
 
-from ..config import ExpansionConfig
+from .config import VERIFIERS, ExpansionConfig
 from ..features.whitening import l2n
 
 SHORTLIST = 300
@@ -163,8 +163,6 @@ def vote_verified(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.
     return (nl == q) & (q >= 0) & (nl >= 0)
 
 
-VERIFIERS = ("none", "vote", "threshold", "vote+threshold")
-QE_WEIGHTS = ("rank", "alpha")
 
 
 def uses_votes(ec: ExpansionConfig) -> bool:

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, Protocol
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -29,10 +29,11 @@ import cv2
 import numpy as np
 import torch
 
-from ..config import RerankConfig
-from ..features.local import LocalFeatures
+from .config import RerankConfig
+from ..features.local import LocalExtractor, LocalFeatures, extract_many
 from ..index.local import LocalStore
 from ..utils.progress import progress_bar
+from .inverted import LocalInvertedIndex, merge_shortlists
 from .matching import Prepared, match_many, prepare
 from .verification import Verification, verify
 
@@ -232,17 +233,27 @@ def rerank_rankings(verifier: Verifier, queries: dict[str, LocalFeatures],
     return out
 
 
-def rerank_test_queries(lm, manifest, rankings: dict[str, tuple[Sequence[str], Sequence[float]]], work_dir, *,
+class LocalSource(Protocol):
+    """What re-ranking test queries reads of a store (:class:`landmark.pipeline.StoreContext` has it)."""
+
+    store: Any
+    local: LocalStore | None
+
+    @property
+    def verifier(self) -> Verifier: ...
+
+    def query_local_extractor(self) -> LocalExtractor: ...
+
+
+def rerank_test_queries(lm: LocalSource, manifest, rankings: dict[str, tuple[Sequence[str], Sequence[float]]], work_dir, *,
                         k: int = 100, progress: bool | None = None, vectors: dict[str, np.ndarray] | None = None,
                         database: Sequence[str] | None = None):
     """Local features of a query manifest (cached, resumable in ``work_dir``) and its re-ranked rankings.
 
-    ``lm`` is a :class:`landmark.api.Landmarks` with local features. With ``rerank.inverted_k > 0``
+    ``lm`` has the store's local features (a :class:`landmark.pipeline.StoreContext`). With ``rerank.inverted_k > 0``
     the top of the local inverted index over ``database`` keys joins each global shortlist (global
     similarity from the query ``vectors``). Returns ``(rankings cut to k, failures, timings)``.
     """
-    from ..features.local import extract_many
-
     t0 = time.perf_counter()
     extractor = lm.query_local_extractor()
     cache = LocalStore.create(work_dir, extractor.signature)
@@ -255,8 +266,6 @@ def rerank_test_queries(lm, manifest, rankings: dict[str, tuple[Sequence[str], S
     feats = cache.get(list(rankings))
     extra: dict[str, float] = {}
     if verifier.cfg.inverted_k > 0 and vectors is not None:
-        from .inverted import LocalInvertedIndex, merge_shortlists
-
         inv = LocalInvertedIndex.build(lm.local, database, progress=progress)
         extra["inverted_build_s"] = time.perf_counter() - t1
         merged = {}

@@ -8,7 +8,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from ..config import ExpansionConfig
+from .config import ExpansionConfig
 from ..index.store import Store
 from ..recognition.knn import voted_labels
 from .expansion import dba, label_verifier, query_expansion, uses_votes

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from ..features.local import LocalFeatures
+from .config import VERIFICATION_MODELS as MODELS
 
-MODELS = ("homography", "fundamental", "affine")
 _MIN_SAMPLE = {"homography": 4, "fundamental": 8, "affine": 3}
 
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 from PIL import Image
 
 from ..api import Landmarks, Match, Recognition, SearchOutput
@@ -36,7 +35,7 @@ from ..data.images import ImageError, load_image
 from ..errors import LandmarkError
 from ..features import ExtractionResult
 from ..index import Store, StoreError
-from ..index.store import ImageRow
+from ..index.records import ImageRow
 from ..utils.io import atomic_write_bytes
 from .settings import ServiceSettings
 
@@ -170,9 +169,9 @@ class Snapshot:
         """Make now what the first read of this generation would otherwise wait for: the known
         non-landmark set of recognition and, when search expands, the DBA database."""
         try:
-            self.lm.recognizer.known_non_landmarks()
-            if self.lm.expands_by_default:
-                self.lm.expanded_search()
+            self.lm.recognising.recognizer.known_non_landmarks()
+            if self.lm.searching.expands_by_default:
+                self.lm.searching.expanded_search()
         except Exception as exc:   # noqa: BLE001 - the first read retries and reports it
             log.warning("preparing generation %d for reads failed: %s", self.generation, exc)
         return self
@@ -276,7 +275,7 @@ class Service:
     def search(self, data: bytes, k: int, filename: str | None = None, *, expand: bool | None = None) -> dict[str, Any]:
         up = decode_upload(data, self.settings, filename)
         snap = self.snapshot
-        expand = snap.lm.expands_by_default if expand is None else expand
+        expand = snap.lm.searching.expands_by_default if expand is None else expand
         res: SearchOutput = snap.lm.search([up.image], k=k, expand=expand)[0]
         if res.error:
             raise ServiceError(422, f"{filename or 'upload'}: {res.error}")
@@ -400,13 +399,13 @@ class Service:
         try:
             if landmark_id is not None and name:
                 store.set_label_names({landmark_id: name})
-            self.writer.store_extracted([record], replace(extracted, ids=[image_id], sizes={image_id: up.size}), "user")
+            self.writer.building.store_extracted([record], replace(extracted, ids=[image_id], sizes={image_id: up.size}), "user")
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         if self.writer.config.local.enabled:   # for spatial re-ranking and /matches (a failure is logged, the photo stays)
             try:
-                for failure in self.writer.add_local([record], replace=False):
+                for failure in self.writer.building.add_local([record], replace=False):
                     log.warning("no local features for %s: %s", image_id, failure.reason)
             except Exception as exc:       # the photo is committed: never a 500 for it, never a lost snapshot
                 log.warning("no local features for %s: %s", image_id, exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..config import ConfigError, merge, parse_overrides
+from ..utils.config import ConfigError, merge, parse_overrides
 
 
 @dataclass

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import ConfigError, ModelConfig, check_models, check_values, layered, to_dict
+from ..models.config import HEADS, ModelConfig, check_models
+from ..utils.config import ConfigError, check_values, layered, to_dict
+from ..utils.registry import Registry
 
 
 @dataclass
@@ -125,10 +127,11 @@ def load_train_config(preset: str | None = None, file: str | Path | None = None,
     return check_train(layered(TrainConfig(), TRAIN_PRESETS, preset or "cpu-mini", "training preset", file, overrides))
 
 
-HEADS = ("arcface", "subcenter_arcface", "cosface", "softmax", "bce", "npairs")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "step", "exp")
+OPTIMIZERS = Registry("optim.optimizer", {name: f"landmark.training.optim:{name}" for name in ("adamw", "adam", "sgd")})
+SCHEDULES = Registry("optim.schedule", {name: f"landmark.training.optim:{name}_decay" for name in ("cosine", "step", "exp")})
+LOSSES = Registry("loss", {name: f"landmark.training.losses:{name}" for name in ("cross_entropy", "bce", "npairs")})
 INITS = ("pretrained", "random")
+SAMPLER_POWERS = {"balanced": 0.0, "inverse_freq": 0.5, "random": 1.0}   # p(photo) ~ n(class) ** (power - 1)
 TRAIN_SPLITS = ("train", "index")   # GLDv2 splits training reads; index only with data.labels
 MINIMUMS = {"data.image_size": 32, "data.min_per_class": 1, "data.epoch_samples": 0, "data.num_workers": 0,
             "optim.epochs": 1, "optim.batch_size": 2, "optim.grad_accum": 1, "head.subcenters": 1,
@@ -138,8 +141,6 @@ MINIMUMS = {"data.image_size": 32, "data.min_per_class": 1, "data.epoch_samples"
 def check_train(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` if its choices exist and its counts are in range, else a :class:`ConfigError` naming
     the key (before any photo is read)."""
-    from .data import SAMPLER_POWERS
-
     check_models([cfg.model], "model")
     check_values(cfg, {"head.kind": HEADS, "optim.optimizer": OPTIMIZERS, "optim.schedule": SCHEDULES,
                        "data.sampler": tuple(SAMPLER_POWERS), "init": INITS, "backbone_weights": INITS}, MINIMUMS)

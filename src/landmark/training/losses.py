@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.heads import HeadSettings
+
 
 def smoothed_cross_entropy(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy with label smoothing (the Baidu and Stanford recipes)."""
@@ -39,3 +41,19 @@ def npairs_loss(embeddings: Tensor, labels: Tensor, scale: float = 1.0, l2_reg: 
     target = torch.arange(len(a), device=a.device)
     reg = l2_reg * (a.pow(2).sum(1).mean() + p.pow(2).sum(1).mean())
     return F.cross_entropy(logits, target) + reg
+
+
+# The losses a head kind names (landmark.models.heads.HeadKind.loss, registry landmark.training.config.LOSSES):
+# each scores a batch from the head's logits (None without a head), the unit embeddings and the labels.
+def cross_entropy(logits: Tensor | None, embeddings: Tensor, labels: Tensor, h: HeadSettings) -> Tensor:
+    assert logits is not None
+    return smoothed_cross_entropy(logits, labels, getattr(h, "label_smoothing", 0.0))
+
+
+def bce(logits: Tensor | None, embeddings: Tensor, labels: Tensor, h: HeadSettings) -> Tensor:
+    assert logits is not None
+    return one_vs_all_bce(logits, labels)
+
+
+def npairs(logits: Tensor | None, embeddings: Tensor, labels: Tensor, h: HeadSettings) -> Tensor:
+    return npairs_loss(embeddings, labels, scale=h.scale)

@@ -14,16 +14,18 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
-from ..config import ConfigError
 from ..data import DatasetError
 from ..data.manifests import PSEUDO_LABEL_OFFSET
+from ..recognition.calibrate import held_out_label, model_validation_ids
+from ..utils.config import ConfigError
 from ..utils.io import atomic_path
+from ..utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +139,6 @@ def write_labels(path: str | Path, ids: Sequence[str], clusters: np.ndarray, off
 
 def relabel(records: Sequence, labels: Mapping[str, int]) -> list:
     """``records`` with their labels from ``labels`` (by id); photos it does not name are left out."""
-    from dataclasses import replace
-
     return [replace(r, landmark_id=labels[r.id]) for r in records if r.id in labels]
 
 
@@ -170,8 +170,6 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
     out where known, since the photos a model trained on sit closer than new ones would. Excluded
     photos are no neighbours; where more than ``cfg.neighbours`` of them come before the others in a
     photo's ranking, that photo has fewer neighbours than asked (see :func:`_store_graph`)."""
-    from ..recognition.calibrate import held_out_label, model_validation_ids
-
     cfg = check_cluster(cfg or ClusterConfig())
     ids = store.keys(split)
     if not ids:
@@ -218,8 +216,6 @@ def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, *, room
     own index (exact, or IVF-PQ with re-ranking on a compressed store, so that a million-photo split
     clusters in ANN time): similarities and positions in ``ids``, -inf / -1 where fewer are found (with
     ``room``, the split holds other photos, e.g. excluded ones: the search leaves room for ``neighbours`` of them)."""
-    from ..utils.progress import progress_bar
-
     pos = {k: i for i, k in enumerate(ids)}
     k = neighbours + 1
     wide = k + (neighbours if room else 0)

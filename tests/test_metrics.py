@@ -1,6 +1,6 @@
 import pytest
 
-from landmark.evaluation import (accuracy, average_precision_at_k, global_average_precision,
+from landmark.metrics import (accuracy, average_precision_at_k, global_average_precision,
                                  mean_average_precision_at_k, precision_at_k)
 
 # 5 queries: a, b, c show landmarks 1, 2, 3; n1, n2 show none.

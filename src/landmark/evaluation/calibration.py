@@ -1,0 +1,224 @@
+"""Calibration of the ranking stages on a store's own labelled photos: the DBA / alpha-QE similarity
+threshold and the category re-rank, each fitted on a validation split (see :mod:
+for how it is carved) and switched off where it cannot show a gain. Test labels are never read here."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from ..config import CategoryConfig, ExpansionConfig
+from ..pipeline import Parts
+from ..recognition.calibrate import CALIBRATION_META, held_out_by_whitening, held_out_label, model_validation_ids
+from .spaces import Space, category_ranks, fit_threshold, retrieve, validation_space, validation_split
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+
+EXPANSION_META = "expansion_calibration"
+
+
+class Validation(NamedTuple):
+    """A store's validation space, its mAP@100 scorer, its number of known non-landmarks, and how
+    its photos were split (``"held out by the model"``, ``"held out by the learned whitening"`` or ``"by photo"``)."""
+    space: Space
+    score: Callable[[np.ndarray], float]
+    negatives: int
+    split: str
+
+
+def store_validation(lm: Parts, transform: Callable[[np.ndarray], np.ndarray] | None = None, *,
+                     train_ids: Sequence[str] | None = None, seed: int = 0
+                     ) -> Validation | None:
+    """:func:`validation_space` of a store's labelled photos (of ``train_ids`` only, if given), with
+    its known non-landmarks in the database, after ``transform``; None without a validation query.
+    For a store of a model from ``landmark train``, the photos that model held out are the database
+    and the queries, and the photos it trained on vote (unless that gives fewer than
+    ``MIN_HELD_QUERIES`` queries that can find their landmark)."""
+    store = lm.ctx.store
+    wanted = set(train_ids) if train_ids is not None else None
+    rows = store.get(store.keys())
+    keys = [k for k, r in rows.items() if r.landmark_id is not None and (wanted is None or k in wanted)]
+    if not keys:
+        return None
+    labels = np.array([rows[k].landmark_id for k in keys], np.int64)
+    held_ids = model_validation_ids(store, keys, seed)
+    held = [k in held_ids for k in keys] if held_ids else None
+    if held is not None and answerable_queries(keys, labels, seed, held) < MIN_HELD_QUERIES:
+        if held_out_by_whitening(store) is not None:   # the others taught the whitening: never validate on them
+            log.warning("the photos the store's learned whitening held out give fewer than %d validation queries "
+                        "with a photo of their landmark to find: the retrieval calibration is noisy", MIN_HELD_QUERIES)
+        else:
+            log.warning("the photos the store's model held out give fewer than %d validation queries with a photo "
+                        "of their landmark to find (a landmark needs 2 of them): the retrieval calibration splits "
+                        "all labelled photos instead", MIN_HELD_QUERIES)
+            held = None
+    _, negatives = lm.recognising.recognizer.known_non_landmarks(lm.ctx.recognition_config)
+    transform = transform or (lambda x: x)
+    space, score = validation_space(transform(store.vectors(keys)), labels, seed,
+                                    transform(negatives) if len(negatives) else None, k=lm.ctx.recognition_config.k,
+                                    held=held)
+    if not len(space.queries):
+        return None
+    return Validation(space, score, len(negatives), held_out_label(store) if held else "by photo")
+
+
+MIN_HELD_QUERIES = 10     # a split of a model's held-out photos answering fewer is not used
+
+
+def answerable_queries(keys: Sequence[str], labels: np.ndarray, seed: int, held: Sequence[bool] | None) -> int:
+    """How many queries of :func:`validation_split` have a database photo of their landmark."""
+    _, db, qs = validation_split(keys, np.asarray(labels).tolist(), seed, held)
+    in_db = {int(labels[i]) for i in db}
+    return sum(int(labels[i]) in in_db for i in qs)
+
+
+MIN_VALIDATION_QUERIES = 30    # fewer validation queries than this cannot tell a stage that helps from noise
+
+
+def too_few_to_validate(validation: Validation | None) -> str | None:
+    """Why ``validation`` cannot decide whether a retrieval stage helps (None: it can): no labelled
+    photos, or fewer than :data:`MIN_VALIDATION_QUERIES` queries (e.g. one photo per landmark)."""
+    if validation is None:
+        return "no labelled photos with a second photo of their landmark to validate on"
+    n = len(validation.space.queries)
+    if n < MIN_VALIDATION_QUERIES:
+        return f"{n} validation queries (fewer than {MIN_VALIDATION_QUERIES}: too few labelled photos per landmark)"
+    return None
+
+
+def validation_info(found: Validation | None, seed: int, prior_source: str) -> dict[str, Any]:
+    """What a calibration report says of the validation split it had (or did not have)."""
+    if found is None:
+        return {"database_photos": 0, "queries": 0, "known_non_landmarks": 0, "split": "none", "seed": seed,
+                "prior_source": prior_source}
+    return {"database_photos": len(found.space.index), "queries": len(found.space.queries),
+            "known_non_landmarks": found.negatives, "split": found.split, "seed": seed, "prior_source": prior_source}
+
+
+def calibrate_expansion(lm: Parts, *, train_ids: Sequence[str] | None = None, seed: int = 0, write: bool = True,
+                        validation: Validation | None = None) -> dict[str, Any] | None:
+    """Decide DBA / alpha-QE for ``lm``'s store on its validation split with its known non-landmarks,
+    in the space the store searches: refit ``expansion.threshold`` (verify ``vote+threshold`` /
+    ``threshold``), and switch both off where expanding scores below plain kNN on validation, or where
+    the store has too few labelled photos to tell (:func:`too_few_to_validate`: then off is the
+    default that cannot hurt, and the report says so). Used from now on and, if ``write``, kept in the
+    store (only when the store's own ``expansion.verify`` is the one it was decided for). None where
+    the configuration expands nothing. ``validation``: the :func:`store_validation` of these
+    ``train_ids`` / ``seed``, if already made."""
+    ec = lm.ctx.config.expansion
+    if not (ec.dba or ec.qe):
+        return None
+    found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
+    why = too_few_to_validate(found)
+    report: dict[str, Any] = {"verify": ec.verify, "threshold": ec.threshold, "trials": []}
+    if why is not None:
+        fitted = dataclasses.replace(ec, dba=False, qe=False)
+        report |= {"dba": False, "qe": False, "decision": f"DBA and alpha-QE off (safe default): {why}",
+                   "validation": validation_info(found, seed, lm.ctx.prior_source)}
+    else:
+        space, score = found.space, found.score
+        plain = score(retrieve(space, ec, dba_on=False, qe_on=False))
+        fitted, trials = fit_threshold(space, score, ec)
+        expanded = max(t["map"] for t in trials) if trials else score(retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe))
+        helps = expanded >= plain
+        if not helps:
+            fitted = dataclasses.replace(fitted, dba=False, qe=False)
+        report |= {"threshold": fitted.threshold, "dba": fitted.dba, "qe": fitted.qe,
+                   "validation_map": expanded, "validation_map_plain": plain, "trials": trials,
+                   "decision": (f"on: validation mAP@100 {plain:.4f} -> {expanded:.4f}" if helps else
+                                f"off: it lowered validation mAP@100 {plain:.4f} -> {expanded:.4f}"),
+                   "validation": validation_info(found, seed, lm.ctx.prior_source)}
+    lm.searching.set_expansion_config(fitted)
+    store = lm.ctx.store
+    if write and store.config.expansion.verify == ec.verify:
+        store.update_config(dataclasses.replace(
+            store.config, expansion=dataclasses.replace(store.config.expansion, threshold=fitted.threshold,
+                                                        dba=fitted.dba, qe=fitted.qe)))
+        store.set_meta_value(EXPANSION_META, report)
+    return report
+
+
+CATEGORY_META = "category_calibration"
+
+
+def ranking_settings(ec: ExpansionConfig) -> dict[str, Any]:
+    """The DBA / alpha-QE settings a category calibration was fitted after (its staleness key)."""
+    return {k: getattr(ec, k) for k in ("dba", "qe", "verify", "threshold")}
+
+
+SIMILARITIES = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))     # 0.3 .. 0.95
+
+
+def fit_category(space: Space, score: Callable[[np.ndarray], float], ranks: np.ndarray, cc: CategoryConfig,
+                 similarities: Sequence[float] = SIMILARITIES) -> tuple[CategoryConfig, list[dict[str, float]], float]:
+    """The category re-rank of ``ranks`` that scores best on ``space``: ``cc`` with the best
+    ``min_similarity`` (ties: the lowest), switched off where none beats the ranking as it is;
+    every trial; the score without it."""
+    before = score(ranks)
+    trials = []
+    for t in similarities:
+        m = score(category_ranks(ranks, space, dataclasses.replace(cc, min_similarity=float(t))))
+        trials.append({"min_similarity": float(t), "map": m})
+    if not trials:
+        return dataclasses.replace(cc, enabled=False), trials, before
+    best = max(trials, key=lambda t: (t["map"], -t["min_similarity"]))
+    return (dataclasses.replace(cc, enabled=bool(best["map"] > before + 1e-9), min_similarity=best["min_similarity"]),
+            trials, before)
+
+
+def calibrate_category(lm: Parts, *, train_ids: Sequence[str] | None = None, seed: int = 0, write: bool = True,
+                       validation: Validation | None = None) -> dict[str, Any] | None:
+    """Refit the category re-rank (on/off, ``min_similarity``) of ``lm``'s store on its validation
+    split with its known non-landmarks, after DBA / alpha-QE as ``lm`` expands; use it from now on
+    and, if ``write``, keep it in the store. None without labelled photos. ``validation``: as for
+    :func:`calibrate_expansion`."""
+    found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
+    ec = lm.ctx.config.expansion
+    why = too_few_to_validate(found)
+    if why is not None:       # the re-rank trusts votes that nothing here can check: off
+        fitted = dataclasses.replace(lm.ctx.config.category, enabled=False)
+        report = {"enabled": False, "min_similarity": fitted.min_similarity, "trials": [],
+                  "decision": f"off (safe default): {why}", "expansion": ranking_settings(ec),
+                  "validation": validation_info(found, seed, lm.ctx.prior_source)}
+    else:
+        space, score = found.space, found.score
+        fitted, trials, before = fit_category(space, score, retrieve(space, ec, dba_on=ec.dba, qe_on=ec.qe),
+                                              lm.ctx.config.category)
+        after = max([before] + [t["map"] for t in trials])
+        report = {"enabled": fitted.enabled, "min_similarity": fitted.min_similarity, "validation_map_before": before,
+                  "validation_map": after, "trials": trials, "expansion": ranking_settings(ec),
+                  "decision": (f"on: validation mAP@100 {before:.4f} -> {after:.4f}" if fitted.enabled else
+                               "off: no similarity threshold raised validation mAP@100"),
+                  "validation": validation_info(found, seed, lm.ctx.prior_source)}
+    lm.searching.set_category_config(fitted)
+    store = lm.ctx.store
+    if write and ranking_settings(store.config.expansion) == report["expansion"]:
+        # a fit after other DBA / alpha-QE settings than the store's own serves that run only
+        store.update_config(dataclasses.replace(store.config, category=fitted))
+        store.set_meta_value(CATEGORY_META, report)
+    return report
+
+
+def calibration_decisions(recognition: Mapping[str, Any] | None, expansion: Mapping[str, Any] | None,
+                          category: Mapping[str, Any] | None) -> dict[str, str]:
+    """Which stages calibration switched on or off and why, one line each, from its three reports
+    (a run's, for ``landmark evaluate``; a store's kept ones, :func:`store_calibration_decisions`);
+    stages never calibrated are left out."""
+    out = {f"recognition.{stage}": why for stage, why in ((recognition or {}).get("decisions") or {}).items()}
+    if (expansion or {}).get("decision"):
+        out["expansion (DBA, alpha-QE)"] = expansion["decision"]
+    if (category or {}).get("decision"):
+        out["category re-rank"] = category["decision"]
+    return out
+
+
+def store_calibration_decisions(store) -> dict[str, str]:
+    """:func:`calibration_decisions` of the reports a store keeps (``landmark index info``)."""
+    return calibration_decisions(store.meta_value(CALIBRATION_META), store.meta_value(EXPANSION_META),
+                                 store.meta_value(CATEGORY_META))

@@ -1,0 +1,162 @@
+"""Searching a store: the nearest stored photos of query photos, with DBA / alpha-QE, the spatial
+re-rank of the shortlist and the category re-rank, and the picture of a match's verified inliers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..data import ImageError, load_image
+from ..index import StoreError
+from ..retrieval.category import StoreCategories, category_first
+from ..retrieval.config import CategoryConfig, ExpansionConfig
+from ..retrieval.matching import match_pair
+from ..retrieval.rerank import rerank_shortlist
+from ..retrieval.search import ExpandedSearch, rank
+from ..retrieval.verification import draw_matches, verify
+from .context import StoreContext
+from .embedding import Embedding
+from .results import Match, Photo, SearchOutput, query_names
+
+log = logging.getLogger(__name__)
+
+
+class Searching:
+    """Retrieval over the store of ``ctx``: :meth:`search` and what it is made of."""
+
+    def __init__(self, ctx: StoreContext, embedding: Embedding):
+        self.ctx, self.embedding = ctx, embedding
+        self._expanded: dict[tuple[str, ...] | None, ExpandedSearch] = {}
+        self._categories: StoreCategories | None = None
+
+    def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
+               progress: bool | None = None, rerank: bool | None = None,
+               expand: bool | None = None, category: bool | None = None) -> list[SearchOutput]:
+        """The ``k`` most similar stored photos for each query photo (errors reported per photo).
+
+        With ``expand`` (default: :attr:`expands_by_default`), the database is augmented by DBA and the queries by alpha-QE
+        (:class:`landmark.retrieval.ExpandedSearch`; the augmented database is held in memory).
+        With ``rerank`` (default: on when the store has local features and ``rerank.enabled``), the
+        global top ``rerank.top_k`` are verified with local features and re-scored (:mod:`landmark.retrieval.rerank`).
+        With ``category`` (default: ``category.enabled``), a query confidently voted to a landmark gets
+        the ranked photos of that landmark first (:mod:`landmark.retrieval.category`); each match keeps
+        its score, so scores then fall within each group, not across the whole list.
+        """
+        if k is not None and k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        k = k or self.ctx.store.config.search.k
+        names = self.ctx.store.label_names()
+        ids, vectors, errors = self.embedding.queries(photos, progress)[:3]
+        rerank = self.can_rerank if rerank is None else rerank
+        if rerank and self.ctx.local is None:
+            raise StoreError(f"{self.ctx.store.root} has no local features to re-rank with "
+                             "(rebuild it with local.enabled=true, or search with --no-rerank)")
+        category = self.ctx.config.category.enabled if category is None else category
+        # the category re-rank, like the spatial one, reorders the top `rerank.top_k`, so it may lift photos into the top k
+        depth = max(k, self.ctx.config.rerank.top_k) if rerank or category else k
+        expand = self.expands_by_default if expand is None else expand
+        if not len(vectors):
+            ranked = []
+        elif expand:
+            ranked = [(r.keys, r.scores) for r in self.expanded_search(splits).rank(vectors, depth)]
+        else:
+            ranked = [(r.keys, r.scores) for r in rank(self.ctx.store, vectors, depth, splits=splits)]
+        out: dict[str, SearchOutput] = {q: SearchOutput(q, error=e) for q, e in errors.items()}
+        by_name = dict(zip(query_names(photos), photos))
+        q_labels = self.categories().vote(vectors) if category and len(ranked) else np.full(len(ranked), -1)
+        for q, (keys, scores), q_label in zip(ids, ranked, q_labels):
+            matches = self.matches(keys, scores, names)
+            if rerank:
+                try:
+                    matches = self.rerank_matches(by_name[q], matches)
+                except ImageError as exc:
+                    out[q] = SearchOutput(q, error=exc.reason)
+                    continue
+            if q_label >= 0:
+                order = category_first(matches, int(q_label), self.categories().labels([m.id for m in matches]))
+                matches = [matches[i] for i in order]
+            out[q] = SearchOutput(q, matches[:k])
+        return [out[q] for q in query_names(photos)]
+
+    @property
+    def expands_by_default(self) -> bool:
+        """Whether :meth:`search` applies DBA / alpha-QE unless told: configured, and the index is exact
+        and holds at most ``expansion.search_max`` photos (DBA is quadratic in them)."""
+        ec = self.ctx.config.expansion
+        return bool((ec.dba or ec.qe) and self.ctx.store.config.index.kind == "flat" and len(self.ctx.store) <= ec.search_max)
+
+    def expanded_search(self, splits: Sequence[str] | None = None) -> ExpandedSearch:
+        """DBA / alpha-QE search over the stored photos of ``splits`` (made once per store generation)."""
+        key = tuple(sorted(splits)) if splits else None
+        cached = self._expanded.get(key)
+        if cached is None or cached.generation != self.ctx.store.generation:
+            cached = self._expanded[key] = ExpandedSearch(self.ctx.store, self.ctx.config.expansion, splits,
+                                                          vote_k=self.ctx.recognition_config.k)
+            log.info("augmented %d photos for DBA / alpha-QE", len(cached.keys))
+        return cached
+
+    def categories(self) -> StoreCategories:
+        """Confident landmarks of stored photos and queries for the category re-rank (one per store generation)."""
+        if self._categories is None or self._categories.generation != self.ctx.store.generation:
+            self._categories = StoreCategories(self.ctx.store, self.ctx.config.category, k=self.ctx.recognition_config.k)
+        return self._categories
+
+    @property
+    def can_rerank(self) -> bool:
+        """Whether :meth:`search` re-ranks unless told: ``rerank.enabled`` and the store has local features."""
+        return bool(self.ctx.config.rerank.enabled and self.ctx.has_local_features)
+
+    def rerank_matches(self, photo: Photo, matches: list[Match]) -> list[Match]:
+        feats = self.ctx.local_features(photo)
+        ranked = rerank_shortlist(self.ctx.verifier, feats, [m.id for m in matches], [m.score for m in matches])
+        by_id = {m.id: m for m in matches}
+        return [replace(by_id[key], score=float(s), inliers=int(i) if i >= 0 else None)
+                for key, s, i in zip(ranked.keys, ranked.scores, ranked.inliers)]
+
+    def match_evidence(self, a: str | Photo, b: str, *, max_lines: int = 300) -> bytes | None:
+        """PNG of the verified inlier matches between ``a`` (a stored key, a path or a PIL image) and stored ``b``.
+
+        None when the store has no local features. Raises KeyError for an unknown stored key.
+        """
+        if self.ctx.local is None or not len(self.ctx.local):
+            return None
+        rows = self.ctx.store.get([b] + ([a] if isinstance(a, str) and not Path(a).is_file() else []))
+        if b not in rows:
+            raise KeyError(f"{b!r} is not in the store")
+        fb = self.ctx.verifier.stored([b])[0]
+        if fb is None:
+            raise KeyError(f"{b!r} has no local features in the store")
+        if isinstance(a, str) and a in rows:
+            fa_got = self.ctx.verifier.stored([a])[0]
+            if fa_got is None:
+                raise KeyError(f"{a!r} has no local features in the store")
+            fa, img_a = fa_got[0], load_image(rows[a].path)
+        else:
+            img_a = a if isinstance(a, Image.Image) else load_image(a)
+            fa = self.ctx.query_local_extractor().extract_image(img_a)
+        cfg = self.ctx.config.rerank
+        m = match_pair(self.ctx.verifier.prepare_query(fa), fb[1], ratio=cfg.ratio, mutual=cfg.mutual)
+        v = verify(fa.xy, fb[0].xy, m, model=cfg.model, threshold=cfg.threshold, max_iters=cfg.max_iters,
+                   min_inliers=cfg.min_inliers)
+        return draw_matches(img_a, load_image(rows[b].path), fa, fb[0], m, v.mask, max_lines=max_lines)
+
+    def set_expansion_config(self, ec: ExpansionConfig) -> None:
+        """Use ``ec`` for DBA / alpha-QE from now on."""
+        self.ctx.config = replace(self.ctx.config, expansion=ec)
+        self._expanded.clear()
+
+    def set_category_config(self, cc: CategoryConfig) -> None:
+        """Use ``cc`` for the category re-rank from now on."""
+        self.ctx.config = replace(self.ctx.config, category=cc)
+        self._categories = None
+
+    def matches(self, keys: Sequence[str], scores: Sequence[float], names: dict[int, str]) -> list[Match]:
+        rows = self.ctx.store.get(keys)
+        return [Match(key, float(score), rows[key].landmark_id, names.get(rows[key].landmark_id)
+                      if rows[key].landmark_id is not None else None, rows[key].path)
+                for key, score in zip(keys, scores)]
