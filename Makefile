@@ -8,7 +8,7 @@ OUT    ?= runs/demo
 # the demo also reports gldv2-mini's full-resolution landmarks on their own (none with other data)
 FOCUS  ?= $(if $(LANDMARK_DATA),,900001-900006)
 
-.PHONY: install demo test test-fast bench quality clean
+.PHONY: install demo test test-fast lint bench quality clean
 
 install: $(STAMP)
 
@@ -32,6 +32,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the contracts CI keeps: one-way imports (import-linter), ruff lint + format, mypy on src/
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 # every dev set at once, side by side (how every quality change is judged): see benchmarks/quality.py
 quality: $(STAMP)
