@@ -79,7 +79,7 @@ def test_search_applies_dba_and_qe_and_follows_writes(mini_store, mini_gldv2, ei
     assert lm.searching.expanded_search().generation == lm.store.generation and len(lm.searching.expanded_search().keys) == len(lm.store)
     assert str(eiffel_query.resolve()) in [m.path for m in again.matches]   # not always first: DBA mixes it with its neighbours
     # larger stores than expansion.search_max search without expansion unless asked (DBA is quadratic)
-    lm.config = dataclasses.replace(lm.config, expansion=dataclasses.replace(lm.config.expansion, search_max=len(lm.store) - 1))
+    lm.searching.set_expansion_config(dataclasses.replace(lm.config.expansion, search_max=len(lm.store) - 1))
     assert not lm.searching.expands_by_default
     assert lm.search([str(eiffel_query)], k=1, rerank=False)[0].matches[0].score == pytest.approx(1.0, abs=1e-4)
 
@@ -131,7 +131,7 @@ def test_open_warms_what_the_first_query_would_wait_for(mini_store):
     from landmark.features.pipeline import model_extractor
 
     cold = landmark.Landmarks.open(mini_store, warm=False)
-    assert model_extractor(cold.extractor).trunk._engines == {} and cold._recognizer is None   # made at the first query
+    assert model_extractor(cold.extractor).trunk._engines == {} and cold.recognising._recognizer is None   # made at the first query
     warm = landmark.Landmarks.open(mini_store)
-    assert model_extractor(warm.extractor).trunk._engines and warm._recognizer is not None
+    assert model_extractor(warm.extractor).trunk._engines and warm.recognising._recognizer is not None
     assert warm.store.generation == cold.store.generation               # warming writes nothing

@@ -93,7 +93,7 @@ def test_add_local_never_wipes_other_local_features_unless_asked(mini_store, tmp
     lm = Landmarks.open(store)
     before = len(LocalStore.open(store / LOCAL_DIR).present(lm.store.keys()))
     assert before > 0
-    lm.config = dataclasses.replace(lm.config, local=dataclasses.replace(lm.config.local, max_keypoints=123))
+    lm.ctx.config = dataclasses.replace(lm.config, local=dataclasses.replace(lm.config.local, max_keypoints=123))
     key = lm.store.keys()[0]
     photo = ImageRecord(key, lm.store.get([key])[key].path)
     with pytest.raises(StoreError, match="other settings"):
