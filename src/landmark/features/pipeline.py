@@ -188,7 +188,8 @@ def zoom_views(ids: Sequence[str], vectors: np.ndarray, regions: np.ndarray | No
     the zoomed read missed repeats its global descriptor there, which adds nothing to its neighbours."""
     vectors = np.asarray(vectors, np.float32)
     has_regions = regions is not None and np.ndim(regions) == 3 and len(regions) == len(ids)
-    width = 1 + (regions.shape[1] if has_regions and regions is not None else 0)      # the zoomed read has as many regions as the base one
+    # the zoomed read has as many regions as the base one
+    width = 1 + (regions.shape[1] if has_regions and regions is not None else 0)
     zoomed_rows = np.asarray(zoom_vectors, np.float32).reshape(len(zoom_ids), 1, vectors.shape[1])
     if has_regions and zoom_regions is not None and np.ndim(zoom_regions) == 3 and len(zoom_regions) == len(zoom_ids):
         zoomed_rows = np.concatenate([zoomed_rows, np.asarray(zoom_regions, np.float32)], axis=1)
