@@ -255,7 +255,7 @@ class GlobalExtractor:
         ``regions`` > 1 the extras also hold the regional descriptors (``REGIONS_EXTRA``)."""
         sig = self.signature | ({"probe": self.probe_name} if self.probe is not None else {})
         if getattr(self.probe, "tap", None) is not None:      # a pretrained tail: other numbers than the own head
-            sig["probe_source"] = getattr(self.probe, "source")
+            sig["probe_source"] = getattr(self.probe, "source", None)
         if regions > 1:
             sig["regions"] = regions
         cache = _ChunkCache(Path(cache_dir), sig, self.dim) if cache_dir else None

@@ -284,7 +284,8 @@ def learn_store_whitening(config: FeatureSettings, base: Extractor, items: Seque
     vectors, ids = res.vectors[keep], [res.ids[n] for n in keep]
     dim = min(wc.dim, base.dim, len(vectors) - 1)
     if wc.kind == "learned":
-        w = learn_labelled_whitening(vectors, np.array([getattr(wanted[i], "landmark_id") for i in ids], np.int64), dim,
+        labels = np.array([getattr(wanted[i], "landmark_id", None) for i in ids], np.int64)   # all labelled (above)
+        w = learn_labelled_whitening(vectors, labels, dim,
                                      shrinkage=wc.shrinkage, held_out=tuple(sorted(set(held_out))))
     else:
         w = learn_whitening(vectors, dim, power=wc.power, shrinkage=wc.shrinkage)
