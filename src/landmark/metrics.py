@@ -47,7 +47,7 @@ def accuracy(predictions: Mapping[str, tuple[int | None, float] | None], truth: 
     queries = [q for q, t in truth.items() if _is_landmark(t)]
     if not queries:
         return 0.0
-    hits = sum(1 for q in queries if predictions.get(q) is not None and _correct(predictions[q][0], truth[q]))
+    hits = sum(1 for q in queries if (p := predictions.get(q)) is not None and _correct(p[0], truth[q]))
     return hits / len(queries)
 
 

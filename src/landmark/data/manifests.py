@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import LandmarkError
 
@@ -221,8 +221,15 @@ class Solution:
     def restricted(self, ids: Iterable[str]) -> "Solution":
         """The ground truth of the queries in ``ids`` only (e.g. the test photos actually downloaded)."""
         keep = set(ids)
-        return Solution(*({k: v for k, v in d.items() if k in keep}
-                          for d in (self.recognition, self.recognition_all, self.retrieval, self.usage)))
+        return Solution(_only(self.recognition, keep), _only(self.recognition_all, keep), _only(self.retrieval, keep),
+                        _only(self.usage, keep))
+
+
+_V = TypeVar("_V")
+
+
+def _only(d: dict[str, _V], keep: set[str]) -> dict[str, _V]:
+    return {k: v for k, v in d.items() if k in keep}
 
 
 def read_gldv2_solution(root: str | os.PathLike[str]) -> Solution:

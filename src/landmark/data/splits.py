@@ -25,7 +25,11 @@ class Split:
 
     def labels(self, records: Sequence[ImageRecord]) -> list[int]:
         cmap = self.class_of
-        return [cmap[r.landmark_id] for r in records]
+        out = []
+        for r in records:
+            assert r.landmark_id is not None        # a split holds labelled photos
+            out.append(cmap[r.landmark_id])
+        return out
 
 
 def split_by_photo(records: Sequence[ImageRecord], val_fraction: float, min_per_class: int = 1,

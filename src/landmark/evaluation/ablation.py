@@ -60,19 +60,18 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
         rows.append({"step": step, "map": value, "delta": None if value is None or prev is None else value - prev,
                      "note": note})
 
-    noexp = dict(dba_on=False, qe_on=False, k=k)
-    add("plain kNN", score(retrieve(base, config.expansion, **noexp)))
+    add("plain kNN", score(retrieve(base, config.expansion, dba_on=False, qe_on=False, k=k)))
     space = base
     if multiscale is not None:
         space = multiscale
-        add("+ multi-scale", score(retrieve(space, config.expansion, **noexp)), multiscale_note)
+        add("+ multi-scale", score(retrieve(space, config.expansion, dba_on=False, qe_on=False, k=k)), multiscale_note)
     else:
         add("+ multi-scale", None, multiscale_note)
     ec = config.expansion
     if config.whitening.kind in ("none", "auto"):     # auto: gldv2_ablation says which; here, not whitened
         wc = config.whitening
         space, transform = whiten(space, wc)
-        add("+ PCA-whitening", score(retrieve(space, config.expansion, **noexp)),
+        add("+ PCA-whitening", score(retrieve(space, config.expansion, dba_on=False, qe_on=False, k=k)),
             f"dim {min(wc.dim, base.index.shape[1])}, power {wc.power}, shrinkage {wc.shrinkage}")
         ec = refit(transform) if refit is not None else ec
     else:
@@ -123,6 +122,7 @@ def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray,
         results.append({"whitening": dataclasses.asdict(wc), "map": m})
         if m > best_w_map + 1e-9:
             best_w, best_w_map = wc, m
+    assert best_w is not None                     # an mAP is >= 0: the first trial is kept
     white = whiten(space, best_w, index)[0]
     best_e, best_e_map = None, -1.0
     for verify, qe_w in itertools.product(GRID["expansion.verify"], GRID["expansion.qe_weights"]):
@@ -132,6 +132,7 @@ def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray,
             results.append({"expansion": dataclasses.asdict(e), "map": m})
             if m > best_e_map + 1e-9:
                 best_e, best_e_map = e, m
+    assert best_e is not None
     return {"plain": plain, "whitening": dataclasses.asdict(best_w), "whitening_map": best_w_map,
             "expansion": dataclasses.asdict(best_e), "expansion_map": best_e_map, "trials": results,
             "sizes": {"database": len(space.index), "queries": len(space.queries)}}

@@ -117,7 +117,7 @@ def calibrate_expansion(lm: Parts, *, train_ids: Sequence[str] | None = None, se
     found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
     why = too_few_to_validate(found)
     report: dict[str, Any] = {"verify": ec.verify, "threshold": ec.threshold, "trials": []}
-    if why is not None:
+    if why is not None or found is None:          # (no validation: why says so)
         fitted = dataclasses.replace(ec, dba=False, qe=False)
         report |= {"dba": False, "qe": False, "decision": f"DBA and alpha-QE off (safe default): {why}",
                    "validation": validation_info(found, seed, lm.ctx.prior_source)}
@@ -181,7 +181,7 @@ def calibrate_category(lm: Parts, *, train_ids: Sequence[str] | None = None, see
     found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
     ec = lm.ctx.config.expansion
     why = too_few_to_validate(found)
-    if why is not None:       # the re-rank trusts votes that nothing here can check: off
+    if why is not None or found is None:       # the re-rank trusts votes that nothing here can check: off
         fitted = dataclasses.replace(lm.ctx.config.category, enabled=False)
         report = {"enabled": False, "min_similarity": fitted.min_similarity, "trials": [],
                   "decision": f"off (safe default): {why}", "expansion": ranking_settings(ec),
@@ -211,10 +211,10 @@ def calibration_decisions(recognition: Mapping[str, Any] | None, expansion: Mapp
     (a run's, for ``landmark evaluate``; a store's kept ones, :func:`store_calibration_decisions`);
     stages never calibrated are left out."""
     out = {f"recognition.{stage}": why for stage, why in ((recognition or {}).get("decisions") or {}).items()}
-    if (expansion or {}).get("decision"):
-        out["expansion (DBA, alpha-QE)"] = expansion["decision"]
-    if (category or {}).get("decision"):
-        out["category re-rank"] = category["decision"]
+    if decided := (expansion or {}).get("decision"):
+        out["expansion (DBA, alpha-QE)"] = decided
+    if decided := (category or {}).get("decision"):
+        out["category re-rank"] = decided
     return out
 
 

@@ -23,7 +23,9 @@ def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[st
     rows = []
     configs = ablation_configs(cfg, ev.classifier is not None)
     if global_only is not None:
-        rows.append(_row(global_only, configs[0][1], truth, "kNN only, global descriptor (no regions, no zoom)", ""))
+        knn_only = configs[0][1]
+        assert knn_only is not None                   # the kNN-only row always runs
+        rows.append(_row(global_only, knn_only, truth, "kNN only, global descriptor (no regions, no zoom)", ""))
     for name, row_cfg, note in configs:
         if row_cfg is None:
             rows.append({"stage": name, "gap": None, "accuracy": None, "note": note})

@@ -45,7 +45,7 @@ KAPPAS = (1, 5, 10)
 
 @dataclass(frozen=True)
 class QueryTruth:
-    bbx: tuple[float, float, float, float]
+    bbx: tuple[float, ...]                  # (x1, y1, x2, y2) as the file gives it
     easy: np.ndarray
     hard: np.ndarray
     junk: np.ndarray

@@ -20,7 +20,7 @@ import torch
 from ..config import Config, explicit, load_config, merge
 from ..data.manifests import DatasetError, Solution, has_gldv2_split, is_gldv2, read_gldv2, read_gldv2_solution
 from ..features.extract import REGIONS_EXTRA
-from ..features.local import extract_many
+from ..features.local import LocalFeatures, extract_many
 from ..index.local import LocalStore
 from ..metrics import accuracy, global_average_precision, mean_average_precision_at_k
 from ..pipeline import Parts, build_store
@@ -152,7 +152,7 @@ def evaluate_gldv2(data: str | Path, out_dir: str | Path, config: Config | None 
             stage_rankings["+ category re-rank"] = rankings
 
     truth = solution.recognition_all
-    metrics = {
+    metrics: dict[str, Any] = {
         "gap": global_average_precision(predictions, truth) if plan.recognition else None,
         "accuracy": accuracy(predictions, truth) if plan.recognition else None,
         f"map@{retrieval_k}": mean_average_precision_at_k(rankings, solution.retrieval, k=retrieval_k)
@@ -220,7 +220,11 @@ def test_local_features(lm: Parts, test, work_dir: Path, progress: bool | None):
     extractor = lm.ctx.query_local_extractor()
     cache = LocalStore.create(work_dir, extractor.signature)
     done = cache.present(test.ids())
-    failures = extract_many(extractor, [r for r in test.records if r.id not in done], cache.add,
+
+    def sink(keys: list[str], features: list[LocalFeatures]) -> None:
+        cache.add(keys, features)
+
+    failures = extract_many(extractor, [r for r in test.records if r.id not in done], sink,
                             progress=progress, description="local features queries")
     return cache, failures
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from ..features.whitening import learn_whitening
 from ..metrics import mean_average_precision_at_k
 from ..recognition.knn import voted_labels
 from ..retrieval.category import category_first, confident_labels
-from ..retrieval.expansion import dba, knn, label_verifier, query_expansion
+from ..retrieval.expansion import QeWeights, dba, knn, label_verifier, query_expansion
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def retrieve_scored(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: b
     q = space.queries
     if qe_on:
         q = query_expansion(q, db, label_verifier(ec, q_labels, db_labels), shortlist=ec.shortlist,
-                            weights=ec.qe_weights, alpha=ec.alpha)
+                            weights=cast(QeWeights, ec.qe_weights), alpha=ec.alpha)
     return knn(q, db, k)
 
 

@@ -286,7 +286,7 @@ def _choose(source: TrunkSource, batch_size: int, image_size: int) -> tuple[str,
         except Exception as err:     # noqa: BLE001 - an engine that fails here is not chosen
             log.warning("engine %s not usable for %s: %s", name, source.backbone.name, err)
     seconds = time_engines(engines, batch)
-    best = min(seconds, key=seconds.get) if seconds else "torch"
+    best = min(seconds, key=seconds.__getitem__) if seconds else "torch"
     log.info("inference engine: %s (%s)", best,
              ", ".join(f"{n} {batch_size / s:.1f} img/s" for n, s in seconds.items()))
     choices[key] = {"engine": best, "images_per_s": {n: round(batch_size / s, 2) for n, s in seconds.items()}}

@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 
 
 class PhotoItem(Protocol):
-    id: str
-    path: Path
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def to_tensor(img: Image.Image, shape: tuple[int, int], mean: torch.Tensor, std:
     """Resize an RGB image to ``shape`` (h, w) and normalise it to a ``3 x h x w`` float tensor."""
     h, w = shape
     if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
     return (arr - mean) / std
 
@@ -135,7 +138,8 @@ class GlobalExtractor:
         if self.device.type == "cpu":
             tune_cpu_allocator()
         # channels-last convolutions are ~1.7x faster on CPU (oneDNN) and preferred by tensor cores
-        self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+        # torch's overloads of Module.to omit (device, memory_format=...), which it accepts
+        self.net = net.eval().to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         # the backbone runs on cfg.engine (made at first use; its graph kept in engine_dir, e.g. a store's)
         self.trunk = TrunkRunner(self.net.backbone, cfg.engine, self.device, engine_dir,
                                  batch_size=cfg.batch_size, image_size=cfg.image_size)
@@ -189,7 +193,9 @@ class GlobalExtractor:
         nearest 1, in the same forward pass."""
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         h, w = batch.shape[-2:]
-        total = probed = regional = None
+        total: torch.Tensor | None = None
+        probed: torch.Tensor | None = None
+        regional: torch.Tensor | None = None
         amp = self.cfg.amp and self.device.type == "cuda"
         tap = getattr(self.probe, "tap", None)
         taps = tuple(sorted(set(self.net.taps) | ({tap} if tap is not None else set())))   # one pass serves all
@@ -215,6 +221,7 @@ class GlobalExtractor:
                         regional = self.net.regional(fmap, regions, mine).float()
                 total = d if total is None else total + d
         n_views = len(self.cfg.scales) * (2 if self.cfg.flip else 1)
+        assert total is not None                                  # scales is not empty (min above)
         return LF.l2n(total), (probed / n_views if probed is not None else None), regional
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -248,7 +255,7 @@ class GlobalExtractor:
         ``regions`` > 1 the extras also hold the regional descriptors (``REGIONS_EXTRA``)."""
         sig = self.signature | ({"probe": self.probe_name} if self.probe is not None else {})
         if getattr(self.probe, "tap", None) is not None:      # a pretrained tail: other numbers than the own head
-            sig["probe_source"] = self.probe.source
+            sig["probe_source"] = getattr(self.probe, "source", None)
         if regions > 1:
             sig["regions"] = regions
         cache = _ChunkCache(Path(cache_dir), sig, self.dim) if cache_dir else None
@@ -288,22 +295,22 @@ class GlobalExtractor:
                 if cache and pending >= chunk_size:
                     cache.write(new_ids, new_vecs, new_fail, sizes, new_extra)
                     done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
-                    for name, rows in new_extra.items():
-                        done_extra[name] += rows
+                    for name, chunks in new_extra.items():
+                        done_extra[name] += chunks
                     new_ids, new_vecs, new_fail, new_extra, pending = [], [], [], defaultdict(list), 0
         if cache and (new_ids or new_fail):
             cache.write(new_ids, new_vecs, new_fail, sizes, new_extra)
         done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
-        for name, rows in new_extra.items():
-            done_extra[name] += rows
+        for name, chunks in new_extra.items():
+            done_extra[name] += chunks
         # Return in the order the items were given, one row per id.
         order: dict[str, int] = {}
         for n, it in enumerate(items):
             order.setdefault(it.id, n)
         vecs = np.concatenate(done_vecs).astype(np.float32) if done_vecs else np.zeros((0, self.dim), np.float32)
-        first = {}
-        for j, i in enumerate(done_ids):
-            first.setdefault(i, j)
+        first: dict[str, int] = {}
+        for j, k in enumerate(done_ids):
+            first.setdefault(k, j)
         perm = sorted(first.values(), key=lambda j: order.get(done_ids[j], len(order)))
         extras = {}
         wanted = ([(_PROBE_KEY, self.probe_name)] if self.probe is not None and self.probe_name else []) + \
@@ -356,8 +363,13 @@ class _ChunkCache:
                 log.info("extraction cache %s was made by another model/config: cleared", root)
         atomic_write_json(sig_file, signature)
 
-    def load(self):
-        ids, vecs, failures, sizes, extra = [], [], [], {}, defaultdict(list)
+    def load(self) -> tuple[list[str], list[np.ndarray], list[Failure], dict[str, tuple[int, int]],
+                            defaultdict[str, list[np.ndarray]]]:
+        ids: list[str] = []
+        vecs: list[np.ndarray] = []
+        failures: list[Failure] = []
+        sizes: dict[str, tuple[int, int]] = {}
+        extra: defaultdict[str, list[np.ndarray]] = defaultdict(list)
         for path in sorted(self.root.glob("chunk-*.npz")):
             with np.load(path, allow_pickle=False) as z:
                 ids += z["ids"].tolist()
@@ -378,4 +390,4 @@ class _ChunkCache:
                          vectors=np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
                          failures=np.array([[f.id, f.path, f.reason] for f in failures], dtype=str).reshape(-1, 3),
                          sizes=np.array([sizes[i] for i in ids], dtype=np.int64).reshape(-1, 2),
-                         **arrays)
+                         **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds for allow_pickle

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, cast, overload
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from .config import WHITENING_KINDS, FeatureSettings
 from .engine import STORE_ENGINES_DIR
 from .extract import REGIONS_EXTRA, ExtractionResult, Failure, GlobalExtractor, PhotoItem
 from .whitening import Whitening, WhiteningError, learn_labelled_whitening, learn_whitening
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 WHITENING_FILE = "whitening.npz"
 DESCRIPTOR_EXTRA = "descriptor"       # extras key of the un-whitened descriptors (WhitenedExtractor.keep_descriptors)
@@ -45,7 +48,8 @@ class Extractor(Protocol):
     def signature(self) -> dict[str, Any]: ...
 
     def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
-                progress: bool | None = None, description: str = "extract") -> ExtractionResult: ...
+                progress: bool | None = None, description: str = "extract",
+                regions: int = 1) -> ExtractionResult: ...
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
@@ -159,6 +163,10 @@ class WhitenedExtractor:
         return self.whitening.apply(vecs), self._extras(extras, vecs)
 
 
+@overload
+def zoomed(extractor: GlobalExtractor, factor: float) -> GlobalExtractor: ...
+@overload
+def zoomed(extractor: Extractor, factor: float) -> Extractor: ...
 def zoomed(extractor: Extractor, factor: float) -> Extractor:
     """A copy of ``extractor`` that reads photos at ``factor`` times its image size, with the same
     networks and whitening, and no probe (the object prior reads the photo at its own size)."""
@@ -166,6 +174,7 @@ def zoomed(extractor: Extractor, factor: float) -> Extractor:
         return WhitenedExtractor(zoomed(extractor.base, factor), extractor.whitening)
     if isinstance(extractor, EnsembleExtractor):
         return EnsembleExtractor([zoomed(p, factor) for p in extractor.parts])
+    assert isinstance(extractor, GlobalExtractor)      # the one other kind of extractor
     out = copy.copy(extractor)          # shares the network as it is: nothing is moved or re-set under other threads
     out.cfg = dataclasses.replace(extractor.cfg, image_size=int(round(extractor.cfg.image_size * factor)),
                                   batch_size=max(1, int(extractor.cfg.batch_size / factor ** 2)))   # the same pixels a batch
@@ -180,7 +189,8 @@ def zoom_views(ids: Sequence[str], vectors: np.ndarray, regions: np.ndarray | No
     the zoomed read missed repeats its global descriptor there, which adds nothing to its neighbours."""
     vectors = np.asarray(vectors, np.float32)
     has_regions = regions is not None and np.ndim(regions) == 3 and len(regions) == len(ids)
-    width = 1 + (regions.shape[1] if has_regions else 0)      # the zoomed read has as many regions as the base one
+    # the zoomed read has as many regions as the base one
+    width = 1 + (regions.shape[1] if has_regions and regions is not None else 0)
     zoomed_rows = np.asarray(zoom_vectors, np.float32).reshape(len(zoom_ids), 1, vectors.shape[1])
     if has_regions and zoom_regions is not None and np.ndim(zoom_regions) == 3 and len(zoom_regions) == len(zoom_ids):
         zoomed_rows = np.concatenate([zoomed_rows, np.asarray(zoom_regions, np.float32)], axis=1)
@@ -210,8 +220,9 @@ def base_extractor(config: FeatureSettings, device: str | None = None, engine_di
     first = GlobalExtractor.from_config(config, device=device, engine_dir=engine_dir)
     if not config.ensemble:
         return first
-    parts = [first] + [GlobalExtractor.from_config(dataclasses.replace(config, model=m), device=device,
-                                                   engine_dir=engine_dir)
+    settings = cast("DataclassInstance", config)      # a protocol; what implements it (Config) is a dataclass
+    parts = [first] + [GlobalExtractor.from_config(cast(FeatureSettings, dataclasses.replace(settings, model=m)),
+                                                   device=device, engine_dir=engine_dir)
                        for m in config.ensemble]
     return EnsembleExtractor(parts)
 
@@ -273,7 +284,8 @@ def learn_store_whitening(config: FeatureSettings, base: Extractor, items: Seque
     vectors, ids = res.vectors[keep], [res.ids[n] for n in keep]
     dim = min(wc.dim, base.dim, len(vectors) - 1)
     if wc.kind == "learned":
-        w = learn_labelled_whitening(vectors, np.array([wanted[i].landmark_id for i in ids], np.int64), dim,
+        labels = np.array([getattr(wanted[i], "landmark_id", None) for i in ids], np.int64)   # all labelled (above)
+        w = learn_labelled_whitening(vectors, labels, dim,
                                      shrinkage=wc.shrinkage, held_out=tuple(sorted(set(held_out))))
     else:
         w = learn_whitening(vectors, dim, power=wc.power, shrinkage=wc.shrinkage)

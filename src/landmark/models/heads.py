@@ -38,6 +38,8 @@ class CosineHead(nn.Module):
 class ArcFace(CosineHead):
     """Additive angular margin (Deng et al.); optional sub-centres and per-class dynamic margins."""
 
+    class_margins: Tensor      # a buffer (empty: one margin for all)
+
     def __init__(self, dim: int, classes: int, scale: float = 30.0, margin: float = 0.3, subcenters: int = 1,
                  class_margins: Tensor | None = None):
         super().__init__(dim, classes, subcenters)

@@ -19,7 +19,7 @@ from ..data.manifests import ImageRecord, check_split_ids, has_gldv2_split, is_g
 from ..distributed import extract_distributed
 from ..features.engine import STORE_ENGINES_DIR
 from ..features.extract import ExtractionResult, Failure, GlobalExtractor
-from ..features.local import extract_many
+from ..features.local import LocalFeatures, extract_many
 from ..features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, auto_learns_pca, base_extractor,
                                 build_extractor, learn_store_whitening)
 from ..features.whitening import WhiteningError
@@ -172,14 +172,20 @@ class Building:
         features of other settings are replaced (all of them: the caller re-extracts every photo),
         unless ``replace`` is False: then that is a :class:`StoreError`."""
         extractor = self.ctx.local_extractor()
-        if self.ctx.local is None or self.ctx.local.signature != json.loads(json.dumps(extractor.signature)):
-            if not replace and self.ctx.local is not None:
+        local = self.ctx.local
+        if local is None or local.signature != json.loads(json.dumps(extractor.signature)):
+            if not replace and local is not None:
                 raise StoreError(f"the store's local features were extracted with other settings "
-                                 f"({self.ctx.local.signature}); rebuild them with `landmark index build`")
-            self.ctx.set_local(LocalStore.create(self.ctx.store.root / LOCAL_DIR, extractor.signature))
-        present = self.ctx.local.present([r.id for r in records])
+                                 f"({local.signature}); rebuild them with `landmark index build`")
+            local = LocalStore.create(self.ctx.store.root / LOCAL_DIR, extractor.signature)
+            self.ctx.set_local(local)
+        present = local.present([r.id for r in records])
         todo = [r for r in records if r.id not in present]
-        return extract_many(extractor, todo, self.ctx.local.add, progress=progress, description=description)
+
+        def sink(keys: list[str], features: list[LocalFeatures]) -> None:
+            local.add(keys, features)
+
+        return extract_many(extractor, todo, sink, progress=progress, description=description)
 
     def add_photos(self, photos: Sequence[str | Path], *, landmark_id: int | None = None, split: str = "user",
                    name: str | None = None, progress: bool | None = None) -> BuildReport:
@@ -208,7 +214,9 @@ class Building:
         if len(set(ids)) != n:
             dup = next(i for i, c in Counter(ids).items() if c > 1)
             raise StoreError(f"the ids repeat (e.g. {dup!r}): each imported row needs its own id")
-        whiten = isinstance(self.ctx.extractor, WhitenedExtractor) and vectors.shape[1] == self.ctx.extractor.base.dim
+        ex = self.ctx.extractor
+        whitening = ex.whitening if isinstance(ex, WhitenedExtractor) and vectors.shape[1] == ex.base.dim else None
+        whiten = whitening is not None
         if vectors.shape[1] != self.ctx.store.dim and not whiten:
             raise StoreError(f"the store holds {self.ctx.store.dim}-d vectors; these are {vectors.shape[1]}-d")
         report = BuildReport(added={split: 0}, skipped={split: 0})
@@ -222,8 +230,8 @@ class Building:
                     bad = int(np.argmax(np.abs(norms - 1.0)))
                     raise StoreError(f"row {lo + bad} ({keys[bad]!r}) has norm {norms[bad]:.4f}: descriptors are "
                                      "L2-normalised rows")
-                if whiten:
-                    rows = self.ctx.extractor.whitening.apply(rows)
+                if whitening is not None:
+                    rows = whitening.apply(rows)
                 present = self.ctx.store.get(keys)
                 keep = [j for j, k in enumerate(keys) if k not in present]
                 self.ctx.store.add([keys[j] for j in keep], rows[keep],

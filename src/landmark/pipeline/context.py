@@ -10,9 +10,8 @@ from PIL import Image
 
 from ..config import Config
 from ..data import load_image
-from ..features.extract import GlobalExtractor
 from ..features.local import LocalExtractor, LocalFeatures
-from ..features.pipeline import WhitenedExtractor
+from ..features.pipeline import Extractor, WhitenedExtractor
 from ..index import Store, StoreError
 from ..index.local import LOCAL_DIR, LocalStore
 from ..recognition.calibrate import store_recognition
@@ -25,7 +24,7 @@ from .results import Photo
 class StoreContext:
     """A store plus the extractor whose signature it carries, and what the parts read of them."""
 
-    def __init__(self, store: Store, extractor: GlobalExtractor, config: Config | None = None):
+    def __init__(self, store: Store, extractor: Extractor, config: Config | None = None):
         store.check_signature(extractor.signature)
         self.store = store
         self.extractor = extractor

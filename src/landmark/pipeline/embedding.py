@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 from PIL import Image
@@ -40,7 +40,7 @@ class Embedding:
             vecs, extras = self.query_views_of_images(images)
             return ExtractionResult(ids, vecs, extras=extras)
         else:
-            items = [ImageRecord(str(p), Path(p)) for p in photos]   # type: ignore[arg-type]  (a mixed list fails here)
+            items = [ImageRecord(str(p), Path(cast("str | Path", p))) for p in photos]   # a mixed list fails here
         if queries:
             return self.query_views(items, progress=progress, cache_dir=cache_dir)
         return extractor.extract(items, progress=progress, cache_dir=cache_dir)

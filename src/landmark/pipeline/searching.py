@@ -135,7 +135,9 @@ class Searching:
             fa_got = self.ctx.verifier.stored([a])[0]
             if fa_got is None:
                 raise KeyError(f"{a!r} has no local features in the store")
-            fa, img_a = fa_got[0], load_image(rows[a].path)
+            path_a = rows[a].path
+            assert path_a is not None                 # its local features were read from its file
+            fa, img_a = fa_got[0], load_image(path_a)
         else:
             img_a = a if isinstance(a, Image.Image) else load_image(a)
             fa = self.ctx.query_local_extractor().extract_image(img_a)
@@ -143,7 +145,9 @@ class Searching:
         m = match_pair(self.ctx.verifier.prepare_query(fa), fb[1], ratio=cfg.ratio, mutual=cfg.mutual)
         v = verify(fa.xy, fb[0].xy, m, model=cfg.model, threshold=cfg.threshold, max_iters=cfg.max_iters,
                    min_inliers=cfg.min_inliers)
-        return draw_matches(img_a, load_image(rows[b].path), fa, fb[0], m, v.mask, max_lines=max_lines)
+        path_b = rows[b].path
+        assert path_b is not None                     # its local features were read from its file
+        return draw_matches(img_a, load_image(path_b), fa, fb[0], m, v.mask, max_lines=max_lines)
 
     def set_expansion_config(self, ec: ExpansionConfig) -> None:
         """Use ``ec`` for DBA / alpha-QE from now on."""
@@ -157,6 +161,8 @@ class Searching:
 
     def matches(self, keys: Sequence[str], scores: Sequence[float], names: dict[int, str]) -> list[Match]:
         rows = self.ctx.store.get(keys)
-        return [Match(key, float(score), rows[key].landmark_id, names.get(rows[key].landmark_id)
-                      if rows[key].landmark_id is not None else None, rows[key].path)
-                for key, score in zip(keys, scores)]
+        out = []
+        for key, score in zip(keys, scores):
+            lab = rows[key].landmark_id
+            out.append(Match(key, float(score), lab, names.get(lab) if lab is not None else None, rows[key].path))
+        return out

@@ -122,7 +122,7 @@ def validation_regions(lm: Calibrated, keys: Sequence[str], vectors: np.ndarray,
     if not cfg.extra_views or not len(keys):
         return None, 0
     rows = lm.store.get(list(keys))
-    items = [ImageRecord(k, Path(rows[k].path)) for k in keys if rows[k].path]
+    items = [ImageRecord(k, Path(path)) for k in keys if (path := rows[k].path)]
     res = lm.query_views(items, progress=progress, description="calibration: query views",
                          cache_dir=lm.store.root / "_work" / "calibration-regions")
     found = dict(zip(res.ids, res.extras.get(REGIONS_EXTRA, np.zeros((0, 0, 0), np.float16))))
@@ -338,7 +338,8 @@ def calibrate_store(lm: Calibrated, *, train_ids: Sequence[str] | None = None, v
     held = model_validation_ids(store, [r.id for r in labelled], seed)
     held_val = [r for r in labelled if r.id in held]
     if held_val:   # exactly the photos the store's trained model never trained on
-        split = Split([r for r in labelled if r.id not in held], held_val, sorted({r.landmark_id for r in labelled}))
+        split = Split([r for r in labelled if r.id not in held], held_val,
+                      sorted({r.landmark_id for r in labelled if r.landmark_id is not None}))
     else:
         try:
             split = split_by_photo(labelled, val_fraction, 2, seed)
@@ -397,7 +398,7 @@ def calibrate_store(lm: Calibrated, *, train_ids: Sequence[str] | None = None, v
         neg_regions = np.repeat(neg_vecs[neg_pick][:, None], val_regions.shape[1], axis=1)
         if cfg.zoom > 1 and len(neg_pick):
             read, _ = validation_regions(lm, [neg_keys[i] for i in neg_pick], neg_vecs[neg_pick], progress)
-            neg_regions = read if read.shape[1:] == val_regions.shape[1:] else neg_regions
+            neg_regions = read if read is not None and read.shape[1:] == val_regions.shape[1:] else neg_regions
         regions = np.concatenate([val_regions, neg_regions])
     truth = [split.val[i].landmark_id for i in val_pick] + [None] * len(neg_pick)
     labels, scores = _knn(db_vecs, db_labels, queries, cfg.k, regions)

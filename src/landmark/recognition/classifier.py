@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 import torch
@@ -115,7 +115,8 @@ class LandmarkClassifier:
             raise ValueError(f"the classifier head reads {self.dim}-d descriptors, got {x.shape[1]}-d")
         if HEADS[self.kind].linear:
             x = x * math.sqrt(x.shape[1])
-        return self.head.logits(x).float()
+        logits = cast(Callable[[torch.Tensor], torch.Tensor], self.head.logits)   # every head kind has one
+        return logits(x).float()
 
     def predict(self, vectors: np.ndarray, k: int = 5) -> ClassifierPrediction:
         """The ``k`` most probable landmarks of each descriptor."""

@@ -158,7 +158,8 @@ class ImageNetPrior:
         tap, tail = found
         param = next(backbone.parameters(), None)
         if param is not None:
-            tail = tail.to(param.device, memory_format=torch.channels_last)
+            # torch's overloads of Module.to omit (device, memory_format=...), which it accepts
+            tail = tail.to(param.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         return cls(backbone, groups, tail=tail.eval(), tap=tap)
 
     @property
@@ -254,13 +255,14 @@ class OnnxDetector:
         else:
             s = self.input_size / max(w, h)
             th, tw = max(1, round(h * s)), max(1, round(w * s))
-        arr = np.asarray(image.resize((tw, th), Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+        resized = image.resize((tw, th), Image.Resampling.BILINEAR)
+        arr = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
         boxes, scores, labels = self.session.run(self.outputs, {self.input.name: arr})
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([w / tw, h / th, w / tw, h / th])
         out = []
         for b, s, lab in zip(boxes, np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1)):
             name = self.labels[int(lab)] if 0 <= int(lab) < len(self.labels) else str(int(lab))
-            out.append(Detection(name, float(s), tuple(float(v) for v in b)))
+            out.append(Detection(name, float(s), (float(b[0]), float(b[1]), float(b[2]), float(b[3]))))
         return out
 
 
@@ -295,14 +297,16 @@ def similarity_index(vectors: np.ndarray, exact_max: int = EXACT_MAX, seed: int 
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
+    index: faiss.Index
     if n <= exact_max:
         index = faiss.IndexFlatIP(d)
     else:
         nlist = int(4 * np.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)
-        index.train(vectors[np.sort(sample)])
-        index.nprobe = IVF_NPROBE
+        ivf.train(vectors[np.sort(sample)])
+        ivf.nprobe = IVF_NPROBE
+        index = ivf
     index.add(vectors)
     return index
 
@@ -319,7 +323,7 @@ def distractor_scores(queries: np.ndarray, distractors: np.ndarray, k: int = 3,
         return np.full(len(queries), -np.inf, np.float32)
     ids_given = query_ids is not None and distractor_ids is not None
     sims, rows = top_similarities(queries, similarity_index(distractors), k + int(ids_given))
-    if ids_given:
+    if query_ids is not None and distractor_ids is not None:     # ids_given
         dids = np.asarray(list(distractor_ids), dtype=object)
         same = (rows >= 0) & (dids[np.clip(rows, 0, None)] == np.asarray(list(query_ids), dtype=object)[:, None])
         sims = np.where(same, -np.inf, sims)

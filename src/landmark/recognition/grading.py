@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 
-def grade_a(labels: Sequence[int], scores: Sequence[float], predicted: int | None, t1: float, t2: float) -> int:
+def grade_a(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, predicted: int | None,
+            t1: float, t2: float) -> int:
     """Grade 1-4 of one query from its top-k labelled neighbours (``-1`` = no neighbour).
 
     A1: at most 2 distinct labels and the lowest similarity of the predicted label's neighbours > t1;
@@ -49,21 +50,22 @@ def frequent_landmarks(labels: Sequence[int | None], in_top_grade: Sequence[bool
     return {lab: n for lab, n in counts.items() if n > min_count}
 
 
-def tiered_scores(tiers: Sequence[int], within: Sequence[float], n_tiers: int, boosts: Sequence[int] | None = None) -> np.ndarray:
+def tiered_scores(tiers: Sequence[int] | np.ndarray, within: Sequence[float] | np.ndarray, n_tiers: int,
+                  boosts: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Scores in [0, 1] ordering queries by (tier ascending, boost descending, within descending).
 
     ``tiers`` are 0 (best) .. ``n_tiers - 1``; ``within`` the similarity inside the tier (clipped to
     [0, 1]); ``boosts`` optional integer levels >= 0 (higher first inside a tier). Every score of tier
     ``t`` is at least every score of tier ``t + 1``.
     """
-    tiers = np.asarray(tiers, dtype=np.int64)
-    if len(tiers) and (tiers.min() < 0 or tiers.max() >= n_tiers):
+    tier = np.asarray(tiers, dtype=np.int64)
+    if len(tier) and (tier.min() < 0 or tier.max() >= n_tiers):
         raise ValueError(f"tiers must lie in 0..{n_tiers - 1}")
     s = np.clip(np.asarray(within, dtype=np.float64), 0.0, 1.0 - 1e-9)
-    b = np.zeros(len(tiers), np.int64) if boosts is None else np.asarray(boosts, dtype=np.int64)
+    b = np.zeros(len(tier), np.int64) if boosts is None else np.asarray(boosts, dtype=np.int64)
     levels = int(b.max()) + 1 if len(b) else 1
     inner = (b + s) / levels                       # in [0, 1): boost level first, then the similarity
-    return ((n_tiers - 1 - tiers) + inner) / n_tiers
+    return ((n_tiers - 1 - tier) + inner) / n_tiers
 
 
 def boost_levels(labels: Sequence[int | None], frequent: dict[int, int], eligible: Sequence[bool]) -> np.ndarray:

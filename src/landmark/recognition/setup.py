@@ -123,11 +123,12 @@ def backfill_prior(lm: PriorTarget, *, progress: bool | None = None) -> int:
     probs = store.extras(keys, PROBE_NAME)
     missing = keys if stale or probs.shape[1] != len(groups.names) else [k for k, row in zip(keys, probs) if not np.isfinite(row).all()]
     rows = store.get(missing)
-    todo = [k for k in missing if rows[k].path and Path(rows[k].path).is_file()]
+    paths = {k: Path(path) for k in missing if (path := rows[k].path)}
+    todo = [k for k in missing if k in paths and paths[k].is_file()]
     redone: list[str] = []
     if todo:
         work = store.root / "_work" / "extract-prior"
-        res = lm.extractor.extract([ImageRecord(k, Path(rows[k].path)) for k in todo], cache_dir=work,
+        res = lm.extractor.extract([ImageRecord(k, paths[k]) for k in todo], cache_dir=work,
                                    progress=progress, description="object prior of stored photos")
         if PROBE_NAME in res.extras and len(res.ids):
             store.set_extras(res.ids, PROBE_NAME, res.extras[PROBE_NAME])

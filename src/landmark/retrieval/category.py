@@ -38,7 +38,7 @@ def confident_labels(labels: np.ndarray, scores: np.ndarray, cfg: CategoryConfig
     return out
 
 
-def category_first(ranked: Sequence[int], query_label: int, labels: Sequence[int] | np.ndarray) -> list[int]:
+def category_first(ranked: Sequence[object], query_label: int, labels: Sequence[int] | np.ndarray) -> list[int]:
     """Positions of ``ranked`` reordered: those whose ``labels`` equal ``query_label`` first, then the
     rest, each group in its ranked order; unchanged for ``query_label < 0``."""
     if query_label < 0:
@@ -70,7 +70,7 @@ class StoreCategories:
         if missing:
             rows = self.store.get(missing)
             unlabelled = [k for k in missing if rows[k].landmark_id is None]
-            self._labels.update({k: int(rows[k].landmark_id) for k in missing if rows[k].landmark_id is not None})
+            self._labels.update({k: int(lab) for k in missing if (lab := rows[k].landmark_id) is not None})
             if unlabelled:
                 self._labels.update(zip(unlabelled, self.vote(self.store.vectors(unlabelled)).tolist()))
         return [self._labels[k] for k in keys]

@@ -41,6 +41,7 @@ SHORTLIST = 300
 # A Q x K boolean array aligned with the top-K neighbour lists, or a function (sims, idx) -> that array
 # (for when the lists are computed here, e.g. QE against the augmented database).
 Verified = Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray], None]
+QeWeights = Literal["rank", "alpha"]          # ExpansionConfig.qe_weights (checked against QE_WEIGHTS)
 
 
 def n_neighbours(m: np.ndarray | int, low: int, high: int) -> np.ndarray:
@@ -84,15 +85,15 @@ def move_verified_first(idx: np.ndarray, sims: np.ndarray, verified: Verified, *
         verified = verified(sims, idx)
     if verified is None:
         return idx, sims, idx >= 0, np.zeros(len(idx), dtype=np.int64)
-    verified = np.asarray(verified, dtype=bool)
-    if verified.shape != idx.shape:
-        raise ValueError(f"verified must be aligned with the neighbour lists: {verified.shape} vs {idx.shape}")
-    verified = verified & (idx >= 0)
+    mask = np.asarray(verified, dtype=bool)
+    if mask.shape != idx.shape:
+        raise ValueError(f"verified must be aligned with the neighbour lists: {mask.shape} vs {idx.shape}")
+    mask = mask & (idx >= 0)
     if self_in_list:
-        verified = verified & (idx != np.arange(len(idx))[:, None])
-    order = np.argsort(~verified, axis=1, kind="stable")
+        mask = mask & (idx != np.arange(len(idx))[:, None])
+    order = np.argsort(~mask, axis=1, kind="stable")
     return (np.take_along_axis(idx, order, 1), np.take_along_axis(sims, order, 1),
-            np.take_along_axis(verified, order, 1), verified.sum(axis=1).astype(np.int64))
+            np.take_along_axis(mask, order, 1), mask.sum(axis=1).astype(np.int64))
 
 
 def aggregate(own: np.ndarray, database: np.ndarray, idx: np.ndarray, sims: np.ndarray, n: np.ndarray, *,
@@ -187,6 +188,7 @@ def label_verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels
     db_labels = np.asarray(db_labels)
 
     def voted(sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        assert own_labels is not None                 # uses_votes(ec): the caller voted its rows
         agree = vote_verified(own_labels, np.where(idx >= 0, db_labels[np.clip(idx, 0, None)], -1))
         return agree & threshold_verified(sims, ec.threshold) if ec.verify == "vote+threshold" else agree
     return voted

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import faiss
 import numpy as np
@@ -11,7 +11,7 @@ import numpy as np
 from .config import ExpansionConfig
 from ..index.store import Store
 from ..recognition.knn import voted_labels
-from .expansion import dba, label_verifier, query_expansion, uses_votes
+from .expansion import QeWeights, dba, label_verifier, query_expansion, uses_votes
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ class ExpandedSearch:
             q_labels = self.vote(queries) if uses_votes(self.ec) else None
             neighbours = self.index.search(queries, min(self.ec.shortlist, len(self.keys)))
             queries = query_expansion(queries, self.vectors, label_verifier(self.ec, q_labels, self.labels),
-                                      neighbours=neighbours, weights=self.ec.qe_weights, alpha=self.ec.alpha)
+                                      neighbours=neighbours, weights=cast(QeWeights, self.ec.qe_weights),
+                                      alpha=self.ec.alpha)
         sims, idx = self.index.search(queries, max(1, min(int(k), len(self.keys))))
         return [Ranking([self.keys[j] for j in row if j >= 0], [float(s) for s, j in zip(srow, row) if j >= 0])
                 for srow, row in zip(sims, idx)]

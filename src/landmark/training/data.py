@@ -45,7 +45,7 @@ class ClassBalancedSampler(Sampler[int]):
 
 
 def make_sampler(kind: str, labels: Sequence[int], seed: int, rank: int = 0, world_size: int = 1,
-                 num_samples: int | None = None) -> Sampler[int]:
+                 num_samples: int | None = None) -> ClassBalancedSampler:
     """``balanced`` (uniform over classes), ``inverse_freq`` (p ~ n^-1/2 per photo) or ``random``."""
     if kind not in SAMPLER_POWERS:
         raise ValueError(f"unknown sampler {kind!r}; choose one of {list(SAMPLER_POWERS)}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data import DatasetError, ImageRecord, is_gldv2, read_folder, read_gldv2
@@ -131,6 +131,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         if failed:   # as the loader path skips them: never trained on as black crops
             log.warning("skipped %d unreadable training photos: %s", len(failed), ", ".join(sorted(failed)[:10]))
             keep = [i for i, r in enumerate(split.train) if r.id not in failed]
+            assert cached is not None                                   # photos were read
             cached, split.train = cached[keep], [split.train[i] for i in keep]
             labels = split.labels(split.train)
             sampler = make_sampler(cfg.data.sampler, labels, cfg.seed, ctx.rank, ctx.world, cfg.data.epoch_samples or None)
@@ -187,6 +188,7 @@ def train(data: str | Path, out_dir: str | Path, cfg: TrainConfig, *, resume: bo
         module.train()
         sampler.set_epoch(epoch)
         t0, seen, loss_sum, n_loss, micro = time.perf_counter(), 0, 0.0, 0, 0
+        batches: list[tuple[Tensor, Tensor, Tensor]] | DataLoader[Any]
         if cached is not None:
             order = torch.tensor(list(iter(sampler)), dtype=torch.long)
             g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + ctx.rank)

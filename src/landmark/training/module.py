@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -113,7 +113,7 @@ def initialise_from_features(module: TrainModule, pooled: Tensor, labels: Tensor
     pooled = pooled.float().cpu()
     emb = module.net.embedding
     if isinstance(emb, nn.Sequential) and embedding:
-        lin, bn = emb[0], emb[1]
+        lin, bn = cast(nn.Linear, emb[0]), cast(nn.BatchNorm1d, emb[1])     # DescriptorNet's FC+BN embedding
         dim = lin.out_features
         if len(pooled) <= dim:
             raise ValueError(f"initialising a {dim}-d embedding by PCA needs more than {dim} training crops, "
@@ -122,6 +122,7 @@ def initialise_from_features(module: TrainModule, pooled: Tensor, labels: Tensor
         eig = torch.from_numpy(w.eigenvalues).float().clamp_min(1e-12)
         dev = lin.weight.device
         lin.weight.copy_(torch.from_numpy(w.projection).float().to(dev))
+        assert bn.running_mean is not None and bn.running_var is not None   # tracked: BatchNorm1d's default
         bn.running_mean.copy_(torch.from_numpy(w.projection @ w.mean).float().to(dev))
         bn.running_var.copy_(eig.to(dev))
         bn.weight.copy_(eig.sqrt().to(dev))

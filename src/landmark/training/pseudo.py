@@ -97,11 +97,11 @@ def cluster_purity(clusters: np.ndarray, labels: Sequence[int]) -> tuple[float, 
     """``(purity, coverage)`` of ``clusters`` against the true ``labels``: the share of clustered
     photos that carry their cluster's majority label (1.0 when none is clustered), and the share of
     photos clustered at all."""
-    clusters, labels = np.asarray(clusters), np.asarray(labels)
+    clusters, label_of = np.asarray(clusters), np.asarray(labels)
     inside = clusters >= 0
     if not inside.any():
         return 1.0, 0.0
-    majority = sum(Counter(labels[clusters == c].tolist()).most_common(1)[0][1] for c in np.unique(clusters[inside]))
+    majority = sum(Counter(label_of[clusters == c].tolist()).most_common(1)[0][1] for c in np.unique(clusters[inside]))
     return majority / int(inside.sum()), float(inside.mean())
 
 
@@ -211,7 +211,8 @@ def whole_landmarks(ids: Sequence[str], label: Mapping[str, int], limit: int, se
     return out
 
 
-def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, *, room: bool, batch: int = 4096):
+def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, *, room: bool, batch: int = 4096
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Each of ``ids``' ``neighbours`` + 1 nearest photos among ``ids`` (itself included) by the store's
     own index (exact, or IVF-PQ with re-ranking on a compressed store, so that a million-photo split
     clusters in ANN time): similarities and positions in ``ids``, -inf / -1 where fewer are found (with

@@ -49,9 +49,9 @@ def cache_key(records: Sequence[ImageRecord], cfg: TrainConfig, kind: str) -> st
 
 
 def cached_views(module: TrainModule, records: Sequence[ImageRecord], cfg: TrainConfig, cache_dir: Path,
-                  device: torch.device, progress: bool | None) -> tuple[Tensor, set[str]]:
+                  device: torch.device, progress: bool | None) -> tuple[Tensor | None, set[str]]:
     """``N x V x C x h x w`` float16 frozen-stage outputs of V augmented crops per photo (cached on
-    disk), and the ids of the photos that could not be read (their rows are zeros)."""
+    disk; None without photos), and the ids of the photos that could not be read (their rows are zeros)."""
     path = cache_dir / f"views-{cache_key(records, cfg, 'views')}.pt"
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,13 +11,16 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence, TypeVar
 
 import yaml
 
 from ..errors import LandmarkError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(LandmarkError, ValueError):
@@ -47,7 +50,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return merge(tp(), value, prefix=f"{key}.")
@@ -84,7 +87,7 @@ def merge(base: T, updates: Mapping[str, Any], prefix: str = "") -> T:
         if key not in names:
             raise ConfigError(f"unknown config key {prefix}{key!s}; expected one of {sorted(names)}")
         current = getattr(base, key)
-        if dataclasses.is_dataclass(current):
+        if dataclasses.is_dataclass(current) and not isinstance(current, type):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{prefix}{key}: expected a mapping, got {value!r}")
             changes[key] = merge(current, value, prefix=f"{prefix}{key}.")
@@ -109,7 +112,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def check_values(config: Any, choices: Mapping[str, Sequence[Any]], minimums: Mapping[str, float],
+def check_values(config: Any, choices: Mapping[str, Collection[Any]], minimums: Mapping[str, float],
                  prefix: str = "") -> None:
     """A :class:`ConfigError` for the first dotted key of ``config`` whose value is not among its
     ``choices`` or is below its least value in ``minimums`` (keys relative to ``config``; messages
