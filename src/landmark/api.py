@@ -26,6 +26,7 @@ from .data import ImageError, Manifest, load_image
 from .evaluation.calibration import calibrate_category, calibrate_expansion, store_validation
 from .evaluation.run import explicit_threshold
 from .features.extract import ExtractionResult, GlobalExtractor
+from .features.pipeline import Extractor
 from .index import Store
 from .index.local import LocalStore
 from .pipeline import Parts, StoreContext, build_store, create_store, open_store
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class Landmarks(Parts):
     """A store plus the extractor whose signature it carries: build, search, recognise, calibrate."""
 
-    def __init__(self, store: Store, extractor: GlobalExtractor, config: Config | None = None):
+    def __init__(self, store: Store, extractor: Extractor, config: Config | None = None):
         super().__init__(StoreContext(store, extractor, config))
 
     @classmethod
@@ -96,7 +97,7 @@ class Landmarks(Parts):
         return self.ctx.store
 
     @property
-    def extractor(self) -> GlobalExtractor:
+    def extractor(self) -> Extractor:
         return self.ctx.extractor
 
     @property

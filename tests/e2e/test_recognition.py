@@ -376,7 +376,11 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
     from landmark.index import Store
 
     calls, real = [], calibrate.calibrate_store
-    monkeypatch.setattr(run, "calibrate_store", lambda rec, **kw: calls.append(rec.recognition_config.regions) or real(rec, **kw))
+    import landmark.api as api
+
+    for caller in (run, api):      # `landmark evaluate` and Landmarks.calibrate
+        monkeypatch.setattr(caller, "calibrate_store",
+                            lambda rec, **kw: calls.append(rec.recognition_config.regions) or real(rec, **kw))
     store = shutil.copytree(mini_store, tmp_path / "store")
     first = prepare_recognition(landmark.open(store), load_config())
     n = len(calls)                                    # 0 if the fixture's store was calibrated with regions already
