@@ -32,6 +32,7 @@ from .features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtrac
                                 build_extractor, learn_store_whitening, zoom_views, zoomed)
 from .features.whitening import WhiteningError
 from .index import Store, StoreError
+from .index.bulk import bulk_import
 from .utils.progress import progress_bar
 from .index.store import StoredFile, content_hash
 from .index.local import LOCAL_DIR, LocalStore
@@ -311,7 +312,9 @@ class Landmarks:
                        split: str = "index", batch_size: int = 100_000, progress: bool | None = None) -> BuildReport:
         """Add descriptors computed elsewhere (a Spark or Ray job running the store's network) under
         ``split``, ``batch_size`` rows a commit: a killed import resumes, ids already stored are
-        skipped (``report.skipped``). Rows are the network's unit-norm descriptors, or already in
+        skipped (``report.skipped``). The first import into an empty compressed store of at least
+        ``index.train_min`` rows is a bulk load (:func:`landmark.index.bulk.bulk_load`: trained on a
+        sample, filled ``batch_size`` rows at a time, one commit). Rows are the network's unit-norm descriptors, or already in
         the store's space (``store.dim``); a store that whitens applies its whitening to the
         former. Imported photos have no local features and no object prior (``paths`` lets
         :meth:`ensure_extras` compute the latter later)."""
@@ -325,6 +328,12 @@ class Landmarks:
         if vectors.shape[1] != self.store.dim and not whiten:
             raise StoreError(f"the store holds {self.store.dim}-d vectors; these are {vectors.shape[1]}-d")
         report = BuildReport(added={split: 0}, skipped={split: 0})
+        ic = self.store.config.index
+        if not len(self.store) and ic.kind != "flat" and n >= ic.train_min:   # a large first import: shard by shard
+            report.added[split] = bulk_import(self.store, vectors, list(ids), landmark_ids=landmark_ids, paths=paths,
+                                              split=split, shard_size=batch_size, progress=progress,
+                                              transform=self.extractor.whitening.apply if whiten else None)
+            return report
         with progress_bar(f"import {split}", total=n, enabled=progress) as bar:
             for lo in range(0, n, batch_size):
                 part = slice(lo, min(n, lo + batch_size))
