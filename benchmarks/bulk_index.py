@@ -8,7 +8,7 @@ store's PCA spectrum, read from ``--store`` when it exists, else a 1/i decay) ar
 ``.npy`` on disk with the exact top-100 of 200 queries. Then, each in a fresh process that reads the
 file shard by shard (plain reads, no memory map):
 
-- ``bulk``: :func:`landmark.index.bulk.bulk_load` (IVF-PQ trained on a 100k sample, filled shard by
+- ``bulk``: :func:`landmark.index.bulk.bulk_load` (IVF-PQ trained on a sample of 40 vectors per cell, at least 100k, filled shard by
   shard, the full vectors streamed to disk, SQLite rows per shard, one commit);
 - ``incremental``: ``Store.add`` per shard (what ``landmark index import`` did before: trains on
   the first shard once past ``index.train_min``, rewrites the vectors file at every commit).
@@ -92,7 +92,7 @@ def build(work: Path, how: str, shard: int) -> dict:
 
     from landmark.config import load_config
     from landmark.index import Store
-    from landmark.index.bulk import npy_shards, sample_rows
+    from landmark.index.bulk import npy_shards, sample_shards, train_size
 
     root = work / how
     shutil.rmtree(root, ignore_errors=True)
@@ -108,9 +108,8 @@ def build(work: Path, how: str, shard: int) -> dict:
         if how == "bulk":
             from landmark.index.bulk import bulk_load
 
-            vectors = np.load(work / "vectors.npy", mmap_mode="r")
-            sample = sample_rows(vectors)
-            del vectors
+            # the training sample in a first pass over the file, read as the shards are (no memory map)
+            sample = sample_shards(npy_shards(work / "vectors.npy", ids, shard), n, train_size(n, cfg.index))
             bulk_load(store, shards, n, sample, progress=False)
         else:
             for s in shards:

@@ -6,7 +6,7 @@ import pytest
 from landmark.config import load_config
 from landmark.features.whitening import l2n
 from landmark.index import Store, StoreError
-from landmark.index.bulk import Shard, array_shards, bulk_import, bulk_load, npy_shards, sample_rows
+from landmark.index.bulk import Shard, array_shards, bulk_import, bulk_load, npy_shards, sample_rows, sample_shards
 
 D = 32
 CFG = ["index.kind=ivfpq", "index.nlist=8", "index.pq_m=8", "index.rerank=100", "index.nprobe=8"]
@@ -94,3 +94,14 @@ def test_bulk_import_maps_rows_and_checks_them(tmp_path):
     assert bulk_import(st, xb, keys, shard_size=1000, transform=lambda x: x * flip) == 2500
     np.testing.assert_allclose(st.vectors(["k7"])[0], xb[7] * flip, atol=1e-3)
     assert st.search((xb[7] * flip)[None], 1).keys == [["k7"]]
+
+
+def test_sample_shards_takes_rows_from_every_shard(tmp_path):
+    x = clustered(1000)
+    keys = [f"k{i}" for i in range(1000)]
+    s = sample_shards(array_shards(x, keys, 128), 1000, 300, seed=4)
+    assert s.shape == (300, D)
+    picked = {tuple(np.round(r, 5)) for r in s}
+    assert picked <= {tuple(np.round(r, 5)) for r in x}
+    assert sample_shards(array_shards(x, keys, 128), 1000, 5000).shape == (1000, D)   # all of them, in order
+    np.testing.assert_array_equal(sample_shards(array_shards(x, keys, 128), 1000, 5000), x)

@@ -12,7 +12,7 @@ killed load leaves the store as it was (empty), and the next run starts it again
 rewrites the vectors file at every commit, which is what a batched import of millions would repeat.)
 
 >>> store = Store.create(root, config, signature)                            # doctest: +SKIP
->>> sample = sample_rows(np.load("vectors.npy", mmap_mode="r"), 100_000)
+>>> sample = sample_rows(np.load("vectors.npy", mmap_mode="r"), train_size(len(ids), config.index))
 >>> bulk_load(store, npy_shards("vectors.npy", ids, 100_000), len(ids), sample)
 """
 
@@ -27,10 +27,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..utils.progress import progress_bar
-from .ann import CompressedStoreIndex, RefineVectors, make_index, train_index
+from ..config import IndexConfig
+from .ann import CompressedStoreIndex, RefineVectors, default_nlist, make_index, train_index
 from .store import Store, StoreError, _vectors_name
 
-TRAIN_SAMPLE = 100_000            # vectors the quantizers are trained on (FAISS samples about as many itself)
+TRAIN_SAMPLE = 100_000            # the fewest vectors the quantizers are trained on (more for many cells: train_size)
 
 
 @dataclass
@@ -43,10 +44,27 @@ class Shard:
     paths: Sequence[str | None] | None = None
 
 
+def train_size(n: int, cfg: IndexConfig) -> int:
+    """How many of ``n`` vectors to train on: 40 per IVF cell (FAISS asks for 39), at least ``TRAIN_SAMPLE``."""
+    return min(n, max(TRAIN_SAMPLE, 40 * (cfg.nlist or default_nlist(n))))
+
+
 def sample_rows(vectors: np.ndarray, n: int = TRAIN_SAMPLE, seed: int = 0) -> np.ndarray:
     """``n`` rows of ``vectors`` (an array or a memory map) drawn at random, read in file order."""
     take = np.sort(np.random.default_rng(seed).choice(len(vectors), min(n, len(vectors)), replace=False))
     return np.ascontiguousarray(vectors[take], dtype=np.float32)
+
+
+def sample_shards(shards: Iterable[Shard], total: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` of the ``total`` rows of ``shards`` drawn at random, gathered in one pass over them."""
+    take = np.sort(np.random.default_rng(seed).choice(total, min(n, total), replace=False))
+    out, first = [], 0
+    for shard in shards:
+        m = len(shard.ids)
+        lo, hi = np.searchsorted(take, [first, first + m])
+        out.append(np.asarray(shard.vectors[take[lo:hi] - first], dtype=np.float32))
+        first += m
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def npy_shards(path: str | Path, ids: Sequence[str], size: int, *, landmark_ids: Sequence[int | None] | None = None,
@@ -141,7 +159,7 @@ def bulk_import(store: Store, vectors: np.ndarray, ids: Sequence[str], *,
 
     shards = (Shard(s.ids, mapped(s.vectors, i * shard_size), s.landmark_ids, s.paths) for i, s in
               enumerate(array_shards(vectors, ids, shard_size, landmark_ids=landmark_ids, paths=paths)))
-    sample = sample_rows(vectors)
+    sample = sample_rows(vectors, train_size(len(ids), store.config.index))
     sample = sample[np.isfinite(sample).all(axis=1)]      # a bad row is reported by its shard, with its id
     sample = sample if transform is None else transform(sample)
     return bulk_load(store, shards, len(ids), sample, split=split, progress=progress)
