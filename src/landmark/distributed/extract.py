@@ -38,6 +38,10 @@ class RayUnavailable(LandmarkError, RuntimeError):
     """Ray is not installed or its cluster cannot be reached."""
 
 
+class RayConfigError(LandmarkError, ValueError):
+    """A RayConfig that cannot run (e.g. an unknown scheduler)."""
+
+
 @dataclass
 class RayConfig:
     """Where and how wide to run: ``address=None`` starts a local Ray, ``"auto"`` joins the running cluster."""
@@ -125,7 +129,7 @@ def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, ca
     n_actors = max(1, min(ray_cfg.actors, -(-len(unique) // max(1, ray_cfg.shard_size))))
     data = ray_cfg.scheduler == "data"
     if ray_cfg.scheduler not in SCHEDULERS:
-        raise ValueError(f"RayConfig.scheduler must be one of {SCHEDULERS}, got {ray_cfg.scheduler!r}")
+        raise RayConfigError(f"RayConfig.scheduler must be one of {SCHEDULERS}, got {ray_cfg.scheduler!r}")
     # with Ray Data, one actor answers for the signature and leaves its place to the pipeline's actors
     pool = _ExtractorPool(ray, config, ray_cfg, store_root, 1 if data else n_actors)
     try:
