@@ -5,6 +5,12 @@ store's signature), takes shards of the photo list and returns their descriptors
 every finished shard atomically to the same chunk cache the single-process extractor uses, so a
 killed run resumes with only the unfinished shards, and the result is returned in input order.
 
+Two schedulers (``RayConfig.scheduler``): ``actors`` (the default), a pool of actors fed one shard at
+a time, where the shard of an actor that is lost (its node died) goes back in the queue and a
+replacement actor is asked for; and ``data``, the same shards through a Ray Data ``map_batches``
+pipeline on an actor pool, which Ray Data restarts and retries itself. Both survive a lost node
+(``tests/distributed/test_cluster.py``); the pool starts much sooner (``benchmarks/distributed.py``).
+
 >>> result = extract_distributed(config, manifest.records, RayConfig(address="auto", actors=8),
 ...                              cache_dir="runs/store/_work/extract-index")     # doctest: +SKIP
 """
