@@ -9,7 +9,8 @@ Two schedulers (``RayConfig.scheduler``): ``actors`` (the default), a pool of ac
 a time, where the shard of an actor that is lost (its node died) goes back in the queue and a
 replacement actor is asked for; and ``data``, the same shards through a Ray Data ``map_batches``
 pipeline on an actor pool, which Ray Data restarts and retries itself. Both survive a lost node
-(``tests/distributed/test_cluster.py``); the pool starts much sooner (``benchmarks/distributed.py``).
+(``tests/distributed/test_cluster.py``); the pool is the default: Ray Data was not faster
+(``benchmarks/distributed.py``) and hands finished shards to the driver in bursts.
 
 >>> result = extract_distributed(config, manifest.records, RayConfig(address="auto", actors=8),
 ...                              cache_dir="runs/store/_work/extract-index")     # doctest: +SKIP
