@@ -8,7 +8,8 @@ store's PCA spectrum, read from ``--store`` when it exists, else a 1/i decay) ar
 ``.npy`` on disk with the exact top-100 of 200 queries. Then, each in a fresh process that reads the
 file shard by shard (plain reads, no memory map):
 
-- ``bulk``: :func:`landmark.index.bulk.bulk_load` (IVF-PQ trained on a sample of 40 vectors per cell, at least 100k, filled shard by
+- ``bulk``: :func:`landmark.index.bulk.bulk_load` (IVF-PQ trained on a sample of 40 vectors per cell, at least
+  100k, filled shard by
   shard, the full vectors streamed to disk, SQLite rows per shard, one commit);
 - ``incremental``: ``Store.add`` per shard (what ``landmark index import`` did before: trains on
   the first shard once past ``index.train_min``, rewrites the vectors file at every commit).
@@ -117,8 +118,9 @@ def build(work: Path, how: str, shard: int) -> dict:
         store.close()
     wall = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-    return {"how": how, "photos": n, "wall_s": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "start_rss_mib": base / 1024, "start_anon_mib": peak.start / 1024, "peak_anon_mib": peak.peak / 1024, "disk_mib": disk / 2**20}
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"how": how, "photos": n, "wall_s": wall, "peak_rss_mib": peak_rss / 1024, "start_rss_mib": base / 1024,
+            "start_anon_mib": peak.start / 1024, "peak_anon_mib": peak.peak / 1024, "disk_mib": disk / 2**20}
 
 
 def search(work: Path, how: str) -> dict:

@@ -50,8 +50,9 @@ def timed_run(cfg, photos, workers: int, shard: int, scheduler: str, gpus: float
         chunks = sorted(cache.glob("chunk-*.npz"), key=lambda p: p.stat().st_mtime)
         times = [p.stat().st_mtime for p in chunks]
         first = len(photos) and min(shard, len(photos))
-        steady = (len(photos) - first) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
-        if scheduler == "data":    # Ray Data hands the driver its outputs in bursts: chunk times say nothing of the rate
+        spread = times[-1] - times[0] if times else 0.0
+        steady = (len(photos) - first) / spread if spread > 0 else float("nan")
+        if scheduler == "data":    # Ray Data hands the driver its results in bursts: chunk times tell no rate
             steady = float("nan")
         return {"wall_s": wall, "init_s": t_init, "rate": len(res.ids) / wall, "steady": steady,
                 "first_s": times[0] - (os.path.getmtime(cache / "signature.json")) if times else float("nan")}

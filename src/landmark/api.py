@@ -314,8 +314,8 @@ class Landmarks:
         ``split``, ``batch_size`` rows a commit: a killed import resumes, ids already stored are
         skipped (``report.skipped``). The first import into an empty compressed store of at least
         ``index.train_min`` rows is a bulk load (:func:`landmark.index.bulk.bulk_load`: trained on a
-        sample, filled ``batch_size`` rows at a time, one commit). Rows are the network's unit-norm descriptors, or already in
-        the store's space (``store.dim``); a store that whitens applies its whitening to the
+        sample, filled ``batch_size`` rows at a time, one commit). Rows are the network's unit-norm
+        descriptors, or already in the store's space (``store.dim``); a store that whitens applies its whitening to the
         former. Imported photos have no local features and no object prior (``paths`` lets
         :meth:`ensure_extras` compute the latter later)."""
         n = len(ids)

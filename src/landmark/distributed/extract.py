@@ -205,7 +205,8 @@ class _ExtractorPool:
         signature = signatures[0]
         if any(s != signature for s in signatures) or (expect_prior_source is not None
                                                        and signature["prior_source"] != expect_prior_source):
-            sources = sorted({s["prior_source"] for s in signatures} | {expect_prior_source or signature["prior_source"]})
+            sources = sorted({s["prior_source"] for s in signatures}
+                             | {expect_prior_source or signature["prior_source"]})
             raise RayUnavailable(f"the Ray workers do not make the same vectors / object priors as the driver "
                                  f"({sources}): install the same packages (model weights included) on every node")
         self.signature = signature
