@@ -9,8 +9,7 @@ store's PCA spectrum, read from ``--store`` when it exists, else a 1/i decay) ar
 file shard by shard (plain reads, no memory map):
 
 - ``bulk``: :func:`landmark.index.bulk.bulk_load` (IVF-PQ trained on a sample of 40 vectors per cell, at least
-  100k, filled shard by
-  shard, the full vectors streamed to disk, SQLite rows per shard, one commit);
+  100k, filled shard by shard, the full vectors streamed to disk, SQLite rows per shard, one commit);
 - ``incremental``: ``Store.add`` per shard (what ``landmark index import`` did before: trains on
   the first shard once past ``index.train_min``, rewrites the vectors file at every commit).
 
