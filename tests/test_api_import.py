@@ -75,3 +75,18 @@ def test_cli_import_makes_the_store_when_absent(tmp_path):
     (tmp_path / "bad.csv").write_text("name\nx\n")
     result = runner.invoke(app, [str(a) for a in args[:3]] + [str(tmp_path / "bad.csv"), "--store", str(store)])
     assert result.exit_code == 2 and "'id' column" in result.output
+
+
+def test_a_large_first_import_into_a_compressed_store_is_one_bulk_load(tmp_path):
+    cfg = load_config(overrides=[*CONFIG, "index.kind=ivfpq", "index.train_min=1000", "index.nlist=8",
+                                 "index.nprobe=8", "index.rerank=100"])
+    lm = Landmarks.create(tmp_path / "s", cfg)
+    x = unit_rows(1200, lm.store.dim, seed=3)
+    ids = [f"b{i}" for i in range(1200)]
+    report = lm.import_vectors(x, ids, landmark_ids=[i % 4 for i in range(1200)], batch_size=500)
+    assert report.added == {"index": 1200} and lm.store.generation == 1       # three shards, one commit
+    assert lm.store.info()["index_kind"] == "ivfpq"
+    assert lm.store.search(x[[9, 1100]], 1).keys == [["b9"], ["b1100"]]
+    assert lm.store.get(["b9"])["b9"].landmark_id == 1
+    report = lm.import_vectors(x, ids, batch_size=500)     # a rerun: the store is no longer empty, all skipped
+    assert report.added == {"index": 0} and report.skipped == {"index": 1200}

@@ -68,3 +68,16 @@ def test_resumes_from_finished_shards_and_reports_bad_photos(ray_local, photos, 
     assert len(sorted((tmp_path / "cache").glob("chunk-*.npz"))) == 2 + 3
     np.testing.assert_allclose(second.vectors[:4], first.vectors, atol=0)
     np.testing.assert_allclose(second.extras[PROBE_NAME][:4], first.extras[PROBE_NAME], atol=0)
+
+
+def test_ray_data_scheduler_gives_the_same_vectors_and_shards(ray_local, photos, tmp_path):
+    cfg = load_config(overrides=FAST)
+    local = GlobalExtractor.from_config(cfg, device="cpu")
+    expected = local.extract(photos, progress=False)
+    got = extract_distributed(cfg, photos, RayConfig(actors=2, shard_size=4, scheduler="data"),
+                              cache_dir=tmp_path / "cache", progress=False)
+    assert got.ids == [p.id for p in photos]
+    np.testing.assert_allclose(got.vectors, expected.vectors, atol=1e-5)
+    assert len(sorted((tmp_path / "cache").glob("chunk-*.npz"))) == 3          # 4 + 4 + 1 photos, one file each
+    with pytest.raises(ValueError, match="scheduler"):
+        extract_distributed(cfg, photos[:1], RayConfig(actors=1, scheduler="spark"), progress=False)

@@ -9,6 +9,7 @@ from landmark.features.extract import ExtractionResult, Failure
 from landmark.features.pipeline import (EnsembleExtractor, WhitenedExtractor, build_extractor, learn_store_whitening)
 from landmark.features.whitening import WhiteningError, l2n, learn_whitening
 from landmark.index import SignatureMismatch, Store
+from landmark.index.store import check_signature
 
 
 class Fake:
@@ -65,12 +66,12 @@ def test_whitened_extractor_signature_and_store_refusal(tmp_path):
     res = ex.extract(items[:3])
     assert res.vectors.shape == (3, 8) and np.allclose(res.vectors, w.apply(base.extract(items[:3]).vectors))
     store = Store.create(tmp_path / "s", cfg, ex.signature)
-    store.check_signature(ex.signature)
+    check_signature(store, ex.signature)
     other = WhitenedExtractor(base, learn_whitening(base.extract(items[:30]).vectors, 8))
     with pytest.raises(SignatureMismatch, match="whitening"):
-        store.check_signature(other.signature)
+        check_signature(store, other.signature)
     with pytest.raises(SignatureMismatch):
-        store.check_signature(base.signature)          # un-whitened queries are refused too
+        check_signature(store, base.signature)          # un-whitened queries are refused too
 
 
 def test_build_extractor_needs_the_learned_file(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 
 from landmark.config import load_config
 from landmark.index import SignatureMismatch, Store, StoreError
+from landmark.index.store import check_signature
 from store_helpers import SIG, unit
 
 
@@ -148,9 +149,9 @@ def test_killed_writer_leaves_a_consistent_store(store, tmp_path):
 
 
 def test_signature_checks(store, tmp_path):
-    store.check_signature(dict(SIG))
+    check_signature(store, dict(SIG))
     with pytest.raises(SignatureMismatch, match="image_size|extract"):
-        store.check_signature(SIG | {"extract": {"image_size": 128}})
+        check_signature(store, SIG | {"extract": {"image_size": 128}})
     with pytest.raises(StoreError, match="already holds a store"):
         Store.create(tmp_path / "s", load_config(), SIG)
     with pytest.raises(StoreError, match="no store at"):

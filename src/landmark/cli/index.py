@@ -34,6 +34,10 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
                                                   "'auto' (the running cluster) or ray://HOST:PORT."),
                 ray_actors: int = typer.Option(2, "--ray-actors", help="Extractor replicas on Ray."),
                 ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray actor (e.g. 1 on a GPU cluster)."),
+                ray_shard: int = typer.Option(128, "--ray-shard",
+                                              help="Photos per Ray task (the unit of work and of resume)."),
+                ray_scheduler: str = typer.Option("actors", "--ray-scheduler",
+                                                  help="actors (re-queues the shards of lost actors) or data (Ray Data)."),
                 calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
                                                          help="Fit the recognition and DBA / alpha-QE thresholds on the labelled photos "
                                                               "once built, as `landmark calibrate` does (default: if the store never had them)."),
@@ -47,7 +51,8 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
     if ray:
         from ..distributed import RayConfig
 
-        ray_cfg = RayConfig(address=None if ray == "local" else ray, actors=ray_actors, gpus_per_actor=ray_gpus)
+        ray_cfg = RayConfig(address=None if ray == "local" else ray, actors=ray_actors, gpus_per_actor=ray_gpus,
+                            shard_size=ray_shard, scheduler=ray_scheduler)
     cfg = options_config(preset, config, set_, model)
     lm, report = Landmarks.build(data, store, cfg, splits=split or None,
                                  device=device, overwrite=overwrite, progress=progress, ray=ray_cfg)

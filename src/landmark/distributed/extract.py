@@ -5,6 +5,13 @@ store's signature), takes shards of the photo list and returns their descriptors
 every finished shard atomically to the same chunk cache the single-process extractor uses, so a
 killed run resumes with only the unfinished shards, and the result is returned in input order.
 
+Two schedulers (``RayConfig.scheduler``): ``actors`` (the default), a pool of actors fed one shard at
+a time, where the shard of an actor that is lost (its node died) goes back in the queue and a
+replacement actor is asked for; and ``data``, the same shards through a Ray Data ``map_batches``
+pipeline on an actor pool, which Ray Data restarts and retries itself. Both survive a lost node
+(``tests/distributed/test_cluster.py``); the pool is the default: Ray Data was not faster
+(``benchmarks/distributed.py``) and hands finished shards to the driver in bursts.
+
 >>> result = extract_distributed(config, manifest.records, RayConfig(address="auto", actors=8),
 ...                              cache_dir="runs/store/_work/extract-index")     # doctest: +SKIP
 """
@@ -12,9 +19,12 @@ killed run resumes with only the unfinished shards, and the result is returned i
 from __future__ import annotations
 
 import logging
+import pickle
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -27,8 +37,16 @@ from ..utils.progress import progress_bar
 log = logging.getLogger(__name__)
 
 
+SCHEDULERS = ("actors", "data")
+MAX_TRIES = 3                         # a shard that loses this many actors (a photo that crashes them) fails the run
+
+
 class RayUnavailable(LandmarkError, RuntimeError):
     """Ray is not installed or its cluster cannot be reached."""
+
+
+class RayConfigError(LandmarkError, ValueError):
+    """A RayConfig that cannot run (e.g. an unknown scheduler)."""
 
 
 @dataclass
@@ -41,6 +59,10 @@ class RayConfig:
     gpus_per_actor: float = 0.0       # e.g. 1.0 on a GPU cluster; the actor then extracts on its GPU
     shard_size: int = 128             # photos per task: the unit of work, of progress and of resume
     init_kwargs: dict[str, Any] = field(default_factory=dict)   # extra ray.init arguments
+    resources: dict[str, float] = field(default_factory=dict)   # custom Ray resources each actor needs
+    scheduler: str = "actors"         # actors: this module's pool (re-queues the shards of lost actors) |
+                                      # data: a Ray Data map_batches pipeline (see benchmarks/distributed.py)
+    replace_timeout_s: float = 600.0  # every actor lost: how long to wait for the cluster to place one again
 
 
 def _shards(items: Sequence[PhotoItem], size: int) -> list[list[PhotoItem]]:
@@ -110,49 +132,47 @@ def extract_distributed(config: Config, items: Sequence[PhotoItem], ray_cfg: Ray
 
 def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, cache_dir, progress, description,
          store_root, expect_prior_source=None):
-    from ray.util import ActorPool
-
-    device = "cuda" if ray_cfg.gpus_per_actor > 0 else "cpu"
-    Actor = ray.remote(num_cpus=ray_cfg.cpus_per_actor, num_gpus=ray_cfg.gpus_per_actor)(_Worker)
     unique = list({it.id: it for it in reversed(items)}.values())[::-1]
     n_actors = max(1, min(ray_cfg.actors, -(-len(unique) // max(1, ray_cfg.shard_size))))
-    actors = [Actor.remote(config.to_dict(), device, store_root) for _ in range(n_actors)]
-    signatures = ray.get([a.signature.remote() for a in actors])
-    signature = signatures[0]
-    if any(s != signature for s in signatures) or (expect_prior_source is not None
-                                                   and signature["prior_source"] != expect_prior_source):
-        sources = sorted({s["prior_source"] for s in signatures} | {expect_prior_source or signature["prior_source"]})
-        raise RayUnavailable(f"the Ray workers do not make the same vectors / object priors as the driver ({sources}): "
-                             "install the same packages (model weights included) on every node")
-    dim = int(signature["dim"])
+    data = ray_cfg.scheduler == "data"
+    if ray_cfg.scheduler not in SCHEDULERS:
+        raise RayConfigError(f"RayConfig.scheduler must be one of {SCHEDULERS}, got {ray_cfg.scheduler!r}")
+    # with Ray Data, one actor answers for the signature and leaves its place to the pipeline's actors
+    pool = _ExtractorPool(ray, config, ray_cfg, store_root, 1 if data else n_actors)
+    try:
+        signature = pool.check(expect_prior_source)
+        if data:
+            pool.close()
+        dim = int(signature["dim"])
 
-    cache = _ChunkCache(Path(cache_dir), signature, dim) if cache_dir else None
-    done_ids, done_vecs, failures, sizes, cached = cache.load() if cache else ([], [], [], {}, {})
-    extras: dict[str, dict[str, np.ndarray]] = {}
-    probed = cached.get("probe", [])
-    cached_probe = np.concatenate(probed) if probed else np.zeros((0, 0), np.float32)
-    if len(cached_probe) and len(cached_probe) == len(done_ids):
-        extras[PROBE_NAME] = dict(zip(done_ids, cached_probe))
-    skip = set(done_ids) | {f.id for f in failures}
-    todo = [it for it in unique if it.id not in skip]
-    if skip:
-        log.info("%s: %d photos already extracted, %d to go", description, len(unique) - len(todo), len(todo))
+        cache = _ChunkCache(Path(cache_dir), signature, dim) if cache_dir else None
+        done_ids, done_vecs, failures, sizes, cached = cache.load() if cache else ([], [], [], {}, {})
+        extras: dict[str, dict[str, np.ndarray]] = {}
+        probed = cached.get("probe", [])
+        cached_probe = np.concatenate(probed) if probed else np.zeros((0, 0), np.float32)
+        if len(cached_probe) and len(cached_probe) == len(done_ids):
+            extras[PROBE_NAME] = dict(zip(done_ids, cached_probe))
+        skip = set(done_ids) | {f.id for f in failures}
+        todo = [it for it in unique if it.id not in skip]
+        if skip:
+            log.info("%s: %d photos already extracted, %d to go", description, len(unique) - len(todo), len(todo))
 
-    pool = ActorPool(actors)
-    with progress_bar(description, total=len(unique), enabled=progress, completed=len(unique) - len(todo)) as bar:
-        for res in pool.map_unordered(lambda a, shard: a.extract.remote(shard), _shards(todo, ray_cfg.shard_size)):
-            if cache:
-                cache.write(res.ids, [res.vectors], res.failures, res.sizes,
-                            {"probe": [res.extras[PROBE_NAME]]} if PROBE_NAME in res.extras else None)
-            for name, rows in res.extras.items():
-                extras.setdefault(name, {}).update(zip(res.ids, rows))
-            done_ids += res.ids
-            done_vecs.append(res.vectors)
-            failures += res.failures
-            sizes.update(res.sizes)
-            bar.advance(len(res.ids) + len(res.failures))
-    for a in actors:
-        ray.kill(a)
+        shards = _shards(todo, ray_cfg.shard_size)
+        results = _data_results(ray, config, ray_cfg, store_root, shards, n_actors) if data else pool.map(shards)
+        with progress_bar(description, total=len(unique), enabled=progress, completed=len(unique) - len(todo)) as bar:
+            for res in results:
+                if cache:
+                    cache.write(res.ids, [res.vectors], res.failures, res.sizes,
+                                {"probe": [res.extras[PROBE_NAME]]} if PROBE_NAME in res.extras else None)
+                for name, rows in res.extras.items():
+                    extras.setdefault(name, {}).update(zip(res.ids, rows))
+                done_ids += res.ids
+                done_vecs.append(res.vectors)
+                failures += res.failures
+                sizes.update(res.sizes)
+                bar.advance(len(res.ids) + len(res.failures))
+    finally:
+        pool.close()
 
     vecs = np.concatenate(done_vecs).astype(np.float32) if done_vecs else np.zeros((0, dim), np.float32)
     position = {i: j for j, i in enumerate(done_ids)}
@@ -161,3 +181,135 @@ def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, ca
     return ExtractionResult(ids, vecs[order], failures, {i: sizes[i] for i in ids if i in sizes},
                             {name: np.stack([rows[i] for i in ids]) for name, rows in extras.items()
                              if all(i in rows for i in ids) and ids})
+
+
+class _ExtractorPool:
+    """Extractor actors fed one shard at a time; a shard whose actor is lost (its node died, its
+    process was killed) goes back in the queue for the others, and a replacement actor is asked for,
+    which joins once the cluster has room for it. Only when every actor is gone and none can be
+    placed within ``RayConfig.replace_timeout_s`` does the run fail (its finished shards are cached)."""
+
+    def __init__(self, ray, config: Config, ray_cfg: RayConfig, store_root: str | None, n_actors: int):
+        self.ray, self.cfg = ray, ray_cfg
+        device = "cuda" if ray_cfg.gpus_per_actor > 0 else "cpu"
+        self._new = lambda: ray.remote(num_cpus=ray_cfg.cpus_per_actor, num_gpus=ray_cfg.gpus_per_actor,
+                                       resources=ray_cfg.resources or None, max_restarts=0)(_Worker).remote(
+            config.to_dict(), device, store_root)
+        self.actors = [self._new() for _ in range(n_actors)]
+        self.signature: dict[str, Any] | None = None
+        self.lost = 0
+
+    def check(self, expect_prior_source: str | None) -> dict[str, Any]:
+        """Every actor's signature, refused unless all agree with each other and with the driver."""
+        signatures = self.ray.get([a.signature.remote() for a in self.actors])
+        signature = signatures[0]
+        if any(s != signature for s in signatures) or (expect_prior_source is not None
+                                                       and signature["prior_source"] != expect_prior_source):
+            sources = sorted({s["prior_source"] for s in signatures}
+                             | {expect_prior_source or signature["prior_source"]})
+            raise RayUnavailable(f"the Ray workers do not make the same vectors / object priors as the driver "
+                                 f"({sources}): install the same packages (model weights included) on every node")
+        self.signature = signature
+        return signature
+
+    def map(self, shards: list[list[PhotoItem]]) -> Iterator[ExtractionResult]:
+        """Each shard's result, in the order they finish."""
+        from ray.exceptions import RayActorError
+
+        ray, queue, idle = self.ray, deque(shards), list(self.actors)
+        running: dict[Any, tuple[Any, list[PhotoItem]]] = {}       # result ref -> (actor, shard)
+        joining: dict[Any, Any] = {}                               # signature ref -> replacement actor
+        alone_since: float | None = None
+        tries: dict[int, int] = {}
+        while queue or running:
+            while idle and queue:
+                actor = idle.pop()
+                shard = queue.popleft()
+                running[actor.extract.remote(shard)] = (actor, shard)
+            if not running:                                        # every actor lost: wait for a replacement
+                alone_since = alone_since or time.monotonic()
+                if time.monotonic() - alone_since > self.cfg.replace_timeout_s:
+                    raise RayUnavailable(f"every Ray extractor was lost and none could be placed again in "
+                                         f"{self.cfg.replace_timeout_s:.0f} s; run again to resume from the "
+                                         "finished shards")
+            else:
+                alone_since = None
+            ready, _ = ray.wait([*running, *joining], num_returns=1, timeout=1.0 if not running else None)
+            for ref in ready:
+                if ref in joining:
+                    actor = joining.pop(ref)
+                    try:
+                        ok = ray.get(ref) == self.signature
+                    except RayActorError:
+                        ok = False
+                    if ok:
+                        idle.append(actor)
+                    else:
+                        self._drop(actor)
+                    continue
+                actor, shard = running.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except RayActorError as exc:
+                    self.lost += 1
+                    log.warning("a Ray extractor was lost (%s); its %d photos go to another", type(exc).__name__,
+                                len(shard))
+                    tries[id(shard)] = tries.get(id(shard), 0) + 1
+                    if tries[id(shard)] >= MAX_TRIES:
+                        raise RayUnavailable(f"the shard starting with {shard[0].path} lost {MAX_TRIES} Ray "
+                                             "extractors in a row: one of its photos may crash the extractor") from exc
+                    queue.appendleft(shard)
+                    self._drop(actor)
+                    new = self._new()
+                    self.actors.append(new)
+                    joining[new.signature.remote()] = new
+                    continue
+                idle.append(actor)
+                yield res
+
+    def _drop(self, actor) -> None:
+        if actor in self.actors:
+            self.actors.remove(actor)
+        try:
+            self.ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone with its node
+            pass
+
+    def close(self) -> None:
+        for actor in list(self.actors):
+            self._drop(actor)
+
+
+class _DataWorker:
+    """:class:`_Worker` as a Ray Data ``map_batches`` class: one batch = one shard."""
+
+    def __init__(self, config: dict[str, Any], device: str | None, store_root: str | None):
+        self.worker = _Worker(config, device, store_root)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = [pickle.dumps(self.worker.extract([_Photo(i, Path(p)) for i, p in zip(ids, paths)]))
+               for ids, paths in zip(batch["ids"], batch["paths"])]
+        return {"result": np.array(out, dtype=object)}
+
+
+@dataclass(frozen=True)
+class _Photo:
+    id: str
+    path: Path
+
+
+def _data_results(ray, config: Config, ray_cfg: RayConfig, store_root: str | None, shards: list[list[PhotoItem]],
+                  n_actors: int) -> Iterator[ExtractionResult]:
+    """The shards through a Ray Data pipeline (photo list -> ``map_batches`` on an actor pool), in the
+    order they finish; Ray Data restarts lost actors and retries their batches."""
+    if not shards:
+        return
+    device = "cuda" if ray_cfg.gpus_per_actor > 0 else "cpu"
+    rows = [{"ids": [it.id for it in s], "paths": [str(it.path) for it in s]} for s in shards]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        _DataWorker, fn_constructor_args=(config.to_dict(), device, store_root), batch_size=1,
+        concurrency=n_actors, num_cpus=ray_cfg.cpus_per_actor, num_gpus=ray_cfg.gpus_per_actor,
+        resources=ray_cfg.resources or None, zero_copy_batch=True)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for blob in batch["result"]:
+            yield pickle.loads(blob)

@@ -565,6 +565,10 @@ class CompressedStoreIndex:
         """Write the codes, the live vectors in row order, and their rows (atomic files; the caller
         commits SQLite after). The in-memory index is renumbered to the written positions."""
         pending, _ = self._pending()
+        if (not len(pending) and not self._removed and isinstance(self.vectors, RefineVectors)
+                and self.vectors.path == Path(vectors_path)):    # written there already (a bulk load): keep it
+            self._write_codes(index_path, rows_path)
+            return
         every = np.concatenate([self.rows, pending])
         alive = np.ones(len(every), bool)
         alive[np.fromiter(self._removed, np.int64, len(self._removed))] = False
@@ -578,6 +582,9 @@ class CompressedStoreIndex:
         remap_ids(self.index, lambda ids: new_of_old[ids])
         self.rows, self.vectors = every[order], vectors
         self._added_rows, self._added_vecs, self._removed = [], [], set()
+        self._write_codes(index_path, rows_path)
+
+    def _write_codes(self, index_path: Path, rows_path: Path) -> None:
         with atomic_path(rows_path) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, self.rows)

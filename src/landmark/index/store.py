@@ -29,6 +29,7 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -181,15 +182,6 @@ class Store:
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
-
-    def check_signature(self, signature: Mapping[str, Any]) -> None:
-        """Refuse vectors made by another model or preprocessing than the store's."""
-        mine, theirs = self.signature, json.loads(json.dumps(dict(signature), sort_keys=True))
-        if mine != theirs:
-            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise SignatureMismatch(
-                f"store {self.root} was built with {json.dumps({k: mine.get(k) for k in diff})}, "
-                f"but the query extractor uses {json.dumps({k: theirs.get(k) for k in diff})}")
 
     def info(self) -> dict[str, Any]:
         c = self._conn
@@ -392,7 +384,8 @@ class Store:
                              f"and {len(hashes)}")
         sizes = sizes or {}
         now = time.time()
-        with self._write() as conn:
+        with self.write() as w:
+            conn = w.conn
             existing = self._existing(keys)
             if existing and not replace:
                 raise StoreError(f"{len(existing)} id(s) already in the store, e.g. {sorted(existing)[:3]} (use replace)")
@@ -415,7 +408,8 @@ class Store:
     def remove(self, keys: Iterable[str]) -> int:
         """Remove images by id in one atomic commit; unknown ids are ignored. Returns the number removed."""
         keys = list(keys)
-        with self._write() as conn:
+        with self.write() as w:
+            conn = w.conn
             existing = self._existing(keys)
             if existing:
                 self._delete_rows(conn, list(existing.values()))
@@ -435,14 +429,20 @@ class Store:
         self._index.remove_ids(np.asarray(rows, dtype=np.int64))
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[StoreWrite]:
+        """One write: the writer lock, a SQLite transaction for the rows (``w.conn``), then the next
+        generation's index files and the commit that names them (see the commit protocol above). A
+        bulk load sets ``w.index`` to the compressed index it built for ``w.generation``."""
         with lock(self.root):
             self.refresh()
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             old = self._generation
             try:
-                yield conn
+                w = StoreWrite(conn, old + 1)
+                yield w
+                if w.index is not None:
+                    self._index = w.index
                 new = old + 1
                 ic = self.config.index
                 if ic.kind != "flat" and not isinstance(self._index, CompressedStoreIndex) and len(self) >= ic.train_min:
@@ -547,3 +547,22 @@ class Store:
             subset.add(self._reconstruct_rows(rows))
             self._derived[key] = (subset, rows)
         return self._derived[key]
+
+
+@dataclass
+class StoreWrite:
+    """The transaction of one :meth:`Store.write`."""
+
+    conn: sqlite3.Connection
+    generation: int                            # the generation its commit makes
+    index: CompressedStoreIndex | None = None  # a bulk load's index for that generation (its files already written)
+
+
+def check_signature(store: Store, signature: Mapping[str, Any]) -> None:
+    """Refuse vectors made by another model or preprocessing than the store's."""
+    mine, theirs = store.signature, json.loads(json.dumps(dict(signature), sort_keys=True))
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise SignatureMismatch(
+            f"store {store.root} was built with {json.dumps({k: mine.get(k) for k in diff})}, "
+            f"but the query extractor uses {json.dumps({k: theirs.get(k) for k in diff})}")

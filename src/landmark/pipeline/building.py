@@ -24,7 +24,9 @@ from ..features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtra
                                 build_extractor, learn_store_whitening)
 from ..features.whitening import WhiteningError
 from ..index import Store, StoreError
+from ..index.bulk import bulk_import
 from ..index.local import LOCAL_DIR, LocalStore
+from ..index.store import check_signature
 from ..recognition.calibrate import validation_holdout
 from ..recognition.setup import attach_prior, priors_stale, record_groups
 from ..utils.progress import progress_bar
@@ -65,7 +67,7 @@ def create_store(store_dir: str | Path, config: Config | None = None, *, device:
     if (root / "meta.sqlite").exists() and not overwrite:
         store = Store.open(root)
         try:
-            store.check_signature(extractor.signature)
+            check_signature(store, extractor.signature)
         except StoreError as exc:
             built, given = checkpoints(store.config), checkpoints(config)
             same = ("to use the store as it is, give its model again ("
@@ -204,7 +206,9 @@ class Building:
                        split: str = "index", batch_size: int = 100_000, progress: bool | None = None) -> BuildReport:
         """Add descriptors computed elsewhere (a Spark or Ray job running the store's network) under
         ``split``, ``batch_size`` rows a commit: a killed import resumes, ids already stored are
-        skipped (``report.skipped``). Rows are the network's unit-norm descriptors, or already in
+        skipped (``report.skipped``). The first import into an empty compressed store of at least
+        ``index.train_min`` rows is a bulk load (:func:`landmark.index.bulk.bulk_import`: trained on a
+        sample, filled ``batch_size`` rows at a time, one commit). Rows are the network's unit-norm descriptors, or already in
         the store's space (``store.dim``); a store that whitens applies its whitening to the
         former. Imported photos have no local features and no object prior (``paths`` lets
         :meth:`ensure_extras` compute the latter later)."""
@@ -220,6 +224,12 @@ class Building:
         if vectors.shape[1] != self.ctx.store.dim and not whiten:
             raise StoreError(f"the store holds {self.ctx.store.dim}-d vectors; these are {vectors.shape[1]}-d")
         report = BuildReport(added={split: 0}, skipped={split: 0})
+        ic = self.ctx.store.config.index
+        if not len(self.ctx.store) and ic.kind != "flat" and n >= ic.train_min:   # a large first import: shard by shard
+            report.added[split] = bulk_import(self.ctx.store, vectors, list(ids), landmark_ids=landmark_ids, paths=paths,
+                                              split=split, shard_size=batch_size, progress=progress,
+                                              transform=whitening.apply if whitening is not None else None)
+            return report
         with progress_bar(f"import {split}", total=n, enabled=progress) as bar:
             for lo in range(0, n, batch_size):
                 part = slice(lo, min(n, lo + batch_size))

@@ -14,6 +14,7 @@ from ..features.local import LocalExtractor, LocalFeatures
 from ..features.pipeline import Extractor, WhitenedExtractor
 from ..index import Store, StoreError
 from ..index.local import LOCAL_DIR, LocalStore
+from ..index.store import check_signature
 from ..recognition.calibrate import store_recognition
 from ..recognition.config import RecognitionConfig
 from ..recognition.setup import attach_prior, prior_source
@@ -25,7 +26,7 @@ class StoreContext:
     """A store plus the extractor whose signature it carries, and what the parts read of them."""
 
     def __init__(self, store: Store, extractor: Extractor, config: Config | None = None):
-        store.check_signature(extractor.signature)
+        check_signature(store, extractor.signature)
         self.store = store
         self.extractor = extractor
         self.config: Config = config or store.config          # local features / re-ranking settings
