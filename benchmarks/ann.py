@@ -33,8 +33,10 @@ import numpy as np
 from landmark.config import IndexConfig
 from landmark.features.whitening import l2n, learn_whitening
 from landmark.index import Store
-from landmark.index.ann import (DiskVectors, RefineVectors, RerankedIndex, ShardedIndex, bytes_per_vector, index_name,
-                                make_index, train_index)
+from landmark.index.ann import make_index, train_index
+from landmark.index.faiss_index import bytes_per_vector, index_name
+from landmark.index.sharded import ShardedIndex
+from landmark.index.vectors import DiskVectors, RefineVectors, RerankedIndex
 
 
 def real_vectors(store_dir: Path, test_cache: Path):

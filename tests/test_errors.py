@@ -12,7 +12,7 @@ import typer
 import landmark
 from landmark.cli.app import friendly
 from landmark.errors import LandmarkError
-from landmark.index.ann import AnnError
+from landmark.index.faiss_index import AnnError
 from landmark.recognition.filters import FilterConfigError
 
 

@@ -7,9 +7,10 @@ import pytest
 from landmark.config import IndexConfig, load_config
 from landmark.features.whitening import l2n
 from landmark.index import Store
-from landmark.index.ann import (AnnError, CompressedStoreIndex, DiskVectors, RefineVectors, RerankedIndex, ShardedIndex,
-                                auto_pca_dim, bytes_per_vector, default_nlist, exact_rerank, make_index, nprobe_for, remap_ids, rerank_rows,
-                                train_index)
+from landmark.index.ann import CompressedStoreIndex, auto_pca_dim, default_nlist, make_index, train_index
+from landmark.index.faiss_index import AnnError, bytes_per_vector, nprobe_for, remap_ids
+from landmark.index.sharded import ShardedIndex
+from landmark.index.vectors import DiskVectors, RefineVectors, RerankedIndex, exact_rerank, rerank_rows
 
 D = 32
 

@@ -67,7 +67,7 @@ def test_filtered_search_is_exact_after_removals_and_writes(store):
     assert np.array_equal(store.vectors(kept), v[[int(k[1:]) for k in kept]])
     # a filter that keeps every photo searches the store's own index (no copy of its vectors)
     everything = store.search(q, 6, splits=["db"])
-    assert store._subset(False, ("db",)) == (None, None)
+    assert store._views._subset(False, ("db",)) == (None, None)
     assert everything.keys == store.search(q, 6).keys
 
 

@@ -26,9 +26,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..utils.progress import progress_bar
 from ..config import IndexConfig
-from .ann import CompressedStoreIndex, RefineVectors, default_nlist, make_index, train_index
+from ..utils.progress import progress_bar
+from .ann import CompressedStoreIndex, default_nlist, make_index, train_index
+from .vectors import RefineVectors
 from .files import vectors_name
 from .store import Store, StoreError
 

@@ -40,34 +40,12 @@ import yaml
 from ..config import Config, config_from_dict
 from ..errors import LandmarkError
 from ..utils.io import atomic_write_text
-from .ann import CompressedStoreIndex, sorted_positions
+from .ann import CompressedStoreIndex
 from .files import generation_files, index_name, rows_name, vectors_name, write_index
 from .records import ImageRow, SearchResult, StoredFile
+from .schema import SCHEMA, STORE_VERSION
 from .sqlite import chunks, connect, lock
-
-STORE_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    row INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,
-    path TEXT,
-    landmark_id INTEGER,
-    split TEXT,
-    width INTEGER,
-    height INTEGER,
-    added_at REAL NOT NULL,
-    content TEXT
-);
-CREATE INDEX IF NOT EXISTS images_landmark ON images(landmark_id);
-CREATE INDEX IF NOT EXISTS images_split ON images(split);
-CREATE TABLE IF NOT EXISTS landmarks (landmark_id INTEGER PRIMARY KEY, name TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
-                                   PRIMARY KEY (row, name));
-"""
-# extras: small per-photo arrays (float16) computed with the descriptor, e.g. the object prior's class-group
-# probabilities; removed with their photo.
-
+from .views import GenerationViews
 
 class StoreError(LandmarkError, RuntimeError):
     """The store is missing, damaged, or asked for something it cannot do."""
@@ -102,7 +80,7 @@ class Store:
                 pass   # read-only (reads then see no hashes), or another process added it just now
         self._generation = -1
         self._index: faiss.Index | None = None
-        self._derived: dict[Any, Any] = {}      # per-generation lookups: selectors, subset indexes, row positions
+        self._views_of: GenerationViews | None = None   # per-generation lookups (index/views.py)
         self.refresh()
 
     # -- opening and creating ------------------------------------------------------------------
@@ -121,7 +99,7 @@ class Store:
             write_index(index, root / index_name(0))
             conn = connect(root / "meta.sqlite")
             with conn:
-                conn.executescript(_SCHEMA)
+                conn.executescript(SCHEMA)
                 conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
                     ("version", str(STORE_VERSION)), ("generation", "0"), ("created_at", str(time.time())),
                     ("signature", json.dumps(dict(signature), sort_keys=True)),
@@ -177,7 +155,6 @@ class Store:
         if self._index.d != self.dim:
             raise StoreError(f"{path}: index has {self._index.d} dimensions, the store expects {self.dim}")
         self._generation = gen
-        self._derived.clear()
         return True
 
     def __len__(self) -> int:
@@ -282,28 +259,7 @@ class Store:
         if not keys:
             return np.zeros((0, self.dim), np.float32)
         rows = self._rows_of(keys)
-        return self._reconstruct_rows(np.array([rows[k] for k in keys], np.int64))
-
-    def _reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Stored vectors of ``rows`` (all present in the index), in one pass."""
-        if isinstance(self._index, faiss.IndexIDMap2):
-            flat = faiss.downcast_index(self._index.index)
-            xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(flat.ntotal, self.dim)
-            pos, present = self._flat_positions(rows)
-            if not present.all():
-                raise StoreError(f"{self.root}: rows {rows[~present][:3].tolist()} are in meta.sqlite but not in the index")
-            return xb[pos]
-        return self._index.reconstruct_rows(rows)
-
-    def _flat_positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each row sits in an exact store's flat index, and whether it is there at all."""
-        if "positions" not in self._derived:      # sorted once per generation, not per call
-            ids = faiss.vector_to_array(self._index.id_map)
-            order = np.argsort(ids, kind="stable")
-            self._derived["positions"] = (order, ids[order])
-        order, sorted_ids = self._derived["positions"]
-        found, present = sorted_positions(sorted_ids, rows)
-        return order[found] if len(order) else found, present
+        return self._views.reconstruct(np.array([rows[k] for k in keys], np.int64))
 
     def extras(self, keys: Sequence[str], name: str) -> np.ndarray:
         """The ``name`` extra of each key as ``len(keys) x G`` float32; a row of NaN where it is missing."""
@@ -459,7 +415,6 @@ class Store:
                 self.refresh()   # back to the last committed index
                 raise
             self._generation = new
-            self._derived.clear()
             current = {index_name(new), vectors_name(new), rows_name(new)}
             for stale in generation_files(self.root):
                 if stale.name not in current:
@@ -479,10 +434,8 @@ class Store:
         selection = (labelled_only, tuple(sorted(splits or ())))
         if not len(self):
             scores, rows = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        elif (labelled_only or splits) and isinstance(self._index, faiss.IndexIDMap2):
-            scores, rows = self._search_subset(queries, k, *selection)
         elif labelled_only or splits:
-            scores, rows = self._index.search(queries, k, params=faiss.SearchParameters(sel=self._selector(*selection)))
+            scores, rows = self._views.search(queries, k, *selection)
         else:
             scores, rows = self._index.search(queries, k)
         scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
@@ -492,62 +445,19 @@ class Store:
                            for row in rows.tolist()], dtype=np.int64).reshape(rows.shape)
         return SearchResult(keys, scores, labels, rows.astype(np.int64))
 
+    @property
+    def _views(self) -> GenerationViews:
+        """The lookups of the generation now loaded (made again for another generation or index)."""
+        if self._views_of is None or (self._views_of.index, self._views_of.generation) != (self._index, self._generation):
+            self._views_of = GenerationViews(self._conn, self._index, self.dim, self.root, self._generation)
+        return self._views_of
+
     def _row_meta(self, rows: list[int]) -> dict[int, tuple[str, int | None]]:
         out: dict[int, tuple[str, int | None]] = {}
         for part in chunks(rows):
             q = f"SELECT row, key, landmark_id FROM images WHERE row IN ({','.join('?' * len(part))})"
             out.update({r: (k, lab) for r, k, lab in self._conn.execute(q, list(part))})
         return out
-
-    def _selected_rows(self, labelled_only: bool, splits: tuple[str, ...]) -> np.ndarray:
-        where, args = [], []
-        if labelled_only:
-            where.append("landmark_id IS NOT NULL")
-        if splits:
-            where.append(f"split IN ({','.join('?' * len(splits))})")
-            args += list(splits)
-        return np.fromiter((r for (r,) in self._conn.execute(
-            f"SELECT row FROM images WHERE {' AND '.join(where)} ORDER BY row", args)), dtype=np.int64)
-
-    def _selector(self, labelled_only: bool, splits: tuple[str, ...]):
-        key = ("selector", labelled_only, splits)
-        if key not in self._derived:
-            ids = self._selected_rows(labelled_only, splits)
-            if isinstance(self._index, CompressedStoreIndex):
-                ids = self._index.ids_of(ids)                 # the compressed index names vectors by position
-            self._derived[key] = (faiss.IDSelectorBatch(ids), ids)  # keep ids alive with the selector
-        return self._derived[key][0]
-
-    def _search_subset(self, queries: np.ndarray, k: int, labelled_only: bool, splits: tuple[str, ...]
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        """Filtered search of an exact store: FAISS's flat search behind an ID selector gives up BLAS
-        (about 10x slower), so the selected photos get their own flat index, made once per generation."""
-        subset, subset_rows = self._subset(labelled_only, splits)
-        if subset is None:                                    # every stored photo is selected
-            return self._index.search(queries, k)
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        rows = np.full((len(queries), k), -1, np.int64)
-        if subset.ntotal:
-            found, pos = subset.search(queries, min(k, subset.ntotal))
-            scores[:, :pos.shape[1]] = found
-            rows[:, :pos.shape[1]] = np.where(pos >= 0, subset_rows[np.clip(pos, 0, None)], -1)
-        return scores, rows
-
-    def _subset(self, labelled_only: bool, splits: tuple[str, ...]) -> tuple[faiss.Index | None, np.ndarray | None]:
-        """A flat index over the selected photos of an exact store, and the store row of each of its
-        entries; (None, None) when every stored photo is selected."""
-        key = ("subset", labelled_only, splits)
-        if key not in self._derived:
-            rows = self._selected_rows(labelled_only, splits)
-            rows = rows[self._flat_positions(rows)[1]]   # rows named in SQLite but not in the index cannot be searched
-            if len(rows) == self._index.ntotal:
-                self._derived[key] = (None, None)
-                return self._derived[key]
-            subset = faiss.IndexFlatIP(self.dim)
-            subset.add(self._reconstruct_rows(rows))
-            self._derived[key] = (subset, rows)
-        return self._derived[key]
-
 
 @dataclass
 class StoreWrite:
