@@ -14,27 +14,40 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Concatenate, Generic, ParamSpec, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from .config import Config, explicit, merge
-from .data import ImageError, Manifest, load_image
-from .evaluation.calibration import calibrate_category, calibrate_expansion, store_validation
-from .evaluation.run import explicit_threshold
-from .features.extract import ExtractionResult, GlobalExtractor
+from .config import Config
+from .data import ImageError, load_image
+from .evaluation.calibration import calibrate_store_parts
+from .features.extract import GlobalExtractor
 from .features.pipeline import Extractor
 from .index import Store
 from .index.local import LocalStore
 from .pipeline import Parts, StoreContext, build_store, create_store, open_store
-from .pipeline.results import BuildReport, Match, Photo, Recognition, Renamed, SearchOutput
-from .recognition.calibrate import VAL_FRACTION, VAL_SEED, calibrate_store
-from .training.pseudo import ClusterConfig, StoreClusters
+from .pipeline.building import Building
+from .pipeline.embedding import Embedding
+from .pipeline.recognising import Recognising
+from .pipeline.results import BuildReport, Match, Photo, Recognition, SearchOutput
+from .pipeline.searching import Searching
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Delegated(Generic[P, R]):
+    """A facade attribute that is one part's method: ``lm.search`` is ``lm.searching.search``, with its
+    signature and documentation (a subclass of the facade may still override it)."""
+
+    def __init__(self, part: str, method: Callable[Concatenate[Any, P], R]):
+        self.part, self.name, self.__doc__ = part, method.__name__, method.__doc__
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Callable[P, R]:
+        return getattr(getattr(obj, self.part), self.name) if obj is not None else self  # type: ignore[return-value]
 
 
 class Landmarks(Parts):
@@ -109,81 +122,19 @@ class Landmarks(Parts):
     def local(self) -> LocalStore | None:
         return self.ctx.local
 
-    # -- the everyday calls, each one part's ----------------------------------------------------
-    def add_photos(self, photos: Sequence[str | Path], *, landmark_id: int | None = None, split: str = "user",
-                   name: str | None = None, progress: bool | None = None) -> BuildReport:
-        """Add photos under ``split`` (:meth:`landmark.pipeline.Building.add_photos`)."""
-        return self.building.add_photos(photos, landmark_id=landmark_id, split=split, name=name, progress=progress)
+    # -- the everyday calls, each one part's (signature and docs are the part's) ----------------
+    add_photos = Delegated("building", Building.add_photos)
+    import_vectors = Delegated("building", Building.import_vectors)
+    remove = Delegated("building", Building.remove)
+    embed = Delegated("embedding", Embedding.embed)
+    search = Delegated("searching", Searching.search)
+    match_evidence = Delegated("searching", Searching.match_evidence)
+    recognize = Delegated("recognising", Recognising.recognize)
+    detect = Delegated("recognising", Recognising.detect)
+    ensure_extras = Delegated("recognising", Recognising.ensure_extras)
+    cluster = Delegated("recognising", Recognising.cluster)
 
-    def import_vectors(self, vectors: np.ndarray, ids: Sequence[str], *,
-                       landmark_ids: Sequence[int | None] | None = None, paths: Sequence[str | None] | None = None,
-                       split: str = "index", batch_size: int = 100_000, progress: bool | None = None) -> BuildReport:
-        """Add descriptors computed elsewhere, resumably (:meth:`landmark.pipeline.Building.import_vectors`)."""
-        return self.building.import_vectors(vectors, ids, landmark_ids=landmark_ids, paths=paths, split=split,
-                                            batch_size=batch_size, progress=progress)
-
-    def remove(self, ids: Sequence[str]) -> int:
-        return self.building.remove(ids)
-
-    def embed(self, photos: Sequence[Photo] | Manifest, *, progress: bool | None = None,
-              cache_dir: str | Path | None = None, queries: bool = False) -> ExtractionResult:
-        """Descriptors of photos (:meth:`landmark.pipeline.Embedding.embed`)."""
-        return self.embedding.embed(photos, progress=progress, cache_dir=cache_dir, queries=queries)
-
-    def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
-               progress: bool | None = None, rerank: bool | None = None, expand: bool | None = None,
-               category: bool | None = None) -> list[SearchOutput]:
-        """The ``k`` most similar stored photos of each query photo, DBA / alpha-QE, spatial and category
-        re-ranks as configured unless told (:meth:`landmark.pipeline.Searching.search`)."""
-        return self.searching.search(photos, k, splits=splits, progress=progress, rerank=rerank, expand=expand,
-                                     category=category)
-
-    def match_evidence(self, a: str | Photo, b: str, *, max_lines: int = 300) -> bytes | None:
-        """PNG of the verified matches between ``a`` and stored ``b`` (:meth:`landmark.pipeline.Searching.match_evidence`)."""
-        return self.searching.match_evidence(a, b, max_lines=max_lines)
-
-    def recognize(self, photos: Sequence[Photo], *, progress: bool | None = None) -> list[Recognition]:
-        """Landmark id, score in [0, 1], grade and evidence for each photo (:meth:`landmark.pipeline.Recognising.recognize`)."""
-        return self.recognising.recognize(photos, progress=progress)
-
-    def detect(self, photos: Sequence[Photo], *, progress: bool | None = None) -> Any:
-        return self.recognising.detect(photos, progress=progress)
-
-    def ensure_extras(self, *, progress: bool | None = None) -> int:
-        """Compute the object prior of stored photos that lack it; returns how many."""
-        return self.recognising.ensure_extras(progress=progress)
-
-    def cluster(self, split: str = "index", cfg: ClusterConfig | None = None, *,
-                landmarks_only: bool = True) -> StoreClusters:
-        """Pseudo-landmarks of the photos of ``split`` (:meth:`landmark.pipeline.Recognising.cluster`)."""
-        return self.recognising.cluster(split, cfg, landmarks_only=landmarks_only)
-
-    def calibrate(self, *, train_ids: Sequence[str] | None = None, val_fraction: float = VAL_FRACTION,
-                  seed: int = VAL_SEED, landmark_loss: float = 0.02, expansion: bool = True, category: bool = True,
-                  respect: Config | None = None, progress: bool | None = None) -> dict:
-        """Refit the recognition thresholds (object prior, distractor filter, grades) and, if asked,
-        the DBA / alpha-QE verification threshold (``expansion``) and the category re-rank
-        (``category``) on validation splits of the labelled photos (of ``train_ids`` only, if given);
-        they are kept in the store and used from now on. What the user's ``respect`` sets explicitly
-        stays (its expansion threshold, category and recognition settings). Never reads test data.
-        Returns ``{"recognition": report, "expansion": report or None, "category": report or None}``."""
-        if respect is not None:
-            expansion, category = expansion and not explicit_threshold(respect), category and not explicit(respect, "category")
-        self.ensure_extras(progress=progress)
-        # fitted for the store's own query views (a store calibrated before them recognises without until now)
-        own = self.store.config.recognition
-        rec = self.recognising
-        rec.set_recognition_config(replace(rec.recognition_config, regions=own.regions, zoom=own.zoom))
-        recognition = calibrate_store(rec, train_ids=train_ids, val_fraction=val_fraction, seed=seed,
-                                      landmark_loss=landmark_loss, progress=progress)
-        # one retrieval validation split (it depends on the known non-landmarks, so after recognition)
-        validation = store_validation(self, train_ids=train_ids, seed=seed) if expansion or category else None
-        fitted = calibrate_expansion(self, train_ids=train_ids, seed=seed, validation=validation) if expansion else None
-        fitted_category = (calibrate_category(self, train_ids=train_ids, seed=seed, validation=validation)
-                           if category else None)
-        if mine := (explicit(respect, "recognition") if respect is not None else {}):
-            self.store.update_config(replace(self.store.config, recognition=merge(self.store.config.recognition, mine)))
-        return {"recognition": recognition, "expansion": fitted, "category": fitted_category}
+    calibrate = calibrate_store_parts     # spans the parts: landmark.evaluation.calibration
 
 
 def open(store_dir: str | Path, device: str | None = None, *, warm: bool = True) -> Landmarks:  # noqa: A001
@@ -196,5 +147,4 @@ def load_photo(source: Any) -> Image.Image:
     return load_image(source)
 
 
-__all__ = ["BuildReport", "ImageError", "Landmarks", "Match", "Recognition", "Renamed", "SearchOutput", "open",
-           "load_photo"]
+__all__ = ["BuildReport", "ImageError", "Landmarks", "Match", "Recognition", "SearchOutput", "open", "load_photo"]

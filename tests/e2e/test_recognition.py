@@ -376,9 +376,9 @@ def test_prepare_recognition_recalibrates_for_other_query_regions(mini_store, tm
     from landmark.index import Store
 
     calls, real = [], calibrate.calibrate_store
-    import landmark.api as api
+    import landmark.evaluation.calibration as calibration
 
-    for caller in (run, api):      # `landmark evaluate` and Landmarks.calibrate
+    for caller in (run, calibration):      # `landmark evaluate` and Landmarks.calibrate
         monkeypatch.setattr(caller, "calibrate_store",
                             lambda rec, **kw: calls.append(rec.recognition_config.regions) or real(rec, **kw))
     store = shutil.copytree(mini_store, tmp_path / "store")

@@ -10,9 +10,17 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ..config import CategoryConfig, ExpansionConfig
+from ..config import CategoryConfig, Config, ExpansionConfig, explicit, merge
 from ..pipeline import Parts
-from ..recognition.calibrate import CALIBRATION_META, held_out_by_whitening, held_out_label, model_validation_ids
+from ..recognition.calibrate import (
+    CALIBRATION_META,
+    VAL_FRACTION,
+    VAL_SEED,
+    calibrate_store,
+    held_out_by_whitening,
+    held_out_label,
+    model_validation_ids,
+)
 from .spaces import Space, category_ranks, fit_threshold, retrieve, validation_space, validation_split
 
 log = logging.getLogger(__name__)
@@ -222,3 +230,36 @@ def store_calibration_decisions(store) -> dict[str, str]:
     """:func:`calibration_decisions` of the reports a store keeps (``landmark index info``)."""
     return calibration_decisions(store.meta_value(CALIBRATION_META), store.meta_value(EXPANSION_META),
                                  store.meta_value(CATEGORY_META))
+
+
+def calibrate_store_parts(lm: Parts, *, train_ids: Sequence[str] | None = None, val_fraction: float = VAL_FRACTION,
+              seed: int = VAL_SEED, landmark_loss: float = 0.02, expansion: bool = True, category: bool = True,
+              respect: Config | None = None, progress: bool | None = None) -> dict:
+    """``Landmarks.calibrate``: refit the recognition thresholds (object prior, distractor filter, grades) and, if asked,
+    the DBA / alpha-QE verification threshold (``expansion``) and the category re-rank
+    (``category``) on validation splits of the labelled photos (of ``train_ids`` only, if given);
+    they are kept in the store and used from now on. What the user's ``respect`` sets explicitly
+    stays (its expansion threshold, category and recognition settings). Never reads test data.
+    Returns ``{"recognition": report, "expansion": report or None, "category": report or None}``."""
+    if respect is not None:
+        expansion, category = expansion and not explicit_threshold(respect), category and not explicit(respect, "category")
+    lm.recognising.ensure_extras(progress=progress)
+    # fitted for the store's own query views (a store calibrated before them recognises without until now)
+    own = lm.ctx.store.config.recognition
+    rec = lm.recognising
+    rec.set_recognition_config(dataclasses.replace(rec.recognition_config, regions=own.regions, zoom=own.zoom))
+    recognition = calibrate_store(rec, train_ids=train_ids, val_fraction=val_fraction, seed=seed,
+                                  landmark_loss=landmark_loss, progress=progress)
+    # one retrieval validation split (it depends on the known non-landmarks, so after recognition)
+    validation = store_validation(lm, train_ids=train_ids, seed=seed) if expansion or category else None
+    fitted = calibrate_expansion(lm, train_ids=train_ids, seed=seed, validation=validation) if expansion else None
+    fitted_category = (calibrate_category(lm, train_ids=train_ids, seed=seed, validation=validation)
+                       if category else None)
+    if mine := (explicit(respect, "recognition") if respect is not None else {}):
+        lm.ctx.store.update_config(dataclasses.replace(lm.ctx.store.config, recognition=merge(lm.ctx.store.config.recognition, mine)))
+    return {"recognition": recognition, "expansion": fitted, "category": fitted_category}
+
+
+def explicit_threshold(config: Config) -> bool:
+    """Whether ``config`` sets ``expansion.threshold`` itself (calibration then leaves it alone)."""
+    return "threshold" in explicit(config, "expansion")

@@ -31,8 +31,15 @@ from ..retrieval import rank
 from ..retrieval.rerank import rerank_test_queries
 from ..utils.io import atomic_write_json
 from .ablation import gldv2_ablation
-from .calibration import (CATEGORY_META, EXPANSION_META, calibrate_category, calibrate_expansion, calibration_decisions,
-                          ranking_settings)
+from .calibration import (
+    CATEGORY_META,
+    EXPANSION_META,
+    calibrate_category,
+    calibrate_expansion,
+    calibration_decisions,
+    explicit_threshold,
+    ranking_settings,
+)
 from .recognition_ablation import recognition_ablation
 from .submission import write_recognition_csv, write_retrieval_csv
 
@@ -324,11 +331,6 @@ def prepare_recognition(lm: Parts, config: Config, *, progress: bool | None = No
     base = store_recognition(lm.ctx.store) if own else lm.ctx.recognition_config
     lm.recognising.set_recognition_config(merge(base, overrides))
     return report
-
-
-def explicit_threshold(config: Config) -> bool:
-    """Whether ``config`` sets ``expansion.threshold`` itself (calibration then leaves it alone)."""
-    return "threshold" in explicit(config, "expansion")
 
 
 def prepare_category(lm: Parts, config: Config, *, calibrate: bool | None = None) -> dict[str, Any] | None:
