@@ -30,7 +30,7 @@ import landmark
 from landmark.data.manifests import ImageRecord
 from landmark.metrics import global_average_precision, mean_average_precision_at_k
 from landmark.features.whitening import l2n, learn_labelled_whitening
-from landmark.recognition.calibrate import VAL_FRACTION, model_validation_ids
+from landmark.recognition.holdout import VAL_FRACTION, model_validation_ids
 from landmark.recognition.knn import knn_vote
 from landmark.data.splits import split_by_photo
 

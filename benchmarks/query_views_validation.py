@@ -29,7 +29,7 @@ from PIL import Image
 import landmark
 from landmark.data.manifests import ImageRecord
 from landmark.metrics import global_average_precision
-from landmark.recognition.calibrate import VAL_FRACTION, model_validation_ids
+from landmark.recognition.holdout import VAL_FRACTION, model_validation_ids
 from landmark.data.splits import split_by_photo
 
 

@@ -41,7 +41,7 @@ def test_ensemble_whitened_store_round_trip(mini_gldv2, fast_overrides, eiffel_q
 
 def test_learned_whitening_store_keeps_its_validation_photos_out(mini_gldv2, fast_overrides, eiffel_query, tmp_path):
     from landmark.features.pipeline import base_extractor
-    from landmark.recognition.calibrate import model_validation_ids
+    from landmark.recognition.holdout import model_validation_ids
     from landmark.data.splits import split_by_photo
 
     cfg = load_config(overrides=[*fast_overrides, "whitening.kind=learned", "whitening.learn_on=train",

@@ -80,7 +80,7 @@ def _fake_store(tmp_path, *members):
 
 
 def test_held_out_by_an_ensemble_is_what_no_trained_member_trained_on(tmp_path, caplog):
-    from landmark.recognition.calibrate import held_out_by_model
+    from landmark.recognition.holdout import held_out_by_model
 
     lite2, lite1, mnv2 = "tf_efficientnet_lite2", "tf_efficientnet_lite1", "mobilenet_v2"
     assert held_out_by_model(_fake_store(tmp_path, (lite2, None))) is None
@@ -108,7 +108,7 @@ def test_learned_whitening_holds_out_what_calibrations_validate_on(tmp_path, cap
     from landmark.config import WhiteningConfig
     from landmark.data.manifests import ImageRecord
     from landmark.features.whitening import learn_labelled_whitening
-    from landmark.recognition.calibrate import model_validation_ids, validation_holdout
+    from landmark.recognition.holdout import model_validation_ids, validation_holdout
     from landmark.data.splits import split_by_photo
 
     labelled = [ImageRecord(f"p{i}", Path(f"/x/p{i}.jpg"), i % 4) for i in range(40)]

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from landmark.cli import app
 from landmark.config import ConfigError
 from landmark.service import ServiceSettings, load_settings
-from landmark.service.engine import ServiceError, TokenCache, check_id, decode_upload
+from landmark.service.errors import ServiceError
+from landmark.service.uploads import TokenCache, check_id, decode_upload
 
 
 def test_overrides_are_typed_and_checked():

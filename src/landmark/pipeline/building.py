@@ -27,7 +27,7 @@ from ..index import Store, StoreError
 from ..index.bulk import bulk_import
 from ..index.local import LOCAL_DIR, LocalStore
 from ..index.store import check_signature
-from ..recognition.calibrate import validation_holdout
+from ..recognition.holdout import validation_holdout
 from ..recognition.setup import attach_prior, priors_stale, record_groups
 from ..utils.progress import progress_bar
 from .context import StoreContext
@@ -263,7 +263,7 @@ def learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequenc
                      overwrite: bool, progress: bool | None):
     """Learn the store's whitening before the store is made: PCA on its ``whitening.learn_on`` split
     (the index, unlabelled), or the learned whitening on that split's labelled photos less those kept
-    for validation (:func:`~landmark.recognition.calibrate.validation_holdout`). Returns the
+    for validation (:func:`~landmark.recognition.holdout.validation_holdout`). Returns the
     un-whitened extractor it learned with (None where nothing was learned)."""
     wc = config.whitening
     if (store_dir / "meta.sqlite").exists() and not overwrite and ((store_dir / WHITENING_FILE).exists()

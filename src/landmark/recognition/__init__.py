@@ -10,12 +10,19 @@ from typing import TYPE_CHECKING
 from ..utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .filters import (ClassGroups, Detection, ImageNetPrior, OnnxDetector, detector_decision, distractor_scores,
-        prior_decisions)
     from .classifier import ClassifierPrediction, LandmarkClassifier
-    from .pipeline import Decision, Evidence, Recognizer, ablation_configs, decide
-    from .knn import Vote, knn_vote
+    from .filters import (
+        ClassGroups,
+        Detection,
+        ImageNetPrior,
+        OnnxDetector,
+        detector_decision,
+        distractor_scores,
+        prior_decisions,
+    )
     from .grading import grade_a, grade_b, tiered_scores
+    from .knn import Vote, knn_vote
+    from .pipeline import Decision, Evidence, Recognizer, ablation_configs, decide
 
 _EXPORTS = {
     "ClassGroups": "filters", "ClassifierPrediction": "classifier", "Decision": "pipeline", "Detection": "filters",

@@ -14,8 +14,8 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping, cast
 
 import numpy as np

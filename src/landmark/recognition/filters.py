@@ -25,8 +25,8 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import LandmarkError
-from .config import RecognitionConfig
 from ..models.backbones import pretrained_tail
+from .config import RecognitionConfig
 
 LANDMARK, UNCERTAIN, NON_LANDMARK = "landmark", "uncertain", "non_landmark"
 ROLES = (LANDMARK, UNCERTAIN, NON_LANDMARK)

@@ -22,12 +22,23 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import numpy as np
 from PIL import Image
 
-from .config import RecognitionConfig
 from ..data.images import ImageError, load_image
 from ..utils.progress import progress_bar
 from .classifier import ClassifierPrediction, LandmarkClassifier
-from .filters import (LANDMARK, NON_LANDMARK, PROBE_NAME, ClassGroups, DetectorDecision, PriorDecision,
-                      detector_decision, min_of_top_k, prior_decisions, similarity_index, top_similarities)
+from .config import RecognitionConfig
+from .filters import (
+    LANDMARK,
+    NON_LANDMARK,
+    PROBE_NAME,
+    ClassGroups,
+    DetectorDecision,
+    PriorDecision,
+    detector_decision,
+    min_of_top_k,
+    prior_decisions,
+    similarity_index,
+    top_similarities,
+)
 from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_scores
 from .knn import Vote, at_positions, knn_vote, merge_views, stack_views
 

@@ -9,12 +9,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import DETECTORS, RecognitionConfig
 from ..data.manifests import ImageRecord
-from ..index import Store
 from ..features.pipeline import model_extractor, whitening_in_force
+from ..index import Store
 from .calibrate import CALIBRATION_META
 from .classifier import LandmarkClassifier
+from .config import DETECTORS, RecognitionConfig
 from .filters import PROBE_NAME, ClassGroups, ImageNetPrior, onnx_detector
 from .pipeline import Recognizer
 

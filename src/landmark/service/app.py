@@ -26,8 +26,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..api import Landmarks
 from ..index import StoreError
-from .engine import Service, ServiceError, check_id
+from .engine import Service
+from .errors import ServiceError
 from .settings import ServiceSettings
+from .uploads import check_id
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

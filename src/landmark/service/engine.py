@@ -15,144 +15,32 @@ from __future__ import annotations
 
 import io
 import logging
-import re
-import secrets
 import sqlite3
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
 
-from ..api import Landmarks, Match, Recognition, SearchOutput
+from ..api import Landmarks, SearchOutput
 from ..data import ImageRecord
 from ..data.images import ImageError, load_image
-from ..errors import LandmarkError
 from ..features import ExtractionResult
 from ..index import Store, StoreError
 from ..index.records import ImageRow
 from ..utils.io import atomic_write_bytes
+from .errors import ServiceError
+from .responses import match_json, quote_id, recognition_json, row_json, shrunk
 from .settings import ServiceSettings
+from .uploads import EXTENSIONS, NEW_ID, DecodedUpload, LRUBytes, TokenCache, check_id, decode_upload
 
 log = logging.getLogger(__name__)
 
-# ids the service creates become file names: keep them plain
-_NEW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
 _PENDING = "pending"     # the id of a prepared upload until commit_add names it
-
-
-class ServiceError(LandmarkError):
-    """A request the service refuses: ``status`` is the HTTP status, the message says what is wrong."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def check_id(image_id: str) -> str:
-    """Refuse path-like or control-character ids before any lookup (stored ids may hold ``/``)."""
-    if not image_id or len(image_id) > 512:
-        raise ServiceError(400, "invalid image id: empty or longer than 512 characters")
-    parts = image_id.split("/")
-    if (image_id.startswith("/") or "\\" in image_id or any(p in ("", ".", "..") for p in parts)
-            or any(ord(c) < 32 or ord(c) == 127 for c in image_id)):
-        raise ServiceError(400, f"invalid image id {image_id!r}: ids are not paths (no '..', '.', empty "
-                                f"segments, leading '/', backslashes or control characters)")
-    return image_id
-
-
-@dataclass
-class DecodedUpload:
-    image: Image.Image
-    size: tuple[int, int]
-    format: str | None
-
-
-def decode_upload(data: bytes, settings: ServiceSettings, filename: str | None = None) -> DecodedUpload:
-    """Decode an uploaded photo with the project's safe decoder; errors become 4xx ``ServiceError``."""
-    name = filename or "upload"
-    if not data:
-        raise ServiceError(400, f"{name}: empty upload (0 bytes); attach a photo (JPEG, PNG, WebP, ...)")
-    if len(data) > settings.max_upload_bytes:
-        raise ServiceError(413, f"{name}: {len(data):,} bytes is over the upload limit of {settings.max_upload_bytes:,} bytes")
-    try:
-        fmt = Image.open(io.BytesIO(data)).format
-    except Exception:
-        fmt = None
-    try:
-        img = load_image(data, max_pixels=settings.max_pixels)
-    except ImageError as exc:
-        reason = exc.reason
-        if "over the limit" in reason or "decompression bomb" in reason:
-            raise ServiceError(413, f"{name}: {reason}") from None
-        if "not a recognised image format" in reason:
-            raise ServiceError(415, f"{name}: not an image ({reason}); upload a JPEG, PNG, WebP, ... photo") from None
-        raise ServiceError(422, f"{name}: {reason}") from None
-    return DecodedUpload(img, img.size, fmt)
-
-
-class TokenCache:
-    """Recent uploads by random token, bounded in count and age (for drawing evidence later)."""
-
-    def __init__(self, capacity: int, ttl_s: float):
-        self.capacity, self.ttl_s = capacity, ttl_s
-        self._items: OrderedDict[str, tuple[float, Image.Image]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, image: Image.Image) -> str:
-        token = secrets.token_urlsafe(12)
-        with self._lock:
-            self._items[token] = (time.monotonic(), image)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return token
-
-    def get(self, token: str) -> Image.Image | None:
-        with self._lock:
-            item = self._items.get(token)
-            if item is None:
-                return None
-            if time.monotonic() - item[0] > self.ttl_s:
-                del self._items[token]
-                return None
-            return item[1]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class LRUBytes:
-    """A thread-safe LRU of small byte strings (thumbnails)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> bytes | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: bytes) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def drop(self, key: str) -> None:
-        with self._lock:
-            self._items.pop(key, None)
 
 
 class Snapshot:
@@ -264,12 +152,12 @@ class Service:
         rec = snap.lm.recognize([up.image])[0]
         if rec.error:
             raise ServiceError(422, f"{filename or 'upload'}: {rec.error}")
-        token = self.tokens.put(_shrunk(up.image, self.settings.evidence_side))
+        token = self.tokens.put(shrunk(up.image, self.settings.evidence_side))
         out = recognition_json(rec)
         out.update(query=filename or "upload", width=up.size[0], height=up.size[1], token=token,
                    generation=snap.generation, evidence_available=self.evidence_supported)
         best = out["matches"][0]["id"] if out["matches"] else None
-        out["evidence_url"] = f"/uploads/{token}/matches/{_quote(best)}" if best and self.evidence_supported else None
+        out["evidence_url"] = f"/uploads/{token}/matches/{quote_id(best)}" if best and self.evidence_supported else None
         return out
 
     def search(self, data: bytes, k: int, filename: str | None = None, *, expand: bool | None = None) -> dict[str, Any]:
@@ -325,7 +213,7 @@ class Service:
     def landmarks(self) -> list[dict[str, Any]]:
         snap = self.snapshot
         return [{"landmark_id": lab, "name": snap.names.get(lab) if lab is not None else None, "images": n,
-                 "cover": key, "cover_thumbnail": f"/images/{_quote(key)}/thumbnail"}
+                 "cover": key, "cover_thumbnail": f"/images/{quote_id(key)}/thumbnail"}
                 for lab, n, key in snap.store.landmark_counts()]
 
     def list_images(self, landmark_id: int | None, unlabelled: bool, offset: int, limit: int) -> dict[str, Any]:
@@ -388,12 +276,12 @@ class Service:
         store = self.writer.store
         if image_id is None:
             image_id = f"u-{uuid.uuid4().hex[:16]}"
-        elif not _NEW_ID.match(image_id) or ".." in image_id:
+        elif not NEW_ID.match(image_id) or ".." in image_id:
             raise ServiceError(400, f"invalid id {image_id!r} for a new photo: use 1-128 letters, digits, "
                                     f"'.', '_' or '-', starting with a letter or digit")
         if store.get([image_id]):
             raise ServiceError(409, f"an image with id {image_id!r} is already in the store")
-        path = self.uploads_root / f"{image_id}{_EXT.get(up.format or '', '.img')}"
+        path = self.uploads_root / f"{image_id}{EXTENSIONS.get(up.format or '', '.img')}"
         atomic_write_bytes(path, data)
         record = ImageRecord(image_id, path, landmark_id)
         try:
@@ -434,47 +322,3 @@ class Service:
             self._snapshot = new
 
 
-def match_json(m: Match) -> dict[str, Any]:
-    q = _quote(m.id)
-    return {"id": m.id, "score": round(float(m.score), 6), "landmark_id": m.landmark_id, "name": m.name,
-            "thumbnail": f"/images/{q}/thumbnail", "url": f"/images/{q}", "inliers": m.inliers}
-
-
-def recognition_json(rec: Recognition) -> dict[str, Any]:
-    """The fields of a recognition, including any later ones (grade, evidence) that are JSON-able."""
-    from fastapi.encoders import jsonable_encoder
-
-    out: dict[str, Any] = {"landmark_id": rec.landmark_id, "name": rec.name, "score": round(float(rec.score), 6),
-                           "votes": rec.votes, "grade": None}
-    skip = {"query", "landmark_id", "name", "score", "votes", "neighbours", "error"}
-    for key, value in vars(rec).items():
-        if key in skip or key.startswith("_"):
-            continue
-        try:
-            out[key] = jsonable_encoder(value)
-        except Exception:       # an extra field that is not JSON: leave it out of the answer
-            log.debug("recognition field %s is not JSON-serialisable", key)
-    out["matches"] = [match_json(m) for m in rec.neighbours]
-    return out
-
-
-def row_json(row: ImageRow, names: dict[int, str]) -> dict[str, Any]:
-    q = _quote(row.key)
-    return {"id": row.key, "landmark_id": row.landmark_id,
-            "name": names.get(row.landmark_id) if row.landmark_id is not None else None,
-            "split": row.split, "width": row.width, "height": row.height,
-            "thumbnail": f"/images/{q}/thumbnail", "photo": f"/images/{q}/photo"}
-
-
-def _quote(image_id: str) -> str:
-    from urllib.parse import quote
-
-    return quote(image_id, safe="")
-
-
-def _shrunk(img: Image.Image, side: int) -> Image.Image:
-    if max(img.size) <= side:
-        return img
-    out = img.copy()
-    out.thumbnail((side, side), Image.Resampling.LANCZOS)
-    return out

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..data import DatasetError
 from ..data.manifests import PSEUDO_LABEL_OFFSET
-from ..recognition.calibrate import held_out_label, model_validation_ids
+from ..recognition.holdout import held_out_label, model_validation_ids
 from ..utils.config import ConfigError
 from ..utils.io import atomic_path
 from ..utils.progress import progress_bar
