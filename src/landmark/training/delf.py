@@ -98,7 +98,7 @@ def train_head(head: DelfHead, maps: list[torch.Tensor], labels: torch.Tensor, c
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 seen += len(idx)
             sched.step()
             head.eval()
