@@ -17,7 +17,8 @@ for name, command in [("build", index.index_build), ("add", index.index_add), ("
     index_app.command(name)(command)
 for name, command in [("search", query.search), ("recognize", query.recognize), ("evaluate", evaluate.evaluate),
                       ("evaluate-revisited", evaluate.evaluate_revisited_cmd), ("calibrate", evaluate.calibrate_cmd),
-                      ("cluster", evaluate.cluster_cmd), ("train", tools.train_cmd), ("export", tools.export),
+                      ("cluster", evaluate.cluster_cmd), ("train", tools.train_cmd), ("train-delf", tools.train_delf_cmd),
+                      ("export", tools.export),
                       ("download", tools.download), ("install-detector", tools.install_detector),
                       ("models", tools.models), ("serve", tools.serve)]:
     app.command(name)(command)

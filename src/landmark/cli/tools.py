@@ -38,6 +38,32 @@ def train_cmd(data: Path = typer.Argument(..., help="GLDv2 root (its labelled tr
 
 
 @friendly
+def train_delf_cmd(data: Path = typer.Argument(..., help="GLDv2 root (its labelled train split) or a folder with one sub-folder per landmark."),
+                   out_dir: Path = typer.Option(Path("runs/delf"), "--out", "-o", help="delf.pt and metrics.json go here."),
+                   preset: Optional[str] = typer.Option(None, "--preset", "-p", help="cpu-mini (default)."),
+                   config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+                   progress: Optional[bool] = ProgressOpt):
+    """Train DELF attentive local features (attention head on a frozen backbone, image labels only, then PCA);
+    use the checkpoint with --set local.kind=delf --set local.checkpoint=OUT/delf.pt."""
+    from ..training.config import load_delf_config
+    from ..training.delf import train_delf
+
+    cfg = load_delf_config(preset, config, set_ or [])
+    result = train_delf(data, out_dir, cfg, progress=progress)
+    table = Table(title=f"landmark train-delf: {out_dir}", title_justify="left")
+    for col in ("epoch", "loss", "val acc", "s"):
+        table.add_column(col)
+    for row in result.history:
+        table.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row.get('val_accuracy', float('nan')):.3f}",
+                      f"{row['seconds']:.1f}")
+    out.print(table)
+    i = result.info
+    out.print(f"{i['photos']} photos, {i['classes']} landmarks, stage {i['stage']} ({i['channels']} channels, stride "
+              f"{i['stride']}); features cached in {i['cache_s']} s, head trained in {i['train_s']} s, total {i['total_s']} s")
+    out.print(f"checkpoint: {result.checkpoint}  (use it with: --set local.kind=delf --set local.checkpoint={result.checkpoint})")
+
+
+@friendly
 def export(model: Path = typer.Option(..., "--model", "-m", help="A checkpoint written by landmark train."),
            onnx: Path = typer.Option(..., "--onnx", help="Where to write the ONNX model."),
            size: int = typer.Option(384, "--size", help="Height and width of the tracing input (axes stay dynamic).")):

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..models.config import ModelConfig
-from ..utils.config import check_values
+from ..utils.config import ConfigError, check_values
+from ..utils.registry import Registry
 
 
 @dataclass
@@ -34,9 +35,11 @@ class LocalConfig:
 
     enabled: bool = True                  # extract them when building a store (and re-rank with them)
     kind: str = "rootsift"                # rootsift (OpenCV SIFT + RootSIFT) | affine_rootsift (ASIFT views) | orb | brisk
+                                          #   | delf (attentive deep features of a trained checkpoint, features/delf.py)
     image_size: int = 1024                # long side in pixels; smaller photos are not upscaled
     max_keypoints: int = 1000             # strongest keypoints kept per photo
-    num_workers: int = 2                  # extraction processes (0 = in this process)
+    num_workers: int = 2                  # extraction processes (0 = in this process; delf always runs in it)
+    checkpoint: str = ""                  # delf: the trained attention head + PCA (`landmark train-delf DATA --out DIR`)
 
 
 @dataclass
@@ -66,7 +69,9 @@ class FeatureSettings(Protocol):
     whitening: WhiteningConfig
 
 
-LOCAL_KINDS = ("rootsift", "affine_rootsift", "orb", "brisk")   # landmark.features.local
+LOCAL_KINDS = ("rootsift", "affine_rootsift", "orb", "brisk", "delf")   # landmark.features.local
+# local kinds made by a trained network: the extractor class (``cls(cfg).extract_image``, ``cls.signature(cfg)``)
+LOCAL_MODELS = Registry("local.kind", {"delf": "landmark.features.delf:DelfExtractor"})
 WHITENING_KINDS = ("none", "auto", "pca", "learned")            # landmark.features.pipeline
 
 EXTRACT_MINIMUMS = {"image_size": 32, "size_multiple": 1, "batch_size": 1, "num_workers": -1}
@@ -80,6 +85,9 @@ def check_extract(cfg: ExtractConfig, where: str = "extract") -> None:
 
 def check_local(cfg: LocalConfig, where: str = "local") -> None:
     check_values(cfg, {"kind": LOCAL_KINDS}, LOCAL_MINIMUMS, prefix=f"{where}.")
+    if cfg.kind == "delf" and not cfg.checkpoint:
+        raise ConfigError(f"{where}.kind=delf needs {where}.checkpoint: a DELF checkpoint "
+                          "(make one with `landmark train-delf DATA --out DIR`)")
 
 
 def check_whitening(cfg: WhiteningConfig, where: str = "whitening") -> None:

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .config import LOCAL_KINDS as KINDS, LocalConfig
+from .config import LOCAL_KINDS as KINDS, LOCAL_MODELS, LocalConfig
 from ..data.images import ImageError, load_image
 from ..utils.progress import progress_bar
 from .extract import Failure, PhotoItem
@@ -73,11 +73,15 @@ def rootsift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
 
 def local_signature(cfg: LocalConfig) -> dict[str, Any]:
     """What determines stored local features: a store refuses queries extracted otherwise."""
+    if cfg.kind in LOCAL_MODELS:       # a trained network (delf): its checkpoint is part of it
+        return LOCAL_MODELS[cfg.kind].signature(cfg)
     return {"kind": cfg.kind, "image_size": int(cfg.image_size), "max_keypoints": int(cfg.max_keypoints),
             "opencv": cv2.__version__.split(".")[0]}
 
 
 def _detector(cfg: LocalConfig):
+    if cfg.kind in LOCAL_MODELS:
+        return LOCAL_MODELS[cfg.kind](cfg)
     if cfg.kind == "rootsift":
         return cv2.SIFT_create(nfeatures=int(cfg.max_keypoints))
     if cfg.kind == "affine_rootsift":   # the strongest max_keypoints over all simulated views are kept by detect()
@@ -126,6 +130,8 @@ def detect(gray: np.ndarray, cfg: LocalConfig, detector=None) -> tuple[np.ndarra
 
 
 def extract_image(image: Image.Image | np.ndarray, cfg: LocalConfig, detector=None) -> LocalFeatures:
+    if cfg.kind in LOCAL_MODELS:       # a trained network makes the whole LocalFeatures (features/delf.py)
+        return (detector or _detector(cfg)).extract_image(image)
     gray, scale = extraction_frame(image, cfg.image_size)
     kp, desc = detect(gray, cfg, detector)
     return LocalFeatures(kp, desc, scale, gray.shape[1], gray.shape[0])
@@ -135,10 +141,10 @@ def extract_image(image: Image.Image | np.ndarray, cfg: LocalConfig, detector=No
 _W: dict[str, Any] = {}
 
 
-def _init_worker(cfg: LocalConfig) -> None:
+def _init_worker(cfg: LocalConfig, detector=None) -> None:
     cv2.setNumThreads(1)
     _W["cfg"] = cfg
-    _W["det"] = _detector(cfg)
+    _W["det"] = detector or _detector(cfg)
 
 
 def _work(job: tuple[str, str]) -> tuple[str, str, LocalFeatures | None, str | None]:
@@ -160,7 +166,7 @@ class LocalExtractor:
         self.cfg = cfg or LocalConfig()
         if self.cfg.kind not in KINDS:
             raise ValueError(f"unknown local feature kind {self.cfg.kind!r}; choose one of {KINDS}")
-        self._det = None
+        self._det = _detector(self.cfg) if self.cfg.kind in LOCAL_MODELS else None   # a missing checkpoint fails here
 
     @property
     def signature(self) -> dict[str, Any]:
@@ -190,8 +196,8 @@ class LocalExtractor:
                     yield key, feats, None
 
     def _map(self, jobs: list[tuple[str, str]], workers: int) -> Iterable[tuple[str, str, LocalFeatures | None, str | None]]:
-        if workers <= 0 or len(jobs) < 8:
-            _init_worker(self.cfg)
+        if workers <= 0 or len(jobs) < 8 or self.cfg.kind in LOCAL_MODELS:   # a network runs here, on torch's threads
+            _init_worker(self.cfg, self._det)
             yield from map(_work, jobs)
             return
         ctx = mp.get_context("spawn")    # no fork under a multi-threaded torch parent

@@ -20,7 +20,9 @@ from typing import Callable, Sequence
 import faiss
 import numpy as np
 
+from ..features.delf import decode_descriptors
 from ..features.local import BINARY_KINDS, LocalFeatures, rootsift
+from ..features.whitening import l2n
 from ..index.local import LocalStore
 from ..utils.io import atomic_path
 from ..utils.progress import progress_bar
@@ -32,6 +34,8 @@ def descriptors_for_search(descriptors: np.ndarray, kind: str) -> np.ndarray:
     if kind in BINARY_KINDS:
         bits = np.unpackbits(d.astype(np.uint8, copy=False), axis=1).astype(np.float32)
         return np.ascontiguousarray((2 * bits - 1) / np.sqrt(bits.shape[1]))
+    if kind == "delf":
+        return np.ascontiguousarray(l2n(decode_descriptors(d)))
     return np.ascontiguousarray(rootsift(d))
 
 

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..features.delf import decode_descriptors
 from ..features.local import BINARY_KINDS, rootsift
 
 QUANT = 250.0                  # RootSIFT quantisation: int8 value = round(QUANT * component)
@@ -50,7 +51,9 @@ def prepare(descriptors: np.ndarray, kind: str = "rootsift") -> Prepared:
     if kind in BINARY_KINDS:
         bits = np.unpackbits(desc.astype(np.uint8, copy=False), axis=1).astype(np.int8)
         return Prepared(torch.from_numpy(np.ascontiguousarray(2 * bits - 1)), binary=True)
-    if desc.dtype == np.uint8:
+    if kind == "delf":                # uint8 bytes of unit vectors (landmark.features.delf)
+        desc = decode_descriptors(desc)
+    elif desc.dtype == np.uint8:
         desc = rootsift(desc)
     q = np.clip(np.rint(desc.astype(np.float32) * QUANT), -127, 127).astype(np.int8)
     return Prepared(torch.from_numpy(np.ascontiguousarray(q)), binary=False)

@@ -160,3 +160,48 @@ def check_train(cfg: TrainConfig) -> TrainConfig:
     if cfg.cache_views and not cfg.freeze_stages:
         raise ConfigError("cache_views needs freeze_stages > 0 (only frozen stages can be cached)")
     return cfg
+
+
+@dataclass
+class DelfTrainConfig:
+    """``landmark train-delf``: DELF's attention head on a frozen backbone's mid-level features (image-level
+    labels only), then the PCA of the selected features. The defaults are the ``cpu-mini`` recipe: minutes
+    on 2 CPU cores for gldv2-mini's train split (benchmarks/RESULTS.md)."""
+
+    backbone: str = "tf_efficientnet_lite2"    # the store's network (ModelConfig.backbone's default)
+    stage: int = 0                   # stages whose output are the features; 0 = up to the last at stride 16
+    sizes: tuple[int, ...] = (224, 320)        # square training sizes, one drawn per batch (DELF's random
+                                     # rescaling); the frozen features of every photo at each are cached once
+    hidden: int = 256                # attention head: 1x1 conv to this many channels, ReLU, 1x1 conv, softplus
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 1e-3                 # Adam
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.15       # held-out photos per landmark (classification accuracy only)
+    min_per_class: int = 2
+    pca_dim: int = 64                # descriptor dimensions after PCA (DELF: 40)
+    pca_power: float = 1.0           # 1 = PCA-whitening (components of equal variance), 0 = plain PCA
+    pca_shrinkage: float = 0.0       # fraction of the mean eigenvalue added to each (tames whitening's tail)
+    pca_per_photo: int = 100         # highest-attention features per training photo the PCA is learned on
+    scales: tuple[float, ...] = (0.25, 0.3536, 0.5, 0.7071, 1.0)   # extraction pyramid (stored in the checkpoint)
+    batch_photos: int = 16           # photos per forward pass while caching features
+    seed: int = 0
+    device: str = "auto"
+
+
+DELF_PRESETS: dict[str, dict[str, Any]] = {"cpu-mini": {}}
+DELF_MINIMUMS = {"stage": 0, "hidden": 1, "epochs": 1, "batch_size": 1, "pca_dim": 1, "pca_per_photo": 1,
+                 "batch_photos": 1, "min_per_class": 1}
+
+
+def load_delf_config(preset: str | None = None, file: str | Path | None = None,
+                     overrides: Sequence[str] | Mapping[str, Any] = ()) -> DelfTrainConfig:
+    """``preset <- YAML file <- overrides`` for ``landmark train-delf`` (checked before any photo is read)."""
+    cfg = layered(DelfTrainConfig(), DELF_PRESETS, preset or "cpu-mini", "DELF training preset", file, overrides)
+    check_values(cfg, {}, DELF_MINIMUMS)
+    check_models([ModelConfig(backbone=cfg.backbone)], "backbone")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ConfigError(f"val_fraction: expected a share in [0, 1), got {cfg.val_fraction}")
+    if not cfg.sizes or min(cfg.sizes) < 32 or not cfg.scales or min(cfg.scales) <= 0:
+        raise ConfigError(f"sizes / scales: expected sizes >= 32 and scales > 0, got {cfg.sizes} / {cfg.scales}")
+    return cfg
