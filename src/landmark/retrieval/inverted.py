@@ -32,6 +32,8 @@ def descriptors_for_search(descriptors: np.ndarray, kind: str) -> np.ndarray:
     if kind in BINARY_KINDS:
         bits = np.unpackbits(d.astype(np.uint8, copy=False), axis=1).astype(np.float32)
         return np.ascontiguousarray((2 * bits - 1) / np.sqrt(bits.shape[1]))
+    if d.dtype != np.uint8:     # learned kinds: already unit vectors
+        return np.ascontiguousarray(d, dtype=np.float32)
     return np.ascontiguousarray(rootsift(d))
 
 
