@@ -187,11 +187,15 @@ class Verifier:
 
     def inliers(self, query: LocalFeatures | Sequence[LocalFeatures], keys: Sequence[str]) -> np.ndarray:
         """Verified inliers of each key; a query given as several variants (:func:`query_variants`: the photo
-        turned by ``rerank.rotations``) counts the best of them for each key."""
+        turned by ``rerank.rotations``) that verifies no key upright counts the best variant for each key."""
         variants = [query] if isinstance(query, LocalFeatures) else list(query)
         if not variants:
             return np.zeros(len(keys), np.int32)
-        return np.max([[v.inliers for v in self.verify(q, keys)] for q in variants], axis=0).astype(np.int32)
+        best = np.array([v.inliers for v in self.verify(variants[0], keys)], np.int32)
+        if len(variants) > 1 and (not len(best) or best.max() < self.cfg.min_inliers):   # nothing verified upright:
+            for q in variants[1:]:                                                        # the photo may be sideways
+                best = np.maximum(best, [v.inliers for v in self.verify(q, keys)])
+        return best
 
 
 def _nbytes(p: Prepared | GlueInput) -> int:
