@@ -140,3 +140,22 @@ def test_matchers_refuse_features_they_were_not_trained_for():
         check_matcher("lighterglue", "rootsift")
     with pytest.raises(ValueError, match="local.model"):
         LocalExtractor(LocalConfig(kind="aliked", model="aliked-huge"))
+
+
+@pytest.mark.slow
+def test_a_batched_shortlist_matches_like_one_pair_at_a_time(photos):
+    """Candidates with equal keypoint counts go through LightGlue together; each keeps its own matches."""
+    f = _extract("aliked", photos)
+    cands = [f["warped"], f["other"], f["turned"]]
+    assert len({len(c) for c in cands}) == 1          # equal counts: one batch
+    batched = GlueMatcher("lightglue", "aliked", torch.device("cpu"), batch_size=3)
+    one = GlueMatcher("lightglue", "aliked", torch.device("cpu"), batch_size=1)
+    q = batched.prepare(f["photo"])
+    together = batched.match_many(q, [batched.prepare(c) for c in cands] + [None])
+    alone = [one.match_many(q, [one.prepare(c)])[0] for c in cands]
+    assert len(together) == 4 and len(together[3].matches) == 0
+    for t, a, c in zip(together, alone, cands):
+        vt = verify(f["photo"].xy, c.xy, t.matches, model="homography", threshold=4.0).inliers
+        va = verify(f["photo"].xy, c.xy, a.matches, model="homography", threshold=4.0).inliers
+        assert abs(vt - va) <= max(3, 0.15 * va)
+        assert ((t.scores > 0) & (t.scores <= 1)).all()
