@@ -72,7 +72,7 @@ def main() -> None:
         local = f"{sig['kind']}/{cfg.matcher} {sig['image_size']}px"
         stats = lambda v: f"{np.median(v):.0f}, {max(v)}" if v else "-"   # noqa: E731
         print(f"{str(run)[-28:]:<28} {local:<22} {mean_average_precision_at_k(glob, solution):>7.4f} "
-              f"{mean_average_precision_at_k(rer, solution):>8.4f} {per_q:>8.1f}  {stats(rel_inl)} | {stats(oth_inl)} "
+              f"{mean_average_precision_at_k(rer, solution):>8.4f} {per_q:>8.2f}  {stats(rel_inl)} | {stats(oth_inl)} "
               f"({len(rel_inl)} relevant, {len(oth_inl)} other pairs; >= {cfg.min_inliers} counts)", flush=True)
 
 
