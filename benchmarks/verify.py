@@ -7,6 +7,15 @@ time: read + prepare, mutual NN + ratio test, MAGSAC++ homography). Also times O
 brute-force kNN matcher + ratio test on a few pairs for comparison.
 
     PYTHONPATH=src python benchmarks/verify.py ../shared/datasets/gldv2-mini
+
+With ``--combos`` it instead compares local-feature kinds x matchers at one size (default: the CPU
+presets' 640 px, 512 keypoints, shortlists of 20): for each ``kind:matcher`` it extracts the photos
+into a local store, then re-ranks each query like ``search`` does (extract the query, match and verify
+its shortlist) and prints extraction photos/s, verified pairs/s and ms per query, on the CPU and,
+where there is one, on the GPU (the card is named):
+
+    python benchmarks/verify.py ../shared/datasets/gldv2-mini --combos \
+        rootsift:mnn,aliked:lightglue,aliked:mnn,disk:lightglue,xfeat:lighterglue,xfeat:mnn
 """
 
 from __future__ import annotations
@@ -29,19 +38,63 @@ from landmark.index.local import LocalStore
 from landmark.retrieval.rerank import Verifier
 
 
+def combos(args, records) -> None:
+    """Kinds x matchers at one size, as re-ranking runs them (one shortlist per query, query extraction included)."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
+          f"{torch.get_num_threads()}" + (f", GPU {torch.cuda.get_device_name(0)}" if "cuda" in devices else ", no GPU"))
+    print(f"{args.queries} queries x shortlist {args.shortlist}, {args.image_size} px, <= {args.max_keypoints} keypoints; "
+          f"load average {os.getloadavg()[0]:.1f} (a shared machine: wall figures are pessimistic)")
+    photos = records[: args.queries + args.shortlist]
+    print(f"{'kind:matcher':<22} {'device':<7} {'extract photos/s':>16} {'pairs/s':>9} {'ms/query':>9} "
+          f"{'mean inliers':>12}")
+    for combo in args.combos.split(","):
+        kind, matcher = combo.split(":")
+        for device in devices:
+            if kind not in ("aliked", "disk", "xfeat") and device != "cpu":
+                continue
+            cfg = LocalConfig(kind=kind, image_size=args.image_size, max_keypoints=args.max_keypoints,
+                              num_workers=args.threads, device=device)
+            extractor = LocalExtractor(cfg)
+            with tempfile.TemporaryDirectory() as tmp:
+                store = LocalStore.create(Path(tmp) / "local", extractor.signature)
+                extractor.extract_image(np.zeros((64, 64, 3), np.uint8))        # load the network: not timed
+                t0 = time.perf_counter()
+                extract_many(extractor, photos[args.queries:], store.add, progress=False)
+                per_photo = (time.perf_counter() - t0) / max(1, len(photos) - args.queries)
+                shortlist = [r.id for r in photos[args.queries:] if r.id in store]
+                ver = Verifier(LocalStore.open(Path(tmp) / "local"),
+                               RerankConfig(matcher=matcher, min_inliers=8, device=device))
+                ver.verify(extractor.extract_path(photos[0].path), shortlist[:2])    # warm-up (matcher loaded)
+                ver.timings.pairs = 0
+                inliers = []
+                t0 = time.perf_counter()
+                for r in photos[: args.queries]:
+                    inliers += [v.inliers for v in ver.verify(extractor.extract_path(r.path), shortlist)]
+                wall = time.perf_counter() - t0
+                print(f"{combo:<22} {device:<7} {1 / per_photo:>16.2f} {ver.timings.pairs / wall:>9.1f} "
+                      f"{1000 * wall / args.queries:>9.0f} {np.mean(inliers):>12.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
-    ap.add_argument("--max-keypoints", type=int, default=2000)
+    ap.add_argument("--max-keypoints", type=int, default=None, help="default 2000 (--combos: 512)")
     ap.add_argument("--queries", type=int, default=10)
-    ap.add_argument("--shortlist", type=int, default=100)
+    ap.add_argument("--shortlist", type=int, default=None, help="default 100 (--combos: 20)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--combos", default="", help="kind:matcher,... (e.g. aliked:lightglue,xfeat:lighterglue)")
+    ap.add_argument("--image-size", type=int, default=640, help="--combos: local.image_size")
     args = ap.parse_args()
+    args.max_keypoints = args.max_keypoints or (512 if args.combos else 2000)
+    args.shortlist = args.shortlist or (20 if args.combos else 100)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
 
     records = read_gldv2(args.data, "index").records + read_gldv2(args.data, "test").records
     sized = sorted(records, key=lambda r: -np.prod(probe_size(r.path)))[: args.queries + args.shortlist]
+    if args.combos:
+        return combos(args, sized)
     cfg = LocalConfig(max_keypoints=args.max_keypoints, num_workers=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore.create(Path(tmp) / "local", LocalExtractor(cfg).signature)

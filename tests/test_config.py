@@ -37,8 +37,9 @@ def test_errors_name_the_key():
 @pytest.mark.parametrize("override,message", [
     ("model.backbone=resnet9000", "model.backbone: unknown backbone 'resnet9000'"),
     ("ensemble=[{backbone: tf_efficientnet_lite1}, {pooling: max}]", "ensemble.pooling: expected one of"),
-    ("local.kind=surf",
-     r"local.kind: expected one of \['rootsift', 'affine_rootsift', 'orb', 'brisk', 'delf'\], got 'surf'"),
+    ("local.kind=surf", r"local.kind: expected one of \['rootsift', 'affine_rootsift', 'orb', 'brisk', 'aliked', 'disk', "
+                        r"'xfeat', 'delf'\], got 'surf'"),
+    ("rerank.matcher=superglue", r"rerank.matcher: expected one of \['mnn', 'lightglue', 'lighterglue'\], got 'superglue'"),
     ("index.kind=hnsw", "index.kind: expected one of"),
     ("expansion.verify=always", "expansion.verify: expected one of"),
     ("recognition.filtered=hide", "recognition.filtered: expected one of"),

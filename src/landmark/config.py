@@ -57,6 +57,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lite2-gem-global": {"local": {"enabled": False}, "rerank": {"enabled": False}},  # no local features
     "lite2-gem-sift2k": {"local": {"max_keypoints": 2000}},
     "lite2-gem-orb": {"local": {"kind": "orb", "max_keypoints": 2000}},
+    # learned local features and matchers (features/learned.py, retrieval/glue.py): MAGSAC++ homography on the
+    # matcher's matches; LightGlue finds up to ~15 consistent matches between photos of different landmarks
+    # (tests/features/test_learned.py), so verification needs more inliers than with mutual NN (25, full at 100);
+    # a query that verifies nothing upright is also tried turned by 90 and 270 degrees
+    "aliked-lightglue": {"local": {"kind": "aliked", "image_size": 1024, "max_keypoints": 2048, "batch_size": 16},
+                         "rerank": {"matcher": "lightglue", "top_k": 100, "min_inliers": 25, "saturation": 100,
+                                    "verified_inliers": 25, "rotations": [90, 270]},
+                         "recognition": {"evidence_inliers": 25}},    # for a GPU
+    "aliked-lightglue-cpu": {"local": {"kind": "aliked", "image_size": 640, "max_keypoints": 512},
+                             "rerank": {"matcher": "lightglue", "top_k": 20, "min_inliers": 25, "saturation": 100,
+                                        "verified_inliers": 25, "rotations": [90, 270]},
+                         "recognition": {"evidence_inliers": 25}},
+    "xfeat-lighterglue-cpu": {"local": {"kind": "xfeat", "image_size": 640, "max_keypoints": 1024},
+                              "rerank": {"matcher": "lighterglue", "top_k": 20, "min_inliers": 25, "saturation": 100,
+                                         "verified_inliers": 25, "rotations": [90, 270]},
+                         "recognition": {"evidence_inliers": 25}},
     "lite2-gem-pcaw": {"whitening": {"kind": "pca"}},   # PCA even from few photos (the default, auto, needs > dim)
     "lite2-gem-nopca": {"whitening": {"kind": "none"}},  # the store keeps the network's own descriptors
     # Radenovic et al.'s learned whitening of the labelled photos; dim and shrinkage chosen on a validation

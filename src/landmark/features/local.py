@@ -1,5 +1,5 @@
 """Local features: RootSIFT (OpenCV SIFT, L1-normalised, square-rooted), affine-covariant RootSIFT,
-ORB or BRISK keypoints.
+ORB or BRISK keypoints, or learned ones: ALIKED, DISK, XFeat (:mod:`landmark.features.learned`).
 
 The Baidu GLR19 solution (§2.1.2) chose SURF and Hessian-Affine RootSIFT for their robustness to
 scale and viewpoint; neither is in OpenCV's main modules (SURF is in the non-free contrib build).
@@ -15,10 +15,12 @@ What is kept per photo (compact, see :mod:`landmark.index.local`):
 
 - ``keypoints``: N x 4 float16 - x, y, size (diameter in px), angle (degrees);
 - ``descriptors``: N x 128 uint8 raw SIFT (exact; RootSIFT is computed from them by
-  :func:`rootsift`), or N x 32 / N x 64 uint8 packed binary ORB / BRISK strings.
+  :func:`rootsift`), or N x 32 / N x 64 uint8 packed binary ORB / BRISK strings, or N x 128 / N x 64
+  float16 unit vectors of a learned kind (whose keypoints are x, y, detection score, 0).
 
-:class:`LocalExtractor` extracts many photos in worker processes with a progress bar; a photo
-that cannot be read is reported as a :class:`~landmark.features.Failure` and skipped.
+:class:`LocalExtractor` extracts many photos in worker processes with a progress bar (learned kinds:
+in this process, photos of one size batched through the network on ``local.device``); a photo that
+cannot be read is reported as a :class:`~landmark.features.Failure` and skipped.
 """
 
 from __future__ import annotations
@@ -26,18 +28,22 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from .config import LOCAL_KINDS as KINDS, LOCAL_MODELS, LocalConfig
 from ..data.images import ImageError, load_image
+from ..utils.device import resolve_device
 from ..utils.progress import progress_bar
 from .extract import Failure, PhotoItem
+from .learned import DESCRIPTOR_DIMS, LEARNED_KINDS, LearnedNet, model_name, to_arrays
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +55,8 @@ AFFINE_MAX_TILT = 3                    # affine_rootsift: tilts 1, sqrt 2, 2, 2 
 class LocalFeatures:
     """Keypoints and descriptors of one photo, in its extraction frame."""
 
-    keypoints: np.ndarray      # N x 4 float16: x, y, size, angle
-    descriptors: np.ndarray    # N x D uint8
+    keypoints: np.ndarray      # N x 4 float16: x, y, size, angle (learned kinds: x, y, score, 0)
+    descriptors: np.ndarray    # N x D uint8 (learned kinds: float16)
     scale: float = 1.0         # extraction-frame pixels per original pixel (<= 1)
     width: int = 0             # the extraction frame's size in pixels
     height: int = 0
@@ -75,8 +81,10 @@ def local_signature(cfg: LocalConfig) -> dict[str, Any]:
     """What determines stored local features: a store refuses queries extracted otherwise."""
     if cfg.kind in LOCAL_MODELS:       # a trained network (delf): its checkpoint is part of it
         return LOCAL_MODELS[cfg.kind].signature(cfg)
-    return {"kind": cfg.kind, "image_size": int(cfg.image_size), "max_keypoints": int(cfg.max_keypoints),
-            "opencv": cv2.__version__.split(".")[0]}
+    sig = {"kind": cfg.kind, "image_size": int(cfg.image_size), "max_keypoints": int(cfg.max_keypoints)}
+    if cfg.kind in LEARNED_KINDS:
+        return {**sig, "model": model_name(cfg.kind, cfg.model)}
+    return {**sig, "opencv": cv2.__version__.split(".")[0]}
 
 
 def _detector(cfg: LocalConfig):
@@ -97,12 +105,15 @@ def _detector(cfg: LocalConfig):
 
 
 def descriptor_size(kind: str) -> int:
-    return {"rootsift": 128, "affine_rootsift": 128, "orb": 32, "brisk": 64}[kind]
+    return {"rootsift": 128, "affine_rootsift": 128, "orb": 32, "brisk": 64, **DESCRIPTOR_DIMS}[kind]
 
 
-def extraction_frame(image: Image.Image | np.ndarray, image_size: int) -> tuple[np.ndarray, float]:
-    """Grey uint8 array of ``image`` with its long side at most ``image_size``, and the scale applied."""
-    if isinstance(image, Image.Image):
+def extraction_frame(image: Image.Image | np.ndarray, image_size: int, *, color: bool = False) -> tuple[np.ndarray, float]:
+    """Grey (``color``: RGB) uint8 array of ``image`` with its long side at most ``image_size``, and the scale applied."""
+    if color:
+        gray = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else (
+            image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))
+    elif isinstance(image, Image.Image):
         gray = np.asarray(image.convert("L"))
     else:
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -159,6 +170,59 @@ def _work(job: tuple[str, str]) -> tuple[str, str, LocalFeatures | None, str | N
         return key, path, None, f"OpenCV failed on it: {str(exc).strip().splitlines()[-1]}"
 
 
+class LearnedExtractor:
+    """A learned kind's network on its device, run on batches of photos of one extraction size."""
+
+    def __init__(self, cfg: LocalConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.net = LearnedNet(cfg.kind, cfg.max_keypoints, cfg.model).to(self.device)
+
+    def frame(self, image: Image.Image | np.ndarray) -> tuple[np.ndarray, float]:
+        return extraction_frame(image, self.cfg.image_size, color=True)
+
+    def extract_frames(self, frames: Sequence[np.ndarray], scales: Sequence[float]) -> list[LocalFeatures]:
+        """Features of RGB frames of one size, in one forward pass."""
+        batch = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        out = []
+        for det, frame, scale in zip(self.net(batch), frames, scales):
+            kp, desc = to_arrays(det)
+            out.append(LocalFeatures(kp, desc, scale, frame.shape[1], frame.shape[0]))
+        return out
+
+    def extract_image(self, image: Image.Image | np.ndarray) -> LocalFeatures:
+        frame, scale = self.frame(image)
+        return self.extract_frames([frame], [scale])[0]
+
+    def iter_extract(self, jobs: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str, LocalFeatures | None, str | None]]:
+        """``(key, path, features, None)`` or ``(key, path, None, reason)``; decoding runs in threads beside the network."""
+        def load(job: tuple[str, str]) -> tuple[str, str, np.ndarray | None, float, str | None]:
+            try:
+                frame, scale = self.frame(load_image(job[1], draft_size=self.cfg.image_size))
+                return job[0], job[1], frame, scale, None
+            except ImageError as exc:
+                return job[0], job[1], None, 0.0, exc.reason
+
+        groups: dict[tuple[int, ...], list[tuple[str, str, np.ndarray, float]]] = {}
+
+        def flush(shape: tuple[int, ...]) -> Iterator[tuple[str, str, LocalFeatures | None, str | None]]:
+            group = groups.pop(shape)
+            feats = self.extract_frames([g[2] for g in group], [g[3] for g in group])
+            for (key, path, _, _), f in zip(group, feats):
+                yield key, path, f, None
+
+        with ThreadPoolExecutor(max(1, int(self.cfg.num_workers))) as pool:
+            for key, path, frame, scale, reason in pool.map(load, jobs):
+                if frame is None:
+                    yield key, path, None, reason
+                    continue
+                groups.setdefault(frame.shape, []).append((key, path, frame, scale))
+                if len(groups[frame.shape]) >= int(self.cfg.batch_size):
+                    yield from flush(frame.shape)
+        for shape in list(groups):
+            yield from flush(shape)
+
+
 class LocalExtractor:
     """Extracts :class:`LocalFeatures` of photos (paths or images) with one configuration."""
 
@@ -166,13 +230,25 @@ class LocalExtractor:
         self.cfg = cfg or LocalConfig()
         if self.cfg.kind not in KINDS:
             raise ValueError(f"unknown local feature kind {self.cfg.kind!r}; choose one of {KINDS}")
+        if self.cfg.kind in LEARNED_KINDS:
+            model_name(self.cfg.kind, self.cfg.model)     # an unknown variant fails here, before any work
         self._det = _detector(self.cfg) if self.cfg.kind in LOCAL_MODELS else None   # a missing checkpoint fails here
+        self._learned: LearnedExtractor | None = None
 
     @property
     def signature(self) -> dict[str, Any]:
         return local_signature(self.cfg)
 
+    @property
+    def learned(self) -> LearnedExtractor:
+        """The network of a learned kind (loaded on first use)."""
+        if self._learned is None:
+            self._learned = LearnedExtractor(self.cfg)
+        return self._learned
+
     def extract_image(self, image: Image.Image | np.ndarray) -> LocalFeatures:
+        if self.cfg.kind in LEARNED_KINDS:
+            return self.learned.extract_image(image)
         if self._det is None:
             self._det = _detector(self.cfg)
         return extract_image(image, self.cfg, self._det)
@@ -196,6 +272,9 @@ class LocalExtractor:
                     yield key, feats, None
 
     def _map(self, jobs: list[tuple[str, str]], workers: int) -> Iterable[tuple[str, str, LocalFeatures | None, str | None]]:
+        if self.cfg.kind in LEARNED_KINDS:
+            yield from self.learned.iter_extract(jobs)
+            return
         if workers <= 0 or len(jobs) < 8 or self.cfg.kind in LOCAL_MODELS:   # a network runs here, on torch's threads
             _init_worker(self.cfg, self._det)
             yield from map(_work, jobs)

@@ -5,7 +5,8 @@ Layout::
     local/entries.sqlite        entries(key, segment, start, count, scale, width, height),
                                 meta(signature): the extractor that made them
     local/seg-<n>.kp.npy        float16 keypoints of one write (sum of counts x 4: x, y, size, angle)
-    local/seg-<n>.desc.npy      uint8 descriptors of that write (sum of counts x D)
+    local/seg-<n>.desc.npy      descriptors of that write (sum of counts x D): uint8 (SIFT, binary kinds) or
+                                float16 (learned kinds: ALIKED, DISK, XFeat)
 
 A write saves its two segment files atomically (temp file, fsync, rename), then commits the
 entries in one SQLite transaction: a killed write leaves at most an unreferenced segment file.
@@ -141,8 +142,12 @@ class LocalStore:
         if len(dims) > 1:
             raise StoreError(f"descriptors of different widths in one add: {sorted(dims)}")
         dim = dims.pop() if dims else 0
+        dtypes = {np.asarray(f.descriptors).dtype for f in features if len(f.descriptors)} or {np.dtype(np.uint8)}
+        if len(dtypes) > 1 or not dtypes <= {np.dtype(np.uint8), np.dtype(np.float16)}:
+            raise StoreError(f"descriptors must all be uint8 or all float16 in one add, got {sorted(map(str, dtypes))}")
+        dtype = dtypes.pop()
         kp = np.concatenate([np.asarray(f.keypoints, np.float16).reshape(-1, 4) for f in features])
-        desc = np.concatenate([np.asarray(f.descriptors, np.uint8).reshape(-1, dim) for f in features])
+        desc = np.concatenate([np.asarray(f.descriptors, dtype).reshape(-1, dim) for f in features])
         with lock(self.root):
             seg = self._conn.execute("SELECT coalesce(max(segment), 0) + 1 FROM entries").fetchone()[0]
             seg = max([seg] + [int(p.name.split("-")[1].split(".")[0]) + 1 for p in self.root.glob("seg-*.npy")])

@@ -74,7 +74,8 @@ class StoreContext:
         if self.local is not None:   # match the stored features, whatever the current config says
             sig = self.local.signature
             cfg = replace(cfg, kind=sig["kind"], image_size=sig["image_size"], max_keypoints=sig["max_keypoints"],
-                          checkpoint=sig.get("checkpoint", cfg.checkpoint))   # delf: the stored features' network
+                          checkpoint=sig.get("checkpoint", cfg.checkpoint),   # delf: the stored features' network
+                          model=sig.get("model", ""))                         # learned kinds: their variant
         return LocalExtractor(cfg)
 
     def local_features(self, photo: Photo) -> LocalFeatures:

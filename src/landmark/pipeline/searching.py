@@ -15,10 +15,9 @@ from ..data import ImageError, load_image
 from ..index import StoreError
 from ..retrieval.category import StoreCategories, category_first
 from ..retrieval.config import CategoryConfig, ExpansionConfig
-from ..retrieval.matching import match_pair
-from ..retrieval.rerank import rerank_shortlist
+from ..retrieval.rerank import query_variants, rerank_shortlist
 from ..retrieval.search import ExpandedSearch, rank
-from ..retrieval.verification import draw_matches, verify
+from ..retrieval.verification import draw_matches
 from .context import StoreContext
 from .embedding import Embedding
 from .results import Match, Photo, SearchOutput, query_names
@@ -112,7 +111,8 @@ class Searching:
         return bool(self.ctx.config.rerank.enabled and self.ctx.has_local_features)
 
     def rerank_matches(self, photo: Photo, matches: list[Match]) -> list[Match]:
-        feats = self.ctx.local_features(photo)
+        img = photo if isinstance(photo, Image.Image) else load_image(photo)   # turned too, by rerank.rotations
+        feats = query_variants(self.ctx.query_local_extractor(), img, self.ctx.config.rerank.rotations)
         ranked = rerank_shortlist(self.ctx.verifier, feats, [m.id for m in matches], [m.score for m in matches])
         by_id = {m.id: m for m in matches}
         return [replace(by_id[key], score=float(s), inliers=int(i) if i >= 0 else None)
@@ -141,10 +141,7 @@ class Searching:
         else:
             img_a = a if isinstance(a, Image.Image) else load_image(a)
             fa = self.ctx.query_local_extractor().extract_image(img_a)
-        cfg = self.ctx.config.rerank
-        m = match_pair(self.ctx.verifier.prepare_query(fa), fb[1], ratio=cfg.ratio, mutual=cfg.mutual)
-        v = verify(fa.xy, fb[0].xy, m, model=cfg.model, threshold=cfg.threshold, max_iters=cfg.max_iters,
-                   min_inliers=cfg.min_inliers)
+        m, v = self.ctx.verifier.evidence(fa, b)     # the matches of the configured matcher that were verified
         path_b = rows[b].path
         assert path_b is not None                     # its local features were read from its file
         return draw_matches(img_a, load_image(path_b), fa, fb[0], m, v.mask, max_lines=max_lines)

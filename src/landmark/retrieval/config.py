@@ -38,6 +38,14 @@ class RerankConfig:
     saturation: int = 20                  # inliers at which the boost is full
     verified_inliers: int = 8             # inliers that make "verified same landmark" (DBA / alpha-QE)
     inverted_k: int = 0                   # also verify the top-k of the local inverted index (0 = off)
+    matcher: str = "mnn"                  # mnn (mutual NN + ratio, any kind) | lightglue (aliked, disk) | lighterglue (xfeat)
+                                          #   (retrieval/glue.py); MAGSAC++ on its matches either way
+    min_confidence: float = 0.1           # lightglue / lighterglue: matches below this matching score are dropped
+    batch_size: int = 0                   # lightglue / lighterglue: shortlisted photos per forward pass (0 = auto:
+                                          #   1 on the CPU, where point pruning is faster than batching; 32 elsewhere)
+    device: str = "auto"                  # lightglue / lighterglue: where the matcher runs
+    rotations: tuple[int, ...] = ()       # queries are also verified turned by these degrees (90, 180, 270): photos
+                                          #   taken sideways without EXIF (learned features are not rotation-invariant)
 
 
 @dataclass
@@ -70,6 +78,7 @@ class CategoryConfig:
 
 
 VERIFICATION_MODELS = ("homography", "fundamental", "affine")   # landmark.retrieval.verification
+MATCHERS = ("mnn", "lightglue", "lighterglue")                   # landmark.retrieval.glue
 VERIFIERS = ("none", "vote", "threshold", "vote+threshold")     # landmark.retrieval.expansion
 QE_WEIGHTS = ("rank", "alpha")
 
@@ -79,8 +88,9 @@ def check_search(cfg: SearchConfig, where: str = "search") -> None:
 
 
 def check_rerank(cfg: RerankConfig, where: str = "rerank") -> None:
-    check_values(cfg, {"model": VERIFICATION_MODELS},
-                 {"top_k": 1, "max_iters": 1, "min_inliers": 0, "saturation": 1, "verified_inliers": 0, "inverted_k": 0},
+    check_values(cfg, {"model": VERIFICATION_MODELS, "matcher": MATCHERS},
+                 {"top_k": 1, "max_iters": 1, "min_inliers": 0, "saturation": 1, "verified_inliers": 0, "inverted_k": 0,
+                  "batch_size": 0},
                  prefix=f"{where}.")
 
 

@@ -36,6 +36,8 @@ def descriptors_for_search(descriptors: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray((2 * bits - 1) / np.sqrt(bits.shape[1]))
     if kind == "delf":
         return np.ascontiguousarray(l2n(decode_descriptors(d)))
+    if d.dtype != np.uint8:     # learned kinds: already unit vectors
+        return np.ascontiguousarray(d, dtype=np.float32)
     return np.ascontiguousarray(rootsift(d))
 
 

@@ -5,7 +5,8 @@ Descriptors are first *prepared* as int8 matrices whose inner products give the 
 - RootSIFT: unit vectors quantised as ``round(250 * r)`` (components of RootSIFT are below 0.51
   in practice; larger ones are clipped), so ``dot / 250**2`` is the cosine and the squared
   Euclidean distance is ``2 - 2 cos``;
-- binary strings (ORB, BRISK): bits as +-1, so ``dot = D - 2 * hamming``.
+- binary strings (ORB, BRISK): bits as +-1, so ``dot = D - 2 * hamming``;
+- learned descriptors (ALIKED, DISK, XFeat: float16 unit vectors, components up to 1) as ``round(127 * d)``.
 
 A query is matched with each candidate by one int8 x int8 -> int32 product of all their
 descriptors (``torch._int_mm``, VNNI on CPU; float32 BLAS where it is unavailable); on the
@@ -36,6 +37,7 @@ class Prepared:
 
     mat: torch.Tensor          # N x D int8
     binary: bool = False
+    quant: float = QUANT       # int8 value = round(quant * component) (unit-vector descriptors)
 
     def __len__(self) -> int:
         return int(self.mat.shape[0])
@@ -51,12 +53,15 @@ def prepare(descriptors: np.ndarray, kind: str = "rootsift") -> Prepared:
     if kind in BINARY_KINDS:
         bits = np.unpackbits(desc.astype(np.uint8, copy=False), axis=1).astype(np.int8)
         return Prepared(torch.from_numpy(np.ascontiguousarray(2 * bits - 1)), binary=True)
-    if kind == "delf":                # uint8 bytes of unit vectors (landmark.features.delf)
+    quant = QUANT
+    if kind == "delf":                # uint8 bytes of unit vectors quantised at QUANT (landmark.features.delf)
         desc = decode_descriptors(desc)
     elif desc.dtype == np.uint8:
         desc = rootsift(desc)
-    q = np.clip(np.rint(desc.astype(np.float32) * QUANT), -127, 127).astype(np.int8)
-    return Prepared(torch.from_numpy(np.ascontiguousarray(q)), binary=False)
+    else:                     # learned unit vectors: any component may be large
+        quant = 127.0
+    q = np.clip(np.rint(desc.astype(np.float32) * quant), -127, 127).astype(np.int8)
+    return Prepared(torch.from_numpy(np.ascontiguousarray(q)), binary=False, quant=quant)
 
 
 def _int_mm_ok() -> bool:
@@ -80,7 +85,8 @@ def similarities(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return (a.float() @ b.float().T).to(torch.int32).numpy()   # exact: |sums| < 2**24
 
 
-def _mnn_ratio(block: np.ndarray, ratio: float, mutual: bool, binary: bool, dim: int) -> np.ndarray:
+def _mnn_ratio(block: np.ndarray, ratio: float, mutual: bool, binary: bool, dim: int,
+               quant: float = QUANT) -> np.ndarray:
     """Matches within one similarity block (rows: query descriptors, columns: candidate descriptors).
 
     The ratio test compares each query descriptor's nearest and second-nearest candidate
@@ -102,8 +108,8 @@ def _mnn_ratio(block: np.ndarray, ratio: float, mutual: bool, binary: bool, dim:
         if binary:    # hamming distances
             keep &= (dim - s1) < ratio * (dim - s2)
         else:         # squared Euclidean distances of unit vectors
-            d1 = np.maximum(2.0 - 2.0 * s1 / QUANT ** 2, 0.0)
-            d2 = np.maximum(2.0 - 2.0 * s2 / QUANT ** 2, 0.0)
+            d1 = np.maximum(2.0 - 2.0 * s1 / quant ** 2, 0.0)
+            d2 = np.maximum(2.0 - 2.0 * s2 / quant ** 2, 0.0)
             keep &= d1 < (ratio * ratio) * d2
     return np.stack([rows[keep], best[keep]], axis=1).astype(np.int32)
 
@@ -116,7 +122,7 @@ def match_many(query: Prepared, candidates: Sequence[Prepared], *, ratio: float 
         return out
     for i, cand in enumerate(candidates):
         if len(cand):
-            out[i] = _mnn_ratio(similarities(query.mat, cand.mat), ratio, mutual, query.binary, query.dim)
+            out[i] = _mnn_ratio(similarities(query.mat, cand.mat), ratio, mutual, query.binary, query.dim, query.quant)
     return out
 
 

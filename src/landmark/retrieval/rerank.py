@@ -1,7 +1,8 @@
 """Spatial-verification re-ranking of the global shortlist (Baidu GLR19 §2.3), and verified-neighbour matrices.
 
 For each query, the global top-K stored photos are matched with the query's local features
-(:mod:`.matching`) and verified (:mod:`.verification`); the new score of a shortlisted photo is
+(``rerank.matcher``: mutual NN :mod:`.matching`, or LightGlue / LighterGlue :mod:`.glue`, batched over
+the shortlist) and verified (:mod:`.verification`); the new score of a shortlisted photo is
 
     score = global similarity + weight * min(inliers, saturation) / saturation    if inliers >= min_inliers
     score = global similarity                                                     otherwise
@@ -21,18 +22,23 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Protocol
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
-from .config import RerankConfig
+from ..data.images import ImageError, load_image
 from ..features.local import LocalExtractor, LocalFeatures, extract_many
+from .config import RerankConfig
 from ..index.local import LocalStore
+from ..utils.device import resolve_device
 from ..utils.progress import progress_bar
+from .glue import GlueInput, GlueMatcher, check_matcher
 from .inverted import LocalInvertedIndex, merge_shortlists
 from .matching import Prepared, match_many, prepare
 from .verification import Verification, verify
@@ -72,29 +78,39 @@ class Verifier:
         self.local = local
         self.cfg = cfg or RerankConfig()
         self.kind = str(local.signature.get("kind", "rootsift"))
-        self._cache: OrderedDict[str, tuple[LocalFeatures, Prepared]] = OrderedDict()
+        check_matcher(self.cfg.matcher, self.kind)
+        self._glue: GlueMatcher | None = None
+        self._cache: OrderedDict[str, tuple[LocalFeatures, Prepared | GlueInput]] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._used = 0
         self.timings = Timings()
         self.threads = int(threads or min(2, os.cpu_count() or 1))
         self._executor: ThreadPoolExecutor | None = None
 
-    def prepare_query(self, feats: LocalFeatures) -> Prepared:
-        return prepare(feats.descriptors, self.kind)
+    @property
+    def glue(self) -> GlueMatcher | None:
+        """The learned matcher (``rerank.matcher`` lightglue / lighterglue), loaded on first use; None for mnn."""
+        if self._glue is None and self.cfg.matcher != "mnn":
+            self._glue = GlueMatcher(self.cfg.matcher, self.kind, resolve_device(self.cfg.device),
+                                     min_confidence=self.cfg.min_confidence, batch_size=self.cfg.batch_size)
+        return self._glue
 
-    def stored(self, keys: Sequence[str]) -> list[tuple[LocalFeatures, Prepared] | None]:
+    def prepare_query(self, feats: LocalFeatures) -> Prepared | GlueInput:
+        return prepare(feats.descriptors, self.kind) if self.glue is None else self.glue.prepare(feats)
+
+    def stored(self, keys: Sequence[str]) -> list[tuple[LocalFeatures, Prepared | GlueInput] | None]:
         """Features and prepared descriptors of stored photos (None where a key has none)."""
         t0 = time.perf_counter()
         missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
         if missing:
             for k, f in self.local.get(missing).items():
                 f = LocalFeatures(np.asarray(f.keypoints), np.asarray(f.descriptors), f.scale, f.width, f.height)
-                p = prepare(f.descriptors, self.kind)
+                p = self.prepare_query(f)
                 self._cache[k] = (f, p)
-                self._used += p.mat.numel() + f.keypoints.nbytes
+                self._used += _nbytes(p) + f.keypoints.nbytes
             while self._used > self._cache_bytes and len(self._cache) > 1:
                 _, (f, p) = self._cache.popitem(last=False)
-                self._used -= p.mat.numel() + f.keypoints.nbytes
+                self._used -= _nbytes(p) + f.keypoints.nbytes
         out = []
         for k in keys:
             hit = self._cache.get(k)
@@ -104,12 +120,15 @@ class Verifier:
         self.timings.io += time.perf_counter() - t0
         return out
 
-    def verify(self, query: LocalFeatures, keys: Sequence[str], prepared: Prepared | None = None) -> list[Verification]:
+    def verify(self, query: LocalFeatures, keys: Sequence[str],
+               prepared: Prepared | GlueInput | None = None) -> list[Verification]:
         """One :class:`Verification` per stored key (no inliers where a key has no local features).
 
         Pairs are spread over ``threads`` Python threads, each running its matrix product and
         RANSAC single-threaded (both release the GIL): on small per-pair products this beats
-        multi-threaded BLAS, which also collapses when the CPU is shared.
+        multi-threaded BLAS, which also collapses when the CPU is shared. A learned matcher first
+        matches the whole shortlist in batches (:meth:`GlueMatcher.match_many`, torch's threads);
+        only MAGSAC++ is spread over the threads then.
         """
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -119,10 +138,16 @@ class Verifier:
         qxy = query.xy
         out = [Verification() for _ in keys]
         spent = np.zeros((len(keys), 2))
+        glued: list = []
+        t_glue = 0.0
+        if self.glue is not None:
+            t_g = time.perf_counter()
+            glued = [g.matches for g in self.glue.match_many(qp, [s[1] if s is not None else None for s in stored])]
+            t_glue = time.perf_counter() - t_g
 
         def one(i: int) -> None:
             t_a = time.perf_counter()
-            m = match_many(qp, [stored[i][1]], ratio=cfg.ratio, mutual=cfg.mutual)[0]
+            m = glued[i] if glued else match_many(qp, [stored[i][1]], ratio=cfg.ratio, mutual=cfg.mutual)[0]
             t_b = time.perf_counter()
             out[i] = verify(qxy, stored[i][0].xy, m, model=cfg.model, threshold=cfg.threshold,
                             max_iters=cfg.max_iters, min_inliers=cfg.min_inliers)
@@ -139,18 +164,61 @@ class Verifier:
         wall = time.perf_counter() - t0
         total = spent.sum(axis=0)                      # thread time, scaled to the wall time it took
         share = total / total.sum() if total.sum() > 0 else np.array([0.5, 0.5])
-        self.timings.matching += float(wall * share[0])
+        self.timings.matching += float(wall * share[0]) + t_glue
         self.timings.ransac += float(wall * share[1])
         self.timings.pairs += len(keys)
         return out
+
+    def evidence(self, query: LocalFeatures, key: str) -> tuple[np.ndarray, Verification]:
+        """The tentative matches of ``query`` with stored ``key`` (the configured matcher) and their verification
+        (``mask``: the verified ones), for the evidence picture; a KeyError when ``key`` has no local features."""
+        got = self.stored([key])[0]
+        if got is None:
+            raise KeyError(f"{key!r} has no local features in the store")
+        qp, cfg = self.prepare_query(query), self.cfg
+        m = (self.glue.match_many(qp, [got[1]])[0].matches if self.glue is not None
+             else match_many(qp, [got[1]], ratio=cfg.ratio, mutual=cfg.mutual)[0])
+        return m, verify(query.xy, got[0].xy, m, model=cfg.model, threshold=cfg.threshold, max_iters=cfg.max_iters,
+                         min_inliers=cfg.min_inliers)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="verify")
         return self._executor
 
-    def inliers(self, query: LocalFeatures, keys: Sequence[str]) -> np.ndarray:
-        return np.array([v.inliers for v in self.verify(query, keys)], np.int32)
+    def inliers(self, query: LocalFeatures | Sequence[LocalFeatures], keys: Sequence[str]) -> np.ndarray:
+        """Verified inliers of each key; a query given as several variants (:func:`query_variants`: the photo
+        turned by ``rerank.rotations``) that verifies no key upright counts the best variant for each key."""
+        variants = [query] if isinstance(query, LocalFeatures) else list(query)
+        if not variants:
+            return np.zeros(len(keys), np.int32)
+        best = np.array([v.inliers for v in self.verify(variants[0], keys)], np.int32)
+        if len(variants) > 1 and (not len(best) or best.max() < self.cfg.min_inliers):   # nothing verified upright:
+            for q in variants[1:]:                                                        # the photo may be sideways
+                best = np.maximum(best, [v.inliers for v in self.verify(q, keys)])
+        return best
+
+
+def _nbytes(p: Prepared | GlueInput) -> int:
+    return p.mat.numel() if isinstance(p, Prepared) else p.descriptors.numel() * 4 + p.xy.numel() * 4
+
+
+def rotated(image: Image.Image, degrees: int) -> Image.Image:
+    """``image`` turned counter-clockwise by a multiple of 90 degrees (lossless)."""
+    turn = {0: None, 90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    if degrees % 360 not in turn:
+        raise ValueError(f"rerank.rotations: multiples of 90 degrees only, got {degrees}")
+    op = turn[degrees % 360]
+    return image if op is None else image.transpose(op)
+
+
+def query_variants(extractor: LocalExtractor, image: Image.Image, rotations: Sequence[int],
+                   upright: LocalFeatures | None = None) -> list[LocalFeatures]:
+    """Local features of a query photo as it is (``upright``, if already extracted) and turned by each of
+    ``rotations``: a photo taken sideways without EXIF still verifies against upright stored photos
+    (learned features and LightGlue's positional encoding are not rotation-invariant)."""
+    out = [upright if upright is not None else extractor.extract_image(image)]
+    return out + [extractor.extract_image(rotated(image, r)) for r in rotations if r % 360]
 
 
 def combine(global_scores: np.ndarray, inliers: np.ndarray, cfg: RerankConfig) -> np.ndarray:
@@ -177,7 +245,7 @@ class Reranked:
     global_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # each key's rank before
 
 
-def rerank_shortlist(verifier: Verifier, query: LocalFeatures, keys: Sequence[str], scores: Sequence[float],
+def rerank_shortlist(verifier: Verifier, query: LocalFeatures | Sequence[LocalFeatures], keys: Sequence[str], scores: Sequence[float],
                      top_k: int | None = None) -> Reranked:
     """Verify the first ``top_k`` of a global ranking and re-sort them; the tail keeps its order below."""
     k = min(len(keys), top_k if top_k is not None else verifier.cfg.top_k)
@@ -216,7 +284,7 @@ def verified_matrix(local: LocalStore, queries: Sequence[str | LocalFeatures], n
     return out
 
 
-def rerank_rankings(verifier: Verifier, queries: dict[str, LocalFeatures],
+def rerank_rankings(verifier: Verifier, queries: Mapping[str, LocalFeatures | Sequence[LocalFeatures]],
                     rankings: dict[str, tuple[Sequence[str], Sequence[float]]], *,
                     progress: bool | None = None) -> dict[str, Reranked]:
     """Re-rank many global rankings ``query -> (keys, scores)``; queries without features keep their order."""
@@ -260,10 +328,23 @@ def rerank_test_queries(lm: LocalSource, manifest, rankings: dict[str, tuple[Seq
     present = cache.present(manifest.ids())
     failures = extract_many(extractor, [r for r in manifest.records if r.id not in present], cache.add,
                             progress=progress, description="local features queries")
-    t1 = time.perf_counter()
     verifier = lm.verifier
+    feats: dict[str, Any] = cache.get(list(rankings))
+    for r in [r for r in verifier.cfg.rotations if r % 360]:     # the queries turned: cached beside the upright ones
+        turned = LocalStore.create(Path(work_dir) / f"rotated-{r % 360}", extractor.signature)
+        todo = [rec for rec in manifest.records if rec.id in feats and rec.id not in turned.present([rec.id])]
+        with progress_bar(f"local features queries turned {r % 360}", total=len(todo), enabled=progress) as bar:
+            for rec in todo:
+                try:
+                    turned.add([rec.id], [extractor.extract_image(rotated(load_image(rec.path), r))])
+                except ImageError:
+                    pass
+                bar.advance(1)
+        for q, f in turned.get(list(feats)).items():
+            feats[q] = (list(feats[q]) if isinstance(feats[q], list) else [feats[q]]) + [f]
+        turned.close()
+    t1 = time.perf_counter()
     verifier.timings = Timings()
-    feats = cache.get(list(rankings))
     extra: dict[str, float] = {}
     if verifier.cfg.inverted_k > 0 and vectors is not None:
         inv = LocalInvertedIndex.build(lm.local, database, progress=progress)
@@ -272,7 +353,7 @@ def rerank_test_queries(lm: LocalSource, manifest, rankings: dict[str, tuple[Seq
         for q, (keys, scores) in rankings.items():
             keys, scores = list(keys)[: verifier.cfg.top_k], list(scores)[: verifier.cfg.top_k]
             if q in feats:
-                local_keys, _ = inv.search(feats[q], verifier.cfg.inverted_k, ratio=verifier.cfg.ratio)
+                local_keys, _ = inv.search(feats[q] if isinstance(feats[q], LocalFeatures) else feats[q][0], verifier.cfg.inverted_k, ratio=verifier.cfg.ratio)
                 keys, scores = merge_shortlists(keys, scores, local_keys,
                                                 lambda ks, v=vectors[q]: lm.store.vectors(ks) @ v)
             merged[q] = (keys, scores)
