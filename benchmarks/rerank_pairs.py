@@ -50,8 +50,8 @@ def main() -> None:
         queries = lm.embed(test, progress=False, cache_dir=run / "_work" / "extract-test", queries=False)
         ranked = rank(lm.store, queries.vectors, 100, splits=["index"])
         cfg = lm.config.rerank
-        lm._verifier = None
-        lm.config = dataclasses.replace(lm.config, rerank=dataclasses.replace(cfg, top_k=args.top_k))
+        lm.ctx.config = dataclasses.replace(lm.config, rerank=dataclasses.replace(cfg, top_k=args.top_k))
+        lm.ctx.set_local(lm.local)        # a verifier of the new settings
         cache = LocalStore.open(run / "_work" / "local-test")
         turned = [LocalStore.open(run / "_work" / "local-test" / f"rotated-{r % 360}") for r in cfg.rotations if r % 360]
         glob, rer, rel_inl, oth_inl = {}, {}, [], []
@@ -62,7 +62,7 @@ def main() -> None:
                 rer[q] = list(r.keys)
                 continue
             feats = [cache[q]] + [t[q] for t in turned if q in t]
-            out = rerank_shortlist(lm.verifier, feats if len(feats) > 1 else feats[0], list(r.keys), list(r.scores))
+            out = rerank_shortlist(lm.ctx.verifier, feats if len(feats) > 1 else feats[0], list(r.keys), list(r.scores))
             rer[q] = out.keys
             for key, inl in zip(out.keys, out.inliers):
                 if inl >= 0:

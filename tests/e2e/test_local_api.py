@@ -115,9 +115,9 @@ def test_a_learned_kind_builds_searches_and_draws_its_verified_matches(mini_gldv
     assert stored.descriptors.dtype.name == "float16" and stored.descriptors.shape[1] == 64
     again = lm.search([lm.store.get([key])[key].path], k=5)[0].matches
     assert again[0].id == key and again[0].inliers >= 50
-    assert lm.verifier.glue is not None and lm.verifier.glue.matcher == "lighterglue"
+    assert lm.ctx.verifier.glue is not None and lm.ctx.verifier.glue.matcher == "lighterglue"
     other = next(m.id for m in again[1:])
     png = lm.match_evidence(key, other)
     assert png[:4] == b"\x89PNG"
-    m, v = lm.verifier.evidence(stored, key)                  # the picture's matches: LighterGlue's, then MAGSAC++
+    m, v = lm.ctx.verifier.evidence(stored, key)                  # the picture's matches: LighterGlue's, then MAGSAC++
     assert v.inliers >= 50 and len(m) >= v.inliers
