@@ -112,3 +112,15 @@ def test_stage_choices_match_their_registries():
 
     assert set(BACKBONES) == set(REGISTRY)
     assert set(POOLINGS) == set(POOLING_LAYERS)
+
+
+def test_the_stage_configs_name_the_kinds_their_modules_implement():
+    """The light config leaves list each kind; the stage modules implement exactly those."""
+    from landmark.features.config import LOCAL_KINDS, LOCAL_MODELS
+    from landmark.features.learned import LEARNED_KINDS
+    from landmark.features.local import OPENCV_DETECTORS
+    from landmark.retrieval.config import VERIFICATION_MODELS
+    from landmark.retrieval.verification import ESTIMATORS
+
+    assert set(LOCAL_KINDS) == set(OPENCV_DETECTORS) | set(LEARNED_KINDS) | set(LOCAL_MODELS)
+    assert set(VERIFICATION_MODELS) == set(ESTIMATORS)

@@ -87,20 +87,29 @@ def local_signature(cfg: LocalConfig) -> dict[str, Any]:
     return {**sig, "opencv": cv2.__version__.split(".")[0]}
 
 
-def _detector(cfg: LocalConfig):
+def _brisk(cfg: LocalConfig) -> Any:
+    make = getattr(cv2, "BRISK_create", None) or getattr(getattr(cv2, "BRISK", None), "create", None)
+    if make is None:   # OpenCV 5 moved BRISK out of the main modules
+        raise ValueError(f"local feature kind 'brisk' is not in this OpenCV build ({cv2.__version__}); use orb")
+    return make()
+
+
+# local.kind -> the OpenCV detector it extracts with (learned kinds: features/learned.py; delf: LOCAL_MODELS)
+OPENCV_DETECTORS: dict[str, Callable[[LocalConfig], Any]] = {
+    "rootsift": lambda cfg: cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)),
+    # the strongest max_keypoints over all simulated views are kept by detect()
+    "affine_rootsift": lambda cfg: cv2.AffineFeature_create(cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)),
+                                                            maxTilt=AFFINE_MAX_TILT),
+    "orb": lambda cfg: cv2.ORB_create(nfeatures=int(cfg.max_keypoints)),
+    "brisk": _brisk,
+}
+
+
+def _detector(cfg: LocalConfig) -> Any:
     if cfg.kind in LOCAL_MODELS:
         return LOCAL_MODELS[cfg.kind](cfg)
-    if cfg.kind == "rootsift":
-        return cv2.SIFT_create(nfeatures=int(cfg.max_keypoints))
-    if cfg.kind == "affine_rootsift":   # the strongest max_keypoints over all simulated views are kept by detect()
-        return cv2.AffineFeature_create(cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)), maxTilt=AFFINE_MAX_TILT)
-    if cfg.kind == "orb":
-        return cv2.ORB_create(nfeatures=int(cfg.max_keypoints))
-    if cfg.kind == "brisk":
-        make = getattr(cv2, "BRISK_create", None) or getattr(getattr(cv2, "BRISK", None), "create", None)
-        if make is None:   # OpenCV 5 moved BRISK out of the main modules
-            raise ValueError(f"local feature kind 'brisk' is not in this OpenCV build ({cv2.__version__}); use orb")
-        return make()
+    if cfg.kind in OPENCV_DETECTORS:
+        return OPENCV_DETECTORS[cfg.kind](cfg)
     raise ValueError(f"unknown local feature kind {cfg.kind!r}; choose one of {KINDS}")
 
 

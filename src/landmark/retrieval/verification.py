@@ -10,6 +10,7 @@ model is fitted at all. Keypoints are in each photo's extraction frame (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -36,6 +37,16 @@ class Verification:
         return self.inliers / self.matches if self.matches else 0.0
 
 
+# rerank.model -> its MAGSAC++ estimator: (src, dst, threshold, max_iters, confidence) -> (model, inlier mask)
+ESTIMATORS: dict[str, Callable[..., tuple[Any, Any]]] = {
+    "homography": lambda src, dst, t, it, conf: cv2.findHomography(src, dst, cv2.USAC_MAGSAC, t, maxIters=it,
+                                                                   confidence=conf),
+    "fundamental": lambda src, dst, t, it, conf: cv2.findFundamentalMat(src, dst, cv2.USAC_MAGSAC, t, conf, it),
+    "affine": lambda src, dst, t, it, conf: cv2.estimateAffine2D(src, dst, method=cv2.USAC_MAGSAC,
+                                                                 ransacReprojThreshold=t, maxIters=it, confidence=conf),
+}
+
+
 def verify(xy_a: np.ndarray, xy_b: np.ndarray, matches: np.ndarray, *, model: str = "homography",
            threshold: float = 8.0, max_iters: int = 1000, confidence: float = 0.999,
            min_inliers: int = 12) -> Verification:
@@ -49,13 +60,7 @@ def verify(xy_a: np.ndarray, xy_b: np.ndarray, matches: np.ndarray, *, model: st
     src = np.ascontiguousarray(xy_a[matches[:, 0]], dtype=np.float32).reshape(-1, 1, 2)
     dst = np.ascontiguousarray(xy_b[matches[:, 1]], dtype=np.float32).reshape(-1, 1, 2)
     try:
-        if model == "homography":
-            fit, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, threshold, maxIters=max_iters, confidence=confidence)
-        elif model == "fundamental":
-            fit, mask = cv2.findFundamentalMat(src, dst, cv2.USAC_MAGSAC, threshold, confidence, max_iters)
-        else:
-            fit, mask = cv2.estimateAffine2D(src, dst, method=cv2.USAC_MAGSAC, ransacReprojThreshold=threshold,
-                                             maxIters=max_iters, confidence=confidence)
+        fit, mask = ESTIMATORS[model](src, dst, threshold, max_iters, confidence)
     except cv2.error:      # degenerate configurations (all points on a line, ...)
         return out
     if fit is None or mask is None:
