@@ -109,7 +109,8 @@ class GlueMatcher:
 
     def _forward(self, query: GlueInput, cands: list[GlueInput]) -> list[GlueMatches]:
         b = len(cands)
-        data = {"image0": {"keypoints": query.xy[None].expand(b, -1, -1), "descriptors": query.descriptors[None].expand(b, -1, -1),
+        data = {"image0": {"keypoints": query.xy[None].expand(b, -1, -1),
+                           "descriptors": query.descriptors[None].expand(b, -1, -1),
                            "image_size": query.size[None].expand(b, -1)},
                 "image1": {"keypoints": torch.stack([c.xy for c in cands]),
                            "descriptors": torch.stack([c.descriptors for c in cands]),

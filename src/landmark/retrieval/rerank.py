@@ -353,7 +353,8 @@ def rerank_test_queries(lm: LocalSource, manifest, rankings: dict[str, tuple[Seq
         for q, (keys, scores) in rankings.items():
             keys, scores = list(keys)[: verifier.cfg.top_k], list(scores)[: verifier.cfg.top_k]
             if q in feats:
-                local_keys, _ = inv.search(feats[q] if isinstance(feats[q], LocalFeatures) else feats[q][0], verifier.cfg.inverted_k, ratio=verifier.cfg.ratio)
+                upright = feats[q] if isinstance(feats[q], LocalFeatures) else feats[q][0]
+                local_keys, _ = inv.search(upright, verifier.cfg.inverted_k, ratio=verifier.cfg.ratio)
                 keys, scores = merge_shortlists(keys, scores, local_keys,
                                                 lambda ks, v=vectors[q]: lm.store.vectors(ks) @ v)
             merged[q] = (keys, scores)
