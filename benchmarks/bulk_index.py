@@ -81,7 +81,7 @@ def generate(work: Path, n: int, store: Path) -> None:
     np.save(work / "labels.npy", labels)
     q = latency.synthetic_store_vectors(QUERIES, eig, seed=99)[0]
     np.save(work / "queries.npy", q)
-    top = np.concatenate([np.argsort(-(q[i:i + 20] @ x.T), axis=1)[:, :100] for i in range(0, QUERIES, 20)])
+    top = np.concatenate([np.argsort(-(q[i : i + 20] @ x.T), axis=1)[:, :100] for i in range(0, QUERIES, 20)])
     np.save(work / "exact.npy", top)
     (work / "spectrum.json").write_text(json.dumps({"real": (store / "meta.sqlite").is_file()}))
 
@@ -118,8 +118,16 @@ def build(work: Path, how: str, shard: int) -> dict:
     wall = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"how": how, "photos": n, "wall_s": wall, "peak_rss_mib": peak_rss / 1024, "start_rss_mib": base / 1024,
-            "start_anon_mib": peak.start / 1024, "peak_anon_mib": peak.peak / 1024, "disk_mib": disk / 2**20}
+    return {
+        "how": how,
+        "photos": n,
+        "wall_s": wall,
+        "peak_rss_mib": peak_rss / 1024,
+        "start_rss_mib": base / 1024,
+        "start_anon_mib": peak.start / 1024,
+        "peak_anon_mib": peak.peak / 1024,
+        "disk_mib": disk / 2**20,
+    }
 
 
 def search(work: Path, how: str) -> dict:
@@ -131,15 +139,20 @@ def search(work: Path, how: str) -> dict:
     r10, r100, times = [], [], []
     for i in range(len(q)):
         t0 = time.perf_counter()
-        res = store.search(q[i:i + 1], 100)
+        res = store.search(q[i : i + 1], 100)
         times.append(time.perf_counter() - t0)
         got = [int(k[1:]) for k in res.keys[0] if k]
         r10.append(len(set(got[:10]) & set(exact[i, :10].tolist())) / 10)
         r100.append(len(set(got) & set(exact[i].tolist())) / 100)
     info = store.info()
-    return {"recall_at_10": float(np.mean(r10)), "recall_at_100": float(np.mean(r100)),
-            "search_p50_ms": 1000 * float(np.median(times[1:])), "index": info["compressed"]["index"],
-            "nprobe": info["compressed"]["nprobe"], "bytes_per_vector": info["bytes_per_vector"]}
+    return {
+        "recall_at_10": float(np.mean(r10)),
+        "recall_at_100": float(np.mean(r100)),
+        "search_p50_ms": 1000 * float(np.median(times[1:])),
+        "index": info["compressed"]["index"],
+        "nprobe": info["compressed"]["nprobe"],
+        "bytes_per_vector": info["bytes_per_vector"],
+    }
 
 
 def child(*args: str) -> dict:
@@ -169,12 +182,18 @@ def main() -> None:
 
     import faiss
 
-    print(f"machine: {platform.platform()} | {os.cpu_count()} cores | faiss {faiss.__version__} | "
-          f"shards of {args.shard:,} photos")
-    print("RSS = ru_maxrss; anon = RssAnon sampled every 20 ms; 'start' = after imports (numpy, FAISS, the package), "
-          "before the build")
-    print(f"{'photos':>9s} {'build':>12s} {'wall s':>7s} {'peak RSS MiB (start)':>21s} {'peak anon MiB (start)':>22s} "
-          f"{'disk MiB':>9s} {'recall@10':>9s} {'recall@100':>10s} {'search p50 ms':>13s}  index")
+    print(
+        f"machine: {platform.platform()} | {os.cpu_count()} cores | faiss {faiss.__version__} | "
+        f"shards of {args.shard:,} photos"
+    )
+    print(
+        "RSS = ru_maxrss; anon = RssAnon sampled every 20 ms; 'start' = after imports (numpy, FAISS, the package), "
+        "before the build"
+    )
+    print(
+        f"{'photos':>9s} {'build':>12s} {'wall s':>7s} {'peak RSS MiB (start)':>21s} {'peak anon MiB (start)':>22s} "
+        f"{'disk MiB':>9s} {'recall@10':>9s} {'recall@100':>10s} {'search p50 ms':>13s}  index"
+    )
     for n in [int(s) for s in args.sizes.split(",") if s]:
         work = args.work / f"synthetic-{n}"
         child("generate", str(work), str(n), str(args.store))
@@ -184,11 +203,15 @@ def main() -> None:
             s = child("search", str(work), how)
             rss = f"{b['peak_rss_mib']:.0f} ({b['start_rss_mib']:.0f})"
             anon = f"{b['peak_anon_mib']:.0f} ({b['start_anon_mib']:.0f})"
-            print(f"{n:9d} {how:>12s} {b['wall_s']:7.1f} {rss:>21s} {anon:>22s} "
-                  f"{b['disk_mib']:9.0f} {s['recall_at_10']:9.3f} {s['recall_at_100']:10.3f} "
-                  f"{s['search_p50_ms']:13.1f}  {s['index']} nprobe {s['nprobe']}")
-        print(f"          (float32 vectors of the whole collection: {n * 256 * 4 / 2**20:,.0f} MiB; "
-              f"spectrum: {'the real store' if real else '1/i decay (no store at --store)'})")
+            print(
+                f"{n:9d} {how:>12s} {b['wall_s']:7.1f} {rss:>21s} {anon:>22s} "
+                f"{b['disk_mib']:9.0f} {s['recall_at_10']:9.3f} {s['recall_at_100']:10.3f} "
+                f"{s['search_p50_ms']:13.1f}  {s['index']} nprobe {s['nprobe']}"
+            )
+        print(
+            f"          (float32 vectors of the whole collection: {n * 256 * 4 / 2**20:,.0f} MiB; "
+            f"spectrum: {'the real store' if real else '1/i decay (no store at --store)'})"
+        )
 
 
 if __name__ == "__main__":

@@ -43,19 +43,28 @@ def timed_run(cfg, photos, workers: int, shard: int, scheduler: str, gpus: float
         t0 = time.perf_counter()
         ray.init(num_cpus=workers, num_gpus=1 if gpus else None, include_dashboard=False, log_to_driver=False)
         t_init = time.perf_counter() - t0
-        res = extract_distributed(cfg, photos, RayConfig(actors=workers, shard_size=shard, scheduler=scheduler,
-                                                         gpus_per_actor=gpus),
-                                  cache_dir=cache, progress=False)
+        res = extract_distributed(
+            cfg,
+            photos,
+            RayConfig(actors=workers, shard_size=shard, scheduler=scheduler, gpus_per_actor=gpus),
+            cache_dir=cache,
+            progress=False,
+        )
         wall = time.perf_counter() - t0
         chunks = sorted(cache.glob("chunk-*.npz"), key=lambda p: p.stat().st_mtime)
         times = [p.stat().st_mtime for p in chunks]
         first = len(photos) and min(shard, len(photos))
         spread = times[-1] - times[0] if times else 0.0
         steady = (len(photos) - first) / spread if spread > 0 else float("nan")
-        if scheduler == "data":    # Ray Data hands the driver its results in bursts: chunk times tell no rate
+        if scheduler == "data":  # Ray Data hands the driver its results in bursts: chunk times tell no rate
             steady = float("nan")
-        return {"wall_s": wall, "init_s": t_init, "rate": len(res.ids) / wall, "steady": steady,
-                "first_s": times[0] - (os.path.getmtime(cache / "signature.json")) if times else float("nan")}
+        return {
+            "wall_s": wall,
+            "init_s": t_init,
+            "rate": len(res.ids) / wall,
+            "steady": steady,
+            "first_s": times[0] - (os.path.getmtime(cache / "signature.json")) if times else float("nan"),
+        }
     finally:
         ray.shutdown()
         shutil.rmtree(cache, ignore_errors=True)
@@ -63,8 +72,12 @@ def timed_run(cfg, photos, workers: int, shard: int, scheduler: str, gpus: float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", nargs="?", type=Path,
-                    default=Path(os.environ.get("LANDMARK_DATA", HERE.parent / "shared/datasets/gldv2-mini")))
+    ap.add_argument(
+        "data",
+        nargs="?",
+        type=Path,
+        default=Path(os.environ.get("LANDMARK_DATA", HERE.parent / "shared/datasets/gldv2-mini")),
+    )
     ap.add_argument("--photos", type=int, default=192)
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--shard", type=int, default=16)
@@ -80,35 +93,43 @@ def main() -> None:
     from landmark.features import GlobalExtractor
 
     cfg = load_config(overrides=args.overrides)
-    photos = read_gldv2(args.data, "train").records[:args.photos]
-    print(f"machine: {platform.platform()} | {os.cpu_count()} cores | torch {torch.__version__} | "
-          f"{len(photos)} photos of {args.data.name}, {cfg.model.backbone} at {cfg.extract.image_size} px, "
-          f"engine {cfg.extract.engine}, shards of {args.shard}")
+    photos = read_gldv2(args.data, "train").records[: args.photos]
+    print(
+        f"machine: {platform.platform()} | {os.cpu_count()} cores | torch {torch.__version__} | "
+        f"{len(photos)} photos of {args.data.name}, {cfg.model.backbone} at {cfg.extract.image_size} px, "
+        f"engine {cfg.extract.engine}, shards of {args.shard}"
+    )
 
     t0 = time.perf_counter()
     local = GlobalExtractor.from_config(cfg, device="cpu")
     build_s = time.perf_counter() - t0
-    local.extract(photos[:8], progress=False)               # warm-up (engine choice, allocator)
+    local.extract(photos[:8], progress=False)  # warm-up (engine choice, allocator)
     t0 = time.perf_counter()
     local.extract(photos, progress=False)
     single = len(photos) / (time.perf_counter() - t0)
     print(f"single process, no Ray: {single:.1f} photos/s (model built in {build_s:.1f} s, not counted)")
     del local
 
-    print(f"\n{'scheduler':>9s} {'workers':>7s} {'wall s':>7s} {'ray.init s':>10s} {'photos/s (wall)':>15s} "
-          f"{'photos/s (steady)':>17s} {'first shard s':>13s}")
+    print(
+        f"\n{'scheduler':>9s} {'workers':>7s} {'wall s':>7s} {'ray.init s':>10s} {'photos/s (wall)':>15s} "
+        f"{'photos/s (steady)':>17s} {'first shard s':>13s}"
+    )
     for scheduler in [s for s in args.schedulers.split(",") if s]:
         for w in [int(x) for x in args.workers.split(",") if x]:
             r = timed_run(cfg, photos, w, args.shard, scheduler)
-            print(f"{scheduler:>9s} {w:7d} {r['wall_s']:7.1f} {r['init_s']:10.1f} {r['rate']:15.1f} "
-                  f"{r['steady']:17.1f} {r['first_s']:13.1f}")
+            print(
+                f"{scheduler:>9s} {w:7d} {r['wall_s']:7.1f} {r['init_s']:10.1f} {r['rate']:15.1f} "
+                f"{r['steady']:17.1f} {r['first_s']:13.1f}"
+            )
 
     small, large = 4, 64
     runs = {s: timed_run(cfg, photos, 1, s, "actors") for s in (small, large)}
     n_small, n_large = -(-len(photos) // small), -(-len(photos) // large)
     per_shard = (runs[small]["wall_s"] - runs[large]["wall_s"]) / (n_small - n_large)
-    print(f"\noverhead per shard (1 actor): shards of {small}: {runs[small]['wall_s']:.1f} s, of {large}: "
-          f"{runs[large]['wall_s']:.1f} s -> {1000 * per_shard:.0f} ms a shard")
+    print(
+        f"\noverhead per shard (1 actor): shards of {small}: {runs[small]['wall_s']:.1f} s, of {large}: "
+        f"{runs[large]['wall_s']:.1f} s -> {1000 * per_shard:.0f} ms a shard"
+    )
 
     if torch.cuda.is_available():
         from dataclasses import replace

@@ -35,9 +35,9 @@ def measure(cfg, items, engine: str, device: str | None) -> dict:
     cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, engine=engine))
     t0 = time.perf_counter()
     ex = GlobalExtractor.from_config(cfg, device=device)
-    ex.trunk.engine()                                                # export / compile: paid once per network
+    ex.trunk.engine()  # export / compile: paid once per network
     ready_s = time.perf_counter() - t0
-    ex.extract(items[: cfg.extract.batch_size], progress=False)      # warm-up
+    ex.extract(items[: cfg.extract.batch_size], progress=False)  # warm-up
     t0 = time.perf_counter()
     res = ex.extract(items, progress=False)
     pipeline_s = time.perf_counter() - t0
@@ -54,9 +54,15 @@ def measure(cfg, items, engine: str, device: str | None) -> dict:
         torch.cuda.synchronize()
     forward_s = time.perf_counter() - t0
     n = len(res.ids)
-    return {"engine": type(ex.trunk.engine()).__name__, "photos": n, "batches": len(batches),
-            "unreadable": len(res.failures), "ready_s": ready_s,
-            "pipeline": n / pipeline_s, "bare": n / forward_s}
+    return {
+        "engine": type(ex.trunk.engine()).__name__,
+        "photos": n,
+        "batches": len(batches),
+        "unreadable": len(res.failures),
+        "ready_s": ready_s,
+        "pipeline": n / pipeline_s,
+        "bare": n / forward_s,
+    }
 
 
 def main() -> None:
@@ -69,7 +75,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. extract.batch_size=32")
     ap.add_argument("--device", default=None)
     ap.add_argument("--engines", default=None, help="comma-separated (default: every installed one, and auto)")
-    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)       # one engine, for the child process
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one engine, for the child process
     args = ap.parse_args()
 
     cfg = load_config(args.preset, overrides=args.set)
@@ -78,29 +84,53 @@ def main() -> None:
         print(json.dumps(measure(cfg, items, args.engines, args.device)))
         return
     engines = args.engines.split(",") if args.engines else [*available_engines(), "auto"]
-    print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
-          f"torch {torch.__version__} threads={torch.get_num_threads()}")
-    print(f"model: {cfg.model.backbone} {cfg.model.pooling} size={cfg.extract.image_size} "
-          f"scales={cfg.extract.scales} batch={cfg.extract.batch_size} workers={cfg.extract.num_workers} | "
-          f"{len(items)} photos of {args.data} ({args.split})")
+    print(
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
+        f"torch {torch.__version__} threads={torch.get_num_threads()}"
+    )
+    print(
+        f"model: {cfg.model.backbone} {cfg.model.pooling} size={cfg.extract.image_size} "
+        f"scales={cfg.extract.scales} batch={cfg.extract.batch_size} workers={cfg.extract.num_workers} | "
+        f"{len(items)} photos of {args.data} ({args.split})"
+    )
     rows = []
-    if "torch" in engines:   # the allocator as glibc leaves it: a fresh process that does not tune it
-        cmd = [sys.executable, __file__, "--json", "--engines", "torch", "--n", str(args.n), "--data", str(args.data),
-               "--split", args.split, *(["--preset", args.preset] if args.preset else []),
-               *(a for s in args.set for a in ("--set", s)), *(["--device", args.device] if args.device else [])]
-        out = subprocess.run(cmd, env=os.environ | {"LANDMARK_MALLOC_TUNING": "0"}, capture_output=True, text=True,
-                             check=True)
+    if "torch" in engines:  # the allocator as glibc leaves it: a fresh process that does not tune it
+        cmd = [
+            sys.executable,
+            __file__,
+            "--json",
+            "--engines",
+            "torch",
+            "--n",
+            str(args.n),
+            "--data",
+            str(args.data),
+            "--split",
+            args.split,
+            *(["--preset", args.preset] if args.preset else []),
+            *(a for s in args.set for a in ("--set", s)),
+            *(["--device", args.device] if args.device else []),
+        ]
+        out = subprocess.run(
+            cmd, env=os.environ | {"LANDMARK_MALLOC_TUNING": "0"}, capture_output=True, text=True, check=True
+        )
         rows.append(("torch (default allocator)", json.loads(out.stdout.strip().splitlines()[-1])))
     for engine in engines:
         rows.append((engine, measure(cfg, items, engine, args.device)))
     base = rows[0][1]["pipeline"]
-    print(f"photos: {rows[0][1]['photos']} ({rows[0][1]['unreadable']} unreadable) in {rows[0][1]['batches']} "
-          "shape buckets/batches")
-    print(f"{'engine':28s} {'runs as':20s} {'ready s':>8s} {'pipeline img/s':>15s} {'bare img/s':>11s} "
-          f"{'share':>6s} {'vs first':>8s}")
+    print(
+        f"photos: {rows[0][1]['photos']} ({rows[0][1]['unreadable']} unreadable) in {rows[0][1]['batches']} "
+        "shape buckets/batches"
+    )
+    print(
+        f"{'engine':28s} {'runs as':20s} {'ready s':>8s} {'pipeline img/s':>15s} {'bare img/s':>11s} "
+        f"{'share':>6s} {'vs first':>8s}"
+    )
     for name, r in rows:
-        print(f"{name:28s} {r['engine']:20s} {r['ready_s']:8.2f} {r['pipeline']:15.1f} {r['bare']:11.1f} "
-              f"{100 * r['pipeline'] / r['bare']:5.0f}% {r['pipeline'] / base:7.2f}x")
+        print(
+            f"{name:28s} {r['engine']:20s} {r['ready_s']:8.2f} {r['pipeline']:15.1f} {r['bare']:11.1f} "
+            f"{100 * r['pipeline'] / r['bare']:5.0f}% {r['pipeline'] / base:7.2f}x"
+        )
 
 
 if __name__ == "__main__":

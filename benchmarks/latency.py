@@ -68,7 +68,7 @@ def query_photos(source: Path, n: int) -> list[Path]:
     if is_gldv2(source):
         manifest = read_gldv2(source, "test")
         solution = source / "recognition_solution.csv"
-        if solution.is_file():     # landmark photos first: the ones whose recognition does all the work
+        if solution.is_file():  # landmark photos first: the ones whose recognition does all the work
             import csv
 
             with open(solution, newline="") as fh:
@@ -106,8 +106,11 @@ def real_store(store: Path, photos: list[Path]) -> dict:
 def cli_wall(store: Path, photo: Path) -> float:
     exe = Path(sys.executable).with_name("landmark")
     t0 = time.perf_counter()
-    subprocess.run([str(exe), "recognize", str(photo), "--store", str(store), "--json", "--no-progress"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(exe), "recognize", str(photo), "--store", str(store), "--json", "--no-progress"],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -127,8 +130,12 @@ def service(store: Path, photos: list[Path]) -> dict:
             r = client.post("/recognize", files={"photo": (p.name, data, "image/jpeg")})
             times.append(time.perf_counter() - t0)
             r.raise_for_status()
-    return {"start_s": start_s, "first_ms": 1000 * times[0], "p50_ms": 1000 * pct(times[1:], 50),
-            "p95_ms": 1000 * pct(times[1:], 95)}
+    return {
+        "start_s": start_s,
+        "first_ms": 1000 * times[0],
+        "p50_ms": 1000 * pct(times[1:], 50),
+        "p95_ms": 1000 * pct(times[1:], 95),
+    }
 
 
 # -- synthetic stores ----------------------------------------------------------------------------
@@ -149,12 +156,12 @@ def spectrum(store: Path) -> np.ndarray:
 def synthetic_store_vectors(n: int, eig: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` unit vectors in clusters of ~50 (``benchmarks/ann.py``'s generator: the real spectrum,
     log-normal spreads), and each one's cluster as its landmark."""
-    import ann    # benchmarks/ann.py (imported here: it pins BLAS threads to 1 for what loads after it)
+    import ann  # benchmarks/ann.py (imported here: it pins BLAS threads to 1 for what loads after it)
 
     rng = np.random.default_rng(seed)
     clusters = max(10, n // 50)
     x = np.concatenate(list(ann.synthetic(n, eig, rng, clusters, spread=1.2, sigma=0.6)))
-    labels = np.random.default_rng(seed + 1).integers(0, clusters, n)   # landmarks for the vote (not the geometry)
+    labels = np.random.default_rng(seed + 1).integers(0, clusters, n)  # landmarks for the vote (not the geometry)
     return x, labels
 
 
@@ -166,18 +173,19 @@ def make_synthetic_store(root: Path, n: int, eig: np.ndarray) -> dict:
 
     cfg = load_config(overrides=["whitening.kind=pca", "index.kind=ivfpq", "local.enabled=false"])
     root.mkdir(parents=True, exist_ok=True)
-    if not (root / WHITENING_FILE).is_file():   # a PCA-256 store: as `index build` learns one from its photos
+    if not (root / WHITENING_FILE).is_file():  # a PCA-256 store: as `index build` learns one from its photos
         rng = np.random.default_rng(1)
         sample = rng.standard_normal((2000, 1280)).astype(np.float32)
         learn_whitening(sample / np.linalg.norm(sample, axis=1, keepdims=True), DIM).save(root / WHITENING_FILE)
     done = root / "import.json"
-    if done.is_file():                          # imported by an earlier run: its figures
+    if done.is_file():  # imported by an earlier run: its figures
         return json.loads(done.read_text())
     x, labels = synthetic_store_vectors(n, eig)
     t0 = time.perf_counter()
     lm = Landmarks.create(root, cfg)
-    report = lm.import_vectors(x, [f"s{i:07d}" for i in range(n)], landmark_ids=labels.tolist(),
-                               batch_size=250_000, progress=False)
+    report = lm.import_vectors(
+        x, [f"s{i:07d}" for i in range(n)], landmark_ids=labels.tolist(), batch_size=250_000, progress=False
+    )
     out = {"import_s": time.perf_counter() - t0, "added": report.added["index"], "skipped": report.skipped["index"]}
     done.write_text(json.dumps(out))
     return out
@@ -196,55 +204,69 @@ def measure_synthetic(root: Path, n: int, eig: np.ndarray, queries: int = 200) -
 
     before = rss_bytes()
     t0 = time.perf_counter()
-    store = Store.open(root)                 # the store alone: what grows with its photos
+    store = Store.open(root)  # the store alone: what grows with its photos
     store_open_s = time.perf_counter() - t0
     store_bytes = rss_bytes() - before
     info = store.info()
     store.close()
     before = rss_bytes()
     t0 = time.perf_counter()
-    lm = Landmarks.open(root)                # + the model, its engine and a warm-up query
+    lm = Landmarks.open(root)  # + the model, its engine and a warm-up query
     open_s = time.perf_counter() - t0
     opened = rss_bytes()
     search, recall = [], []
     for i in range(queries):
         t0 = time.perf_counter()
-        res = lm.store.search(q[i:i + 1], 100)
+        res = lm.store.search(q[i : i + 1], 100)
         search.append(time.perf_counter() - t0)
         got = [int(k[1:]) for k in res.keys[0] if k]
-        recall.append((len(set(got[:10]) & set(exact[i, :10].tolist())) / 10,
-                       len(set(got) & set(exact[i].tolist())) / 100))
+        recall.append(
+            (len(set(got[:10]) & set(exact[i, :10].tolist())) / 10, len(set(got) & set(exact[i].tolist())) / 100)
+        )
     recog = []
     for i in range(min(queries, 100)):
         t0 = time.perf_counter()
-        lm.recognising.recognize_vectors(q[i:i + 1], ids=[f"q{i}"])
+        lm.recognising.recognize_vectors(q[i : i + 1], ids=[f"q{i}"])
         recog.append(time.perf_counter() - t0)
     after = rss_bytes()
     cached = file_bytes()
     disk = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and "engines" not in f.parts)
-    return {"photos": len(lm.store), "store_open_s": store_open_s, "open_s": open_s,
-            "store_ram_bytes_per_photo": store_bytes / n, "model_ram_mib": (opened - before) / 2**20,
-            "queries_ram_mib": (after - opened) / 2**20,
-            "file_cache_mib": cached / 2**20, "disk_bytes_per_photo": disk / n,
-            "search_p50_ms": 1000 * pct(search[1:], 50), "search_p95_ms": 1000 * pct(search[1:], 95),
-            "search_first_ms": 1000 * search[0], "recall_at_10": float(np.mean([r[0] for r in recall])),
-            "recall_at_100": float(np.mean([r[1] for r in recall])),
-            "recognize_p50_ms": 1000 * pct(recog[1:], 50), "recognize_p95_ms": 1000 * pct(recog[1:], 95),
-            "index": info.get("compressed", {}).get("index", info.get("index_kind")),
-            "bytes_per_vector": info.get("bytes_per_vector"),
-            "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {
+        "photos": len(lm.store),
+        "store_open_s": store_open_s,
+        "open_s": open_s,
+        "store_ram_bytes_per_photo": store_bytes / n,
+        "model_ram_mib": (opened - before) / 2**20,
+        "queries_ram_mib": (after - opened) / 2**20,
+        "file_cache_mib": cached / 2**20,
+        "disk_bytes_per_photo": disk / n,
+        "search_p50_ms": 1000 * pct(search[1:], 50),
+        "search_p95_ms": 1000 * pct(search[1:], 95),
+        "search_first_ms": 1000 * search[0],
+        "recall_at_10": float(np.mean([r[0] for r in recall])),
+        "recall_at_100": float(np.mean([r[1] for r in recall])),
+        "recognize_p50_ms": 1000 * pct(recog[1:], 50),
+        "recognize_p95_ms": 1000 * pct(recog[1:], 95),
+        "index": info.get("compressed", {}).get("index", info.get("index_kind")),
+        "bytes_per_vector": info.get("bytes_per_vector"),
+        "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=HERE / "runs/demo/store")
-    ap.add_argument("--queries", type=Path, default=Path(os.environ.get("LANDMARK_DATA", HERE.parent / "shared/datasets/gldv2-mini")))
+    ap.add_argument(
+        "--queries",
+        type=Path,
+        default=Path(os.environ.get("LANDMARK_DATA", HERE.parent / "shared/datasets/gldv2-mini")),
+    )
     ap.add_argument("--n-queries", type=int, default=20)
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--work", type=Path, default=HERE / "runs/latency")
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
-    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)     # child process: one synthetic store
+    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # child process: one synthetic store
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -253,8 +275,10 @@ def main() -> None:
 
     import torch
 
-    print(f"machine: {platform.platform()} | {os.cpu_count()} cores | torch {torch.__version__} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"machine: {platform.platform()} | {os.cpu_count()} cores | torch {torch.__version__} "
+        f"threads={torch.get_num_threads()}"
+    )
     if not args.skip_real:
         if not (args.store / "meta.sqlite").is_file():
             print(f"no store at {args.store} (make demo builds one): real-store figures skipped")
@@ -268,26 +292,38 @@ def main() -> None:
                 print(f"{k:12s} {api['first'][k]:8.3f} {api['steady'][k]:9.3f}")
             print(f"CLI: `landmark recognize ONE.jpg` wall {cli_wall(args.store, photos[0]):.2f} s (fresh process)")
             sv = service(args.store, photos)
-            print(f"service: start {sv['start_s']:.2f} s; POST /recognize first {sv['first_ms']:.0f} ms, "
-                  f"p50 {sv['p50_ms']:.0f} ms, p95 {sv['p95_ms']:.0f} ms")
+            print(
+                f"service: start {sv['start_s']:.2f} s; POST /recognize first {sv['first_ms']:.0f} ms, "
+                f"p50 {sv['p50_ms']:.0f} ms, p95 {sv['p95_ms']:.0f} ms"
+            )
     if not args.skip_synthetic:
         print(f"\n## synthetic stores ({DIM}-d, index.kind=ivfpq), imported with Landmarks.import_vectors")
-        print(f"{'photos':>9s} {'import s':>9s} {'store open s':>12s} {'open s':>7s} {'RAM B/photo':>12s} "
-              f"{'disk B/photo':>13s} {'search p50 ms':>14s} {'p95 ms':>7s} {'recall@10':>9s} {'recall@100':>10s} "
-              f"{'recognize p50 ms':>17s}")
+        print(
+            f"{'photos':>9s} {'import s':>9s} {'store open s':>12s} {'open s':>7s} {'RAM B/photo':>12s} "
+            f"{'disk B/photo':>13s} {'search p50 ms':>14s} {'p95 ms':>7s} {'recall@10':>9s} {'recall@100':>10s} "
+            f"{'recognize p50 ms':>17s}"
+        )
         for n in [int(s) for s in args.sizes.split(",") if s]:
             root = args.work / f"synthetic-{n}"
             eig = spectrum(args.store)
             built = make_synthetic_store(root, n, eig)
             np.save(root / "spectrum.npy", eig)
-            out = subprocess.run([sys.executable, __file__, "--measure", str(root), "--n", str(n)], check=True,
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--measure", str(root), "--n", str(n)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             m = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{m['photos']:9d} {built['import_s']:9.1f} {m['store_open_s']:12.2f} {m['open_s']:7.2f} "
-                  f"{m['store_ram_bytes_per_photo']:12.0f} {m['disk_bytes_per_photo']:13.0f} "
-                  f"{m['search_p50_ms']:14.1f} {m['search_p95_ms']:7.1f} {m['recall_at_10']:9.3f} {m['recall_at_100']:10.3f} "
-                  f"{m['recognize_p50_ms']:17.1f}")
-            print(f"          {json.dumps({k: m[k] for k in ('index', 'bytes_per_vector', 'model_ram_mib', 'queries_ram_mib', 'file_cache_mib', 'search_first_ms', 'recognize_p95_ms', 'max_rss_gib')})}")
+            print(
+                f"{m['photos']:9d} {built['import_s']:9.1f} {m['store_open_s']:12.2f} {m['open_s']:7.2f} "
+                f"{m['store_ram_bytes_per_photo']:12.0f} {m['disk_bytes_per_photo']:13.0f} "
+                f"{m['search_p50_ms']:14.1f} {m['search_p95_ms']:7.1f} {m['recall_at_10']:9.3f} {m['recall_at_100']:10.3f} "
+                f"{m['recognize_p50_ms']:17.1f}"
+            )
+            print(
+                f"          {json.dumps({k: m[k] for k in ('index', 'bytes_per_vector', 'model_ram_mib', 'queries_ram_mib', 'file_cache_mib', 'search_first_ms', 'recognize_p95_ms', 'max_rss_gib')})}"
+            )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ import numpy as np
 
 import landmark
 from landmark.data.manifests import ImageRecord
-from landmark.metrics import global_average_precision, mean_average_precision_at_k
+from landmark.data.splits import split_by_photo
 from landmark.features.whitening import l2n, learn_labelled_whitening
+from landmark.metrics import global_average_precision, mean_average_precision_at_k
 from landmark.recognition.holdout import VAL_FRACTION, model_validation_ids
 from landmark.recognition.knn import knn_vote
-from landmark.data.splits import split_by_photo
 
 
 def scores(transform, held, train, held_labels, train_labels, neg_db, neg_q) -> tuple[int, float, float]:
@@ -46,7 +46,7 @@ def scores(transform, held, train, held_labels, train_labels, neg_db, neg_q) -> 
     wrong = sum(votes[i].landmark_id != held_labels[i] for i in range(len(q)))
     database = np.concatenate([q, transform(neg_db)])
     sims = q @ database.T
-    sims[np.arange(len(q)), np.arange(len(q))] = -np.inf                 # not itself
+    sims[np.arange(len(q)), np.arange(len(q))] = -np.inf  # not itself
     ranks = np.argsort(-sims, axis=1)[:, :100]
     rel = {i: [str(j) for j in np.flatnonzero(held_labels == held_labels[i]) if j != i] for i in range(len(q))}
     rel = {i: r for i, r in rel.items() if r}
@@ -77,12 +77,14 @@ def main() -> None:
     train = [k for k in keys if k not in held_ids]
     _, negatives = lm.recognising.recognizer.known_non_landmarks()
     order = np.random.default_rng(args.seed).permutation(len(negatives))
-    neg_db, neg_q = negatives[order[: len(order) // 2]], negatives[order[len(order) // 2:]]
+    neg_db, neg_q = negatives[order[: len(order) // 2]], negatives[order[len(order) // 2 :]]
     hv, tv = st.vectors(held), st.vectors(train)
     hl = np.array([rows[k].landmark_id for k in held])
     tl = np.array([rows[k].landmark_id for k in train])
-    print(f"{len(held)} validation photos, {len(train)} training photos, {len(neg_db)} known non-landmarks in the "
-          f"database and {len(neg_q)} as queries ({st.dim}-d, {st.config.model.checkpoint or 'ImageNet'})")
+    print(
+        f"{len(held)} validation photos, {len(train)} training photos, {len(neg_db)} known non-landmarks in the "
+        f"database and {len(neg_q)} as queries ({st.dim}-d, {st.config.model.checkpoint or 'ImageNet'})"
+    )
     print(f"{'setting':32s} {'kNN wrong':>9s} {'kNN GAP':>8s} {'mAP@100':>8s}")
     w, g, m = scores(l2n, hv, tv, hl, tl, neg_db, neg_q)
     print(f"{'none':32s} {w:9d} {g:8.4f} {m:8.4f}")

@@ -38,13 +38,21 @@ def default_base() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("datasets", nargs="*", type=Path, help="dataset roots (default: every one under the datasets folder)")
+    ap.add_argument(
+        "datasets", nargs="*", type=Path, help="dataset roots (default: every one under the datasets folder)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "quality")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--overwrite", action="store_true", help="rebuild every store (after a configuration change)")
-    ap.add_argument("--calibrate", dest="calibrate", action="store_const", const=True, default=None,
-                    help="refit every store's calibration (default: where it never was, or is stale)")
+    ap.add_argument(
+        "--calibrate",
+        dest="calibrate",
+        action="store_const",
+        const=True,
+        default=None,
+        help="refit every store's calibration (default: where it never was, or is stale)",
+    )
     ap.add_argument("--no-calibrate", dest="calibrate", action="store_const", const=False)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
@@ -60,12 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     if not roots:
         console.print(f"[red]no dataset to evaluate under {default_base()}[/]")
         return 2
-    console.print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
-                  f"{os.cpu_count()} cores | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    console.print(
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
+        f"{os.cpu_count()} cores | torch {torch.__version__} | threads {torch.get_num_threads()}"
+    )
     t0 = time.perf_counter()
-    suite = run_suite(roots, args.out, lambda: load_config(args.preset, overrides=args.overrides),
-                      progress=args.progress, calibrate=args.calibrate, overwrite=args.overwrite,
-                      on_set=lambda name, s: console.print(f"{name}: done in {s['seconds']:.0f} s"))
+    suite = run_suite(
+        roots,
+        args.out,
+        lambda: load_config(args.preset, overrides=args.overrides),
+        progress=args.progress,
+        calibrate=args.calibrate,
+        overwrite=args.overwrite,
+        on_set=lambda name, s: console.print(f"{name}: done in {s['seconds']:.0f} s"),
+    )
     render(suite, console)
     console.print(f"{len(suite['sets'])} sets in {time.perf_counter() - t0:.0f} s; {args.out / 'quality.json'}")
     return 0

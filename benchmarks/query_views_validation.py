@@ -28,9 +28,9 @@ from PIL import Image
 
 import landmark
 from landmark.data.manifests import ImageRecord
+from landmark.data.splits import split_by_photo
 from landmark.metrics import global_average_precision
 from landmark.recognition.holdout import VAL_FRACTION, model_validation_ids
-from landmark.data.splits import split_by_photo
 
 
 def pasted(photo: Path, scene: Path, share: float, rng: np.random.Generator) -> Image.Image:
@@ -49,7 +49,9 @@ def pasted(photo: Path, scene: Path, share: float, rng: np.random.Generator) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("store")
-    ap.add_argument("--paste", type=float, default=0.45, help="long side of the pasted photo, as a share of the scene's")
+    ap.add_argument(
+        "--paste", type=float, default=0.45, help="long side of the pasted photo, as a share of the scene's"
+    )
     ap.add_argument("--views", default="1x1,3x1,3x2", help="REGIONSxZOOM settings, comma-separated")
     ap.add_argument("--negatives", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
@@ -60,7 +62,9 @@ def main() -> None:
     rows = src.store.get(keys)
     held = sorted(model_validation_ids(src.store, keys, args.seed))
     if not held:
-        labelled = [ImageRecord(k, Path(rows[k].path), rows[k].landmark_id) for k in keys if rows[k].landmark_id is not None]
+        labelled = [
+            ImageRecord(k, Path(rows[k].path), rows[k].landmark_id) for k in keys if rows[k].landmark_id is not None
+        ]
         held = sorted(r.id for r in split_by_photo(labelled, VAL_FRACTION, 2, args.seed).val)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(args.store, Path(tmp) / "store")
@@ -69,28 +73,40 @@ def main() -> None:
         neg_keys, _ = lm.recognising.recognizer.known_non_landmarks()
         neg_rows = lm.store.get(neg_keys)
         rng = np.random.default_rng(args.seed)
-        negatives = [neg_keys[i] for i in rng.permutation(len(neg_keys))[:args.negatives]]
+        negatives = [neg_keys[i] for i in rng.permutation(len(neg_keys))[: args.negatives]]
         truth = {k: rows[k].landmark_id for k in held} | {k: None for k in negatives}
-        plain = [Image.open(rows[k].path).convert("RGB") for k in held] + \
-                [Image.open(neg_rows[k].path).convert("RGB") for k in negatives]
+        plain = [Image.open(rows[k].path).convert("RGB") for k in held] + [
+            Image.open(neg_rows[k].path).convert("RGB") for k in negatives
+        ]
         scenes = [neg_rows[neg_keys[i]].path for i in rng.integers(0, len(neg_keys), len(held))]
         small = [pasted(Path(rows[k].path), Path(s), args.paste, rng) for k, s in zip(held, scenes)]
-        print(f"{len(held)} validation photos against {len(lm.store.keys('train'))} labelled ones; "
-              f"{len(negatives)} known non-landmarks; pasted at {args.paste:g} of the long side")
+        print(
+            f"{len(held)} validation photos against {len(lm.store.keys('train'))} labelled ones; "
+            f"{len(negatives)} known non-landmarks; pasted at {args.paste:g} of the long side"
+        )
         for setting in args.views.split(","):
             regions, zoom = setting.split("x")
-            lm.recognising.set_recognition_config(dataclasses.replace(lm.recognising.recognition_config, regions=int(regions), zoom=float(zoom)))
-            for name, images, ids in (("as taken + non-landmarks", plain, held + negatives),
-                                      ("pasted small", small, held)):
+            lm.recognising.set_recognition_config(
+                dataclasses.replace(lm.recognising.recognition_config, regions=int(regions), zoom=float(zoom))
+            )
+            for name, images, ids in (
+                ("as taken + non-landmarks", plain, held + negatives),
+                ("pasted small", small, held),
+            ):
                 t0 = time.perf_counter()
                 vectors, extras = lm.embedding.query_views_of_images(images)
                 seconds = time.perf_counter() - t0
                 recs = lm.recognising.recognize_vectors(vectors, extras=extras, ids=ids)
-                votes = {k: (r.evidence["knn"]["landmark_id"], r.evidence["knn"]["similarity"]) for k, r in zip(ids, recs)}
+                votes = {
+                    k: (r.evidence["knn"]["landmark_id"], r.evidence["knn"]["similarity"]) for k, r in zip(ids, recs)
+                }
                 wrong = sum(votes[k][0] != truth[k] for k in held)
-                print(f"regions {regions} zoom {zoom}: {name:24s} kNN wrong {wrong:3d} of {len(held)}, "
-                      f"GAP {global_average_precision(votes, {k: truth[k] for k in ids}):.4f} "
-                      f"({1000 * seconds / len(images):.0f} ms a photo)", flush=True)
+                print(
+                    f"regions {regions} zoom {zoom}: {name:24s} kNN wrong {wrong:3d} of {len(held)}, "
+                    f"GAP {global_average_precision(votes, {k: truth[k] for k in ids}):.4f} "
+                    f"({1000 * seconds / len(images):.0f} ms a photo)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ import torch
 
 from landmark.api import Landmarks
 from landmark.data import read_gldv2
-from landmark.metrics import mean_average_precision_at_k
 from landmark.evaluation.run import evaluation_plan
 from landmark.index.local import LocalStore
+from landmark.metrics import mean_average_precision_at_k
 from landmark.retrieval import rank
 from landmark.retrieval.rerank import rerank_shortlist
 
@@ -39,21 +39,27 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--top-k", type=int, default=10)
     args = ap.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
-          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (shared: wall figures are pessimistic)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (shared: wall figures are pessimistic)"
+    )
     test = read_gldv2(args.data, "test")
     solution = evaluation_plan(args.data).solution.restricted(test.ids()).retrieval
-    print(f"{'run':<28} {'local':<22} {'global':>7} {'reranked':>8} {'s/query':>8}  inliers: relevant | others "
-          f"(median, max)")
+    print(
+        f"{'run':<28} {'local':<22} {'global':>7} {'reranked':>8} {'s/query':>8}  inliers: relevant | others "
+        f"(median, max)"
+    )
     for run in args.runs:
         lm = Landmarks.open(run / "store")
         queries = lm.embed(test, progress=False, cache_dir=run / "_work" / "extract-test", queries=False)
         ranked = rank(lm.store, queries.vectors, 100, splits=["index"])
         cfg = lm.config.rerank
         lm.ctx.config = dataclasses.replace(lm.config, rerank=dataclasses.replace(cfg, top_k=args.top_k))
-        lm.ctx.set_local(lm.local)        # a verifier of the new settings
+        lm.ctx.set_local(lm.local)  # a verifier of the new settings
         cache = LocalStore.open(run / "_work" / "local-test")
-        turned = [LocalStore.open(run / "_work" / "local-test" / f"rotated-{r % 360}") for r in cfg.rotations if r % 360]
+        turned = [
+            LocalStore.open(run / "_work" / "local-test" / f"rotated-{r % 360}") for r in cfg.rotations if r % 360
+        ]
         glob, rer, rel_inl, oth_inl = {}, {}, [], []
         t0 = time.perf_counter()
         for q, r in zip(queries.ids, ranked):
@@ -70,10 +76,13 @@ def main() -> None:
         per_q = (time.perf_counter() - t0) / max(1, sum(q in solution for q in queries.ids))
         sig = lm.local.signature
         local = f"{sig['kind']}/{cfg.matcher} {sig['image_size']}px"
-        stats = lambda v: f"{np.median(v):.0f}, {max(v)}" if v else "-"   # noqa: E731
-        print(f"{str(run)[-28:]:<28} {local:<22} {mean_average_precision_at_k(glob, solution):>7.4f} "
-              f"{mean_average_precision_at_k(rer, solution):>8.4f} {per_q:>8.2f}  {stats(rel_inl)} | {stats(oth_inl)} "
-              f"({len(rel_inl)} relevant, {len(oth_inl)} other pairs; >= {cfg.min_inliers} counts)", flush=True)
+        stats = lambda v: f"{np.median(v):.0f}, {max(v)}" if v else "-"  # noqa: E731
+        print(
+            f"{str(run)[-28:]:<28} {local:<22} {mean_average_precision_at_k(glob, solution):>7.4f} "
+            f"{mean_average_precision_at_k(rer, solution):>8.4f} {per_q:>8.2f}  {stats(rel_inl)} | {stats(oth_inl)} "
+            f"({len(rel_inl)} relevant, {len(oth_inl)} other pairs; >= {cfg.min_inliers} counts)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

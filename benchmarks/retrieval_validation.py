@@ -33,12 +33,15 @@ def main(store_dir: str) -> None:
     config = st.config
     _, negatives = lm.recognising.recognizer.known_non_landmarks(lm.recognising.recognition_config)
     t0 = time.perf_counter()
-    res = tune_on_validation(train, labels, index, Config(whitening=config.whitening, expansion=config.expansion),
-                             negatives=negatives)
+    res = tune_on_validation(
+        train, labels, index, Config(whitening=config.whitening, expansion=config.expansion), negatives=negatives
+    )
     for t in res["trials"]:
         print(f"{t['map']:.4f}  {json.dumps({k: v for k, v in t.items() if k != 'map'})}")
-    print(f"validation split {res['sizes']} ({len(negatives)} known non-landmarks in the database); "
-          f"plain kNN mAP@100 {res['plain']:.4f}")
+    print(
+        f"validation split {res['sizes']} ({len(negatives)} known non-landmarks in the database); "
+        f"plain kNN mAP@100 {res['plain']:.4f}"
+    )
     print(f"best whitening {res['whitening']} -> {res['whitening_map']:.4f}")
     print(f"best expansion {res['expansion']} -> {res['expansion_map']:.4f}")
     print(f"{time.perf_counter() - t0:.1f} s on {platform.processor() or platform.machine()}, {platform.platform()}")

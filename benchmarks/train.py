@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from landmark.data import is_gldv2, read_folder, read_gldv2
-from landmark.models.net import DescriptorNet
+from landmark.data.splits import split_by_photo
 from landmark.models.backbones import create_backbone
+from landmark.models.net import DescriptorNet
 from landmark.models.pooling import make_pooling
 from landmark.training import load_train_config
-from landmark.data.splits import split_by_photo
 from landmark.training.data import AugmentedPhotos, collate_skip_none, make_sampler, train_transform
 from landmark.training.module import TrainModule, make_head
 from landmark.training.optim import make_optimizer as _optimizer
@@ -50,8 +50,11 @@ def main() -> None:
     labels = split.labels(split.train)
     counts = torch.bincount(torch.tensor(labels)).tolist()
     m = cfg.model
-    net = DescriptorNet(create_backbone(m.backbone, pretrained=not args.random_init),
-                        make_pooling(m.pooling, m.gem_p, m.gem_trainable), m.embedding_dim)
+    net = DescriptorNet(
+        create_backbone(m.backbone, pretrained=not args.random_init),
+        make_pooling(m.pooling, m.gem_p, m.gem_trainable),
+        m.embedding_dim,
+    )
     module = TrainModule(net, make_head(cfg, net.dim, counts), cfg).to(device).train()
     if device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
@@ -60,9 +63,18 @@ def main() -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     prep = net.preprocessing
     ds = AugmentedPhotos(split.train, labels, train_transform(cfg.data, prep.mean, prep.std), cfg.data.image_size * 2)
-    sampler = make_sampler(cfg.data.sampler, labels, cfg.seed, num_samples=cfg.optim.batch_size * (args.steps + args.warmup))
-    loader = DataLoader(ds, batch_size=cfg.optim.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                        collate_fn=collate_skip_none, pin_memory=device.type == "cuda", drop_last=True)
+    sampler = make_sampler(
+        cfg.data.sampler, labels, cfg.seed, num_samples=cfg.optim.batch_size * (args.steps + args.warmup)
+    )
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.optim.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate_skip_none,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
 
     def step(x, y):
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -100,10 +112,14 @@ def main() -> None:
     model_only = m_n / (time.perf_counter() - t1)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"machine: {platform.platform()} | {name} | torch {torch.__version__} | cpu threads {torch.get_num_threads()}")
-    print(f"preset {args.preset}: {m.backbone} {'random init' if args.random_init else 'pretrained'}, "
-          f"{cfg.head.kind} head, embedding {m.embedding_dim}, crops {cfg.data.image_size}px, batch {cfg.optim.batch_size}, "
-          f"amp {amp}, loader workers {cfg.data.num_workers}")
+    print(
+        f"machine: {platform.platform()} | {name} | torch {torch.__version__} | cpu threads {torch.get_num_threads()}"
+    )
+    print(
+        f"preset {args.preset}: {m.backbone} {'random init' if args.random_init else 'pretrained'}, "
+        f"{cfg.head.kind} head, embedding {m.embedding_dim}, crops {cfg.data.image_size}px, batch {cfg.optim.batch_size}, "
+        f"amp {amp}, loader workers {cfg.data.num_workers}"
+    )
     print(f"training step with data loading: {full:8.1f} images/s")
     print(f"model step only (batches on device): {model_only:8.1f} images/s")
 

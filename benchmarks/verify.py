@@ -41,39 +41,54 @@ from landmark.retrieval.rerank import Verifier
 def combos(args, records) -> None:
     """Kinds x matchers at one size, as re-ranking runs them (one shortlist per query, query extraction included)."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
-          f"{torch.get_num_threads()}" + (f", GPU {torch.cuda.get_device_name(0)}" if "cuda" in devices else ", no GPU"))
-    print(f"{args.queries} queries x shortlist {args.shortlist}, {args.image_size} px, <= {args.max_keypoints} keypoints; "
-          f"load average {os.getloadavg()[0]:.1f} (a shared machine: wall figures are pessimistic)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
+        f"{torch.get_num_threads()}" + (f", GPU {torch.cuda.get_device_name(0)}" if "cuda" in devices else ", no GPU")
+    )
+    print(
+        f"{args.queries} queries x shortlist {args.shortlist}, {args.image_size} px, <= {args.max_keypoints} keypoints; "
+        f"load average {os.getloadavg()[0]:.1f} (a shared machine: wall figures are pessimistic)"
+    )
     photos = records[: args.queries + args.shortlist]
-    print(f"{'kind:matcher':<22} {'device':<7} {'extract photos/s':>16} {'pairs/s':>9} {'ms/query':>9} "
-          f"{'mean inliers':>12}")
+    print(
+        f"{'kind:matcher':<22} {'device':<7} {'extract photos/s':>16} {'pairs/s':>9} {'ms/query':>9} "
+        f"{'mean inliers':>12}"
+    )
     for combo in args.combos.split(","):
         kind, matcher = combo.split(":")
         for device in devices:
             if kind not in ("aliked", "disk", "xfeat") and device != "cpu":
                 continue
-            cfg = LocalConfig(kind=kind, image_size=args.image_size, max_keypoints=args.max_keypoints,
-                              num_workers=args.threads, device=device)
+            cfg = LocalConfig(
+                kind=kind,
+                image_size=args.image_size,
+                max_keypoints=args.max_keypoints,
+                num_workers=args.threads,
+                device=device,
+            )
             extractor = LocalExtractor(cfg)
             with tempfile.TemporaryDirectory() as tmp:
                 store = LocalStore.create(Path(tmp) / "local", extractor.signature)
-                extractor.extract_image(np.zeros((64, 64, 3), np.uint8))        # load the network: not timed
+                extractor.extract_image(np.zeros((64, 64, 3), np.uint8))  # load the network: not timed
                 t0 = time.perf_counter()
-                extract_many(extractor, photos[args.queries:], store.add, progress=False)
+                extract_many(extractor, photos[args.queries :], store.add, progress=False)
                 per_photo = (time.perf_counter() - t0) / max(1, len(photos) - args.queries)
-                shortlist = [r.id for r in photos[args.queries:] if r.id in store]
-                ver = Verifier(LocalStore.open(Path(tmp) / "local"),
-                               RerankConfig(matcher=matcher, min_inliers=8, device=device))
-                ver.verify(extractor.extract_path(photos[0].path), shortlist[:2])    # warm-up (matcher loaded)
+                shortlist = [r.id for r in photos[args.queries :] if r.id in store]
+                ver = Verifier(
+                    LocalStore.open(Path(tmp) / "local"), RerankConfig(matcher=matcher, min_inliers=8, device=device)
+                )
+                ver.verify(extractor.extract_path(photos[0].path), shortlist[:2])  # warm-up (matcher loaded)
                 ver.timings.pairs = 0
                 inliers = []
                 t0 = time.perf_counter()
                 for r in photos[: args.queries]:
                     inliers += [v.inliers for v in ver.verify(extractor.extract_path(r.path), shortlist)]
                 wall = time.perf_counter() - t0
-                print(f"{combo:<22} {device:<7} {1 / per_photo:>16.2f} {ver.timings.pairs / wall:>9.1f} "
-                      f"{1000 * wall / args.queries:>9.0f} {np.mean(inliers):>12.1f}", flush=True)
+                print(
+                    f"{combo:<22} {device:<7} {1 / per_photo:>16.2f} {ver.timings.pairs / wall:>9.1f} "
+                    f"{1000 * wall / args.queries:>9.0f} {np.mean(inliers):>12.1f}",
+                    flush=True,
+                )
 
 
 def main() -> None:
@@ -102,15 +117,19 @@ def main() -> None:
         extract_many(LocalExtractor(cfg), sized, store.add, progress=False)
         t_extract = time.perf_counter() - t0
         keys = [r.id for r in sized if r.id in store]
-        queries, shortlist = keys[: args.queries], keys[args.queries:]
+        queries, shortlist = keys[: args.queries], keys[args.queries :]
         counts = np.array([len(store[k]) for k in keys])
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
-              f"{torch.get_num_threads()}, OpenCV {cv2.__version__}")
-        print(f"photos: {len(keys)} (largest of {args.data.name}), keypoints per photo: mean {counts.mean():.0f}, "
-              f"min {counts.min()}, max {counts.max()} (cap {args.max_keypoints}); extraction {len(keys) / t_extract:.1f} photos/s")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
+            f"{torch.get_num_threads()}, OpenCV {cv2.__version__}"
+        )
+        print(
+            f"photos: {len(keys)} (largest of {args.data.name}), keypoints per photo: mean {counts.mean():.0f}, "
+            f"min {counts.min()}, max {counts.max()} (cap {args.max_keypoints}); extraction {len(keys) / t_extract:.1f} photos/s"
+        )
 
         rer = RerankConfig()
-        ver = Verifier(LocalStore.open(Path(tmp) / "local"), rer)   # a cold reader: I/O is part of the figure
+        ver = Verifier(LocalStore.open(Path(tmp) / "local"), rer)  # a cold reader: I/O is part of the figure
         qfeats = store.get(queries)
         inliers = []
         t0, c0 = time.perf_counter(), time.process_time()
@@ -118,11 +137,17 @@ def main() -> None:
             inliers += [v.inliers for v in ver.verify(qfeats[q], shortlist)]
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         t = ver.timings
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus (a shared machine: wall figures are pessimistic)")
-        print(f"verified {t.pairs} pairs in {wall:.2f} s: {t.pairs / wall:.1f} pairs/s "
-              f"({1000 * wall / t.pairs:.2f} ms a pair); {t.pairs / cpu:.1f} pairs per CPU-second")
-        print(f"  read + prepare {t.io:.2f} s ({100 * t.io / wall:.0f}%), mutual NN + ratio test {t.matching:.2f} s "
-              f"({100 * t.matching / wall:.0f}%), MAGSAC++ {t.ransac:.2f} s ({100 * t.ransac / wall:.0f}%)")
+        print(
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus (a shared machine: wall figures are pessimistic)"
+        )
+        print(
+            f"verified {t.pairs} pairs in {wall:.2f} s: {t.pairs / wall:.1f} pairs/s "
+            f"({1000 * wall / t.pairs:.2f} ms a pair); {t.pairs / cpu:.1f} pairs per CPU-second"
+        )
+        print(
+            f"  read + prepare {t.io:.2f} s ({100 * t.io / wall:.0f}%), mutual NN + ratio test {t.matching:.2f} s "
+            f"({100 * t.matching / wall:.0f}%), MAGSAC++ {t.ransac:.2f} s ({100 * t.ransac / wall:.0f}%)"
+        )
         inl = np.array(inliers)
         print(f"  pairs verified (>= {rer.min_inliers} inliers): {(inl >= rer.min_inliers).sum()} of {len(inl)}")
 
@@ -130,16 +155,18 @@ def main() -> None:
         full = [k for k, c in zip(keys, counts) if c >= args.max_keypoints]
         if len(full) >= 4:
             ver2 = Verifier(LocalStore.open(Path(tmp) / "local"), rer)
-            fq, fs = full[: max(1, len(full) // 4)], full[max(1, len(full) // 4):]
+            fq, fs = full[: max(1, len(full) // 4)], full[max(1, len(full) // 4) :]
             feats_full = store.get(fq)
             t0, c0 = time.perf_counter(), time.process_time()
             for q in fq:
                 ver2.verify(feats_full[q], fs)
             wall2, cpu2 = time.perf_counter() - t0, time.process_time() - c0
             t2 = ver2.timings
-            print(f"pairs with {args.max_keypoints} keypoints on both sides ({len(full)} such photos): {t2.pairs} pairs, "
-                  f"{t2.pairs / wall2:.1f} pairs/s, {t2.pairs / cpu2:.1f} pairs per CPU-second; read + prepare {100 * t2.io / wall2:.0f}%, matching "
-                  f"{100 * t2.matching / wall2:.0f}%, MAGSAC++ {100 * t2.ransac / wall2:.0f}%")
+            print(
+                f"pairs with {args.max_keypoints} keypoints on both sides ({len(full)} such photos): {t2.pairs} pairs, "
+                f"{t2.pairs / wall2:.1f} pairs/s, {t2.pairs / cpu2:.1f} pairs per CPU-second; read + prepare {100 * t2.io / wall2:.0f}%, matching "
+                f"{100 * t2.matching / wall2:.0f}%, MAGSAC++ {100 * t2.ransac / wall2:.0f}%"
+            )
 
         # the naive path for comparison: OpenCV brute force kNN (k=2) + ratio test, per pair
         bf = cv2.BFMatcher(cv2.NORM_L2)

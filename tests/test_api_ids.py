@@ -46,9 +46,10 @@ class ContentExtractor:
 
     def extract(self, items, **kw) -> ExtractionResult:
         self.read += [it.id for it in items]
-        return ExtractionResult([it.id for it in items],
-                                np.stack([self.vector(it.path) for it in items]) if items
-                                else np.zeros((0, DIM), np.float32))
+        return ExtractionResult(
+            [it.id for it in items],
+            np.stack([self.vector(it.path) for it in items]) if items else np.zeros((0, DIM), np.float32),
+        )
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def extractor(monkeypatch) -> ContentExtractor:
     fake = ContentExtractor()
     monkeypatch.setattr(building, "build_extractor", lambda *a, **kw: fake)
     for module in (building, context):
-        monkeypatch.setattr(module, "attach_prior", lambda *a, **kw: None)    # no ImageNet head on the stand-in
+        monkeypatch.setattr(module, "attach_prior", lambda *a, **kw: None)  # no ImageNet head on the stand-in
     return fake
 
 
@@ -74,7 +75,7 @@ def test_a_new_photo_named_like_a_stored_one_is_kept_under_a_new_id(extractor, t
     lm = new_store(tmp_path)
     first = photo(tmp_path / "a" / "IMG_0001.png", (200, 0, 0))
     assert lm.add_photos([first]).added == {"user": 1}
-    other = photo(tmp_path / "b" / "IMG_0001.png", (0, 0, 200))        # a camera's name again, another photo
+    other = photo(tmp_path / "b" / "IMG_0001.png", (0, 0, 200))  # a camera's name again, another photo
     with caplog.at_level(logging.WARNING, logger="landmark.api"):
         report = lm.add_photos([other])
     digest = hashlib.sha256(other.read_bytes()).hexdigest()
@@ -105,7 +106,9 @@ def test_index_add_names_the_taken_id_and_the_new_one(extractor, tmp_path):
     other = photo(tmp_path / "x" / "282bb812c5baaa09.jpg", (10, 10, 10))
     new_id = f"282bb812c5baaa09~{hashlib.sha256(other.read_bytes()).hexdigest()[:8]}"
     runner = CliRunner()
-    result = runner.invoke(app, ["index", "add", str(other), "--store", str(tmp_path / "store")], catch_exceptions=False)
+    result = runner.invoke(
+        app, ["index", "add", str(other), "--store", str(tmp_path / "store")], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert "added 1 photos (1 under a new id)" in result.output
     assert f"282bb812c5baaa09 -> {new_id}" in result.output
@@ -121,17 +124,17 @@ def test_a_store_made_before_content_hashes_opens_and_compares_by_its_files(extr
     gone = photo(tmp_path / "a" / "IMG_0002.png", (4, 5, 6))
     lm.add_photos([kept, gone])
     lm.store.close()
-    with sqlite3.connect(tmp_path / "store" / "meta.sqlite") as conn:       # as written before the column existed
+    with sqlite3.connect(tmp_path / "store" / "meta.sqlite") as conn:  # as written before the column existed
         conn.execute("ALTER TABLE images DROP COLUMN content")
     gone.unlink()
     lm = Landmarks.open(tmp_path / "store")
-    assert lm.store.stored_files(["IMG_0001"])["IMG_0001"].content is None      # the column is back, empty
+    assert lm.store.stored_files(["IMG_0001"])["IMG_0001"].content is None  # the column is back, empty
     copy = tmp_path / "b" / "IMG_0001.png"
     copy.parent.mkdir()
     shutil.copyfile(kept, copy)
-    assert lm.add_photos([copy]).skipped == {"user": 1}                    # same bytes as the stored file
+    assert lm.add_photos([copy]).skipped == {"user": 1}  # same bytes as the stored file
     assert lm.store.stored_files(["IMG_0001"])["IMG_0001"].content == hashlib.sha256(kept.read_bytes()).hexdigest()
-    report = lm.add_photos([photo(tmp_path / "b" / "IMG_0002.png", (4, 5, 6))])   # stored file gone: cannot compare
+    report = lm.add_photos([photo(tmp_path / "b" / "IMG_0002.png", (4, 5, 6))])  # stored file gone: cannot compare
     (renamed,) = report.renamed
     assert renamed.id == "IMG_0002" and renamed.new_id.startswith("IMG_0002~") and "is gone" in renamed.reason
     assert len(lm.store) == 3
@@ -181,4 +184,4 @@ def test_test_ids_that_are_database_ids_are_a_warning(tmp_path, caplog):
         check_split_ids(root, ("train", "index"), queries=("test",))
     assert "test.csv" in caplog.text and "index.csv" in caplog.text and "def0000000000000" in caplog.text
     with pytest.raises(DatasetError, match="def0000000000000"):
-        check_split_ids(root, ("index", "test"))                      # stored, the two would be one photo
+        check_split_ids(root, ("index", "test"))  # stored, the two would be one photo

@@ -13,7 +13,7 @@ from landmark.cli import app
 from landmark.config import load_config
 from landmark.index import Store, StoreError
 
-pytestmark = pytest.mark.slow      # makes stores with the network
+pytestmark = pytest.mark.slow  # makes stores with the network
 
 CONFIG = ["model.backbone=tf_efficientnet_lite0", "local.enabled=false", "whitening.kind=none"]
 runner = CliRunner()
@@ -36,8 +36,8 @@ def test_imported_vectors_are_searched_and_a_rerun_skips_them(empty, tmp_path):
     x = unit_rows(250, lm.store.dim)
     ids = [f"v{i}" for i in range(250)]
     report = lm.import_vectors(x[:100], ids[:100], landmark_ids=[i % 5 for i in range(100)], batch_size=40)
-    assert report.added == {"index": 100} and lm.store.generation == 3       # 40 + 40 + 20: one commit each
-    report = lm.import_vectors(x, ids, landmark_ids=[i % 5 for i in range(250)], batch_size=100)   # resumed
+    assert report.added == {"index": 100} and lm.store.generation == 3  # 40 + 40 + 20: one commit each
+    report = lm.import_vectors(x, ids, landmark_ids=[i % 5 for i in range(250)], batch_size=100)  # resumed
     assert report.added == {"index": 150} and report.skipped == {"index": 100}
     found = lm.store.search(x[[7, 180]], 1)
     assert [row[0] for row in found.keys] == ["v7", "v180"]
@@ -63,8 +63,16 @@ def test_cli_import_makes_the_store_when_absent(tmp_path):
         w.writerow(["id", "landmark_id"])
         w.writerows([f"p{i}", i % 3] for i in range(30))
     store = tmp_path / "store"
-    args = ["index", "import", tmp_path / "v.npy", tmp_path / "ids.csv", "--store", store, "--no-progress",
-            *[a for s in CONFIG for a in ("--set", s)]]
+    args = [
+        "index",
+        "import",
+        tmp_path / "v.npy",
+        tmp_path / "ids.csv",
+        "--store",
+        store,
+        "--no-progress",
+        *[a for s in CONFIG for a in ("--set", s)],
+    ]
     result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "imported 30 vectors, 0 already present" in result.output
@@ -78,15 +86,23 @@ def test_cli_import_makes_the_store_when_absent(tmp_path):
 
 
 def test_a_large_first_import_into_a_compressed_store_is_one_bulk_load(tmp_path):
-    cfg = load_config(overrides=[*CONFIG, "index.kind=ivfpq", "index.train_min=1000", "index.nlist=8",
-                                 "index.nprobe=8", "index.rerank=100"])
+    cfg = load_config(
+        overrides=[
+            *CONFIG,
+            "index.kind=ivfpq",
+            "index.train_min=1000",
+            "index.nlist=8",
+            "index.nprobe=8",
+            "index.rerank=100",
+        ]
+    )
     lm = Landmarks.create(tmp_path / "s", cfg)
     x = unit_rows(1200, lm.store.dim, seed=3)
     ids = [f"b{i}" for i in range(1200)]
     report = lm.import_vectors(x, ids, landmark_ids=[i % 4 for i in range(1200)], batch_size=500)
-    assert report.added == {"index": 1200} and lm.store.generation == 1       # three shards, one commit
+    assert report.added == {"index": 1200} and lm.store.generation == 1  # three shards, one commit
     assert lm.store.info()["index_kind"] == "ivfpq"
     assert lm.store.search(x[[9, 1100]], 1).keys == [["b9"], ["b1100"]]
     assert lm.store.get(["b9"])["b9"].landmark_id == 1
-    report = lm.import_vectors(x, ids, batch_size=500)     # a rerun: the store is no longer empty, all skipped
+    report = lm.import_vectors(x, ids, batch_size=500)  # a rerun: the store is no longer empty, all skipped
     assert report.added == {"index": 0} and report.skipped == {"index": 1200}

@@ -2,7 +2,16 @@ import dataclasses
 
 import pytest
 
-from landmark.config import PRESETS, Config, ConfigError, config_from_dict, explicit, load_config, parse_overrides, merge
+from landmark.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    config_from_dict,
+    explicit,
+    load_config,
+    merge,
+    parse_overrides,
+)
 
 
 def test_default_preset_is_the_issue_baseline():
@@ -16,9 +25,9 @@ def test_preset_then_file_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("extract:\n  image_size: 512\n  batch_size: 4\n")
     cfg = load_config("lite0-gem", f, ["extract.image_size=256", "model.gem_p=4", "extract.scales=[0.5, 1]"])
-    assert cfg.model.backbone == "tf_efficientnet_lite0"      # from the preset
-    assert cfg.extract.batch_size == 4                          # from the file
-    assert cfg.extract.image_size == 256                        # override beats file
+    assert cfg.model.backbone == "tf_efficientnet_lite0"  # from the preset
+    assert cfg.extract.batch_size == 4  # from the file
+    assert cfg.extract.image_size == 256  # override beats file
     assert cfg.model.gem_p == 4.0 and isinstance(cfg.model.gem_p, float)
     assert cfg.extract.scales == (0.5, 1.0)
 
@@ -34,27 +43,44 @@ def test_errors_name_the_key():
         parse_overrides(["image_size"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.backbone=resnet9000", "model.backbone: unknown backbone 'resnet9000'"),
-    ("ensemble=[{backbone: tf_efficientnet_lite1}, {pooling: max}]", "ensemble.pooling: expected one of"),
-    ("local.kind=surf", r"local.kind: expected one of \['rootsift', 'affine_rootsift', 'orb', 'brisk', 'aliked', 'disk', "
-                        r"'xfeat', 'delf'\], got 'surf'"),
-    ("rerank.matcher=superglue", r"rerank.matcher: expected one of \['mnn', 'lightglue', 'lighterglue'\], got 'superglue'"),
-    ("index.kind=hnsw", "index.kind: expected one of"),
-    ("expansion.verify=always", "expansion.verify: expected one of"),
-    ("recognition.filtered=hide", "recognition.filtered: expected one of"),
-    ("recognition.k=0", "recognition.k: expected at least 1, got 0"),
-    ("extract.image_size=-5", "extract.image_size: expected at least 32"),
-    ("search.k=0", "search.k: expected at least 1"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.backbone=resnet9000", "model.backbone: unknown backbone 'resnet9000'"),
+        ("ensemble=[{backbone: tf_efficientnet_lite1}, {pooling: max}]", "ensemble.pooling: expected one of"),
+        (
+            "local.kind=surf",
+            r"local.kind: expected one of \['rootsift', 'affine_rootsift', 'orb', 'brisk', 'aliked', 'disk', "
+            r"'xfeat', 'delf'\], got 'surf'",
+        ),
+        (
+            "rerank.matcher=superglue",
+            r"rerank.matcher: expected one of \['mnn', 'lightglue', 'lighterglue'\], got 'superglue'",
+        ),
+        ("index.kind=hnsw", "index.kind: expected one of"),
+        ("expansion.verify=always", "expansion.verify: expected one of"),
+        ("recognition.filtered=hide", "recognition.filtered: expected one of"),
+        ("recognition.k=0", "recognition.k: expected at least 1, got 0"),
+        ("extract.image_size=-5", "extract.image_size: expected at least 32"),
+        ("search.k=0", "search.k: expected at least 1"),
+    ],
+)
 def test_values_no_stage_can_run_with_are_refused_by_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
 
 
 def test_values_in_range_and_hub_backbones_pass():
-    cfg = load_config(overrides=["model.backbone=timm/resnet50", "model.pooling=MAC", "index.kind=ivfpq",
-                                 "index.nprobe=0", "extract.image_size=32", "whitening.kind=pca"])
+    cfg = load_config(
+        overrides=[
+            "model.backbone=timm/resnet50",
+            "model.pooling=MAC",
+            "index.kind=ivfpq",
+            "index.nprobe=0",
+            "extract.image_size=32",
+            "whitening.kind=pca",
+        ]
+    )
     assert cfg.model.backbone == "timm/resnet50" and cfg.index.kind == "ivfpq"
 
 
@@ -78,8 +104,8 @@ def test_explicit_settings_include_those_set_to_their_default(tmp_path):
     assert explicit(cfg, "recognition") == {"t1": 0.9, "t2": 0.85}
     assert explicit(cfg, "category") == {"enabled": True}
     assert explicit(cfg, "expansion") == {"qe": False} and explicit(load_config(), "expansion") == {}
-    assert explicit(cfg, "extract") == {"image_size": 320}                     # from the preset
-    assert "given" not in cfg.to_dict() and config_from_dict(cfg.to_dict()) == cfg     # never saved
+    assert explicit(cfg, "extract") == {"image_size": 320}  # from the preset
+    assert "given" not in cfg.to_dict() and config_from_dict(cfg.to_dict()) == cfg  # never saved
     with pytest.raises(ConfigError, match="unknown config key given"):
         merge(Config(), {"given": ["x"]})
     # a config built or changed in code: what differs from the defaults counts too
@@ -94,15 +120,26 @@ def test_the_composed_config_imports_no_stage_logic():
     import subprocess
     import sys
 
-    code = ("import sys, landmark.config; print(' '.join(m for m in sys.modules "
-            "if m.startswith('landmark') or m in ('torch', 'faiss', 'cv2', 'numpy')))")
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
-    allowed_leaves = {"landmark", "landmark.config", "landmark.errors", "landmark.utils", "landmark.utils.config",
-                      "landmark.utils.lazy", "landmark.utils.registry"}
+    code = (
+        "import sys, landmark.config; print(' '.join(m for m in sys.modules "
+        "if m.startswith('landmark') or m in ('torch', 'faiss', 'cv2', 'numpy')))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    allowed_leaves = {
+        "landmark",
+        "landmark.config",
+        "landmark.errors",
+        "landmark.utils",
+        "landmark.utils.config",
+        "landmark.utils.lazy",
+        "landmark.utils.registry",
+    }
     stages = {"models", "features", "index", "retrieval", "recognition"}
     allowed = allowed_leaves | {f"landmark.{s}" for s in stages} | {f"landmark.{s}.config" for s in stages}
     assert loaded <= allowed, sorted(loaded - allowed)
-    assert "landmark.index.config" in loaded   # each section's dataclass comes from its stage
+    assert "landmark.index.config" in loaded  # each section's dataclass comes from its stage
 
 
 def test_stage_choices_match_their_registries():

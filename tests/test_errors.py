@@ -19,14 +19,17 @@ from landmark.recognition.filters import FilterConfigError
 def package_errors() -> list[type]:
     found = []
     for mod in pkgutil.walk_packages(landmark.__path__, "landmark."):
-        if mod.name.endswith(".__main__"):   # runs the CLI when imported
+        if mod.name.endswith(".__main__"):  # runs the CLI when imported
             continue
         try:
             module = importlib.import_module(mod.name)
-        except ImportError:          # an optional extra (ray) that is not installed
+        except ImportError:  # an optional extra (ray) that is not installed
             continue
-        found += [c for _, c in inspect.getmembers(module, inspect.isclass)
-                  if issubclass(c, Exception) and c.__module__ == module.__name__]
+        found += [
+            c
+            for _, c in inspect.getmembers(module, inspect.isclass)
+            if issubclass(c, Exception) and c.__module__ == module.__name__
+        ]
     return found
 
 
@@ -34,7 +37,7 @@ def test_every_error_of_the_package_is_a_landmark_error():
     errors = package_errors()
     assert len(errors) >= 14
     assert [e.__name__ for e in errors if not issubclass(e, LandmarkError)] == []
-    assert issubclass(AnnError, ValueError)          # and still what it extended before
+    assert issubclass(AnnError, ValueError)  # and still what it extended before
 
 
 @pytest.mark.parametrize("error", [AnnError("no such index"), FilterConfigError("bad roles")])

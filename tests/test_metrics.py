@@ -1,7 +1,12 @@
 import pytest
 
-from landmark.metrics import (accuracy, average_precision_at_k, global_average_precision,
-                                 mean_average_precision_at_k, precision_at_k)
+from landmark.metrics import (
+    accuracy,
+    average_precision_at_k,
+    global_average_precision,
+    mean_average_precision_at_k,
+    precision_at_k,
+)
 
 # 5 queries: a, b, c show landmarks 1, 2, 3; n1, n2 show none.
 TRUTH = {"a": 1, "b": 2, "c": 3, "n1": None, "n2": None}
@@ -33,13 +38,13 @@ def test_gap_missing_predictions_sets_and_ties():
 
 def test_gap_invariant_to_monotone_score_maps():
     preds = {"a": (1, 0.9), "n1": (5, 0.8), "b": (7, 0.7), "c": (3, 0.6)}
-    warped = {q: (lab, s ** 3 * 10 - 4) for q, (lab, s) in preds.items()}
+    warped = {q: (lab, s**3 * 10 - 4) for q, (lab, s) in preds.items()}
     assert global_average_precision(preds, TRUTH) == pytest.approx(global_average_precision(warped, TRUTH))
 
 
 def test_accuracy():
     preds = {"a": (1, 0.1), "b": (3, 0.9), "n1": (1, 0.9)}
-    assert accuracy(preds, TRUTH) == pytest.approx(1 / 3)     # a right, b wrong, c missing
+    assert accuracy(preds, TRUTH) == pytest.approx(1 / 3)  # a right, b wrong, c missing
 
 
 def test_ap_at_k_hand_cases():
@@ -62,4 +67,3 @@ def test_map_and_precision():
     # q1: 1, q2: 1/2, q3 (no ranking): 0; q4 has no relevant items and is not a query
     assert mean_average_precision_at_k(rankings, solution) == pytest.approx((1 + 0.5 + 0) / 3)
     assert precision_at_k(rankings, solution, k=2) == pytest.approx((0.5 + 0.5 + 0) / 3)
-

@@ -12,8 +12,15 @@ from .utils.lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BuildReport": "api", "Landmarks": "api", "Match": "api", "Recognition": "api", "SearchOutput": "api",
-    "load_photo": "api", "open": "api", "Config": "config", "load_config": "config",
+    "BuildReport": "api",
+    "Landmarks": "api",
+    "Match": "api",
+    "Recognition": "api",
+    "SearchOutput": "api",
+    "load_photo": "api",
+    "open": "api",
+    "Config": "config",
+    "load_config": "config",
 }
 __all__ = [*_EXPORTS, "__version__"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Concatenate, Generic, ParamSpec, Sequence, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -57,14 +58,14 @@ class Landmarks(Parts):
         super().__init__(StoreContext(store, extractor, config))
 
     @classmethod
-    def of(cls, ctx: StoreContext) -> "Landmarks":
+    def of(cls, ctx: StoreContext) -> Landmarks:
         lm = cls.__new__(cls)
         Parts.__init__(lm, ctx)
         return lm
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def open(cls, store_dir: str | Path, device: str | None = None, *, warm: bool = True) -> "Landmarks":
+    def open(cls, store_dir: str | Path, device: str | None = None, *, warm: bool = True) -> Landmarks:
         """Open a store with the extractor it was built with; ``warm``: pay now what the first query
         would otherwise wait for (:meth:`warm`), so that it is as fast as the tenth."""
         lm = cls.of(open_store(store_dir, device))
@@ -73,20 +74,37 @@ class Landmarks(Parts):
         return lm
 
     @classmethod
-    def create(cls, store_dir: str | Path, config: Config | None = None, *, device: str | None = None,
-               overwrite: bool = False, base: GlobalExtractor | None = None) -> "Landmarks":
+    def create(
+        cls,
+        store_dir: str | Path,
+        config: Config | None = None,
+        *,
+        device: str | None = None,
+        overwrite: bool = False,
+        base: GlobalExtractor | None = None,
+    ) -> Landmarks:
         """Open the store at ``store_dir`` if it was made with ``config``, else make a new one
         (:func:`landmark.pipeline.create_store`)."""
         return cls.of(create_store(store_dir, config, device=device, overwrite=overwrite, base=base))
 
     @classmethod
-    def build(cls, data: str | Path, store_dir: str | Path, config: Config | None = None, *,
-              splits: Sequence[str] | None = None, device: str | None = None, overwrite: bool = False,
-              progress: bool | None = None, ray: Any = None) -> tuple["Landmarks", BuildReport]:
+    def build(
+        cls,
+        data: str | Path,
+        store_dir: str | Path,
+        config: Config | None = None,
+        *,
+        splits: Sequence[str] | None = None,
+        device: str | None = None,
+        overwrite: bool = False,
+        progress: bool | None = None,
+        ray: Any = None,
+    ) -> tuple[Landmarks, BuildReport]:
         """Build (or finish building) a store from a GLDv2 root or a folder of photos; resumable
         (:func:`landmark.pipeline.build_store`). ``ray``: a :class:`landmark.distributed.RayConfig`."""
-        ctx, report = build_store(data, store_dir, config, splits=splits, device=device, overwrite=overwrite,
-                                  progress=progress, ray=ray)
+        ctx, report = build_store(
+            data, store_dir, config, splits=splits, device=device, overwrite=overwrite, progress=progress, ray=ray
+        )
         return cls.of(ctx), report
 
     def warm(self) -> None:
@@ -95,12 +113,14 @@ class Landmarks(Parts):
         local features and their verification), so that the first real query does not pay for them."""
         size = self.store.config.extract.image_size
         rng = np.random.default_rng(0)
-        photos: list[Photo] = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-                               for h, w in ((size * 3 // 4, size), (size, size * 3 // 4))]
+        photos: list[Photo] = [
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+            for h, w in ((size * 3 // 4, size), (size, size * 3 // 4))
+        ]
         t0 = time.perf_counter()
         try:
             self.recognize(photos, progress=False)
-        except Exception as exc:   # noqa: BLE001 - the first real query then pays, and reports what fails
+        except Exception as exc:  # noqa: BLE001 - the first real query then pays, and reports what fails
             log.warning("warming up %s failed: %s", self.store.root, exc)
         log.info("warmed up in %.2f s", time.perf_counter() - t0)
 
@@ -134,7 +154,7 @@ class Landmarks(Parts):
     ensure_extras = Delegated("recognising", Recognising.ensure_extras)
     cluster = Delegated("recognising", Recognising.cluster)
 
-    calibrate = calibrate_store_parts     # spans the parts: landmark.evaluation.calibration
+    calibrate = calibrate_store_parts  # spans the parts: landmark.evaluation.calibration
 
 
 def open(store_dir: str | Path, device: str | None = None, *, warm: bool = True) -> Landmarks:  # noqa: A001

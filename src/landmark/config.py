@@ -9,22 +9,50 @@ only composes them and imports no stage logic.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .features.config import ExtractConfig, LocalConfig, WhiteningConfig, check_extract, check_local, check_whitening
 from .index.config import IndexConfig, check_index
 from .models.config import ModelConfig, check_models
 from .recognition.config import RecognitionConfig, check_recognition
-from .retrieval.config import (CategoryConfig, ExpansionConfig, RerankConfig, SearchConfig, check_category,
-                               check_expansion, check_rerank, check_search)
+from .retrieval.config import (
+    CategoryConfig,
+    ExpansionConfig,
+    RerankConfig,
+    SearchConfig,
+    check_category,
+    check_expansion,
+    check_rerank,
+    check_search,
+)
 from .utils.config import ConfigError, explicit, layered, merge, parse_overrides, to_dict
 
-__all__ = ["DEFAULT_PRESET", "PRESETS", "CategoryConfig", "Config", "ConfigError", "ExpansionConfig", "ExtractConfig",
-           "IndexConfig", "LocalConfig", "ModelConfig", "RecognitionConfig", "RerankConfig", "SearchConfig",
-           "WhiteningConfig", "check", "config_from_dict", "explicit", "load_config", "merge", "parse_overrides",
-           "to_dict"]
+__all__ = [
+    "DEFAULT_PRESET",
+    "PRESETS",
+    "CategoryConfig",
+    "Config",
+    "ConfigError",
+    "ExpansionConfig",
+    "ExtractConfig",
+    "IndexConfig",
+    "LocalConfig",
+    "ModelConfig",
+    "RecognitionConfig",
+    "RerankConfig",
+    "SearchConfig",
+    "WhiteningConfig",
+    "check",
+    "config_from_dict",
+    "explicit",
+    "load_config",
+    "merge",
+    "parse_overrides",
+    "to_dict",
+]
 
 
 @dataclass
@@ -36,7 +64,7 @@ class Config:
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
-    ensemble: tuple[ModelConfig, ...] = ()   # more models whose L2-normalised descriptors follow `model`'s
+    ensemble: tuple[ModelConfig, ...] = ()  # more models whose L2-normalised descriptors follow `model`'s
     whitening: WhiteningConfig = field(default_factory=WhiteningConfig)
     expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
     category: CategoryConfig = field(default_factory=CategoryConfig)
@@ -61,31 +89,58 @@ PRESETS: dict[str, dict[str, Any]] = {
     # matcher's matches; LightGlue finds up to ~15 consistent matches between photos of different landmarks
     # (tests/features/test_learned.py), so verification needs more inliers than with mutual NN (25, full at 100);
     # a query that verifies nothing upright is also tried turned by 90 and 270 degrees
-    "aliked-lightglue": {"local": {"kind": "aliked", "image_size": 1024, "max_keypoints": 2048, "batch_size": 16},
-                         "rerank": {"matcher": "lightglue", "top_k": 100, "min_inliers": 25, "saturation": 100,
-                                    "verified_inliers": 25, "rotations": [90, 270]},
-                         "recognition": {"evidence_inliers": 25}},    # for a GPU
-    "aliked-lightglue-cpu": {"local": {"kind": "aliked", "image_size": 640, "max_keypoints": 512},
-                             "rerank": {"matcher": "lightglue", "top_k": 20, "min_inliers": 25, "saturation": 100,
-                                        "verified_inliers": 25, "rotations": [90, 270]},
-                         "recognition": {"evidence_inliers": 25}},
-    "xfeat-lighterglue-cpu": {"local": {"kind": "xfeat", "image_size": 640, "max_keypoints": 1024},
-                              "rerank": {"matcher": "lighterglue", "top_k": 20, "min_inliers": 25, "saturation": 100,
-                                         "verified_inliers": 25, "rotations": [90, 270]},
-                         "recognition": {"evidence_inliers": 25}},
-    "lite2-gem-pcaw": {"whitening": {"kind": "pca"}},   # PCA even from few photos (the default, auto, needs > dim)
+    "aliked-lightglue": {
+        "local": {"kind": "aliked", "image_size": 1024, "max_keypoints": 2048, "batch_size": 16},
+        "rerank": {
+            "matcher": "lightglue",
+            "top_k": 100,
+            "min_inliers": 25,
+            "saturation": 100,
+            "verified_inliers": 25,
+            "rotations": [90, 270],
+        },
+        "recognition": {"evidence_inliers": 25},
+    },  # for a GPU
+    "aliked-lightglue-cpu": {
+        "local": {"kind": "aliked", "image_size": 640, "max_keypoints": 512},
+        "rerank": {
+            "matcher": "lightglue",
+            "top_k": 20,
+            "min_inliers": 25,
+            "saturation": 100,
+            "verified_inliers": 25,
+            "rotations": [90, 270],
+        },
+        "recognition": {"evidence_inliers": 25},
+    },
+    "xfeat-lighterglue-cpu": {
+        "local": {"kind": "xfeat", "image_size": 640, "max_keypoints": 1024},
+        "rerank": {
+            "matcher": "lighterglue",
+            "top_k": 20,
+            "min_inliers": 25,
+            "saturation": 100,
+            "verified_inliers": 25,
+            "rotations": [90, 270],
+        },
+        "recognition": {"evidence_inliers": 25},
+    },
+    "lite2-gem-pcaw": {"whitening": {"kind": "pca"}},  # PCA even from few photos (the default, auto, needs > dim)
     "lite2-gem-nopca": {"whitening": {"kind": "none"}},  # the store keeps the network's own descriptors
     # Radenovic et al.'s learned whitening of the labelled photos; dim and shrinkage chosen on a validation
     # split of train (benchmarks/learned_whitening_validation.py)
     "lite2-gem-lw": {"whitening": {"kind": "learned", "learn_on": "train", "dim": 64, "shrinkage": 0.2}},
-    "ensemble-gem-pcaw": {"ensemble": [{"backbone": "tf_efficientnet_lite1"}, {"backbone": "mobilenet_v2"}],
-                          "whitening": {"kind": "pca", "dim": 512}},   # the paper's 512-d (not validated here)
+    "ensemble-gem-pcaw": {
+        "ensemble": [{"backbone": "tf_efficientnet_lite1"}, {"backbone": "mobilenet_v2"}],
+        "whitening": {"kind": "pca", "dim": 512},
+    },  # the paper's 512-d (not validated here)
 }
 DEFAULT_PRESET = "lite2-gem"
 
 
-def load_config(preset: str | None = None, file: str | Path | None = None,
-                overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
+def load_config(
+    preset: str | None = None, file: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> Config:
     """Build a :class:`Config` from a preset name, an optional YAML file and overrides (checked by :func:`check`)."""
     return check(layered(Config(), PRESETS, preset or DEFAULT_PRESET, "preset", file, overrides))
 

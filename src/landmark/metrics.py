@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 Truth = int | None | Collection[int]
 
@@ -21,8 +21,9 @@ def _correct(label: int | None, t: Truth) -> bool:
     return label == t if isinstance(t, int) else label in t
 
 
-def global_average_precision(predictions: Mapping[str, tuple[int | None, float] | None],
-                             truth: Mapping[str, Truth]) -> float:
+def global_average_precision(
+    predictions: Mapping[str, tuple[int | None, float] | None], truth: Mapping[str, Truth]
+) -> float:
     """Micro-AP over all queries as the GLR challenges define it.
 
     One prediction per query, sorted by decreasing score over all queries; at each rank ``i``
@@ -33,7 +34,7 @@ def global_average_precision(predictions: Mapping[str, tuple[int | None, float] 
     if m == 0:
         return 0.0
     preds = [(q, p) for q, p in predictions.items() if q in truth and p is not None and p[0] is not None]
-    preds.sort(key=lambda qp: -qp[1][1])   # stable: ties keep insertion order
+    preds.sort(key=lambda qp: -qp[1][1])  # stable: ties keep insertion order
     correct, total = 0, 0.0
     for i, (q, (label, _)) in enumerate(preds, start=1):
         if _correct(label, truth[q]):
@@ -74,8 +75,9 @@ def average_precision_at_k(ranked: Sequence[str], relevant: Collection[str], k: 
     return total / min(len(relevant), k)
 
 
-def mean_average_precision_at_k(rankings: Mapping[str, Sequence[str]], solution: Mapping[str, Collection[str]],
-                                k: int = 100) -> float:
+def mean_average_precision_at_k(
+    rankings: Mapping[str, Sequence[str]], solution: Mapping[str, Collection[str]], k: int = 100
+) -> float:
     """Mean AP@k over the queries of ``solution`` that have relevant items (no ranking = 0)."""
     queries = [q for q, rel in solution.items() if rel]
     if not queries:
@@ -83,7 +85,9 @@ def mean_average_precision_at_k(rankings: Mapping[str, Sequence[str]], solution:
     return sum(average_precision_at_k(rankings.get(q, ()), solution[q], k) for q in queries) / len(queries)
 
 
-def precision_at_k(rankings: Mapping[str, Sequence[str]], solution: Mapping[str, Collection[str]], k: int = 10) -> float:
+def precision_at_k(
+    rankings: Mapping[str, Sequence[str]], solution: Mapping[str, Collection[str]], k: int = 10
+) -> float:
     """Mean precision of the first ``k`` results over the same queries as mAP@k."""
     queries = [q for q, rel in solution.items() if rel]
     if not queries:

@@ -16,7 +16,7 @@ from PIL import Image
 from landmark.data import read_gldv2, read_gldv2_solution
 from landmark.data.download import DownloadError, category_name, download_gldv2, parse_parts
 
-IDS = {0: ["00a1b2c3d4e5f601", "11b2c3d4e5f60102"], 1: ["22c3d4e5f6010203"]}   # train TAR -> photo ids
+IDS = {0: ["00a1b2c3d4e5f601", "11b2c3d4e5f60102"], 1: ["22c3d4e5f6010203"]}  # train TAR -> photo ids
 LABELS = {"00a1b2c3d4e5f601": 7, "11b2c3d4e5f60102": 7, "22c3d4e5f6010203": 9, "33d4e5f601020304": 9}
 
 
@@ -73,10 +73,17 @@ def _put(root: Path, rel: str, data: bytes | str) -> None:
 @pytest.fixture()
 def bucket(tmp_path):
     b = tmp_path / "bucket"
-    _put(b, "metadata/train.csv", "id,url,landmark_id\n" + "".join(f"{i},http://x/{i},{lab}\n" for i, lab in LABELS.items()))
-    _put(b, "metadata/train_label_to_category.csv",
-         "landmark_id,category\n7,http://commons.wikimedia.org/wiki/Category:Eiffel_Tower\n"
-         "9,http://commons.wikimedia.org/wiki/Category:Sacr%C3%A9-C%C5%93ur\n")
+    _put(
+        b,
+        "metadata/train.csv",
+        "id,url,landmark_id\n" + "".join(f"{i},http://x/{i},{lab}\n" for i, lab in LABELS.items()),
+    )
+    _put(
+        b,
+        "metadata/train_label_to_category.csv",
+        "landmark_id,category\n7,http://commons.wikimedia.org/wiki/Category:Eiffel_Tower\n"
+        "9,http://commons.wikimedia.org/wiki/Category:Sacr%C3%A9-C%C5%93ur\n",
+    )
     for part, ids in IDS.items():
         tar = _tar({f"{i[0]}/{i[1]}/{i[2]}/{i}.jpg": _jpeg(n) for n, i in enumerate(ids)})
         _put(b, f"train/images_{part:03d}.tar", tar)
@@ -101,12 +108,12 @@ def test_downloads_verifies_and_lays_out_a_readable_dataset(bucket, tmp_path):
     root = tmp_path / "gldv2"
     report = download_gldv2(root, ("train", "test"), parts="0-0", base_url=url, progress=False)
     assert report.downloaded == ["train/images_000.tar", "test/images_000.tar"]
-    train = read_gldv2(root, "train", check_files=True)           # only the photos that arrived are listed
+    train = read_gldv2(root, "train", check_files=True)  # only the photos that arrived are listed
     assert train.ids() == IDS[0] and [r.landmark_id for r in train] == [7, 7]
     assert train.label_names == {7: "Eiffel_Tower", 9: "Sacré-Cœur"}
     assert Image.open(train[0].path).size == (40, 30)
     assert read_gldv2_solution(root).recognition == {"ffeeddccbbaa0099": 7}
-    assert not list((root / ".download" / "train").glob("*.tar"))   # TARs removed after unpacking
+    assert not list((root / ".download" / "train").glob("*.tar"))  # TARs removed after unpacking
 
     # a second run with more TARs fetches only the new one and lists the photos of both
     _Bucket.requests.clear()
@@ -122,7 +129,7 @@ def test_a_partial_download_resumes_with_a_range_request(bucket, tmp_path):
     full = (b / "train/images_000.tar").read_bytes()
     part = root / ".download/train/images_000.tar.part"
     part.parent.mkdir(parents=True)
-    part.write_bytes(full[:1000])                                   # what a killed run left behind
+    part.write_bytes(full[:1000])  # what a killed run left behind
     download_gldv2(root, ("train",), parts="0", base_url=url, progress=False)
     assert ("/train/images_000.tar", "bytes=1000-") in _Bucket.requests
     assert read_gldv2(root, "train", check_files=True).ids() == IDS[0]
@@ -146,7 +153,7 @@ def test_tar_members_cannot_escape_the_split_folder(bucket, tmp_path):
     root = tmp_path / "data" / "gldv2"
     download_gldv2(root, ("train",), parts="0", base_url=url, progress=False)
     assert all(root / "train" in p.parents for p in tmp_path.rglob("escaped.jpg"))
-    assert (root / "train/e/s/c/escaped.jpg").is_file()            # re-homed into the a/b/c layout
+    assert (root / "train/e/s/c/escaped.jpg").is_file()  # re-homed into the a/b/c layout
 
 
 def test_unreachable_server_and_bad_ranges_give_clear_errors(tmp_path):

@@ -29,11 +29,12 @@ def save(img: Image.Image, path: Path, **kwargs) -> Path:
 
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width x height`` but which holds almost no pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def noise_jpeg(path: Path, size: tuple[int, int], orientation: int | None = None) -> Path:
@@ -48,12 +49,16 @@ def noise_jpeg(path: Path, size: tuple[int, int], orientation: int | None = None
 
 # -- orientation -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("orientation, size, red_corner", [
-    (1, (40, 20), (0, 0)),      # upright: red stays top-left
-    (3, (40, 20), (39, 19)),    # rotated 180: bottom-right
-    (6, (20, 40), (19, 0)),     # rotate 90 clockwise to view: top-left goes top-right
-    (8, (20, 40), (0, 39)),     # rotate 90 counter-clockwise to view: bottom-left
-])
+
+@pytest.mark.parametrize(
+    "orientation, size, red_corner",
+    [
+        (1, (40, 20), (0, 0)),  # upright: red stays top-left
+        (3, (40, 20), (39, 19)),  # rotated 180: bottom-right
+        (6, (20, 40), (19, 0)),  # rotate 90 clockwise to view: top-left goes top-right
+        (8, (20, 40), (0, 39)),  # rotate 90 counter-clockwise to view: bottom-left
+    ],
+)
 def test_exif_orientation_is_applied(tmp_path, orientation, size, red_corner):
     img = Image.new("RGB", (40, 20), BLUE)
     img.paste(RED, (0, 0, 8, 8))
@@ -77,6 +82,7 @@ def test_corrupt_exif_keeps_the_photo(tmp_path):
 
 # -- modes -----------------------------------------------------------------------------------
 
+
 def test_cmyk_jpeg_to_rgb(tmp_path):
     path = save(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), tmp_path / "cmyk.jpg", quality=95)
     out = load_image(path)
@@ -88,9 +94,9 @@ def test_rgba_png_composited_on_white(tmp_path):
     img.putdata([(255, 0, 0, 0), (0, 0, 255, 255), (0, 0, 0, 128)])
     out = load_image(save(img, tmp_path / "a.png"))
     assert out.mode == "RGB"
-    assert out.getpixel((0, 0)) == WHITE                  # fully transparent red shows the white background
+    assert out.getpixel((0, 0)) == WHITE  # fully transparent red shows the white background
     assert out.getpixel((1, 0)) == BLUE
-    assert close(out.getpixel((2, 0)), (127, 127, 127), tol=2)   # half-transparent black
+    assert close(out.getpixel((2, 0)), (127, 127, 127), tol=2)  # half-transparent black
 
 
 def test_la_png_composited_on_white(tmp_path):
@@ -105,7 +111,7 @@ def test_palette_transparency_composited_on_white(tmp_path):
     img.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
     img.putdata([0, 1])
     out = load_image(save(img, tmp_path / "p.png", transparency=0))
-    assert [out.getpixel((i, 0)) for i in range(2)] == [WHITE, (0, 255, 0)]   # index 0 is red but transparent
+    assert [out.getpixel((i, 0)) for i in range(2)] == [WHITE, (0, 255, 0)]  # index 0 is red but transparent
 
 
 def test_palette_without_transparency(tmp_path):
@@ -134,10 +140,13 @@ def test_big_endian_16bit_scaled_by_257():
     assert [out.getpixel((i, 0)) for i in range(2)] == [(200,) * 3, (3,) * 3]
 
 
-@pytest.mark.parametrize("values, dtype, mode", [
-    ([-1000, 0, 1000], np.int32, "I"),
-    ([-0.5, 0.0, 0.5], np.float32, "F"),
-])
+@pytest.mark.parametrize(
+    "values, dtype, mode",
+    [
+        ([-1000, 0, 1000], np.int32, "I"),
+        ([-0.5, 0.0, 0.5], np.float32, "F"),
+    ],
+)
 def test_int_and_float_images_scaled_by_range(values, dtype, mode):
     img = Image.fromarray(np.array([values], dtype=dtype))
     assert img.mode == mode
@@ -159,11 +168,14 @@ def test_grayscale_and_bilevel(tmp_path):
     assert [out.getpixel((i, 0)) for i in range(2)] == [(0, 0, 0), WHITE]
 
 
-@pytest.mark.parametrize("mode, value, expected", [
-    ("HSV", (0, 255, 255), RED),
-    ("YCbCr", (255, 128, 128), WHITE),
-    ("LAB", (255, 128, 128), WHITE),
-])
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [
+        ("HSV", (0, 255, 255), RED),
+        ("YCbCr", (255, 128, 128), WHITE),
+        ("LAB", (255, 128, 128), WHITE),
+    ],
+)
 def test_colour_spaces_to_rgb(mode, value, expected):
     out = to_rgb(Image.new(mode, (1, 1), value))
     assert out.mode == "RGB" and close(out.getpixel((0, 0)), expected, tol=3)
@@ -175,6 +187,7 @@ def test_rgb_image_passes_through_unchanged():
 
 
 # -- failures --------------------------------------------------------------------------------
+
 
 def reason_for(source, **kwargs) -> ImageError:
     with pytest.raises(ImageError) as info:
@@ -215,7 +228,7 @@ def test_truncated_jpeg(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     assert reason_for(cut).reason.startswith("truncated or corrupt image data: ")
-    assert probe_size(cut) == (256, 256)   # the header is intact: probing never decodes the pixels
+    assert probe_size(cut) == (256, 256)  # the header is intact: probing never decodes the pixels
 
 
 def test_header_over_our_limit_is_refused_before_decoding(tmp_path):
@@ -240,12 +253,13 @@ def test_max_pixels_on_a_real_image(tmp_path):
     path = save(Image.new("RGB", (300, 200), RED), tmp_path / "real.png")
     err = reason_for(path, max_pixels=50_000)
     assert "300x200" in err.reason and "60,000" in err.reason and "50,000" in err.reason
-    assert load_image(path, max_pixels=60_000).size == (300, 200)   # the limit itself is allowed
+    assert load_image(path, max_pixels=60_000).size == (300, 200)  # the limit itself is allowed
     with pytest.raises(ImageError):
         load_image(path, max_pixels=0)
 
 
 # -- bytes and draft -------------------------------------------------------------------------
+
 
 def test_bytes_source(tmp_path):
     path = noise_jpeg(tmp_path / "n.jpg", (64, 48), orientation=6)
@@ -263,7 +277,7 @@ def test_draft_decodes_large_jpeg_smaller_but_not_below_target(tmp_path):
     small = load_image(path, draft_size=300)
     assert small.mode == "RGB"
     assert small.size[0] < 2000 and min(small.size) >= 300
-    assert small.size == (500, 375)   # DCT scale 1/4: the largest that keeps both sides >= 300
+    assert small.size == (500, 375)  # DCT scale 1/4: the largest that keeps both sides >= 300
 
 
 def test_draft_applies_to_mpo_photos(tmp_path):
@@ -278,7 +292,7 @@ def test_draft_with_orientation_keeps_both_sides(tmp_path):
     path = noise_jpeg(tmp_path / "big-rot.jpg", (2000, 1500), orientation=6)
     assert probe_size(path) == (1500, 2000)
     small = load_image(path, draft_size=400)
-    assert small.size[1] > small.size[0]          # still portrait after the draft
+    assert small.size[1] > small.size[0]  # still portrait after the draft
     assert small.size[1] < 2000 and min(small.size) >= 400
 
 
@@ -288,6 +302,7 @@ def test_draft_ignored_for_non_jpeg(tmp_path):
 
 
 # -- real photos -----------------------------------------------------------------------------
+
 
 def test_real_photos_decode_and_probe_consistently(gldv2_root):
     records = read_gldv2(gldv2_root, "train").records[::50]

@@ -35,16 +35,31 @@ def write(path: Path, text: str) -> Path:
 
 # -- plain folders ---------------------------------------------------------------------------
 
+
 def test_folder_of_landmark_subfolders(tmp_path):
     root = tmp_path / "landmarks"
-    touch(root, "12/a.jpg", "12/deep/er/b.png", "eiffel/c.JPG", "eiffel/notes.txt", "eiffel/.d.jpg",
-          ".hidden/x.jpg", ".top.jpg", "loose.webp", "empty-landmark/readme.md")
+    touch(
+        root,
+        "12/a.jpg",
+        "12/deep/er/b.png",
+        "eiffel/c.JPG",
+        "eiffel/notes.txt",
+        "eiffel/.d.jpg",
+        ".hidden/x.jpg",
+        ".top.jpg",
+        "loose.webp",
+        "empty-landmark/readme.md",
+    )
     m = read_folder(root)
     assert m.name == "landmarks" and m.root == root and m.labelled
     assert [(r.id, r.landmark_id) for r in m] == [
-        ("12/a.jpg", 12), ("12/deep/er/b.png", 12), ("eiffel/c.JPG", 0), ("loose.webp", None)]
+        ("12/a.jpg", 12),
+        ("12/deep/er/b.png", 12),
+        ("eiffel/c.JPG", 0),
+        ("loose.webp", None),
+    ]
     assert all(r.path == root / r.id for r in m)
-    assert m.label_names == {12: "12", 0: "eiffel"}      # folders without photos are no landmark
+    assert m.label_names == {12: "12", 0: "eiffel"}  # folders without photos are no landmark
 
 
 def test_folder_forced_unlabelled(tmp_path):
@@ -57,7 +72,7 @@ def test_folder_forced_unlabelled(tmp_path):
 def test_folder_names_get_free_ids_in_sorted_order(tmp_path):
     touch(tmp_path, "1/a.jpg", "zeta/a.jpg", "alpha/a.jpg", "beta/a.jpg")
     m = read_folder(tmp_path)
-    assert m.label_names == {1: "1", 0: "alpha", 2: "beta", 3: "zeta"}   # 1 is taken by folder "1"
+    assert m.label_names == {1: "1", 0: "alpha", 2: "beta", 3: "zeta"}  # 1 is taken by folder "1"
     assert {r.id.split("/")[0]: r.landmark_id for r in m} == {"1": 1, "alpha": 0, "beta": 2, "zeta": 3}
 
 
@@ -77,7 +92,7 @@ def test_flat_folder_is_unlabelled(tmp_path):
 
 def test_symlinked_folder_followed_once(tmp_path):
     touch(tmp_path, "real/a.jpg")
-    (tmp_path / "real" / "loop").symlink_to(tmp_path / "real")   # a cycle must not hang or duplicate
+    (tmp_path / "real" / "loop").symlink_to(tmp_path / "real")  # a cycle must not hang or duplicate
     assert read_folder(tmp_path, labelled=False).ids() == ["real/a.jpg"]
 
 
@@ -95,6 +110,7 @@ def test_missing_folder(tmp_path):
 
 # -- GLDv2 layout ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def gldv2(tmp_path) -> Path:
     root = tmp_path / "gld"
@@ -102,9 +118,12 @@ def gldv2(tmp_path) -> Path:
     write(root / "train.csv", "id,url,landmark_id\nabc0001,,5\nabd0002,http://x/y.jpg,5\nfff0003,,9\n")
     write(root / "index.csv", "id,extra\n1230004,whatever\n")
     write(root / "test.csv", "id\n9990005\n9990006\n")
-    write(root / "label_names.csv", "landmark_id,name\n5,Eiffel_Tower\n9,\"Tower, Leaning\"\n")
-    for split, ids in {"train": ["abc0001", "abd0002", "fff0003"], "index": ["1230004"],
-                       "test": ["9990005", "9990006"]}.items():
+    write(root / "label_names.csv", 'landmark_id,name\n5,Eiffel_Tower\n9,"Tower, Leaning"\n')
+    for split, ids in {
+        "train": ["abc0001", "abd0002", "fff0003"],
+        "index": ["1230004"],
+        "test": ["9990005", "9990006"],
+    }.items():
         for i in ids:
             touch(root, str(gldv2_image_path(root, split, i).relative_to(root)))
     return root
@@ -153,7 +172,7 @@ def test_short_row_and_empty_csv(gldv2):
 def test_check_files_lists_missing_photos(gldv2):
     for i in ("abc0001", "fff0003"):
         gldv2_image_path(gldv2, "train", i).unlink()
-    assert len(read_gldv2(gldv2, "train")) == 3     # no file checks unless asked
+    assert len(read_gldv2(gldv2, "train")) == 3  # no file checks unless asked
     with pytest.raises(DatasetError) as info:
         read_gldv2(gldv2, "train", check_files=True)
     msg = str(info.value)
@@ -172,7 +191,7 @@ def test_is_gldv2(gldv2, tmp_path):
     assert is_gldv2(gldv2) and is_gldv2(str(gldv2))
     plain = tmp_path / "plain"
     touch(plain, "a/x.jpg")
-    write(plain / "test.csv", "id\n")      # a csv without its folder is not the layout
+    write(plain / "test.csv", "id\n")  # a csv without its folder is not the layout
     assert not is_gldv2(plain) and not is_gldv2(tmp_path / "missing")
 
 
@@ -187,10 +206,13 @@ def test_read_dataset_dispatch(gldv2, tmp_path):
 
 
 def test_solution_drops_ignored_rows(tmp_path):
-    write(tmp_path / "recognition_solution.csv",
-          "id,landmarks,Usage\na,5,Public\nb,,Private\nc,7 9,Public\nd,3,Ignored\n")
-    write(tmp_path / "retrieval_solution.csv",
-          "id,images,Usage\na,i1 i2,Public\nb,None,Ignored\nc,i3,Private\nd,i4,Ignored\n")
+    write(
+        tmp_path / "recognition_solution.csv", "id,landmarks,Usage\na,5,Public\nb,,Private\nc,7 9,Public\nd,3,Ignored\n"
+    )
+    write(
+        tmp_path / "retrieval_solution.csv",
+        "id,images,Usage\na,i1 i2,Public\nb,None,Ignored\nc,i3,Private\nd,i4,Ignored\n",
+    )
     s = read_gldv2_solution(tmp_path)
     assert s.recognition == {"a": 5, "b": None, "c": 7}
     assert s.recognition_all == {"a": {5}, "b": set(), "c": {7, 9}}
@@ -208,11 +230,15 @@ def test_solution_files_are_optional_and_checked(tmp_path):
 
 # -- command-line photos and manifests -------------------------------------------------------
 
+
 def test_read_photos_mixes_files_and_folders(tmp_path):
     touch(tmp_path, "one/x.jpg", "many/1.jpg", "many/sub/2.png", "many/skip.txt")
     m = read_photos([tmp_path / "one" / "x.jpg", str(tmp_path / "many")])
     assert [(r.id, r.path) for r in m] == [
-        ("x", tmp_path / "one/x.jpg"), ("1.jpg", tmp_path / "many/1.jpg"), ("sub/2.png", tmp_path / "many/sub/2.png")]
+        ("x", tmp_path / "one/x.jpg"),
+        ("1.jpg", tmp_path / "many/1.jpg"),
+        ("sub/2.png", tmp_path / "many/sub/2.png"),
+    ]
     assert not m.labelled and m.root == tmp_path
 
 
@@ -220,7 +246,7 @@ def test_read_photos_keeps_ids_unique(tmp_path):
     touch(tmp_path, "a/x.jpg", "b/x.png")
     first, second = tmp_path / "a/x.jpg", tmp_path / "b/x.png"
     m = read_photos([first, second, first])
-    assert m.ids() == ["x", second.as_posix()]     # a taken id falls back to the path; repeats read once
+    assert m.ids() == ["x", second.as_posix()]  # a taken id falls back to the path; repeats read once
 
 
 def test_read_photos_errors(tmp_path):
@@ -255,6 +281,7 @@ def test_manifest_access_and_subset(tmp_path):
 
 # -- gldv2-mini ------------------------------------------------------------------------------
 
+
 def test_gldv2_mini(gldv2_root):
     assert is_gldv2(gldv2_root)
     train = read_gldv2(gldv2_root, "train")
@@ -263,7 +290,7 @@ def test_gldv2_mini(gldv2_root):
     assert len(train.label_names) == 18 and train.label_names[47378] == "Eiffel_Tower"
     assert all(r.path.is_file() for r in train.records[::25])
     index = read_gldv2(gldv2_root, "index", check_files=True)
-    assert len(index) == 1188 and not index.labelled   # 1,189 rows, one id repeated
+    assert len(index) == 1188 and not index.labelled  # 1,189 rows, one id repeated
     test = read_gldv2(gldv2_root, "test", check_files=True)
     assert len(test) == 745 and len(set(test.ids())) == 745
 
@@ -287,7 +314,9 @@ def test_repeated_gldv2_ids_keep_the_first_row(tmp_path):
 
 
 def test_solution_restricted_to_the_listed_queries(tmp_path):
-    (tmp_path / "recognition_solution.csv").write_text("id,landmarks,Usage\naaa1,7,Public\nbbb2,,Private\nccc3,9 8,Public\n")
+    (tmp_path / "recognition_solution.csv").write_text(
+        "id,landmarks,Usage\naaa1,7,Public\nbbb2,,Private\nccc3,9 8,Public\n"
+    )
     (tmp_path / "retrieval_solution.csv").write_text("id,images,Usage\naaa1,x1 x2,Public\nccc3,x3,Public\n")
     sol = read_gldv2_solution(tmp_path).restricted(["aaa1", "bbb2"])
     assert sol.recognition == {"aaa1": 7, "bbb2": None}

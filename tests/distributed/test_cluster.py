@@ -26,7 +26,7 @@ from landmark.distributed.cluster import LocalCluster  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 FAST = ["model.backbone=tf_efficientnet_lite0", "extract.image_size=160", "extract.num_workers=0"]
-SLOT = {"landmark_extract": 1}      # each worker node offers one extractor slot; the head none
+SLOT = {"landmark_extract": 1}  # each worker node offers one extractor slot; the head none
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def cluster():
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        c.stop()                     # always: the nodes' processes and the session folder go, even on failure
+        c.stop()  # always: the nodes' processes and the session folder go, even on failure
 
 
 def test_build_survives_a_killed_worker_node_with_single_process_descriptors(cluster, gldv2_root, tmp_path, caplog):
@@ -63,8 +63,13 @@ def test_build_survives_a_killed_worker_node_with_single_process_descriptors(clu
     killer = threading.Thread(target=kill_second_node_mid_run, daemon=True)
     killer.start()
     with caplog.at_level(logging.WARNING, logger="landmark.distributed.extract"):
-        got = extract_distributed(cfg, photos, RayConfig(address=cluster.address, actors=2, shard_size=2,
-                                                         resources=SLOT), cache_dir=cache, progress=False)
+        got = extract_distributed(
+            cfg,
+            photos,
+            RayConfig(address=cluster.address, actors=2, shard_size=2, resources=SLOT),
+            cache_dir=cache,
+            progress=False,
+        )
     killer.join(timeout=5)
 
     # the node died in the middle of the run, with work in flight that went to the surviving node

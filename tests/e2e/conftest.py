@@ -10,7 +10,7 @@ import pytest
 
 from landmark.config import load_config
 
-LANDMARKS = (47378, 168098, 90396, 55350)   # Eiffel Tower, Golden Gate Bridge, Stonehenge, Sydney Opera House
+LANDMARKS = (47378, 168098, 90396, 55350)  # Eiffel Tower, Golden Gate Bridge, Stonehenge, Sydney Opera House
 PER_LANDMARK = 10
 FAST = ["model.backbone=tf_efficientnet_lite0", "extract.image_size=224", "extract.num_workers=0"]
 
@@ -51,10 +51,13 @@ def mini_gldv2(gldv2_root, tmp_path_factory) -> Path:
     for r in tests:
         link("test", r["id"])
     (out / "recognition_solution.csv").write_text(
-        "id,landmarks,Usage\n" + "".join(f"{r['id']},{r['landmarks']},Public\n" for r in tests))
+        "id,landmarks,Usage\n" + "".join(f"{r['id']},{r['landmarks']},Public\n" for r in tests)
+    )
     keep = set(index_ids)
-    (out / "retrieval_solution.csv").write_text("id,images,Usage\n" + "".join(
-        f"{r['id']},{' '.join(i for i in ret[r['id']] if i in keep)},Public\n" for r in landmark_tests))
+    (out / "retrieval_solution.csv").write_text(
+        "id,images,Usage\n"
+        + "".join(f"{r['id']},{' '.join(i for i in ret[r['id']] if i in keep)},Public\n" for r in landmark_tests)
+    )
     (out / "label_names.csv").write_text((gldv2_root / "label_names.csv").read_text())
     return out
 

@@ -13,7 +13,7 @@ from PIL import Image
 import landmark
 from landmark.config import load_config
 
-pytestmark = pytest.mark.slow      # builds stores from real photos
+pytestmark = pytest.mark.slow  # builds stores from real photos
 
 
 def test_folder_store_recognises_and_searches(gldv2_root, fast_overrides, tmp_path):
@@ -27,8 +27,9 @@ def test_folder_store_recognises_and_searches(gldv2_root, fast_overrides, tmp_pa
             os.symlink(gldv2_root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg", tmp_path / "photos" / name / f"{i}.jpg")
         held_out[lab] = gldv2_root / "train" / ids[6][0] / ids[6][1] / ids[6][2] / f"{ids[6]}.jpg"
 
-    lm, report = landmark.Landmarks.build(tmp_path / "photos", tmp_path / "store", load_config(overrides=fast_overrides),
-                                          progress=False)
+    lm, report = landmark.Landmarks.build(
+        tmp_path / "photos", tmp_path / "store", load_config(overrides=fast_overrides), progress=False
+    )
     assert report.added == {"db": 18} and not report.failures
     assert set(lm.store.label_names().values()) == set(names.values())
 
@@ -61,7 +62,7 @@ def test_search_applies_dba_and_qe_and_follows_writes(mini_store, mini_gldv2, ei
 
     shutil.copytree(mini_store, tmp_path / "store")
     lm = landmark.open(tmp_path / "store")
-    assert lm.searching.expands_by_default      # the default config: DBA + alpha-QE on, exact index
+    assert lm.searching.expands_by_default  # the default config: DBA + alpha-QE on, exact index
     query = lm.embed([eiffel_query]).vectors
     got = lm.search([str(eiffel_query)], k=8, rerank=False)[0]
     want = ExpandedSearch(lm.store, lm.config.expansion, vote_k=lm.recognising.recognition_config.k).rank(query, 8)[0]
@@ -69,15 +70,19 @@ def test_search_applies_dba_and_qe_and_follows_writes(mini_store, mini_gldv2, ei
     assert [m.score for m in got.matches] == pytest.approx(want.scores, abs=1e-5)
     plain = lm.search([str(eiffel_query)], k=8, rerank=False, expand=False)[0]
     assert [m.score for m in plain.matches] != pytest.approx([m.score for m in got.matches], abs=1e-4)
-    with open(mini_gldv2 / "retrieval_solution.csv", newline="") as fh:   # the unlabelled index photos of it
+    with open(mini_gldv2 / "retrieval_solution.csv", newline="") as fh:  # the unlabelled index photos of it
         same_place = next(r["images"].split() for r in csv.DictReader(fh) if r["id"] == eiffel_query.stem)
     assert all(m.name == "Eiffel_Tower" or m.id in same_place for m in got.matches[:3])
 
     # a photo added later is searched at once: the augmented database follows the store's generation
     lm.add_photos([eiffel_query], landmark_id=47378)
     again = lm.search([str(eiffel_query)], k=3, rerank=False)[0]
-    assert lm.searching.expanded_search().generation == lm.store.generation and len(lm.searching.expanded_search().keys) == len(lm.store)
-    assert str(eiffel_query.resolve()) in [m.path for m in again.matches]   # not always first: DBA mixes it with its neighbours
+    assert lm.searching.expanded_search().generation == lm.store.generation and len(
+        lm.searching.expanded_search().keys
+    ) == len(lm.store)
+    assert str(eiffel_query.resolve()) in [
+        m.path for m in again.matches
+    ]  # not always first: DBA mixes it with its neighbours
     # larger stores than expansion.search_max search without expansion unless asked (DBA is quadratic)
     lm.searching.set_expansion_config(dataclasses.replace(lm.config.expansion, search_max=len(lm.store) - 1))
     assert not lm.searching.expands_by_default
@@ -93,10 +98,11 @@ def test_reopening_a_trained_model_s_store_without_its_model_says_how(fast_overr
     trained = load_config(overrides=fast_overrides + [f"model.checkpoint={tmp_path / 'model.pt'}"])
     landmark.Landmarks.create(tmp_path / "store", trained).store.close()
     with pytest.raises(StoreError, match=rf"give its model again \(--model {tmp_path / 'model.pt'}\)"):
-        landmark.Landmarks.create(tmp_path / "store", cfg)          # as `landmark evaluate --out` without --model
-    with pytest.raises(StoreError) as info:                          # the same model, other settings: no such hint
-        landmark.Landmarks.create(tmp_path / "store", dataclasses.replace(
-            trained, model=dataclasses.replace(trained.model, gem_p=4.0)))
+        landmark.Landmarks.create(tmp_path / "store", cfg)  # as `landmark evaluate --out` without --model
+    with pytest.raises(StoreError) as info:  # the same model, other settings: no such hint
+        landmark.Landmarks.create(
+            tmp_path / "store", dataclasses.replace(trained, model=dataclasses.replace(trained.model, gem_p=4.0))
+        )
     assert "--model" not in str(info.value) and "--overwrite" in str(info.value)
     assert len(Store.open(tmp_path / "store")) == 0
 
@@ -109,13 +115,17 @@ def test_query_views_add_the_photo_read_at_zoom_times_the_size(mini_store, eiffe
     from landmark.features.pipeline import zoomed
 
     lm = landmark.open(mini_store)
-    assert lm.recognising.recognition_config.zoom == 1.0           # off by default
+    assert lm.recognising.recognition_config.zoom == 1.0  # off by default
     cfg = dataclasses.replace(lm.recognising.recognition_config, zoom=2.0)
     lm.recognising.set_recognition_config(cfg)
     res = lm.embedding.query_views([ImageRecord("q", eiffel_query)], progress=False)
-    n = lm.extractor.extract([ImageRecord("q", eiffel_query)], regions=cfg.regions, progress=False).extras[REGIONS_EXTRA].shape[1]
+    n = (
+        lm.extractor.extract([ImageRecord("q", eiffel_query)], regions=cfg.regions, progress=False)
+        .extras[REGIONS_EXTRA]
+        .shape[1]
+    )
     views = res.extras[REGIONS_EXTRA][0].astype(np.float32)
-    assert views.shape[0] == n + 1 + n                              # regions, the zoomed photo, its regions
+    assert views.shape[0] == n + 1 + n  # regions, the zoomed photo, its regions
     big = zoomed(lm.extractor, 2.0)
     assert big.cfg.image_size == 2 * lm.extractor.cfg.image_size and big.net is lm.extractor.net
     want = big.extract_images([Image.open(eiffel_query).convert("RGB")])[0]
@@ -124,14 +134,18 @@ def test_query_views_add_the_photo_read_at_zoom_times_the_size(mini_store, eiffe
     _, extras = lm.embedding.query_views_of_images([Image.open(eiffel_query).convert("RGB")])
     assert np.allclose(extras[REGIONS_EXTRA][0].astype(np.float32), views, atol=2e-3)
     lm.recognising.set_recognition_config(dataclasses.replace(cfg, zoom=1.0))
-    assert lm.embedding.query_views([ImageRecord("q", eiffel_query)], progress=False).extras[REGIONS_EXTRA].shape[1] == n
+    assert (
+        lm.embedding.query_views([ImageRecord("q", eiffel_query)], progress=False).extras[REGIONS_EXTRA].shape[1] == n
+    )
 
 
 def test_open_warms_what_the_first_query_would_wait_for(mini_store):
     from landmark.features.pipeline import model_extractor
 
     cold = landmark.Landmarks.open(mini_store, warm=False)
-    assert model_extractor(cold.extractor).trunk._engines == {} and cold.recognising._recognizer is None   # made at the first query
+    assert (
+        model_extractor(cold.extractor).trunk._engines == {} and cold.recognising._recognizer is None
+    )  # made at the first query
     warm = landmark.Landmarks.open(mini_store)
     assert model_extractor(warm.extractor).trunk._engines and warm.recognising._recognizer is not None
-    assert warm.store.generation == cold.store.generation               # warming writes nothing
+    assert warm.store.generation == cold.store.generation  # warming writes nothing

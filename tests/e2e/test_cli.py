@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import landmark
 from landmark.cli import app
 
-pytestmark = pytest.mark.slow      # builds stores from real photos through the CLI
+pytestmark = pytest.mark.slow  # builds stores from real photos through the CLI
 
 runner = CliRunner()
 
@@ -54,9 +54,18 @@ def test_recognize_photo_and_bad_files(mini_store, eiffel_query, tmp_path):
     (tmp_path / "notes.jpg").write_text("this is text")
     data = eiffel_query.read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    result = run("recognize", eiffel_query, tmp_path / "zero.jpg", tmp_path / "notes.jpg", tmp_path / "cut.jpg",
-                 tmp_path / "missing.jpg", "--store", mini_store, "--json")
-    assert result.exit_code == 1          # the good photo is answered; the status says not all were
+    result = run(
+        "recognize",
+        eiffel_query,
+        tmp_path / "zero.jpg",
+        tmp_path / "notes.jpg",
+        tmp_path / "cut.jpg",
+        tmp_path / "missing.jpg",
+        "--store",
+        mini_store,
+        "--json",
+    )
+    assert result.exit_code == 1  # the good photo is answered; the status says not all were
     out = json.loads(result.stdout)
     assert len(out) == 1 and out[0]["landmark_id"] == 47378 and out[0]["name"] == "Eiffel_Tower"
     assert 0 < out[0]["score"] <= 1 and 1 <= out[0]["votes"] <= 5
@@ -100,15 +109,25 @@ def test_index_add_info_remove(mini_store, eiffel_query, tmp_path):
     assert json.loads(run("index", "info", "--store", store).stdout)["images"] == before + 1
     removed = run("index", "remove", eiffel_query.stem, "--store", store)
     assert removed.exit_code == 0 and "removed 1 of 1" in removed.stdout
-    removed = run("index", "remove", eiffel_query.stem, "no-such-photo", "--store", store)   # both unknown now
+    removed = run("index", "remove", eiffel_query.stem, "no-such-photo", "--store", store)  # both unknown now
     assert removed.exit_code == 1 and "removed 0 of 2" in removed.stdout
     assert f"not in the store: {eiffel_query.stem}, no-such-photo" in removed.stderr
     assert json.loads(run("index", "info", "--store", store).stdout)["images"] == before
 
 
 def test_store_refuses_another_model(mini_gldv2, mini_store):
-    result = run("index", "build", mini_gldv2, "--store", mini_store, "--set", "extract.image_size=256",
-                 "--set", "model.backbone=tf_efficientnet_lite0", "--no-progress")
+    result = run(
+        "index",
+        "build",
+        mini_gldv2,
+        "--store",
+        mini_store,
+        "--set",
+        "extract.image_size=256",
+        "--set",
+        "model.backbone=tf_efficientnet_lite0",
+        "--no-progress",
+    )
     assert result.exit_code == 2
     assert "was built with" in result.stderr and '"image_size": 224' in result.stderr
 
@@ -117,8 +136,18 @@ def test_learned_whitening_without_labels_is_refused_before_any_store(eiffel_que
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.jpg").write_bytes(eiffel_query.read_bytes())
-    result = run("index", "build", photos, "--store", tmp_path / "store", "--preset", "lite2-gem-lw",
-                 "--set", "model.backbone=tf_efficientnet_lite0", "--no-progress")
+    result = run(
+        "index",
+        "build",
+        photos,
+        "--store",
+        tmp_path / "store",
+        "--preset",
+        "lite2-gem-lw",
+        "--set",
+        "model.backbone=tf_efficientnet_lite0",
+        "--no-progress",
+    )
     assert result.exit_code == 2
     assert "learned from labelled photos" in result.stderr and "whitening.kind=pca" in result.stderr
     assert not (tmp_path / "store").exists()
@@ -164,22 +193,35 @@ def test_index_build_calibrates_a_labelled_store_once(mini_gldv2, fast_overrides
     store = tmp_path / "store"
     built = run("index", "build", mini_gldv2, "--store", store, *sets, "--no-progress")
     assert built.exit_code == 0, built.output
-    assert "calibrated on" in built.stdout and "expansion.threshold" in built.stdout and "category re-rank" in built.stdout
+    assert (
+        "calibrated on" in built.stdout and "expansion.threshold" in built.stdout and "category re-rank" in built.stdout
+    )
     with Store.open(store) as st:
         recognition, expansion = st.meta_value("calibration"), st.meta_value("expansion_calibration")
         assert st.config.recognition.t1 == recognition["thresholds"]["t1"]
         assert st.config.expansion.threshold == expansion["threshold"]
         assert st.config.category.enabled == st.meta_value("category_calibration")["enabled"]
-    again = run("index", "build", mini_gldv2, "--store", store, *sets, "--no-progress")   # already calibrated
+    again = run("index", "build", mini_gldv2, "--store", store, *sets, "--no-progress")  # already calibrated
     assert again.exit_code == 0 and "calibrated on" not in again.stdout
     other = tmp_path / "other"
     skipped = run("index", "build", mini_gldv2, "--store", other, *sets, "--no-progress", "--no-calibrate")
     assert skipped.exit_code == 0 and "calibrated on" not in skipped.stdout
     with Store.open(other) as st:
         assert st.meta_value("calibration") is None and st.meta_value("expansion_calibration") is None
-    mine = tmp_path / "mine"                    # an explicit expansion.threshold is not fitted over
-    kept = run("index", "build", mini_gldv2, "--store", mine, *sets, "--set", "expansion.threshold=0.66",
-               "--set", "recognition.t1=0.97", "--no-progress")
+    mine = tmp_path / "mine"  # an explicit expansion.threshold is not fitted over
+    kept = run(
+        "index",
+        "build",
+        mini_gldv2,
+        "--store",
+        mine,
+        *sets,
+        "--set",
+        "expansion.threshold=0.66",
+        "--set",
+        "recognition.t1=0.97",
+        "--no-progress",
+    )
     assert kept.exit_code == 0 and "calibrated on" in kept.stdout and "expansion.threshold" not in kept.stdout
     with Store.open(mine) as st:
         assert st.config.expansion.threshold == 0.66 and st.meta_value("expansion_calibration") is None
@@ -212,11 +254,23 @@ def test_repeated_model_concatenates_the_trained_models(mini_gldv2, fast_overrid
     # the store's models, named again, open it; one of them alone is told to give both
     again = run("index", "build", photos, "--store", tmp_path / "store", *models, *sets, "--no-progress")
     assert again.exit_code == 0 and "already present 3" in again.stdout
-    one = run("index", "build", photos, "--store", tmp_path / "store", "--model", tmp_path / "a.pt", *sets, "--no-progress")
+    one = run(
+        "index", "build", photos, "--store", tmp_path / "store", "--model", tmp_path / "a.pt", *sets, "--no-progress"
+    )
     assert one.exit_code == 2
     assert f"--model {tmp_path / 'a.pt'} --model {tmp_path / 'b.pt'}" in " ".join(one.stderr.split())
-    both = run("index", "build", photos, "--store", tmp_path / "other", *models, *sets,
-               "--set", "ensemble=[{backbone: mobilenet_v2}]", "--no-progress")
+    both = run(
+        "index",
+        "build",
+        photos,
+        "--store",
+        tmp_path / "other",
+        *models,
+        *sets,
+        "--set",
+        "ensemble=[{backbone: mobilenet_v2}]",
+        "--no-progress",
+    )
     assert both.exit_code == 2 and "not both" in both.stderr
 
 
@@ -229,11 +283,15 @@ def test_cluster_writes_pseudo_landmarks_of_the_index_split(mini_store, tmp_path
     result = run("cluster", "--store", mini_store, "--out", tmp_path / "c.csv", "--neighbours", "3")
     assert result.exit_code == 0, result.output
     labels = read_labels(tmp_path / "c.csv")
-    assert labels and set(labels) <= index_ids - known          # index photos, none known not to be a landmark
+    assert labels and set(labels) <= index_ids - known  # index photos, none known not to be a landmark
     assert f"{len(labels)} of {len(index_ids - known)} photos of split 'index'" in result.output
-    assert "labelled photos" in result.output                   # the threshold was chosen on them
+    assert "labelled photos" in result.output  # the threshold was chosen on them
     every = run("cluster", "--store", mini_store, "--out", tmp_path / "all.csv", "--all-photos", "--threshold", "0.5")
-    assert every.exit_code == 0 and f"of {len(index_ids)} photos" in every.output and "threshold 0.500 (given)" in every.output
+    assert (
+        every.exit_code == 0
+        and f"of {len(index_ids)} photos" in every.output
+        and "threshold 0.500 (given)" in every.output
+    )
     none = run("cluster", "--store", mini_store, "--out", tmp_path / "none.csv", "--threshold", "1.0")
     assert none.exit_code == 1 and read_labels(tmp_path / "none.csv") == {} and "nothing to train on" in none.output
     assert run("cluster", "--store", mini_store, "--out", tmp_path / "x.csv", "--threshold", "1.5").exit_code == 2

@@ -39,7 +39,7 @@ def test_match_evidence_png(mini_store, eiffel_query):
     png = lm.match_evidence(str(eiffel_query), best.id)
     assert png is not None and Image.open(io.BytesIO(png)).format == "PNG"
     keys = lm.store.keys()
-    assert lm.match_evidence(keys[0], keys[1])[:4] == b"\x89PNG"               # stored key vs stored key
+    assert lm.match_evidence(keys[0], keys[1])[:4] == b"\x89PNG"  # stored key vs stored key
     assert lm.match_evidence(Image.open(eiffel_query).convert("RGB"), best.id)[:4] == b"\x89PNG"
     with pytest.raises(KeyError):
         lm.match_evidence(str(eiffel_query), "no-such-id")
@@ -51,14 +51,15 @@ def test_store_without_local_features(mini_gldv2, fast_overrides, tmp_path):
     assert lm.local is None and not (tmp_path / "s" / LOCAL_DIR).exists()
     assert lm.match_evidence(lm.store.keys()[0], lm.store.keys()[1]) is None
     photo = lm.store.get(lm.store.keys()[:1])[lm.store.keys()[0]].path
-    assert lm.search([photo], k=3)[0].matches[0].inliers is None               # default: no re-ranking
+    assert lm.search([photo], k=3)[0].matches[0].inliers is None  # default: no re-ranking
     with pytest.raises(StoreError, match="no local features"):
         lm.search([photo], k=3, rerank=True)
 
 
 def test_remove_follows_into_local_features(mini_gldv2, fast_overrides, tmp_path):
-    lm, _ = Landmarks.build(mini_gldv2, tmp_path / "s", load_config(overrides=fast_overrides), splits=["index"],
-                            progress=False)
+    lm, _ = Landmarks.build(
+        mini_gldv2, tmp_path / "s", load_config(overrides=fast_overrides), splits=["index"], progress=False
+    )
     key = lm.store.keys()[0]
     assert key in lm.local
     lm.remove([key])
@@ -71,16 +72,23 @@ def test_remove_follows_into_local_features(mini_gldv2, fast_overrides, tmp_path
 def test_evaluate_reports_global_and_reranked(mini_gldv2, fast_overrides, tmp_path):
     from landmark.evaluation.run import evaluate_gldv2
 
-    cfg = load_config(overrides=[*fast_overrides, "rerank.inverted_k=10",   # with the local inverted index too
-                                 "category.enabled=false"])                 # the last step is the spatial re-rank
+    cfg = load_config(
+        overrides=[
+            *fast_overrides,
+            "rerank.inverted_k=10",  # with the local inverted index too
+            "category.enabled=false",
+        ]
+    )  # the last step is the spatial re-rank
     report = evaluate_gldv2(mini_gldv2, tmp_path / "eval", cfg, progress=False, focus=frozenset({47378, 900001}))
     m = report["metrics"]
     assert m["map@100_global"] > 0.3 and m["map@100_reranked"] is not None
     assert m["map@100"] == m["map@100_reranked"]
-    assert m["focus_queries"] == 3 and m["focus_landmarks"] == [47378, 900001]   # 3 Eiffel queries, no 900001 here
+    assert m["focus_queries"] == 3 and m["focus_landmarks"] == [47378, 900001]  # 3 Eiffel queries, no 900001 here
     assert 0 < m["map@100_focus_global"] <= 1 and m["map@100_focus_reranked"] is not None
     assert report["timings"]["rerank_pairs"] > 0 and report["timings"]["inverted_build_s"] > 0
-    assert json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["map@100_global"] == m["map@100_global"]
+    assert (
+        json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["map@100_global"] == m["map@100_global"]
+    )
 
 
 def test_add_local_never_wipes_other_local_features_unless_asked(mini_store, tmp_path):
@@ -97,17 +105,27 @@ def test_add_local_never_wipes_other_local_features_unless_asked(mini_store, tmp
     key = lm.store.keys()[0]
     photo = ImageRecord(key, lm.store.get([key])[key].path)
     with pytest.raises(StoreError, match="other settings"):
-        lm.building.add_local([photo], replace=False)       # as the service adds one photo
+        lm.building.add_local([photo], replace=False)  # as the service adds one photo
     assert len(LocalStore.open(store / LOCAL_DIR).present(lm.store.keys())) == before
-    lm.building.add_local([photo])                          # as `index build` re-extracts everything
+    lm.building.add_local([photo])  # as `index build` re-extracts everything
     assert LocalStore.open(store / LOCAL_DIR).present(lm.store.keys()) == {key}
 
 
 def test_a_learned_kind_builds_searches_and_draws_its_verified_matches(mini_gldv2, fast_overrides, tmp_path):
     """local.kind=xfeat + rerank.matcher=lighterglue through the API: float16 features in the store, queries
     extracted like them, re-ranked search with inliers, and the evidence picture of LighterGlue's matches."""
-    cfg = load_config(overrides=[*fast_overrides, "local.kind=xfeat", "local.image_size=384", "local.max_keypoints=256",
-                                 "local.device=cpu", "rerank.matcher=lighterglue", "rerank.device=cpu", "rerank.top_k=5"])
+    cfg = load_config(
+        overrides=[
+            *fast_overrides,
+            "local.kind=xfeat",
+            "local.image_size=384",
+            "local.max_keypoints=256",
+            "local.device=cpu",
+            "rerank.matcher=lighterglue",
+            "rerank.device=cpu",
+            "rerank.top_k=5",
+        ]
+    )
     lm, _ = Landmarks.build(mini_gldv2, tmp_path / "store", cfg, progress=False)
     assert lm.local.signature["kind"] == "xfeat" and lm.local.signature["model"] == "xfeat"
     key = lm.store.keys("train")[3]
@@ -119,5 +137,5 @@ def test_a_learned_kind_builds_searches_and_draws_its_verified_matches(mini_gldv
     other = next(m.id for m in again[1:])
     png = lm.match_evidence(key, other)
     assert png[:4] == b"\x89PNG"
-    m, v = lm.ctx.verifier.evidence(stored, key)                  # the picture's matches: LighterGlue's, then MAGSAC++
+    m, v = lm.ctx.verifier.evidence(stored, key)  # the picture's matches: LighterGlue's, then MAGSAC++
     assert v.inliers >= 50 and len(m) >= v.inliers

@@ -57,7 +57,7 @@ def _one_photo_per_landmark(src: Path, dst: Path) -> Path:
 @pytest.mark.real_minimums
 def test_evaluate_scores_retrieval_of_a_collection_without_labels(mini_gldv2, fast_overrides, tmp_path):
     data = _unlabelled_copy(mini_gldv2, tmp_path / "unlabelled", stubs=True)
-    assert len(read_gldv2(data, "index")) == len(read_gldv2(mini_gldv2, "index"))      # the link stubs are followed
+    assert len(read_gldv2(data, "index")) == len(read_gldv2(mini_gldv2, "index"))  # the link stubs are followed
     out = tmp_path / "eval"
     args = ["evaluate", str(data), "--out", str(out), "--no-progress"]
     for o in fast_overrides + GLOBAL_ONLY:
@@ -100,19 +100,26 @@ def test_calibration_with_one_labelled_photo_per_landmark_keeps_the_defaults(min
     # no threshold fitted from nothing: the configured ones stay; stages nothing can validate are off
     assert rec["thresholds"]["distractor_threshold"] == defaults.distractor_threshold
     assert (rec["thresholds"]["t1"], rec["thresholds"]["t2"]) == (defaults.t1, defaults.t2)
-    assert lm.recognising.recognition_config.grading is False and lm.recognising.recognition_config.frequent_rerank is False
+    assert (
+        lm.recognising.recognition_config.grading is False
+        and lm.recognising.recognition_config.frequent_rerank is False
+    )
     assert fitted["expansion"]["dba"] is False and fitted["expansion"]["qe"] is False
     assert lm.config.expansion.dba is False and fitted["category"]["enabled"] is False
     assert "safe default" in fitted["expansion"]["decision"] and "safe default" in rec["decisions"]["grading"]
-    reopened = Landmarks.open(tmp_path / "store")        # kept in the store
+    reopened = Landmarks.open(tmp_path / "store")  # kept in the store
     assert reopened.store.config.expansion.dba is False and reopened.store.config.recognition.grading is False
 
 
 @pytest.mark.slow
 def test_quality_suite_reports_every_set_side_by_side(mini_gldv2, fast_overrides, tmp_path):
     unlabelled = _unlabelled_copy(mini_gldv2, tmp_path / "sets" / "mini-unlabelled", stubs=False)
-    suite = run_suite([mini_gldv2, unlabelled], tmp_path / "quality",
-                      lambda: load_config(overrides=fast_overrides + GLOBAL_ONLY), progress=False)
+    suite = run_suite(
+        [mini_gldv2, unlabelled],
+        tmp_path / "quality",
+        lambda: load_config(overrides=fast_overrides + GLOBAL_ONLY),
+        progress=False,
+    )
     written = json.loads((tmp_path / "quality" / "quality.json").read_text())
     assert list(written["sets"]) == [mini_gldv2.name, "mini-unlabelled"] == list(suite["sets"])
     labelled, bare = written["sets"][mini_gldv2.name], written["sets"]["mini-unlabelled"]

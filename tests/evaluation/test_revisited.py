@@ -6,9 +6,18 @@ import pytest
 from PIL import Image
 
 from landmark.data.manifests import DatasetError
-from landmark.evaluation.revisited import (QueryTruth, RevisitedTruth, average_precision, crop_query,
-                                           evaluate_rankings, evaluate_revisited, load_ground_truth,
-                                           positive_ranks, precision_at, setup_sets)
+from landmark.evaluation.revisited import (
+    QueryTruth,
+    RevisitedTruth,
+    average_precision,
+    crop_query,
+    evaluate_rankings,
+    evaluate_revisited,
+    load_ground_truth,
+    positive_ranks,
+    precision_at,
+    setup_sets,
+)
 
 
 def _reference_ap(ranking, positives, ignored):
@@ -53,9 +62,15 @@ def test_setups():
 
 def test_evaluate_rankings_hand_example():
     # db of 6; query 0: easy {0}, hard {2}, junk {1}; query 1: easy {}, hard {}, (skipped everywhere)
-    truth = RevisitedTruth("toy", [f"d{i}" for i in range(6)], ["q0", "q1"], [
-        QueryTruth((0, 0, 1, 1), np.array([0]), np.array([2]), np.array([1])),
-        QueryTruth((0, 0, 1, 1), np.array([], np.int64), np.array([], np.int64), np.array([], np.int64))])
+    truth = RevisitedTruth(
+        "toy",
+        [f"d{i}" for i in range(6)],
+        ["q0", "q1"],
+        [
+            QueryTruth((0, 0, 1, 1), np.array([0]), np.array([2]), np.array([1])),
+            QueryTruth((0, 0, 1, 1), np.array([], np.int64), np.array([], np.int64), np.array([], np.int64)),
+        ],
+    )
     res = evaluate_rankings([[1, 3, 0, 2, 4, 5], [0, 1, 2, 3, 4, 5]], truth)
     # easy: ignore {1, 2}: ranking 3 0 4 5 -> positive at rank 1: AP = (0 + 1/2)/2 = 1/4
     assert res["easy"]["map"] == pytest.approx(0.25)
@@ -84,13 +99,18 @@ def test_real_ground_truth_matches_reference_on_random_rankings(oxford, revisite
         rest = rng.permutation(np.setdiff1d(np.arange(n), early))
         rankings.append(np.concatenate([early, rest]))
     res = evaluate_rankings(rankings, oxford)
-    for setup, pos_keys, junk_keys in [("easy", ["easy"], ["junk", "hard"]), ("medium", ["easy", "hard"], ["junk"]),
-                                       ("hard", ["hard"], ["junk", "easy"])]:
+    for setup, pos_keys, junk_keys in [
+        ("easy", ["easy"], ["junk", "hard"]),
+        ("medium", ["easy", "hard"], ["junk"]),
+        ("hard", ["hard"], ["junk", "easy"]),
+    ]:
         aps = []
         for ranking, g in zip(rankings, raw["gnd"]):
             pos = np.concatenate([g[k] for k in pos_keys])
             if len(pos):
-                aps.append(_reference_ap(ranking.tolist(), pos.tolist(), np.concatenate([g[k] for k in junk_keys]).tolist()))
+                aps.append(
+                    _reference_ap(ranking.tolist(), pos.tolist(), np.concatenate([g[k] for k in junk_keys]).tolist())
+                )
         assert res[setup]["map"] == pytest.approx(float(np.mean(aps)), abs=1e-6)
         assert 0.05 < res[setup]["map"] < 0.95
 
@@ -105,8 +125,10 @@ def test_perfect_ranking_scores_one_in_every_setup(oxford):
     assert res["easy"]["map"] == pytest.approx(1.0) and res["medium"]["map"] == pytest.approx(1.0)
     assert res["hard"]["map"] == pytest.approx(1.0)
     # hard first then easy: Hard stays perfect (easy ignored), Easy too (hard ignored), Medium too
-    reverse = [np.concatenate([q.hard, q.easy, np.setdiff1d(np.arange(n), np.concatenate([q.easy, q.hard]))])
-               for q in oxford.queries]
+    reverse = [
+        np.concatenate([q.hard, q.easy, np.setdiff1d(np.arange(n), np.concatenate([q.easy, q.hard]))])
+        for q in oxford.queries
+    ]
     assert evaluate_rankings(reverse, oxford)["easy"]["map"] == pytest.approx(1.0)
 
 
@@ -138,7 +160,18 @@ def test_cli_names_missing_photos(revisited_root):
 
     from landmark.cli import app
 
-    res = CliRunner().invoke(app, ["evaluate-revisited", str(revisited_root), "-d", "roxford5k",
-                                   "--set", "model.backbone=tf_efficientnet_lite0", "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate-revisited",
+            str(revisited_root),
+            "-d",
+            "roxford5k",
+            "--set",
+            "model.backbone=tf_efficientnet_lite0",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 2
     assert "database photos are missing" in res.output

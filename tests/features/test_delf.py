@@ -50,11 +50,11 @@ def test_pca_round_trips_and_reduces_to_the_leading_components():
     x = rng.normal(size=(500, 24)) @ rng.normal(size=(24, 24)) + 3.0
     full = learn_whitening(x, 24, power=0.0)
     assert np.allclose(pca_reconstruct(full, pca_project(full, x)), x, atol=1e-4)
-    white = learn_whitening(x, 24, power=1.0)          # whitened: unit variance per component, still invertible
+    white = learn_whitening(x, 24, power=1.0)  # whitened: unit variance per component, still invertible
     y = pca_project(white, x)
     assert np.allclose(y.var(axis=0), 1.0, atol=1e-3)
     assert np.allclose(pca_reconstruct(white, y), x, atol=1e-3)
-    low = learn_whitening(x, 8, power=0.0)             # reduced: the error is the variance of the dropped components
+    low = learn_whitening(x, 8, power=0.0)  # reduced: the error is the variance of the dropped components
     err = ((pca_reconstruct(low, pca_project(low, x)) - x) ** 2).sum(axis=1).mean()
     assert np.isclose(err, full.eigenvalues[8:].sum(), rtol=1e-3)
 
@@ -112,8 +112,14 @@ def photo(gldv2_root) -> Image.Image:
 
 
 def _cfg(checkpoint: Path, **kw) -> LocalConfig:
-    return LocalConfig(kind="delf", checkpoint=str(checkpoint), image_size=kw.pop("image_size", 512),
-                       max_keypoints=kw.pop("max_keypoints", 500), num_workers=0, **kw)
+    return LocalConfig(
+        kind="delf",
+        checkpoint=str(checkpoint),
+        image_size=kw.pop("image_size", 512),
+        max_keypoints=kw.pop("max_keypoints", 500),
+        num_workers=0,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -121,14 +127,14 @@ def test_keypoints_are_the_highest_attention_ones_in_order(checkpoint, photo):
     ex = DelfExtractor(_cfg(checkpoint, max_keypoints=200))
     feats, scores = ex.extract_with_scores(photo)
     assert len(feats) == 200 and len(scores) == 200
-    assert np.all(np.diff(scores) <= 0)                                 # highest attention first
+    assert np.all(np.diff(scores) <= 0)  # highest attention first
     every = np.concatenate([c.scores for c in ex.candidates(frame_of(photo, 512)[0])])
-    assert scores[-1] >= np.sort(every)[-200]                           # none left out scored higher
+    assert scores[-1] >= np.sort(every)[-200]  # none left out scored higher
     w, h = feats.width, feats.height
     xy = feats.xy
     assert (xy[:, 0] >= 0).all() and (xy[:, 0] < w).all() and (xy[:, 1] >= 0).all() and (xy[:, 1] < h).all()
     assert feats.descriptors.shape == (200, 40) and feats.descriptors.dtype == np.uint8
-    norms = np.linalg.norm(decode_descriptors(feats.descriptors), axis=1)   # unit, but for rare clipped components
+    norms = np.linalg.norm(decode_descriptors(feats.descriptors), axis=1)  # unit, but for rare clipped components
     assert abs(np.median(norms) - 1.0) < 0.005 and norms.min() > 0.9
 
 

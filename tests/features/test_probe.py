@@ -25,8 +25,9 @@ def photos(tmp_path, n=4):
 
 def test_probe_shares_the_forward_pass_and_is_cached(tmp_path):
     net = build_model(LITE0)
-    cfg = ExtractConfig(image_size=128, batch_size=2, num_workers=0, device="cpu", flip=True,
-                        engine="torch")   # counts the passes of the torch trunk
+    cfg = ExtractConfig(
+        image_size=128, batch_size=2, num_workers=0, device="cpu", flip=True, engine="torch"
+    )  # counts the passes of the torch trunk
     plain = GlobalExtractor(net, cfg, LITE0)
     probed = GlobalExtractor(net, cfg, LITE0)
     groups = ClassGroups.load()
@@ -38,7 +39,7 @@ def test_probe_shares_the_forward_pass_and_is_cached(tmp_path):
     a = plain.extract(items, progress=False)
     n_plain = len(calls)
     b = probed.extract(items, cache_dir=tmp_path / "cache", progress=False)
-    assert len(calls) == 2 * n_plain                          # no extra pass over the trunk for the probe
+    assert len(calls) == 2 * n_plain  # no extra pass over the trunk for the probe
     net.backbone.forward = real
     assert np.allclose(a.vectors, b.vectors, atol=1e-5) and a.extras == {}
     p = b.extras["imagenet_groups"]
@@ -92,7 +93,9 @@ def test_a_fine_tuned_backbone_is_probed_with_its_pretrained_classifier(tmp_path
     got = probed.extract(items, progress=False)
     assert np.allclose(got.extras["g"], want, atol=1e-4)
     # the descriptors are still the fine-tuned model's own (the split forward pass is the same pass)
-    assert np.allclose(got.vectors, GlobalExtractor(tuned, cfg, LITE0).extract(items, progress=False).vectors, atol=1e-5)
+    assert np.allclose(
+        got.vectors, GlobalExtractor(tuned, cfg, LITE0).extract(items, progress=False).vectors, atol=1e-5
+    )
     # reading the fine-tuned trunk with the ImageNet head would give other numbers
     own = GlobalExtractor(tuned, cfg, LITE0)
     own.set_probe("g", ImageNetPrior(tuned.backbone, groups))

@@ -14,7 +14,7 @@ def _data(n=400, d=32, seed=0):
 def test_full_whitening_gives_identity_covariance():
     x, _ = _data()
     w = learn_whitening(x, dim=8, power=1.0)
-    y = (x - w.mean) @ w.projection.T           # before re-normalisation
+    y = (x - w.mean) @ w.projection.T  # before re-normalisation
     cov = y.T @ y / len(x)
     assert np.allclose(cov, np.eye(8), atol=1e-6)
 
@@ -82,8 +82,10 @@ def test_whitening_helps_retrieval_with_a_dominant_nuisance_direction():
     d, classes = 64, 50
     centres = rng.normal(size=(classes, d))
     nuisance = rng.normal(size=(1, d)) * 8
+
     def sample():
         return centres + rng.normal(size=(classes, 1)) * nuisance + rng.normal(size=(classes, d)) * 0.3
+
     db, q = l2n(sample()), l2n(sample())
     unlabelled = l2n(np.concatenate([sample() for _ in range(5)]))
     w = learn_whitening(unlabelled, dim=32, power=1.0)
@@ -108,7 +110,7 @@ def test_learned_whitening_whitens_the_within_landmark_covariance():
     x, labels = _landmarks()
     w = learn_labelled_whitening(x, labels, dim=None, shrinkage=0.0)
     assert w.kind == "learned" and w.out_dim == x.shape[1]
-    y = (x - w.mean) @ w.projection.T                    # before re-normalisation
+    y = (x - w.mean) @ w.projection.T  # before re-normalisation
     means = np.stack([y[labels == c].mean(0) for c in range(6)])
     within = y - means[labels]
     # pair-weighted (every class has n photos, so it is the plain within-class covariance)
@@ -133,7 +135,7 @@ def test_learned_whitening_finds_the_landmarks_a_nuisance_hides():
 
 
 def test_learned_whitening_needs_landmarks_and_shrinkage_when_singular():
-    x, labels = _landmarks(n_per=2, classes=3)           # 6 photos, 16 dimensions
+    x, labels = _landmarks(n_per=2, classes=3)  # 6 photos, 16 dimensions
     with pytest.raises(WhiteningError, match="singular.*shrinkage"):
         learn_labelled_whitening(x, labels, dim=4, shrinkage=0.0)
     assert learn_labelled_whitening(x, labels, dim=4, shrinkage=0.1).out_dim == 4
@@ -168,8 +170,14 @@ def test_learned_whitening_file_keeps_its_kind_and_held_out_photos(tmp_path):
     assert fixed.signature == {"digest": "3721d262a622b033", "in_dim": 3, "dim": 2, "power": 0.5, "shrinkage": 0.1}
     # files written before learned whitening existed load as PCA, with the digest they had
     pca = learn_whitening(x, dim=5)
-    np.savez(tmp_path / "old.npz", mean=pca.mean, projection=pca.projection, eigenvalues=pca.eigenvalues,
-             power=np.float64(pca.power), shrinkage=np.float64(pca.shrinkage))
+    np.savez(
+        tmp_path / "old.npz",
+        mean=pca.mean,
+        projection=pca.projection,
+        eigenvalues=pca.eigenvalues,
+        power=np.float64(pca.power),
+        shrinkage=np.float64(pca.shrinkage),
+    )
     old = Whitening.load(tmp_path / "old.npz")
     assert old.kind == "pca" and old.held_out == () and old.digest == pca.digest and "kind" not in old.signature
 
@@ -180,10 +188,17 @@ def test_learned_whitening_weighs_landmarks_as_all_their_pairs():
     sizes = (2, 3, 7, 15, 40)
     labels = np.repeat(np.arange(len(sizes)), sizes)
     d = 6
-    per_class = [rng.normal(size=(d, d)) for _ in sizes]        # each landmark varies its own way
+    per_class = [rng.normal(size=(d, d)) for _ in sizes]  # each landmark varies its own way
     x = np.concatenate([rng.normal(size=(n, d)) @ a + 3 * c for c, (n, a) in enumerate(zip(sizes, per_class))])
     w = learn_labelled_whitening(x, labels, dim=None, shrinkage=0.0)
-    diffs = np.concatenate([(x[i] - x[j])[None] for c in range(len(sizes)) for i in np.flatnonzero(labels == c)
-                            for j in np.flatnonzero(labels == c) if i < j])
+    diffs = np.concatenate(
+        [
+            (x[i] - x[j])[None]
+            for c in range(len(sizes))
+            for i in np.flatnonzero(labels == c)
+            for j in np.flatnonzero(labels == c)
+            if i < j
+        ]
+    )
     pairs = w.projection @ (diffs.T @ diffs) @ w.projection.T
     assert np.allclose(pairs / pairs[0, 0], np.eye(d), atol=1e-8)

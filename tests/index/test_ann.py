@@ -47,12 +47,12 @@ def test_rerank_rows_matches_the_python_rerank_on_a_memory_map(tmp_path):
     vecs = DiskVectors.write(tmp_path / "v.npy", [xb], len(xb), D)
     rng = np.random.default_rng(2)
     cand = np.stack([rng.choice(len(xb), 60, replace=False) for _ in xq])
-    cand[::4, 45:] = -1                 # IVF padding at the end of short lists
-    cand[1, 3] = -1                     # and a -1 in the middle, which FAISS alone would stop at
+    cand[::4, 45:] = -1  # IVF padding at the end of short lists
+    cand[1, 3] = -1  # and a -1 in the middle, which FAISS alone would stop at
     want_s, want_i = exact_rerank(xq, cand, vecs, 10)
     got_s, got_i = rerank_rows(xq, cand, vecs.array, 10)
     assert (got_i == want_i).all() and np.allclose(got_s, want_s, atol=1e-5)
-    few_s, few_i = rerank_rows(xq[:2], cand[:2, :3], vecs.array, 5)    # fewer candidates than k: padded
+    few_s, few_i = rerank_rows(xq[:2], cand[:2, :3], vecs.array, 5)  # fewer candidates than k: padded
     assert (few_i[:, 3:] == -1).all() and np.isneginf(few_s[:, 3:]).all()
     with pytest.raises(AnnError, match="outside"):
         rerank_rows(xq[:1], np.array([[len(xb)]]), vecs.array, 1)
@@ -70,7 +70,7 @@ def test_ivfpq_with_rerank_beats_codes_alone_and_compresses(tmp_path):
     reranked = RerankedIndex(index, vecs, cfg).search(xq, 10)[1]
     assert recall(reranked, truth, 10) >= 0.95
     assert recall(reranked, truth, 10) > recall(codes_only, truth, 10)
-    assert bytes_per_vector(index) < 4 * D      # 8-byte codes + 8-byte ids + centroids, vs 128 bytes flat
+    assert bytes_per_vector(index) < 4 * D  # 8-byte codes + 8-byte ids + centroids, vs 128 bytes flat
 
 
 def test_training_needs_enough_vectors():
@@ -86,8 +86,11 @@ def test_sharded_matches_single_index(tmp_path, kind):
     xb, xq = clustered(3000), clustered(20, seed=2)
     cfg = IndexConfig(kind="ivfpq", nlist=16, pq_m=8, nprobe=16, rerank=100)
     trained = train_index(make_index(D, cfg, len(xb)), xb)
-    vecs = DiskVectors.write(tmp_path / "v.npy", [xb], len(xb), D) if kind == "npy" \
+    vecs = (
+        DiskVectors.write(tmp_path / "v.npy", [xb], len(xb), D)
+        if kind == "npy"
         else RefineVectors.write(tmp_path / "v.faiss", [xb], len(xb), D, kind)
+    )
     sharded = ShardedIndex.build(tmp_path / "shards", trained, [xb[:1700], xb[1700:]], 1000, cfg, vecs)
     assert len(sharded.paths) == 3 and sharded.ntotal == 3000
     single = RerankedIndex(trained, vecs, cfg)
@@ -99,14 +102,22 @@ def test_sharded_matches_single_index(tmp_path, kind):
 
 def test_store_compresses_past_train_min_and_keeps_commits(tmp_path):
     kind = "ivfpq"
-    cfg = load_config(overrides=[f"index.kind={kind}", "index.train_min=1500", "index.nlist=8", "index.pq_m=8",
-                                 "index.rerank=100", "index.nprobe=8"])
+    cfg = load_config(
+        overrides=[
+            f"index.kind={kind}",
+            "index.train_min=1500",
+            "index.nlist=8",
+            "index.pq_m=8",
+            "index.rerank=100",
+            "index.nprobe=8",
+        ]
+    )
     sig = {"model": {"backbone": "test"}, "dim": D}
     st = Store.create(tmp_path / "s", cfg, sig)
     xb = clustered(2400)
     keys = [f"k{i}" for i in range(len(xb))]
     st.add(keys[:1000], xb[:1000], split="index")
-    assert st.info()["index_kind"] == "flat"                      # too few vectors to train yet
+    assert st.info()["index_kind"] == "flat"  # too few vectors to train yet
     st.add(keys[1000:2000], xb[1000:2000], split="index", landmark_ids=[1] * 1000)
     info = st.info()
     assert info["index_kind"] == kind and info["bytes_per_vector"] < 4 * D
@@ -138,14 +149,15 @@ def test_store_compresses_past_train_min_and_keeps_commits(tmp_path):
     reopened.add(["k2399"], newest[None], split="index", replace=True)
     assert reopened.search(newest[None], 1).keys == [["k2399"]]
     assert np.allclose(reopened.vectors(["k2399"]), newest, atol=1e-3)
-    assert len(reopened) == 2398 and len(Store.open(tmp_path / "s")) == 2398     # the old vector went with its row
+    assert len(reopened) == 2398 and len(Store.open(tmp_path / "s")) == 2398  # the old vector went with its row
     assert reopened.search(xb[[1000, 1999]], 1, labelled_only=True).keys == [["k1000"], ["k1999"]]
 
 
 def test_residual_coding_is_the_default_and_can_be_switched_off():
     def by_residual(**kw):
         index = make_index(D, IndexConfig(kind="ivfpq", nlist=16, pq_m=8, **kw), 4000)
-        return faiss.downcast_index(faiss.extract_index_ivf(index)).by_residual    # index stays alive meanwhile
+        return faiss.downcast_index(faiss.extract_index_ivf(index)).by_residual  # index stays alive meanwhile
+
     assert by_residual() and not by_residual(residual=False)
 
 
@@ -161,7 +173,7 @@ def test_refine_vectors_rescore_a_shortlist_like_the_exact_rerank(tmp_path, dtyp
     _, cand = index.search(xq, 200)
     want_s, want_i = exact_rerank(xq, cand, lambda ids: xb[ids], 10)
     got_s, got_i = refine.refine(index, xq, 10, 200)
-    assert np.allclose(got_s, want_s, atol=atol)                       # the same scores, rank by rank
+    assert np.allclose(got_s, want_s, atol=atol)  # the same scores, rank by rank
     assert recall(got_i, want_i, 10) >= (0.97 if dtype == "float16" else 1.0)
     assert recall(RerankedIndex(index, refine, cfg).search(xq, 10)[1], exact(xb, xq, 10), 10) >= 0.95
     # fewer candidates than k are padded; a selector passes through to the compressed index
@@ -193,8 +205,16 @@ def test_remap_ids_renames_the_vectors_of_an_inverted_file():
 
 def test_a_store_compressed_before_refine_vectors_still_opens(tmp_path):
     """Generations written with float32 ``vectors-<g>.npy`` and codes named by store row are read and searched."""
-    cfg = load_config(overrides=["index.kind=ivfpq", "index.train_min=1000", "index.nlist=8", "index.pq_m=8",
-                                 "index.rerank=100", "index.nprobe=8"])
+    cfg = load_config(
+        overrides=[
+            "index.kind=ivfpq",
+            "index.train_min=1000",
+            "index.nlist=8",
+            "index.pq_m=8",
+            "index.rerank=100",
+            "index.nprobe=8",
+        ]
+    )
     root = tmp_path / "s"
     st = Store.create(root, cfg, {"model": {"backbone": "test"}, "dim": D})
     xb = clustered(1500)
@@ -211,9 +231,9 @@ def test_a_store_compressed_before_refine_vectors_still_opens(tmp_path):
     assert isinstance(old._index, CompressedStoreIndex) and isinstance(old._index.vectors, np.ndarray)
     res = old.search(xb[:20], 10)
     assert recall([[int(k[1:]) for k in row] for row in res.keys], exact(xb, xb[:20], 10), 10) >= 0.9
-    assert np.allclose(res.scores[:, 0], 1.0, atol=1e-5)              # re-ranked from the exact float32 vectors
+    assert np.allclose(res.scores[:, 0], 1.0, atol=1e-5)  # re-ranked from the exact float32 vectors
     assert np.array_equal(old.vectors(["k3", "k1499"]), xb[[3, 1499]])
-    old.remove(["k3"])                                                 # the next generation is in the new layout
+    old.remove(["k3"])  # the next generation is in the new layout
     assert sorted(p.name for p in root.glob("vectors-*")) == ["vectors-000002.faiss"]
     assert Store.open(root).search(xb[[3, 4]], 1).keys[1] == ["k4"]
 
@@ -223,7 +243,7 @@ def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_pa
     in store rows; the written generation, read back, answers the same."""
     xb = clustered(1200)
     cfg = IndexConfig(kind="ivfpq", nlist=8, pq_m=8, nprobe=8, rerank=2000, vectors_dtype="float32")
-    rows = 10 + 3 * np.arange(1000)                        # store rows with gaps
+    rows = 10 + 3 * np.arange(1000)  # store rows with gaps
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(D))
     flat.add_with_ids(xb[:1000], rows)
     index = CompressedStoreIndex.from_flat(flat, cfg)
@@ -236,7 +256,7 @@ def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_pa
     newest = int(rows[-1])
     index.remove_ids(np.array([newest, int(rows[5])]))
     del live[newest], live[int(rows[5])]
-    added = np.array([newest, 5000, 5001, 5002, 7])      # rows need not come in order
+    added = np.array([newest, 5000, 5001, 5002, 7])  # rows need not come in order
     index.add_with_ids(xb[1000:1005], added)
     live.update(zip(added.tolist(), xb[1000:1005]))
     index.remove_ids(np.array([5001]))
@@ -250,8 +270,8 @@ def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_pa
         q = xb[[0, 1000, 1003, 1001, 1004]]
         scores, got = ix.search(q, 5)
         want = keys[np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :5]]
-        assert (got == want).all()                     # re-ranked over all of them: exact, in store rows
-        subset = keys[keys % 2 == 0]                   # a filter, as the store makes it
+        assert (got == want).all()  # re-ranked over all of them: exact, in store rows
+        subset = keys[keys % 2 == 0]  # a filter, as the store makes it
         sel = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ix.ids_of(subset)))
         _, fgot = ix.search(q, 3, params=sel)
         sub = np.stack([live[r] for r in subset])
@@ -262,7 +282,7 @@ def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_pa
     check(index)
     paths = [tmp_path / n for n in ("g2.faiss", "v2.faiss", "r2.npy")]
     index.write(*paths)
-    check(index)                                       # renumbered in memory
+    check(index)  # renumbered in memory
     assert (np.load(paths[2]) == np.array(sorted(live))).all()
     check(CompressedStoreIndex.read(*paths, cfg))
 
@@ -271,8 +291,11 @@ def test_compressed_store_index_translates_rows_while_changes_are_pending(tmp_pa
 def test_refine_vectors_are_streamed_into_faiss_own_file_format(tmp_path, dtype):
     xb = clustered(700)
     RefineVectors.write(tmp_path / "streamed.faiss", [xb[:300], xb[300:301], xb[301:]], len(xb), D, dtype)
-    whole = faiss.IndexFlatIP(D) if dtype == "float32" else \
-        faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    whole = (
+        faiss.IndexFlatIP(D)
+        if dtype == "float32"
+        else faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    )
     whole.add(xb)
     faiss.write_index(whole, str(tmp_path / "faiss.faiss"))
     assert (tmp_path / "streamed.faiss").read_bytes() == (tmp_path / "faiss.faiss").read_bytes()
@@ -286,25 +309,26 @@ def test_refine_vectors_are_streamed_into_faiss_own_file_format(tmp_path, dtype)
 
 def test_nprobe_is_a_share_of_the_cells_unless_set():
     assert nprobe_for(2048, IndexConfig()) == 143 and nprobe_for(4096, IndexConfig()) == 287
-    assert nprobe_for(4, IndexConfig()) == 1                        # at least one cell
+    assert nprobe_for(4, IndexConfig()) == 1  # at least one cell
     assert nprobe_for(2048, IndexConfig(nprobe=64)) == 64 and nprobe_for(16, IndexConfig(nprobe=64)) == 64
     index = make_index(D, IndexConfig(kind="ivfpq", nlist=256, pq_m=8), 20_000)
-    assert faiss.extract_index_ivf(index).nprobe == 18              # 7 % of 256
+    assert faiss.extract_index_ivf(index).nprobe == 18  # 7 % of 256
 
 
 def test_the_codes_cover_the_pca_dimensions_that_hold_most_of_the_variance():
     rng = np.random.default_rng(0)
-    spectrum = np.r_[np.full(8, 10.0), np.full(8, 1.0), np.full(16, 0.01)]    # 16 of 32 dims hold 99.7 %
+    spectrum = np.r_[np.full(8, 10.0), np.full(8, 1.0), np.full(16, 0.01)]  # 16 of 32 dims hold 99.7 %
     sample = (rng.normal(size=(4000, D)) * np.sqrt(spectrum)) @ np.linalg.qr(rng.normal(size=(D, D)))[0]
     assert auto_pca_dim(sample, 8, 0.85) == 8 and auto_pca_dim(sample, 8, 0.95) == 16
-    assert auto_pca_dim(sample, 8, 1.0) == D                                 # all: no fewer hold everything
-    assert auto_pca_dim(rng.normal(size=(4000, D)), 8, 0.85) == D             # a flat (whitened) spectrum
+    assert auto_pca_dim(sample, 8, 1.0) == D  # all: no fewer hold everything
+    assert auto_pca_dim(rng.normal(size=(4000, D)), 8, 0.85) == D  # a flat (whitened) spectrum
     cfg = IndexConfig(kind="ivfpq", nlist=16, pq_m=4, pca_energy=0.95)
 
-    def rotation(index):          # (kind, output dims) of the index's first transform, read while it lives
+    def rotation(index):  # (kind, output dims) of the index's first transform, read while it lives
         first = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
         return type(first).__name__, first.d_out
+
     assert rotation(make_index(D, cfg, 4000, sample.astype(np.float32))) == ("PCAMatrix", 16)
-    assert rotation(make_index(D, cfg, 4000)) == ("RandomRotationMatrix", D)           # no sample: all dims
+    assert rotation(make_index(D, cfg, 4000)) == ("RandomRotationMatrix", D)  # no sample: all dims
     fixed = IndexConfig(kind="ivfpq", nlist=16, pq_m=4, pca_dim=24)
     assert rotation(make_index(D, fixed, 4000, sample)) == ("PCAMatrix", 24)

@@ -37,8 +37,12 @@ def test_bulk_load_builds_one_generation_searched_like_exact(tmp_path):
     np.save(tmp_path / "v.npy", xb)
     keys = [f"k{i}" for i in range(len(xb))]
     st = Store.create(tmp_path / "s", load_config(overrides=CFG), SIG)
-    n = bulk_load(st, npy_shards(tmp_path / "v.npy", keys, 700, landmark_ids=[i % 3 for i in range(3000)]),
-                  len(keys), sample_rows(xb, 2000))
+    n = bulk_load(
+        st,
+        npy_shards(tmp_path / "v.npy", keys, 700, landmark_ids=[i % 3 for i in range(3000)]),
+        len(keys),
+        sample_rows(xb, 2000),
+    )
     assert n == 3000 and len(st) == 3000 and st.generation == 1
     files = sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith(("rows-", "vectors-", "global-")))
     assert files == ["global-000001.faiss", "rows-000001.npy", "vectors-000001.faiss"]
@@ -103,5 +107,5 @@ def test_sample_shards_takes_rows_from_every_shard(tmp_path):
     assert s.shape == (300, D)
     picked = {tuple(np.round(r, 5)) for r in s}
     assert picked <= {tuple(np.round(r, 5)) for r in x}
-    assert sample_shards(array_shards(x, keys, 128), 1000, 5000).shape == (1000, D)   # all of them, in order
+    assert sample_shards(array_shards(x, keys, 128), 1000, 5000).shape == (1000, D)  # all of them, in order
     np.testing.assert_array_equal(sample_shards(array_shards(x, keys, 128), 1000, 5000), x)

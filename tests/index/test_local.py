@@ -13,8 +13,9 @@ SIG = {"kind": "rootsift", "image_size": 1024, "max_keypoints": 1000, "opencv": 
 
 def feats(n, seed, d=128):
     rng = np.random.default_rng(seed)
-    kp = np.column_stack([rng.uniform(0, 1000, n), rng.uniform(0, 700, n), rng.uniform(1, 40, n),
-                          rng.uniform(0, 360, n)]).astype(np.float16)
+    kp = np.column_stack(
+        [rng.uniform(0, 1000, n), rng.uniform(0, 700, n), rng.uniform(1, 40, n), rng.uniform(0, 360, n)]
+    ).astype(np.float16)
     return LocalFeatures(kp, rng.integers(0, 256, (n, d)).astype(np.uint8), 0.5, 1000, 700)
 
 

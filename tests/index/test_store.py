@@ -19,12 +19,13 @@ def test_add_search_round_trip(store):
     v = unit(20)
     keys = [f"img{i}" for i in range(20)]
     labels = [i % 3 if i < 10 else None for i in range(20)]
-    store.add(keys, v, paths=[f"/p/{k}.jpg" for k in keys], landmark_ids=labels, split="train",
-              sizes={"img0": (640, 480)})
+    store.add(
+        keys, v, paths=[f"/p/{k}.jpg" for k in keys], landmark_ids=labels, split="train", sizes={"img0": (640, 480)}
+    )
     res = store.search(v[:4], 3)
-    assert [r[0] for r in res.keys] == keys[:4]                    # each vector finds itself first
+    assert [r[0] for r in res.keys] == keys[:4]  # each vector finds itself first
     assert np.allclose(res.scores[:, 0], 1.0, atol=1e-5)
-    assert np.all(res.scores[:, :-1] >= res.scores[:, 1:])           # sorted
+    assert np.all(res.scores[:, :-1] >= res.scores[:, 1:])  # sorted
     assert res.landmark_ids[0, 0] == 0
     assert store.get(["img0"])["img0"].width == 640
     assert np.allclose(store.vectors(["img3", "img7"]), v[[3, 7]])
@@ -49,21 +50,25 @@ def test_filtered_search_is_exact_after_removals_and_writes(store):
     v = unit(60, seed=3)
     labels = [i % 4 if i % 3 else None for i in range(60)]
     store.add([f"p{i}" for i in range(60)], v, landmark_ids=labels, split="db")
-    store.remove([f"p{i}" for i in range(0, 60, 7)])          # holes in the rows
+    store.remove([f"p{i}" for i in range(0, 60, 7)])  # holes in the rows
     q = unit(5, seed=4)
 
     def brute(keep):
         kept = [i for i in range(60) if i % 7 and keep(i)]
         order = np.argsort(-(q @ v[kept].T), axis=1, kind="stable")[:, :6]
         return [[f"p{kept[j]}" for j in row] for row in order]
+
     res = store.search(q, 6, labelled_only=True)
     assert res.keys == brute(lambda i: labels[i] is not None)
-    assert np.allclose(res.scores, np.sort(q @ v[[i for i in range(60) if i % 7 and labels[i] is not None]].T,
-                                           axis=1)[:, ::-1][:, :6], atol=1e-6)
+    assert np.allclose(
+        res.scores,
+        np.sort(q @ v[[i for i in range(60) if i % 7 and labels[i] is not None]].T, axis=1)[:, ::-1][:, :6],
+        atol=1e-6,
+    )
     assert (res.landmark_ids == [[int(k[1:]) % 4 for k in row] for row in res.keys]).all()
-    store.add(["late"], v[:1] * -1.0, landmark_ids=[9], split="db")    # a new generation: the subset follows
+    store.add(["late"], v[:1] * -1.0, landmark_ids=[9], split="db")  # a new generation: the subset follows
     assert store.search(-v[:1], 1, labelled_only=True).keys == [["late"]]
-    kept = [f"p{i}" for i in range(59, 0, -1) if i % 7]                  # vectors() in the asked order, after removals
+    kept = [f"p{i}" for i in range(59, 0, -1) if i % 7]  # vectors() in the asked order, after removals
     assert np.array_equal(store.vectors(kept), v[[int(k[1:]) for k in kept]])
     # a filter that keeps every photo searches the store's own index (no copy of its vectors)
     everything = store.search(q, 6, splits=["db"])
@@ -129,8 +134,8 @@ def _killed_writer(root):
     real = mod.write_index
 
     def write_then_die(index, path):
-        real(index, path)     # the new generation's file is fully written...
-        os._exit(9)           # ...and the process dies before SQLite commits
+        real(index, path)  # the new generation's file is fully written...
+        os._exit(9)  # ...and the process dies before SQLite commits
 
     mod.write_index = write_then_die
     st.add(["doomed"], unit(1, seed=3))
@@ -144,7 +149,7 @@ def test_killed_writer_leaves_a_consistent_store(store, tmp_path):
     assert p.exitcode == 9
     st = Store.open(tmp_path / "s")
     assert st.keys() == ["keep"] and len(st) == 1
-    st.add(["next"], unit(1, seed=4))          # and it is writable again
+    st.add(["next"], unit(1, seed=4))  # and it is writable again
     assert sorted(Store.open(tmp_path / "s").keys()) == ["keep", "next"]
 
 

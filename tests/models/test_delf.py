@@ -23,8 +23,9 @@ from landmark.models.delf import (
 def test_attention_pool_is_the_score_weighted_mean_of_the_features():
     f = torch.randn(2, 5, 3, 4)
     a = torch.rand(2, 1, 3, 4)
-    expected = torch.stack([sum(a[b, 0, i, j] * f[b, :, i, j] for i in range(3) for j in range(4)) / 12
-                            for b in range(2)])
+    expected = torch.stack(
+        [sum(a[b, 0, i, j] * f[b, :, i, j] for i in range(3) for j in range(4)) / 12 for b in range(2)]
+    )
     assert torch.allclose(attention_pool(f, a), expected, atol=1e-6)
     # uniform scores of 1 give plain average pooling
     assert torch.allclose(attention_pool(f, torch.ones(2, 1, 3, 4)), f.mean(dim=(2, 3)), atol=1e-6)
@@ -50,11 +51,23 @@ def test_default_stage_is_the_last_at_stride_16():
 
 def _ckpt() -> DelfCheckpoint:
     head = DelfHead(96, 4, 8)
-    return DelfCheckpoint("mobilenet_v2", 14, head.state_dict(), 96, 4, 8,
-                          {"mean": torch.zeros(96, dtype=torch.float64),
-                           "projection": torch.eye(96, dtype=torch.float64)[:40],
-                           "eigenvalues": torch.ones(40, dtype=torch.float64), "power": 0.0, "shrinkage": 0.0},
-                          (0.5, 1.0), {"note": "test"})
+    return DelfCheckpoint(
+        "mobilenet_v2",
+        14,
+        head.state_dict(),
+        96,
+        4,
+        8,
+        {
+            "mean": torch.zeros(96, dtype=torch.float64),
+            "projection": torch.eye(96, dtype=torch.float64)[:40],
+            "eigenvalues": torch.ones(40, dtype=torch.float64),
+            "power": 0.0,
+            "shrinkage": 0.0,
+        },
+        (0.5, 1.0),
+        {"note": "test"},
+    )
 
 
 def test_checkpoint_round_trips_and_builds_the_same_head(tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from landmark.models import functional as LF
-from landmark.models.pooling import GeM, MAC, SPoC, make_pooling
+from landmark.models.pooling import MAC, GeM, SPoC, make_pooling
 
 
 def fmap():
@@ -30,7 +30,7 @@ def test_gem_per_channel_p():
     p = torch.tensor([1.0, 2.0, 3.0, 4.0])
     out = LF.gem(x, p)
     for c in range(4):
-        assert torch.allclose(out[:, c], LF.gem(x[:, c:c + 1], float(p[c]))[:, 0], atol=1e-6)
+        assert torch.allclose(out[:, c], LF.gem(x[:, c : c + 1], float(p[c]))[:, 0], atol=1e-6)
 
 
 def test_l2n_unit_rows():
@@ -40,11 +40,11 @@ def test_l2n_unit_rows():
 
 def test_target_shape_keeps_aspect_and_multiple():
     assert LF.target_shape(256, 256, 384, 32) == (384, 384)
-    h, w = LF.target_shape(1500, 2000, 384, 32)   # 288 x 384
+    h, w = LF.target_shape(1500, 2000, 384, 32)  # 288 x 384
     assert (h, w) == (288, 384)
-    h, w = LF.target_shape(3000, 1000, 384, 32)   # tall: 384 x 128
+    h, w = LF.target_shape(3000, 1000, 384, 32)  # tall: 384 x 128
     assert (h, w) == (384, 128)
-    assert LF.target_shape(10, 5000, 384, 32)[0] == 32   # never below one multiple
+    assert LF.target_shape(10, 5000, 384, 32)[0] == 32  # never below one multiple
 
 
 def test_gem_module_trainable_and_fixed():

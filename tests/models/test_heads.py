@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 
@@ -26,7 +25,7 @@ def test_arcface_margin_lowers_only_the_true_logit_and_stays_monotone():
     y = torch.zeros(50, dtype=torch.long)
     out = LF.arc_margin(cos, y, 1.0, 0.5)[:, 0]
     assert (out <= cos[:, 0] + 1e-6).all()
-    assert (out[1:] >= out[:-1]).all()          # still increasing in cos(theta) past pi - m
+    assert (out[1:] >= out[:-1]).all()  # still increasing in cos(theta) past pi - m
 
 
 def test_cosface_subtracts_margin():
@@ -59,8 +58,8 @@ def test_dynamic_margins_used_per_sample():
     y = torch.tensor([0, 1])
     cos = head.cosine(x)
     out = head(x, y)
-    assert torch.allclose(out[0, 0], cos[0, 0], atol=1e-5)                                   # margin 0
-    assert torch.allclose(out[1, 1], torch.cos(torch.acos(cos[1, 1]) + 0.5), atol=1e-5)      # margin 0.5
+    assert torch.allclose(out[0, 0], cos[0, 0], atol=1e-5)  # margin 0
+    assert torch.allclose(out[1, 1], torch.cos(torch.acos(cos[1, 1]) + 0.5), atol=1e-5)  # margin 0.5
 
 
 def test_linear_head_shape():

@@ -26,17 +26,20 @@ def test_arcface_head_predicts_the_nearest_class_centre():
     logits = 30.0 * torch.as_tensor(centres[[2]]) @ torch.as_tensor(centres).T
     expect = torch.softmax(logits, 1).max().item()
     assert pred.probs[0, 0] == pytest.approx(expect, rel=1e-5)
-    cold = LandmarkClassifier.from_payload({"head": head.state_dict(), "head_kind": "arcface", "classes": CLASSES},
-                                           {"scale": 1.0})
+    cold = LandmarkClassifier.from_payload(
+        {"head": head.state_dict(), "head_kind": "arcface", "classes": CLASSES}, {"scale": 1.0}
+    )
     assert cold.predict(centres[[2]].astype(np.float32)).probs[0, 0] < pred.probs[0, 0]
 
 
 def test_subcenter_arcface_and_cosface_and_linear_heads():
     torch.manual_seed(1)
     sub = ArcFace(8, 3, subcenters=3)
-    clf = LandmarkClassifier.from_payload({"head": sub.state_dict(), "head_kind": "subcenter_arcface", "classes": CLASSES})
+    clf = LandmarkClassifier.from_payload(
+        {"head": sub.state_dict(), "head_kind": "subcenter_arcface", "classes": CLASSES}
+    )
     w = _unit(sub.weight.detach().numpy())
-    assert clf.predict(w[[4]].astype(np.float32), k=1).labels[0, 0] == CLASSES[1]     # row 4 = class 1, sub-centre 1
+    assert clf.predict(w[[4]].astype(np.float32), k=1).labels[0, 0] == CLASSES[1]  # row 4 = class 1, sub-centre 1
     cos = CosFace(8, 3)
     clf = LandmarkClassifier.from_payload({"head": cos.state_dict(), "head_kind": "cosface", "classes": CLASSES})
     assert clf.predict(_unit(cos.weight.detach().numpy())[[1]].astype(np.float32), k=1).labels[0, 0] == CLASSES[1]
@@ -51,7 +54,7 @@ def test_subcenter_arcface_and_cosface_and_linear_heads():
     assert pred.labels[0, 0] == CLASSES[2] and pred.probs.shape == (1, 2)
     bce = LandmarkClassifier.from_payload({"head": lin.state_dict(), "head_kind": "bce", "classes": CLASSES})
     p = bce.predict(x, k=3).probs[0]
-    assert p[0] == pytest.approx(1 / (1 + np.exp(-np.sqrt(8))), rel=1e-5)   # sigmoid of the sqrt(D)-scaled logit
+    assert p[0] == pytest.approx(1 / (1 + np.exp(-np.sqrt(8))), rel=1e-5)  # sigmoid of the sqrt(D)-scaled logit
 
 
 def test_payload_without_head_gives_no_classifier_and_checkpoint_file(tmp_path):
@@ -60,8 +63,10 @@ def test_payload_without_head_gives_no_classifier_and_checkpoint_file(tmp_path):
     with pytest.raises(ValueError, match="unknown head kind"):
         LandmarkClassifier.from_payload({"head": {"w": torch.zeros(1)}, "head_kind": "mystery", "classes": CLASSES})
     head = ArcFace(16, 3)
-    torch.save({"model_config": {}, "state_dict": {}, "head": head.state_dict(), "head_kind": "arcface",
-                "classes": CLASSES}, tmp_path / "model.pt")
+    torch.save(
+        {"model_config": {}, "state_dict": {}, "head": head.state_dict(), "head_kind": "arcface", "classes": CLASSES},
+        tmp_path / "model.pt",
+    )
     (tmp_path / "train_config.json").write_text('{"head": {"scale": 10.0, "margin": 0.2}}')
     clf = LandmarkClassifier.from_checkpoint(tmp_path / "model.pt")
     assert clf.head.scale == 10.0 and clf.classes.tolist() == CLASSES
@@ -78,7 +83,7 @@ def test_ensemble_descriptors_are_read_through_the_trained_models_part(kind):
     assert clf.dim == 8
     rng = np.random.default_rng(0)
     own, other = _unit(rng.normal(size=(4, 8))), _unit(rng.normal(size=(4, 12)))
-    ensemble = (np.concatenate([own, other], 1) / np.sqrt(2)).astype(np.float32)   # what an ensemble store holds
+    ensemble = (np.concatenate([own, other], 1) / np.sqrt(2)).astype(np.float32)  # what an ensemble store holds
     with pytest.raises(ValueError, match="reads 8-d descriptors, got 20-d"):
         clf.predict(ensemble)
     alone = clf.predict(own.astype(np.float32), k=3)
@@ -99,6 +104,7 @@ def test_store_wiring_reads_ensembles_and_the_unwhitened_descriptors_of_whitened
     def recognizer(name, overrides):
         cfg = load_config(overrides=model + overrides)
         return make_recognizer(Store.create(tmp_path / name, cfg, SIG), cfg.recognition, None)
+
     plain = recognizer("plain", []).classifier
     assert not plain.leading and not plain.unwhitened
     assert recognizer("ensemble", ["ensemble=[{backbone: mobilenet_v2}]"]).classifier.leading
@@ -115,11 +121,13 @@ def test_every_head_kind_with_a_head_comes_back_from_its_checkpoint_payload(kind
 
     from landmark.models.config import HEADS
 
-    settings = SimpleNamespace(scale=16.0, margin=0.2, subcenters=3, dynamic_margin=kind == "arcface",
-                               margin_low=0.05, margin_high=0.5)
+    settings = SimpleNamespace(
+        scale=16.0, margin=0.2, subcenters=3, dynamic_margin=kind == "arcface", margin_low=0.05, margin_high=0.5
+    )
     head = HEADS[kind].make(16, [5, 1, 2], settings)
-    clf = LandmarkClassifier.from_payload({"head": head.state_dict(), "head_kind": kind, "classes": CLASSES},
-                                          {"scale": 16.0})
+    clf = LandmarkClassifier.from_payload(
+        {"head": head.state_dict(), "head_kind": kind, "classes": CLASSES}, {"scale": 16.0}
+    )
     x = torch.nn.functional.normalize(torch.randn(4, 16), dim=1).numpy()
     want = head.logits(torch.as_tensor(x) * (4.0 if HEADS[kind].linear else 1.0))
     assert torch.allclose(clf.logits(x), want, atol=1e-5)

@@ -6,16 +6,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from landmark.pipeline import Recognising, StoreContext
 from landmark.config import RecognitionConfig, load_config
 from landmark.features.local import LocalFeatures
 from landmark.index.local import LocalStore
+from landmark.pipeline import Recognising, StoreContext
 from landmark.recognition.filters import DetectorDecision, PriorDecision
 from landmark.recognition.knn import knn_vote
 from landmark.recognition.pipeline import Evidence, decide, neighbour_inliers
 
 UNANIMOUS = ([7, 7, 7, 7, 7], [0.80, 0.78, 0.75, 0.74, 0.70])
-SPLIT = ([7, 7, 7, 7, 3], [0.80, 0.78, 0.75, 0.74, 0.70])        # 4 of 5: not unanimous
+SPLIT = ([7, 7, 7, 7, 3], [0.80, 0.78, 0.75, 0.74, 0.70])  # 4 of 5: not unanimous
 # the Space Needle case: min of top-3 similarities to known non-landmarks 0.6035 > the calibrated 0.577
 CFG = RecognitionConfig(distractor_threshold=0.577, frequent_rerank=False)
 
@@ -23,8 +23,13 @@ CFG = RecognitionConfig(distractor_threshold=0.577, frequent_rerank=False)
 def _evidence(rows, inliers=None, distractor=0.6035, prior=None, detector=None) -> Evidence:
     labels = np.array([r[0] for r in rows], np.int64)
     scores = np.array([r[1] for r in rows], np.float32)
-    ev = Evidence([f"q{i}" for i in range(len(rows))], labels, scores,
-                  [[f"n{i}{j}" for j in range(labels.shape[1])] for i in range(len(rows))], knn_vote(labels, scores, 5))
+    ev = Evidence(
+        [f"q{i}" for i in range(len(rows))],
+        labels,
+        scores,
+        [[f"n{i}{j}" for j in range(labels.shape[1])] for i in range(len(rows))],
+        knn_vote(labels, scores, 5),
+    )
     ev.distractor = np.full(len(rows), distractor, np.float32)
     ev.inliers = None if inliers is None else np.array(inliers, np.int32)
     ev.prior, ev.detector = prior, detector
@@ -45,11 +50,14 @@ def test_a_unanimous_verified_vote_overrules_the_distractor_filter():
     assert "verification" not in decide(_evidence([UNANIMOUS]), CFG)[0].evidence
 
 
-@pytest.mark.parametrize("rows, inliers", [
-    (SPLIT, [[50, 40, 30, 20, 10]]),          # verified, but one neighbour votes another landmark
-    (UNANIMOUS, [[7, 7, 6, 0, -1]]),          # unanimous, but fewer than 8 inliers with any neighbour
-    (UNANIMOUS, [[-1, -1, -1, -1, -1]]),      # no neighbour verified (the query had no local features)
-])
+@pytest.mark.parametrize(
+    "rows, inliers",
+    [
+        (SPLIT, [[50, 40, 30, 20, 10]]),  # verified, but one neighbour votes another landmark
+        (UNANIMOUS, [[7, 7, 6, 0, -1]]),  # unanimous, but fewer than 8 inliers with any neighbour
+        (UNANIMOUS, [[-1, -1, -1, -1, -1]]),  # no neighbour verified (the query had no local features)
+    ],
+)
 def test_without_both_a_unanimous_vote_and_verified_inliers_the_filter_stands(rows, inliers):
     d = decide(_evidence([rows], inliers=inliers), CFG)[0]
     assert d.grade == "non-landmark"
@@ -60,8 +68,12 @@ def test_without_both_a_unanimous_vote_and_verified_inliers_the_filter_stands(ro
 
 def test_the_object_prior_is_overruled_too_but_not_the_detector_nor_a_switched_off_rule():
     obj = PriorDecision("non_landmark", 0.0, 0.9, "food")
-    ev = _evidence([UNANIMOUS, UNANIMOUS], inliers=[[20, 0, 0, 0, 0]] * 2, prior=[obj, obj],
-                   detector=[None, DetectorDecision("non_landmark", "a person covers 80% of the photo")])
+    ev = _evidence(
+        [UNANIMOUS, UNANIMOUS],
+        inliers=[[20, 0, 0, 0, 0]] * 2,
+        prior=[obj, obj],
+        detector=[None, DetectorDecision("non_landmark", "a person covers 80% of the photo")],
+    )
     kept, detected = decide(ev, CFG)
     assert kept.grade == "A3" and kept.evidence["filters"]["overruled_by_evidence"] == ["object_prior", "distractor"]
     assert detected.grade == "non-landmark" and detected.evidence["filters"]["non_landmark"] == ["detector"]
@@ -123,13 +135,19 @@ def test_verify_neighbours_fills_the_inliers_that_keep_a_query(tmp_path):
     tower = _scene(300, 0)
     stored = LocalStore.create(tmp_path / "local", SIG)
     stored.add(["t1", "t2", "other"], [_view(tower, (10, 5), 200, 1), _view(tower, (-20, 30), 150, 2), _scene(300, 3)])
-    queries = LocalStore.create(tmp_path / "queries", SIG)        # as `landmark evaluate` caches its test queries
+    queries = LocalStore.create(tmp_path / "queries", SIG)  # as `landmark evaluate` caches its test queries
     queries.add(["q0"], [_view(tower, (0, 0), 250, 4)])
     labels = np.array([[7, 7, 7], [7, 7, -1]])
-    ev = Evidence(["q0", "q1"], labels, np.full((2, 3), 0.7, np.float32), [["t1", "other", "t2"], ["t1", "t2", None]],
-                  knn_vote(labels, np.full((2, 3), 0.7), 3), distractor=np.array([0.9, 0.9], np.float32))
+    ev = Evidence(
+        ["q0", "q1"],
+        labels,
+        np.full((2, 3), 0.7, np.float32),
+        [["t1", "other", "t2"], ["t1", "t2", None]],
+        knn_vote(labels, np.full((2, 3), 0.7), 3),
+        distractor=np.array([0.9, 0.9], np.float32),
+    )
     rec = _local_only(stored)
-    assert rec.verify_neighbours(ev, queries) is ev                  # q1 has no local features: unverified
+    assert rec.verify_neighbours(ev, queries) is ev  # q1 has no local features: unverified
     assert ev.inliers.shape == (2, 3) and ev.inliers[0, 0] > 50 and ev.inliers[0, 2] > 50 and ev.inliers[0, 1] < 8
     assert (ev.inliers[1] == -1).all()
     cfg = RecognitionConfig(k=3, distractor_threshold=0.8)

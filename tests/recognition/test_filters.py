@@ -4,12 +4,21 @@ ONNX detector, and the distractor-similarity filter."""
 import numpy as np
 import pytest
 import torch
-from onnx_helpers import constant_detector
 from PIL import Image
 
-from landmark.recognition.filters import (LANDMARK, NON_LANDMARK, UNCERTAIN, ClassGroups, Detection,
-                                          FilterConfigError, OnnxDetector, detector_decision, distractor_scores,
-                                          prior_decisions)
+from landmark.recognition.filters import (
+    LANDMARK,
+    NON_LANDMARK,
+    UNCERTAIN,
+    ClassGroups,
+    Detection,
+    FilterConfigError,
+    OnnxDetector,
+    detector_decision,
+    distractor_scores,
+    prior_decisions,
+)
+from onnx_helpers import constant_detector
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +27,9 @@ def groups():
 
 
 def test_packaged_groups_cover_imagenet_with_the_right_names(groups):
-    import yaml
     from importlib import resources
+
+    import yaml
     from timm.data import ImageNetInfo
 
     assert len(groups.index) == 1000 and (groups.index >= 0).all()
@@ -28,16 +38,23 @@ def test_packaged_groups_cover_imagenet_with_the_right_names(groups):
     for name, spec in data["groups"].items():
         for idx, cls_name in (spec.get("classes") or {}).items():
             assert info.index_to_description(int(idx)).split(",")[0].strip() == cls_name, (name, idx)
-    role = lambda c: groups.roles[groups.index[c]]
-    assert role(483) == LANDMARK and role(497) == LANDMARK and role(839) == LANDMARK    # castle, church, suspension bridge
+
+    def role(c):
+        return groups.roles[groups.index[c]]
+
+    assert (
+        role(483) == LANDMARK and role(497) == LANDMARK and role(839) == LANDMARK
+    )  # castle, church, suspension bridge
     assert role(526) == NON_LANDMARK and role(963) == NON_LANDMARK and role(207) == NON_LANDMARK  # desk, pizza, a dog
-    assert role(979) == UNCERTAIN                                                          # valley
-    assert role(3) == NON_LANDMARK and role(999) == NON_LANDMARK                           # default group: objects
+    assert role(979) == UNCERTAIN  # valley
+    assert role(3) == NON_LANDMARK and role(999) == NON_LANDMARK  # default group: objects
 
 
 def test_group_file_errors_name_the_problem(tmp_path):
     bad = tmp_path / "g.yaml"
-    bad.write_text("groups:\n  a: {role: landmark, classes: {1: x}}\n  b: {role: landmark, classes: {1: y}}\ndefault_group: a\n")
+    bad.write_text(
+        "groups:\n  a: {role: landmark, classes: {1: x}}\n  b: {role: landmark, classes: {1: y}}\ndefault_group: a\n"
+    )
     with pytest.raises(FilterConfigError, match="class 1 is in both"):
         ClassGroups.load(bad)
     bad.write_text("groups:\n  a: {role: maybe}\n")
@@ -50,8 +67,8 @@ def test_group_file_errors_name_the_problem(tmp_path):
 
 def test_group_probabilities_sum_softmax_per_group(groups):
     logits = torch.full((2, 1000), -20.0)
-    logits[0, 483] = 20.0            # castle
-    logits[1, 526] = 20.0            # desk
+    logits[0, 483] = 20.0  # castle
+    logits[1, 526] = 20.0  # desk
     p = groups.group_probabilities(logits).numpy()
     assert p.shape == (2, len(groups.names)) and np.allclose(p.sum(1), 1, atol=1e-5)
     assert p[0, groups.names.index("landmark")] > 0.99 and p[1, groups.names.index("indoor")] > 0.99
@@ -66,11 +83,15 @@ def test_prior_decision_boundaries(groups):
             r[g.index(k)] = v
         return r
 
-    probs = np.stack([row(landmark=0.3, food=0.7),            # landmark mass at the minimum: landmark wins
-                      row(landmark=0.29, food=0.71),          # below it, non-landmark mass 0.71 > 0.6
-                      row(landmark=0.1, food=0.6, scenery=0.3),   # exactly 0.6: not more than -> uncertain
-                      row(scenery=0.9, food=0.1),
-                      np.full(len(g), np.nan)])               # no prior computed
+    probs = np.stack(
+        [
+            row(landmark=0.3, food=0.7),  # landmark mass at the minimum: landmark wins
+            row(landmark=0.29, food=0.71),  # below it, non-landmark mass 0.71 > 0.6
+            row(landmark=0.1, food=0.6, scenery=0.3),  # exactly 0.6: not more than -> uncertain
+            row(scenery=0.9, food=0.1),
+            np.full(len(g), np.nan),
+        ]
+    )  # no prior computed
     d = prior_decisions(probs, groups, landmark_min=0.3, object_min=0.6)
     assert [x.decision for x in d] == [LANDMARK, NON_LANDMARK, UNCERTAIN, UNCERTAIN, UNCERTAIN]
     assert d[1].top_group == "food" and d[1].non_landmark_prob == pytest.approx(0.71)
@@ -86,7 +107,7 @@ def test_detector_rule_landmark_part_wins():
 
 
 def test_detector_rule_big_confident_non_landmark_object():
-    big = Detection("Car", 0.31, (0, 0, 100, 61))           # covers 61 % with score 0.31
+    big = Detection("Car", 0.31, (0, 0, 100, 61))  # covers 61 % with score 0.31
     assert detector_decision([big], (100, 100), ROLES).decision == NON_LANDMARK
     assert detector_decision([Detection("Car", 0.30, (0, 0, 100, 61))], (100, 100), ROLES).decision == UNCERTAIN
     assert detector_decision([Detection("Car", 0.9, (0, 0, 100, 60))], (100, 100), ROLES).decision == UNCERTAIN
@@ -110,8 +131,8 @@ def test_onnx_detector_maps_boxes_back_to_the_photo(tmp_path):
     found = det.detect(Image.new("RGB", (320, 640)))
     assert [d.label for d in found] == ["Car", "Tower"]
     assert found[0].box == pytest.approx((0, 0, 320, 400)) and found[0].score == pytest.approx(0.9)
-    assert detector_decision(found, (320, 640), det.roles).decision == LANDMARK      # the tower is present
-    assert detector_decision(found[:1], (320, 640), det.roles).decision == NON_LANDMARK   # car covers 62.5 %
+    assert detector_decision(found, (320, 640), det.roles).decision == LANDMARK  # the tower is present
+    assert detector_decision(found[:1], (320, 640), det.roles).decision == NON_LANDMARK  # car covers 62.5 %
     with pytest.raises(FileNotFoundError):
         OnnxDetector(tmp_path / "missing.onnx", ["x"], {})
     (tmp_path / "bad.yaml").write_text("Car: vehicle\n")
@@ -127,7 +148,7 @@ def _unit(v):
 def test_distractor_score_is_min_of_top3_and_skips_self():
     rng = np.random.default_rng(0)
     base = _unit(rng.normal(size=64))
-    near = _unit(base + 0.05 * rng.normal(size=(3, 64)))          # three close non-landmark photos
+    near = _unit(base + 0.05 * rng.normal(size=(3, 64)))  # three close non-landmark photos
     far = _unit(rng.normal(size=(20, 64)))
     distractors = np.concatenate([near, far])
     q = np.stack([base, _unit(rng.normal(size=64))])
@@ -161,5 +182,5 @@ def test_large_sets_are_searched_by_ivf_finding_the_same_nearest_photos():
     assert isinstance(exact, faiss.IndexFlatIP) and isinstance(approx, faiss.IndexIVFFlat)
     assert approx.ntotal == 3000 and approx.nlist == int(4 * np.sqrt(3000))
     (es, er), (as_, ar) = top_similarities(x, exact, 2), top_similarities(x, approx, 2)
-    assert np.mean(er[:, 1] == ar[:, 1]) > 0.98             # each photo's nearest other, as the exact search finds it
-    assert np.all(as_[:, 1] <= es[:, 1] + 1e-5)               # never a similarity the exact search would not give
+    assert np.mean(er[:, 1] == ar[:, 1]) > 0.98  # each photo's nearest other, as the exact search finds it
+    assert np.all(as_[:, 1] <= es[:, 1] + 1e-5)  # never a similarity the exact search would not give

@@ -28,7 +28,7 @@ def _object_pairs(n_pairs, seed):
 def _groups_and_objects():
     groups = ClassGroups.load()
     objects = np.zeros(len(groups.names), np.float32)
-    objects[list(groups.names).index("food")] = 1.0             # the prior calls these photos objects
+    objects[list(groups.names).index("food")] = 1.0  # the prior calls these photos objects
     return groups, objects
 
 
@@ -46,7 +46,7 @@ def test_flagged_photos_nearer_to_a_labelled_landmark_are_not_known_non_landmark
     unlabelled = np.concatenate([_around(TOWER, 3, 1), _object_pairs(3, 10)])
     keys = [f"tower{i}" for i in range(3)] + [f"obj{i}" for i in range(6)]
     st.add(keys, unlabelled, split="index", extras={PROBE_NAME: np.tile(objects, (9, 1))})
-    st.add(["given"], _around(TOWER, 1, 3), split=DISTRACTOR_SPLIT)     # user-given: kept whatever it looks like
+    st.add(["given"], _around(TOWER, 1, 3), split=DISTRACTOR_SPLIT)  # user-given: kept whatever it looks like
     known, vecs = Recognizer(st, RecognitionConfig(), groups=groups).known_non_landmarks()
     assert sorted(known) == ["given"] + [f"obj{i}" for i in range(6)]
     assert vecs.shape == (7, 8) and np.allclose(vecs[0], st.vectors(["given"])[0])
@@ -60,15 +60,20 @@ def test_flagged_queries_join_the_distractor_set_only_when_nearer_to_it_than_to_
     groups, objects = _groups_and_objects()
     st = Store.create(tmp_path / "s", load_config(), SIG)
     st.add([f"lab{i}" for i in range(6)], _around(TOWER, 6, 0, 0.01), landmark_ids=[7] * 6, split="train")
-    st.add([f"obj{i}" for i in range(4)], _object_pairs(2, 20), split="index", extras={PROBE_NAME: np.tile(objects, (4, 1))})
-    queries = np.concatenate([_around(TOWER, 4, 5), _object_pairs(1, 30)[:1]])   # 4 tower photos, 1 new object
+    st.add(
+        [f"obj{i}" for i in range(4)],
+        _object_pairs(2, 20),
+        split="index",
+        extras={PROBE_NAME: np.tile(objects, (4, 1))},
+    )
+    queries = np.concatenate([_around(TOWER, 4, 5), _object_pairs(1, 30)[:1]])  # 4 tower photos, 1 new object
     probs = np.tile(objects, (5, 1))
-    probs[3] = np.nan                                                  # the 4th tower photo is not flagged
+    probs[3] = np.nan  # the 4th tower photo is not flagged
     cfg = RecognitionConfig(distractor_k=3)
     ev = Recognizer(st, cfg, groups=groups).gather(queries, [f"q{i}" for i in range(5)], prior_probs=probs)
     assert [p.decision for p in ev.prior[:3]] == ["non_landmark"] * 3
-    assert ev.distractor_set == 4 + 1                                  # the stored objects + the new object photo
-    assert ev.distractor[3] < 0.5                                      # the tower query stays far from them
+    assert ev.distractor_set == 4 + 1  # the stored objects + the new object photo
+    assert ev.distractor[3] < 0.5  # the tower query stays far from them
 
 
 def test_a_query_whose_landmark_part_the_detector_found_is_no_batch_distractor(tmp_path):
@@ -77,8 +82,13 @@ def test_a_query_whose_landmark_part_the_detector_found_is_no_batch_distractor(t
     groups, objects = _groups_and_objects()
     st = Store.create(tmp_path / "s", load_config(), SIG)
     st.add([f"lab{i}" for i in range(6)], _around(TOWER, 6, 0, 0.01), landmark_ids=[7] * 6, split="train")
-    st.add([f"obj{i}" for i in range(4)], _object_pairs(2, 20), split="index", extras={PROBE_NAME: np.tile(objects, (4, 1))})
-    queries = _object_pairs(1, 40)                                  # two photos the prior calls objects
+    st.add(
+        [f"obj{i}" for i in range(4)],
+        _object_pairs(2, 20),
+        split="index",
+        extras={PROBE_NAME: np.tile(objects, (4, 1))},
+    )
+    queries = _object_pairs(1, 40)  # two photos the prior calls objects
     rec = Recognizer(st, RecognitionConfig(distractor_k=3), groups=groups)
     both = rec.gather(queries, ["a", "b"], prior_probs=np.tile(objects, (2, 1)))
     assert both.distractor_set == 4 + 2
@@ -99,11 +109,12 @@ def test_the_classifier_of_a_whitened_store_reads_the_queries_unwhitened_descrip
     store = Store.create(tmp_path / "s", load_config(), SIG)
     store.add(["a", "b"], np.eye(8, dtype=np.float32)[:2], landmark_ids=[1, 2], split="train")
     torch.manual_seed(0)
-    clf = LandmarkClassifier.from_payload({"head": ArcFace(16, 3).state_dict(), "head_kind": "arcface",
-                                           "classes": [1, 2, 3]}).reading_unwhitened()
+    clf = LandmarkClassifier.from_payload(
+        {"head": ArcFace(16, 3).state_dict(), "head_kind": "arcface", "classes": [1, 2, 3]}
+    ).reading_unwhitened()
     rec = Recognizer(store, RecognitionConfig(), clf, None)
-    queries = np.eye(8, dtype=np.float32)[:2]                      # in the store's (whitened) space
-    raw = _around(np.eye(16)[3], 2, 0)                             # 16-d: what the trained head reads
+    queries = np.eye(8, dtype=np.float32)[:2]  # in the store's (whitened) space
+    raw = _around(np.eye(16)[3], 2, 0)  # 16-d: what the trained head reads
     ev = rec.gather(queries, ["q0", "q1"], descriptors=raw)
     want = clf.predict(raw, 5)
     assert np.array_equal(ev.classifier.labels, want.labels) and np.allclose(ev.classifier.probs, want.probs)
@@ -115,10 +126,14 @@ def test_a_region_that_sees_the_landmark_wins_the_vote(tmp_path):
     """The whole frame is nearest to landmark 2 (a wide view); one region of it shows landmark 1 close up."""
     store = Store.create(tmp_path / "s", load_config(), SIG)
     e = np.eye(8, dtype=np.float32)
-    store.add([f"t{i}" for i in range(3)] + [f"w{i}" for i in range(3)],
-              np.concatenate([_around(e[0], 3, 1), _around(e[1], 3, 2)]), landmark_ids=[1] * 3 + [2] * 3, split="train")
-    query = (0.6 * e[0] + 0.8 * e[1])[None]                          # the frame: more like landmark 2
-    regions = np.stack([e[0] * 0.99 + 0.14 * e[5], e[3]])[None]      # a region on landmark 1, one on nothing
+    store.add(
+        [f"t{i}" for i in range(3)] + [f"w{i}" for i in range(3)],
+        np.concatenate([_around(e[0], 3, 1), _around(e[1], 3, 2)]),
+        landmark_ids=[1] * 3 + [2] * 3,
+        split="train",
+    )
+    query = (0.6 * e[0] + 0.8 * e[1])[None]  # the frame: more like landmark 2
+    regions = np.stack([e[0] * 0.99 + 0.14 * e[5], e[3]])[None]  # a region on landmark 1, one on nothing
     regions /= np.linalg.norm(regions, axis=2, keepdims=True)
     rec = Recognizer(store, RecognitionConfig(k=3))
     plain = rec.gather(query, ["q"])

@@ -3,9 +3,20 @@ import pytest
 
 from landmark.config import ExpansionConfig
 from landmark.features.whitening import l2n
-from landmark.retrieval.expansion import (aggregate, dba, dba_n, expanded_search, knn, move_verified_first, qe_n,
-                                          label_verifier, query_expansion, rank_weights, threshold_verified,
-                                          vote_verified)
+from landmark.retrieval.expansion import (
+    aggregate,
+    dba,
+    dba_n,
+    expanded_search,
+    knn,
+    label_verifier,
+    move_verified_first,
+    qe_n,
+    query_expansion,
+    rank_weights,
+    threshold_verified,
+    vote_verified,
+)
 
 
 def test_eq1_and_eq3():
@@ -21,15 +32,16 @@ def test_rank_weights_eq2():
 def test_move_verified_first_is_stable_and_counts_m():
     idx = np.array([[5, 6, 7, 8, -1]])
     sims = np.array([[0.9, 0.8, 0.7, 0.6, -np.inf]], dtype=np.float32)
-    ver = np.array([[False, True, False, True, True]])   # the padding slot never counts
+    ver = np.array([[False, True, False, True, True]])  # the padding slot never counts
     new_idx, new_sims, new_ver, m = move_verified_first(idx, sims, ver)
     assert new_idx.tolist() == [[6, 8, 5, 7, -1]]
     assert np.allclose(new_sims[0, :2], [0.8, 0.6])
     assert new_ver.tolist() == [[True, True, False, False, False]]
     assert m.tolist() == [2]
     # over the database itself (DBA), the row's own entry is never counted
-    _, _, own_ver, m_self = move_verified_first(np.array([[0, 6, 7]]), sims[:, :3], np.ones((1, 3), bool),
-                                                self_in_list=True)
+    _, _, own_ver, m_self = move_verified_first(
+        np.array([[0, 6, 7]]), sims[:, :3], np.ones((1, 3), bool), self_in_list=True
+    )
     assert m_self.tolist() == [2] and own_ver.tolist() == [[True, True, False]]
     with pytest.raises(ValueError, match="aligned"):
         move_verified_first(idx, sims, ver[:, :3])
@@ -40,7 +52,7 @@ def test_aggregate_by_hand():
     own = np.array([[1, 0, 0, 0]], dtype=np.float32)
     idx, sims = np.array([[2, 1, 3]]), np.array([[0.5, 0.4, 0.3]], dtype=np.float32)
     out = aggregate(own, db, idx, sims, np.array([3]))
-    expected = l2n(np.array([[1.0, 1 / 3, 2 / 3, 0.0]]))    # weights 1, 2/3, 1/3 for own, db[2], db[1]
+    expected = l2n(np.array([[1.0, 1 / 3, 2 / 3, 0.0]]))  # weights 1, 2/3, 1/3 for own, db[2], db[1]
     assert np.allclose(out, expected, atol=1e-6)
     alpha = aggregate(own, db, idx, sims, np.array([3]), weights="alpha", alpha=2.0)
     assert np.allclose(alpha, l2n(np.array([[1.0, 0.16, 0.25, 0.0]])), atol=1e-6)
@@ -80,12 +92,14 @@ def test_a_photo_without_verified_neighbour_keeps_its_descriptor():
     q = l2n(rng.normal(size=(4, 8)))
     sims, idx = knn(db, db, 25)
     ver = np.zeros_like(idx, dtype=bool)
-    ver[:, 0] = True                          # only each row's own entry (itself): no neighbour verified
+    ver[:, 0] = True  # only each row's own entry (itself): no neighbour verified
     assert np.allclose(dba(db, ver, neighbours=(sims, idx)), db, atol=1e-6)
     assert np.allclose(dba(db, np.zeros_like(idx, dtype=bool), neighbours=(sims, idx)), db, atol=1e-6)
     assert np.allclose(query_expansion(q, db, lambda s, i: np.zeros_like(i, dtype=bool)), q, atol=1e-6)
     # a verifier by predicted landmark: photos with no label (-1) verify nothing, so nothing moves
-    unlabelled = label_verifier(ExpansionConfig(verify="vote+threshold", threshold=0.0), np.full(25, -1), np.full(25, -1))
+    unlabelled = label_verifier(
+        ExpansionConfig(verify="vote+threshold", threshold=0.0), np.full(25, -1), np.full(25, -1)
+    )
     assert np.allclose(dba(db, unlabelled, shortlist=25), db, atol=1e-6)
 
 
@@ -97,6 +111,7 @@ def test_verified_as_a_function_of_the_lists():
     def verify(sims, idx):
         seen["shape"] = idx.shape
         return idx % 2 == 0
+
     a = query_expansion(q, db, verify, shortlist=20)
     sims, idx = knn(q, db, 20)
     b = query_expansion(q, db, idx % 2 == 0, neighbours=(sims, idx))
@@ -105,7 +120,9 @@ def test_verified_as_a_function_of_the_lists():
 
 def test_label_and_threshold_verification():
     assert vote_verified(np.array([3, -1]), np.array([[3, 4, -1], [-1, 2, 2]])).tolist() == [
-        [True, False, False], [False, False, False]]
+        [True, False, False],
+        [False, False, False],
+    ]
     assert threshold_verified(np.array([[0.9, 0.5, 0.2]]), 0.5).tolist() == [[True, False, False]]
 
 
@@ -134,6 +151,7 @@ def test_dba_and_qe_improve_clustered_retrieval():
 
     def precision(idx):
         return (labels[idx[:, :10]] == q_labels[:, None]).mean()
+
     base = precision(knn(q, db, 10)[1])
     expanded = precision(expanded_search(q, db, 10)[1])
     assert expanded > base + 0.05

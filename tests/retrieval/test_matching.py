@@ -18,7 +18,7 @@ def test_permuted_copy_matches_exactly():
     perm = np.random.default_rng(1).permutation(200)
     m = match_pair(prepare(a), prepare(a[perm]), ratio=0.8)
     assert len(m) == 200
-    assert np.array_equal(perm[m[:, 1]], m[:, 0])           # b[j] = a[perm[j]]
+    assert np.array_equal(perm[m[:, 1]], m[:, 0])  # b[j] = a[perm[j]]
 
 
 def test_ratio_test_drops_ambiguous_and_mutual_drops_one_sided():
@@ -32,7 +32,7 @@ def test_ratio_test_drops_ambiguous_and_mutual_drops_one_sided():
     loose = {tuple(x) for x in match_pair(qp, cp, ratio=1.0, mutual=False)}
     strict = {tuple(x) for x in match_pair(qp, cp, ratio=0.8, mutual=True)}
     assert (0, 0) in strict
-    assert not any(i == 1 for i, _ in strict)              # ambiguous: removed by the ratio test
+    assert not any(i == 1 for i, _ in strict)  # ambiguous: removed by the ratio test
     assert any(i == 1 for i, _ in loose)
     # with the ratio test off, mutual NN still keeps a one-to-one set
     mutual = match_pair(qp, cp, ratio=1.0, mutual=True)
@@ -42,12 +42,12 @@ def test_ratio_test_drops_ambiguous_and_mutual_drops_one_sided():
 def test_match_many_equals_pairwise_and_float_path(monkeypatch):
     q = prepare(sift_like(150, 3))
     cands = [prepare(sift_like(n, 10 + n)) for n in (0, 40, 150, 7)]
-    cands.append(prepare(np.concatenate([sift_like(30, 3)[:30], sift_like(20, 99)])))   # shares 30 with q
+    cands.append(prepare(np.concatenate([sift_like(30, 3)[:30], sift_like(20, 99)])))  # shares 30 with q
     batched = match_many(q, cands, ratio=0.9)
     for c, m in zip(cands, batched):
         assert np.array_equal(m, match_pair(q, c, ratio=0.9))
     assert len(batched[-1]) >= 30 and len(batched[0]) == 0
-    monkeypatch.setattr(matching, "_INT_MM", False)      # the float32 fallback gives identical results
+    monkeypatch.setattr(matching, "_INT_MM", False)  # the float32 fallback gives identical results
     for a, b in zip(batched, match_many(q, cands, ratio=0.9)):
         assert np.array_equal(a, b)
 
@@ -56,7 +56,7 @@ def test_binary_descriptors_use_hamming():
     rng = np.random.default_rng(4)
     a = rng.integers(0, 256, (50, 32)).astype(np.uint8)
     b = a.copy()
-    b[:, 0] ^= 0b00000111                                   # 3 bits off everywhere: still the nearest
+    b[:, 0] ^= 0b00000111  # 3 bits off everywhere: still the nearest
     m = match_pair(prepare(a, "orb"), prepare(b, "orb"), ratio=0.8)
     assert len(m) == 50 and np.array_equal(m[:, 0], m[:, 1])
     sims = matching.similarities(prepare(a, "orb").mat, prepare(b, "orb").mat)

@@ -41,13 +41,21 @@ def _view(f, shift, keep, seed):
 def test_shortlist_rerank_and_verified_matrix(tmp_path):
     scene, other = _scene(300, 0), _scene(300, 1)
     st = LocalStore.create(tmp_path / "local", SIG)
-    st.add(["same1", "same2", "other", "blank"],
-           [_view(scene, (10, 5), 200, 2), _view(scene, (-20, 30), 150, 3), other,
-            LocalFeatures(np.zeros((0, 4), np.float16), np.zeros((0, 128), np.uint8))])
+    st.add(
+        ["same1", "same2", "other", "blank"],
+        [
+            _view(scene, (10, 5), 200, 2),
+            _view(scene, (-20, 30), 150, 3),
+            other,
+            LocalFeatures(np.zeros((0, 4), np.float16), np.zeros((0, 128), np.uint8)),
+        ],
+    )
     ver = Verifier(st, RerankConfig())
     query = _view(scene, (0, 0), 250, 4)
-    r = rerank_shortlist(ver, query, ["other", "blank", "same2", "missing", "same1"], [0.9, 0.8, 0.7, 0.6, 0.5], top_k=4)
-    assert r.keys[:2] == ["same2", "other"]          # same1 is beyond top_k: it stays at the bottom
+    r = rerank_shortlist(
+        ver, query, ["other", "blank", "same2", "missing", "same1"], [0.9, 0.8, 0.7, 0.6, 0.5], top_k=4
+    )
+    assert r.keys[:2] == ["same2", "other"]  # same1 is beyond top_k: it stays at the bottom
     assert r.keys[-1] == "same1" and r.inliers[-1] == -1
     assert r.inliers[0] > 50 and r.inliers[1] < 12
     m = verified_matrix(st, ["same1", query], [["same2", "other", "blank"], ["same1"]], RerankConfig())
@@ -61,8 +69,10 @@ def test_threaded_verification_equals_serial(tmp_path):
     scene = _scene(300, 5)
     st = LocalStore.create(tmp_path / "local", SIG)
     keys = [f"v{i}" for i in range(6)]
-    st.add(keys, [_view(scene, (3 * i, -2 * i), 120 + 20 * i, 10 + i) if i % 2 == 0 else _scene(200, 20 + i)
-                  for i in range(6)])
+    st.add(
+        keys,
+        [_view(scene, (3 * i, -2 * i), 120 + 20 * i, 10 + i) if i % 2 == 0 else _scene(200, 20 + i) for i in range(6)],
+    )
     query = _view(scene, (0, 0), 250, 9)
     serial = Verifier(st, RerankConfig(), threads=1).inliers(query, keys)
     threaded = Verifier(st, RerankConfig(), threads=2).inliers(query, keys)

@@ -27,8 +27,9 @@ def data(tmp_path):
     centres = rng.standard_normal((4, 8))
     st = Store.create(tmp_path / "s", load_config(), SIG)
     train = clustered(6, centres, 0.6, rng)
-    st.add([f"t{i}" for i in range(len(train))], train, landmark_ids=np.repeat([10, 11, 12, 13], 6).tolist(),
-           split="train")
+    st.add(
+        [f"t{i}" for i in range(len(train))], train, landmark_ids=np.repeat([10, 11, 12, 13], 6).tolist(), split="train"
+    )
     index = clustered(15, centres, 0.7, rng)
     st.add([f"i{i}" for i in range(len(index))], index, split="index")
     return SimpleNamespace(store=st, train=train, index=index, queries=clustered(5, centres, 0.7, rng))
@@ -57,9 +58,9 @@ def test_expansion_changes_the_ranking_and_off_is_plain_search(data):
 
 def test_vote_labels_come_from_labels_or_the_labelled_photos(data):
     store = data.store
-    ex = ExpandedSearch(store, ExpansionConfig(dba=False), None, vote_k=5)   # every stored photo
+    ex = ExpandedSearch(store, ExpansionConfig(dba=False), None, vote_k=5)  # every stored photo
     assert ex.keys[:24] == [f"t{i}" for i in range(24)]
-    assert ex.labels[:24].tolist() == np.repeat([10, 11, 12, 13], 6).tolist()   # their own labels
+    assert ex.labels[:24].tolist() == np.repeat([10, 11, 12, 13], 6).tolist()  # their own labels
     # the unlabelled photos get the vote of their 5 nearest labelled photos, as recognition predicts
     res = store.search(data.index, 5, labelled_only=True)
     assert ex.labels[24:].tolist() == voted_labels(res.landmark_ids, res.scores, 5).tolist()

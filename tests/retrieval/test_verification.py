@@ -46,9 +46,11 @@ def test_known_homography_is_recovered_from_a_warped_photo(photo):
     assert v.inliers >= 100 and v.ratio > 0.6
     # the fitted model maps points like the true one (within a few pixels inside the photo)
     grid = np.array([[x, y, 1.0] for x in np.linspace(50, w - 50, 5) for y in np.linspace(50, h - 50, 5)])
+
     def apply(M):
         p = grid @ M.T
         return p[:, :2] / p[:, 2:]
+
     assert np.abs(apply(v.model / v.model[2, 2]) - apply(H)).max() < 3.0
     assert v.mask.sum() == v.inliers and len(v.mask) == len(m)
 
@@ -57,8 +59,10 @@ def test_unrelated_photos_yield_few_inliers(gldv2_root):
     ex = LocalExtractor(CFG)
     same = [ex.extract_path(_photo(gldv2_root, "train", i)) for i in _train_ids(gldv2_root, "900001")[:2]]
     other = ex.extract_path(_photo(gldv2_root, "train", _train_ids(gldv2_root, "900005")[0]))
+
     def inliers(x, y):
         return verify(x.xy, y.xy, match_pair(prepare(x.descriptors), prepare(y.descriptors), ratio=0.9)).inliers
+
     unrelated = inliers(same[0], other)
     assert unrelated < 12
     assert inliers(same[0], same[1]) > unrelated

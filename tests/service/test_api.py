@@ -77,12 +77,21 @@ def test_metrics_are_prometheus_text_with_counts_latency_and_index_size(client):
 
 def test_openapi_docs_list_the_endpoints(client):
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "cdn" not in docs.text.lower()      # offline: assets come from the app
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # offline: assets come from the app
     js = next(part.split('"')[0] for part in docs.text.split('src="')[1:] if "swagger-ui-bundle.js" in part)
     assert client.get(js).status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    for p in ("/recognize", "/search", "/images", "/images/{image_id}", "/images/{image_id}/thumbnail",
-              "/images/{image_id}/matches/{other}", "/health", "/metrics", "/landmarks"):
+    for p in (
+        "/recognize",
+        "/search",
+        "/images",
+        "/images/{image_id}",
+        "/images/{image_id}/thumbnail",
+        "/images/{image_id}/matches/{other}",
+        "/health",
+        "/metrics",
+        "/landmarks",
+    ):
         assert p in paths, p
 
 
@@ -105,7 +114,7 @@ def test_recognize_an_eiffel_photo(client, eiffel_query, ro_store):
     scores = [m["score"] for m in body["matches"]]
     assert scores and scores == sorted(scores, reverse=True)
     assert body["matches"][0]["landmark_id"] == 47378
-    rec = Landmarks.open(ro_store).recognize([str(eiffel_query)])[0]        # the service answers what the API does
+    rec = Landmarks.open(ro_store).recognize([str(eiffel_query)])[0]  # the service answers what the API does
     assert body["score"] == pytest.approx(rec.score, abs=1e-5) and body["grade"] == rec.grade
     # its neighbours are verified with local features: the evidence the non-landmark filters are weighed against
     verification = body["evidence"]["verification"]
@@ -165,8 +174,8 @@ def test_landmarks_and_paged_listing(client, ro_store):
     counts = {}
     for r in rows.values():
         counts[r.landmark_id] = counts.get(r.landmark_id, 0) + 1
-    assert {l["landmark_id"]: l["images"] for l in lms} == counts
-    eiffel = next(l for l in lms if l["landmark_id"] == 47378)
+    assert {lm_["landmark_id"]: lm_["images"] for lm_ in lms} == counts
+    eiffel = next(lm_ for lm_ in lms if lm_["landmark_id"] == 47378)
     assert eiffel["name"] == "Eiffel_Tower" and rows[eiffel["cover"]].landmark_id == 47378
     page1 = client.get("/images?landmark_id=47378&limit=4").json()["images"]
     page2 = client.get("/images?landmark_id=47378&limit=4&offset=4").json()["images"]
@@ -175,7 +184,7 @@ def test_landmarks_and_paged_listing(client, ro_store):
     unl = client.get("/images?unlabelled=true&limit=500").json()["images"]
     assert len(unl) == counts.get(None, 0) and all(i["landmark_id"] is None for i in unl)
     assert client.get("/images?limit=0").status_code == 422
-    for bad in (f"offset={2 ** 64}", f"landmark_id={2 ** 64}", "landmark_id=47378&unlabelled=true"):
+    for bad in (f"offset={2**64}", f"landmark_id={2**64}", "landmark_id=47378&unlabelled=true"):
         r = client.get(f"/images?{bad}")
         assert r.status_code == 422 and "error" in r.json(), bad
 
@@ -186,12 +195,12 @@ def test_matches_between_stored_photos_and_without_local_features(client, ro_sto
         a, b = st.keys("train")[:2]
     r = client.get(f"/images/{a}/matches/{b}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    with sqlite3.connect(store_copy / "meta.sqlite") as db:          # a stored photo's file gone from the server
+    with sqlite3.connect(store_copy / "meta.sqlite") as db:  # a stored photo's file gone from the server
         db.execute("UPDATE images SET path = ? WHERE key = ?", (str(store_copy / "gone.jpg"), b))
     with TestClient(create_app(store_copy, ServiceSettings())) as moved:
         r = moved.get(f"/images/{a}/matches/{b}")
     assert r.status_code == 404 and "a stored photo cannot be read" in r.json()["error"]
-    shutil.rmtree(store_copy / "local")                           # a store built with local.enabled=false
+    shutil.rmtree(store_copy / "local")  # a store built with local.enabled=false
     with TestClient(create_app(store_copy, ServiceSettings())) as bare:
         r = bare.get(f"/images/{a}/matches/{b}")
     assert r.status_code == 404 and "local features are not available" in r.json()["error"]
@@ -225,7 +234,7 @@ def test_matches_and_upload_evidence_go_through_match_evidence(store_copy, eiffe
         assert _WithEvidence.calls == [(a, b), ("photo", best)]
         assert c.get(f"/uploads/not-a-token/matches/{best}").status_code == 404
         assert c.get(f"/images/{a}/matches/unknown-id").status_code == 404
-        monkeypatch.setattr(_WithEvidence, "answer", None)      # a store without local features
+        monkeypatch.setattr(_WithEvidence, "answer", None)  # a store without local features
         r = c.get(f"/images/{a}/matches/{b}")
         assert r.status_code == 404 and "local features are not available" in r.json()["error"]
 
@@ -243,7 +252,11 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     new_gen = after["generation"]
     # the new generation was prepared on the writer thread before reads saw it (reads never wait for that work)
     snap = c.app.state.service.snapshot
-    assert snap.generation == new_gen and snap.lm.searching._expanded and snap.lm.recognising._recognizer._known[0][0] == new_gen
+    assert (
+        snap.generation == new_gen
+        and snap.lm.searching._expanded
+        and snap.lm.recognising._recognizer._known[0][0] == new_gen
+    )
     top = c.post("/search?k=3&expand=false", files=_upload(eiffel_query)).json()["matches"][0]
     # the same photo: global similarity 1, and (its local features stored, below) verified by many inliers
     assert top["id"] == new["id"] and top["score"] > 1.0 and top["inliers"] > 50
@@ -253,7 +266,7 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     saved = list((store / "uploads").iterdir())
     assert [p.read_bytes() for p in saved] == [eiffel_query.read_bytes()]
     assert c.get(new["thumbnail"]).status_code == 200
-    with Store.open(store) as st:                        # committed on disk, not only in memory
+    with Store.open(store) as st:  # committed on disk, not only in memory
         assert st.get([new["id"]])[new["id"]].landmark_id == 47378
         # with the object prior every stored photo keeps (the known non-landmarks read it)
         prior = st.extras([new["id"]], PROBE_NAME)
@@ -267,16 +280,21 @@ def test_add_search_and_delete_a_photo(rw, eiffel_query):
     ids = [m["id"] for m in c.post("/search?k=3", files=_upload(eiffel_query)).json()["matches"]]
     assert new["id"] not in ids
     assert not list((store / "uploads").iterdir())
-    assert not LocalStore.open(store / LOCAL_DIR).present([new["id"]])     # its local features went too
+    assert not LocalStore.open(store / LOCAL_DIR).present([new["id"]])  # its local features went too
     assert c.delete(f"/images/{new['id']}").status_code == 404
     assert c.get("/health").json()["images"] == before["images"]
 
 
 def test_add_with_a_chosen_id_unlabelled_and_name_appears_in_landmarks(rw, stonehenge_query):
     c, _ = rw
-    r = c.post("/images", files=_upload(stonehenge_query), data={"id": "my-photo_1", "landmark_id": "777", "name": "Test Place"})
+    r = c.post(
+        "/images",
+        files=_upload(stonehenge_query),
+        data={"id": "my-photo_1", "landmark_id": "777", "name": "Test Place"},
+    )
     assert r.status_code == 201 and r.json()["id"] == "my-photo_1" and r.json()["name"] == "Test Place"
-    assert any(l["landmark_id"] == 777 and l["name"] == "Test Place" for l in c.get("/landmarks").json()["landmarks"])
+    listed = c.get("/landmarks").json()["landmarks"]
+    assert any(lm_["landmark_id"] == 777 and lm_["name"] == "Test Place" for lm_ in listed)
     dup = c.post("/images", files=_upload(stonehenge_query), data={"id": "my-photo_1"})
     assert dup.status_code == 409 and "already in the store" in dup.json()["error"]
     un = c.post("/images", files=_upload(stonehenge_query))
@@ -293,7 +311,7 @@ def test_reads_keep_a_consistent_snapshot_during_writes(rw, eiffel_query, stoneh
         assert c.delete(f"/images/{v}").status_code == 200
     assert service.snapshot is not old and service.snapshot.generation == old.generation + len(victims)
     img = Image.open(eiffel_query).convert("RGB")
-    still = [m.id for m in old.lm.search([img], k=5)[0].matches]       # the old generation, whole and readable
+    still = [m.id for m in old.lm.search([img], k=5)[0].matches]  # the old generation, whole and readable
     assert still == victims
     now = [m.id for m in service.snapshot.lm.search([img], k=5)[0].matches]
     assert not set(now) & set(victims)
@@ -326,7 +344,7 @@ def _truncated(path: Path) -> bytes:
     return data[: len(data) // 3]
 
 
-def _big_pixels() -> bytes:                     # 2,250,000 pixels, under 400 kB as a flat PNG
+def _big_pixels() -> bytes:  # 2,250,000 pixels, under 400 kB as a flat PNG
     buf = io.BytesIO()
     Image.new("RGB", (1500, 1500), (10, 120, 200)).save(buf, "PNG")
     assert len(buf.getvalue()) < 400_000
@@ -378,9 +396,9 @@ def test_bad_form_fields_on_add(rw, eiffel_query):
     before = _state(store)
     r = c.post("/images", files=_upload(eiffel_query), data={"landmark_id": "eiffel"})
     assert r.status_code == 422 and "landmark_id must be an integer" in r.json()["error"]
-    r = c.post("/images", files=_upload(eiffel_query), data={"landmark_id": str(2 ** 64)})   # beyond SQLite's integers
+    r = c.post("/images", files=_upload(eiffel_query), data={"landmark_id": str(2**64)})  # beyond SQLite's integers
     assert r.status_code == 422 and "64-bit" in r.json()["error"]
-    r = c.post("/images", files=_upload(eiffel_query), data={"name": "Tour Eiffel"})         # a name of no landmark
+    r = c.post("/images", files=_upload(eiffel_query), data={"name": "Tour Eiffel"})  # a name of no landmark
     assert r.status_code == 422 and "needs the landmark_id" in r.json()["error"]
     for bad in ("../x", "a/b", ".hidden", "x" * 200):
         r = c.post("/images", files=_upload(eiffel_query), data={"id": bad})
@@ -388,9 +406,17 @@ def test_bad_form_fields_on_add(rw, eiffel_query):
     assert _state(store) == before
 
 
-@pytest.mark.parametrize("method,template", [("GET", "/images/{}"), ("GET", "/images/{}/thumbnail"),
-                                             ("GET", "/images/{}/photo"), ("DELETE", "/images/{}"),
-                                             ("GET", "/images/{}/matches/{known}"), ("GET", "/images/{known}/matches/{}")])
+@pytest.mark.parametrize(
+    "method,template",
+    [
+        ("GET", "/images/{}"),
+        ("GET", "/images/{}/thumbnail"),
+        ("GET", "/images/{}/photo"),
+        ("DELETE", "/images/{}"),
+        ("GET", "/images/{}/matches/{known}"),
+        ("GET", "/images/{known}/matches/{}"),
+    ],
+)
 def test_unknown_and_path_like_ids(rw, method, template):
     c, store = rw
     before = _state(store)
@@ -417,7 +443,7 @@ def test_commits_by_another_process_are_picked_up(store_copy, eiffel_query):
         with Store.open(store_copy) as st:
             victim = st.keys("train")[0]
         assert c.get(f"/images/{victim}").status_code == 200
-        with Store.open(store_copy) as other:                 # another writer (its own connection and lock)
+        with Store.open(store_copy) as other:  # another writer (its own connection and lock)
             other.remove([victim])
         deadline = time.monotonic() + 30
         while c.get(f"/images/{victim}").status_code != 404:
@@ -443,8 +469,11 @@ def test_a_calibration_by_another_process_is_picked_up(store_copy):
         before = service.snapshot.lm.config.expansion.threshold
         with Store.open(store_copy) as other:
             generation = other.generation
-            other.update_config(dataclasses.replace(
-                other.config, expansion=dataclasses.replace(other.config.expansion, threshold=before + 0.123)))
+            other.update_config(
+                dataclasses.replace(
+                    other.config, expansion=dataclasses.replace(other.config.expansion, threshold=before + 0.123)
+                )
+            )
         deadline = time.monotonic() + 30
         while service.snapshot.lm.config.expansion.threshold != before + 0.123:
             assert time.monotonic() < deadline, "the server never saw the new configuration"
@@ -460,5 +489,5 @@ def test_an_unexpected_failure_is_a_json_500(store_copy, eiffel_query):
     with TestClient(create_app(Broken.open(store_copy)), raise_server_exceptions=False) as c:
         r = c.post("/recognize", files=_upload(eiffel_query))
         assert r.status_code == 500 and "RuntimeError" in r.json()["error"]
-        assert c.get("/health").status_code == 200          # the service keeps serving
+        assert c.get("/health").status_code == 200  # the service keeps serving
         assert 'route="/recognize",status="500"' in c.get("/metrics").text

@@ -31,10 +31,28 @@ def _free_port() -> int:
 @pytest.fixture
 def server(store_copy, tmp_path):
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(landmark.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(landmark.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "landmark.cli", "serve", "--store", str(store_copy),
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "landmark.cli",
+            "serve",
+            "--store",
+            str(store_copy),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -58,14 +76,22 @@ def server(store_copy, tmp_path):
 @pytest.fixture
 def browser():
     if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("headless browser test needs Debian's chromium and chromium-driver "
-                    "(apt-get install chromium chromium-driver; .ci/run installs them)")
+        pytest.skip(
+            "headless browser test needs Debian's chromium and chromium-driver "
+            "(apt-get install chromium chromium-driver; .ci/run installs them)"
+        )
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1400"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1400",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     try:
@@ -82,12 +108,15 @@ def test_recognise_a_photo_from_the_page(server, browser, stonehenge_query, tmp_
     browser.get(server + "/")
     wait = WebDriverWait(browser, 120)
     wait.until(lambda d: "photos" in d.find_element(By.ID, "store-info").text)
-    browser.find_element(By.ID, "file").send_keys(str(stonehenge_query))     # the file picker of the drop zone
+    browser.find_element(By.ID, "file").send_keys(str(stonehenge_query))  # the file picker of the drop zone
     wait.until(EC.visibility_of_element_located((By.ID, "result")))
     assert "Stonehenge" in browser.find_element(By.ID, "landmark-name").text
     assert "confidence" in browser.find_element(By.ID, "score").text
-    wait.until(lambda d: any(img.get_property("naturalWidth") > 0
-                             for img in d.find_elements(By.CSS_SELECTOR, "#matches .card img")))
+    wait.until(
+        lambda d: any(
+            img.get_property("naturalWidth") > 0 for img in d.find_elements(By.CSS_SELECTOR, "#matches .card img")
+        )
+    )
     cards = browser.find_elements(By.CSS_SELECTOR, "#matches .card")
     assert cards and "Stonehenge" in cards[0].text and "score" in cards[0].text
     # retrieval over every stored photo: Stonehenge photos, labelled or not, fill the similar photos
@@ -114,8 +143,11 @@ def test_a_filtered_non_landmark_is_not_named_nor_offered_to_a_landmark(server, 
     from selenium.webdriver.support.ui import WebDriverWait
 
     test = {r["id"] for r in csv.DictReader(open(gldv2_root / "test.csv"))}
-    desk = next(r["id"] for r in sorted(csv.DictReader(open(gldv2_root / "sources.csv")), key=lambda r: r["source"])
-                if r["id"] in test and "freiburg" in r["source"].lower())     # a frame of a desk sequence
+    desk = next(
+        r["id"]
+        for r in sorted(csv.DictReader(open(gldv2_root / "sources.csv")), key=lambda r: r["source"])
+        if r["id"] in test and "freiburg" in r["source"].lower()
+    )  # a frame of a desk sequence
     photo = gldv2_root / "test" / desk[0] / desk[1] / desk[2] / f"{desk}.jpg"
     browser.get(server + "/")
     wait = WebDriverWait(browser, 120)

@@ -32,7 +32,7 @@ def _maps(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def test_image_labels_alone_teach_attention_where_the_evidence_is():
-    torch.manual_seed(0)                                  # the head's initial weights
+    torch.manual_seed(0)  # the head's initial weights
     gen = torch.Generator().manual_seed(0)
     maps, labels, where = _maps(256, gen)
     head = DelfHead(8, 4, hidden=16)
@@ -48,7 +48,7 @@ def test_image_labels_alone_teach_attention_where_the_evidence_is():
     assert (evidence / scores.median(1).values).median() > 10
     assert (scores.argmax(1) == where).float().mean() > 0.4
     sample = pca_sample(head, maps, per_photo=1)
-    assert sample.shape == (256, 8) and (sample[:, 3] > 0.4).mean() > 0.6    # the evidence is what PCA sees
+    assert sample.shape == (256, 8) and (sample[:, 3] > 0.4).mean() > 0.6  # the evidence is what PCA sees
 
 
 def test_config_checks_and_the_cpu_recipe():

@@ -14,8 +14,9 @@ from landmark.training.module import TrainModule, initialise_from_features
 
 
 def _module(embedding_dim, head):
-    cfg = load_train_config("cpu-mini", overrides={"model": {"backbone": "tf_efficientnet_lite0",
-                                                              "embedding_dim": embedding_dim}})
+    cfg = load_train_config(
+        "cpu-mini", overrides={"model": {"backbone": "tf_efficientnet_lite0", "embedding_dim": embedding_dim}}
+    )
     net = build_model(ModelConfig(backbone="tf_efficientnet_lite0", embedding_dim=embedding_dim), pretrained=False)
     return TrainModule(net, head, cfg)
 
@@ -23,7 +24,7 @@ def _module(embedding_dim, head):
 def _clusters(n_per=20, classes=3, dim=1280, seed=0):
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(classes, dim, generator=g) * 3
-    x = torch.cat([c + torch.randn(n_per, dim, generator=g) for c in centres]).abs()   # pooled features are >= 0
+    x = torch.cat([c + torch.randn(n_per, dim, generator=g) for c in centres]).abs()  # pooled features are >= 0
     return x, torch.arange(classes).repeat_interleave(n_per)
 
 
@@ -50,12 +51,14 @@ def test_a_trained_embedding_is_kept_and_only_the_head_initialised():
     x, y = _clusters()
     head = ArcFace(32, 3)
     mod = _module(32, head)
-    trained = {k: v.clone() for k, v in mod.net.embedding.state_dict().items()}   # as loaded from model.checkpoint
+    trained = {k: v.clone() for k, v in mod.net.embedding.state_dict().items()}  # as loaded from model.checkpoint
     done = initialise_from_features(mod, x, y, embedding=False)
     assert done == {"head": "class means of 3/3 classes"}
     assert all(torch.equal(v, mod.net.embedding.state_dict()[k]) for k, v in trained.items())
-    z = LF.l2n(mod.net.embedding.eval()(x).detach())          # the centres are the means of *its* outputs
-    assert torch.allclose(head.weight, LF.l2n(torch.stack([LF.l2n(z[y == c].mean(0, keepdim=True))[0] for c in range(3)])), atol=1e-5)
+    z = LF.l2n(mod.net.embedding.eval()(x).detach())  # the centres are the means of *its* outputs
+    assert torch.allclose(
+        head.weight, LF.l2n(torch.stack([LF.l2n(z[y == c].mean(0, keepdim=True))[0] for c in range(3)])), atol=1e-5
+    )
 
 
 def test_pca_needs_more_crops_than_dimensions():
@@ -77,11 +80,13 @@ def test_cosine_head_starts_at_class_means(subcenters):
     cos = head.cosine(z)
     if subcenters == 1:
         assert torch.allclose(head.weight, means, atol=1e-5)
-    else:   # each sub-centre is near its class mean but they stay distinct
+    else:  # each sub-centre is near its class mean but they stay distinct
         w = head.weight.view(3, subcenters, -1)
         assert (torch.einsum("ckd,cd->ck", w, means) > 0.99).all()
         assert not torch.allclose(w[:, 0], w[:, 1])
-    assert (cos.argmax(1) == y).all() and not (LF.cosine_logits(z, before).view(len(z), 3, -1).amax(2).argmax(1) == y).all()
+    assert (cos.argmax(1) == y).all() and not (
+        LF.cosine_logits(z, before).view(len(z), 3, -1).amax(2).argmax(1) == y
+    ).all()
 
 
 def test_frozen_stages_keep_their_imagenet_batchnorm_statistics():
@@ -94,6 +99,6 @@ def test_frozen_stages_keep_their_imagenet_batchnorm_statistics():
     x = torch.randn(4, 3, 64, 64) * 3 + 1
     out = mod.frozen_features(x)
     assert all(torch.equal(b.running_mean, m) for b, m in zip(bns, before))
-    assert torch.allclose(out, mod.prefix.eval()(x), atol=1e-6)     # the same as inference
+    assert torch.allclose(out, mod.prefix.eval()(x), atol=1e-6)  # the same as inference
     mod.train()
     assert not mod.prefix.training and mod.suffix.training

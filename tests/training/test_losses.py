@@ -25,9 +25,9 @@ def test_bce_one_vs_all_definition():
 
 def test_npairs_prefers_separated_classes():
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    tight = torch.nn.functional.one_hot(y, 3).float()                # pairs identical, classes orthogonal
+    tight = torch.nn.functional.one_hot(y, 3).float()  # pairs identical, classes orthogonal
     mixed = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0, 1.0], [1.0, 0, 0]])
     assert npairs_loss(tight, y, scale=10) < npairs_loss(mixed, y, scale=10)
     # closed form for the tight case: each anchor sees e^10 vs 2 negatives at e^0
     assert npairs_loss(tight, y, scale=10).item() == pytest.approx(math.log(1 + 2 * math.exp(-10)), rel=1e-3)
-    assert npairs_loss(tight[:2], y[:2]).item() == 0.0                # a single class: no pairs to contrast
+    assert npairs_loss(tight[:2], y[:2]).item() == 0.0  # a single class: no pairs to contrast

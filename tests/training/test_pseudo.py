@@ -11,12 +11,19 @@ import pytest
 
 from landmark.config import ConfigError
 from landmark.data import DatasetError, ImageRecord
+from landmark.data.manifests import PSEUDO_LABEL_OFFSET as LABEL_OFFSET
+from landmark.data.manifests import read_labels
 from landmark.models import load_checkpoint
 from landmark.training import load_train_config, train
 from landmark.training.loop import training_records
-from landmark.data.manifests import PSEUDO_LABEL_OFFSET as LABEL_OFFSET, read_labels
-from landmark.training.pseudo import (ClusterConfig, choose_threshold, cluster_purity, mutual_knn_clusters,
-                                      relabel, write_labels)
+from landmark.training.pseudo import (
+    ClusterConfig,
+    choose_threshold,
+    cluster_purity,
+    mutual_knn_clusters,
+    relabel,
+    write_labels,
+)
 
 
 def on_circle(degrees) -> np.ndarray:
@@ -71,8 +78,9 @@ def test_no_pure_threshold_is_said(caplog):
     assert choice.threshold == 0.95 and "no clustering threshold of 0.9, 0.95 makes clusters" in caplog.text
 
 
-@pytest.mark.parametrize("bad", [dict(neighbours=0), dict(min_size=1), dict(threshold=1.5), dict(purity=0.0),
-                                 dict(candidates=())])
+@pytest.mark.parametrize(
+    "bad", [dict(neighbours=0), dict(min_size=1), dict(threshold=1.5), dict(purity=0.0), dict(candidates=())]
+)
 def test_cluster_settings_out_of_range_are_refused(bad):
     from landmark.training.pseudo import check_cluster
 
@@ -102,19 +110,32 @@ def index_gldv2(gldv2_root, tmp_path):
     (root / "index.csv").write_text("id\n" + "".join(f"{i}\n" for i in picked))
     (root / "train.csv").write_text("id,url,landmark_id\n")
     clusters = np.repeat([0, 1, 2], 6)
-    clusters[-1] = -1                                       # one photo in no cluster: not trained on
+    clusters[-1] = -1  # one photo in no cluster: not trained on
     write_labels(tmp_path / "clusters.csv", picked, clusters)
     return root, tmp_path / "clusters.csv", picked
 
 
 def test_training_on_a_clustered_split(index_gldv2, tmp_path):
     root, labels, picked = index_gldv2
-    cfg = load_train_config("cpu-mini", overrides=[
-        "model.backbone=tf_efficientnet_lite0", "data.image_size=64", "eval_image_size=96", "data.num_workers=0",
-        "cache_views=1", "freeze_stages=5", "optim.batch_size=8", "optim.epochs=1", "data.split=index",
-        f"data.labels={labels}"])
+    cfg = load_train_config(
+        "cpu-mini",
+        overrides=[
+            "model.backbone=tf_efficientnet_lite0",
+            "data.image_size=64",
+            "eval_image_size=96",
+            "data.num_workers=0",
+            "cache_views=1",
+            "freeze_stages=5",
+            "optim.batch_size=8",
+            "optim.epochs=1",
+            "data.split=index",
+            f"data.labels={labels}",
+        ],
+    )
     records = training_records(root, cfg)
-    assert [r.id for r in records] == picked[:-1] and {r.landmark_id for r in records} == {LABEL_OFFSET + c for c in range(3)}
+    assert [r.id for r in records] == picked[:-1] and {r.landmark_id for r in records} == {
+        LABEL_OFFSET + c for c in range(3)
+    }
     result = train(root, tmp_path / "run", cfg, progress=False)
     _, payload = load_checkpoint(result.model_path)
     assert payload["classes"] == [LABEL_OFFSET, LABEL_OFFSET + 1, LABEL_OFFSET + 2]
@@ -123,7 +144,7 @@ def test_training_on_a_clustered_split(index_gldv2, tmp_path):
     from landmark.recognition.classifier import LandmarkClassifier
 
     assert LandmarkClassifier.from_checkpoint(result.model_path) is None
-    import torch                                      # ... also when trained on pseudo-landmarks of the train split
+    import torch  # ... also when trained on pseudo-landmarks of the train split
 
     state = torch.load(result.model_path, weights_only=False)
     torch.save(state | {"train_split": "train"}, tmp_path / "as-train.pt")
@@ -142,7 +163,9 @@ def test_clustered_split_errors(index_gldv2, tmp_path):
     root, labels, _ = index_gldv2
     (tmp_path / "other.csv").write_text("id,landmark_id\nnot-a-photo,1\n")
     with pytest.raises(DatasetError, match="names none of the photos"):
-        training_records(root, load_train_config("cpu-mini", overrides=["data.split=index", f"data.labels={tmp_path / 'other.csv'}"]))
+        training_records(
+            root, load_train_config("cpu-mini", overrides=["data.split=index", f"data.labels={tmp_path / 'other.csv'}"])
+        )
     folder = tmp_path / "folder"
     folder.mkdir()
     with pytest.raises(ConfigError, match="a folder of photos, not a GLDv2 root"):
@@ -163,8 +186,12 @@ def test_a_store_split_clusters_as_its_vectors_do_with_excluded_photos_left_out(
     store = Store.create(tmp_path / "s", load_config(), SIG)
     store.add(ids, x, split="index")
     labelled = (x[:12] + 0.05 * rng.normal(size=(12, 8))).astype(np.float32)
-    store.add([f"t{n}" for n in range(12)], labelled / np.linalg.norm(labelled, axis=1, keepdims=True),
-              landmark_ids=[0] * 6 + [1] * 6, split="train")           # another split: never a neighbour here
+    store.add(
+        [f"t{n}" for n in range(12)],
+        labelled / np.linalg.norm(labelled, axis=1, keepdims=True),
+        landmark_ids=[0] * 6 + [1] * 6,
+        split="train",
+    )  # another split: never a neighbour here
     cfg = ClusterConfig(neighbours=5, threshold=0.6, min_size=3)
     res = cluster_store(store, "index", cfg)
     assert res.ids == ids and res.chosen_on == "given"
@@ -193,5 +220,7 @@ def test_threshold_sample_keeps_whole_landmarks():
         pick = whole_landmarks(ids, label, 8, seed)
         assert 0 < len(pick) <= 8
         landmarks = {label[k] for k in pick}
-        assert pick and all(sum(label[k] == lab for k in pick) == sum(label[k] == lab for k in ids) for lab in landmarks)
-    assert len(whole_landmarks(ids, {k: 1 for k in ids}, 3)) == len(ids)    # one landmark larger than the limit
+        assert pick and all(
+            sum(label[k] == lab for k in pick) == sum(label[k] == lab for k in ids) for lab in landmarks
+        )
+    assert len(whole_landmarks(ids, {k: 1 for k in ids}, 3)) == len(ids)  # one landmark larger than the limit

@@ -14,7 +14,8 @@ def test_a_name_is_imported_from_its_submodule_when_first_read():
 
 
 def test_a_stage_package_imports_nothing_heavy_until_a_name_is_read():
-    code = ("import sys, landmark.index; a = 'faiss' in sys.modules; landmark.index.Store; "
-            "print(a, 'faiss' in sys.modules)")
+    code = (
+        "import sys, landmark.index; a = 'faiss' in sys.modules; landmark.index.Store; print(a, 'faiss' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]

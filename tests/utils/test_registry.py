@@ -16,7 +16,7 @@ def test_a_name_loads_its_target_on_first_use_and_an_unknown_one_names_the_choic
 def test_a_plugin_registers_a_kind_and_cannot_take_a_name_that_is_someone_elses():
     reg = Registry("thing.kind", {"sqrt": "math:sqrt"})
     reg.register("floor", "math:floor")
-    reg.register("floor", "math:floor")           # the same registration again is harmless
+    reg.register("floor", "math:floor")  # the same registration again is harmless
     assert reg["floor"](2.7) == 2 and list(reg) == ["sqrt", "floor"]
     with pytest.raises(ValueError, match="already registered"):
         reg.register("sqrt", "math:floor")

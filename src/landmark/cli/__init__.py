@@ -12,15 +12,29 @@ import logging
 from . import evaluate, index, query, tools
 from .app import app, index_app
 
-for name, command in [("build", index.index_build), ("add", index.index_add), ("import", index.index_import),
-                      ("remove", index.index_remove), ("info", index.index_info)]:
+for name, command in [
+    ("build", index.index_build),
+    ("add", index.index_add),
+    ("import", index.index_import),
+    ("remove", index.index_remove),
+    ("info", index.index_info),
+]:
     index_app.command(name)(command)
-for name, command in [("search", query.search), ("recognize", query.recognize), ("evaluate", evaluate.evaluate),
-                      ("evaluate-revisited", evaluate.evaluate_revisited_cmd), ("calibrate", evaluate.calibrate_cmd),
-                      ("cluster", evaluate.cluster_cmd), ("train", tools.train_cmd), ("train-delf", tools.train_delf_cmd),
-                      ("export", tools.export),
-                      ("download", tools.download), ("install-detector", tools.install_detector),
-                      ("models", tools.models), ("serve", tools.serve)]:
+for name, command in [
+    ("search", query.search),
+    ("recognize", query.recognize),
+    ("evaluate", evaluate.evaluate),
+    ("evaluate-revisited", evaluate.evaluate_revisited_cmd),
+    ("calibrate", evaluate.calibrate_cmd),
+    ("cluster", evaluate.cluster_cmd),
+    ("train", tools.train_cmd),
+    ("train-delf", tools.train_delf_cmd),
+    ("export", tools.export),
+    ("download", tools.download),
+    ("install-detector", tools.install_detector),
+    ("models", tools.models),
+    ("serve", tools.serve),
+]:
     app.command(name)(command)
 
 __all__ = ["app", "main"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import typer
 from rich.console import Console
@@ -13,11 +13,17 @@ from rich.console import Console
 from ..config import ConfigError, load_config
 from ..errors import LandmarkError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Landmark recognition and retrieval: build a store of photos, search it, recognise landmarks, evaluate.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Landmark recognition and retrieval: build a store of photos, search it, recognise landmarks, evaluate.",
+)
 
 
-index_app = typer.Typer(no_args_is_help=True, help="Build and change the embedded store (FAISS + SQLite in one directory).")
+index_app = typer.Typer(
+    no_args_is_help=True, help="Build and change the embedded store (FAISS + SQLite in one directory)."
+)
 app.add_typer(index_app, name="index")
 
 out = Console(soft_wrap=True)
@@ -29,8 +35,13 @@ StoreOpt = typer.Option(..., "--store", "-s", help="Store directory.")
 PresetOpt = typer.Option(None, "--preset", "-p", help="Named configuration preset (see `landmark models`).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file with configuration overrides.")
 SetOpt = typer.Option(None, "--set", help="Override one key, e.g. --set extract.image_size=512 (repeatable).")
-ModelOpt = typer.Option(None, "--model", "-m", help="A trained checkpoint (landmark train's model.pt) instead of ImageNet weights; "
-                        "repeat it to concatenate several models' descriptors (the first is `model`, the others `ensemble`).")
+ModelOpt = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="A trained checkpoint (landmark train's model.pt) instead of ImageNet weights; "
+    "repeat it to concatenate several models' descriptors (the first is `model`, the others `ensemble`).",
+)
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: from the config).")
 ProgressOpt = typer.Option(None, "--progress/--no-progress", help="Show progress bars (default: on a terminal).")
 
@@ -44,10 +55,14 @@ def options_config(preset, config_file, overrides, models: Sequence[Path] | None
         extra.append(f"model.checkpoint={first}")
         if rest:
             if load_config(preset, config_file, overrides or []).ensemble:
-                raise ConfigError("ensemble: give the extra models either as --model or in the configuration "
-                                  "(--preset, --config, --set ensemble=...), not both")
+                raise ConfigError(
+                    "ensemble: give the extra models either as --model or in the configuration "
+                    "(--preset, --config, --set ensemble=...), not both"
+                )
             # each member names its checkpoint's backbone, so the store's config says which networks it holds
-            members = [{"backbone": read_checkpoint(m)["model_config"].get("backbone"), "checkpoint": str(m)} for m in rest]
+            members = [
+                {"backbone": read_checkpoint(m)["model_config"].get("backbone"), "checkpoint": str(m)} for m in rest
+            ]
             extra.append("ensemble=" + json.dumps(members))
     return load_config(preset, config_file, [*(overrides or []), *extra])
 

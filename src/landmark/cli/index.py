@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -25,23 +24,35 @@ from .output import calibration_summary, print_failures, print_renamed, renamed_
 
 
 @friendly
-def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, index.csv, ...) or a folder of photos."),
-                store: Path = StoreOpt, preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt,
-                set_: Optional[List[str]] = SetOpt, model: Optional[List[Path]] = ModelOpt,
-                split: Optional[List[str]] = typer.Option(None, "--split", help="GLDv2 splits to add (default: train and index)."),
-                overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store built with another configuration."),
-                ray: Optional[str] = typer.Option(None, "--ray", help="Extract on Ray: 'local' (this machine's cores), "
-                                                  "'auto' (the running cluster) or ray://HOST:PORT."),
-                ray_actors: int = typer.Option(2, "--ray-actors", help="Extractor replicas on Ray."),
-                ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray actor (e.g. 1 on a GPU cluster)."),
-                ray_shard: int = typer.Option(128, "--ray-shard",
-                                              help="Photos per Ray task (the unit of work and of resume)."),
-                ray_scheduler: str = typer.Option("actors", "--ray-scheduler",
-                                                  help="actors (re-queues the shards of lost actors) or data (Ray Data)."),
-                calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
-                                                         help="Fit the recognition and DBA / alpha-QE thresholds on the labelled photos "
-                                                              "once built, as `landmark calibrate` does (default: if the store never had them)."),
-                device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+def index_build(
+    data: Path = typer.Argument(..., help="GLDv2 root (train.csv, index.csv, ...) or a folder of photos."),
+    store: Path = StoreOpt,
+    preset: str | None = PresetOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+    model: list[Path] | None = ModelOpt,
+    split: list[str] | None = typer.Option(None, "--split", help="GLDv2 splits to add (default: train and index)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store built with another configuration."),
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        help="Extract on Ray: 'local' (this machine's cores), 'auto' (the running cluster) or ray://HOST:PORT.",
+    ),
+    ray_actors: int = typer.Option(2, "--ray-actors", help="Extractor replicas on Ray."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray actor (e.g. 1 on a GPU cluster)."),
+    ray_shard: int = typer.Option(128, "--ray-shard", help="Photos per Ray task (the unit of work and of resume)."),
+    ray_scheduler: str = typer.Option(
+        "actors", "--ray-scheduler", help="actors (re-queues the shards of lost actors) or data (Ray Data)."
+    ),
+    calibrate: bool | None = typer.Option(
+        None,
+        "--calibrate/--no-calibrate",
+        help="Fit the recognition and DBA / alpha-QE thresholds on the labelled photos "
+        "once built, as `landmark calibrate` does (default: if the store never had them).",
+    ),
+    device: str | None = DeviceOpt,
+    progress: bool | None = ProgressOpt,
+):
     """Build a store from a dataset; re-running it finishes an interrupted build."""
     from ..api import Landmarks
     from ..index import StoreError
@@ -51,21 +62,29 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
     if ray:
         from ..distributed import RayConfig
 
-        ray_cfg = RayConfig(address=None if ray == "local" else ray, actors=ray_actors, gpus_per_actor=ray_gpus,
-                            shard_size=ray_shard, scheduler=ray_scheduler)
+        ray_cfg = RayConfig(
+            address=None if ray == "local" else ray,
+            actors=ray_actors,
+            gpus_per_actor=ray_gpus,
+            shard_size=ray_shard,
+            scheduler=ray_scheduler,
+        )
     cfg = options_config(preset, config, set_, model)
-    lm, report = Landmarks.build(data, store, cfg, splits=split or None,
-                                 device=device, overwrite=overwrite, progress=progress, ray=ray_cfg)
+    lm, report = Landmarks.build(
+        data, store, cfg, splits=split or None, device=device, overwrite=overwrite, progress=progress, ray=ray_cfg
+    )
     print_failures(report.failures)
     print_renamed(report.renamed)
     info = lm.store.info()
-    out.print(f"[green]store[/] {store}: {info['images']} photos ({info['labelled']} labelled, "
-              f"{info['landmarks']} landmarks), added {sum(report.added.values())}{renamed_note(report.renamed)}, "
-              f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable")
+    out.print(
+        f"[green]store[/] {store}: {info['images']} photos ({info['labelled']} labelled, "
+        f"{info['landmarks']} landmarks), added {sum(report.added.values())}{renamed_note(report.renamed)}, "
+        f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable"
+    )
     if calibrate or (calibrate is None and info["labelled"] and lm.store.meta_value(CALIBRATION_META) is None):
         try:
-            fitted = lm.calibrate(respect=cfg, progress=progress)        # what --set chose stays
-        except StoreError as exc:     # e.g. too few photos per landmark for a validation split
+            fitted = lm.calibrate(respect=cfg, progress=progress)  # what --set chose stays
+        except StoreError as exc:  # e.g. too few photos per landmark for a validation split
             if calibrate:
                 raise
             err.print(f"[yellow]not calibrated[/] (the paper's default thresholds stay): {exc}")
@@ -74,11 +93,19 @@ def index_build(data: Path = typer.Argument(..., help="GLDv2 root (train.csv, in
 
 
 @friendly
-def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders of photos."), store: Path = StoreOpt,
-              landmark_id: Optional[int] = typer.Option(None, "--landmark-id", help="Label for all added photos."),
-              name: Optional[str] = typer.Option(None, "--name", help="Name of that landmark."),
-              split: str = typer.Option("user", "--split", help="Tag stored with the photos; 'distractors' = known non-landmarks for the distractor filter."),
-              device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+def index_add(
+    photos: list[Path] = typer.Argument(..., help="Photos or folders of photos."),
+    store: Path = StoreOpt,
+    landmark_id: int | None = typer.Option(None, "--landmark-id", help="Label for all added photos."),
+    name: str | None = typer.Option(None, "--name", help="Name of that landmark."),
+    split: str = typer.Option(
+        "user",
+        "--split",
+        help="Tag stored with the photos; 'distractors' = known non-landmarks for the distractor filter.",
+    ),
+    device: str | None = DeviceOpt,
+    progress: bool | None = ProgressOpt,
+):
     """Add photos to a store (ids are the file names)."""
     from ..api import Landmarks
 
@@ -86,19 +113,27 @@ def index_add(photos: List[Path] = typer.Argument(..., help="Photos or folders o
     report = lm.add_photos(photos, landmark_id=landmark_id, split=split, name=name, progress=progress)
     print_failures(report.failures)
     print_renamed(report.renamed)
-    out.print(f"added {sum(report.added.values())} photos{renamed_note(report.renamed)}, "
-              f"{sum(report.skipped.values())} already present (same id, same content); store now holds {len(lm.store)}")
+    out.print(
+        f"added {sum(report.added.values())} photos{renamed_note(report.renamed)}, "
+        f"{sum(report.skipped.values())} already present (same id, same content); store now holds {len(lm.store)}"
+    )
 
 
 @friendly
-def index_import(vectors: Path = typer.Argument(..., help="N x D descriptors (.npy), e.g. from a Spark or Ray job."),
-                 ids: Path = typer.Argument(..., help="CSV with an 'id' column (and optionally 'landmark_id', "
-                                                      "'path'), one row per vector, in order."),
-                 store: Path = StoreOpt, preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt,
-                 set_: Optional[List[str]] = SetOpt,
-                 split: str = typer.Option("index", "--split", help="Tag stored with the imported photos."),
-                 batch_size: int = typer.Option(100_000, "--batch-size", help="Rows per commit."),
-                 device: Optional[str] = DeviceOpt, progress: Optional[bool] = ProgressOpt):
+def index_import(
+    vectors: Path = typer.Argument(..., help="N x D descriptors (.npy), e.g. from a Spark or Ray job."),
+    ids: Path = typer.Argument(
+        ..., help="CSV with an 'id' column (and optionally 'landmark_id', 'path'), one row per vector, in order."
+    ),
+    store: Path = StoreOpt,
+    preset: str | None = PresetOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+    split: str = typer.Option("index", "--split", help="Tag stored with the imported photos."),
+    batch_size: int = typer.Option(100_000, "--batch-size", help="Rows per commit."),
+    device: str | None = DeviceOpt,
+    progress: bool | None = ProgressOpt,
+):
     """Import descriptors computed elsewhere into a store (made with the configuration if absent); resumable."""
     import csv as csvlib
 
@@ -118,7 +153,11 @@ def index_import(vectors: Path = typer.Argument(..., help="N x D descriptors (.n
     if not rows or "id" not in rows[0]:
         raise StoreError(f"{ids}: expected a CSV with an 'id' column (and optionally 'landmark_id', 'path')")
     try:
-        labels = [int(r["landmark_id"]) if r.get("landmark_id") else None for r in rows] if "landmark_id" in rows[0] else None
+        labels = (
+            [int(r["landmark_id"]) if r.get("landmark_id") else None for r in rows]
+            if "landmark_id" in rows[0]
+            else None
+        )
     except ValueError as exc:
         raise StoreError(f"{ids}: landmark_id must be an integer or empty ({exc})") from None
     paths = [r.get("path") or None for r in rows] if "path" in rows[0] else None
@@ -126,14 +165,23 @@ def index_import(vectors: Path = typer.Argument(..., help="N x D descriptors (.n
         lm = Landmarks.open(store, device=device, warm=False)
     else:
         lm = Landmarks.create(store, options_config(preset, config, set_), device=device)
-    report = lm.import_vectors(array, [r["id"] for r in rows], landmark_ids=labels, paths=paths, split=split,
-                               batch_size=batch_size, progress=progress)
-    out.print(f"imported {report.added[split]} vectors, {report.skipped[split]} already present; "
-              f"store now holds {len(lm.store)}")
+    report = lm.import_vectors(
+        array,
+        [r["id"] for r in rows],
+        landmark_ids=labels,
+        paths=paths,
+        split=split,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    out.print(
+        f"imported {report.added[split]} vectors, {report.skipped[split]} already present; "
+        f"store now holds {len(lm.store)}"
+    )
 
 
 @friendly
-def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos."), store: Path = StoreOpt):
+def index_remove(ids: list[str] = typer.Argument(..., help="Ids of stored photos."), store: Path = StoreOpt):
     """Remove photos from a store by id."""
     from ..index import Store
     from ..index.local import LOCAL_DIR, LocalStore
@@ -146,7 +194,10 @@ def index_remove(ids: List[str] = typer.Argument(..., help="Ids of stored photos
         n = st.remove(ids)
         out.print(f"removed {n} of {len(ids)} ids; store now holds {len(st)}")
     if unknown:
-        err.print(f"[yellow]not in the store:[/] {', '.join(unknown[:20])}" + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""))
+        err.print(
+            f"[yellow]not in the store:[/] {', '.join(unknown[:20])}"
+            + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+        )
         raise typer.Exit(1)
 
 

@@ -25,8 +25,12 @@ def print_ablation(rows) -> None:
     for col in ("step", "mAP@100", "change", "note"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["step"], "-" if r["map"] is None else f"{r['map']:.4f}",
-                      "" if r["delta"] is None else f"{r['delta']:+.4f}", r.get("note", ""))
+        table.add_row(
+            r["step"],
+            "-" if r["map"] is None else f"{r['map']:.4f}",
+            "" if r["delta"] is None else f"{r['delta']:+.4f}",
+            r.get("note", ""),
+        )
     out.print(table)
 
 
@@ -44,8 +48,10 @@ def print_renamed(renamed) -> None:
     """The photos kept under a new id because theirs named another stored photo: old id -> new id."""
     if not renamed:
         return
-    out.print(f"[yellow]{len(renamed)} photo(s) kept under a new id (theirs names another stored photo, "
-              f"with other content):[/]")
+    out.print(
+        f"[yellow]{len(renamed)} photo(s) kept under a new id (theirs names another stored photo, "
+        f"with other content):[/]"
+    )
     for r in renamed[:20]:
         out.print(f"  {r.path}: {r.id} -> {r.new_id}", markup=False, highlight=False)
     if len(renamed) > 20:
@@ -59,12 +65,16 @@ def renamed_note(renamed) -> str:
 def calibration_summary(fitted: dict) -> str:
     """One line for the reports of :meth:`Landmarks.calibrate`."""
     rec, exp, cat = fitted["recognition"], fitted["expansion"], fitted["category"]
-    parts = [f"{k} {('on' if v else 'off') if isinstance(v, bool) else format(v, '.3f')}"
-             for k, v in rec["thresholds"].items()]
+    parts = [
+        f"{k} {('on' if v else 'off') if isinstance(v, bool) else format(v, '.3f')}"
+        for k, v in rec["thresholds"].items()
+    ]
     if exp:
         parts.append(f"expansion.threshold {exp['threshold']:.2f}")
     if cat:
-        parts.append(f"category re-rank {'on, min_similarity ' + format(cat['min_similarity'], '.2f') if cat['enabled'] else 'off'}")
+        parts.append(
+            "category re-rank " + (f"on, min_similarity {cat['min_similarity']:.2f}" if cat["enabled"] else "off")
+        )
     return f"calibrated on {rec['validation']['landmark_queries']} validation photos: " + ", ".join(parts)
 
 

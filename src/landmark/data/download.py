@@ -26,9 +26,9 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import unquote
 
 from ..utils.io import atomic_path, atomic_write_text
@@ -42,9 +42,11 @@ GLDV2_TARS = {"train": 500, "index": 100, "test": 20}
 _METADATA = {
     "train": {"train.csv": "metadata/train.csv", "train_label_to_category.csv": "metadata/train_label_to_category.csv"},
     "index": {"index.csv": "metadata/index.csv"},
-    "test": {"test.csv": "metadata/test.csv",
-             "recognition_solution.csv": "ground_truth/recognition_solution_v2.1.csv",
-             "retrieval_solution.csv": "ground_truth/retrieval_solution_v2.1.csv"},
+    "test": {
+        "test.csv": "metadata/test.csv",
+        "recognition_solution.csv": "ground_truth/recognition_solution_v2.1.csv",
+        "retrieval_solution.csv": "ground_truth/retrieval_solution_v2.1.csv",
+    },
 }
 _CHUNK = 1 << 20
 
@@ -55,8 +57,8 @@ class DownloadError(DatasetError):
 
 @dataclass
 class DownloadReport:
-    downloaded: list[str] = field(default_factory=list)   # TARs fetched and unpacked by this run
-    skipped: list[str] = field(default_factory=list)      # TARs already done by an earlier run
+    downloaded: list[str] = field(default_factory=list)  # TARs fetched and unpacked by this run
+    skipped: list[str] = field(default_factory=list)  # TARs already done by an earlier run
     photos: dict[str, int] = field(default_factory=dict)  # split -> photos listed in its CSV
 
 
@@ -78,9 +80,16 @@ def parse_parts(spec: str | None, split: str) -> list[int]:
     return sorted(parts)
 
 
-def download_gldv2(root: str | os.PathLike[str], splits: Sequence[str] = ("train", "index", "test"), *,
-                   parts: str | None = None, base_url: str = GLDV2_URL, keep_tars: bool = False,
-                   progress: bool | None = None, timeout: float = 120.0) -> DownloadReport:
+def download_gldv2(
+    root: str | os.PathLike[str],
+    splits: Sequence[str] = ("train", "index", "test"),
+    *,
+    parts: str | None = None,
+    base_url: str = GLDV2_URL,
+    keep_tars: bool = False,
+    progress: bool | None = None,
+    timeout: float = 120.0,
+) -> DownloadReport:
     """Fetch the metadata, ground truth and TARs of ``splits`` into ``root`` (see the module doc)."""
     root = Path(root)
     work = root / ".download"
@@ -106,14 +115,15 @@ def download_gldv2(root: str | os.PathLike[str], splits: Sequence[str] = ("train
                 atomic_write_text(marker, "\n".join(ids) + "\n")
                 report.downloaded.append(f"{split}/{tar_name}")
         present: set[str] = set()
-        for done in (work / "done").glob(f"{split}-images_*.ids"):   # TARs of earlier runs count too
+        for done in (work / "done").glob(f"{split}-images_*.ids"):  # TARs of earlier runs count too
             present.update(done.read_text().split())
         report.photos[split] = _write_split_csv(work / f"{split}.csv", root / f"{split}.csv", present)
     return report
 
 
-def _fetch_tar(base_url: str, split: str, tar_name: str, root: Path, work: Path, keep: bool,
-               progress: bool | None, timeout: float) -> list[str]:
+def _fetch_tar(
+    base_url: str, split: str, tar_name: str, root: Path, work: Path, keep: bool, progress: bool | None, timeout: float
+) -> list[str]:
     md5_file = work / "md5" / split / f"md5.{tar_name}.txt"
     if not md5_file.is_file():
         _fetch(f"{base_url}/md5sum/{split}/md5.{tar_name[:-4]}.txt", md5_file, timeout)
@@ -127,8 +137,9 @@ def _fetch_tar(base_url: str, split: str, tar_name: str, root: Path, work: Path,
     actual = _md5(tar_path)
     if actual != expected:
         tar_path.unlink()
-        raise DownloadError(f"{url}: md5 {actual} does not match the published {expected}; the file was removed, "
-                            "run the download again")
+        raise DownloadError(
+            f"{url}: md5 {actual} does not match the published {expected}; the file was removed, run the download again"
+        )
     ids = _unpack(tar_path, root / split)
     if not keep:
         tar_path.unlink()
@@ -151,7 +162,9 @@ def _unpack(tar_path: Path, dest: Path) -> list[str]:
                 image_id = name[:-4]
                 if len(image_id) < 3 or not re.fullmatch(r"[0-9a-zA-Z_-]+", image_id):
                     raise DownloadError(f"{tar_path}: unexpected member {member.name!r}")
-                member.name = f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{name}"   # the layout, whatever the TAR's prefix
+                member.name = (
+                    f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{name}"  # the layout, whatever the TAR's prefix
+                )
                 tar.extract(member, dest, filter="data")
                 ids.append(image_id)
     except (tarfile.TarError, OSError) as exc:
@@ -168,21 +181,24 @@ def _fetch(url: str, target: Path, timeout: float, *, progress: bool | None = Fa
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:        # the partial file is already complete
+        if exc.code == 416 and have:  # the partial file is already complete
             os.replace(part, target)
             return
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
-        raise DownloadError(f"{url}: {getattr(exc, 'reason', exc)} (is the network reachable? "
-                            "--base-url points at a mirror)") from exc
+        raise DownloadError(
+            f"{url}: {getattr(exc, 'reason', exc)} (is the network reachable? --base-url points at a mirror)"
+        ) from exc
     with response:
         resumed = have and response.status == 206
         if not resumed:
-            have = 0                         # the server ignored the range: start over
+            have = 0  # the server ignored the range: start over
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
-        with open(part, "ab" if resumed else "wb") as fh, \
-                progress_bar(description or Path(url).name, total=total, enabled=progress, completed=have) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as fh,
+            progress_bar(description or Path(url).name, total=total, enabled=progress, completed=have) as bar,
+        ):
             while chunk := response.read(_CHUNK):
                 fh.write(chunk)
                 bar.advance(len(chunk))
@@ -234,5 +250,12 @@ def category_name(url: str) -> str:
     return tail.split(":", 1)[1] if tail.startswith("Category:") else tail
 
 
-__all__ = ["GLDV2_TARS", "GLDV2_URL", "DownloadError", "DownloadReport", "category_name",
-                          "download_gldv2", "parse_parts"]
+__all__ = [
+    "GLDV2_TARS",
+    "GLDV2_URL",
+    "DownloadError",
+    "DownloadReport",
+    "category_name",
+    "download_gldv2",
+    "parse_parts",
+]

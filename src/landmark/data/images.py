@@ -48,8 +48,7 @@ class ImageError(LandmarkError, ValueError):
         self.reason = reason
 
 
-def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               draft_size: int | None = None) -> Image.Image:
+def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
     """Decode ``source`` (a path or the encoded bytes) to an upright 8-bit RGB image.
 
     ``draft_size`` lets a large JPEG decode at a reduced DCT scale that keeps both sides at least
@@ -127,15 +126,20 @@ def _opened(source: Source, max_pixels: int) -> Iterator[tuple[str, Image.Image]
             img = Image.open(fh)
         except UnidentifiedImageError:
             raise ImageError(name, "not a recognised image format") from None
-        except Image.DecompressionBombError:   # Pillow refuses more than twice its MAX_IMAGE_PIXELS before we can
+        except Image.DecompressionBombError:  # Pillow refuses more than twice its MAX_IMAGE_PIXELS before we can
             limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or 0)) or max_pixels
-            raise ImageError(name, f"image is over the limit of {limit:,} pixels (possible decompression bomb)") from None
+            raise ImageError(
+                name, f"image is over the limit of {limit:,} pixels (possible decompression bomb)"
+            ) from None
         except Exception as exc:
             raise ImageError(name, f"truncated or corrupt image data: {exc}") from None
         width, height = img.size
         if width * height > max_pixels:
-            raise ImageError(name, f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
-                                   f"{max_pixels:,} pixels (possible decompression bomb)")
+            raise ImageError(
+                name,
+                f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+                f"{max_pixels:,} pixels (possible decompression bomb)",
+            )
         yield name, img
 
 

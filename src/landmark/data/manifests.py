@@ -24,7 +24,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", 
 _MAX_LISTED = 10  # items named in an error message that lists missing photos or unknown ids
 
 log = logging.getLogger(__name__)
-_warned_repeats: set[str] = set()     # CSV files whose repeated ids were already reported
+_warned_repeats: set[str] = set()  # CSV files whose repeated ids were already reported
 
 
 class DatasetError(LandmarkError, ValueError):
@@ -83,6 +83,7 @@ class Manifest:
 
 # -- GLDv2 ---------------------------------------------------------------------------------------
 
+
 def gldv2_image_path(root: str | os.PathLike[str], split: str, image_id: str) -> Path:
     """Where GLDv2 keeps photo ``image_id`` of ``split``: ``root/split/a/b/c/{id}.jpg``."""
     return Path(root, split) / _gldv2_relpath(image_id)
@@ -92,7 +93,7 @@ def _gldv2_relpath(image_id: str) -> str:
     return f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
 
 
-_LINK_STUB_MAX = 4096   # bytes: a file this small whose one line names an existing relative path is a link stub
+_LINK_STUB_MAX = 4096  # bytes: a file this small whose one line names an existing relative path is a link stub
 _LINK_HOPS = 8
 
 
@@ -134,7 +135,8 @@ def is_gldv2(root: str | os.PathLike[str]) -> bool:
 
 
 def has_gldv2_split(root: str | os.PathLike[str], split: str) -> bool:
-    """Whether ``root`` has GLDv2 split ``split``: ``{split}.csv`` next to a ``{split}/`` folder (link stubs followed)."""
+    """Whether ``root`` has GLDv2 split ``split``: ``{split}.csv`` next to a ``{split}/`` folder (link stubs
+    followed)."""
     return dataset_entry(root, f"{split}.csv").is_file() and dataset_entry(root, split).is_dir()
 
 
@@ -157,20 +159,22 @@ def read_gldv2(root: str | os.PathLike[str], split: str, *, check_files: bool = 
             image_id = cells[0]
             if len(image_id) < 3 or "/" in image_id or "\\" in image_id:
                 raise DatasetError(f"{csv_path}, line {line}: bad id {image_id!r} (expected a GLDv2 hex id)")
-            if image_id in seen:   # the published CSVs repeat a few ids: keep the first row
+            if image_id in seen:  # the published CSVs repeat a few ids: keep the first row
                 duplicates += 1
                 continue
             seen.add(image_id)
             label = _parse_int(cells[1], csv_path, line, "landmark_id") if split == "train" else None
             records.append(ImageRecord(image_id, split_dir / _gldv2_relpath(image_id), label))
-    if duplicates and str(csv_path) not in _warned_repeats:    # said once per file, however often it is read
+    if duplicates and str(csv_path) not in _warned_repeats:  # said once per file, however often it is read
         _warned_repeats.add(str(csv_path))
         log.warning("%s: %d repeated id(s) ignored (first row kept)", csv_path, duplicates)
     if check_files:
         missing = [str(r.path) for r in records if not r.path.is_file()]
         if missing:
-            raise DatasetError(f"{split_dir}: {len(missing)} of {len(records)} photos of {csv_path.name} are "
-                               f"missing:{_listing(missing)}")
+            raise DatasetError(
+                f"{split_dir}: {len(missing)} of {len(records)} photos of {csv_path.name} are "
+                f"missing:{_listing(missing)}"
+            )
     return Manifest(split, root, records, _read_label_names(dataset_entry(root, "label_names.csv")))
 
 
@@ -192,37 +196,46 @@ def check_split_ids(root: str | os.PathLike[str], splits: Sequence[str], queries
                 ids[split] = {cells[0] for _, cells in rows}
     database = [s for s in dict.fromkeys(splits) if s in ids]
     for i, a in enumerate(database):
-        for b in database[i + 1:]:
+        for b in database[i + 1 :]:
             shared = sorted(ids[a] & ids[b])
             if shared:
                 raise DatasetError(
                     f"{dataset_entry(root, f'{a}.csv')} and {dataset_entry(root, f'{b}.csv')} share {len(shared)} "
                     f"photo id(s); a store keys photos by id, so one photo of each pair would be lost. Give them "
-                    f"distinct ids, or build one of the splits (--split):{_listing(shared)}")
+                    f"distinct ids, or build one of the splits (--split):{_listing(shared)}"
+                )
     for q in (s for s in dict.fromkeys(queries) if s in ids and s not in database):
         for a in database:
             shared = sorted(ids[q] & ids[a])
             if shared:
-                log.warning("%s and %s share %d photo id(s): queries that are also database photos (right where "
-                            "the queries are drawn from the database, otherwise give them distinct ids):%s",
-                            dataset_entry(root, f"{q}.csv"), dataset_entry(root, f"{a}.csv"), len(shared),
-                            _listing(shared))
+                log.warning(
+                    "%s and %s share %d photo id(s): queries that are also database photos (right where "
+                    "the queries are drawn from the database, otherwise give them distinct ids):%s",
+                    dataset_entry(root, f"{q}.csv"),
+                    dataset_entry(root, f"{a}.csv"),
+                    len(shared),
+                    _listing(shared),
+                )
 
 
 @dataclass
 class Solution:
     """The Kaggle ground truth of the GLDv2 test split (rows marked ``Ignored`` dropped)."""
 
-    recognition: dict[str, int | None]       # test id -> its (first) landmark id, None for a non-landmark
-    recognition_all: dict[str, set[int]]     # test id -> all its landmark ids, empty for a non-landmark
-    retrieval: dict[str, list[str]]          # test id -> the relevant index ids
-    usage: dict[str, str]                    # test id -> "Public", "Private", ...
+    recognition: dict[str, int | None]  # test id -> its (first) landmark id, None for a non-landmark
+    recognition_all: dict[str, set[int]]  # test id -> all its landmark ids, empty for a non-landmark
+    retrieval: dict[str, list[str]]  # test id -> the relevant index ids
+    usage: dict[str, str]  # test id -> "Public", "Private", ...
 
-    def restricted(self, ids: Iterable[str]) -> "Solution":
+    def restricted(self, ids: Iterable[str]) -> Solution:
         """The ground truth of the queries in ``ids`` only (e.g. the test photos actually downloaded)."""
         keep = set(ids)
-        return Solution(_only(self.recognition, keep), _only(self.recognition_all, keep), _only(self.retrieval, keep),
-                        _only(self.usage, keep))
+        return Solution(
+            _only(self.recognition, keep),
+            _only(self.recognition_all, keep),
+            _only(self.retrieval, keep),
+            _only(self.usage, keep),
+        )
 
 
 _V = TypeVar("_V")
@@ -258,6 +271,7 @@ def read_gldv2_solution(root: str | os.PathLike[str]) -> Solution:
 
 # -- folders and command-line photos ----------------------------------------------------------
 
+
 def read_folder(root: str | os.PathLike[str], *, labelled: bool | None = None) -> Manifest:
     """The photos under ``root`` (ids: paths relative to it, with extension), sorted by id.
 
@@ -279,8 +293,11 @@ def read_folder(root: str | os.PathLike[str], *, labelled: bool | None = None) -
     if labelled and not folders:
         raise DatasetError(f"{root}: no sub-folders with images, so no landmark labels")
     ids = _folder_ids(root, folders) if folders and labelled is not False else {}
-    records = [ImageRecord(p.relative_to(root).as_posix(), p, ids.get(folder))
-               for folder, paths in by_folder.items() for p in paths]
+    records = [
+        ImageRecord(p.relative_to(root).as_posix(), p, ids.get(folder))
+        for folder, paths in by_folder.items()
+        for p in paths
+    ]
     records.sort(key=lambda r: r.id)
     return Manifest(root.resolve().name, root, records, {i: f for f, i in ids.items()})
 
@@ -330,6 +347,7 @@ def read_photos(paths: Sequence[str | os.PathLike[str]]) -> Manifest:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
 
 @contextmanager
 def _csv_rows(path: Path, columns: Sequence[str]) -> Iterator[Iterator[tuple[int, list[str]]]]:
@@ -422,7 +440,9 @@ def _folder_ids(root: Path, folders: list[str]) -> dict[str, int]:
     return ids
 
 
-PSEUDO_LABEL_OFFSET = 1_000_000_000   # `landmark cluster`'s pseudo-landmark ids start here, far above GLDv2's (< 203,094)
+PSEUDO_LABEL_OFFSET = (
+    1_000_000_000  # `landmark cluster`'s pseudo-landmark ids start here, far above GLDv2's (< 203,094)
+)
 
 
 def read_labels(path: str | os.PathLike[str]) -> dict[str, int]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .manifests import DatasetError, ImageRecord
 
@@ -17,7 +17,7 @@ class Split:
 
     train: list[ImageRecord]
     val: list[ImageRecord]
-    classes: list[int]                  # class index -> landmark_id
+    classes: list[int]  # class index -> landmark_id
 
     @property
     def class_of(self) -> dict[int, int]:
@@ -27,13 +27,12 @@ class Split:
         cmap = self.class_of
         out = []
         for r in records:
-            assert r.landmark_id is not None        # a split holds labelled photos
+            assert r.landmark_id is not None  # a split holds labelled photos
             out.append(cmap[r.landmark_id])
         return out
 
 
-def split_by_photo(records: Sequence[ImageRecord], val_fraction: float, min_per_class: int = 1,
-                   seed: int = 0) -> Split:
+def split_by_photo(records: Sequence[ImageRecord], val_fraction: float, min_per_class: int = 1, seed: int = 0) -> Split:
     """Hold out ``val_fraction`` of each class's photos (at least one where a class keeps two for training).
 
     Classes with fewer than ``min_per_class`` labelled photos are dropped. Deterministic for a seed.

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from .extract import RayConfig, RayUnavailable, extract_distributed
 
 _EXPORTS = {
-    "RayConfig": "extract", "RayUnavailable": "extract", "extract_distributed": "extract",
+    "RayConfig": "extract",
+    "RayUnavailable": "extract",
+    "extract_distributed": "extract",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -21,16 +21,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import LandmarkError
 
 HOST = "127.0.0.1"
 # how fast the head declares a silent node dead (Ray's defaults take about 30 s)
-FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 4,
-                          "health_check_timeout_ms": 1000}
+FAST_FAILURE_DETECTION = {
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 4,
+    "health_check_timeout_ms": 1000,
+}
 
 
 class ClusterError(LandmarkError, RuntimeError):
@@ -68,23 +72,36 @@ def _ray_exe() -> str:
 
 
 def _node_args(node: Node) -> list[str]:
-    names = ["node-manager-port", "object-manager-port", "metrics-export-port", "runtime-env-agent-port",
-             "dashboard-agent-listen-port", "dashboard-agent-grpc-port"]
+    names = [
+        "node-manager-port",
+        "object-manager-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+    ]
     node.ports.update(zip(names, free_ports(len(names) + 1)))
     lo = free_ports(1)[0]
     # each node its own range of worker ports, away from the others'
     args = [f"--{k}={v}" for k, v in node.ports.items() if k in names]
-    args += [f"--num-cpus={node.num_cpus}", f"--resources={json.dumps(node.resources)}",
-             f"--object-store-memory={node.object_store_mb * 2**20}", f"--node-ip-address={HOST}",
-             f"--min-worker-port={lo}", f"--max-worker-port={lo + 60}", "--disable-usage-stats"]
+    args += [
+        f"--num-cpus={node.num_cpus}",
+        f"--resources={json.dumps(node.resources)}",
+        f"--object-store-memory={node.object_store_mb * 2**20}",
+        f"--node-ip-address={HOST}",
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={lo + 60}",
+        "--disable-usage-stats",
+    ]
     return args
 
 
 class LocalCluster:
     """Start with :meth:`start` (or ``with``); ``address`` is what ``ray.init(address=...)`` takes."""
 
-    def __init__(self, workers: Sequence[dict[str, Any]], head_cpus: float = 0, *,
-                 system_config: dict[str, Any] | None = None):
+    def __init__(
+        self, workers: Sequence[dict[str, Any]], head_cpus: float = 0, *, system_config: dict[str, Any] | None = None
+    ):
         self.head = Node(num_cpus=head_cpus)
         self.workers = [Node(**w) for w in workers]
         self.system_config = FAST_FAILURE_DETECTION if system_config is None else system_config
@@ -98,13 +115,21 @@ class LocalCluster:
         if out.returncode:
             raise ClusterError(f"ray start {' '.join(args[:2])} failed:\n{(out.stdout + out.stderr)[-2000:]}")
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         # a short path: Ray's unix sockets live under it (their paths are limited to ~107 bytes)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="lmray-"))
         port = free_ports(1)[0]
         try:
-            self._ray_start(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
-                             f"--system-config={json.dumps(self.system_config)}", *_node_args(self.head)])
+            self._ray_start(
+                [
+                    "--head",
+                    f"--port={port}",
+                    "--include-dashboard=false",
+                    f"--temp-dir={self.temp_dir}",
+                    f"--system-config={json.dumps(self.system_config)}",
+                    *_node_args(self.head),
+                ]
+            )
             self.address = f"{HOST}:{port}"
             for node in self.workers:
                 self._ray_start([f"--address={self.address}", *_node_args(node)])
@@ -178,7 +203,7 @@ class LocalCluster:
                 except psutil.NoSuchProcess:
                     pass
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -22,9 +22,10 @@ import logging
 import pickle
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 SCHEDULERS = ("actors", "data")
-MAX_TRIES = 3                         # a shard that loses this many actors (a photo that crashes them) fails the run
+MAX_TRIES = 3  # a shard that loses this many actors (a photo that crashes them) fails the run
 
 
 class RayUnavailable(LandmarkError, RuntimeError):
@@ -54,20 +55,20 @@ class RayConfig:
     """Where and how wide to run: ``address=None`` starts a local Ray, ``"auto"`` joins the running cluster."""
 
     address: str | None = None
-    actors: int = 2                   # extractor replicas (one model each)
+    actors: int = 2  # extractor replicas (one model each)
     cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0       # e.g. 1.0 on a GPU cluster; the actor then extracts on its GPU
-    shard_size: int = 128             # photos per task: the unit of work, of progress and of resume
-    init_kwargs: dict[str, Any] = field(default_factory=dict)   # extra ray.init arguments
-    resources: dict[str, float] = field(default_factory=dict)   # custom Ray resources each actor needs
-    scheduler: str = "actors"         # actors: this module's pool (re-queues the shards of lost actors) |
-                                      # data: a Ray Data map_batches pipeline (see benchmarks/distributed.py)
+    gpus_per_actor: float = 0.0  # e.g. 1.0 on a GPU cluster; the actor then extracts on its GPU
+    shard_size: int = 128  # photos per task: the unit of work, of progress and of resume
+    init_kwargs: dict[str, Any] = field(default_factory=dict)  # extra ray.init arguments
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources each actor needs
+    scheduler: str = "actors"  # actors: this module's pool (re-queues the shards of lost actors) |
+    # data: a Ray Data map_batches pipeline (see benchmarks/distributed.py)
     replace_timeout_s: float = 600.0  # every actor lost: how long to wait for the cluster to place one again
 
 
 def _shards(items: Sequence[PhotoItem], size: int) -> list[list[PhotoItem]]:
     size = max(1, int(size))
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 class _Worker:
@@ -78,8 +79,8 @@ class _Worker:
         from ..recognition.setup import attach_prior
 
         cfg = config_from_dict(config)
-        self.extractor = build_extractor(cfg, device=device, store_root=store_root)   # ensembles, whitening too
-        attach_prior(self.extractor, cfg.recognition)          # the object prior, in the same forward pass
+        self.extractor = build_extractor(cfg, device=device, store_root=store_root)  # ensembles, whitening too
+        attach_prior(self.extractor, cfg.recognition)  # the object prior, in the same forward pass
 
     def signature(self) -> dict[str, Any]:
         from ..recognition.setup import prior_source
@@ -98,10 +99,17 @@ def _ray():
     return ray
 
 
-def extract_distributed(config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig | None = None, *,
-                        cache_dir: str | Path | None = None, progress: bool | None = None,
-                        description: str = "extract (ray)", store_root: str | Path | None = None,
-                        expect_prior_source: str | None = None) -> ExtractionResult:
+def extract_distributed(
+    config: Config,
+    items: Sequence[PhotoItem],
+    ray_cfg: RayConfig | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool | None = None,
+    description: str = "extract (ray)",
+    store_root: str | Path | None = None,
+    expect_prior_source: str | None = None,
+) -> ExtractionResult:
     """Descriptors of ``items`` computed by Ray actors; resumable through ``cache_dir``.
 
     The vectors equal what the store's extractor (``store_root``: where a learned whitening lives)
@@ -116,22 +124,48 @@ def extract_distributed(config: Config, items: Sequence[PhotoItem], ray_cfg: Ray
     started_here = False
     if not ray.is_initialized():
         try:
-            ray.init(address=ray_cfg.address, include_dashboard=False, log_to_driver=False,
-                     **({"num_cpus": max(1, int(ray_cfg.actors * ray_cfg.cpus_per_actor))}
-                        if ray_cfg.address is None else {}), **ray_cfg.init_kwargs)
+            ray.init(
+                address=ray_cfg.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                **(
+                    {"num_cpus": max(1, int(ray_cfg.actors * ray_cfg.cpus_per_actor))}
+                    if ray_cfg.address is None
+                    else {}
+                ),
+                **ray_cfg.init_kwargs,
+            )
         except ConnectionError as exc:
             raise RayUnavailable(f"cannot reach the Ray cluster at {ray_cfg.address!r}: {exc}") from exc
         started_here = True
     try:
-        return _run(ray, config, items, ray_cfg, cache_dir, progress, description,
-                    None if store_root is None else str(store_root), expect_prior_source)
+        return _run(
+            ray,
+            config,
+            items,
+            ray_cfg,
+            cache_dir,
+            progress,
+            description,
+            None if store_root is None else str(store_root),
+            expect_prior_source,
+        )
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, cache_dir, progress, description,
-         store_root, expect_prior_source=None):
+def _run(
+    ray,
+    config: Config,
+    items: Sequence[PhotoItem],
+    ray_cfg: RayConfig,
+    cache_dir,
+    progress,
+    description,
+    store_root,
+    expect_prior_source=None,
+):
     unique = list({it.id: it for it in reversed(items)}.values())[::-1]
     n_actors = max(1, min(ray_cfg.actors, -(-len(unique) // max(1, ray_cfg.shard_size))))
     data = ray_cfg.scheduler == "data"
@@ -162,8 +196,13 @@ def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, ca
         with progress_bar(description, total=len(unique), enabled=progress, completed=len(unique) - len(todo)) as bar:
             for res in results:
                 if cache:
-                    cache.write(res.ids, [res.vectors], res.failures, res.sizes,
-                                {"probe": [res.extras[PROBE_NAME]]} if PROBE_NAME in res.extras else None)
+                    cache.write(
+                        res.ids,
+                        [res.vectors],
+                        res.failures,
+                        res.sizes,
+                        {"probe": [res.extras[PROBE_NAME]]} if PROBE_NAME in res.extras else None,
+                    )
                 for name, rows in res.extras.items():
                     extras.setdefault(name, {}).update(zip(res.ids, rows))
                 done_ids += res.ids
@@ -178,9 +217,17 @@ def _run(ray, config: Config, items: Sequence[PhotoItem], ray_cfg: RayConfig, ca
     position = {i: j for j, i in enumerate(done_ids)}
     order = [position[it.id] for it in unique if it.id in position]
     ids = [done_ids[j] for j in order]
-    return ExtractionResult(ids, vecs[order], failures, {i: sizes[i] for i in ids if i in sizes},
-                            {name: np.stack([rows[i] for i in ids]) for name, rows in extras.items()
-                             if all(i in rows for i in ids) and ids})
+    return ExtractionResult(
+        ids,
+        vecs[order],
+        failures,
+        {i: sizes[i] for i in ids if i in sizes},
+        {
+            name: np.stack([rows[i] for i in ids])
+            for name, rows in extras.items()
+            if all(i in rows for i in ids) and ids
+        },
+    )
 
 
 class _ExtractorPool:
@@ -192,9 +239,12 @@ class _ExtractorPool:
     def __init__(self, ray, config: Config, ray_cfg: RayConfig, store_root: str | None, n_actors: int):
         self.ray, self.cfg = ray, ray_cfg
         device = "cuda" if ray_cfg.gpus_per_actor > 0 else "cpu"
-        self._new = lambda: ray.remote(num_cpus=ray_cfg.cpus_per_actor, num_gpus=ray_cfg.gpus_per_actor,
-                                       resources=ray_cfg.resources or None, max_restarts=0)(_Worker).remote(
-            config.to_dict(), device, store_root)
+        self._new = lambda: ray.remote(
+            num_cpus=ray_cfg.cpus_per_actor,
+            num_gpus=ray_cfg.gpus_per_actor,
+            resources=ray_cfg.resources or None,
+            max_restarts=0,
+        )(_Worker).remote(config.to_dict(), device, store_root)
         self.actors = [self._new() for _ in range(n_actors)]
         self.signature: dict[str, Any] | None = None
         self.lost = 0
@@ -203,12 +253,16 @@ class _ExtractorPool:
         """Every actor's signature, refused unless all agree with each other and with the driver."""
         signatures = self.ray.get([a.signature.remote() for a in self.actors])
         signature = signatures[0]
-        if any(s != signature for s in signatures) or (expect_prior_source is not None
-                                                       and signature["prior_source"] != expect_prior_source):
-            sources = sorted({s["prior_source"] for s in signatures}
-                             | {expect_prior_source or signature["prior_source"]})
-            raise RayUnavailable(f"the Ray workers do not make the same vectors / object priors as the driver "
-                                 f"({sources}): install the same packages (model weights included) on every node")
+        if any(s != signature for s in signatures) or (
+            expect_prior_source is not None and signature["prior_source"] != expect_prior_source
+        ):
+            sources = sorted(
+                {s["prior_source"] for s in signatures} | {expect_prior_source or signature["prior_source"]}
+            )
+            raise RayUnavailable(
+                f"the Ray workers do not make the same vectors / object priors as the driver "
+                f"({sources}): install the same packages (model weights included) on every node"
+            )
         self.signature = signature
         return signature
 
@@ -217,8 +271,8 @@ class _ExtractorPool:
         from ray.exceptions import RayActorError
 
         ray, queue, idle = self.ray, deque(shards), list(self.actors)
-        running: dict[Any, tuple[Any, list[PhotoItem]]] = {}       # result ref -> (actor, shard)
-        joining: dict[Any, Any] = {}                               # signature ref -> replacement actor
+        running: dict[Any, tuple[Any, list[PhotoItem]]] = {}  # result ref -> (actor, shard)
+        joining: dict[Any, Any] = {}  # signature ref -> replacement actor
         alone_since: float | None = None
         tries: dict[int, int] = {}
         while queue or running:
@@ -226,12 +280,14 @@ class _ExtractorPool:
                 actor = idle.pop()
                 shard = queue.popleft()
                 running[actor.extract.remote(shard)] = (actor, shard)
-            if not running:                                        # every actor lost: wait for a replacement
+            if not running:  # every actor lost: wait for a replacement
                 alone_since = alone_since or time.monotonic()
                 if time.monotonic() - alone_since > self.cfg.replace_timeout_s:
-                    raise RayUnavailable(f"every Ray extractor was lost and none could be placed again in "
-                                         f"{self.cfg.replace_timeout_s:.0f} s; run again to resume from the "
-                                         "finished shards")
+                    raise RayUnavailable(
+                        f"every Ray extractor was lost and none could be placed again in "
+                        f"{self.cfg.replace_timeout_s:.0f} s; run again to resume from the "
+                        "finished shards"
+                    )
             else:
                 alone_since = None
             ready, _ = ray.wait([*running, *joining], num_returns=1, timeout=1.0 if not running else None)
@@ -252,12 +308,15 @@ class _ExtractorPool:
                     res = ray.get(ref)
                 except RayActorError as exc:
                     self.lost += 1
-                    log.warning("a Ray extractor was lost (%s); its %d photos go to another", type(exc).__name__,
-                                len(shard))
+                    log.warning(
+                        "a Ray extractor was lost (%s); its %d photos go to another", type(exc).__name__, len(shard)
+                    )
                     tries[id(shard)] = tries.get(id(shard), 0) + 1
                     if tries[id(shard)] >= MAX_TRIES:
-                        raise RayUnavailable(f"the shard starting with {shard[0].path} lost {MAX_TRIES} Ray "
-                                             "extractors in a row: one of its photos may crash the extractor") from exc
+                        raise RayUnavailable(
+                            f"the shard starting with {shard[0].path} lost {MAX_TRIES} Ray "
+                            "extractors in a row: one of its photos may crash the extractor"
+                        ) from exc
                     queue.appendleft(shard)
                     self._drop(actor)
                     new = self._new()
@@ -287,8 +346,10 @@ class _DataWorker:
         self.worker = _Worker(config, device, store_root)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = [pickle.dumps(self.worker.extract([_Photo(i, Path(p)) for i, p in zip(ids, paths)]))
-               for ids, paths in zip(batch["ids"], batch["paths"])]
+        out = [
+            pickle.dumps(self.worker.extract([_Photo(i, Path(p)) for i, p in zip(ids, paths)]))
+            for ids, paths in zip(batch["ids"], batch["paths"])
+        ]
         return {"result": np.array(out, dtype=object)}
 
 
@@ -298,8 +359,9 @@ class _Photo:
     path: Path
 
 
-def _data_results(ray, config: Config, ray_cfg: RayConfig, store_root: str | None, shards: list[list[PhotoItem]],
-                  n_actors: int) -> Iterator[ExtractionResult]:
+def _data_results(
+    ray, config: Config, ray_cfg: RayConfig, store_root: str | None, shards: list[list[PhotoItem]], n_actors: int
+) -> Iterator[ExtractionResult]:
     """The shards through a Ray Data pipeline (photo list -> ``map_batches`` on an actor pool), in the
     order they finish; Ray Data restarts lost actors and retries their batches."""
     if not shards:
@@ -307,9 +369,15 @@ def _data_results(ray, config: Config, ray_cfg: RayConfig, store_root: str | Non
     device = "cuda" if ray_cfg.gpus_per_actor > 0 else "cpu"
     rows = [{"ids": [it.id for it in s], "paths": [str(it.path) for it in s]} for s in shards]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        _DataWorker, fn_constructor_args=(config.to_dict(), device, store_root), batch_size=1,
-        concurrency=n_actors, num_cpus=ray_cfg.cpus_per_actor, num_gpus=ray_cfg.gpus_per_actor,
-        resources=ray_cfg.resources or None, zero_copy_batch=True)
+        _DataWorker,
+        fn_constructor_args=(config.to_dict(), device, store_root),
+        batch_size=1,
+        concurrency=n_actors,
+        num_cpus=ray_cfg.cpus_per_actor,
+        num_gpus=ray_cfg.gpus_per_actor,
+        resources=ray_cfg.resources or None,
+        zero_copy_batch=True,
+    )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for blob in batch["result"]:
             yield pickle.loads(blob)

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from .submission import read_recognition_csv, read_retrieval_csv, write_recognition_csv, write_retrieval_csv
 
 _EXPORTS = {
-    "read_recognition_csv": "submission", "read_retrieval_csv": "submission", "write_recognition_csv": "submission",
+    "read_recognition_csv": "submission",
+    "read_retrieval_csv": "submission",
+    "write_recognition_csv": "submission",
     "write_retrieval_csv": "submission",
 }
 __all__ = list(_EXPORTS)

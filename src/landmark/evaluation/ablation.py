@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,11 +42,16 @@ from .spaces import Space, category_ranks, fit_threshold, retrieve, validation_s
 log = logging.getLogger(__name__)
 
 
-def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, *,
-             multiscale: Space | None = None, multiscale_note: str = "not run (landmark evaluate --multiscale)",
-             k: int = 100,
-             refit: Callable[[Callable[[np.ndarray], np.ndarray]], ExpansionConfig] | None = None
-             ) -> list[dict[str, Any]]:
+def ablation(
+    base: Space,
+    score: Callable[[np.ndarray], float],
+    config: Config,
+    *,
+    multiscale: Space | None = None,
+    multiscale_note: str = "not run (landmark evaluate --multiscale)",
+    k: int = 100,
+    refit: Callable[[Callable[[np.ndarray], np.ndarray]], ExpansionConfig] | None = None,
+) -> list[dict[str, Any]]:
     """The cumulative rows; ``score`` maps Q x k database indices to mAP@k.
 
     ``refit(transform)``, if given, returns the expansion settings to use once ``transform`` (the
@@ -57,8 +63,9 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
 
     def add(step: str, value: float | None, note: str = "") -> None:
         prev = next((r["map"] for r in reversed(rows) if r["map"] is not None), None)
-        rows.append({"step": step, "map": value, "delta": None if value is None or prev is None else value - prev,
-                     "note": note})
+        rows.append(
+            {"step": step, "map": value, "delta": None if value is None or prev is None else value - prev, "note": note}
+        )
 
     add("plain kNN", score(retrieve(base, config.expansion, dba_on=False, qe_on=False, k=k)))
     space = base
@@ -68,17 +75,25 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
     else:
         add("+ multi-scale", None, multiscale_note)
     ec = config.expansion
-    if config.whitening.kind in ("none", "auto"):     # auto: gldv2_ablation says which; here, not whitened
+    if config.whitening.kind in ("none", "auto"):  # auto: gldv2_ablation says which; here, not whitened
         wc = config.whitening
         space, transform = whiten(space, wc)
-        add("+ PCA-whitening", score(retrieve(space, config.expansion, dba_on=False, qe_on=False, k=k)),
-            f"dim {min(wc.dim, base.index.shape[1])}, power {wc.power}, shrinkage {wc.shrinkage}")
+        add(
+            "+ PCA-whitening",
+            score(retrieve(space, config.expansion, dba_on=False, qe_on=False, k=k)),
+            f"dim {min(wc.dim, base.index.shape[1])}, power {wc.power}, shrinkage {wc.shrinkage}",
+        )
         ec = refit(transform) if refit is not None else ec
     else:
-        add("+ PCA-whitening", None, "already in the store's vectors" if config.whitening.kind == "pca"
-            else f"the store's vectors are whitened already ({config.whitening.kind})")
+        add(
+            "+ PCA-whitening",
+            None,
+            "already in the store's vectors"
+            if config.whitening.kind == "pca"
+            else f"the store's vectors are whitened already ({config.whitening.kind})",
+        )
     verify = f"verify={ec.verify}" + (f" (similarity > {ec.threshold:.2f})" if "threshold" in ec.verify else "")
-    if not (ec.dba or ec.qe):    # calibration switched them off: these rows say what they would have done
+    if not (ec.dba or ec.qe):  # calibration switched them off: these rows say what they would have done
         verify = f"off in the submitted ranking (what it would do: {verify})"
     add("+ DBA", score(retrieve(space, ec, dba_on=True, qe_on=False, k=k)), verify)
     expanded = retrieve(space, ec, dba_on=True, qe_on=True, k=k)
@@ -89,9 +104,12 @@ def ablation(base: Space, score: Callable[[np.ndarray], float], config: Config, 
     elif space.index_votes is None or space.query_votes is None:
         add("+ category re-rank", None, "the space has no labelled neighbours to vote with")
     else:
-        add("+ category re-rank", score(category_ranks(expanded, space, cc)),
+        add(
+            "+ category re-rank",
+            score(category_ranks(expanded, space, cc)),
             f"top-{space.query_votes[0].shape[1]} with <= {cc.max_labels} landmarks, "
-            f"best similarity > {cc.min_similarity:.2f}")
+            f"best similarity > {cc.min_similarity:.2f}",
+        )
     return rows
 
 
@@ -105,8 +123,14 @@ GRID: Mapping[str, Sequence[Any]] = {
 }
 
 
-def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray, config: Config,
-                       seed: int = 0, negatives: np.ndarray | None = None) -> dict[str, Any]:
+def tune_on_validation(
+    train: np.ndarray,
+    labels: np.ndarray,
+    index: np.ndarray,
+    config: Config,
+    seed: int = 0,
+    negatives: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Pick whitening and expansion settings by mAP@100 on held-out train photos (two stages);
     ``negatives``: known non-landmarks added to the validation database."""
     space, score = validation_space(train, labels, seed, negatives)
@@ -114,7 +138,9 @@ def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray,
     results: list[dict[str, Any]] = []
     plain = score(retrieve(space, ec, dba_on=False, qe_on=False))
     best_w, best_w_map = None, -1.0
-    for dim, power, shrink in itertools.product(GRID["whitening.dim"], GRID["whitening.power"], GRID["whitening.shrinkage"]):
+    for dim, power, shrink in itertools.product(
+        GRID["whitening.dim"], GRID["whitening.power"], GRID["whitening.shrinkage"]
+    ):
         if power == 0.0 and shrink > 0:
             continue
         wc = dataclasses.replace(config.whitening, dim=dim, power=power, shrinkage=shrink)
@@ -122,20 +148,26 @@ def tune_on_validation(train: np.ndarray, labels: np.ndarray, index: np.ndarray,
         results.append({"whitening": dataclasses.asdict(wc), "map": m})
         if m > best_w_map + 1e-9:
             best_w, best_w_map = wc, m
-    assert best_w is not None                     # an mAP is >= 0: the first trial is kept
+    assert best_w is not None  # an mAP is >= 0: the first trial is kept
     white = whiten(space, best_w, index)[0]
     best_e, best_e_map = None, -1.0
     for verify, qe_w in itertools.product(GRID["expansion.verify"], GRID["expansion.qe_weights"]):
-        for thr in (GRID["expansion.threshold"] if "threshold" in verify else (ec.threshold,)):
+        for thr in GRID["expansion.threshold"] if "threshold" in verify else (ec.threshold,):
             e = dataclasses.replace(ec, verify=verify, qe_weights=qe_w, threshold=thr)
             m = score(retrieve(white, e, dba_on=True, qe_on=True))
             results.append({"expansion": dataclasses.asdict(e), "map": m})
             if m > best_e_map + 1e-9:
                 best_e, best_e_map = e, m
     assert best_e is not None
-    return {"plain": plain, "whitening": dataclasses.asdict(best_w), "whitening_map": best_w_map,
-            "expansion": dataclasses.asdict(best_e), "expansion_map": best_e_map, "trials": results,
-            "sizes": {"database": len(space.index), "queries": len(space.queries)}}
+    return {
+        "plain": plain,
+        "whitening": dataclasses.asdict(best_w),
+        "whitening_map": best_w_map,
+        "expansion": dataclasses.asdict(best_e),
+        "expansion_map": best_e_map,
+        "trials": results,
+        "sizes": {"database": len(space.index), "queries": len(space.queries)},
+    }
 
 
 # -- the ablation of `landmark evaluate` on a GLDv2-layout dataset ---------------------------------
@@ -145,17 +177,28 @@ def store_space(lm: Parts, query_vectors: np.ndarray) -> tuple[Space, list[str]]
     index_keys, train_keys = store.keys("index"), store.keys("train")
     rows = store.get(train_keys)
     labels = np.array([rows[t].landmark_id for t in train_keys], np.int64)
-    space = Space.with_votes(store.vectors(index_keys), query_vectors, store.vectors(train_keys), labels,
-                             config.recognition.k)
+    space = Space.with_votes(
+        store.vectors(index_keys), query_vectors, store.vectors(train_keys), labels, config.recognition.k
+    )
     return space, index_keys
 
 
 MULTISCALE = (0.7071, 1.0, 1.4142)
 
 
-def gldv2_ablation(lm: Parts, data, query_ids: Sequence[str], query_vectors: np.ndarray,
-                   retrieval_truth: Mapping[str, Sequence[str]], *, work_dir, multiscale: bool = False,
-                   progress: bool | None = None, k: int = 100, refit_threshold: bool = True) -> list[dict[str, Any]]:
+def gldv2_ablation(
+    lm: Parts,
+    data,
+    query_ids: Sequence[str],
+    query_vectors: np.ndarray,
+    retrieval_truth: Mapping[str, Sequence[str]],
+    *,
+    work_dir,
+    multiscale: bool = False,
+    progress: bool | None = None,
+    k: int = 100,
+    refit_threshold: bool = True,
+) -> list[dict[str, Any]]:
     """Rows of the ablation for a store built from ``train`` + ``index`` and its test queries.
 
     The store's own vectors and the cached query vectors give every row but multi-scale, which
@@ -166,9 +209,12 @@ def gldv2_ablation(lm: Parts, data, query_ids: Sequence[str], query_vectors: np.
     from pathlib import Path
 
     wc = lm.ctx.store.config.whitening
-    config = dataclasses.replace(lm.ctx.store.config, expansion=lm.ctx.config.expansion,   # what evaluate searches with
-                                 category=lm.ctx.config.category,
-                                 whitening=dataclasses.replace(wc, kind=whitening_in_force(lm.ctx.store.config, lm.ctx.store.root)))
+    config = dataclasses.replace(
+        lm.ctx.store.config,
+        expansion=lm.ctx.config.expansion,  # what evaluate searches with
+        category=lm.ctx.config.category,
+        whitening=dataclasses.replace(wc, kind=whitening_in_force(lm.ctx.store.config, lm.ctx.store.root)),
+    )
     base, index_keys = store_space(lm, query_vectors)
 
     def score(ranks: np.ndarray) -> float:
@@ -184,26 +230,40 @@ def gldv2_ablation(lm: Parts, data, query_ids: Sequence[str], query_vectors: np.
         cfg = dataclasses.replace(config, extract=dataclasses.replace(config.extract, scales=MULTISCALE))
         ex = base_extractor(cfg, device=str(lm.ctx.extractor.device))
         work = Path(work_dir)
-        idx = ex.extract(read_gldv2(data, "index").records, cache_dir=work / "ms-index", progress=progress,
-                         description="extract index (multi-scale)")
-        test = ex.extract(read_gldv2(data, "test").records, cache_dir=work / "ms-test", progress=progress,
-                          description="extract test (multi-scale)")
+        idx = ex.extract(
+            read_gldv2(data, "index").records,
+            cache_dir=work / "ms-index",
+            progress=progress,
+            description="extract index (multi-scale)",
+        )
+        test = ex.extract(
+            read_gldv2(data, "test").records,
+            cache_dir=work / "ms-test",
+            progress=progress,
+            description="extract test (multi-scale)",
+        )
         # a photo the multi-scale pass could not read keeps its single-scale vector (rows stay aligned)
         index_ms, missing_i = _replace_rows(base.index, index_keys, idx.ids, idx.vectors)
         queries_ms, missing_q = _replace_rows(base.queries, list(query_ids), test.ids, test.vectors)
         ms_space = dataclasses.replace(base, index=index_ms, queries=queries_ms)
-        ms_note = (f"{missing_i} index / {missing_q} query photos unreadable there kept their single-scale vectors"
-                   if missing_i or missing_q else "")
+        ms_note = (
+            f"{missing_i} index / {missing_q} query photos unreadable there kept their single-scale vectors"
+            if missing_i or missing_q
+            else ""
+        )
 
     def refit(transform: Callable[[np.ndarray], np.ndarray]) -> ExpansionConfig:
         found = store_validation(lm, transform)
         return fit_threshold(*found[:2], config.expansion)[0] if found is not None else config.expansion
 
-    return ablation(base, score, config, multiscale=ms_space, multiscale_note=ms_note, k=k,
-                    refit=refit if refit_threshold else None)
+    return ablation(
+        base, score, config, multiscale=ms_space, multiscale_note=ms_note, k=k, refit=refit if refit_threshold else None
+    )
 
 
-def _replace_rows(vectors: np.ndarray, keys: Sequence[str], ids: Sequence[str], new: np.ndarray) -> tuple[np.ndarray, int]:
+def _replace_rows(
+    vectors: np.ndarray, keys: Sequence[str], ids: Sequence[str], new: np.ndarray
+) -> tuple[np.ndarray, int]:
     """``vectors`` (rows named by ``keys``) with each row found in ``ids`` replaced by its row of
     ``new``; and how many were not found."""
     pos = {i: n for n, i in enumerate(ids)}

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..config import Config
 from ..data.manifests import DatasetError
@@ -29,8 +30,8 @@ from .run import evaluate_gldv2, evaluation_plan
 
 log = logging.getLogger(__name__)
 
-SLACK = 0.005          # noise allowed between the submitted result and plain kNN
-ROW_FLOOR = -0.01      # no stage of the pipeline as run may lower its set by more than this
+SLACK = 0.005  # noise allowed between the submitted result and plain kNN
+ROW_FLOOR = -0.01  # no stage of the pipeline as run may lower its set by more than this
 
 
 @dataclass
@@ -64,15 +65,21 @@ def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
     stages = m.get("retrieval_stages") or []
     recognition = [r for r in m.get("recognition_ablation") or [] if r.get("gap") is not None]
     knn = next((r for r in recognition if r["stage"] == "kNN only"), None)
-    configured = recognition[-1] if recognition else None      # the rows add the stages that are on
+    configured = recognition[-1] if recognition else None  # the rows add the stages that are on
     scored = [r for r in stages if r["map"] is not None]
     summary = {
-        "gap": m.get("gap"), "accuracy": m.get("accuracy"), "map@100": m.get("map@100"),
+        "gap": m.get("gap"),
+        "accuracy": m.get("accuracy"),
+        "map@100": m.get("map@100"),
         "plain_knn_map@100": scored[0]["map"] if scored else None,
-        "knn_gap": knn["gap"] if knn else None, "knn_accuracy": knn["accuracy"] if knn else None,
-        "retrieval_stages": stages, "recognition_stages": m.get("recognition_ablation") or [],
-        "what_if": m.get("ablation") or [], "skipped": m.get("skipped") or {},
-        "queries": m.get("queries"), "retrieval_queries": m.get("retrieval_queries"),
+        "knn_gap": knn["gap"] if knn else None,
+        "knn_accuracy": knn["accuracy"] if knn else None,
+        "retrieval_stages": stages,
+        "recognition_stages": m.get("recognition_ablation") or [],
+        "what_if": m.get("ablation") or [],
+        "skipped": m.get("skipped") or {},
+        "queries": m.get("queries"),
+        "retrieval_queries": m.get("retrieval_queries"),
         "landmark_queries": m.get("landmark_queries"),
         "calibration": report.get("calibration_decisions") or {},
     }
@@ -85,17 +92,28 @@ def checks(summary: Mapping[str, Any], configured: Mapping[str, Any] | None) -> 
     out = []
     plain, submitted = summary["plain_knn_map@100"], summary["map@100"]
     if plain is not None and submitted is not None:
-        out.append({"rule": "submitted mAP@100 >= plain kNN", "value": submitted - plain,
-                    "ok": submitted >= plain - SLACK})
+        out.append(
+            {"rule": "submitted mAP@100 >= plain kNN", "value": submitted - plain, "ok": submitted >= plain - SLACK}
+        )
     if summary["knn_gap"] is not None and configured is not None:
-        out.append({"rule": "pipeline GAP >= kNN-only GAP", "value": configured["gap"] - summary["knn_gap"],
-                    "ok": configured["gap"] >= summary["knn_gap"] - SLACK})
+        out.append(
+            {
+                "rule": "pipeline GAP >= kNN-only GAP",
+                "value": configured["gap"] - summary["knn_gap"],
+                "ok": configured["gap"] >= summary["knn_gap"] - SLACK,
+            }
+        )
     for row in summary["retrieval_stages"]:
         if row.get("delta") is not None:
-            out.append({"rule": f"retrieval {row['stage']} >= {ROW_FLOOR}", "value": row["delta"],
-                        "ok": row["delta"] >= ROW_FLOOR})
+            out.append(
+                {
+                    "rule": f"retrieval {row['stage']} >= {ROW_FLOOR}",
+                    "value": row["delta"],
+                    "ok": row["delta"] >= ROW_FLOOR,
+                }
+            )
     prev = None
-    for row in summary["recognition_stages"]:     # stages that are off have no figures and are not checked
+    for row in summary["recognition_stages"]:  # stages that are off have no figures and are not checked
         if row.get("gap") is None or row["stage"].startswith("kNN only, global"):
             continue
         if prev is not None:
@@ -105,16 +123,26 @@ def checks(summary: Mapping[str, Any], configured: Mapping[str, Any] | None) -> 
     return out
 
 
-def run_suite(roots: Sequence[str | Path], out_dir: str | Path, config: Callable[[], Config] | Config | None = None, *,
-              progress: bool | None = None, calibrate: bool | None = None, overwrite: bool = False,
-              on_set: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_suite(
+    roots: Sequence[str | Path],
+    out_dir: str | Path,
+    config: Callable[[], Config] | Config | None = None,
+    *,
+    progress: bool | None = None,
+    calibrate: bool | None = None,
+    overwrite: bool = False,
+    on_set: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """``landmark evaluate`` on each of ``roots`` into ``out_dir/<name>/`` (stores are kept and reused
     by the next run with the same configuration), the summary of each, written to
     ``out_dir/quality.json`` after every set (a killed run keeps the sets it finished)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    suite: dict[str, Any] = {"sets": {}, "machine": {"platform": platform.platform(), "python": platform.python_version()},
-                             "rules": {"slack": SLACK, "row_floor": ROW_FLOOR}}
+    suite: dict[str, Any] = {
+        "sets": {},
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "rules": {"slack": SLACK, "row_floor": ROW_FLOOR},
+    }
     for root in map(Path, roots):
         t0 = time.perf_counter()
         cfg = config() if callable(config) else config
@@ -144,8 +172,15 @@ def render(suite: Mapping[str, Any], console) -> None:
         side.add_column(col)
     for name, s in sets.items():
         failed = [c for c in s["checks"] if not c["ok"]]
-        side.add_row(name, _f(s["plain_knn_map@100"]), _f(s["map@100"]), _f(s["knn_gap"]), _f(s["gap"]),
-                     _f(s["accuracy"]), "ok" if not failed else f"[red]{len(failed)} failed[/]")
+        side.add_row(
+            name,
+            _f(s["plain_knn_map@100"]),
+            _f(s["map@100"]),
+            _f(s["knn_gap"]),
+            _f(s["gap"]),
+            _f(s["accuracy"]),
+            "ok" if not failed else f"[red]{len(failed)} failed[/]",
+        )
     console.print(side)
     for name, s in sets.items():
         t = Table(title=f"{name}: the submitted pipeline stage by stage", title_justify="left")
@@ -154,8 +189,12 @@ def render(suite: Mapping[str, Any], console) -> None:
         for r in s["retrieval_stages"]:
             t.add_row(r["stage"], _f(r["map"]), _f(r["delta"], True), r.get("note", ""))
         for r in s["recognition_stages"]:
-            t.add_row(f"recognition: {r['stage']}", f"GAP {_f(r['gap'])}",
-                      "-" if r.get("accuracy") is None else f"acc {r['accuracy']:.4f}", r.get("note", ""))
+            t.add_row(
+                f"recognition: {r['stage']}",
+                f"GAP {_f(r['gap'])}",
+                "-" if r.get("accuracy") is None else f"acc {r['accuracy']:.4f}",
+                r.get("note", ""),
+            )
         console.print(t)
         for part, why in s["skipped"].items():
             console.print(f"  [yellow]{name}: {part} not scored:[/] {why}")

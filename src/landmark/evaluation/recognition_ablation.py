@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..metrics import Truth, accuracy, global_average_precision
 from ..recognition.config import RecognitionConfig
@@ -13,8 +14,9 @@ def predictions_of(ev: Evidence, decisions: list[Decision]) -> dict[str, tuple[i
     return {q: ((d.landmark_id, d.score) if d.landmark_id is not None else None) for q, d in zip(ev.ids, decisions)}
 
 
-def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[str, Truth],
-                         global_only: Evidence | None = None) -> list[dict[str, Any]]:
+def recognition_ablation(
+    ev: Evidence, cfg: RecognitionConfig, truth: Mapping[str, Truth], global_only: Evidence | None = None
+) -> list[dict[str, Any]]:
     """One row per stage (kNN only, + classifier agreement, + object prior, + distractor filter,
     + grading, + frequent-landmark re-rank), each stage that ``cfg`` runs added to the ones above it
     (a stage that is off has a row without figures), so the last row with figures is the pipeline as
@@ -24,7 +26,7 @@ def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[st
     configs = ablation_configs(cfg, ev.classifier is not None)
     if global_only is not None:
         knn_only = configs[0][1]
-        assert knn_only is not None                   # the kNN-only row always runs
+        assert knn_only is not None  # the kNN-only row always runs
         rows.append(_row(global_only, knn_only, truth, "kNN only, global descriptor (no regions, no zoom)", ""))
     for name, row_cfg, note in configs:
         if row_cfg is None:
@@ -37,5 +39,10 @@ def recognition_ablation(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[st
 def _row(ev: Evidence, cfg: RecognitionConfig, truth: Mapping[str, Truth], name: str, note: str) -> dict[str, Any]:
     decisions = decide(ev, cfg)
     preds = predictions_of(ev, decisions)
-    return {"stage": name, "gap": global_average_precision(preds, truth), "accuracy": accuracy(preds, truth),
-            "filtered": sum(1 for d in decisions if d.grade == "non-landmark"), "note": note}
+    return {
+        "stage": name,
+        "gap": global_average_precision(preds, truth),
+        "accuracy": accuracy(preds, truth),
+        "filtered": sum(1 for d in decisions if d.grade == "non-landmark"),
+        "note": note,
+    }

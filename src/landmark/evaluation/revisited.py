@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -45,7 +46,7 @@ KAPPAS = (1, 5, 10)
 
 @dataclass(frozen=True)
 class QueryTruth:
-    bbx: tuple[float, ...]                  # (x1, y1, x2, y2) as the file gives it
+    bbx: tuple[float, ...]  # (x1, y1, x2, y2) as the file gives it
     easy: np.ndarray
     hard: np.ndarray
     junk: np.ndarray
@@ -65,8 +66,15 @@ def load_ground_truth(path: str | Path) -> RevisitedTruth:
     try:
         with open(path, "rb") as fh:
             raw = pickle.load(fh)
-        queries = [QueryTruth(tuple(float(v) for v in g["bbx"]), np.asarray(g["easy"], np.int64),
-                              np.asarray(g["hard"], np.int64), np.asarray(g["junk"], np.int64)) for g in raw["gnd"]]
+        queries = [
+            QueryTruth(
+                tuple(float(v) for v in g["bbx"]),
+                np.asarray(g["easy"], np.int64),
+                np.asarray(g["hard"], np.int64),
+                np.asarray(g["junk"], np.int64),
+            )
+            for g in raw["gnd"]
+        ]
         truth = RevisitedTruth(path.stem.removeprefix("gnd_"), list(raw["imlist"]), list(raw["qimlist"]), queries)
     except FileNotFoundError:
         raise
@@ -119,8 +127,9 @@ def precision_at(ranks: np.ndarray, kappas: Sequence[int] = KAPPAS) -> np.ndarra
     return out
 
 
-def evaluate_rankings(rankings: Sequence[Sequence[int]] | np.ndarray, truth: RevisitedTruth,
-                      kappas: Sequence[int] = KAPPAS) -> dict[str, dict[str, Any]]:
+def evaluate_rankings(
+    rankings: Sequence[Sequence[int]] | np.ndarray, truth: RevisitedTruth, kappas: Sequence[int] = KAPPAS
+) -> dict[str, dict[str, Any]]:
     """mAP and mP@k for each setup. ``rankings[i]`` are database indices for query ``i``, best first."""
     if len(rankings) != len(truth.queries):
         raise ValueError(f"{len(rankings)} rankings for {len(truth.queries)} queries")
@@ -136,9 +145,11 @@ def evaluate_rankings(rankings: Sequence[Sequence[int]] | np.ndarray, truth: Rev
             aps.append(average_precision(r, len(positives)))
             prs.append(precision_at(r, kappas))
         valid = [a for a in aps if not math.isnan(a)]
-        out[setup] = {"map": float(np.mean(valid)) if valid else 0.0, "aps": aps,
-                      **{f"mp@{k}": float(np.mean([p[i] for p in prs])) if prs else 0.0
-                         for i, k in enumerate(kappas)}}
+        out[setup] = {
+            "map": float(np.mean(valid)) if valid else 0.0,
+            "aps": aps,
+            **{f"mp@{k}": float(np.mean([p[i] for p in prs])) if prs else 0.0 for i, k in enumerate(kappas)},
+        }
     return out
 
 
@@ -157,9 +168,15 @@ def dataset_paths(root: Path, name: str) -> tuple[Path, Path]:
     return root / name / f"gnd_{name}.pkl", root / name / "jpg"
 
 
-def evaluate_revisited(root: str | Path, extractor, datasets: Sequence[str] = DATASETS, *,
-                       expansion: Mapping[str, Any] | None = None, progress: bool | None = None,
-                       cache_dir: str | Path | None = None) -> dict[str, Any]:
+def evaluate_revisited(
+    root: str | Path,
+    extractor,
+    datasets: Sequence[str] = DATASETS,
+    *,
+    expansion: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Extract database and (cropped) query photos under ``root`` and score them on E/M/H.
 
     ``extractor`` is any :class:`~landmark.features.pipeline.Extractor`; ``expansion`` optionally
@@ -170,18 +187,28 @@ def evaluate_revisited(root: str | Path, extractor, datasets: Sequence[str] = DA
     for name in datasets:
         gnd_path, jpg = dataset_paths(root, name)
         if not gnd_path.is_file():
-            raise DatasetError(f"{gnd_path}: ground truth not found (expected revisitop's layout ROOT/{name}/gnd_{name}.pkl)")
+            raise DatasetError(
+                f"{gnd_path}: ground truth not found (expected revisitop's layout ROOT/{name}/gnd_{name}.pkl)"
+            )
         truth = load_ground_truth(gnd_path)
         missing = [n for n in truth.imlist if not (jpg / f"{n}.jpg").is_file()]
         if missing:
-            raise DatasetError(f"{jpg}: {len(missing)} of {len(truth.imlist)} database photos are missing "
-                               f"(e.g. {missing[0]}.jpg); download them with revisitop's download script")
+            raise DatasetError(
+                f"{jpg}: {len(missing)} of {len(truth.imlist)} database photos are missing "
+                f"(e.g. {missing[0]}.jpg); download them with revisitop's download script"
+            )
         items = [ImageRecord(n, jpg / f"{n}.jpg") for n in truth.imlist]
-        db = extractor.extract(items, progress=progress, description=f"{name} database",
-                               cache_dir=Path(cache_dir) / name if cache_dir else None)
+        db = extractor.extract(
+            items,
+            progress=progress,
+            description=f"{name} database",
+            cache_dir=Path(cache_dir) / name if cache_dir else None,
+        )
         if db.failures:
-            raise DatasetError(f"{jpg}: {len(db.failures)} database photos could not be read, "
-                               f"e.g. {db.failures[0].path}: {db.failures[0].reason}")
+            raise DatasetError(
+                f"{jpg}: {len(db.failures)} database photos could not be read, "
+                f"e.g. {db.failures[0].path}: {db.failures[0].reason}"
+            )
         crops = []
         for qname, q in zip(truth.qimlist, truth.queries):
             path = jpg / f"{qname}.jpg"

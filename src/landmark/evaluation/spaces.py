@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, cast
+from typing import cast
 
 import numpy as np
 
@@ -29,26 +30,28 @@ class Space:
     and, where known, the top-k labelled neighbours behind it (labels, similarities; for the category
     re-rank, whose confidence rule reads them)."""
 
-    index: np.ndarray            # N x D, the database that is ranked
-    queries: np.ndarray          # Q x D
-    index_pred: np.ndarray       # N, predicted landmark ids
-    query_pred: np.ndarray       # Q
-    index_votes: tuple[np.ndarray, np.ndarray] | None = None    # (N x k labels, N x k similarities)
+    index: np.ndarray  # N x D, the database that is ranked
+    queries: np.ndarray  # Q x D
+    index_pred: np.ndarray  # N, predicted landmark ids
+    query_pred: np.ndarray  # Q
+    index_votes: tuple[np.ndarray, np.ndarray] | None = None  # (N x k labels, N x k similarities)
     query_votes: tuple[np.ndarray, np.ndarray] | None = None
 
-    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> "Space":
+    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> Space:
         return dataclasses.replace(self, index=fn(self.index), queries=fn(self.queries))
 
     @classmethod
-    def with_votes(cls, index: np.ndarray, queries: np.ndarray, labelled: np.ndarray, labels: np.ndarray,
-                   k: int = 5) -> "Space":
+    def with_votes(
+        cls, index: np.ndarray, queries: np.ndarray, labelled: np.ndarray, labels: np.ndarray, k: int = 5
+    ) -> Space:
         """Predictions by top-``k`` voting among ``labelled`` photos (what ``landmark recognize`` does)."""
         iv, qv = neighbour_labels(index, labelled, labels, k), neighbour_labels(queries, labelled, labels, k)
         return cls(index, queries, voted_labels(*iv, k), voted_labels(*qv, k), iv, qv)
 
 
-def whiten(space: Space, wc: WhiteningConfig, source: np.ndarray | None = None
-           ) -> tuple[Space, Callable[[np.ndarray], np.ndarray]]:
+def whiten(
+    space: Space, wc: WhiteningConfig, source: np.ndarray | None = None
+) -> tuple[Space, Callable[[np.ndarray], np.ndarray]]:
     """PCA(-whitening) learned on ``source`` (default: ``space.index``, unlabelled), applied to every
     part; returns the new space and the transform."""
     source = space.index if source is None else source
@@ -57,8 +60,9 @@ def whiten(space: Space, wc: WhiteningConfig, source: np.ndarray | None = None
     return space.map(w.apply), w.apply
 
 
-def neighbour_labels(vectors: np.ndarray, labelled: np.ndarray, labels: np.ndarray, k: int = 5
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def neighbour_labels(
+    vectors: np.ndarray, labelled: np.ndarray, labels: np.ndarray, k: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels and similarities (each N x k, -1 / -inf where missing) of each vector's top-``k`` labelled photos."""
     if not len(labelled) or not len(vectors):
         return np.full((len(vectors), k), -1, np.int64), np.full((len(vectors), k), -np.inf, np.float32)
@@ -77,7 +81,7 @@ def category_ranks(ranks: np.ndarray, space: Space, cfg: CategoryConfig) -> np.n
     out = np.full_like(ranks, -1)
     for i, row in enumerate(ranks):
         row = row[row >= 0]
-        out[i, :len(row)] = row[category_first(row, int(q_lab[i]), d_lab[row])]
+        out[i, : len(row)] = row[category_first(row, int(q_lab[i]), d_lab[row])]
     return out
 
 
@@ -86,8 +90,9 @@ def retrieve(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k:
     return retrieve_scored(space, ec, dba_on=dba_on, qe_on=qe_on, k=k)[1]
 
 
-def retrieve_scored(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k: int = 100
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def retrieve_scored(
+    space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: bool, k: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, database indices), each Q x k, after optional DBA and alpha-QE."""
     db = space.index
     db_labels, q_labels = space.index_pred, space.query_pred
@@ -95,14 +100,21 @@ def retrieve_scored(space: Space, ec: ExpansionConfig, *, dba_on: bool, qe_on: b
         db = dba(db, label_verifier(ec, db_labels, db_labels), shortlist=ec.shortlist)
     q = space.queries
     if qe_on:
-        q = query_expansion(q, db, label_verifier(ec, q_labels, db_labels), shortlist=ec.shortlist,
-                            weights=cast(QeWeights, ec.qe_weights), alpha=ec.alpha)
+        q = query_expansion(
+            q,
+            db,
+            label_verifier(ec, q_labels, db_labels),
+            shortlist=ec.shortlist,
+            weights=cast(QeWeights, ec.qe_weights),
+            alpha=ec.alpha,
+        )
     return knn(q, db, k)
 
 
 # -- validation split from train -----------------------------------------------------------------
-def validation_split(keys: Sequence[str], labels: Sequence[int], seed: int = 0,
-                     held: Sequence[bool] | None = None) -> tuple[list[int], list[int], list[int]]:
+def validation_split(
+    keys: Sequence[str], labels: Sequence[int], seed: int = 0, held: Sequence[bool] | None = None
+) -> tuple[list[int], list[int], list[int]]:
     """Per landmark, shuffled photos dealt round-robin into (vote, database, query) positions.
 
     ``held`` marks photos a trained model never trained on: then the others all vote (as the
@@ -126,8 +138,14 @@ def validation_split(keys: Sequence[str], labels: Sequence[int], seed: int = 0,
     return folds
 
 
-def validation_space(train: np.ndarray, labels: np.ndarray, seed: int = 0, negatives: np.ndarray | None = None,
-                     k: int = 5, held: Sequence[bool] | None = None) -> tuple[Space, Callable[[np.ndarray], float]]:
+def validation_space(
+    train: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    negatives: np.ndarray | None = None,
+    k: int = 5,
+    held: Sequence[bool] | None = None,
+) -> tuple[Space, Callable[[np.ndarray], float]]:
     """A :class:`Space` and scorer for held-out train photos (whitened by the caller, if at all).
 
     ``negatives`` (known non-landmark photos) join the database after the landmark photos, relevant
@@ -144,16 +162,19 @@ def validation_space(train: np.ndarray, labels: np.ndarray, seed: int = 0, negat
     rankings_truth = {str(i): [str(j) for j in np.flatnonzero(db_labels == q_labels[i])] for i in range(len(qs))}
 
     def score(ranks: np.ndarray) -> float:
-        return mean_average_precision_at_k({str(i): [str(j) for j in r if j >= 0] for i, r in enumerate(ranks)},
-                                           rankings_truth, k=100)
+        return mean_average_precision_at_k(
+            {str(i): [str(j) for j in r if j >= 0] for i, r in enumerate(ranks)}, rankings_truth, k=100
+        )
+
     return space, score
 
 
-THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(18))     # 0 (agreement alone, in practice) .. 0.85
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(18))  # 0 (agreement alone, in practice) .. 0.85
 
 
-def fit_threshold(space: Space, score: Callable[[np.ndarray], float], ec: ExpansionConfig,
-                  thresholds: Sequence[float] = THRESHOLDS) -> tuple[ExpansionConfig, list[dict[str, float]]]:
+def fit_threshold(
+    space: Space, score: Callable[[np.ndarray], float], ec: ExpansionConfig, thresholds: Sequence[float] = THRESHOLDS
+) -> tuple[ExpansionConfig, list[dict[str, float]]]:
     """``ec`` with the similarity threshold of its verifier under which its DBA / alpha-QE score best
     on ``space`` (ties: the lowest), and every trial; ``ec`` unchanged where nothing reads a threshold."""
     if "threshold" not in ec.verify or not (ec.dba or ec.qe):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..utils.io import atomic_write_text
 
 
-def write_recognition_csv(path: str | os.PathLike[str], predictions: Mapping[str, tuple[int, float] | None],
-                          ids: Sequence[str] | None = None) -> None:
+def write_recognition_csv(
+    path: str | os.PathLike[str], predictions: Mapping[str, tuple[int, float] | None], ids: Sequence[str] | None = None
+) -> None:
     """``id,landmarks`` rows with ``"<landmark_id> <score>"``; an empty cell where there is no prediction."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -31,8 +32,9 @@ def read_recognition_csv(path: str | os.PathLike[str]) -> dict[str, tuple[int, f
     return out
 
 
-def write_retrieval_csv(path: str | os.PathLike[str], rankings: Mapping[str, Sequence[str]],
-                        ids: Sequence[str] | None = None, k: int = 100) -> None:
+def write_retrieval_csv(
+    path: str | os.PathLike[str], rankings: Mapping[str, Sequence[str]], ids: Sequence[str] | None = None, k: int = 100
+) -> None:
     """``id,images`` rows with up to ``k`` space-separated index ids, best first."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -14,8 +14,13 @@ if TYPE_CHECKING:
     from .whitening import Whitening, WhiteningError, learn_whitening
 
 _EXPORTS = {
-    "ExtractionResult": "extract", "Failure": "extract", "GlobalExtractor": "extract", "Whitening": "whitening",
-    "WhiteningError": "whitening", "bucket_batches": "extract", "learn_whitening": "whitening",
+    "ExtractionResult": "extract",
+    "Failure": "extract",
+    "GlobalExtractor": "extract",
+    "Whitening": "whitening",
+    "WhiteningError": "whitening",
+    "bucket_batches": "extract",
+    "learn_whitening": "whitening",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

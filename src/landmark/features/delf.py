@@ -36,8 +36,8 @@ from .extract import to_tensor
 from .local import LocalFeatures
 from .whitening import Whitening, l2n
 
-QUANT = 250.0          # = landmark.retrieval.matching.QUANT: stored bytes are the int8 values matching uses
-MIN_SIDE = 16          # pyramid levels whose short side would fall below this many pixels are skipped
+QUANT = 250.0  # = landmark.retrieval.matching.QUANT: stored bytes are the int8 values matching uses
+MIN_SIDE = 16  # pyramid levels whose short side would fall below this many pixels are skipped
 
 
 def encode_descriptors(d: np.ndarray) -> np.ndarray:
@@ -53,15 +53,24 @@ def decode_descriptors(u8: np.ndarray) -> np.ndarray:
 
 def pca_from(state: dict[str, Any]) -> Whitening:
     """The checkpoint's PCA as a :class:`~landmark.features.whitening.Whitening`."""
-    return Whitening(np.asarray(state["mean"], np.float64), np.asarray(state["projection"], np.float64),
-                     np.asarray(state["eigenvalues"], np.float64), float(state["power"]), float(state["shrinkage"]))
+    return Whitening(
+        np.asarray(state["mean"], np.float64),
+        np.asarray(state["projection"], np.float64),
+        np.asarray(state["eigenvalues"], np.float64),
+        float(state["power"]),
+        float(state["shrinkage"]),
+    )
 
 
 def pca_state(w: Whitening) -> dict[str, Any]:
     """A :class:`Whitening` as checkpoint values (tensors and floats: ``weights_only`` loadable)."""
-    return {"mean": torch.from_numpy(w.mean.copy()), "projection": torch.from_numpy(w.projection.copy()),
-            "eigenvalues": torch.from_numpy(w.eigenvalues.copy()), "power": float(w.power),
-            "shrinkage": float(w.shrinkage)}
+    return {
+        "mean": torch.from_numpy(w.mean.copy()),
+        "projection": torch.from_numpy(w.projection.copy()),
+        "eigenvalues": torch.from_numpy(w.eigenvalues.copy()),
+        "power": float(w.power),
+        "shrinkage": float(w.shrinkage),
+    }
 
 
 def pca_project(w: Whitening, x: np.ndarray) -> np.ndarray:
@@ -96,28 +105,34 @@ def cell_centres(h: int, w: int, level_w: int, level_h: int, level_scale: float)
 class Candidates:
     """Keypoint candidates of one photo over the pyramid, highest attention first."""
 
-    xy: np.ndarray          # N x 2 float32, frame pixels
-    size: np.ndarray        # N float32: the cell's side in frame pixels
-    scores: np.ndarray      # N float32 attention
-    features: np.ndarray    # N x C float32 raw features
+    xy: np.ndarray  # N x 2 float32, frame pixels
+    size: np.ndarray  # N float32: the cell's side in frame pixels
+    scores: np.ndarray  # N float32 attention
+    features: np.ndarray  # N x C float32 raw features
 
 
 def select_top(parts: list[Candidates], k: int) -> Candidates:
     """The ``k`` candidates with the highest attention over ``parts`` (stable, highest first)."""
     if not parts:
-        return Candidates(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
-                          np.zeros((0, 0), np.float32))
+        return Candidates(
+            np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+        )
     scores = np.concatenate([p.scores for p in parts])
     order = np.argsort(-scores, kind="stable")[:k]
-    return Candidates(np.concatenate([p.xy for p in parts])[order], np.concatenate([p.size for p in parts])[order],
-                      scores[order], np.concatenate([p.features for p in parts])[order])
+    return Candidates(
+        np.concatenate([p.xy for p in parts])[order],
+        np.concatenate([p.size for p in parts])[order],
+        scores[order],
+        np.concatenate([p.features for p in parts])[order],
+    )
 
 
 class DelfExtractor:
     """DELF keypoints and descriptors of photos (``local.kind=delf``, ``local.checkpoint``)."""
 
-    def __init__(self, cfg: LocalConfig, ckpt: DelfCheckpoint | None = None, *, device: str = "cpu",
-                 net: DelfNet | None = None):
+    def __init__(
+        self, cfg: LocalConfig, ckpt: DelfCheckpoint | None = None, *, device: str = "cpu", net: DelfNet | None = None
+    ):
         self.cfg = cfg
         self.ckpt = ckpt or load_delf(cfg.checkpoint)
         self.device = resolve_device(device)
@@ -132,10 +147,15 @@ class DelfExtractor:
         """What determines the stored features: the checkpoint (path, to extract queries alike, and digest)."""
         path = Path(cfg.checkpoint) if cfg.checkpoint else None
         if path is None or not path.is_file():
-            load_delf(cfg.checkpoint)     # raises the error that says what is missing
-            raise DelfCheckpointError(f"DELF checkpoint {cfg.checkpoint} does not exist")   # not reached
-        return {"kind": "delf", "image_size": int(cfg.image_size), "max_keypoints": int(cfg.max_keypoints),
-                "checkpoint": str(path.resolve()), "digest": file_digest(path)}
+            load_delf(cfg.checkpoint)  # raises the error that says what is missing
+            raise DelfCheckpointError(f"DELF checkpoint {cfg.checkpoint} does not exist")  # not reached
+        return {
+            "kind": "delf",
+            "image_size": int(cfg.image_size),
+            "max_keypoints": int(cfg.max_keypoints),
+            "checkpoint": str(path.resolve()),
+            "digest": file_digest(path),
+        }
 
     @torch.no_grad()
     def candidates(self, frame: Image.Image) -> list[Candidates]:

@@ -29,23 +29,23 @@ import platform
 import shutil
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..utils.config import ConfigError
 from ..models.backbones import Backbone
 from ..models.export import export_trunk
+from ..utils.config import ConfigError
 from ..utils.io import atomic_write_json, user_cache_dir
 
 log = logging.getLogger(__name__)
 
 ENGINE_KINDS = ("auto", "torch", "onnxruntime", "openvino")
-STORE_ENGINES_DIR = "engines"      # a store's exported graphs
+STORE_ENGINES_DIR = "engines"  # a store's exported graphs
 
 
 class EngineError(ConfigError):
@@ -74,8 +74,8 @@ class Engine:
 class EngineSpec:
     name: str
     available: Callable[[], bool]
-    build: Callable[["TrunkSource"], Engine]
-    needs_graph: bool          # runs an exported ONNX graph
+    build: Callable[[TrunkSource], Engine]
+    needs_graph: bool  # runs an exported ONNX graph
 
 
 ENGINES: dict[str, EngineSpec] = {}
@@ -83,9 +83,11 @@ ENGINES: dict[str, EngineSpec] = {}
 
 def register_engine(name: str, available: Callable[[], bool], needs_graph: bool = True):
     """Register an engine builder ``build(source) -> Engine`` under ``name`` (timm's ``register_model``)."""
-    def wrap(build: Callable[["TrunkSource"], Engine]):
+
+    def wrap(build: Callable[[TrunkSource], Engine]):
         ENGINES[name] = EngineSpec(name, available, build, needs_graph)
         return build
+
     return wrap
 
 
@@ -98,8 +100,13 @@ def _installed(module: str) -> Callable[[], bool]:
 class TrunkSource:
     """A backbone with its taps, and where its exported graph is kept."""
 
-    def __init__(self, backbone: Backbone, taps: Sequence[int] = (), store_dir: str | Path | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        taps: Sequence[int] = (),
+        store_dir: str | Path | None = None,
+        threads: int | None = None,
+    ):
         self.backbone, self.taps = backbone, tuple(taps)
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.threads = threads or torch.get_num_threads()
@@ -131,11 +138,11 @@ def _copy_into(src: Path, dst: Path) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
         try:
-            os.link(src, tmp)                      # same file system: no second copy on disk
+            os.link(src, tmp)  # same file system: no second copy on disk
         except OSError:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-    except OSError as err:                         # a read-only store or cache: run from where it is
+    except OSError as err:  # a read-only store or cache: run from where it is
         log.warning("could not keep the engine graph at %s (%s)", dst, err)
 
 
@@ -179,11 +186,13 @@ class OpenVinoEngine(Engine):
         import openvino as ov
 
         core = ov.Core()
-        self.model = core.compile_model(str(source.graph()), "CPU", {
-            "INFERENCE_NUM_THREADS": source.threads, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32"})
+        self.model = core.compile_model(
+            str(source.graph()),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": source.threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
+        )
         self.request = self.model.create_infer_request()
-        self.lock = threading.Lock()         # one request: calls from several threads take turns
+        self.lock = threading.Lock()  # one request: calls from several threads take turns
 
     def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
@@ -201,34 +210,39 @@ def check_engine(kind: str) -> None:
         raise EngineError(f"extract.engine must be one of {sorted(set(ENGINE_KINDS) | set(ENGINES))}, got {kind!r}")
 
 
-def make_engine(kind: str, source: TrunkSource, device: torch.device, *, batch_size: int = 8,
-                image_size: int = 384) -> Engine:
+def make_engine(
+    kind: str, source: TrunkSource, device: torch.device, *, batch_size: int = 8, image_size: int = 384
+) -> Engine:
     """The engine ``kind`` (``auto``: the fastest here) for ``source`` on ``device``."""
     check_engine(kind)
     if device.type != "cpu":
         if kind not in ("auto", "torch"):
             raise EngineError(f"extract.engine={kind} runs on the CPU; on {device.type} the engine is torch")
         return TorchEngine(source)
-    if not source.backbone.any_size_graph:     # e.g. a vision transformer: a graph per photo shape is not kept
+    if not source.backbone.any_size_graph:  # e.g. a vision transformer: a graph per photo shape is not kept
         if kind not in ("auto", "torch"):
-            raise EngineError(f"extract.engine={kind} runs graphs that take any photo shape, which "
-                              f"{source.backbone.name} does not export to: use extract.engine=torch")
+            raise EngineError(
+                f"extract.engine={kind} runs graphs that take any photo shape, which "
+                f"{source.backbone.name} does not export to: use extract.engine=torch"
+            )
         return TorchEngine(source)
     if kind == "auto":
         kind, measured = _choose(source, batch_size, image_size)
-        if measured is not None:          # made to be timed just now: not made twice
+        if measured is not None:  # made to be timed just now: not made twice
             return measured
     spec = ENGINES[kind]
     if not spec.available():
-        raise EngineError(f"extract.engine={kind} is not installed (pip install {kind}), or choose one of "
-                          f"{available_engines()}")
+        raise EngineError(
+            f"extract.engine={kind} is not installed (pip install {kind}), or choose one of {available_engines()}"
+        )
     try:
         return spec.build(source)
     except EngineError:
         raise
-    except Exception as err:      # a network the exporter or the runtime cannot take: eager torch still can
-        log.warning("engine %s cannot run %s (%s: %s): using torch", kind, source.backbone.name,
-                    type(err).__name__, err)
+    except Exception as err:  # a network the exporter or the runtime cannot take: eager torch still can
+        log.warning(
+            "engine %s cannot run %s (%s: %s): using torch", kind, source.backbone.name, type(err).__name__, err
+        )
         return TorchEngine(source)
 
 
@@ -283,12 +297,13 @@ def _choose(source: TrunkSource, batch_size: int, image_size: int) -> tuple[str,
     for name in names:
         try:
             engines[name] = ENGINES[name].build(source)
-        except Exception as err:     # noqa: BLE001 - an engine that fails here is not chosen
+        except Exception as err:  # noqa: BLE001 - an engine that fails here is not chosen
             log.warning("engine %s not usable for %s: %s", name, source.backbone.name, err)
     seconds = time_engines(engines, batch)
     best = min(seconds, key=seconds.__getitem__) if seconds else "torch"
-    log.info("inference engine: %s (%s)", best,
-             ", ".join(f"{n} {batch_size / s:.1f} img/s" for n, s in seconds.items()))
+    log.info(
+        "inference engine: %s (%s)", best, ", ".join(f"{n} {batch_size / s:.1f} img/s" for n, s in seconds.items())
+    )
     choices[key] = {"engine": best, "images_per_s": {n: round(batch_size / s, 2) for n, s in seconds.items()}}
     try:
         atomic_write_json(path, choices)
@@ -300,8 +315,15 @@ def _choose(source: TrunkSource, batch_size: int, image_size: int) -> tuple[str,
 class TrunkRunner:
     """The engines of one backbone, one per set of taps, made when first needed."""
 
-    def __init__(self, backbone: Backbone, kind: str, device: torch.device, store_dir: str | Path | None = None,
-                 batch_size: int = 8, image_size: int = 384):
+    def __init__(
+        self,
+        backbone: Backbone,
+        kind: str,
+        device: torch.device,
+        store_dir: str | Path | None = None,
+        batch_size: int = 8,
+        image_size: int = 384,
+    ):
         check_engine(kind)
         self.kind, self.device, self.store_dir = kind, device, store_dir
         self.batch_size, self.image_size = batch_size, image_size
@@ -314,8 +336,9 @@ class TrunkRunner:
         with self._lock:
             if taps not in self._engines:
                 source = TrunkSource(self.backbone, taps, self.store_dir)
-                self._engines[taps] = make_engine(self.kind, source, self.device, batch_size=self.batch_size,
-                                                  image_size=self.image_size)
+                self._engines[taps] = make_engine(
+                    self.kind, source, self.device, batch_size=self.batch_size, image_size=self.image_size
+                )
             return self._engines[taps]
 
     def __call__(self, x: Tensor, taps: Sequence[int] = ()) -> tuple[Tensor, ...]:

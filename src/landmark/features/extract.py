@@ -13,9 +13,10 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -57,13 +58,13 @@ class Failure:
 @dataclass
 class ExtractionResult:
     ids: list[str]
-    vectors: np.ndarray                       # N x D float32, rows L2-normalised
+    vectors: np.ndarray  # N x D float32, rows L2-normalised
     failures: list[Failure] = field(default_factory=list)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (width, height) of the photo
-    extras: dict[str, np.ndarray] = field(default_factory=dict)     # probe name -> N x G rows aligned with ids
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # probe name -> N x G rows aligned with ids
 
 
-REGIONS_EXTRA = "regions"      # extras key of the regional descriptors (``regions`` levels > 1): N x R x dim, float16
+REGIONS_EXTRA = "regions"  # extras key of the regional descriptors (``regions`` levels > 1): N x R x dim, float16
 
 # A probe maps the backbone's feature map (B x C x H x W) to a few numbers per photo (B x G), computed in the
 # same forward pass as the descriptor, e.g. the ImageNet class-group probabilities of the object prior. A
@@ -123,15 +124,21 @@ def bucket_batches(shapes: Sequence[tuple[int, int]], batch_size: int) -> list[l
     buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, s in enumerate(shapes):
         buckets[s].append(i)
-    batches = [idx[j:j + batch_size] for idx in buckets.values() for j in range(0, len(idx), batch_size)]
+    batches = [idx[j : j + batch_size] for idx in buckets.values() for j in range(0, len(idx), batch_size)]
     return sorted(batches, key=lambda b: b[0])
 
 
 class GlobalExtractor:
     """Turns photos into L2-normalised global descriptors with one :class:`DescriptorNet`."""
 
-    def __init__(self, net: DescriptorNet, cfg: ExtractConfig, model_cfg: ModelConfig | None = None,
-                 device: str | torch.device | None = None, engine_dir: str | Path | None = None):
+    def __init__(
+        self,
+        net: DescriptorNet,
+        cfg: ExtractConfig,
+        model_cfg: ModelConfig | None = None,
+        device: str | torch.device | None = None,
+        engine_dir: str | Path | None = None,
+    ):
         self.cfg = cfg
         self.model_cfg = model_cfg or ModelConfig()
         self.device = resolve_device(device if device is not None else cfg.device)
@@ -141,8 +148,9 @@ class GlobalExtractor:
         # torch's overloads of Module.to omit (device, memory_format=...), which it accepts
         self.net = net.eval().to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         # the backbone runs on cfg.engine (made at first use; its graph kept in engine_dir, e.g. a store's)
-        self.trunk = TrunkRunner(self.net.backbone, cfg.engine, self.device, engine_dir,
-                                 batch_size=cfg.batch_size, image_size=cfg.image_size)
+        self.trunk = TrunkRunner(
+            self.net.backbone, cfg.engine, self.device, engine_dir, batch_size=cfg.batch_size, image_size=cfg.image_size
+        )
         prep = net.preprocessing
         self.mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
@@ -154,8 +162,9 @@ class GlobalExtractor:
         self.probe_name, self.probe = (name, probe) if probe is not None else (None, None)
 
     @classmethod
-    def from_config(cls, config: FeatureSettings, device: str | None = None,
-                    engine_dir: str | Path | None = None) -> "GlobalExtractor":
+    def from_config(
+        cls, config: FeatureSettings, device: str | None = None, engine_dir: str | Path | None = None
+    ) -> GlobalExtractor:
         return cls(build_model(config.model), config.extract, config.model, device=device, engine_dir=engine_dir)
 
     @property
@@ -169,9 +178,16 @@ class GlobalExtractor:
         if model.get("checkpoint"):
             model["checkpoint"] = file_digest(model["checkpoint"])
         ex = self.cfg
-        return {"model": model, "dim": self.dim,
-                "extract": {"image_size": ex.image_size, "size_multiple": ex.size_multiple,
-                            "scales": list(ex.scales), "flip": ex.flip}}
+        return {
+            "model": model,
+            "dim": self.dim,
+            "extract": {
+                "image_size": ex.image_size,
+                "size_multiple": ex.size_multiple,
+                "scales": list(ex.scales),
+                "flip": ex.flip,
+            },
+        }
 
     def target_shape(self, width: int, height: int) -> tuple[int, int]:
         return LF.target_shape(height, width, self.cfg.image_size, self.cfg.size_multiple)
@@ -185,8 +201,9 @@ class GlobalExtractor:
         return self.embed_views(batch)[:2]
 
     @torch.inference_mode()
-    def embed_views(self, batch: torch.Tensor, regions: int = 1
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def embed_views(
+        self, batch: torch.Tensor, regions: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Descriptors, probe outputs (or None) and, with ``regions`` > 1, the regional descriptors
         (``B x R x dim``, :meth:`DescriptorNet.regional`) of a batch. Descriptors and probe outputs
         are averaged over scales and flips; the regions come from the unflipped view at the scale
@@ -198,14 +215,23 @@ class GlobalExtractor:
         regional: torch.Tensor | None = None
         amp = self.cfg.amp and self.device.type == "cuda"
         tap = getattr(self.probe, "tap", None)
-        taps = tuple(sorted(set(self.net.taps) | ({tap} if tap is not None else set())))   # one pass serves all
+        taps = tuple(sorted(set(self.net.taps) | ({tap} if tap is not None else set())))  # one pass serves all
         net_at = [taps.index(t) for t in self.net.taps]
         base = min(self.cfg.scales, key=lambda s: abs(s - 1.0))
         for s in self.cfg.scales:
-            x = batch if s == 1.0 else F.interpolate(
-                batch, size=LF.target_shape(h, w, max(self.cfg.size_multiple, round(max(h, w) * s)),
-                                            self.cfg.size_multiple),
-                mode="bilinear", align_corners=False, antialias=True)
+            x = (
+                batch
+                if s == 1.0
+                else F.interpolate(
+                    batch,
+                    size=LF.target_shape(
+                        h, w, max(self.cfg.size_multiple, round(max(h, w) * s)), self.cfg.size_multiple
+                    ),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )
+            )
             views = [x, torch.flip(x, dims=[-1])] if self.cfg.flip else [x]
             for i, v in enumerate(views):
                 with_regions = regions > 1 and s == base and i == 0
@@ -221,15 +247,16 @@ class GlobalExtractor:
                         regional = self.net.regional(fmap, regions, mine).float()
                 total = d if total is None else total + d
         n_views = len(self.cfg.scales) * (2 if self.cfg.flip else 1)
-        assert total is not None                                  # scales is not empty (min above)
+        assert total is not None  # scales is not empty (min above)
         return LF.l2n(total), (probed / n_views if probed is not None else None), regional
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Descriptors of in-memory RGB images (one forward each; for uploads and small sets)."""
         return self.extract_images_with_probe(images)[0]
 
-    def extract_images_with_probe(self, images: Sequence[Image.Image], regions: int = 1
-                                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def extract_images_with_probe(
+        self, images: Sequence[Image.Image], regions: int = 1
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Descriptors of in-memory RGB images and their extras: the probe's outputs, and with
         ``regions`` > 1 the regional descriptors (``REGIONS_EXTRA``); ``{}`` with neither."""
         out, probed, regional = [], [], []
@@ -248,18 +275,27 @@ class GlobalExtractor:
             extras[REGIONS_EXTRA] = np.concatenate(regional).astype(np.float16)
         return vecs, extras
 
-    def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
-                progress: bool | None = None, description: str = "extract", chunk_size: int = 512,
-                regions: int = 1) -> ExtractionResult:
+    def extract(
+        self,
+        items: Sequence[PhotoItem],
+        *,
+        cache_dir: str | Path | None = None,
+        progress: bool | None = None,
+        description: str = "extract",
+        chunk_size: int = 512,
+        regions: int = 1,
+    ) -> ExtractionResult:
         """Descriptors of photos on disk, batched by shape; resumable through ``cache_dir``. With
         ``regions`` > 1 the extras also hold the regional descriptors (``REGIONS_EXTRA``)."""
         sig = self.signature | ({"probe": self.probe_name} if self.probe is not None else {})
-        if getattr(self.probe, "tap", None) is not None:      # a pretrained tail: other numbers than the own head
+        if getattr(self.probe, "tap", None) is not None:  # a pretrained tail: other numbers than the own head
             sig["probe_source"] = getattr(self.probe, "source", None)
         if regions > 1:
             sig["regions"] = regions
         cache = _ChunkCache(Path(cache_dir), sig, self.dim) if cache_dir else None
-        done_ids, done_vecs, failures, sizes, done_extra = cache.load() if cache else ([], [], [], {}, defaultdict(list))
+        done_ids, done_vecs, failures, sizes, done_extra = (
+            cache.load() if cache else ([], [], [], {}, defaultdict(list))
+        )
         skip = set(done_ids) | {f.id for f in failures}
         todo = list({it.id: it for it in reversed(items) if it.id not in skip}.values())[::-1]  # unique ids
 
@@ -294,13 +330,17 @@ class GlobalExtractor:
                 bar.advance(len(idx) + len(bad))
                 if cache and pending >= chunk_size:
                     cache.write(new_ids, new_vecs, new_fail, sizes, new_extra)
-                    done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
+                    done_ids += new_ids
+                    done_vecs += new_vecs
+                    failures += new_fail
                     for name, chunks in new_extra.items():
                         done_extra[name] += chunks
                     new_ids, new_vecs, new_fail, new_extra, pending = [], [], [], defaultdict(list), 0
         if cache and (new_ids or new_fail):
             cache.write(new_ids, new_vecs, new_fail, sizes, new_extra)
-        done_ids += new_ids; done_vecs += new_vecs; failures += new_fail
+        done_ids += new_ids
+        done_vecs += new_vecs
+        failures += new_fail
         for name, chunks in new_extra.items():
             done_extra[name] += chunks
         # Return in the order the items were given, one row per id.
@@ -313,25 +353,40 @@ class GlobalExtractor:
             first.setdefault(k, j)
         perm = sorted(first.values(), key=lambda j: order.get(done_ids[j], len(order)))
         extras = {}
-        wanted = ([(_PROBE_KEY, self.probe_name)] if self.probe is not None and self.probe_name else []) + \
-            ([(REGIONS_EXTRA, REGIONS_EXTRA)] if regions > 1 else [])
+        wanted = ([(_PROBE_KEY, self.probe_name)] if self.probe is not None and self.probe_name else []) + (
+            [(REGIONS_EXTRA, REGIONS_EXTRA)] if regions > 1 else []
+        )
         for key, name in wanted:
-            dtype = np.float16 if key == REGIONS_EXTRA else np.float32   # 13 regions a photo: half the memory
-            rows = np.concatenate(done_extra[key]).astype(dtype, copy=False) if done_extra.get(key) else np.zeros((0, 0), dtype)
+            dtype = np.float16 if key == REGIONS_EXTRA else np.float32  # 13 regions a photo: half the memory
+            rows = (
+                np.concatenate(done_extra[key]).astype(dtype, copy=False)
+                if done_extra.get(key)
+                else np.zeros((0, 0), dtype)
+            )
             extras[name] = rows[perm] if len(rows) == len(vecs) else rows[:0]
-        return ExtractionResult([done_ids[j] for j in perm], vecs[perm], failures,
-                                {k: sizes[k] for k in done_ids if k in sizes}, extras)
+        return ExtractionResult(
+            [done_ids[j] for j in perm], vecs[perm], failures, {k: sizes[k] for k in done_ids if k in sizes}, extras
+        )
 
-    def _run(self, items: Sequence[PhotoItem], shapes: list[tuple[int, int]], regions: int = 1
-             ) -> Iterator[tuple[list[int], np.ndarray, dict[str, np.ndarray], list]]:
+    def _run(
+        self, items: Sequence[PhotoItem], shapes: list[tuple[int, int]], regions: int = 1
+    ) -> Iterator[tuple[list[int], np.ndarray, dict[str, np.ndarray], list]]:
         if not items:
             return
         batches = bucket_batches(shapes, self.cfg.batch_size)
-        dataset = _Photos([str(it.path) for it in items], shapes, self.net.preprocessing.mean, self.net.preprocessing.std)
+        dataset = _Photos(
+            [str(it.path) for it in items], shapes, self.net.preprocessing.mean, self.net.preprocessing.std
+        )
         workers = decode_workers(self.cfg.num_workers, self.device) if len(batches) > 1 else 0
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            prefetch_factor=4 if workers else None)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
         for idx, batch, bad in loader:
             extra: dict[str, np.ndarray] = {}
             if batch is None:
@@ -346,7 +401,7 @@ class GlobalExtractor:
             yield idx, vecs, extra, bad
 
 
-_PROBE_KEY = "probe"          # the chunk files' name for the probe outputs, whatever the probe is called
+_PROBE_KEY = "probe"  # the chunk files' name for the probe outputs, whatever the probe is called
 
 
 class _ChunkCache:
@@ -363,8 +418,11 @@ class _ChunkCache:
                 log.info("extraction cache %s was made by another model/config: cleared", root)
         atomic_write_json(sig_file, signature)
 
-    def load(self) -> tuple[list[str], list[np.ndarray], list[Failure], dict[str, tuple[int, int]],
-                            defaultdict[str, list[np.ndarray]]]:
+    def load(
+        self,
+    ) -> tuple[
+        list[str], list[np.ndarray], list[Failure], dict[str, tuple[int, int]], defaultdict[str, list[np.ndarray]]
+    ]:
         ids: list[str] = []
         vecs: list[np.ndarray] = []
         failures: list[Failure] = []
@@ -386,8 +444,11 @@ class _ChunkCache:
         arrays = {name: np.concatenate(rows) for name, rows in (extra or {}).items() if len(rows)}
         with atomic_path(self.root / f"chunk-{n:06d}.npz") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, ids=np.array(ids, dtype=str),
-                         vectors=np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
-                         failures=np.array([[f.id, f.path, f.reason] for f in failures], dtype=str).reshape(-1, 3),
-                         sizes=np.array([sizes[i] for i in ids], dtype=np.int64).reshape(-1, 2),
-                         **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds for allow_pickle
+                np.savez(
+                    fh,
+                    ids=np.array(ids, dtype=str),
+                    vectors=np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
+                    failures=np.array([[f.id, f.path, f.reason] for f in failures], dtype=str).reshape(-1, 3),
+                    sizes=np.array([sizes[i] for i in ids], dtype=np.int64).reshape(-1, 2),
+                    **arrays,
+                )  # type: ignore[arg-type]  # numpy's stub takes **kwds for allow_pickle

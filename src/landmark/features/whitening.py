@@ -43,13 +43,15 @@ def l2n(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 class Whitening:
     """A learned projection: ``apply(x) = l2n((x - mean) @ projection.T)``."""
 
-    mean: np.ndarray          # D, float64
-    projection: np.ndarray    # d x D, float64
-    eigenvalues: np.ndarray   # d, float64 (of the kept components, descending; learned: after the within-landmark whitening)
-    power: float              # learned: 1 (whitened within landmarks)
+    mean: np.ndarray  # D, float64
+    projection: np.ndarray  # d x D, float64
+    eigenvalues: (
+        np.ndarray
+    )  # d, float64 (of the kept components, descending; learned: after the within-landmark whitening)
+    power: float  # learned: 1 (whitened within landmarks)
     shrinkage: float
-    kind: str = "pca"                     # pca (learn_whitening) | learned (learn_labelled_whitening)
-    held_out: tuple[str, ...] = ()        # learned: ids of the labelled photos it was not learned on
+    kind: str = "pca"  # pca (learn_whitening) | learned (learn_labelled_whitening)
+    held_out: tuple[str, ...] = ()  # learned: ids of the labelled photos it was not learned on
 
     @property
     def in_dim(self) -> int:
@@ -70,8 +72,13 @@ class Whitening:
 
     @property
     def signature(self) -> dict[str, Any]:
-        sig = {"digest": self.digest, "in_dim": self.in_dim, "dim": self.out_dim,
-               "power": self.power, "shrinkage": self.shrinkage}
+        sig = {
+            "digest": self.digest,
+            "in_dim": self.in_dim,
+            "dim": self.out_dim,
+            "power": self.power,
+            "shrinkage": self.shrinkage,
+        }
         return sig if self.kind == "pca" else sig | {"kind": self.kind}
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -89,18 +96,30 @@ class Whitening:
         """Write an ``.npz`` atomically (numeric arrays only; loaded with ``allow_pickle=False``)."""
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, mean=self.mean, projection=self.projection, eigenvalues=self.eigenvalues,
-                         power=np.float64(self.power), shrinkage=np.float64(self.shrinkage), kind=np.str_(self.kind),
-                         held_out=np.array(self.held_out, dtype=np.str_))
+                np.savez(
+                    fh,
+                    mean=self.mean,
+                    projection=self.projection,
+                    eigenvalues=self.eigenvalues,
+                    power=np.float64(self.power),
+                    shrinkage=np.float64(self.shrinkage),
+                    kind=np.str_(self.kind),
+                    held_out=np.array(self.held_out, dtype=np.str_),
+                )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Whitening":
+    def load(cls, path: str | Path) -> Whitening:
         try:
             with np.load(path, allow_pickle=False) as z:
-                w = cls(z["mean"].astype(np.float64), z["projection"].astype(np.float64),
-                        z["eigenvalues"].astype(np.float64), float(z["power"]), float(z["shrinkage"]),
-                        str(z["kind"]) if "kind" in z.files else "pca",   # files from before learned whitening
-                        tuple(str(i) for i in z["held_out"]) if "held_out" in z.files else ())
+                w = cls(
+                    z["mean"].astype(np.float64),
+                    z["projection"].astype(np.float64),
+                    z["eigenvalues"].astype(np.float64),
+                    float(z["power"]),
+                    float(z["shrinkage"]),
+                    str(z["kind"]) if "kind" in z.files else "pca",  # files from before learned whitening
+                    tuple(str(i) for i in z["held_out"]) if "held_out" in z.files else (),
+                )
         except (OSError, KeyError, ValueError) as exc:
             raise WhiteningError(f"{path}: not a whitening file ({exc})") from None
         if w.projection.ndim != 2 or w.mean.shape != (w.in_dim,):
@@ -130,7 +149,7 @@ def learn_whitening(x: np.ndarray, dim: int | None = 512, *, power: float = 1.0,
     xc = x - mean
     # eigenvectors of the covariance from the SVD of the centred data (stable, no D x D product when N < D)
     _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    eig = (s ** 2) / n
+    eig = (s**2) / n
     eig, vt = eig[:dim], vt[:dim]
     # fix the sign of each component so the result does not depend on the LAPACK build
     signs = np.sign(vt[np.arange(dim), np.abs(vt).argmax(axis=1)])
@@ -140,8 +159,9 @@ def learn_whitening(x: np.ndarray, dim: int | None = 512, *, power: float = 1.0,
     return Whitening(mean, scale[:, None] * vt, eig, float(power), float(shrinkage))
 
 
-def learn_labelled_whitening(x: np.ndarray, labels: np.ndarray, dim: int | None = 256, *, shrinkage: float = 0.1,
-                             held_out: tuple[str, ...] = ()) -> Whitening:
+def learn_labelled_whitening(
+    x: np.ndarray, labels: np.ndarray, dim: int | None = 256, *, shrinkage: float = 0.1, held_out: tuple[str, ...] = ()
+) -> Whitening:
     """The supervised learned whitening of labelled rows of ``x`` (Radenovic et al.'s L_w), down to ``dim``.
 
     ``S_w`` is the covariance of the differences of all same-landmark pairs (cirtorch's ``whitenlearn``
@@ -180,9 +200,10 @@ def learn_labelled_whitening(x: np.ndarray, labels: np.ndarray, dim: int | None 
     lam, u = np.linalg.eigh(s_w)
     lam = np.maximum(lam, 0.0) + shrinkage * float(np.mean(np.maximum(lam, 0.0)))
     if lam.min() <= 1e-12 * max(lam.max(), 1e-300):
-        raise WhiteningError(f"the within-landmark covariance is singular ({n} photos of {d_in} dimensions):"
-                             " set a shrinkage > 0")
-    inv_sqrt = (u / np.sqrt(lam)) @ u.T                  # S_w^(-1/2), symmetric
+        raise WhiteningError(
+            f"the within-landmark covariance is singular ({n} photos of {d_in} dimensions): set a shrinkage > 0"
+        )
+    inv_sqrt = (u / np.sqrt(lam)) @ u.T  # S_w^(-1/2), symmetric
     mean = x.mean(axis=0)
     y = (x - mean) @ inv_sqrt
     eig, v = np.linalg.eigh(y.T @ y / n)

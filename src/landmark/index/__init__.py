@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from .store import SignatureMismatch, Store, StoreError
 
 _EXPORTS = {
-    "ImageRow": "records", "SearchResult": "records", "SignatureMismatch": "store", "Store": "store",
+    "ImageRow": "records",
+    "SearchResult": "records",
+    "SignatureMismatch": "store",
+    "Store": "store",
     "StoreError": "store",
 }
 __all__ = list(_EXPORTS)

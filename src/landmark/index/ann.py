@@ -69,8 +69,9 @@ def make_index(dim: int, cfg: IndexConfig, n_train: int, sample: np.ndarray | No
     if cfg.kind == "ivfpq":
         nlist = cfg.nlist or default_nlist(n_train)
         pre = f"PCAR{coded}" if cfg.pca_dim or coded < dim else f"RR{dim}"
-        index = faiss.index_factory(dim, f"{pre},IVF{nlist},PQ{2 * cfg.pq_m}x4fs{'r' if cfg.residual else ''}",
-                                    faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(
+            dim, f"{pre},IVF{nlist},PQ{2 * cfg.pq_m}x4fs{'r' if cfg.residual else ''}", faiss.METRIC_INNER_PRODUCT
+        )
         set_search_params(index, cfg)
         return index
     raise AnnError(f"index.kind must be one of {KINDS} for a compressed index, got {cfg.kind!r}")
@@ -84,7 +85,9 @@ def train_index(index: faiss.Index, sample: np.ndarray, seed: int = 1234) -> fai
         ivf.cp.seed = seed
         min_n = max(39 * ivf.nlist, 256)
         if len(sample) < min_n:
-            raise AnnError(f"training an IVF index of {ivf.nlist} cells needs at least {min_n} vectors, got {len(sample)}")
+            raise AnnError(
+                f"training an IVF index of {ivf.nlist} cells needs at least {min_n} vectors, got {len(sample)}"
+            )
     index.train(sample)
     return index
 
@@ -109,11 +112,11 @@ class CompressedStoreIndex:
 
     def __init__(self, index: faiss.Index, rows: np.ndarray, vectors: RefineVectors | np.ndarray, cfg: IndexConfig):
         self.index, self.cfg = index, cfg
-        self.rows = np.asarray(rows, np.int64)           # store row of each written position (sorted)
-        self.vectors = vectors                           # aligned with rows: a RefineVectors once written
-        self._added_rows: list[np.ndarray] = []          # vectors added since, at positions len(rows) + j
+        self.rows = np.asarray(rows, np.int64)  # store row of each written position (sorted)
+        self.vectors = vectors  # aligned with rows: a RefineVectors once written
+        self._added_rows: list[np.ndarray] = []  # vectors added since, at positions len(rows) + j
         self._added_vecs: list[np.ndarray] = []
-        self._removed: set[int] = set()                  # positions removed since
+        self._removed: set[int] = set()  # positions removed since
         set_search_params(index, cfg)
         self.d = int(index.d)
 
@@ -137,7 +140,9 @@ class CompressedStoreIndex:
             ids[np.isin(ids, np.fromiter(self._removed, np.int64))] = -1
         pending, _ = self._pending()
         if len(pending) and (ids < 0).any():
-            last = {int(r): len(self.rows) + j for j, r in enumerate(pending) if len(self.rows) + j not in self._removed}
+            last = {
+                int(r): len(self.rows) + j for j, r in enumerate(pending) if len(self.rows) + j not in self._removed
+            }
             for i in np.flatnonzero(ids < 0):
                 ids[i] = last.get(int(rows[i]), -1)
         if strict and (ids < 0).any():
@@ -171,8 +176,9 @@ class CompressedStoreIndex:
         out = np.empty((len(ids), self.d), np.float32)
         written = ids < len(self.rows)
         if written.any():
-            out[written] = self.vectors(ids[written]) if isinstance(self.vectors, RefineVectors) \
-                else self.vectors[ids[written]]
+            out[written] = (
+                self.vectors(ids[written]) if isinstance(self.vectors, RefineVectors) else self.vectors[ids[written]]
+            )
         if (~written).any():
             out[~written] = self._pending()[1][ids[~written] - len(self.rows)]
         return out
@@ -197,7 +203,12 @@ class CompressedStoreIndex:
         else:
             _, cand = self.index.search(queries, max(k, self.cfg.rerank), params=sp)
             vecs = self.vectors
-            if not self._added_rows and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 and vecs.flags.c_contiguous:
+            if (
+                not self._added_rows
+                and isinstance(vecs, np.ndarray)
+                and vecs.dtype == np.float32
+                and vecs.flags.c_contiguous
+            ):
                 scores, ids = rerank_rows(queries, cand, vecs, k)
             else:
                 scores, ids = exact_rerank(queries, cand, self._fetch, k)
@@ -208,8 +219,12 @@ class CompressedStoreIndex:
         """Write the codes, the live vectors in row order, and their rows (atomic files; the caller
         commits SQLite after). The in-memory index is renumbered to the written positions."""
         pending, _ = self._pending()
-        if (not len(pending) and not self._removed and isinstance(self.vectors, RefineVectors)
-                and self.vectors.path == Path(vectors_path)):    # written there already (a bulk load): keep it
+        if (
+            not len(pending)
+            and not self._removed
+            and isinstance(self.vectors, RefineVectors)
+            and self.vectors.path == Path(vectors_path)
+        ):  # written there already (a bulk load): keep it
             self._write_codes(index_path, rows_path)
             return
         every = np.concatenate([self.rows, pending])
@@ -218,8 +233,13 @@ class CompressedStoreIndex:
         order = np.flatnonzero(alive)
         order = order[np.argsort(every[order], kind="stable")]
         chunk = 65536
-        vectors = RefineVectors.write(vectors_path, (self._fetch(order[i:i + chunk]) for i in range(0, len(order), chunk)),
-                                      len(order), self.d, self.cfg.vectors_dtype)
+        vectors = RefineVectors.write(
+            vectors_path,
+            (self._fetch(order[i : i + chunk]) for i in range(0, len(order), chunk)),
+            len(order),
+            self.d,
+            self.cfg.vectors_dtype,
+        )
         new_of_old = np.full(len(every), -1, np.int64)
         new_of_old[order] = np.arange(len(order))
         remap_ids(self.index, lambda ids: new_of_old[ids])
@@ -235,20 +255,22 @@ class CompressedStoreIndex:
             faiss.write_index(self.index, str(tmp))
 
     @classmethod
-    def read(cls, index_path: Path, vectors_path: Path, rows_path: Path, cfg: IndexConfig) -> "CompressedStoreIndex":
+    def read(cls, index_path: Path, vectors_path: Path, rows_path: Path, cfg: IndexConfig) -> CompressedStoreIndex:
         index, rows = faiss.read_index(str(index_path)), np.load(rows_path)
-        if vectors_path.suffix == ".npy":      # written before RefineVectors: codes named by store row
+        if vectors_path.suffix == ".npy":  # written before RefineVectors: codes named by store row
+
             def positions(ids: np.ndarray) -> np.ndarray:
                 pos, found = sorted_positions(rows, ids)
                 if not found.all():
                     raise AnnError(f"{index_path}: ids {ids[~found][:3].tolist()} are not in {rows_path.name}")
                 return pos
+
             remap_ids(index, positions)
             return cls(index, rows, np.load(vectors_path, mmap_mode="r"), cfg)
         return cls(index, rows, RefineVectors(vectors_path), cfg)
 
     @classmethod
-    def from_flat(cls, flat: faiss.Index, cfg: IndexConfig) -> "CompressedStoreIndex":
+    def from_flat(cls, flat: faiss.Index, cfg: IndexConfig) -> CompressedStoreIndex:
         """Train a compressed index on every vector of an exact ``IndexIDMap2`` and move them into it."""
         rows = faiss.vector_to_array(flat.id_map).astype(np.int64)
         vectors = flat.index.reconstruct_n(0, flat.ntotal) if flat.ntotal else np.zeros((0, flat.d), np.float32)
@@ -259,7 +281,7 @@ class CompressedStoreIndex:
         index = make_index(flat.d, cfg, len(rows), sample)
         train_index(index, sample)
         for i in range(0, len(rows), 100_000):
-            index.add_with_ids(vectors[i:i + 100_000], np.arange(i, min(i + 100_000, len(rows)), dtype=np.int64))
+            index.add_with_ids(vectors[i : i + 100_000], np.arange(i, min(i + 100_000, len(rows)), dtype=np.int64))
         return cls(index, rows, vectors, cfg)
 
     @property
@@ -268,6 +290,10 @@ class CompressedStoreIndex:
 
     def describe(self) -> dict[str, object]:
         """What was built and how it searches: FAISS factory-style name, cells, nprobe, re-rank."""
-        return {"index": index_name(self.index), "nlist": int(faiss.extract_index_ivf(self.index).nlist),
-                "nprobe": int(faiss.extract_index_ivf(self.index).nprobe), "rerank": int(self.cfg.rerank),
-                "vectors": self.vectors.dtype if isinstance(self.vectors, RefineVectors) else "float32"}
+        return {
+            "index": index_name(self.index),
+            "nlist": int(faiss.extract_index_ivf(self.index).nlist),
+            "nprobe": int(faiss.extract_index_ivf(self.index).nprobe),
+            "rerank": int(self.cfg.rerank),
+            "vectors": self.vectors.dtype if isinstance(self.vectors, RefineVectors) else "float32",
+        }

@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..config import IndexConfig
 from ..utils.progress import progress_bar
 from .ann import CompressedStoreIndex, default_nlist, make_index, train_index
-from .vectors import RefineVectors
 from .files import vectors_name
 from .store import Store, StoreError
+from .vectors import RefineVectors
 
-TRAIN_SAMPLE = 100_000            # the fewest vectors the quantizers are trained on (more for many cells: train_size)
+TRAIN_SAMPLE = 100_000  # the fewest vectors the quantizers are trained on (more for many cells: train_size)
 
 
 @dataclass
@@ -69,11 +69,17 @@ def sample_shards(shards: Iterable[Shard], total: int, n: int, seed: int = 0) ->
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def npy_shards(path: str | Path, ids: Sequence[str], size: int, *, landmark_ids: Sequence[int | None] | None = None,
-               paths: Sequence[str | None] | None = None) -> Iterator[Shard]:
+def npy_shards(
+    path: str | Path,
+    ids: Sequence[str],
+    size: int,
+    *,
+    landmark_ids: Sequence[int | None] | None = None,
+    paths: Sequence[str | None] | None = None,
+) -> Iterator[Shard]:
     """Shards of ``size`` rows of the 2-d ``.npy`` at ``path``, read with plain file reads (no memory
     map: the pages read stay the OS's file cache, not this process's memory)."""
-    head = np.load(path, mmap_mode="r", allow_pickle=False)      # the header only: shape, dtype, data offset
+    head = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: shape, dtype, data offset
     shape, dtype, offset, c_order = head.shape, head.dtype, head.offset, head.flags.c_contiguous
     del head
     if len(shape) != 2 or not c_order:
@@ -85,22 +91,42 @@ def npy_shards(path: str | Path, ids: Sequence[str], size: int, *, landmark_ids:
         for lo in range(0, shape[0], size):
             n = min(size, shape[0] - lo)
             rows = np.fromfile(fh, dtype=dtype, count=n * shape[1]).reshape(n, shape[1])
-            yield Shard(ids[lo:lo + n], rows, None if landmark_ids is None else landmark_ids[lo:lo + n],
-                        None if paths is None else paths[lo:lo + n])
+            yield Shard(
+                ids[lo : lo + n],
+                rows,
+                None if landmark_ids is None else landmark_ids[lo : lo + n],
+                None if paths is None else paths[lo : lo + n],
+            )
 
 
-def array_shards(vectors: np.ndarray, ids: Sequence[str], size: int, *,
-                 landmark_ids: Sequence[int | None] | None = None,
-                 paths: Sequence[str | None] | None = None) -> Iterator[Shard]:
+def array_shards(
+    vectors: np.ndarray,
+    ids: Sequence[str],
+    size: int,
+    *,
+    landmark_ids: Sequence[int | None] | None = None,
+    paths: Sequence[str | None] | None = None,
+) -> Iterator[Shard]:
     """Shards of ``size`` rows of an array (or memory map) and its ids."""
     for lo in range(0, len(ids), size):
         part = slice(lo, min(len(ids), lo + size))
-        yield Shard(ids[part], vectors[part], None if landmark_ids is None else landmark_ids[part],
-                    None if paths is None else paths[part])
+        yield Shard(
+            ids[part],
+            vectors[part],
+            None if landmark_ids is None else landmark_ids[part],
+            None if paths is None else paths[part],
+        )
 
 
-def bulk_load(store: Store, shards: Iterable[Shard], n: int, sample: np.ndarray, *, split: str = "index",
-              progress: bool | None = None) -> int:
+def bulk_load(
+    store: Store,
+    shards: Iterable[Shard],
+    n: int,
+    sample: np.ndarray,
+    *,
+    split: str = "index",
+    progress: bool | None = None,
+) -> int:
     """Fill the empty ``store`` (``index.kind`` compressed) with ``n`` photos given shard by shard;
     the index is trained on ``sample`` (rows like the shards', e.g. :func:`sample_rows`). One commit;
     returns the number of photos added. Vectors must be finite and unit-norm, ids new and unique."""
@@ -116,6 +142,7 @@ def bulk_load(store: Store, shards: Iterable[Shard], n: int, sample: np.ndarray,
     now = time.time()
 
     with store.write() as w, progress_bar(f"bulk load {split}", total=n, enabled=progress) as bar:
+
         def encoded() -> Iterator[np.ndarray]:
             done = 0
             for shard in shards:
@@ -126,12 +153,22 @@ def bulk_load(store: Store, shards: Iterable[Shard], n: int, sample: np.ndarray,
                 _check_unit(x, done, shard.ids)
                 labels = shard.landmark_ids if shard.landmark_ids is not None else [None] * m
                 paths = shard.paths if shard.paths is not None else [None] * m
-                index.add_with_ids(x, np.arange(done, done + m, dtype=np.int64))   # position = row - 1
+                index.add_with_ids(x, np.arange(done, done + m, dtype=np.int64))  # position = row - 1
                 try:
                     w.conn.executemany(
                         "INSERT INTO images (row, key, path, landmark_id, split, added_at) VALUES (?,?,?,?,?,?)",
-                        [(done + j + 1, k, None if p is None else str(p), None if lab is None else int(lab), split,
-                          now) for j, (k, p, lab) in enumerate(zip(shard.ids, paths, labels))])
+                        [
+                            (
+                                done + j + 1,
+                                k,
+                                None if p is None else str(p),
+                                None if lab is None else int(lab),
+                                split,
+                                now,
+                            )
+                            for j, (k, p, lab) in enumerate(zip(shard.ids, paths, labels))
+                        ],
+                    )
                 except sqlite3.IntegrityError as exc:
                     raise StoreError(f"shard at photo {done}: an id repeats ({exc})") from None
                 done += m
@@ -139,16 +176,25 @@ def bulk_load(store: Store, shards: Iterable[Shard], n: int, sample: np.ndarray,
                 yield x
 
         # the next generation's vectors file, written as the shards come: the commit then keeps it as it is
-        vectors = RefineVectors.write(store.root / vectors_name(w.generation), encoded(), n, store.dim,
-                                      cfg.vectors_dtype)
+        vectors = RefineVectors.write(
+            store.root / vectors_name(w.generation), encoded(), n, store.dim, cfg.vectors_dtype
+        )
         w.index = CompressedStoreIndex(index, np.arange(1, n + 1, dtype=np.int64), vectors, cfg)
     return n
 
 
-def bulk_import(store: Store, vectors: np.ndarray, ids: Sequence[str], *,
-                landmark_ids: Sequence[int | None] | None = None, paths: Sequence[str | None] | None = None,
-                split: str = "index", shard_size: int = 100_000,
-                transform: Callable[[np.ndarray], np.ndarray] | None = None, progress: bool | None = None) -> int:
+def bulk_import(
+    store: Store,
+    vectors: np.ndarray,
+    ids: Sequence[str],
+    *,
+    landmark_ids: Sequence[int | None] | None = None,
+    paths: Sequence[str | None] | None = None,
+    split: str = "index",
+    shard_size: int = 100_000,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    progress: bool | None = None,
+) -> int:
     """:func:`bulk_load` of an array (or memory map) of unit-norm rows, ``shard_size`` rows at a time;
     ``transform`` maps them into the store's space first (e.g. its whitening). Returns the number added."""
     if len(vectors) != len(ids):
@@ -156,13 +202,15 @@ def bulk_import(store: Store, vectors: np.ndarray, ids: Sequence[str], *,
 
     def mapped(x: np.ndarray, first: int) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        _check_unit(x, first, ids[first:first + len(x)])
+        _check_unit(x, first, ids[first : first + len(x)])
         return x if transform is None else transform(x)
 
-    shards = (Shard(s.ids, mapped(s.vectors, i * shard_size), s.landmark_ids, s.paths) for i, s in
-              enumerate(array_shards(vectors, ids, shard_size, landmark_ids=landmark_ids, paths=paths)))
+    shards = (
+        Shard(s.ids, mapped(s.vectors, i * shard_size), s.landmark_ids, s.paths)
+        for i, s in enumerate(array_shards(vectors, ids, shard_size, landmark_ids=landmark_ids, paths=paths))
+    )
     sample = sample_rows(vectors, train_size(len(ids), store.config.index))
-    sample = sample[np.isfinite(sample).all(axis=1)]      # a bad row is reported by its shard, with its id
+    sample = sample[np.isfinite(sample).all(axis=1)]  # a bad row is reported by its shard, with its id
     sample = sample if transform is None else transform(sample)
     return bulk_load(store, shards, len(ids), sample, split=split, progress=progress)
 
@@ -172,5 +220,6 @@ def _check_unit(x: np.ndarray, first: int, ids: Sequence[str]) -> None:
     norms = np.linalg.norm(x, axis=1)
     if not (np.isfinite(norms).all() and np.allclose(norms, 1.0, atol=1e-3)):
         bad = int(np.argmax(np.where(np.isfinite(norms), np.abs(norms - 1.0), np.inf)))
-        raise StoreError(f"row {first + bad} ({ids[bad]!r}) has norm {norms[bad]:.4f}: descriptors are "
-                         "finite L2-normalised rows")
+        raise StoreError(
+            f"row {first + bad} ({ids[bad]!r}) has norm {norms[bad]:.4f}: descriptors are finite L2-normalised rows"
+        )

@@ -8,7 +8,7 @@ import faiss
 from ..errors import LandmarkError
 from .config import IndexConfig
 
-AUTO_NPROBE_SHARE = 0.07          # index.nprobe = 0: the share of cells visited per query
+AUTO_NPROBE_SHARE = 0.07  # index.nprobe = 0: the share of cells visited per query
 
 
 class AnnError(LandmarkError, ValueError):
@@ -43,7 +43,8 @@ def bytes_per_vector(index: faiss.Index) -> float:
 def index_name(index: faiss.Index) -> str:
     """A compressed index in FAISS factory terms, e.g. ``PCAR256,IVF4096,PQ128x4fsr``."""
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    pq = f"PQ{ivf.pq.M}x{ivf.pq.nbits}{'fs' if isinstance(ivf, faiss.IndexIVFFastScan) else ''}{'r' if ivf.by_residual else ''}"
+    fast_scan = "fs" if isinstance(ivf, faiss.IndexIVFFastScan) else ""
+    pq = f"PQ{ivf.pq.M}x{ivf.pq.nbits}{fast_scan}{'r' if ivf.by_residual else ''}"
     parts = [f"IVF{ivf.nlist}", pq]
     outer = faiss.downcast_index(index)
     if isinstance(outer, faiss.IndexPreTransform):

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class LocalStore:
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
-    def create(cls, root: str | Path, signature: Mapping[str, Any]) -> "LocalStore":
+    def create(cls, root: str | Path, signature: Mapping[str, Any]) -> LocalStore:
         """Open ``root`` if it holds features of ``signature``; make it (or clear it) otherwise."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ class LocalStore:
             conn = connect(root / "entries.sqlite")
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='signature'").fetchone()
-            if row is not None and json.loads(row[0]) != sig:   # made by another extractor: start over
+            if row is not None and json.loads(row[0]) != sig:  # made by another extractor: start over
                 with transaction(conn):
                     conn.execute("DELETE FROM entries")
                 for p in root.glob("seg-*.npy"):
@@ -69,14 +70,14 @@ class LocalStore:
         return cls(root, conn)
 
     @classmethod
-    def open(cls, root: str | Path) -> "LocalStore":
+    def open(cls, root: str | Path) -> LocalStore:
         root = Path(root)
         if not (root / "entries.sqlite").is_file():
             raise StoreError(f"no local features at {root} (build the store with local.enabled=true)")
         return cls(root, connect(root / "entries.sqlite"))
 
     @classmethod
-    def open_if_exists(cls, root: str | Path) -> "LocalStore | None":
+    def open_if_exists(cls, root: str | Path) -> LocalStore | None:
         return cls.open(root) if (Path(root) / "entries.sqlite").is_file() else None
 
     def close(self) -> None:
@@ -104,10 +105,15 @@ class LocalStore:
         """Features of ``keys`` that are stored (arrays are read-only views of memory-mapped files)."""
         out: dict[str, LocalFeatures] = {}
         for part in chunks(list(keys)):
-            q = f"SELECT key, segment, start, count, scale, width, height FROM entries WHERE key IN ({','.join('?' * len(part))})"
+            q = (
+                "SELECT key, segment, start, count, scale, width, height FROM entries "
+                f"WHERE key IN ({','.join('?' * len(part))})"
+            )
             for key, seg, start, count, scale, w, h in self._conn.execute(q, list(part)):
                 kp, desc = self._segment(seg)
-                out[key] = LocalFeatures(kp[start:start + count], desc[start:start + count], float(scale), int(w), int(h))
+                out[key] = LocalFeatures(
+                    kp[start : start + count], desc[start : start + count], float(scale), int(w), int(h)
+                )
         return out
 
     def __getitem__(self, key: str) -> LocalFeatures:
@@ -126,8 +132,13 @@ class LocalStore:
     def info(self) -> dict[str, Any]:
         n, kps = self._conn.execute("SELECT count(*), coalesce(sum(count), 0) FROM entries").fetchone()
         size = sum(p.stat().st_size for p in self.root.glob("seg-*.npy"))
-        return {"images": n, "keypoints": int(kps), "mean_keypoints": (kps / n) if n else 0.0,
-                "bytes_on_disk": size, "signature": self.signature}
+        return {
+            "images": n,
+            "keypoints": int(kps),
+            "mean_keypoints": (kps / n) if n else 0.0,
+            "bytes_on_disk": size,
+            "signature": self.signature,
+        }
 
     # -- writes --------------------------------------------------------------------------------
     def add(self, keys: Sequence[str], features: Sequence[LocalFeatures]) -> int:
@@ -157,16 +168,22 @@ class LocalStore:
                         np.save(fh, arr)
             starts = np.concatenate([[0], np.cumsum([len(f.keypoints) for f in features])[:-1]])
             with transaction(self._conn):
-                self._conn.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)", [
-                    (k, seg, int(s), len(f.keypoints), float(f.scale), int(f.width), int(f.height))
-                    for k, s, f in zip(keys, starts, features)])
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (k, seg, int(s), len(f.keypoints), float(f.scale), int(f.width), int(f.height))
+                        for k, s, f in zip(keys, starts, features)
+                    ],
+                )
         return len(keys)
 
     def remove(self, keys: Sequence[str]) -> int:
         with lock(self.root), transaction(self._conn):
             n = 0
             for part in chunks(list(keys)):
-                n += self._conn.execute(f"DELETE FROM entries WHERE key IN ({','.join('?' * len(part))})", list(part)).rowcount
+                n += self._conn.execute(
+                    f"DELETE FROM entries WHERE key IN ({','.join('?' * len(part))})", list(part)
+                ).rowcount
         return n
 
     def compact(self) -> None:
@@ -174,15 +191,20 @@ class LocalStore:
         keys = self.keys()
         feats = self.get(keys)
         old = {int(p.name.split("-")[1].split(".")[0]) for p in self.root.glob("seg-*.npy")}
-        self.add(keys, [LocalFeatures(np.array(f.keypoints), np.array(f.descriptors), f.scale, f.width, f.height)
-                        for f in (feats[k] for k in keys)])
+        self.add(
+            keys,
+            [
+                LocalFeatures(np.array(f.keypoints), np.array(f.descriptors), f.scale, f.width, f.height)
+                for f in (feats[k] for k in keys)
+            ],
+        )
         self._maps.clear()
         with lock(self.root):
             for seg in old:
                 for part in ("kp", "desc"):
                     (self.root / _seg_name(seg, part)).unlink(missing_ok=True)
 
-    def __enter__(self) -> "LocalStore":
+    def __enter__(self) -> LocalStore:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -42,9 +42,9 @@ class SearchResult:
     """``k`` neighbours per query; missing neighbours have key ``None`` and score ``-inf``."""
 
     keys: list[list[str | None]]
-    scores: np.ndarray        # Q x k float32, inner products (cosine for unit vectors)
+    scores: np.ndarray  # Q x k float32, inner products (cosine for unit vectors)
     landmark_ids: np.ndarray  # Q x k int64, -1 where unlabelled or missing
-    rows: np.ndarray          # Q x k int64 store rows, -1 where missing
+    rows: np.ndarray  # Q x k int64 store rows, -1 where missing
 
     def __len__(self) -> int:
         return len(self.keys)

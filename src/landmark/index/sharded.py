@@ -4,8 +4,8 @@ the codes nor the full vectors need to fit in RAM at once."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -25,21 +25,33 @@ class ShardedIndex:
     re-ranks them from the full vectors.
     """
 
-    def __init__(self, paths: Sequence[Path], cfg: IndexConfig, vectors: RefineVectors | DiskVectors | None = None,
-                 mmap: bool = True):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        cfg: IndexConfig,
+        vectors: RefineVectors | DiskVectors | None = None,
+        mmap: bool = True,
+    ):
         self.paths, self.cfg, self.vectors = [Path(p) for p in paths], cfg, vectors
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         self.shards = [faiss.read_index(str(p), flags) for p in self.paths]
         if not self.shards:
             raise AnnError("a sharded index needs at least one shard file")
-        self.union = faiss.IndexShards(self.shards[0].d, False, False)   # one thread; ids kept as they are
+        self.union = faiss.IndexShards(self.shards[0].d, False, False)  # one thread; ids kept as they are
         for s in self.shards:
             set_search_params(s, cfg)
             self.union.add_shard(s)
 
     @classmethod
-    def build(cls, root: str | Path, trained: faiss.Index, chunks: Iterable[np.ndarray], shard_size: int,
-              cfg: IndexConfig, vectors: RefineVectors | DiskVectors | None = None) -> "ShardedIndex":
+    def build(
+        cls,
+        root: str | Path,
+        trained: faiss.Index,
+        chunks: Iterable[np.ndarray],
+        shard_size: int,
+        cfg: IndexConfig,
+        vectors: RefineVectors | DiskVectors | None = None,
+    ) -> ShardedIndex:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         paths, current, start, filled = [], None, 0, 0
@@ -59,7 +71,7 @@ class ShardedIndex:
                     current, filled = faiss.deserialize_index(template), 0
                 take = min(shard_size - filled, len(chunk) - off)
                 ids = np.arange(start, start + take, dtype=np.int64)
-                current.add_with_ids(chunk[off:off + take], ids)
+                current.add_with_ids(chunk[off : off + take], ids)
                 start, off, filled = start + take, off + take, filled + take
                 if filled == shard_size:
                     flush()
@@ -83,5 +95,3 @@ class ShardedIndex:
     def resident_bytes_per_vector(self) -> float:
         """Bytes of the largest shard per vector of the whole collection: what one search step holds."""
         return max(memory_bytes(s) for s in self.shards) / max(1, self.ntotal)
-
-

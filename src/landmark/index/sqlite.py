@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 
 def chunks(seq: Sequence, n: int = 900) -> Iterator[Sequence]:
     """``seq`` in slices of at most ``n``: SQLite caps the parameters of one statement."""
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 def connect(path: Path) -> sqlite3.Connection:

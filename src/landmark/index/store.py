@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -46,6 +47,7 @@ from .records import ImageRow, SearchResult, StoredFile
 from .schema import SCHEMA, STORE_VERSION
 from .sqlite import chunks, connect, lock
 from .views import GenerationViews
+
 
 class StoreError(LandmarkError, RuntimeError):
     """The store is missing, damaged, or asked for something it cannot do."""
@@ -68,30 +70,39 @@ class Store:
         self.dim = int(self.signature["dim"])
         self.config: Config = config_from_dict(json.loads(meta["config"]))
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='extras'").fetchone() is None:
-            try:   # stores made before extras existed (a read-only one simply has none)
-                conn.execute("CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, "
-                             "value BLOB NOT NULL, PRIMARY KEY (row, name))")
+            try:  # stores made before extras existed (a read-only one simply has none)
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, "
+                    "value BLOB NOT NULL, PRIMARY KEY (row, name))"
+                )
             except sqlite3.OperationalError:
                 pass
         if not self._has_content_column():
-            try:   # stores made before content hashes were kept: their rows have none (see add_manifest)
+            try:  # stores made before content hashes were kept: their rows have none (see add_manifest)
                 conn.execute("ALTER TABLE images ADD COLUMN content TEXT")
             except sqlite3.OperationalError:
-                pass   # read-only (reads then see no hashes), or another process added it just now
+                pass  # read-only (reads then see no hashes), or another process added it just now
         self._generation = -1
         self._index: faiss.Index | None = None
-        self._views_of: GenerationViews | None = None   # per-generation lookups (index/views.py)
+        self._views_of: GenerationViews | None = None  # per-generation lookups (index/views.py)
         self.refresh()
 
     # -- opening and creating ------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | Path, config: Config, signature: Mapping[str, Any], *, overwrite: bool = False) -> "Store":
+    def create(
+        cls, root: str | Path, config: Config, signature: Mapping[str, Any], *, overwrite: bool = False
+    ) -> Store:
         """Make an empty store for vectors of ``signature['dim']`` dimensions."""
         root = Path(root)
         if (root / "meta.sqlite").exists():
             if not overwrite:
                 raise StoreError(f"{root} already holds a store (use overwrite to replace it)")
-            for p in [root / "meta.sqlite", root / "meta.sqlite-wal", root / "meta.sqlite-shm", *generation_files(root)]:
+            for p in [
+                root / "meta.sqlite",
+                root / "meta.sqlite-wal",
+                root / "meta.sqlite-shm",
+                *generation_files(root),
+            ]:
                 p.unlink(missing_ok=True)
         root.mkdir(parents=True, exist_ok=True)
         with lock(root):
@@ -100,15 +111,21 @@ class Store:
             conn = connect(root / "meta.sqlite")
             with conn:
                 conn.executescript(SCHEMA)
-                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-                    ("version", str(STORE_VERSION)), ("generation", "0"), ("created_at", str(time.time())),
-                    ("signature", json.dumps(dict(signature), sort_keys=True)),
-                    ("config", json.dumps(config.to_dict()))])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [
+                        ("version", str(STORE_VERSION)),
+                        ("generation", "0"),
+                        ("created_at", str(time.time())),
+                        ("signature", json.dumps(dict(signature), sort_keys=True)),
+                        ("config", json.dumps(config.to_dict())),
+                    ],
+                )
             atomic_write_text(root / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         return cls(root, conn)
 
     @classmethod
-    def open(cls, root: str | Path) -> "Store":
+    def open(cls, root: str | Path) -> Store:
         root = Path(root)
         if not (root / "meta.sqlite").is_file():
             raise StoreError(f"no store at {root} (build one with: landmark index build DATA --store {root})")
@@ -116,16 +133,18 @@ class Store:
         try:
             conn = connect(root / "meta.sqlite")
             return cls(root, conn)
-        except sqlite3.DatabaseError as exc:     # an empty, truncated or foreign file (OperationalError included)
+        except sqlite3.DatabaseError as exc:  # an empty, truncated or foreign file (OperationalError included)
             if conn is not None:
                 conn.close()
-            raise StoreError(f"{root / 'meta.sqlite'} is not a readable store database ({exc}); rebuild the store "
-                             f"(landmark index build DATA --store {root} --overwrite) or restore that file") from None
+            raise StoreError(
+                f"{root / 'meta.sqlite'} is not a readable store database ({exc}); rebuild the store "
+                f"(landmark index build DATA --store {root} --overwrite) or restore that file"
+            ) from None
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -144,12 +163,11 @@ class Store:
         path = self.root / index_name(gen)
         if not path.is_file():
             raise StoreError(f"{self.root}: index file {path.name} named by meta.sqlite is missing")
-        if (self.root / rows_name(gen)).is_file():   # compressed: codes + full vectors on disk
+        if (self.root / rows_name(gen)).is_file():  # compressed: codes + full vectors on disk
             vectors = self.root / vectors_name(gen)
-            if not vectors.is_file():                    # written before the vectors became a FAISS file
+            if not vectors.is_file():  # written before the vectors became a FAISS file
                 vectors = vectors.with_suffix(".npy")
-            self._index = CompressedStoreIndex.read(path, vectors, self.root / rows_name(gen),
-                                                    self.config.index)
+            self._index = CompressedStoreIndex.read(path, vectors, self.root / rows_name(gen), self.config.index)
         else:
             self._index = faiss.read_index(str(path))
         if self._index.d != self.dim:
@@ -163,24 +181,39 @@ class Store:
     def info(self) -> dict[str, Any]:
         c = self._conn
         by_split = dict(c.execute("SELECT coalesce(split, ''), count(*) FROM images GROUP BY split"))
-        return {"root": str(self.root), "images": len(self), "dim": self.dim, "generation": self._generation,
-                "labelled": c.execute("SELECT count(*) FROM images WHERE landmark_id IS NOT NULL").fetchone()[0],
-                "landmarks": c.execute("SELECT count(DISTINCT landmark_id) FROM images").fetchone()[0],
-                "splits": by_split, "signature": self.signature,
-                "index_kind": "flat" if not isinstance(self._index, CompressedStoreIndex) else self.config.index.kind,
-                "bytes_per_vector": self._index.bytes_per_vector if isinstance(self._index, CompressedStoreIndex)
-                else 4 * self.dim,
-                **({"compressed": self._index.describe()} if isinstance(self._index, CompressedStoreIndex) else {})}
+        return {
+            "root": str(self.root),
+            "images": len(self),
+            "dim": self.dim,
+            "generation": self._generation,
+            "labelled": c.execute("SELECT count(*) FROM images WHERE landmark_id IS NOT NULL").fetchone()[0],
+            "landmarks": c.execute("SELECT count(DISTINCT landmark_id) FROM images").fetchone()[0],
+            "splits": by_split,
+            "signature": self.signature,
+            "index_kind": "flat" if not isinstance(self._index, CompressedStoreIndex) else self.config.index.kind,
+            "bytes_per_vector": self._index.bytes_per_vector
+            if isinstance(self._index, CompressedStoreIndex)
+            else 4 * self.dim,
+            **({"compressed": self._index.describe()} if isinstance(self._index, CompressedStoreIndex) else {}),
+        }
 
     def label_names(self) -> dict[int, str]:
         return dict(self._conn.execute("SELECT landmark_id, name FROM landmarks"))
 
     def set_label_names(self, names: Mapping[int, str]) -> None:
         with lock(self.root), self._conn:
-            self._conn.executemany("INSERT OR REPLACE INTO landmarks VALUES (?, ?)", [(int(k), str(v)) for k, v in names.items()])
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO landmarks VALUES (?, ?)", [(int(k), str(v)) for k, v in names.items()]
+            )
 
-    def keys(self, split: str | None = None, *, labelled: bool | None = None, other_than: str | None = None,
-             limit: int | None = None) -> list[str]:
+    def keys(
+        self,
+        split: str | None = None,
+        *,
+        labelled: bool | None = None,
+        other_than: str | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
         """Stored ids in insertion order: all, those of ``split``, and/or only the (un)labelled ones
         (``labelled``), or those of any split but ``other_than``; the first ``limit`` of them. Read by
         SQL alone: a million-photo store lists its few distractors without making a row object per photo."""
@@ -201,7 +234,10 @@ class Store:
     def get(self, keys: Sequence[str]) -> dict[str, ImageRow]:
         out: dict[str, ImageRow] = {}
         for part in chunks(list(keys)):
-            q = f"SELECT key, path, landmark_id, split, width, height FROM images WHERE key IN ({','.join('?' * len(part))})"
+            q = (
+                "SELECT key, path, landmark_id, split, width, height FROM images "
+                f"WHERE key IN ({','.join('?' * len(part))})"
+            )
             out.update({r[0]: ImageRow(*r) for r in self._conn.execute(q, list(part))})
         return out
 
@@ -228,11 +264,15 @@ class Store:
 
     def landmark_counts(self) -> list[tuple[int | None, int, str]]:
         """``(landmark_id, photos, first key)`` per landmark (``None`` = unlabelled), most photos first."""
-        q = "SELECT landmark_id, count(*) AS n, key, min(row) FROM images GROUP BY landmark_id ORDER BY n DESC, landmark_id"
+        q = (
+            "SELECT landmark_id, count(*) AS n, key, min(row) FROM images GROUP BY landmark_id "
+            "ORDER BY n DESC, landmark_id"
+        )
         return [(lab, int(n), key) for lab, n, key, _ in self._conn.execute(q)]
 
-    def list_images(self, landmark_id: int | None = None, *, unlabelled: bool = False, offset: int = 0,
-                    limit: int = 100) -> list[ImageRow]:
+    def list_images(
+        self, landmark_id: int | None = None, *, unlabelled: bool = False, offset: int = 0, limit: int = 100
+    ) -> list[ImageRow]:
         """A page of stored images in insertion order: all, one landmark's, or the unlabelled ones."""
         where, args = "", []
         if unlabelled:
@@ -242,7 +282,7 @@ class Store:
         q = f"SELECT key, path, landmark_id, split, width, height FROM images {where} ORDER BY row LIMIT ? OFFSET ?"
         return [ImageRow(*r) for r in self._conn.execute(q, [*args, max(0, int(limit)), max(0, int(offset))])]
 
-    def pin(self) -> "Store":
+    def pin(self) -> Store:
         """Hold a read transaction so this object keeps seeing the generation it has now loaded.
 
         For a long-lived reader beside a writer (the HTTP service): its SQLite reads and its FAISS
@@ -284,15 +324,19 @@ class Store:
         with lock(self.root):
             rows = self._rows_of(keys)
             with self._conn:
-                self._conn.executemany("INSERT OR REPLACE INTO extras VALUES (?, ?, ?)",
-                                       [(int(rows[k]), name, v.astype(np.float16).tobytes()) for k, v in zip(keys, values)])
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO extras VALUES (?, ?, ?)",
+                    [(int(rows[k]), name, v.astype(np.float16).tobytes()) for k, v in zip(keys, values)],
+                )
 
     def update_config(self, config: Config) -> None:
         """Replace the stored pipeline configuration (meta and config.yaml), e.g. after calibration.
         The model and extraction settings must stay those that made the vectors."""
         with lock(self.root):
             with self._conn:
-                self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("config", json.dumps(config.to_dict())))
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", ("config", json.dumps(config.to_dict()))
+                )
             atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.config = config
 
@@ -316,10 +360,19 @@ class Store:
         return rows
 
     # -- writes --------------------------------------------------------------------------------
-    def add(self, keys: Sequence[str], vectors: np.ndarray, *, paths: Sequence[str | None] | None = None,
-            landmark_ids: Sequence[int | None] | None = None, split: str | None = None,
-            sizes: Mapping[str, tuple[int, int]] | None = None, replace: bool = False,
-            extras: Mapping[str, np.ndarray] | None = None, contents: Sequence[str | None] | None = None) -> int:
+    def add(
+        self,
+        keys: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        paths: Sequence[str | None] | None = None,
+        landmark_ids: Sequence[int | None] | None = None,
+        split: str | None = None,
+        sizes: Mapping[str, tuple[int, int]] | None = None,
+        replace: bool = False,
+        extras: Mapping[str, np.ndarray] | None = None,
+        contents: Sequence[str | None] | None = None,
+    ) -> int:
         """Add descriptors with their metadata (``contents``: each photo's :func:`content_hash`;
         ``extras``: name -> N x G arrays) in one atomic commit; returns the number added."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -336,15 +389,18 @@ class Store:
         labels = list(landmark_ids) if landmark_ids is not None else [None] * n
         hashes = list(contents) if contents is not None else [None] * n
         if len(paths) != n or len(labels) != n or len(hashes) != n:
-            raise StoreError(f"expected {n} paths, landmark ids and contents, got {len(paths)}, {len(labels)} "
-                             f"and {len(hashes)}")
+            raise StoreError(
+                f"expected {n} paths, landmark ids and contents, got {len(paths)}, {len(labels)} and {len(hashes)}"
+            )
         sizes = sizes or {}
         now = time.time()
         with self.write() as w:
             conn = w.conn
             existing = self._existing(keys)
             if existing and not replace:
-                raise StoreError(f"{len(existing)} id(s) already in the store, e.g. {sorted(existing)[:3]} (use replace)")
+                raise StoreError(
+                    f"{len(existing)} id(s) already in the store, e.g. {sorted(existing)[:3]} (use replace)"
+                )
             if existing:
                 self._delete_rows(conn, list(existing.values()))
             first = conn.execute("SELECT coalesce(max(row), 0) + 1 FROM images").fetchone()[0]
@@ -352,12 +408,25 @@ class Store:
             conn.executemany(
                 "INSERT INTO images (row, key, path, landmark_id, split, width, height, added_at, content) "
                 "VALUES (?,?,?,?,?,?,?,?,?)",
-                [(int(r), k, None if p is None else str(p), None if lab is None else int(lab), split,
-                  *(sizes.get(k) or (None, None)), now, h) for r, k, p, lab, h in zip(rows, keys, paths, labels, hashes)])
+                [
+                    (
+                        int(r),
+                        k,
+                        None if p is None else str(p),
+                        None if lab is None else int(lab),
+                        split,
+                        *(sizes.get(k) or (None, None)),
+                        now,
+                        h,
+                    )
+                    for r, k, p, lab, h in zip(rows, keys, paths, labels, hashes)
+                ],
+            )
             for name, values in (extras or {}).items():
                 values = np.asarray(values, dtype=np.float16).reshape(n, -1)
-                conn.executemany("INSERT INTO extras VALUES (?, ?, ?)",
-                                 [(int(r), name, v.tobytes()) for r, v in zip(rows, values)])
+                conn.executemany(
+                    "INSERT INTO extras VALUES (?, ?, ?)", [(int(r), name, v.tobytes()) for r, v in zip(rows, values)]
+                )
             self._index.add_with_ids(vectors, rows)
         return n
 
@@ -401,10 +470,16 @@ class Store:
                     self._index = w.index
                 new = old + 1
                 ic = self.config.index
-                if ic.kind != "flat" and not isinstance(self._index, CompressedStoreIndex) and len(self) >= ic.train_min:
+                if (
+                    ic.kind != "flat"
+                    and not isinstance(self._index, CompressedStoreIndex)
+                    and len(self) >= ic.train_min
+                ):
                     self._index = CompressedStoreIndex.from_flat(self._index, ic)
                 if isinstance(self._index, CompressedStoreIndex):
-                    self._index.write(self.root / index_name(new), self.root / vectors_name(new), self.root / rows_name(new))
+                    self._index.write(
+                        self.root / index_name(new), self.root / vectors_name(new), self.root / rows_name(new)
+                    )
                 else:
                     write_index(self._index, self.root / index_name(new))
                 conn.execute("UPDATE meta SET value=? WHERE key='generation'", (str(new),))
@@ -412,7 +487,7 @@ class Store:
             except BaseException:
                 conn.execute("ROLLBACK")
                 self._generation = -1
-                self.refresh()   # back to the last committed index
+                self.refresh()  # back to the last committed index
                 raise
             self._generation = new
             current = {index_name(new), vectors_name(new), rows_name(new)}
@@ -421,11 +496,12 @@ class Store:
                     stale.unlink(missing_ok=True)
             if isinstance(self._index, CompressedStoreIndex):
                 self._generation = -1
-                self.refresh()       # re-open the written files: full vectors memory-mapped, pending lists empty
+                self.refresh()  # re-open the written files: full vectors memory-mapped, pending lists empty
 
     # -- search --------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, *, labelled_only: bool = False,
-               splits: Sequence[str] | None = None) -> SearchResult:
+    def search(
+        self, queries: np.ndarray, k: int, *, labelled_only: bool = False, splits: Sequence[str] | None = None
+    ) -> SearchResult:
         """Top-``k`` stored images by inner product, optionally among labelled images or some splits."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
@@ -441,14 +517,19 @@ class Store:
         scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
         meta = self._row_meta(np.unique(rows[rows >= 0]).tolist())
         keys = [[meta[r][0] if r >= 0 else None for r in row] for row in rows.tolist()]
-        labels = np.array([[(meta[r][1] if r >= 0 and meta[r][1] is not None else -1) for r in row]
-                           for row in rows.tolist()], dtype=np.int64).reshape(rows.shape)
+        labels = np.array(
+            [[(meta[r][1] if r >= 0 and meta[r][1] is not None else -1) for r in row] for row in rows.tolist()],
+            dtype=np.int64,
+        ).reshape(rows.shape)
         return SearchResult(keys, scores, labels, rows.astype(np.int64))
 
     @property
     def _views(self) -> GenerationViews:
         """The lookups of the generation now loaded (made again for another generation or index)."""
-        if self._views_of is None or (self._views_of.index, self._views_of.generation) != (self._index, self._generation):
+        if self._views_of is None or (self._views_of.index, self._views_of.generation) != (
+            self._index,
+            self._generation,
+        ):
             self._views_of = GenerationViews(self._conn, self._index, self.dim, self.root, self._generation)
         return self._views_of
 
@@ -459,12 +540,13 @@ class Store:
             out.update({r: (k, lab) for r, k, lab in self._conn.execute(q, list(part))})
         return out
 
+
 @dataclass
 class StoreWrite:
     """The transaction of one :meth:`Store.write`."""
 
     conn: sqlite3.Connection
-    generation: int                            # the generation its commit makes
+    generation: int  # the generation its commit makes
     index: CompressedStoreIndex | None = None  # a bulk load's index for that generation (its files already written)
 
 
@@ -475,4 +557,5 @@ def check_signature(store: Store, signature: Mapping[str, Any]) -> None:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise SignatureMismatch(
             f"store {store.root} was built with {json.dumps({k: mine.get(k) for k in diff})}, "
-            f"but the query extractor uses {json.dumps({k: theirs.get(k) for k in diff})}")
+            f"but the query extractor uses {json.dumps({k: theirs.get(k) for k in diff})}"
+        )

@@ -5,9 +5,9 @@ read; FAISS's ``IndexRefine`` re-scores the candidates in C++ (:class:`RefineVec
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import faiss
 import numpy as np
@@ -31,10 +31,10 @@ def exact_rerank(queries: np.ndarray, ids: np.ndarray, fetch, k: int) -> tuple[n
         cand = np.unique(ids[i][ids[i] >= 0])
         if not len(cand):
             continue
-        sc = np.einsum("ij,j->i", fetch(cand), queries[i])   # no BLAS threads for a mat-vec
+        sc = np.einsum("ij,j->i", fetch(cand), queries[i])  # no BLAS threads for a mat-vec
         top = np.argsort(-sc, kind="stable")[:k]
-        scores_out[i, :len(top)] = sc[top]
-        ids_out[i, :len(top)] = cand[top]
+        scores_out[i, : len(top)] = sc[top]
+        ids_out[i, : len(top)] = cand[top]
     return scores_out, ids_out
 
 
@@ -72,8 +72,19 @@ def rerank_rows(queries: np.ndarray, rows: np.ndarray, array: np.ndarray, k: int
     scores = np.empty((q_n, k), np.float32)
     out = np.empty((q_n, k), np.int64)
     if q_n and width and n:
-        faiss.knn_inner_products_by_idx(faiss.swig_ptr(queries), faiss.swig_ptr(array), faiss.swig_ptr(rows),
-                                        d, q_n, n, width, k, faiss.swig_ptr(scores), faiss.swig_ptr(out), width)
+        faiss.knn_inner_products_by_idx(
+            faiss.swig_ptr(queries),
+            faiss.swig_ptr(array),
+            faiss.swig_ptr(rows),
+            d,
+            q_n,
+            n,
+            width,
+            k,
+            faiss.swig_ptr(scores),
+            faiss.swig_ptr(out),
+            width,
+        )
     else:
         scores.fill(-np.inf)
         out.fill(-1)
@@ -106,14 +117,14 @@ class DiskVectors:
         return exact_rerank(queries, ids, self, k)
 
     @staticmethod
-    def write(path: str | Path, chunks: Iterable[np.ndarray], n: int, dim: int, dtype=np.float32) -> "DiskVectors":
+    def write(path: str | Path, chunks: Iterable[np.ndarray], n: int, dim: int, dtype=np.float32) -> DiskVectors:
         """Stream ``chunks`` into a new ``.npy`` of ``n x dim`` (atomically); returns it opened."""
         path = Path(path)
         with atomic_path(path) as tmp:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
             i = 0
             for c in chunks:
-                arr[i:i + len(c)] = c
+                arr[i : i + len(c)] = c
                 i += len(c)
             if i != n:
                 raise AnnError(f"{path}: expected {n} vectors, got {i}")
@@ -161,8 +172,14 @@ class RefineVectors:
             raise AnnError(f"vector ids must be in [0, {len(self)}), got {int(ids.min())}..{int(ids.max())}")
         return self.index.reconstruct_batch(ids)
 
-    def refine(self, base: faiss.Index, queries: np.ndarray, k: int, shortlist: int,
-               base_params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def refine(
+        self,
+        base: faiss.Index,
+        queries: np.ndarray,
+        k: int,
+        shortlist: int,
+        base_params: faiss.SearchParameters | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The top-``k`` of ``base``'s ``shortlist`` best candidates per query, re-scored from these vectors.
 
         ``base``'s ids must be entries of this file. FAISS's ``IndexRefine`` does it in C++: one
@@ -172,18 +189,22 @@ class RefineVectors:
         -inf / -1 where fewer candidates exist.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if int(base.ntotal) != len(self):    # IndexRefine wants both to hold as many (e.g. some removed from base)
+        if int(base.ntotal) != len(self):  # IndexRefine wants both to hold as many (e.g. some removed from base)
             _, ids = base.search(queries, max(k, shortlist), params=base_params)
             return exact_rerank(queries, ids, self, k)
         refined = faiss.IndexRefine(base, self.index)
         # FAISS truncates k * k_factor (in float): the half keeps the shortlist exactly max(k, shortlist) long
-        params = faiss.IndexRefineSearchParameters(k_factor=(max(k, shortlist) + 0.5) / k, base_index_params=base_params)
+        params = faiss.IndexRefineSearchParameters(
+            k_factor=(max(k, shortlist) + 0.5) / k, base_index_params=base_params
+        )
         scores, ids = refined.search(queries, k, params=params)
         scores[ids < 0] = -np.inf
         return scores, ids
 
     @staticmethod
-    def write(path: str | Path, chunks: Iterable[np.ndarray], n: int, dim: int, dtype: str = "float16") -> "RefineVectors":
+    def write(
+        path: str | Path, chunks: Iterable[np.ndarray], n: int, dim: int, dtype: str = "float16"
+    ) -> RefineVectors:
         """Stream ``chunks`` (``n`` vectors in all) into a new file (atomically); returns it opened.
 
         FAISS writes a flat-codes index as its header (which holds ``ntotal``) followed by its codes
@@ -214,8 +235,9 @@ class RefineVectors:
         return RefineVectors(path)
 
 
-def refined_search(base: faiss.Index, vectors: RefineVectors | DiskVectors, queries: np.ndarray, k: int,
-                   shortlist: int) -> tuple[np.ndarray, np.ndarray]:
+def refined_search(
+    base: faiss.Index, vectors: RefineVectors | DiskVectors, queries: np.ndarray, k: int, shortlist: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``base``'s ``shortlist`` candidates per query, re-ranked from ``vectors`` (ids = their entries)."""
     if isinstance(vectors, RefineVectors):
         return vectors.refine(base, queries, k, shortlist)

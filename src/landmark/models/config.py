@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..utils.config import ConfigError
 from ..utils.registry import Registry
@@ -31,12 +31,19 @@ def check_models(models: Sequence[ModelConfig], where: str) -> None:
     """A :class:`ConfigError` for a model whose backbone or pooling does not exist."""
     for m in models:
         if m.backbone not in BACKBONES and not m.backbone.startswith("timm/"):
-            raise ConfigError(f"{where}.backbone: unknown backbone {m.backbone!r}; choose one of {sorted(BACKBONES)} "
-                              "or 'timm/<model name>' (timm hub weights: needs internet once)")
+            raise ConfigError(
+                f"{where}.backbone: unknown backbone {m.backbone!r}; choose one of {sorted(BACKBONES)} "
+                "or 'timm/<model name>' (timm hub weights: needs internet once)"
+            )
         if m.pooling.lower() not in POOLINGS:
             raise ConfigError(f"{where}.pooling: expected one of {sorted(POOLINGS)}, got {m.pooling!r}")
 
 
 # head.kind of training and of a checkpoint's classifier (landmark.models.heads.HeadKind)
-HEADS = Registry("head.kind", {name: f"landmark.models.heads:{name.upper()}"
-                               for name in ("arcface", "subcenter_arcface", "cosface", "softmax", "bce", "npairs")})
+HEADS = Registry(
+    "head.kind",
+    {
+        name: f"landmark.models.heads:{name.upper()}"
+        for name in ("arcface", "subcenter_arcface", "cosface", "softmax", "bce", "npairs")
+    },
+)

@@ -120,9 +120,9 @@ class DelfCheckpoint:
     channels: int
     num_classes: int
     hidden: int
-    pca: dict[str, Any]                          # mean, projection, eigenvalues (tensors), power, shrinkage
+    pca: dict[str, Any]  # mean, projection, eigenvalues (tensors), power, shrinkage
     scales: tuple[float, ...] = (0.25, 0.3536, 0.5, 0.7071, 1.0)
-    info: dict[str, Any] = field(default_factory=dict)   # training figures (plain values)
+    info: dict[str, Any] = field(default_factory=dict)  # training figures (plain values)
 
     def build(self, pretrained: bool = True) -> DelfNet:
         head = DelfHead(self.channels, self.num_classes, self.hidden)
@@ -132,9 +132,18 @@ class DelfCheckpoint:
 
 def save_delf(path: str | Path, ckpt: DelfCheckpoint) -> None:
     """Write ``ckpt`` atomically."""
-    blob = {"format": FORMAT, "backbone": ckpt.backbone, "stage": ckpt.stage, "head": ckpt.head,
-            "channels": ckpt.channels, "num_classes": ckpt.num_classes, "hidden": ckpt.hidden, "pca": ckpt.pca,
-            "scales": list(ckpt.scales), "info": ckpt.info}
+    blob = {
+        "format": FORMAT,
+        "backbone": ckpt.backbone,
+        "stage": ckpt.stage,
+        "head": ckpt.head,
+        "channels": ckpt.channels,
+        "num_classes": ckpt.num_classes,
+        "hidden": ckpt.hidden,
+        "pca": ckpt.pca,
+        "scales": list(ckpt.scales),
+        "info": ckpt.info,
+    }
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
 
@@ -142,12 +151,15 @@ def save_delf(path: str | Path, ckpt: DelfCheckpoint) -> None:
 def load_delf(path: str | Path | None) -> DelfCheckpoint:
     """Read a DELF checkpoint; a :class:`DelfCheckpointError` naming the file when it is missing or not one."""
     if not path:
-        raise DelfCheckpointError("local.kind=delf needs a trained DELF checkpoint: set local.checkpoint=PATH "
-                                  "(make one with `landmark train-delf DATA --out DIR`)")
+        raise DelfCheckpointError(
+            "local.kind=delf needs a trained DELF checkpoint: set local.checkpoint=PATH "
+            "(make one with `landmark train-delf DATA --out DIR`)"
+        )
     p = Path(path)
     if not p.is_file():
-        raise DelfCheckpointError(f"DELF checkpoint {p} does not exist "
-                                  "(make one with `landmark train-delf DATA --out DIR`)")
+        raise DelfCheckpointError(
+            f"DELF checkpoint {p} does not exist (make one with `landmark train-delf DATA --out DIR`)"
+        )
     try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -155,6 +167,14 @@ def load_delf(path: str | Path | None) -> DelfCheckpoint:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         found = blob.get("format") if isinstance(blob, dict) else None
         raise DelfCheckpointError(f"{p}: not a DELF checkpoint (format {found!r}, expected {FORMAT!r})")
-    return DelfCheckpoint(blob["backbone"], int(blob["stage"]), blob["head"], int(blob["channels"]),
-                          int(blob["num_classes"]), int(blob["hidden"]), blob["pca"], tuple(blob["scales"]),
-                          blob.get("info", {}))
+    return DelfCheckpoint(
+        blob["backbone"],
+        int(blob["stage"]),
+        blob["head"],
+        int(blob["channels"]),
+        int(blob["num_classes"]),
+        int(blob["hidden"]),
+        blob["pca"],
+        tuple(blob["scales"]),
+        blob.get("info", {}),
+    )

@@ -4,9 +4,9 @@ backbone alone (the inference engines' graph: normalised RGB in, feature maps ou
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,8 +17,16 @@ from .backbones import Backbone
 from .net import DescriptorNet
 
 
-def export_onnx(net: DescriptorNet, path: str | Path, *, height: int = 384, width: int = 384, opset: int = 17,
-                check: bool = True, atol: float = 1e-4) -> float:
+def export_onnx(
+    net: DescriptorNet,
+    path: str | Path,
+    *,
+    height: int = 384,
+    width: int = 384,
+    opset: int = 17,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> float:
     """Write ``net`` as ONNX with dynamic batch, height and width (a vision transformer's graph: dynamic
     batch, at ``height`` x ``width`` only); returns the max abs difference between ONNX Runtime and
     torch on a random batch (checked against ``atol`` when ``check``)."""
@@ -29,8 +37,16 @@ def export_onnx(net: DescriptorNet, path: str | Path, *, height: int = 384, widt
     axes = {"images": {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}, "descriptors": {0: "batch"}}
     with atomic_path(path) as tmp, warnings.catch_warnings(), _exportable_interpolation():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (x,), str(tmp), input_names=["images"], output_names=["descriptors"],
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            net,
+            (x,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["descriptors"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
     if not check:
         return float("nan")
     shapes = ((height, width), (max(32, height // 2), width)) if any_size else ((height, width),)
@@ -65,21 +81,38 @@ class _Trunk(torch.nn.Module):
         return self.backbone.forward_taps(x, self.taps)
 
 
-def export_trunk(backbone: Backbone, path: str | Path, *, taps: Sequence[int] = (), height: int = 384,
-                 width: int = 288, opset: int = 17, atol: float = 1e-4) -> float:
+def export_trunk(
+    backbone: Backbone,
+    path: str | Path,
+    *,
+    taps: Sequence[int] = (),
+    height: int = 384,
+    width: int = 288,
+    opset: int = 17,
+    atol: float = 1e-4,
+) -> float:
     """Write ``backbone`` as ONNX (input ``images``: B x 3 x H x W, all dynamic) with outputs the
     inputs of the stages ``taps`` (``tap0``, ...) and the final feature map (``fmap``). Checked
     against torch with ONNX Runtime on two shapes; returns the max abs difference."""
     trunk = _Trunk(backbone, taps).eval()
     names = [f"tap{i}" for i in range(len(taps))] + ["fmap"]
     axes = {"images": {0: "batch", 2: "height", 3: "width"}} | {
-        n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names}
+        n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names
+    }
     x = torch.randn(2, 3, height, width)
     with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(trunk, (x,), str(tmp), input_names=["images"], output_names=names,
-                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+            torch.onnx.export(
+                trunk,
+                (x,),
+                str(tmp),
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
         worst = _check(trunk, tmp, ((height, width), (max(32, height // 2 + 5), max(32, width - 7))), atol)
     return worst
 
@@ -89,7 +122,7 @@ def _check(module: torch.nn.Module, path: Path, shapes, atol: float) -> float:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
-    for h, w in shapes:          # a second, odd shape: the axes really are dynamic
+    for h, w in shapes:  # a second, odd shape: the axes really are dynamic
         probe = torch.randn(1, 3, h, w)
         with torch.no_grad():
             ref = module(probe)

@@ -44,8 +44,9 @@ def residual_attention(x: Tensor, masks: list[Tensor]) -> Tensor:
     ``B x 1 x h x w`` attention ``masks`` (in [0, 1]) resized to ``x``'s grid. A uniform mask scales
     every position alike, so any pooling then L2-normalised gives what it gives without attention."""
     size = x.shape[-2:]
-    resized = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-               for m in masks]
+    resized = [
+        m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in masks
+    ]
     return x * (1.0 + torch.stack(resized).mean(dim=0))
 
 
@@ -66,8 +67,12 @@ def region_windows(height: int, width: int, levels: int) -> list[tuple[int, int,
             for j in range(level):
                 y0, x0 = i * step, j * step
                 a, c = min(int(round(y0 * height)), height - 1), min(int(round(x0 * width)), width - 1)
-                win = (a, min(height, max(a + 1, int(round((y0 + size) * height)))),
-                       c, min(width, max(c + 1, int(round((x0 + size) * width)))))
+                win = (
+                    a,
+                    min(height, max(a + 1, int(round((y0 + size) * height)))),
+                    c,
+                    min(width, max(c + 1, int(round((x0 + size) * width)))),
+                )
                 out.append(win)
     return out
 

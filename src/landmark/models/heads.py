@@ -7,8 +7,9 @@ Every head maps an embedding batch ``B x D`` (and, for margin heads, the labels)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ class CosineHead(nn.Module):
 
     def cosine(self, x: Tensor) -> Tensor:
         cos = LF.cosine_logits(x, self.weight)
-        if self.subcenters > 1:   # sub-center ArcFace: the nearest of k centres speaks for the class
+        if self.subcenters > 1:  # sub-center ArcFace: the nearest of k centres speaks for the class
             cos = cos.view(-1, self.classes, self.subcenters).amax(dim=2)
         return cos
 
@@ -38,10 +39,17 @@ class CosineHead(nn.Module):
 class ArcFace(CosineHead):
     """Additive angular margin (Deng et al.); optional sub-centres and per-class dynamic margins."""
 
-    class_margins: Tensor      # a buffer (empty: one margin for all)
+    class_margins: Tensor  # a buffer (empty: one margin for all)
 
-    def __init__(self, dim: int, classes: int, scale: float = 30.0, margin: float = 0.3, subcenters: int = 1,
-                 class_margins: Tensor | None = None):
+    def __init__(
+        self,
+        dim: int,
+        classes: int,
+        scale: float = 30.0,
+        margin: float = 0.3,
+        subcenters: int = 1,
+        class_margins: Tensor | None = None,
+    ):
         super().__init__(dim, classes, subcenters)
         self.scale, self.margin = scale, margin
         self.register_buffer("class_margins", class_margins if class_margins is not None else torch.empty(0))
@@ -111,14 +119,16 @@ class HeadKind:
     make: Callable[[int, Sequence[int], HeadSettings], nn.Module | None]
     loss: str
     linear: bool = False
-    sigmoid: bool = False          # probabilities: sigmoid of each logit (one-vs-all), else softmax
+    sigmoid: bool = False  # probabilities: sigmoid of each logit (one-vs-all), else softmax
 
 
 def _arcface(subcenters: bool) -> Callable[[int, Sequence[int], HeadSettings], nn.Module]:
     def make(dim: int, counts: Sequence[int], h: HeadSettings) -> nn.Module:
         margins = dynamic_margins(torch.tensor(counts), h.margin_low, h.margin_high) if h.dynamic_margin else None
-        return ArcFace(dim, len(counts), h.scale, h.margin, subcenters=h.subcenters if subcenters else 1,
-                       class_margins=margins)
+        return ArcFace(
+            dim, len(counts), h.scale, h.margin, subcenters=h.subcenters if subcenters else 1, class_margins=margins
+        )
+
     return make
 
 
@@ -127,4 +137,4 @@ SUBCENTER_ARCFACE = HeadKind(_arcface(subcenters=True), "cross_entropy")
 COSFACE = HeadKind(lambda dim, counts, h: CosFace(dim, len(counts), h.scale, h.margin), "cross_entropy")
 SOFTMAX = HeadKind(lambda dim, counts, h: LinearHead(dim, len(counts)), "cross_entropy", linear=True)
 BCE = HeadKind(lambda dim, counts, h: LinearHead(dim, len(counts)), "bce", linear=True, sigmoid=True)
-NPAIRS = HeadKind(lambda dim, counts, h: None, "npairs")        # no head: the loss reads the embeddings
+NPAIRS = HeadKind(lambda dim, counts, h: None, "npairs")  # no head: the loss reads the embeddings

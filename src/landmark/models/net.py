@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import LandmarkError
 from ..utils.config import ConfigError, merge, to_dict
 from ..utils.io import atomic_path
-from .config import ModelConfig
-from ..errors import LandmarkError
 from . import functional as LF
 from .backbones import Backbone, create_backbone
+from .config import ModelConfig
 from .pooling import ATTENTION_TAPS, ResidualAttention, make_pooling
 
 
@@ -24,15 +25,21 @@ class DescriptorNet(nn.Module):
     With an ``attention`` branch (aGeM, :class:`~.pooling.ResidualAttention`) the backbone also gives
     the inputs of the stages ``attention.taps``, whose masks re-weight the final map before pooling."""
 
-    def __init__(self, backbone: Backbone, pooling: nn.Module, embedding_dim: int | None = None,
-                 attention: ResidualAttention | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        pooling: nn.Module,
+        embedding_dim: int | None = None,
+        attention: ResidualAttention | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.pool = pooling
-        self.attention = attention       # a submodule only when present: other checkpoints keep their keys
+        self.attention = attention  # a submodule only when present: other checkpoints keep their keys
         if embedding_dim:
             self.embedding: nn.Module = nn.Sequential(
-                nn.Linear(backbone.out_channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+                nn.Linear(backbone.out_channels, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim)
+            )
             self.dim = embedding_dim
         else:
             self.embedding = nn.Identity()
@@ -106,7 +113,9 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> DescriptorNet:
     return DescriptorNet(backbone, pool, cfg.embedding_dim, attention)
 
 
-def save_checkpoint(path: str | Path, net: DescriptorNet, cfg: ModelConfig, extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    path: str | Path, net: DescriptorNet, cfg: ModelConfig, extra: dict[str, Any] | None = None
+) -> None:
     """Write ``{"model_config", "state_dict", ...extra}`` atomically."""
     payload = {"model_config": to_dict(cfg) | {"checkpoint": None}, "state_dict": net.state_dict()}
     payload.update(extra or {})
@@ -126,7 +135,7 @@ def read_checkpoint(path: str | Path, required: Sequence[str] = ("model_config",
         raise FileNotFoundError(f"model checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:    # pickle and zip errors of all kinds for a file that is something else
+    except Exception as exc:  # pickle and zip errors of all kinds for a file that is something else
         raise CheckpointError(f"{path}: not a readable model checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict) or any(k not in payload for k in required):
         raise CheckpointError(f"{path}: not a landmark checkpoint (expected keys {', '.join(required)})")

@@ -45,8 +45,9 @@ class AttentionUnit(nn.Module):
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()
         hidden = max(8, channels // reduction)
-        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-                                 nn.Conv2d(hidden, 1, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.net(x))
@@ -69,8 +70,8 @@ class ResidualAttention(nn.Module):
         return LF.residual_attention(fmap, [unit(t) for unit, t in zip(self.units, tapped)])
 
 
-POOLINGS = {"gem": GeM, "mac": MAC, "spoc": SPoC, "agem": GeM}   # agem: GeM after the attention branch (net.py)
-ATTENTION_TAPS = 3          # aGeM: attention units on the inputs of the backbone's last 3 stages
+POOLINGS = {"gem": GeM, "mac": MAC, "spoc": SPoC, "agem": GeM}  # agem: GeM after the attention branch (net.py)
+ATTENTION_TAPS = 3  # aGeM: attention units on the inputs of the backbone's last 3 stages
 
 
 def make_pooling(name: str, p: float = 3.0, trainable: bool = False) -> nn.Module:

@@ -22,10 +22,22 @@ if TYPE_CHECKING:
     from .searching import Searching
 
 _EXPORTS = {
-    "Building": "building", "build_store": "building", "create_store": "building", "open_store": "building",
-    "StoreContext": "context", "Embedding": "embedding", "Parts": "parts", "QueryLocalFeatures": "recognising",
-    "Recognising": "recognising", "BuildReport": "results", "Match": "results", "Photo": "results",
-    "Recognition": "results", "Renamed": "results", "SearchOutput": "results", "Searching": "searching",
+    "Building": "building",
+    "build_store": "building",
+    "create_store": "building",
+    "open_store": "building",
+    "StoreContext": "context",
+    "Embedding": "embedding",
+    "Parts": "parts",
+    "QueryLocalFeatures": "recognising",
+    "Recognising": "recognising",
+    "BuildReport": "results",
+    "Match": "results",
+    "Photo": "results",
+    "Recognition": "results",
+    "Renamed": "results",
+    "SearchOutput": "results",
+    "Searching": "searching",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

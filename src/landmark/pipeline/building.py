@@ -8,8 +8,9 @@ import json
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,15 @@ from ..distributed import extract_distributed
 from ..features.engine import STORE_ENGINES_DIR
 from ..features.extract import ExtractionResult, Failure, GlobalExtractor
 from ..features.local import LocalFeatures, extract_many
-from ..features.pipeline import (DESCRIPTOR_EXTRA, WHITENING_FILE, WhitenedExtractor, auto_learns_pca, base_extractor,
-                                build_extractor, learn_store_whitening)
+from ..features.pipeline import (
+    DESCRIPTOR_EXTRA,
+    WHITENING_FILE,
+    WhitenedExtractor,
+    auto_learns_pca,
+    base_extractor,
+    build_extractor,
+    learn_store_whitening,
+)
 from ..features.whitening import WhiteningError
 from ..index import Store, StoreError
 from ..index.bulk import bulk_import
@@ -57,8 +65,14 @@ def open_store(store_dir: str | Path, device: str | None = None) -> StoreContext
     return StoreContext(store, build_extractor(store.config, device=device, store_root=store.root))
 
 
-def create_store(store_dir: str | Path, config: Config | None = None, *, device: str | None = None,
-                 overwrite: bool = False, base: GlobalExtractor | None = None) -> StoreContext:
+def create_store(
+    store_dir: str | Path,
+    config: Config | None = None,
+    *,
+    device: str | None = None,
+    overwrite: bool = False,
+    base: GlobalExtractor | None = None,
+) -> StoreContext:
     """Open the store at ``store_dir`` if it was made with ``config``, else make a new one (``base``:
     the un-whitened extractor of ``config`` where one is at hand, see :func:`build_extractor`)."""
     config = check(config) if config is not None else load_config()
@@ -70,20 +84,32 @@ def create_store(store_dir: str | Path, config: Config | None = None, *, device:
             check_signature(store, extractor.signature)
         except StoreError as exc:
             built, given = checkpoints(store.config), checkpoints(config)
-            same = ("to use the store as it is, give its model again ("
-                    + " ".join(f"--model {c}" for c in built) + "); "
-                    if built and len(built) == 1 + len(store.config.ensemble) and built != given else "")
+            same = (
+                "to use the store as it is, give its model again (" + " ".join(f"--model {c}" for c in built) + "); "
+                if built and len(built) == 1 + len(store.config.ensemble) and built != given
+                else ""
+            )
             store.close()
-            raise StoreError(f"{exc}\n({same}to rebuild it with the new configuration: --overwrite, or "
-                             "overwrite=True in Python; or use another store directory)") from None
+            raise StoreError(
+                f"{exc}\n({same}to rebuild it with the new configuration: --overwrite, or "
+                "overwrite=True in Python; or use another store directory)"
+            ) from None
     else:
         store = Store.create(root, config, extractor.signature, overwrite=overwrite)
     return StoreContext(store, extractor, config)
 
 
-def build_store(data: str | Path, store_dir: str | Path, config: Config | None = None, *,
-                splits: Sequence[str] | None = None, device: str | None = None, overwrite: bool = False,
-                progress: bool | None = None, ray: Any = None) -> tuple[StoreContext, BuildReport]:
+def build_store(
+    data: str | Path,
+    store_dir: str | Path,
+    config: Config | None = None,
+    *,
+    splits: Sequence[str] | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    ray: Any = None,
+) -> tuple[StoreContext, BuildReport]:
     """Build (or finish building) a store from a GLDv2 root or a folder of photos.
 
     ``ray`` (a :class:`landmark.distributed.RayConfig`) spreads the extraction over Ray actors.
@@ -93,12 +119,19 @@ def build_store(data: str | Path, store_dir: str | Path, config: Config | None =
     """
     root = Path(data)
     config = check(config) if config is not None else load_config()
-    if is_gldv2(root):     # before any extraction: a shared id would drop one of its two photos
+    if is_gldv2(root):  # before any extraction: a shared id would drop one of its two photos
         check_split_ids(root, splits or default_splits(root), queries=("test",))
-    base = None      # the network the whitening was learned with serves the store too: built once
+    base = None  # the network the whitening was learned with serves the store too: built once
     if config.whitening.kind != "none":
-        base = learn_whitening(root, Path(store_dir), config, splits or default_splits(root), device=device,
-                               overwrite=overwrite, progress=progress)
+        base = learn_whitening(
+            root,
+            Path(store_dir),
+            config,
+            splits or default_splits(root),
+            device=device,
+            overwrite=overwrite,
+            progress=progress,
+        )
     ctx = create_store(store_dir, config, device=device, overwrite=overwrite, base=base)
     ctx.ray = ray
     building, report = Building(ctx), BuildReport()
@@ -115,8 +148,14 @@ class Building:
     def __init__(self, ctx: StoreContext):
         self.ctx = ctx
 
-    def add_manifest(self, manifest: Manifest, split: str | None = None, *, progress: bool | None = None,
-                     report: BuildReport | None = None) -> BuildReport:
+    def add_manifest(
+        self,
+        manifest: Manifest,
+        split: str | None = None,
+        *,
+        progress: bool | None = None,
+        report: BuildReport | None = None,
+    ) -> BuildReport:
         """Extract and add the photos of ``manifest`` not yet in the store (resumable).
 
         A photo is already in the store when a stored photo has its id and its content (see
@@ -131,9 +170,16 @@ class Building:
         report.failures += placed.failures
         work = self.ctx.store.root / "_work" / f"extract-{split}"
         if self.ctx.ray is not None:
-            result = extract_distributed(self.ctx.store.config, todo, self.ctx.ray, cache_dir=work, progress=progress,
-                                         description=f"extract {split} (ray)", store_root=self.ctx.store.root,
-                                         expect_prior_source=self.ctx.prior_source if self.ctx.groups else None)
+            result = extract_distributed(
+                self.ctx.store.config,
+                todo,
+                self.ctx.ray,
+                cache_dir=work,
+                progress=progress,
+                description=f"extract {split} (ray)",
+                store_root=self.ctx.store.root,
+                expect_prior_source=self.ctx.prior_source if self.ctx.groups else None,
+            )
         else:
             result = self.ctx.extractor.extract(todo, cache_dir=work, progress=progress, description=f"extract {split}")
         self.store_extracted(todo, result, split, contents=placed.contents)
@@ -144,32 +190,57 @@ class Building:
         renamed = [r for r in placed.renamed if r.new_id in done]
         report.renamed += renamed
         if renamed:
-            log.warning("%s: %d photo(s) kept under a new id, theirs being taken by another stored photo: %s%s",
-                        split, len(renamed), "; ".join(map(str, renamed[:3])),
-                        f"; and {len(renamed) - 3} more" if len(renamed) > 3 else "")
+            log.warning(
+                "%s: %d photo(s) kept under a new id, theirs being taken by another stored photo: %s%s",
+                split,
+                len(renamed),
+                "; ".join(map(str, renamed[:3])),
+                f"; and {len(renamed) - 3} more" if len(renamed) > 3 else "",
+            )
         if self.ctx.config.local.enabled:
             stored = set(self.ctx.store.get([r.id for r in placed.records]))
-            report.failures += self.add_local([r for r in placed.records if r.id in stored], progress=progress,
-                                              description=f"local features {split}")
+            report.failures += self.add_local(
+                [r for r in placed.records if r.id in stored], progress=progress, description=f"local features {split}"
+            )
         return report
 
-    def store_extracted(self, records: Sequence[ImageRecord], result: ExtractionResult, split: str, *,
-                        contents: Mapping[str, str] | None = None) -> None:
+    def store_extracted(
+        self,
+        records: Sequence[ImageRecord],
+        result: ExtractionResult,
+        split: str,
+        *,
+        contents: Mapping[str, str] | None = None,
+    ) -> None:
         """Add ``result`` (the global extraction of ``records``, with its object prior) to the store in
         one commit under ``split``, with each photo's content hash (from ``contents`` where already
         computed, else read from its file). Local features are :meth:`add_local`'s."""
         by_id = {r.id: r for r in records}
         known = contents or {}
-        self.ctx.store.add(result.ids, result.vectors, paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
-                       landmark_ids=[by_id[i].landmark_id for i in result.ids], split=split, sizes=result.sizes,
-                       extras={k: v for k, v in result.extras.items() if k != DESCRIPTOR_EXTRA},
-                       contents=[known.get(i) or content_or_none(by_id[i].path) for i in result.ids])
+        self.ctx.store.add(
+            result.ids,
+            result.vectors,
+            paths=[str(Path(by_id[i].path).resolve()) for i in result.ids],
+            landmark_ids=[by_id[i].landmark_id for i in result.ids],
+            split=split,
+            sizes=result.sizes,
+            extras={k: v for k, v in result.extras.items() if k != DESCRIPTOR_EXTRA},
+            contents=[known.get(i) or content_or_none(by_id[i].path) for i in result.ids],
+        )
         if result.extras and len(result.ids) and self.ctx.groups is not None:
-            if not priors_stale(self.ctx.store, self.ctx.groups, self.ctx.prior_source):   # else older photos' wait for a backfill
+            if not priors_stale(
+                self.ctx.store, self.ctx.groups, self.ctx.prior_source
+            ):  # else older photos' wait for a backfill
                 record_groups(self.ctx.store, self.ctx.groups, self.ctx.prior_source)
 
-    def add_local(self, records: Sequence[ImageRecord], *, progress: bool | None = None,
-                  description: str = "local features", replace: bool = True) -> list[Failure]:
+    def add_local(
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        progress: bool | None = None,
+        description: str = "local features",
+        replace: bool = True,
+    ) -> list[Failure]:
         """Extract and store local features of stored photos that lack them (resumable). Local
         features of other settings are replaced (all of them: the caller re-extracts every photo),
         unless ``replace`` is False: then that is a :class:`StoreError`."""
@@ -177,8 +248,10 @@ class Building:
         local = self.ctx.local
         if local is None or local.signature != json.loads(json.dumps(extractor.signature)):
             if not replace and local is not None:
-                raise StoreError(f"the store's local features were extracted with other settings "
-                                 f"({local.signature}); rebuild them with `landmark index build`")
+                raise StoreError(
+                    f"the store's local features were extracted with other settings "
+                    f"({local.signature}); rebuild them with `landmark index build`"
+                )
             local = LocalStore.create(self.ctx.store.root / LOCAL_DIR, extractor.signature)
             self.ctx.set_local(local)
         present = local.present([r.id for r in records])
@@ -189,26 +262,43 @@ class Building:
 
         return extract_many(extractor, todo, sink, progress=progress, description=description)
 
-    def add_photos(self, photos: Sequence[str | Path], *, landmark_id: int | None = None, split: str = "user",
-                   name: str | None = None, progress: bool | None = None) -> BuildReport:
+    def add_photos(
+        self,
+        photos: Sequence[str | Path],
+        *,
+        landmark_id: int | None = None,
+        split: str = "user",
+        name: str | None = None,
+        progress: bool | None = None,
+    ) -> BuildReport:
         """Add photos (ids: their file names, see :func:`~landmark.data.read_photos`) under ``split``.
         One whose id names another stored photo is kept under a new id (``report.renamed``); one
         already stored (same id, same content) is skipped (see :meth:`add_manifest`)."""
         manifest = read_photos(photos)
-        manifest = Manifest(manifest.name, manifest.root,
-                            [ImageRecord(r.id, r.path, landmark_id) for r in manifest.records])
+        manifest = Manifest(
+            manifest.name, manifest.root, [ImageRecord(r.id, r.path, landmark_id) for r in manifest.records]
+        )
         if landmark_id is not None and name:
             self.ctx.store.set_label_names({landmark_id: name})
         return self.add_manifest(manifest, split=split, progress=progress)
 
-    def import_vectors(self, vectors: np.ndarray, ids: Sequence[str], *,
-                       landmark_ids: Sequence[int | None] | None = None, paths: Sequence[str | None] | None = None,
-                       split: str = "index", batch_size: int = 100_000, progress: bool | None = None) -> BuildReport:
+    def import_vectors(
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[str],
+        *,
+        landmark_ids: Sequence[int | None] | None = None,
+        paths: Sequence[str | None] | None = None,
+        split: str = "index",
+        batch_size: int = 100_000,
+        progress: bool | None = None,
+    ) -> BuildReport:
         """Add descriptors computed elsewhere (a Spark or Ray job running the store's network) under
         ``split``, ``batch_size`` rows a commit: a killed import resumes, ids already stored are
         skipped (``report.skipped``). The first import into an empty compressed store of at least
         ``index.train_min`` rows is a bulk load (:func:`landmark.index.bulk.bulk_import`: trained on a
-        sample, filled ``batch_size`` rows at a time, one commit). Rows are the network's unit-norm descriptors, or already in
+        sample, filled ``batch_size`` rows at a time, one commit). Rows are the network's unit-norm
+        descriptors, or already in
         the store's space (``store.dim``); a store that whitens applies its whitening to the
         former. Imported photos have no local features and no object prior (``paths`` lets
         :meth:`ensure_extras` compute the latter later)."""
@@ -225,10 +315,18 @@ class Building:
             raise StoreError(f"the store holds {self.ctx.store.dim}-d vectors; these are {vectors.shape[1]}-d")
         report = BuildReport(added={split: 0}, skipped={split: 0})
         ic = self.ctx.store.config.index
-        if not len(self.ctx.store) and ic.kind != "flat" and n >= ic.train_min:   # a large first import: shard by shard
-            report.added[split] = bulk_import(self.ctx.store, vectors, list(ids), landmark_ids=landmark_ids, paths=paths,
-                                              split=split, shard_size=batch_size, progress=progress,
-                                              transform=whitening.apply if whitening is not None else None)
+        if not len(self.ctx.store) and ic.kind != "flat" and n >= ic.train_min:  # a large first import: shard by shard
+            report.added[split] = bulk_import(
+                self.ctx.store,
+                vectors,
+                list(ids),
+                landmark_ids=landmark_ids,
+                paths=paths,
+                split=split,
+                shard_size=batch_size,
+                progress=progress,
+                transform=whitening.apply if whitening is not None else None,
+            )
             return report
         with progress_bar(f"import {split}", total=n, enabled=progress) as bar:
             for lo in range(0, n, batch_size):
@@ -238,16 +336,20 @@ class Building:
                 norms = np.linalg.norm(rows, axis=1)
                 if not np.allclose(norms, 1.0, atol=1e-3):
                     bad = int(np.argmax(np.abs(norms - 1.0)))
-                    raise StoreError(f"row {lo + bad} ({keys[bad]!r}) has norm {norms[bad]:.4f}: descriptors are "
-                                     "L2-normalised rows")
+                    raise StoreError(
+                        f"row {lo + bad} ({keys[bad]!r}) has norm {norms[bad]:.4f}: descriptors are L2-normalised rows"
+                    )
                 if whitening is not None:
                     rows = whitening.apply(rows)
                 present = self.ctx.store.get(keys)
                 keep = [j for j, k in enumerate(keys) if k not in present]
-                self.ctx.store.add([keys[j] for j in keep], rows[keep],
-                               paths=[paths[lo + j] for j in keep] if paths is not None else None,
-                               landmark_ids=[landmark_ids[lo + j] for j in keep] if landmark_ids is not None else None,
-                               split=split)
+                self.ctx.store.add(
+                    [keys[j] for j in keep],
+                    rows[keep],
+                    paths=[paths[lo + j] for j in keep] if paths is not None else None,
+                    landmark_ids=[landmark_ids[lo + j] for j in keep] if landmark_ids is not None else None,
+                    split=split,
+                )
                 report.added[split] += len(keep)
                 report.skipped[split] += len(keys) - len(keep)
                 bar.advance(len(keys))
@@ -259,39 +361,59 @@ class Building:
         return self.ctx.store.remove(ids)
 
 
-def learn_whitening(root: Path, store_dir: Path, config: Config, splits: Sequence[str], *, device: str | None,
-                     overwrite: bool, progress: bool | None):
+def learn_whitening(
+    root: Path,
+    store_dir: Path,
+    config: Config,
+    splits: Sequence[str],
+    *,
+    device: str | None,
+    overwrite: bool,
+    progress: bool | None,
+):
     """Learn the store's whitening before the store is made: PCA on its ``whitening.learn_on`` split
     (the index, unlabelled), or the learned whitening on that split's labelled photos less those kept
     for validation (:func:`~landmark.recognition.holdout.validation_holdout`). Returns the
     un-whitened extractor it learned with (None where nothing was learned)."""
     wc = config.whitening
-    if (store_dir / "meta.sqlite").exists() and not overwrite and ((store_dir / WHITENING_FILE).exists()
-                                                                    or wc.kind == "auto"):
-        return None   # an existing store keeps its whitening (auto: or its lack of one); create() checks the signature
+    if (
+        (store_dir / "meta.sqlite").exists()
+        and not overwrite
+        and ((store_dir / WHITENING_FILE).exists() or wc.kind == "auto")
+    ):
+        return None  # an existing store keeps its whitening (auto: or its lack of one); create() checks the signature
     learn = [s for s in splits if wc.learn_on in (s, "all")] or list(splits)
     records = [r for s in learn for r in dataset_manifest(root, s).records]
     if wc.kind == "auto" and not auto_learns_pca(config, len(records)):
-        log.info("whitening.kind=auto: %d photos in %s are too few to learn %d PCA components; the store keeps the "
-                 "network's descriptors", len(records), " + ".join(learn), wc.dim)
+        log.info(
+            "whitening.kind=auto: %d photos in %s are too few to learn %d PCA components; the store keeps the "
+            "network's descriptors",
+            len(records),
+            " + ".join(learn),
+            wc.dim,
+        )
         return None
     held: set[str] = set()
     if wc.kind == "learned":
         labelled = [r for r in records if r.landmark_id is not None]
         if not labelled:
             named = "" if wc.learn_on in (*splits, "all") else f" (whitening.learn_on={wc.learn_on} is not built here)"
-            raise WhiteningError(f"whitening.kind=learned is learned from labelled photos, and {root} has none in "
-                                 f"{' + '.join(learn)}{named}: learn it on a labelled split (train of a GLDv2 root), "
-                                 "or use whitening.kind=pca")
+            raise WhiteningError(
+                f"whitening.kind=learned is learned from labelled photos, and {root} has none in "
+                f"{' + '.join(learn)}{named}: learn it on a labelled split (train of a GLDv2 root), "
+                "or use whitening.kind=pca"
+            )
         held = validation_holdout(config, labelled)
     base = base_extractor(config, device=device, engine_dir=store_dir / STORE_ENGINES_DIR)
-    attach_prior(base, config.recognition)   # as the store's extractor will: it then reuses these photos' cache
-    if wc.kind == "learned" and wc.shrinkage <= 0:   # rank of the within-landmark covariance <= photos - landmarks
+    attach_prior(base, config.recognition)  # as the store's extractor will: it then reuses these photos' cache
+    if wc.kind == "learned" and wc.shrinkage <= 0:  # rank of the within-landmark covariance <= photos - landmarks
         rest = [r for r in labelled if r.id not in held]
         if len(rest) - len({r.landmark_id for r in rest}) < base.dim:
-            raise WhiteningError(f"{len(rest)} labelled photos of {len({r.landmark_id for r in rest})} landmarks leave "
-                                 f"the within-landmark covariance of {base.dim}-d descriptors singular: set "
-                                 "whitening.shrinkage > 0 (0.2 in lite2-gem-lw)")
+            raise WhiteningError(
+                f"{len(rest)} labelled photos of {len({r.landmark_id for r in rest})} landmarks leave "
+                f"the within-landmark covariance of {base.dim}-d descriptors singular: set "
+                "whitening.shrinkage > 0 (0.2 in lite2-gem-lw)"
+            )
     # the store's extraction of that split reads the same cache (its extractor is this one, whitened), then removes it
     cache = store_dir / "_work" / f"extract-{learn[0]}" if len(learn) == 1 else None
     learn_store_whitening(config, base, records, store_dir, cache_dir=cache, progress=progress, held_out=sorted(held))

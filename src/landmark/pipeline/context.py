@@ -29,15 +29,15 @@ class StoreContext:
         check_signature(store, extractor.signature)
         self.store = store
         self.extractor = extractor
-        self.config: Config = config or store.config          # local features / re-ranking settings
-        self.ray: Any = None   # a landmark.distributed.RayConfig: database extraction then runs on Ray actors
+        self.config: Config = config or store.config  # local features / re-ranking settings
+        self.ray: Any = None  # a landmark.distributed.RayConfig: database extraction then runs on Ray actors
         self.local = LocalStore.open_if_exists(store.root / LOCAL_DIR)
         self._verifier: Verifier | None = None
         # the store's (calibrated) thresholds; recognition's part replaces them (set_recognition_config)
         self.recognition_config: RecognitionConfig = store_recognition(store)
-        self.groups = attach_prior(extractor, store.config.recognition)   # group probabilities in the same pass
+        self.groups = attach_prior(extractor, store.config.recognition)  # group probabilities in the same pass
         if store.config.model.checkpoint and isinstance(extractor, WhitenedExtractor):
-            extractor.keep_descriptors = True       # the trained head reads the queries' un-whitened descriptors
+            extractor.keep_descriptors = True  # the trained head reads the queries' un-whitened descriptors
 
     @property
     def prior_source(self) -> str:
@@ -71,11 +71,16 @@ class StoreContext:
     def query_local_extractor(self) -> LocalExtractor:
         """The local-feature extractor for queries: the stored features' settings where there are some."""
         cfg = self.config.local
-        if self.local is not None:   # match the stored features, whatever the current config says
+        if self.local is not None:  # match the stored features, whatever the current config says
             sig = self.local.signature
-            cfg = replace(cfg, kind=sig["kind"], image_size=sig["image_size"], max_keypoints=sig["max_keypoints"],
-                          checkpoint=sig.get("checkpoint", cfg.checkpoint),   # delf: the stored features' network
-                          model=sig.get("model", ""))                         # learned kinds: their variant
+            cfg = replace(
+                cfg,
+                kind=sig["kind"],
+                image_size=sig["image_size"],
+                max_keypoints=sig["max_keypoints"],
+                checkpoint=sig.get("checkpoint", cfg.checkpoint),  # delf: the stored features' network
+                model=sig.get("model", ""),
+            )  # learned kinds: their variant
         return LocalExtractor(cfg)
 
     def local_features(self, photo: Photo) -> LocalFeatures:

@@ -3,9 +3,9 @@ content), and ones whose id names another stored photo (kept under a new id, nev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ..data.manifests import ImageRecord
 from ..features.extract import Failure
@@ -18,11 +18,11 @@ from .results import Renamed
 class Placement:
     """Where the photos of a manifest go in a store (:func:`place`)."""
 
-    records: list[ImageRecord] = field(default_factory=list)   # each photo under its store id, skipped ones too
-    todo: list[ImageRecord] = field(default_factory=list)      # those to extract and add
+    records: list[ImageRecord] = field(default_factory=list)  # each photo under its store id, skipped ones too
+    todo: list[ImageRecord] = field(default_factory=list)  # those to extract and add
     renamed: list[Renamed] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)      # unreadable photos whose id is taken
-    contents: dict[str, str] = field(default_factory=dict)     # store id -> content hash already computed
+    failures: list[Failure] = field(default_factory=list)  # unreadable photos whose id is taken
+    contents: dict[str, str] = field(default_factory=dict)  # store id -> content hash already computed
 
 
 def place(store: Store, records: Sequence[ImageRecord]) -> Placement:
@@ -51,11 +51,16 @@ def place(store: Store, records: Sequence[ImageRecord]) -> Placement:
         try:
             digest = content_hash(r.path)
         except OSError as exc:
-            out.failures.append(Failure(r.id, str(r.path), f"cannot read it to compare with the stored photo "
-                                                           f"{r.id!r}: {exc.strerror or exc}"))
+            out.failures.append(
+                Failure(
+                    r.id,
+                    str(r.path),
+                    f"cannot read it to compare with the stored photo {r.id!r}: {exc.strerror or exc}",
+                )
+            )
             continue
         known = old.content
-        if known is None and old.path is not None:     # stored before content hashes were kept
+        if known is None and old.path is not None:  # stored before content hashes were kept
             known = digest if old.path == str(Path(r.path).resolve()) else content_or_none(old.path)
             if known is not None:
                 backfill[r.id] = known
@@ -65,14 +70,22 @@ def place(store: Store, records: Sequence[ImageRecord]) -> Placement:
         new_id, present = free_id(store, r.id, digest, taken)
         record = ImageRecord(new_id, r.path, r.landmark_id)
         out.records.append(record)
-        if present:            # added before under its new id
+        if present:  # added before under its new id
             continue
         taken.add(new_id)
         out.todo.append(record)
         out.contents[new_id] = digest
-        out.renamed.append(Renamed(r.id, new_id, str(r.path), f"another photo ({old.path})" if known is not None else
-                                   f"a photo stored before content hashes were kept, whose file {old.path} is gone "
-                                   "(so the two cannot be compared)"))
+        out.renamed.append(
+            Renamed(
+                r.id,
+                new_id,
+                str(r.path),
+                f"another photo ({old.path})"
+                if known is not None
+                else f"a photo stored before content hashes were kept, whose file {old.path} is gone "
+                "(so the two cannot be compared)",
+            )
+        )
     store.set_contents(backfill)
     return out
 
@@ -90,8 +103,9 @@ def free_id(store: Store, image_id: str, digest: str, taken: set[str]) -> tuple[
             return candidate, False
         if found.content == digest:
             return candidate, True
-    raise StoreError(f"no free id for a photo of id {image_id!r} (SHA-256 {digest}): {image_id}~{digest} names "
-                     "another stored photo")
+    raise StoreError(
+        f"no free id for a photo of id {image_id!r} (SHA-256 {digest}): {image_id}~{digest} names another stored photo"
+    )
 
 
 def same_file(stored: StoredFile, path: str | Path) -> bool:

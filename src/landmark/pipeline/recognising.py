@@ -4,8 +4,8 @@ prior, detector and local features, then the decision, grade and score of each p
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -75,8 +75,14 @@ class Recognising:
     def recognition_config(self) -> RecognitionConfig:
         return self.ctx.recognition_config
 
-    def query_views(self, items: Sequence[ImageRecord], *, progress: bool | None = None,
-                    cache_dir: str | Path | None = None, description: str = "queries") -> ExtractionResult:
+    def query_views(
+        self,
+        items: Sequence[ImageRecord],
+        *,
+        progress: bool | None = None,
+        cache_dir: str | Path | None = None,
+        description: str = "queries",
+    ) -> ExtractionResult:
         return self.embedding.query_views(items, progress=progress, cache_dir=cache_dir, description=description)
 
     def recognize(self, photos: Sequence[Photo], *, progress: bool | None = None) -> list[Recognition]:
@@ -85,8 +91,14 @@ class Recognising:
         by_name = dict(zip(query_names(photos), photos))
         detections = self.detect([by_name[q] for q in ids], progress=progress)
         out: dict[str, Recognition] = {q: Recognition(q, None, None, 0.0, error=e) for q, e in errors.items()}
-        recs = self.recognize_vectors(vectors, extras=extras, ids=ids, detections=detections,
-                                      local=self.query_local_features(by_name), progress=progress)
+        recs = self.recognize_vectors(
+            vectors,
+            extras=extras,
+            ids=ids,
+            detections=detections,
+            local=self.query_local_features(by_name),
+            progress=progress,
+        )
         for q, rec in zip(ids, recs):
             rec.query = q
             out[q] = rec
@@ -96,7 +108,9 @@ class Recognising:
     def recognizer(self) -> Recognizer:
         """The recognition pipeline over this store (classifier from the store's trained model, if any)."""
         if self._recognizer is None:
-            self._recognizer = make_recognizer(self.ctx.store, self.ctx.recognition_config, self.ctx.groups, self.ctx.prior_source)
+            self._recognizer = make_recognizer(
+                self.ctx.store, self.ctx.recognition_config, self.ctx.groups, self.ctx.prior_source
+            )
         return self._recognizer
 
     def set_recognition_config(self, cfg: RecognitionConfig) -> None:
@@ -109,17 +123,30 @@ class Recognising:
         paper's rule), for :meth:`gather`; None when no detector is configured."""
         return self.recognizer.detect(photos, progress=progress)
 
-    def gather(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
-               ids: Sequence[str] | None = None, detections: Sequence | None = None) -> Evidence:
+    def gather(
+        self,
+        vectors: np.ndarray,
+        *,
+        extras: dict[str, np.ndarray] | None = None,
+        ids: Sequence[str] | None = None,
+        detections: Sequence | None = None,
+    ) -> Evidence:
         """The recognition evidence of a batch of query descriptors (see :mod:`landmark.recognition.pipeline`);
         ``detections``: :meth:`detect` of the same photos, in the same order."""
         ids = list(ids) if ids is not None else [str(i) for i in range(len(vectors))]
         extras = extras or {}
-        return self.recognizer.gather(vectors, ids, extras.get(PROBE_NAME), detections,
-                                      descriptors=extras.get(DESCRIPTOR_EXTRA), regions=extras.get(REGIONS_EXTRA))
+        return self.recognizer.gather(
+            vectors,
+            ids,
+            extras.get(PROBE_NAME),
+            detections,
+            descriptors=extras.get(DESCRIPTOR_EXTRA),
+            regions=extras.get(REGIONS_EXTRA),
+        )
 
-    def verify_neighbours(self, ev: Evidence, features: Mapping[str, LocalFeatures] | LocalStore, *,
-                          progress: bool | None = None) -> Evidence:
+    def verify_neighbours(
+        self, ev: Evidence, features: Mapping[str, LocalFeatures] | LocalStore, *, progress: bool | None = None
+    ) -> Evidence:
         """Fill ``ev.inliers`` (the geometric evidence :func:`~landmark.recognition.pipeline.decide` weighs
         against the non-landmark filters) from the queries' local features by query id: a mapping (e.g.
         :meth:`query_local_features`), or a :class:`LocalStore` of cached query features (``landmark
@@ -128,9 +155,12 @@ class Recognising:
         and a store without local features leaves ``ev.inliers`` None. Returns ``ev``."""
         if not self.ctx.has_local_features:
             return ev
-        lookup = (lambda q: features[q] if q in features else None) if isinstance(features, LocalStore) else features.get
-        ev.inliers = neighbour_inliers(ev.keys, ev.labels.shape[1], (lookup(q) for q in ev.ids),
-                                       self.ctx.verifier.inliers, progress=progress)
+        lookup = (
+            (lambda q: features[q] if q in features else None) if isinstance(features, LocalStore) else features.get
+        )
+        ev.inliers = neighbour_inliers(
+            ev.keys, ev.labels.shape[1], (lookup(q) for q in ev.ids), self.ctx.verifier.inliers, progress=progress
+        )
         return ev
 
     def query_local_features(self, photos: Mapping[str, Photo]) -> QueryLocalFeatures:
@@ -138,10 +168,16 @@ class Recognising:
         made like the stored ones (:meth:`local_features`) when read, one photo at a time."""
         return QueryLocalFeatures(self.ctx, photos)
 
-    def recognize_vectors(self, vectors: np.ndarray, *, extras: dict[str, np.ndarray] | None = None,
-                          ids: Sequence[str] | None = None, detections: Sequence | None = None,
-                          local: Mapping[str, LocalFeatures] | LocalStore | None = None,
-                          progress: bool | None = None) -> list[Recognition]:
+    def recognize_vectors(
+        self,
+        vectors: np.ndarray,
+        *,
+        extras: dict[str, np.ndarray] | None = None,
+        ids: Sequence[str] | None = None,
+        detections: Sequence | None = None,
+        local: Mapping[str, LocalFeatures] | LocalStore | None = None,
+        progress: bool | None = None,
+    ) -> list[Recognition]:
         """Recognitions of query descriptors; ``extras`` are the extractor's probe outputs (object prior),
         ``detections`` the object detector's decisions (:meth:`detect`), ``local`` the queries' local
         features by id (:meth:`query_local_features` of their photos), which verify their neighbours
@@ -159,15 +195,35 @@ class Recognising:
         out = []
         for qi, d in enumerate(decisions):
             inliers = ev.inliers[qi] if ev.inliers is not None else np.full(len(ev.keys[qi]), -1)
-            matches = [Match(key, float(s), int(lab) if lab >= 0 else None, names.get(int(lab)) if lab >= 0 else None,
-                             rows[key].path if key in rows else None, int(inl) if inl >= 0 else None)
-                       for key, s, lab, inl in zip(ev.keys[qi], ev.scores[qi], ev.labels[qi], inliers) if key is not None]
-            out.append(Recognition(ev.ids[qi], d.landmark_id, names.get(d.landmark_id) if d.landmark_id is not None else None,
-                                   d.score, ev.votes[qi].votes, matches, grade=d.grade, evidence=d.evidence))
+            matches = [
+                Match(
+                    key,
+                    float(s),
+                    int(lab) if lab >= 0 else None,
+                    names.get(int(lab)) if lab >= 0 else None,
+                    rows[key].path if key in rows else None,
+                    int(inl) if inl >= 0 else None,
+                )
+                for key, s, lab, inl in zip(ev.keys[qi], ev.scores[qi], ev.labels[qi], inliers)
+                if key is not None
+            ]
+            out.append(
+                Recognition(
+                    ev.ids[qi],
+                    d.landmark_id,
+                    names.get(d.landmark_id) if d.landmark_id is not None else None,
+                    d.score,
+                    ev.votes[qi].votes,
+                    matches,
+                    grade=d.grade,
+                    evidence=d.evidence,
+                )
+            )
         return out
 
-    def cluster(self, split: str = "index", cfg: ClusterConfig | None = None, *,
-                landmarks_only: bool = True) -> StoreClusters:
+    def cluster(
+        self, split: str = "index", cfg: ClusterConfig | None = None, *, landmarks_only: bool = True
+    ) -> StoreClusters:
         """Pseudo-landmarks for the photos of ``split``: clusters of their global descriptors
         (:func:`landmark.training.pseudo.cluster_store`), without the photos recognition knows are not
         landmarks (``landmarks_only``: object prior + distractors split), so that clusters are places."""

@@ -4,9 +4,9 @@ re-rank of the shortlist and the category re-rank, and the picture of a match's 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -33,12 +33,21 @@ class Searching:
         self._expanded: dict[tuple[str, ...] | None, ExpandedSearch] = {}
         self._categories: StoreCategories | None = None
 
-    def search(self, photos: Sequence[Photo], k: int | None = None, *, splits: Sequence[str] | None = None,
-               progress: bool | None = None, rerank: bool | None = None,
-               expand: bool | None = None, category: bool | None = None) -> list[SearchOutput]:
+    def search(
+        self,
+        photos: Sequence[Photo],
+        k: int | None = None,
+        *,
+        splits: Sequence[str] | None = None,
+        progress: bool | None = None,
+        rerank: bool | None = None,
+        expand: bool | None = None,
+        category: bool | None = None,
+    ) -> list[SearchOutput]:
         """The ``k`` most similar stored photos for each query photo (errors reported per photo).
 
-        With ``expand`` (default: :attr:`expands_by_default`), the database is augmented by DBA and the queries by alpha-QE
+        With ``expand`` (default: :attr:`expands_by_default`), the database is augmented by DBA and the
+        queries by alpha-QE
         (:class:`landmark.retrieval.ExpandedSearch`; the augmented database is held in memory).
         With ``rerank`` (default: on when the store has local features and ``rerank.enabled``), the
         global top ``rerank.top_k`` are verified with local features and re-scored (:mod:`landmark.retrieval.rerank`).
@@ -53,10 +62,13 @@ class Searching:
         ids, vectors, errors = self.embedding.queries(photos, progress)[:3]
         rerank = self.can_rerank if rerank is None else rerank
         if rerank and self.ctx.local is None:
-            raise StoreError(f"{self.ctx.store.root} has no local features to re-rank with "
-                             "(rebuild it with local.enabled=true, or search with --no-rerank)")
+            raise StoreError(
+                f"{self.ctx.store.root} has no local features to re-rank with "
+                "(rebuild it with local.enabled=true, or search with --no-rerank)"
+            )
         category = self.ctx.config.category.enabled if category is None else category
-        # the category re-rank, like the spatial one, reorders the top `rerank.top_k`, so it may lift photos into the top k
+        # the category re-rank, like the spatial one, reorders the top `rerank.top_k`, so it may lift photos
+        # into the top k
         depth = max(k, self.ctx.config.rerank.top_k) if rerank or category else k
         expand = self.expands_by_default if expand is None else expand
         if not len(vectors):
@@ -87,22 +99,27 @@ class Searching:
         """Whether :meth:`search` applies DBA / alpha-QE unless told: configured, and the index is exact
         and holds at most ``expansion.search_max`` photos (DBA is quadratic in them)."""
         ec = self.ctx.config.expansion
-        return bool((ec.dba or ec.qe) and self.ctx.store.config.index.kind == "flat" and len(self.ctx.store) <= ec.search_max)
+        return bool(
+            (ec.dba or ec.qe) and self.ctx.store.config.index.kind == "flat" and len(self.ctx.store) <= ec.search_max
+        )
 
     def expanded_search(self, splits: Sequence[str] | None = None) -> ExpandedSearch:
         """DBA / alpha-QE search over the stored photos of ``splits`` (made once per store generation)."""
         key = tuple(sorted(splits)) if splits else None
         cached = self._expanded.get(key)
         if cached is None or cached.generation != self.ctx.store.generation:
-            cached = self._expanded[key] = ExpandedSearch(self.ctx.store, self.ctx.config.expansion, splits,
-                                                          vote_k=self.ctx.recognition_config.k)
+            cached = self._expanded[key] = ExpandedSearch(
+                self.ctx.store, self.ctx.config.expansion, splits, vote_k=self.ctx.recognition_config.k
+            )
             log.info("augmented %d photos for DBA / alpha-QE", len(cached.keys))
         return cached
 
     def categories(self) -> StoreCategories:
         """Confident landmarks of stored photos and queries for the category re-rank (one per store generation)."""
         if self._categories is None or self._categories.generation != self.ctx.store.generation:
-            self._categories = StoreCategories(self.ctx.store, self.ctx.config.category, k=self.ctx.recognition_config.k)
+            self._categories = StoreCategories(
+                self.ctx.store, self.ctx.config.category, k=self.ctx.recognition_config.k
+            )
         return self._categories
 
     @property
@@ -111,12 +128,14 @@ class Searching:
         return bool(self.ctx.config.rerank.enabled and self.ctx.has_local_features)
 
     def rerank_matches(self, photo: Photo, matches: list[Match]) -> list[Match]:
-        img = photo if isinstance(photo, Image.Image) else load_image(photo)   # turned too, by rerank.rotations
+        img = photo if isinstance(photo, Image.Image) else load_image(photo)  # turned too, by rerank.rotations
         feats = query_variants(self.ctx.query_local_extractor(), img, self.ctx.config.rerank.rotations)
         ranked = rerank_shortlist(self.ctx.verifier, feats, [m.id for m in matches], [m.score for m in matches])
         by_id = {m.id: m for m in matches}
-        return [replace(by_id[key], score=float(s), inliers=int(i) if i >= 0 else None)
-                for key, s, i in zip(ranked.keys, ranked.scores, ranked.inliers)]
+        return [
+            replace(by_id[key], score=float(s), inliers=int(i) if i >= 0 else None)
+            for key, s, i in zip(ranked.keys, ranked.scores, ranked.inliers)
+        ]
 
     def match_evidence(self, a: str | Photo, b: str, *, max_lines: int = 300) -> bytes | None:
         """PNG of the verified inlier matches between ``a`` (a stored key, a path or a PIL image) and stored ``b``.
@@ -136,14 +155,14 @@ class Searching:
             if fa_got is None:
                 raise KeyError(f"{a!r} has no local features in the store")
             path_a = rows[a].path
-            assert path_a is not None                 # its local features were read from its file
+            assert path_a is not None  # its local features were read from its file
             fa, img_a = fa_got[0], load_image(path_a)
         else:
             img_a = a if isinstance(a, Image.Image) else load_image(a)
             fa = self.ctx.query_local_extractor().extract_image(img_a)
-        m, v = self.ctx.verifier.evidence(fa, b)     # the matches of the configured matcher that were verified
+        m, v = self.ctx.verifier.evidence(fa, b)  # the matches of the configured matcher that were verified
         path_b = rows[b].path
-        assert path_b is not None                     # its local features were read from its file
+        assert path_b is not None  # its local features were read from its file
         return draw_matches(img_a, load_image(path_b), fa, fb[0], m, v.mask, max_lines=max_lines)
 
     def set_expansion_config(self, ec: ExpansionConfig) -> None:

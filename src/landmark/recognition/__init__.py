@@ -25,11 +25,25 @@ if TYPE_CHECKING:
     from .pipeline import Decision, Evidence, Recognizer, ablation_configs, decide
 
 _EXPORTS = {
-    "ClassGroups": "filters", "ClassifierPrediction": "classifier", "Decision": "pipeline", "Detection": "filters",
-    "Evidence": "pipeline", "ImageNetPrior": "filters", "LandmarkClassifier": "classifier", "OnnxDetector": "filters",
-    "Recognizer": "pipeline", "Vote": "knn", "ablation_configs": "pipeline", "decide": "pipeline",
-    "detector_decision": "filters", "distractor_scores": "filters", "grade_a": "grading", "grade_b": "grading",
-    "knn_vote": "knn", "prior_decisions": "filters", "tiered_scores": "grading",
+    "ClassGroups": "filters",
+    "ClassifierPrediction": "classifier",
+    "Decision": "pipeline",
+    "Detection": "filters",
+    "Evidence": "pipeline",
+    "ImageNetPrior": "filters",
+    "LandmarkClassifier": "classifier",
+    "OnnxDetector": "filters",
+    "Recognizer": "pipeline",
+    "Vote": "knn",
+    "ablation_configs": "pipeline",
+    "decide": "pipeline",
+    "detector_decision": "filters",
+    "distractor_scores": "filters",
+    "grade_a": "grading",
+    "grade_b": "grading",
+    "knn_vote": "knn",
+    "prior_decisions": "filters",
+    "tiered_scores": "grading",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

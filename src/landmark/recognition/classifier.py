@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,10 +29,11 @@ from ..models.net import read_checkpoint
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ClassifierPrediction:
-    labels: np.ndarray      # Q x k landmark ids, best first
-    probs: np.ndarray       # Q x k probabilities
+    labels: np.ndarray  # Q x k landmark ids, best first
+    probs: np.ndarray  # Q x k probabilities
 
 
 class LandmarkClassifier:
@@ -57,18 +59,20 @@ class LandmarkClassifier:
         """The descriptor dimension the head was trained on."""
         return int(next(self.head.parameters()).shape[1])
 
-    def reading_leading(self) -> "LandmarkClassifier":
+    def reading_leading(self) -> LandmarkClassifier:
         """Apply the head to the first :attr:`dim` values of longer (ensemble) descriptors."""
         self.leading = True
         return self
 
-    def reading_unwhitened(self) -> "LandmarkClassifier":
+    def reading_unwhitened(self) -> LandmarkClassifier:
         """Read the queries' un-whitened descriptors, passed beside the store's whitened vectors."""
         self.unwhitened = True
         return self
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], head_config: Mapping[str, Any] | None = None) -> "LandmarkClassifier | None":
+    def from_payload(
+        cls, payload: Mapping[str, Any], head_config: Mapping[str, Any] | None = None
+    ) -> LandmarkClassifier | None:
         """Rebuild the head of a checkpoint payload; None if it has none (e.g. trained with N-pairs)."""
         state, kind, classes = payload.get("head"), payload.get("head_kind"), payload.get("classes")
         if not state or not kind or not classes:
@@ -76,11 +80,13 @@ class LandmarkClassifier:
         if kind not in HEADS:
             raise ValueError(f"unknown head kind {kind!r} in checkpoint")
         spec, n = HEADS[kind], len(classes)
-        weight = next(v for v in state.values() if getattr(v, "ndim", 0) == 2)   # classes (x sub-centres) x dim
+        weight = next(v for v in state.values() if getattr(v, "ndim", 0) == 2)  # classes (x sub-centres) x dim
         margins = state.get("class_margins")
         hc = {"scale": 30.0, "margin": 0.3, "margin_low": 0.05, "margin_high": 0.5} | dict(head_config or {})
-        settings = SimpleNamespace(**hc | {"subcenters": int(weight.shape[0]) // n,
-                                           "dynamic_margin": margins is not None and margins.numel() > 0})
+        settings = SimpleNamespace(
+            **hc
+            | {"subcenters": int(weight.shape[0]) // n, "dynamic_margin": margins is not None and margins.numel() > 0}
+        )
         head = spec.make(int(weight.shape[1]), [1] * n, settings)
         if head is None:
             return None
@@ -88,14 +94,18 @@ class LandmarkClassifier:
         return cls(head, [int(c) for c in classes], kind)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "LandmarkClassifier | None":
+    def from_checkpoint(cls, path: str | Path) -> LandmarkClassifier | None:
         """Load the head of ``landmark train``'s model.pt (its scale from train_config.json beside it, if there)."""
         path = Path(path)
         payload = read_checkpoint(path, required=())
-        if payload.get("train_split", "train") != "train" or \
-                any(c >= PSEUDO_LABEL_OFFSET for c in payload.get("classes") or ()):
-            log.info("%s was trained on pseudo-landmarks (landmark cluster): its head names none of the store's "
-                     "landmarks, so it is no classifier", path)
+        if payload.get("train_split", "train") != "train" or any(
+            c >= PSEUDO_LABEL_OFFSET for c in payload.get("classes") or ()
+        ):
+            log.info(
+                "%s was trained on pseudo-landmarks (landmark cluster): its head names none of the store's "
+                "landmarks, so it is no classifier",
+                path,
+            )
             return None
         head_config = payload.get("head_config")
         cfg_file = path.parent / "train_config.json"
@@ -110,12 +120,12 @@ class LandmarkClassifier:
     def logits(self, vectors: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.ascontiguousarray(vectors, dtype=np.float32))
         if self.leading:
-            x = torch.nn.functional.normalize(x[:, :self.dim], dim=1)
+            x = torch.nn.functional.normalize(x[:, : self.dim], dim=1)
         if x.shape[1] != self.dim:
             raise ValueError(f"the classifier head reads {self.dim}-d descriptors, got {x.shape[1]}-d")
         if HEADS[self.kind].linear:
             x = x * math.sqrt(x.shape[1])
-        logits = cast(Callable[[torch.Tensor], torch.Tensor], self.head.logits)   # every head kind has one
+        logits = cast(Callable[[torch.Tensor], torch.Tensor], self.head.logits)  # every head kind has one
         return logits(x).float()
 
     def predict(self, vectors: np.ndarray, k: int = 5) -> ClassifierPrediction:

@@ -13,10 +13,11 @@ its data; the pipeline (:mod:`landmark.recognition.pipeline`) decides how they a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from .config import RecognitionConfig
 
 LANDMARK, UNCERTAIN, NON_LANDMARK = "landmark", "uncertain", "non_landmark"
 ROLES = (LANDMARK, UNCERTAIN, NON_LANDMARK)
-PROBE_NAME = "imagenet_groups"        # the store extra holding each photo's group probabilities
+PROBE_NAME = "imagenet_groups"  # the store extra holding each photo's group probabilities
 
 
 class FilterConfigError(LandmarkError, ValueError):
@@ -44,13 +45,13 @@ class ClassGroups:
 
     names: tuple[str, ...]
     roles: tuple[str, ...]
-    index: np.ndarray                 # class -> group position (int64), length = number of classes
+    index: np.ndarray  # class -> group position (int64), length = number of classes
 
-    def same_as(self, other: "ClassGroups") -> bool:
+    def same_as(self, other: ClassGroups) -> bool:
         return self.names == other.names and self.roles == other.roles and np.array_equal(self.index, other.index)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, num_classes: int = 1000) -> "ClassGroups":
+    def load(cls, path: str | Path | None = None, num_classes: int = 1000) -> ClassGroups:
         """Read a group file (default: the packaged ImageNet-1k groups)."""
         if path is None:
             text = resources.files("landmark.resources").joinpath("imagenet_groups.yaml").read_text()
@@ -83,7 +84,9 @@ class ClassGroups:
                 assigned[c] = name
                 index[c] = gi
         if (index < 0).any():
-            raise FilterConfigError(f"{where}: {int((index < 0).sum())} classes belong to no group and no default_group is set")
+            raise FilterConfigError(
+                f"{where}: {int((index < 0).sum())} classes belong to no group and no default_group is set"
+            )
         return cls(tuple(names), tuple(roles), index)
 
     def role_mask(self, role: str) -> np.ndarray:
@@ -100,13 +103,15 @@ class ClassGroups:
 # -- the object prior from the backbone's ImageNet classifier ----------------------------------------
 @dataclass(frozen=True)
 class PriorDecision:
-    decision: str                     # landmark | uncertain | non_landmark
+    decision: str  # landmark | uncertain | non_landmark
     landmark_prob: float
     non_landmark_prob: float
     top_group: str
 
 
-def prior_decisions(probs: np.ndarray, groups: ClassGroups, landmark_min: float, object_min: float) -> list[PriorDecision]:
+def prior_decisions(
+    probs: np.ndarray, groups: ClassGroups, landmark_min: float, object_min: float
+) -> list[PriorDecision]:
     """The ImageNet analogue of the paper's detector rule, per photo (rows of group probabilities).
 
     Landmark classes holding at least ``landmark_min`` of the probability => landmark (kept, like a
@@ -137,8 +142,14 @@ class ImageNetPrior:
     The probabilities are then exactly the pretrained network's, for the cost of the changed stages.
     """
 
-    def __init__(self, backbone, groups: ClassGroups | None = None, *, tail: torch.nn.Module | None = None,
-                 tap: int | None = None):
+    def __init__(
+        self,
+        backbone,
+        groups: ClassGroups | None = None,
+        *,
+        tail: torch.nn.Module | None = None,
+        tap: int | None = None,
+    ):
         if (tail is None) != (tap is None):
             raise ValueError("ImageNetPrior needs both tail and tap, or neither")
         self.backbone = backbone
@@ -150,7 +161,7 @@ class ImageNetPrior:
         return getattr(backbone, "head", None) is not None
 
     @classmethod
-    def for_backbone(cls, backbone, groups: ClassGroups | None = None) -> "ImageNetPrior":
+    def for_backbone(cls, backbone, groups: ClassGroups | None = None) -> ImageNetPrior:
         """The prior of ``backbone``'s pretrained network, read from the first stage training changed."""
         found = pretrained_tail(backbone)
         if found is None:
@@ -171,8 +182,10 @@ class ImageNetPrior:
         """``x``: the feature map, or with a ``tap`` the input of that stage."""
         logits = self.backbone.classify(x) if self.tail is None else self.tail(x)
         if logits.shape[1] != len(self.groups.index):
-            raise FilterConfigError(f"backbone {self.backbone.name!r} has {logits.shape[1]} classes, the group file "
-                                    f"covers {len(self.groups.index)}")
+            raise FilterConfigError(
+                f"backbone {self.backbone.name!r} has {logits.shape[1]} classes, the group file "
+                f"covers {len(self.groups.index)}"
+            )
         return self.groups.group_probabilities(logits)
 
 
@@ -181,23 +194,28 @@ class ImageNetPrior:
 class Detection:
     label: str
     score: float
-    box: tuple[float, float, float, float]    # x0, y0, x1, y1 in pixels of the photo
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the photo
 
 
 @dataclass(frozen=True)
 class DetectorDecision:
-    decision: str                     # landmark | uncertain | non_landmark
+    decision: str  # landmark | uncertain | non_landmark
     reason: str
 
 
 class Detector(Protocol):
-    roles: Mapping[str, str]          # class name -> landmark | uncertain | non_landmark
+    roles: Mapping[str, str]  # class name -> landmark | uncertain | non_landmark
 
     def detect(self, image: Image.Image) -> list[Detection]: ...
 
 
-def detector_decision(detections: Sequence[Detection], image_size: tuple[int, int], roles: Mapping[str, str],
-                      score_min: float = 0.3, area_min: float = 0.6) -> DetectorDecision:
+def detector_decision(
+    detections: Sequence[Detection],
+    image_size: tuple[int, int],
+    roles: Mapping[str, str],
+    score_min: float = 0.3,
+    area_min: float = 0.6,
+) -> DetectorDecision:
     """The paper's rule: a landmark-part object present => landmark; otherwise a non-landmark object
     with score > ``score_min`` whose box covers > ``area_min`` of the photo => candidate non-landmark.
     Labels missing from ``roles`` count as non-landmark (the paper's 'other classes')."""
@@ -225,8 +243,14 @@ class OnnxDetector:
     name its role for :func:`detector_decision`.
     """
 
-    def __init__(self, path: str | Path, labels: Sequence[str] | str | Path, roles: Mapping[str, str] | str | Path,
-                 input_size: int = 800, outputs: Sequence[str] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        labels: Sequence[str] | str | Path,
+        roles: Mapping[str, str] | str | Path,
+        input_size: int = 800,
+        outputs: Sequence[str] | None = None,
+    ):
         import onnxruntime as ort
 
         path = Path(path)
@@ -284,7 +308,7 @@ def top_similarities(queries: np.ndarray, index, k: int) -> tuple[np.ndarray, np
     return np.where(rows >= 0, sims, -np.inf).astype(np.float32), rows
 
 
-EXACT_MAX = 50_000      # sets up to this size are searched exactly, larger ones by IVF
+EXACT_MAX = 50_000  # sets up to this size are searched exactly, larger ones by IVF
 IVF_NPROBE = 32
 
 
@@ -311,8 +335,13 @@ def similarity_index(vectors: np.ndarray, exact_max: int = EXACT_MAX, seed: int 
     return index
 
 
-def distractor_scores(queries: np.ndarray, distractors: np.ndarray, k: int = 3,
-                      query_ids: Sequence[str] | None = None, distractor_ids: Sequence[str] | None = None) -> np.ndarray:
+def distractor_scores(
+    queries: np.ndarray,
+    distractors: np.ndarray,
+    k: int = 3,
+    query_ids: Sequence[str] | None = None,
+    distractor_ids: Sequence[str] | None = None,
+) -> np.ndarray:
     """For each query, the minimum of its top-``k`` similarities to the distractor photos.
 
     A query that is itself one of the distractors (same id) is not compared with itself. With fewer
@@ -323,7 +352,7 @@ def distractor_scores(queries: np.ndarray, distractors: np.ndarray, k: int = 3,
         return np.full(len(queries), -np.inf, np.float32)
     ids_given = query_ids is not None and distractor_ids is not None
     sims, rows = top_similarities(queries, similarity_index(distractors), k + int(ids_given))
-    if query_ids is not None and distractor_ids is not None:     # ids_given
+    if query_ids is not None and distractor_ids is not None:  # ids_given
         dids = np.asarray(list(distractor_ids), dtype=object)
         same = (rows >= 0) & (dids[np.clip(rows, 0, None)] == np.asarray(list(query_ids), dtype=object)[:, None])
         sims = np.where(same, -np.inf, sims)

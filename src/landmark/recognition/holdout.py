@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..data.manifests import ImageRecord
 from ..data.splits import split_by_photo
@@ -18,7 +18,7 @@ CALIBRATION_META = "calibration"
 
 log = logging.getLogger(__name__)
 
-VAL_FRACTION, VAL_SEED = 0.15, 0     # calibrate's split by photo: the share of each landmark's photos, the seed
+VAL_FRACTION, VAL_SEED = 0.15, 0  # calibrate's split by photo: the share of each landmark's photos, the seed
 
 
 def held_out_by_model(store) -> set[str] | None:
@@ -46,8 +46,10 @@ def held_out_by_config(config) -> set[str] | None:
             return None
         held = set(ids) if held is None else held & set(ids)
     if held is not None and not held:
-        log.warning("the store's trained models held out no photo in common (trained with different seeds or "
-                    "data?): calibrations validate on a split by photo, which they trained on")
+        log.warning(
+            "the store's trained models held out no photo in common (trained with different seeds or "
+            "data?): calibrations validate on a split by photo, which they trained on"
+        )
     return held
 
 
@@ -82,8 +84,9 @@ def held_out_label(store) -> str:
     return "held out by the learned whitening" if held_out_by_whitening(store) is not None else "held out by the model"
 
 
-def validation_holdout(config, labelled: Sequence[ImageRecord], val_fraction: float = VAL_FRACTION,
-                       seed: int = VAL_SEED) -> set[str]:
+def validation_holdout(
+    config, labelled: Sequence[ImageRecord], val_fraction: float = VAL_FRACTION, seed: int = VAL_SEED
+) -> set[str]:
     """The ``labelled`` photos that a store of ``config`` keeps out of what it learns from labels (its
     learned whitening), for calibrations to validate on: those its trained models held out when at
     least half of them are among ``labelled`` (as :func:`model_validation_ids` requires), else the
@@ -100,8 +103,13 @@ def _held_here(held: set[str] | None, labelled: Sequence[str], seed: int) -> set
         return set()
     found = held.intersection(labelled)
     if len(found) < 0.5 * len(held):
-        log.warning("only %d of the %d photos the store's model held out are labelled here: validating on a "
-                    "split by photo (seed %d) instead", len(found), len(held), seed)
+        log.warning(
+            "only %d of the %d photos the store's model held out are labelled here: validating on a "
+            "split by photo (seed %d) instead",
+            len(found),
+            len(held),
+            seed,
+        )
         return set()
     return found
 
@@ -117,7 +125,9 @@ def model_validation_ids(store, labelled: Sequence[str], seed: int = 0) -> set[s
     if learned is not None:
         found = learned.intersection(labelled)
         if not found:
-            log.warning("none of the photos the store's learned whitening held out are among these labelled ones: "
-                        "validating on photos it was learned on")
+            log.warning(
+                "none of the photos the store's learned whitening held out are among these labelled ones: "
+                "validating on photos it was learned on"
+            )
         return found
     return _held_here(held_out_by_model(store), labelled, seed)

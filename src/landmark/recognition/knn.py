@@ -33,13 +33,13 @@ def knn_vote(labels: np.ndarray, scores: np.ndarray, k: int = 5) -> list[Vote]:
         if not valid.any():
             out.append(Vote(None, 0.0, 0))
             continue
-        best: tuple[int, float, int] | None = None   # (votes, best score, label)
+        best: tuple[int, float, int] | None = None  # (votes, best score, label)
         for lab in np.unique(lab_row[valid]):
             mask = lab_row == lab
             cand = (int(mask.sum()), float(sc_row[mask].max()), int(lab))
             if best is None or cand[:2] > best[:2]:
                 best = cand
-        assert best is not None                      # a valid label was voted for
+        assert best is not None  # a valid label was voted for
         votes, score, lab = best
         out.append(Vote(lab, score, votes))
     return out

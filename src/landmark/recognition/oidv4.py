@@ -28,9 +28,9 @@ import math
 import tarfile
 import threading
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import yaml
@@ -42,7 +42,7 @@ from .filters import Detection, FilterConfigError
 
 log = logging.getLogger(__name__)
 
-NAME = "oidv4"                      # recognition.detector=oidv4
+NAME = "oidv4"  # recognition.detector=oidv4
 NPM_URL = "https://registry.npmjs.org/@mediapipe/objectron/-/objectron-0.4.1675468480.tgz"
 PACKED = "package/objectron_solution_packed_assets.data"
 LABEL_BYTES = (0, 184)
@@ -80,18 +80,24 @@ def fetch(dest: str | Path | None = None, url: str = NPM_URL, *, source: str | P
             member = tar.extractfile(PACKED)
         except KeyError:
             member = None
-        if member is None:                 # missing, or not a file
+        if member is None:  # missing, or not a file
             raise FilterConfigError(f"{url}: the package holds no {PACKED}")
         packed = member.read()
-    blob = packed[MODEL_BYTES[0]:MODEL_BYTES[1]]
+    blob = packed[MODEL_BYTES[0] : MODEL_BYTES[1]]
     if _sha256(blob) != MODEL_SHA256:
-        raise FilterConfigError(f"{url}: the model cut from {PACKED} has SHA-256 {_sha256(blob)}, expected "
-                                f"{MODEL_SHA256}: not the published package")
-    labels = packed[LABEL_BYTES[0]:LABEL_BYTES[1]].decode("utf-8").splitlines()
+        raise FilterConfigError(
+            f"{url}: the model cut from {PACKED} has SHA-256 {_sha256(blob)}, expected "
+            f"{MODEL_SHA256}: not the published package"
+        )
+    labels = packed[LABEL_BYTES[0] : LABEL_BYTES[1]].decode("utf-8").splitlines()
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest / LABELS_FILE, "\n".join(labels) + "\n")
-    atomic_write_text(dest / NOTICE_FILE, NOTICE.format(url=url, packed=PACKED, m0=MODEL_BYTES[0], m1=MODEL_BYTES[1],
-                                                        l0=LABEL_BYTES[0], l1=LABEL_BYTES[1]))
+    atomic_write_text(
+        dest / NOTICE_FILE,
+        NOTICE.format(
+            url=url, packed=PACKED, m0=MODEL_BYTES[0], m1=MODEL_BYTES[1], l0=LABEL_BYTES[0], l1=LABEL_BYTES[1]
+        ),
+    )
     with atomic_path(model) as tmp:
         tmp.write_bytes(blob)
     return model
@@ -117,8 +123,11 @@ class AnchorOptions:
 
 def _scale(options: AnchorOptions, layer: int) -> float:
     n = len(options.strides)
-    return options.min_scale + (options.max_scale - options.min_scale) * layer / (n - 1) if n > 1 else \
-        (options.min_scale + options.max_scale) / 2
+    return (
+        options.min_scale + (options.max_scale - options.min_scale) * layer / (n - 1)
+        if n > 1
+        else (options.min_scale + options.max_scale) / 2
+    )
 
 
 def ssd_anchors(options: AnchorOptions = AnchorOptions()) -> np.ndarray:
@@ -137,15 +146,17 @@ def ssd_anchors(options: AnchorOptions = AnchorOptions()) -> np.ndarray:
                 shapes.append((math.sqrt(scale * following), options.interpolated_scale_aspect_ratio))
         size = math.ceil(options.input_size / stride)
         hw = np.array([(s / math.sqrt(ar), s * math.sqrt(ar)) for s, ar in shapes], np.float32)
-        ys, xs = np.meshgrid((np.arange(size) + options.offset) / size, (np.arange(size) + options.offset) / size,
-                             indexing="ij")
+        ys, xs = np.meshgrid(
+            (np.arange(size) + options.offset) / size, (np.arange(size) + options.offset) / size, indexing="ij"
+        )
         centres = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
         rows.append(np.concatenate([np.repeat(centres, len(hw), axis=0), np.tile(hw, (len(centres), 1))], axis=1))
     return np.concatenate(rows)
 
 
-def decode_boxes(raw: np.ndarray, anchors: np.ndarray, scales: tuple[float, float, float, float] = (10, 10, 5, 5)
-                 ) -> np.ndarray:
+def decode_boxes(
+    raw: np.ndarray, anchors: np.ndarray, scales: tuple[float, float, float, float] = (10, 10, 5, 5)
+) -> np.ndarray:
     """Box offsets (``N x 4``: y, x, h, w as the TF detection API writes them) to ``N x 4`` boxes
     (x0, y0, x1, y1) in [0, 1] of the input: centres moved by offset / scale times the anchor's
     size, sizes the anchor's times exp(offset / scale)."""
@@ -161,8 +172,15 @@ def decode_boxes(raw: np.ndarray, anchors: np.ndarray, scales: tuple[float, floa
 class OidV4Detector:
     """:class:`~.filters.Detector` of the 24 Open Images v4 classes (see the module's docstring)."""
 
-    def __init__(self, model: str | Path | None = None, roles: Mapping[str, str] | str | Path | None = None,
-                 score_min: float = 0.3, iou: float = 0.4, max_detections: int = 20, threads: int = 2):
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        roles: Mapping[str, str] | str | Path | None = None,
+        score_min: float = 0.3,
+        iou: float = 0.4,
+        max_detections: int = 20,
+        threads: int = 2,
+    ):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -170,11 +188,15 @@ class OidV4Detector:
         path = Path(model) if model is not None else model_dir() / MODEL_FILE
         labels = path.with_name(LABELS_FILE)
         if not path.is_file() or not labels.is_file():
-            raise FilterConfigError(f"the Open Images detector is not installed at {path}: run `landmark "
-                                    "install-detector` (it fetches MediaPipe's model from the npm registry once)")
+            raise FilterConfigError(
+                f"the Open Images detector is not installed at {path}: run `landmark "
+                "install-detector` (it fetches MediaPipe's model from the npm registry once)"
+            )
         self.labels = labels.read_text().splitlines()
         roles = roles if roles is not None else ROLES_FILE
-        self.roles = dict(yaml.safe_load(Path(roles).read_text()) or {}) if isinstance(roles, (str, Path)) else dict(roles)
+        self.roles = (
+            dict(yaml.safe_load(Path(roles).read_text()) or {}) if isinstance(roles, (str, Path)) else dict(roles)
+        )
         self.score_min, self.iou, self.max_detections = score_min, iou, max_detections
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.interpreter.allocate_tensors()
@@ -184,7 +206,7 @@ class OidV4Detector:
         self._classes = next(i for n, i in outputs.items() if "class" in n)
         self.size = int(self._input["shape"][1])
         self.anchors = ssd_anchors(AnchorOptions(input_size=self.size))
-        self._lock = threading.Lock()        # one interpreter: the service's inference threads take turns
+        self._lock = threading.Lock()  # one interpreter: the service's inference threads take turns
 
     def detect(self, image: Image.Image) -> list[Detection]:
         image = image.convert("RGB")
@@ -195,7 +217,7 @@ class OidV4Detector:
             self.interpreter.invoke()
             raw = self.interpreter.get_tensor(self._boxes)[0].copy()
             logits = self.interpreter.get_tensor(self._classes)[0].copy()
-        scores = 1.0 / (1.0 + np.exp(-logits[:, 1:]))          # class 0 is the background ("???")
+        scores = 1.0 / (1.0 + np.exp(-logits[:, 1:]))  # class 0 is the background ("???")
         best = scores.argmax(axis=1)
         best_score = scores[np.arange(len(scores)), best]
         keep = np.flatnonzero(best_score > self.score_min)
@@ -203,9 +225,14 @@ class OidV4Detector:
             return []
         boxes = decode_boxes(raw[keep], self.anchors[keep]).clip(0.0, 1.0) * np.array([w, h, w, h], np.float32)
         chosen = nms(boxes, best_score[keep], self.iou)[: self.max_detections]
-        return [Detection(self.labels[1 + int(best[keep[i]])], float(best_score[keep[i]]),
-                          (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3])))
-                for i in chosen]
+        return [
+            Detection(
+                self.labels[1 + int(best[keep[i]])],
+                float(best_score[keep[i]]),
+                (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3])),
+            )
+            for i in chosen
+        ]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -43,9 +44,9 @@ from .grading import boost_levels, frequent_landmarks, grade_a, grade_b, tiered_
 from .knn import Vote, at_positions, knn_vote, merge_views, stack_views
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")                        # a query's local features (neighbour_inliers)
+T = TypeVar("T")  # a query's local features (neighbour_inliers)
 
-DISTRACTOR_SPLIT = "distractors"      # `landmark index add --split distractors`: user-given non-landmark photos
+DISTRACTOR_SPLIT = "distractors"  # `landmark index add --split distractors`: user-given non-landmark photos
 # the filters a query's verified unanimous vote overrules (evidence_shows_landmark); the detector's verdict (an
 # object covering most of the photo) stands
 OVERRULABLE = ("object_prior", "distractor")
@@ -56,24 +57,24 @@ class Evidence:
     """Everything the decision rules look at, for a batch of queries (rows aligned with ``ids``)."""
 
     ids: list[str]
-    labels: np.ndarray                              # Q x k neighbour landmark ids (-1 = none)
-    scores: np.ndarray                              # Q x k similarities
-    keys: list[list[str | None]]                    # Q x k neighbour ids
+    labels: np.ndarray  # Q x k neighbour landmark ids (-1 = none)
+    scores: np.ndarray  # Q x k similarities
+    keys: list[list[str | None]]  # Q x k neighbour ids
     votes: list[Vote]
     classifier: ClassifierPrediction | None = None
     prior: list[PriorDecision] | None = None
     detector: list[DetectorDecision | None] | None = None
-    distractor: np.ndarray | None = None            # Q: min of top-k similarities to known non-landmarks
-    distractor_set: int = 0                         # how many known non-landmark photos there were
-    inliers: np.ndarray | None = None               # Q x k verified local-feature inliers with each neighbour
-                                                    # (-1 = not verified); None: no local features (neighbour_inliers)
+    distractor: np.ndarray | None = None  # Q: min of top-k similarities to known non-landmarks
+    distractor_set: int = 0  # how many known non-landmark photos there were
+    inliers: np.ndarray | None = None  # Q x k verified local-feature inliers with each neighbour
+    # (-1 = not verified); None: no local features (neighbour_inliers)
 
 
 @dataclass
 class Decision:
     landmark_id: int | None
-    score: float                                    # in [0, 1], ordered by grade, then similarity
-    grade: str                                      # e.g. "A1B1"; "non-landmark" when filtered; "" for kNN only
+    score: float  # in [0, 1], ordered by grade, then similarity
+    grade: str  # e.g. "A1B1"; "non-landmark" when filtered; "" for kNN only
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,7 +84,11 @@ def object_verdict(ev: Evidence, qi: int) -> str | None:
     det = ev.detector[qi] if ev.detector is not None else None
     if det is not None and det.decision == NON_LANDMARK:
         return "detector"
-    if ev.prior is not None and ev.prior[qi].decision == NON_LANDMARK and not (det is not None and det.decision == LANDMARK):
+    if (
+        ev.prior is not None
+        and ev.prior[qi].decision == NON_LANDMARK
+        and not (det is not None and det.decision == LANDMARK)
+    ):
         return "object_prior"
     return None
 
@@ -105,8 +110,8 @@ def verified_support(ev: Evidence, qi: int, cfg: RecognitionConfig) -> int | Non
     lab = ev.votes[qi].landmark_id
     if ev.inliers is None or lab is None:
         return None
-    inliers = ev.inliers[qi, :cfg.k]
-    mine = inliers[(ev.labels[qi, :len(inliers)] == lab) & (inliers >= 0)]
+    inliers = ev.inliers[qi, : cfg.k]
+    mine = inliers[(ev.labels[qi, : len(inliers)] == lab) & (inliers >= 0)]
     return int(mine.max()) if len(mine) else None
 
 
@@ -137,14 +142,14 @@ def non_landmark_reasons(ev: Evidence, qi: int, cfg: RecognitionConfig) -> list[
 def decide(ev: Evidence, cfg: RecognitionConfig) -> list[Decision]:
     """Labels, scores and grades for a batch from its evidence (pure; see the module docstring)."""
     n = len(ev.ids)
-    classifier = ev.classifier if cfg.classifier else None      # the B grades read it
+    classifier = ev.classifier if cfg.classifier else None  # the B grades read it
     use_b = classifier is not None
     n_a, n_b = (4 if cfg.grading else 1), (2 if use_b else 1)
-    n_tiers = n_a * n_b + 1                          # the last tier holds filtered queries
+    n_tiers = n_a * n_b + 1  # the last tier holds filtered queries
     labels = [v.landmark_id for v in ev.votes]
     a_grades, b_grades, tiers, flagged = [], [], [], []
     for qi in range(n):
-        a = grade_a(ev.labels[qi, :cfg.k], ev.scores[qi, :cfg.k], labels[qi], cfg.t1, cfg.t2) if cfg.grading else 1
+        a = grade_a(ev.labels[qi, : cfg.k], ev.scores[qi, : cfg.k], labels[qi], cfg.t1, cfg.t2) if cfg.grading else 1
         b = grade_b(labels[qi], int(classifier.labels[qi, 0])) if classifier is not None else 1
         reasons = non_landmark_reasons(ev, qi, cfg)
         a_grades.append(a)
@@ -159,46 +164,88 @@ def decide(ev: Evidence, cfg: RecognitionConfig) -> list[Decision]:
     scores = tiered_scores(tiers, [v.score for v in ev.votes], n_tiers, boosts)
     out = []
     for qi in range(n):
-        grade = "non-landmark" if flagged[qi] else (
-            (f"A{a_grades[qi]}" if cfg.grading else "") + (f"B{b_grades[qi]}" if use_b else ""))
+        grade = (
+            "non-landmark"
+            if flagged[qi]
+            else ((f"A{a_grades[qi]}" if cfg.grading else "") + (f"B{b_grades[qi]}" if use_b else ""))
+        )
         lab, score = labels[qi], float(scores[qi])
         if lab is None or (flagged[qi] and cfg.filtered == "drop"):
             lab, score = None, 0.0
-        out.append(Decision(lab, score, grade, _evidence(ev, qi, cfg, flagged[qi], a_grades[qi], b_grades[qi],
-                                                         lab is not None and lab in frequent and not flagged[qi])))
+        out.append(
+            Decision(
+                lab,
+                score,
+                grade,
+                _evidence(
+                    ev,
+                    qi,
+                    cfg,
+                    flagged[qi],
+                    a_grades[qi],
+                    b_grades[qi],
+                    lab is not None and lab in frequent and not flagged[qi],
+                ),
+            )
+        )
     return out
 
 
-def _evidence(ev: Evidence, qi: int, cfg: RecognitionConfig, reasons: list[str], a: int, b: int,
-              frequent: bool) -> dict[str, Any]:
+def _evidence(
+    ev: Evidence, qi: int, cfg: RecognitionConfig, reasons: list[str], a: int, b: int, frequent: bool
+) -> dict[str, Any]:
     e: dict[str, Any] = {
-        "knn": {"landmark_id": ev.votes[qi].landmark_id, "similarity": round(float(ev.votes[qi].score), 4),
-                "votes": ev.votes[qi].votes},
-        "neighbours": [[key, round(float(s), 4), int(lab) if lab >= 0 else None]
-                       for key, s, lab in zip(ev.keys[qi][:cfg.k], ev.scores[qi, :cfg.k], ev.labels[qi, :cfg.k]) if key is not None],
+        "knn": {
+            "landmark_id": ev.votes[qi].landmark_id,
+            "similarity": round(float(ev.votes[qi].score), 4),
+            "votes": ev.votes[qi].votes,
+        },
+        "neighbours": [
+            [key, round(float(s), 4), int(lab) if lab >= 0 else None]
+            for key, s, lab in zip(ev.keys[qi][: cfg.k], ev.scores[qi, : cfg.k], ev.labels[qi, : cfg.k])
+            if key is not None
+        ],
         "filters": {"non_landmark": reasons, "overruled_by_evidence": overruled_filters(ev, qi, cfg)},
     }
-    if ev.inliers is not None:      # the query's own geometric evidence (evidence_shows_landmark), per neighbour
+    if ev.inliers is not None:  # the query's own geometric evidence (evidence_shows_landmark), per neighbour
         e["verification"] = {
-            "inliers": [int(i) if i >= 0 else None for key, i in zip(ev.keys[qi][:cfg.k], ev.inliers[qi, :cfg.k])
-                        if key is not None],
-            "best_inliers": verified_support(ev, qi, cfg), "needed": cfg.evidence_inliers,
-            "unanimous": ev.votes[qi].votes >= cfg.k, "shows_landmark": evidence_shows_landmark(ev, qi, cfg)}
+            "inliers": [
+                int(i) if i >= 0 else None
+                for key, i in zip(ev.keys[qi][: cfg.k], ev.inliers[qi, : cfg.k])
+                if key is not None
+            ],
+            "best_inliers": verified_support(ev, qi, cfg),
+            "needed": cfg.evidence_inliers,
+            "unanimous": ev.votes[qi].votes >= cfg.k,
+            "shows_landmark": evidence_shows_landmark(ev, qi, cfg),
+        }
     if ev.classifier is not None:
-        e["classifier"] = [[int(lab), round(float(p), 4)] for lab, p in zip(ev.classifier.labels[qi], ev.classifier.probs[qi])]
+        e["classifier"] = [
+            [int(lab), round(float(p), 4)] for lab, p in zip(ev.classifier.labels[qi], ev.classifier.probs[qi])
+        ]
     if ev.prior is not None:
         p = ev.prior[qi]
-        e["filters"]["object_prior"] = {"decision": p.decision, "landmark_prob": _r(p.landmark_prob),
-                                        "non_landmark_prob": _r(p.non_landmark_prob), "top_group": p.top_group}
+        e["filters"]["object_prior"] = {
+            "decision": p.decision,
+            "landmark_prob": _r(p.landmark_prob),
+            "non_landmark_prob": _r(p.non_landmark_prob),
+            "top_group": p.top_group,
+        }
     detected = ev.detector[qi] if ev.detector is not None else None
     if detected is not None:
         e["filters"]["detector"] = {"decision": detected.decision, "reason": detected.reason}
     if ev.distractor is not None:
         d = float(ev.distractor[qi])
-        e["filters"]["distractor"] = {"min_top_k": _r(d) if np.isfinite(d) else None, "threshold": cfg.distractor_threshold,
-                                      "known_non_landmarks": ev.distractor_set}
-    e["grade"] = {"A": a if cfg.grading else None, "B": b if cfg.classifier and ev.classifier is not None else None,
-                  "frequent_landmark": frequent}
+        e["filters"]["distractor"] = {
+            "min_top_k": _r(d) if np.isfinite(d) else None,
+            "threshold": cfg.distractor_threshold,
+            "known_non_landmarks": ev.distractor_set,
+        }
+    e["grade"] = {
+        "A": a if cfg.grading else None,
+        "B": b if cfg.classifier and ev.classifier is not None else None,
+        "frequent_landmark": frequent,
+    }
     return e
 
 
@@ -208,27 +255,45 @@ def _r(x: float) -> float | None:
 
 # -- the ablation of the issue: stages switched on one after the other --------------------------------------
 ABLATION_STAGES = ("classifier", "object_prior", "distractor_filter", "grading", "frequent_rerank")
-ABLATION_NAMES = {None: "kNN only", "classifier": "+ classifier agreement", "object_prior": "+ object prior",
-                  "distractor_filter": "+ distractor filter", "grading": "+ grading",
-                  "frequent_rerank": "+ frequent-landmark re-rank"}
+ABLATION_NAMES = {
+    None: "kNN only",
+    "classifier": "+ classifier agreement",
+    "object_prior": "+ object prior",
+    "distractor_filter": "+ distractor filter",
+    "grading": "+ grading",
+    "frequent_rerank": "+ frequent-landmark re-rank",
+}
 
 
 def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple[str, RecognitionConfig | None, str]]:
     """(row name, config or None if skipped, note) for kNN only, then each stage of ``cfg`` that is on
     added in turn, so the last row is the pipeline ``cfg`` runs; a stage ``cfg`` switches off (by
     calibration or by the user) gets a row without figures that says so."""
-    off: dict[str, Any] = {s: False for s in ABLATION_STAGES}      # Any: mypy checks **kwargs against every field
+    off: dict[str, Any] = {s: False for s in ABLATION_STAGES}  # Any: mypy checks **kwargs against every field
     rows: list[tuple[str, RecognitionConfig | None, str]] = [
-        (ABLATION_NAMES[None], dataclasses.replace(cfg, **off), "")]
+        (ABLATION_NAMES[None], dataclasses.replace(cfg, **off), "")
+    ]
     on: dict[str, Any] = {}
     for stage in ABLATION_STAGES:
         if stage == "classifier" and not has_classifier:
-            rows.append((ABLATION_NAMES[stage], None, "skipped: no trained classifier head reads the store's descriptors "
-                                                    "(ImageNet weights); build it with --model model.pt"))
+            rows.append(
+                (
+                    ABLATION_NAMES[stage],
+                    None,
+                    "skipped: no trained classifier head reads the store's descriptors "
+                    "(ImageNet weights); build it with --model model.pt",
+                )
+            )
             continue
         if not getattr(cfg, stage):
-            rows.append((ABLATION_NAMES[stage], None, f"off (recognition.{stage}: switched off by calibration or by the "
-                                                    "configuration; see the report's calibration decisions)"))
+            rows.append(
+                (
+                    ABLATION_NAMES[stage],
+                    None,
+                    f"off (recognition.{stage}: switched off by calibration or by the "
+                    "configuration; see the report's calibration decisions)",
+                )
+            )
             continue
         on[stage] = True
         rows.append((ABLATION_NAMES[stage], dataclasses.replace(cfg, **(off | on)), ""))
@@ -236,9 +301,14 @@ def ablation_configs(cfg: RecognitionConfig, has_classifier: bool) -> list[tuple
 
 
 # -- gathering the evidence over a store -----------------------------------------------------------------
-def neighbour_inliers(keys: Sequence[Sequence[str | None]], k: int, queries: Iterable[T | None],
-                      inliers_of: Callable[[T, list[str]], Sequence[int] | np.ndarray], *,
-                      progress: bool | None = None) -> np.ndarray:
+def neighbour_inliers(
+    keys: Sequence[Sequence[str | None]],
+    k: int,
+    queries: Iterable[T | None],
+    inliers_of: Callable[[T, list[str]], Sequence[int] | np.ndarray],
+    *,
+    progress: bool | None = None,
+) -> np.ndarray:
     """``Evidence.inliers``: Q x ``k`` verified inliers between each query and its first ``k`` neighbour
     ``keys``, from ``inliers_of(query features, neighbour keys)`` (e.g. :meth:`Verifier.inliers
     <landmark.retrieval.rerank.Verifier.inliers>`); -1 where there is no neighbour or the query has
@@ -266,11 +336,17 @@ def nearest_other(rows: np.ndarray, pool: np.ndarray, offset: int) -> np.ndarray
 class Recognizer:
     """Gathers evidence for query descriptors against a :class:`~landmark.index.Store`."""
 
-    def __init__(self, store, cfg: RecognitionConfig, classifier: LandmarkClassifier | None = None,
-                 groups: ClassGroups | None = None, detector=None):
+    def __init__(
+        self,
+        store,
+        cfg: RecognitionConfig,
+        classifier: LandmarkClassifier | None = None,
+        groups: ClassGroups | None = None,
+        detector=None,
+    ):
         self.store, self.cfg = store, cfg
         self.classifier, self.groups, self.detector = classifier, groups, detector
-        self._known: tuple[Any, list[str], np.ndarray, Any] | None = None   # (token, keys, vectors, FAISS index)
+        self._known: tuple[Any, list[str], np.ndarray, Any] | None = None  # (token, keys, vectors, FAISS index)
 
     def known_non_landmarks(self, cfg: RecognitionConfig | None = None) -> tuple[list[str], np.ndarray]:
         """Store photos known not to be landmarks: the ``distractors`` split, and the unlabelled photos
@@ -299,25 +375,32 @@ class Recognizer:
             flagged = [k for k, d in zip(unlabelled, decisions) if d.decision == NON_LANDMARK]
         vecs = self.store.vectors(given + flagged) if given or flagged else np.zeros((0, self.store.dim), np.float32)
         if flagged and self.store.keys(labelled=True, limit=1):
-            own = vecs[len(given):]
+            own = vecs[len(given) :]
             near_landmark = self.store.search(own, 1, labelled_only=True).scores[:, 0]
             keep = near_landmark <= nearest_other(own, vecs, offset=len(given))
             flagged = [k for k, ok in zip(flagged, keep) if ok]
-            vecs = np.concatenate([vecs[:len(given)], own[keep]])
+            vecs = np.concatenate([vecs[: len(given)], own[keep]])
         return given + flagged, vecs
 
-    def labelled_neighbours(self, vectors: np.ndarray, regions: np.ndarray | None = None
-                            ) -> tuple[np.ndarray, np.ndarray, list[list[str | None]]]:
+    def labelled_neighbours(
+        self, vectors: np.ndarray, regions: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[list[str | None]]]:
         """Each query's top-k labelled photos (landmark ids, similarities, keys); with ``regions``
         (``Q x R x dim``) found by the global descriptor or any region, at the best (:func:`merge_views`)."""
         k = self.cfg.k
         if regions is None or regions.ndim != 3 or len(regions) != len(vectors) or not regions.shape[1]:
             res = self.store.search(vectors, k, labelled_only=True)
             return res.landmark_ids, res.scores, res.keys
-        step = 1024                     # queries per search: (1 + R) x k candidates each, float32 views
-        parts = [self._views_neighbours(vectors[i:i + step], regions[i:i + step], k) for i in range(0, len(vectors), step)]
-        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                [row for p in parts for row in p[2]])
+        step = 1024  # queries per search: (1 + R) x k candidates each, float32 views
+        parts = [
+            self._views_neighbours(vectors[i : i + step], regions[i : i + step], k)
+            for i in range(0, len(vectors), step)
+        ]
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            [row for p in parts for row in p[2]],
+        )
 
     def _views_neighbours(self, vectors: np.ndarray, regions: np.ndarray, k: int):
         views = stack_views(vectors, regions)
@@ -325,7 +408,9 @@ class Recognizer:
         res = self.store.search(np.ascontiguousarray(views.reshape(q * v, d)), k, labelled_only=True)
         pos, scores = merge_views(res.rows.reshape(q, v, k), res.scores.reshape(q, v, k), k)
         labels = at_positions(res.landmark_ids.reshape(q, v * k), pos, -1)
-        keys = [[res.keys[qi * v + j // k][j % k] if j >= 0 else None for j in row] for qi, row in enumerate(pos.tolist())]
+        keys = [
+            [res.keys[qi * v + j // k][j % k] if j >= 0 else None for j in row] for qi, row in enumerate(pos.tolist())
+        ]
         return labels, scores, keys
 
     def detect(self, photos: Sequence[Any], *, progress: bool | None = None) -> list[DetectorDecision | None] | None:
@@ -346,14 +431,23 @@ class Recognizer:
                     log.warning("object detector skipped %s: %s", photo, e)
                     out.append(None)
                 else:
-                    out.append(detector_decision(found, image.size, self.detector.roles,
-                                                 cfg.detector_score_min, cfg.detector_area_min))
+                    out.append(
+                        detector_decision(
+                            found, image.size, self.detector.roles, cfg.detector_score_min, cfg.detector_area_min
+                        )
+                    )
                 bar.advance()
         return out
 
-    def gather(self, vectors: np.ndarray, ids: Sequence[str], prior_probs: np.ndarray | None = None,
-               detections: Sequence[DetectorDecision | None] | None = None,
-               descriptors: np.ndarray | None = None, regions: np.ndarray | None = None) -> Evidence:
+    def gather(
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[str],
+        prior_probs: np.ndarray | None = None,
+        detections: Sequence[DetectorDecision | None] | None = None,
+        descriptors: np.ndarray | None = None,
+        regions: np.ndarray | None = None,
+    ) -> Evidence:
         """``descriptors``: the queries' un-whitened descriptors, which the classifier of a whitened store reads;
         ``regions``: their other views (``Q x R x dim``: regional descriptors and the zoomed read,
         :meth:`landmark.Landmarks.query_views`), which also look for labelled neighbours (``cfg.regions``,
@@ -368,19 +462,27 @@ class Recognizer:
             if head_input is not None and len(head_input) == len(vectors):
                 ev.classifier = self.classifier.predict(head_input, cfg.classifier_topk)
         if self.groups is not None:
-            probs = prior_probs if prior_probs is not None and len(prior_probs) == len(vectors) else \
-                np.full((len(vectors), len(self.groups.names)), np.nan, np.float32)
+            probs = (
+                prior_probs
+                if prior_probs is not None and len(prior_probs) == len(vectors)
+                else np.full((len(vectors), len(self.groups.names)), np.nan, np.float32)
+            )
             ev.prior = prior_decisions(probs, self.groups, cfg.prior_landmark_min, cfg.prior_object_min)
         if detections is not None:
             ev.detector = list(detections)
-        known_keys, _, known_index = self._known_set()      # searched, never copied, per batch
+        known_keys, _, known_index = self._known_set()  # searched, never copied, per batch
         # the batch's flagged photos join them, unless nearer to a labelled photo (as in known_non_landmarks)
         batch = np.array([i for i in range(len(vectors)) if object_verdict(ev, i)], np.int64)
         if len(batch):
-            near_object = np.maximum(top_similarities(vectors[batch], known_index, 1)[0].max(axis=1, initial=-np.inf),
-                                     nearest_other(vectors[batch], vectors[batch], offset=0))
-            near_landmark = ev.scores[batch, 0] if regions is None else \
-                self.store.search(vectors[batch], 1, labelled_only=True).scores[:, 0]    # the global descriptor's
+            near_object = np.maximum(
+                top_similarities(vectors[batch], known_index, 1)[0].max(axis=1, initial=-np.inf),
+                nearest_other(vectors[batch], vectors[batch], offset=0),
+            )
+            near_landmark = (
+                ev.scores[batch, 0]
+                if regions is None
+                else self.store.search(vectors[batch], 1, labelled_only=True).scores[:, 0]
+            )  # the global descriptor's
             batch = batch[near_landmark <= near_object]
         # each query's top-k among the known set and the kept batch photos (itself excluded); both
         # searched with FAISS, so a batch of 100k queries never makes a Q x Q matrix

@@ -20,8 +20,8 @@ from .pipeline import Recognizer
 
 log = logging.getLogger(__name__)
 
-GROUPS_META = "prior_groups"          # the store meta key naming the groups its extras were made with
-SOURCE_META = "prior_source"          # ... and the classifier that made them (ImageNetPrior.source)
+GROUPS_META = "prior_groups"  # the store meta key naming the groups its extras were made with
+SOURCE_META = "prior_source"  # ... and the classifier that made them (ImageNetPrior.source)
 
 
 def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
@@ -29,16 +29,18 @@ def attach_prior(extractor, cfg: RecognitionConfig) -> ClassGroups | None:
 
     Returns the groups, or None when the backbone has no ImageNet classifier (no object prior then).
     """
-    single = model_extractor(extractor)      # ensembles and whitened extractors probe their first model
+    single = model_extractor(extractor)  # ensembles and whitened extractors probe their first model
     backbone = single.net.backbone
     if not ImageNetPrior.available(backbone):
         return None
     groups = ClassGroups.load(cfg.prior_groups)
     attached = single.probe
     if single.probe_name == PROBE_NAME and isinstance(attached, ImageNetPrior) and attached.groups.same_as(groups):
-        return attached.groups      # already there (a service makes a Landmarks per store generation)
+        return attached.groups  # already there (a service makes a Landmarks per store generation)
     # a trained checkpoint's changed stages no longer suit the ImageNet classifier: read the pretrained ones
-    prior = ImageNetPrior.for_backbone(backbone, groups) if single.model_cfg.checkpoint else ImageNetPrior(backbone, groups)
+    prior = (
+        ImageNetPrior.for_backbone(backbone, groups) if single.model_cfg.checkpoint else ImageNetPrior(backbone, groups)
+    )
     single.set_probe(PROBE_NAME, prior)
     return groups
 
@@ -77,15 +79,19 @@ def make_recognizer(store, cfg: RecognitionConfig, groups: ClassGroups | None, s
         except FileNotFoundError:
             log.warning("the store's model %s is gone: no classifier agreement (B1/B2)", ckpt)
     if classifier is not None and whitening_in_force(store.config, store.root) != "none":
-        classifier = classifier.reading_unwhitened()   # the extractor keeps the queries' descriptors for it
+        classifier = classifier.reading_unwhitened()  # the extractor keeps the queries' descriptors for it
     if classifier is not None and store.config.ensemble:
-        classifier = classifier.reading_leading()   # the trained model comes first in the concatenation
+        classifier = classifier.reading_leading()  # the trained model comes first in the concatenation
     if groups is not None and priors_stale(store, groups, source):
-        log.warning("store %s holds object priors made with other class groups or another classifier; "
-                    "run Landmarks.ensure_extras()", store.root)
+        log.warning(
+            "store %s holds object priors made with other class groups or another classifier; "
+            "run Landmarks.ensure_extras()",
+            store.root,
+        )
     elif groups is not None and calibrated_with_other_priors(store, source):
-        log.warning("store %s was calibrated on object priors of another classifier; run `landmark calibrate`",
-                    store.root)
+        log.warning(
+            "store %s was calibrated on object priors of another classifier; run `landmark calibrate`", store.root
+        )
     return Recognizer(store, cfg, classifier, groups, make_detector(cfg))
 
 
@@ -121,20 +127,28 @@ def backfill_prior(lm: PriorTarget, *, progress: bool | None = None) -> int:
     source = lm.prior_source
     stale = priors_stale(store, groups, source)
     probs = store.extras(keys, PROBE_NAME)
-    missing = keys if stale or probs.shape[1] != len(groups.names) else [k for k, row in zip(keys, probs) if not np.isfinite(row).all()]
+    missing = (
+        keys
+        if stale or probs.shape[1] != len(groups.names)
+        else [k for k, row in zip(keys, probs) if not np.isfinite(row).all()]
+    )
     rows = store.get(missing)
     paths = {k: Path(path) for k in missing if (path := rows[k].path)}
     todo = [k for k in missing if k in paths and paths[k].is_file()]
     redone: list[str] = []
     if todo:
         work = store.root / "_work" / "extract-prior"
-        res = lm.extractor.extract([ImageRecord(k, paths[k]) for k in todo], cache_dir=work,
-                                   progress=progress, description="object prior of stored photos")
+        res = lm.extractor.extract(
+            [ImageRecord(k, paths[k]) for k in todo],
+            cache_dir=work,
+            progress=progress,
+            description="object prior of stored photos",
+        )
         if PROBE_NAME in res.extras and len(res.ids):
             store.set_extras(res.ids, PROBE_NAME, res.extras[PROBE_NAME])
             redone = res.ids
         shutil.rmtree(work, ignore_errors=True)
-    if stale:   # photos gone or unreadable now: no prior is better than another classifier's
+    if stale:  # photos gone or unreadable now: no prior is better than another classifier's
         done = set(redone)
         lost = [k for k in missing if k not in done]
         if lost:

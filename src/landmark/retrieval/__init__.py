@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 from ..utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .search import ExpandedSearch, Ranking, rank
     from .expansion import dba, query_expansion
+    from .search import ExpandedSearch, Ranking, rank
 
 _EXPORTS = {
-    "ExpandedSearch": "search", "Ranking": "search", "dba": "expansion", "query_expansion": "expansion",
+    "ExpandedSearch": "search",
+    "Ranking": "search",
+    "dba": "expansion",
+    "query_expansion": "expansion",
     "rank": "search",
 }
 __all__ = list(_EXPORTS)

@@ -16,13 +16,13 @@ labelled photos, and its labelled database photos get voted labels, as unlabelle
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .config import CategoryConfig
 from ..index import Store
 from ..recognition.knn import knn_vote
+from .config import CategoryConfig
 
 
 def confident_labels(labels: np.ndarray, scores: np.ndarray, cfg: CategoryConfig, k: int = 5) -> np.ndarray:

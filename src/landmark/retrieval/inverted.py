@@ -14,8 +14,8 @@ Use it alone (:meth:`LocalInvertedIndex.search`) or merged with the global short
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import faiss
 import numpy as np
@@ -36,7 +36,7 @@ def descriptors_for_search(descriptors: np.ndarray, kind: str) -> np.ndarray:
         return np.ascontiguousarray((2 * bits - 1) / np.sqrt(bits.shape[1]))
     if kind == "delf":
         return np.ascontiguousarray(l2n(decode_descriptors(d)))
-    if d.dtype != np.uint8:     # learned kinds: already unit vectors
+    if d.dtype != np.uint8:  # learned kinds: already unit vectors
         return np.ascontiguousarray(d, dtype=np.float32)
     return np.ascontiguousarray(rootsift(d))
 
@@ -49,8 +49,17 @@ class LocalInvertedIndex:
         self.nprobe = nprobe
 
     @classmethod
-    def build(cls, local: LocalStore, keys: Sequence[str] | None = None, *, centres: int = 512, nprobe: int = 20,
-              train_size: int = 200_000, seed: int = 0, progress: bool | None = None) -> "LocalInvertedIndex":
+    def build(
+        cls,
+        local: LocalStore,
+        keys: Sequence[str] | None = None,
+        *,
+        centres: int = 512,
+        nprobe: int = 20,
+        train_size: int = 200_000,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> LocalInvertedIndex:
         """Cluster (a sample of) the descriptors of ``keys`` (default: all) and fill the posting lists."""
         kind = str(local.signature.get("kind", "rootsift"))
         keys = list(keys) if keys is not None else local.keys()
@@ -61,14 +70,22 @@ class LocalInvertedIndex:
         if total == 0:
             raise ValueError("no local descriptors to index")
         dim = descriptors_for_search(feats[keys[0]].descriptors[:1], kind).shape[1]
-        centres = int(min(centres, max(1, total // 39)))        # FAISS wants >= 39 points per centre
+        centres = int(min(centres, max(1, total // 39)))  # FAISS wants >= 39 points per centre
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(total, min(train_size, total), replace=False))
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         img_of = np.searchsorted(starts, pick, side="right") - 1
-        sample = np.concatenate([descriptors_for_search(feats[keys[i]].descriptors[[p - starts[i]]], kind)
-                                 for i, p in zip(img_of, pick)]) if len(pick) < 5000 else None
-        if sample is None:   # vectorised gather per image for large samples
+        sample = (
+            np.concatenate(
+                [
+                    descriptors_for_search(feats[keys[i]].descriptors[[p - starts[i]]], kind)
+                    for i, p in zip(img_of, pick)
+                ]
+            )
+            if len(pick) < 5000
+            else None
+        )
+        if sample is None:  # vectorised gather per image for large samples
             parts = []
             for i in np.unique(img_of):
                 rows = pick[img_of == i] - starts[i]
@@ -81,7 +98,7 @@ class LocalInvertedIndex:
         owners = np.repeat(np.arange(len(keys), dtype=np.int32), counts)
         with progress_bar("inverted index", total=len(keys), enabled=progress) as bar:
             for s in range(0, len(keys), 256):
-                part = keys[s:s + 256]
+                part = keys[s : s + 256]
                 x = np.concatenate([descriptors_for_search(feats[k].descriptors, kind) for k in part])
                 index.add(x)
                 bar.advance(len(part))
@@ -96,15 +113,16 @@ class LocalInvertedIndex:
         sims, ids = self.index.search(x, neighbours)
         dist = np.maximum(2.0 - 2.0 * sims, 0.0)
         found = ids >= 0
-        last = np.where(found, dist, -np.inf).max(axis=1, keepdims=True)          # background distance
-        last = np.where(found.all(axis=1, keepdims=True), last, np.inf)            # fewer found: no background
+        last = np.where(found, dist, -np.inf).max(axis=1, keepdims=True)  # background distance
+        last = np.where(found.all(axis=1, keepdims=True), last, np.inf)  # fewer found: no background
         ok = found & (dist < (ratio * ratio) * last)
         rows, cols = np.nonzero(ok)
-        pairs = np.unique(np.stack([rows, self.owners[ids[rows, cols]]], axis=1), axis=0)   # one vote per photo
+        pairs = np.unique(np.stack([rows, self.owners[ids[rows, cols]]], axis=1), axis=0)  # one vote per photo
         return np.bincount(pairs[:, 1], minlength=len(self.keys)) if len(pairs) else np.zeros(len(self.keys), np.int64)
 
-    def search(self, query: LocalFeatures, k: int = 100, *, ratio: float = 0.9,
-               neighbours: int = 10) -> tuple[list[str], np.ndarray]:
+    def search(
+        self, query: LocalFeatures, k: int = 100, *, ratio: float = 0.9, neighbours: int = 10
+    ) -> tuple[list[str], np.ndarray]:
         """The ``k`` photos with most votes (at least one), best first, and their votes."""
         v = self.votes(query, ratio=ratio, neighbours=neighbours)
         order = np.argsort(-v, kind="stable")[:k]
@@ -119,19 +137,24 @@ class LocalInvertedIndex:
             faiss.write_index(self.index, str(tmp))
         with atomic_path(path.with_suffix(path.suffix + ".npz")) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, owners=self.owners, keys=np.array(self.keys, dtype=str), kind=self.kind,
-                         nprobe=self.nprobe)
+                np.savez(
+                    fh, owners=self.owners, keys=np.array(self.keys, dtype=str), kind=self.kind, nprobe=self.nprobe
+                )
 
     @classmethod
-    def load(cls, path: str | Path) -> "LocalInvertedIndex":
+    def load(cls, path: str | Path) -> LocalInvertedIndex:
         path = Path(path)
         with np.load(path.with_suffix(path.suffix + ".npz"), allow_pickle=False) as z:
             owners, keys, kind, nprobe = z["owners"], z["keys"].tolist(), str(z["kind"]), int(z["nprobe"])
         return cls(faiss.read_index(str(path)), owners, keys, kind, nprobe)
 
 
-def merge_shortlists(global_keys: Sequence[str], global_scores: Sequence[float], local_keys: Sequence[str],
-                     similarity: Callable[[list[str]], np.ndarray]) -> tuple[list[str], np.ndarray]:
+def merge_shortlists(
+    global_keys: Sequence[str],
+    global_scores: Sequence[float],
+    local_keys: Sequence[str],
+    similarity: Callable[[list[str]], np.ndarray],
+) -> tuple[list[str], np.ndarray]:
     """The global shortlist followed by the local-index candidates it lacks.
 
     Appended photos get their true global similarity from ``similarity(keys)`` so that a
@@ -140,7 +163,11 @@ def merge_shortlists(global_keys: Sequence[str], global_scores: Sequence[float],
     seen = set(global_keys)
     extra = [k for k in local_keys if k not in seen]
     keys = list(global_keys) + extra
-    scores = np.concatenate([np.asarray(global_scores, np.float32),
-                             np.asarray(similarity(extra), np.float32) if extra else np.zeros(0, np.float32)])
+    scores = np.concatenate(
+        [
+            np.asarray(global_scores, np.float32),
+            np.asarray(similarity(extra), np.float32) if extra else np.zeros(0, np.float32),
+        ]
+    )
     order = np.argsort(-scores, kind="stable")
     return [keys[i] for i in order], scores[order]

@@ -18,8 +18,8 @@ already contiguous for the reductions.)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,17 +27,17 @@ import torch
 from ..features.delf import decode_descriptors
 from ..features.local import BINARY_KINDS, rootsift
 
-QUANT = 250.0                  # RootSIFT quantisation: int8 value = round(QUANT * component)
-_INT_MM: bool | None = None    # torch._int_mm usable here (checked once)
+QUANT = 250.0  # RootSIFT quantisation: int8 value = round(QUANT * component)
+_INT_MM: bool | None = None  # torch._int_mm usable here (checked once)
 
 
 @dataclass
 class Prepared:
     """Descriptors of one photo as an int8 tensor ready for matching."""
 
-    mat: torch.Tensor          # N x D int8
+    mat: torch.Tensor  # N x D int8
     binary: bool = False
-    quant: float = QUANT       # int8 value = round(quant * component) (unit-vector descriptors)
+    quant: float = QUANT  # int8 value = round(quant * component) (unit-vector descriptors)
 
     def __len__(self) -> int:
         return int(self.mat.shape[0])
@@ -54,11 +54,11 @@ def prepare(descriptors: np.ndarray, kind: str = "rootsift") -> Prepared:
         bits = np.unpackbits(desc.astype(np.uint8, copy=False), axis=1).astype(np.int8)
         return Prepared(torch.from_numpy(np.ascontiguousarray(2 * bits - 1)), binary=True)
     quant = QUANT
-    if kind == "delf":                # uint8 bytes of unit vectors quantised at QUANT (landmark.features.delf)
+    if kind == "delf":  # uint8 bytes of unit vectors quantised at QUANT (landmark.features.delf)
         desc = decode_descriptors(desc)
     elif desc.dtype == np.uint8:
         desc = rootsift(desc)
-    else:                     # learned unit vectors: any component may be large
+    else:  # learned unit vectors: any component may be large
         quant = 127.0
     q = np.clip(np.rint(desc.astype(np.float32) * quant), -127, 127).astype(np.int8)
     return Prepared(torch.from_numpy(np.ascontiguousarray(q)), binary=False, quant=quant)
@@ -82,11 +82,12 @@ def similarities(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
         return np.zeros((len(a), len(b)), np.int32)
     if _int_mm_ok() and a.shape[0] > 16:
         return torch._int_mm(a, b.T).numpy()
-    return (a.float() @ b.float().T).to(torch.int32).numpy()   # exact: |sums| < 2**24
+    return (a.float() @ b.float().T).to(torch.int32).numpy()  # exact: |sums| < 2**24
 
 
-def _mnn_ratio(block: np.ndarray, ratio: float, mutual: bool, binary: bool, dim: int,
-               quant: float = QUANT) -> np.ndarray:
+def _mnn_ratio(
+    block: np.ndarray, ratio: float, mutual: bool, binary: bool, dim: int, quant: float = QUANT
+) -> np.ndarray:
     """Matches within one similarity block (rows: query descriptors, columns: candidate descriptors).
 
     The ratio test compares each query descriptor's nearest and second-nearest candidate
@@ -105,17 +106,18 @@ def _mnn_ratio(block: np.ndarray, ratio: float, mutual: bool, binary: bool, dim:
     if ratio < 1.0 and n > 1:
         block[rows, best] = np.iinfo(block.dtype).min
         s2 = block.max(axis=1).astype(np.float32)
-        if binary:    # hamming distances
+        if binary:  # hamming distances
             keep &= (dim - s1) < ratio * (dim - s2)
-        else:         # squared Euclidean distances of unit vectors
-            d1 = np.maximum(2.0 - 2.0 * s1 / quant ** 2, 0.0)
-            d2 = np.maximum(2.0 - 2.0 * s2 / quant ** 2, 0.0)
+        else:  # squared Euclidean distances of unit vectors
+            d1 = np.maximum(2.0 - 2.0 * s1 / quant**2, 0.0)
+            d2 = np.maximum(2.0 - 2.0 * s2 / quant**2, 0.0)
             keep &= d1 < (ratio * ratio) * d2
     return np.stack([rows[keep], best[keep]], axis=1).astype(np.int32)
 
 
-def match_many(query: Prepared, candidates: Sequence[Prepared], *, ratio: float = 0.9,
-               mutual: bool = True) -> list[np.ndarray]:
+def match_many(
+    query: Prepared, candidates: Sequence[Prepared], *, ratio: float = 0.9, mutual: bool = True
+) -> list[np.ndarray]:
     """Matches of ``query`` with each candidate: a list of M_j x 2 int32 ``(query idx, candidate idx)``."""
     out: list[np.ndarray] = [np.zeros((0, 2), np.int32)] * len(candidates)
     if len(query) == 0:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator, Protocol
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -34,10 +34,10 @@ from PIL import Image
 
 from ..data.images import ImageError, load_image
 from ..features.local import LocalExtractor, LocalFeatures, extract_many
-from .config import RerankConfig
 from ..index.local import LocalStore
 from ..utils.device import resolve_device
 from ..utils.progress import progress_bar
+from .config import RerankConfig
 from .glue import GlueInput, GlueMatcher, check_matcher
 from .inverted import LocalInvertedIndex, merge_shortlists
 from .matching import Prepared, match_many, prepare
@@ -61,9 +61,9 @@ def _single_threaded_ops() -> Iterator[None]:
 class Timings:
     """Where verification time goes (seconds)."""
 
-    io: float = 0.0          # reading stored features and preparing descriptors
-    matching: float = 0.0    # mutual NN + ratio test
-    ransac: float = 0.0      # MAGSAC++
+    io: float = 0.0  # reading stored features and preparing descriptors
+    matching: float = 0.0  # mutual NN + ratio test
+    ransac: float = 0.0  # MAGSAC++
     pairs: int = 0
 
     def as_dict(self) -> dict[str, float]:
@@ -73,8 +73,14 @@ class Timings:
 class Verifier:
     """Verifies query features against stored photos; prepared stored descriptors are cached in memory."""
 
-    def __init__(self, local: LocalStore, cfg: RerankConfig | None = None, *, cache_bytes: int = 2 << 30,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        local: LocalStore,
+        cfg: RerankConfig | None = None,
+        *,
+        cache_bytes: int = 2 << 30,
+        threads: int | None = None,
+    ):
         self.local = local
         self.cfg = cfg or RerankConfig()
         self.kind = str(local.signature.get("kind", "rootsift"))
@@ -91,8 +97,13 @@ class Verifier:
     def glue(self) -> GlueMatcher | None:
         """The learned matcher (``rerank.matcher`` lightglue / lighterglue), loaded on first use; None for mnn."""
         if self._glue is None and self.cfg.matcher != "mnn":
-            self._glue = GlueMatcher(self.cfg.matcher, self.kind, resolve_device(self.cfg.device),
-                                     min_confidence=self.cfg.min_confidence, batch_size=self.cfg.batch_size)
+            self._glue = GlueMatcher(
+                self.cfg.matcher,
+                self.kind,
+                resolve_device(self.cfg.device),
+                min_confidence=self.cfg.min_confidence,
+                batch_size=self.cfg.batch_size,
+            )
         return self._glue
 
     def prepare_query(self, feats: LocalFeatures) -> Prepared | GlueInput:
@@ -120,8 +131,9 @@ class Verifier:
         self.timings.io += time.perf_counter() - t0
         return out
 
-    def verify(self, query: LocalFeatures, keys: Sequence[str],
-               prepared: Prepared | GlueInput | None = None) -> list[Verification]:
+    def verify(
+        self, query: LocalFeatures, keys: Sequence[str], prepared: Prepared | GlueInput | None = None
+    ) -> list[Verification]:
         """One :class:`Verification` per stored key (no inliers where a key has no local features).
 
         Pairs are spread over ``threads`` Python threads, each running its matrix product and
@@ -149,8 +161,15 @@ class Verifier:
             t_a = time.perf_counter()
             m = glued[i] if glued else match_many(qp, [stored[i][1]], ratio=cfg.ratio, mutual=cfg.mutual)[0]
             t_b = time.perf_counter()
-            out[i] = verify(qxy, stored[i][0].xy, m, model=cfg.model, threshold=cfg.threshold,
-                            max_iters=cfg.max_iters, min_inliers=cfg.min_inliers)
+            out[i] = verify(
+                qxy,
+                stored[i][0].xy,
+                m,
+                model=cfg.model,
+                threshold=cfg.threshold,
+                max_iters=cfg.max_iters,
+                min_inliers=cfg.min_inliers,
+            )
             spent[i] = (t_b - t_a, time.perf_counter() - t_b)
 
         present = [i for i, s in enumerate(stored) if s is not None]
@@ -162,7 +181,7 @@ class Verifier:
                 for i in present:
                     one(i)
         wall = time.perf_counter() - t0
-        total = spent.sum(axis=0)                      # thread time, scaled to the wall time it took
+        total = spent.sum(axis=0)  # thread time, scaled to the wall time it took
         share = total / total.sum() if total.sum() > 0 else np.array([0.5, 0.5])
         self.timings.matching += float(wall * share[0]) + t_glue
         self.timings.ransac += float(wall * share[1])
@@ -176,10 +195,20 @@ class Verifier:
         if got is None:
             raise KeyError(f"{key!r} has no local features in the store")
         qp, cfg = self.prepare_query(query), self.cfg
-        m = (self.glue.match_many(qp, [got[1]])[0].matches if self.glue is not None
-             else match_many(qp, [got[1]], ratio=cfg.ratio, mutual=cfg.mutual)[0])
-        return m, verify(query.xy, got[0].xy, m, model=cfg.model, threshold=cfg.threshold, max_iters=cfg.max_iters,
-                         min_inliers=cfg.min_inliers)
+        m = (
+            self.glue.match_many(qp, [got[1]])[0].matches
+            if self.glue is not None
+            else match_many(qp, [got[1]], ratio=cfg.ratio, mutual=cfg.mutual)[0]
+        )
+        return m, verify(
+            query.xy,
+            got[0].xy,
+            m,
+            model=cfg.model,
+            threshold=cfg.threshold,
+            max_iters=cfg.max_iters,
+            min_inliers=cfg.min_inliers,
+        )
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -193,8 +222,8 @@ class Verifier:
         if not variants:
             return np.zeros(len(keys), np.int32)
         best = np.array([v.inliers for v in self.verify(variants[0], keys)], np.int32)
-        if len(variants) > 1 and (not len(best) or best.max() < self.cfg.min_inliers):   # nothing verified upright:
-            for q in variants[1:]:                                                        # the photo may be sideways
+        if len(variants) > 1 and (not len(best) or best.max() < self.cfg.min_inliers):  # nothing verified upright:
+            for q in variants[1:]:  # the photo may be sideways
                 best = np.maximum(best, [v.inliers for v in self.verify(q, keys)])
         return best
 
@@ -212,8 +241,9 @@ def rotated(image: Image.Image, degrees: int) -> Image.Image:
     return image if op is None else image.transpose(op)
 
 
-def query_variants(extractor: LocalExtractor, image: Image.Image, rotations: Sequence[int],
-                   upright: LocalFeatures | None = None) -> list[LocalFeatures]:
+def query_variants(
+    extractor: LocalExtractor, image: Image.Image, rotations: Sequence[int], upright: LocalFeatures | None = None
+) -> list[LocalFeatures]:
     """Local features of a query photo as it is (``upright``, if already extracted) and turned by each of
     ``rotations``: a photo taken sideways without EXIF still verifies against upright stored photos
     (learned features and LightGlue's positional encoding are not rotation-invariant)."""
@@ -229,8 +259,9 @@ def combine(global_scores: np.ndarray, inliers: np.ndarray, cfg: RerankConfig) -
     return np.where(inl >= cfg.min_inliers, g + boost, g).astype(np.float32)
 
 
-def rerank(keys: Sequence[str], scores: Sequence[float], inliers: np.ndarray,
-           cfg: RerankConfig) -> tuple[list[str], np.ndarray]:
+def rerank(
+    keys: Sequence[str], scores: Sequence[float], inliers: np.ndarray, cfg: RerankConfig
+) -> tuple[list[str], np.ndarray]:
     """Re-sort a shortlist by :func:`combine` (stable: ties keep the global order)."""
     new = combine(np.asarray(scores, np.float32), inliers, cfg)
     order = np.argsort(-new, kind="stable")
@@ -241,12 +272,17 @@ def rerank(keys: Sequence[str], scores: Sequence[float], inliers: np.ndarray,
 class Reranked:
     keys: list[str]
     scores: np.ndarray
-    inliers: np.ndarray                     # inliers of each key, in the new order
-    global_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # each key's rank before
+    inliers: np.ndarray  # inliers of each key, in the new order
+    global_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # each key's rank before
 
 
-def rerank_shortlist(verifier: Verifier, query: LocalFeatures | Sequence[LocalFeatures], keys: Sequence[str], scores: Sequence[float],
-                     top_k: int | None = None) -> Reranked:
+def rerank_shortlist(
+    verifier: Verifier,
+    query: LocalFeatures | Sequence[LocalFeatures],
+    keys: Sequence[str],
+    scores: Sequence[float],
+    top_k: int | None = None,
+) -> Reranked:
     """Verify the first ``top_k`` of a global ranking and re-sort them; the tail keeps its order below."""
     k = min(len(keys), top_k if top_k is not None else verifier.cfg.top_k)
     head = list(keys[:k])
@@ -260,9 +296,15 @@ def rerank_shortlist(verifier: Verifier, query: LocalFeatures | Sequence[LocalFe
     return Reranked(all_keys, all_scores, all_inl, np.concatenate([order, tail]))
 
 
-def verified_matrix(local: LocalStore, queries: Sequence[str | LocalFeatures], neighbours: Sequence[Sequence[str]],
-                    cfg: RerankConfig | None = None, *, progress: bool | None = None,
-                    verifier: Verifier | None = None) -> np.ndarray:
+def verified_matrix(
+    local: LocalStore,
+    queries: Sequence[str | LocalFeatures],
+    neighbours: Sequence[Sequence[str]],
+    cfg: RerankConfig | None = None,
+    *,
+    progress: bool | None = None,
+    verifier: Verifier | None = None,
+) -> np.ndarray:
     """Inlier counts, Q x N int32, for each query's neighbours (stored keys; ragged lists are padded with -1).
 
     A query is a stored key or :class:`LocalFeatures`; "verified same landmark" is
@@ -277,24 +319,29 @@ def verified_matrix(local: LocalStore, queries: Sequence[str | LocalFeatures], n
         for qi, (q, nb) in enumerate(zip(queries, neighbours)):
             got = verifier.stored([q])[0] if isinstance(q, str) else (q, None)
             if got is None:
-                out[qi, :len(nb)] = 0
+                out[qi, : len(nb)] = 0
             else:
-                out[qi, :len(nb)] = [v.inliers for v in verifier.verify(got[0], list(nb), prepared=got[1])]
+                out[qi, : len(nb)] = [v.inliers for v in verifier.verify(got[0], list(nb), prepared=got[1])]
             bar.advance(1)
     return out
 
 
-def rerank_rankings(verifier: Verifier, queries: Mapping[str, LocalFeatures | Sequence[LocalFeatures]],
-                    rankings: dict[str, tuple[Sequence[str], Sequence[float]]], *,
-                    progress: bool | None = None) -> dict[str, Reranked]:
+def rerank_rankings(
+    verifier: Verifier,
+    queries: Mapping[str, LocalFeatures | Sequence[LocalFeatures]],
+    rankings: dict[str, tuple[Sequence[str], Sequence[float]]],
+    *,
+    progress: bool | None = None,
+) -> dict[str, Reranked]:
     """Re-rank many global rankings ``query -> (keys, scores)``; queries without features keep their order."""
     out: dict[str, Reranked] = {}
     with progress_bar("re-rank", total=len(rankings), enabled=progress) as bar:
         for q, (keys, scores) in rankings.items():
             feats = queries.get(q)
             if feats is None:
-                out[q] = Reranked(list(keys), np.asarray(scores, np.float32), np.full(len(keys), -1, np.int32),
-                                  np.arange(len(keys)))
+                out[q] = Reranked(
+                    list(keys), np.asarray(scores, np.float32), np.full(len(keys), -1, np.int32), np.arange(len(keys))
+                )
             else:
                 out[q] = rerank_shortlist(verifier, feats, list(keys), list(scores))
             bar.advance(1)
@@ -313,9 +360,17 @@ class LocalSource(Protocol):
     def query_local_extractor(self) -> LocalExtractor: ...
 
 
-def rerank_test_queries(lm: LocalSource, manifest, rankings: dict[str, tuple[Sequence[str], Sequence[float]]], work_dir, *,
-                        k: int = 100, progress: bool | None = None, vectors: dict[str, np.ndarray] | None = None,
-                        database: Sequence[str] | None = None):
+def rerank_test_queries(
+    lm: LocalSource,
+    manifest,
+    rankings: dict[str, tuple[Sequence[str], Sequence[float]]],
+    work_dir,
+    *,
+    k: int = 100,
+    progress: bool | None = None,
+    vectors: dict[str, np.ndarray] | None = None,
+    database: Sequence[str] | None = None,
+):
     """Local features of a query manifest (cached, resumable in ``work_dir``) and its re-ranked rankings.
 
     ``lm`` has the store's local features (a :class:`landmark.pipeline.StoreContext`). With ``rerank.inverted_k > 0``
@@ -326,11 +381,16 @@ def rerank_test_queries(lm: LocalSource, manifest, rankings: dict[str, tuple[Seq
     extractor = lm.query_local_extractor()
     cache = LocalStore.create(work_dir, extractor.signature)
     present = cache.present(manifest.ids())
-    failures = extract_many(extractor, [r for r in manifest.records if r.id not in present], cache.add,
-                            progress=progress, description="local features queries")
+    failures = extract_many(
+        extractor,
+        [r for r in manifest.records if r.id not in present],
+        cache.add,
+        progress=progress,
+        description="local features queries",
+    )
     verifier = lm.verifier
     feats: dict[str, Any] = cache.get(list(rankings))
-    for r in [r for r in verifier.cfg.rotations if r % 360]:     # the queries turned: cached beside the upright ones
+    for r in [r for r in verifier.cfg.rotations if r % 360]:  # the queries turned: cached beside the upright ones
         turned = LocalStore.create(Path(work_dir) / f"rotated-{r % 360}", extractor.signature)
         todo = [rec for rec in manifest.records if rec.id in feats and rec.id not in turned.present([rec.id])]
         with progress_bar(f"local features queries turned {r % 360}", total=len(todo), enabled=progress) as bar:
@@ -355,22 +415,30 @@ def rerank_test_queries(lm: LocalSource, manifest, rankings: dict[str, tuple[Seq
             if q in feats:
                 upright = feats[q] if isinstance(feats[q], LocalFeatures) else feats[q][0]
                 local_keys, _ = inv.search(upright, verifier.cfg.inverted_k, ratio=verifier.cfg.ratio)
-                keys, scores = merge_shortlists(keys, scores, local_keys,
-                                                lambda ks, v=vectors[q]: lm.store.vectors(ks) @ v)
+                keys, scores = merge_shortlists(
+                    keys, scores, local_keys, lambda ks, v=vectors[q]: lm.store.vectors(ks) @ v
+                )
             merged[q] = (keys, scores)
         rankings = merged
         extra["inverted_search_s"] = time.perf_counter() - t1 - extra["inverted_build_s"]
         result = {}
         with progress_bar("re-rank", total=len(rankings), enabled=progress) as bar:
             for q, (keys, scores) in rankings.items():
-                result[q] = (rerank_shortlist(verifier, feats[q], keys, scores, top_k=len(keys)) if q in feats else
-                             Reranked(list(keys), np.asarray(scores, np.float32), np.full(len(keys), -1, np.int32)))
+                result[q] = (
+                    rerank_shortlist(verifier, feats[q], keys, scores, top_k=len(keys))
+                    if q in feats
+                    else Reranked(list(keys), np.asarray(scores, np.float32), np.full(len(keys), -1, np.int32))
+                )
                 bar.advance(1)
     else:
         result = rerank_rankings(verifier, feats, rankings, progress=progress)
     t2 = time.perf_counter()
     cache.close()
-    timings = {"extract_local_queries_s": t1 - t0, "rerank_s": t2 - t1,
-               "rerank_pairs_per_s": verifier.timings.pairs / max(t2 - t1, 1e-9),
-               **{f"rerank_{k_}": v for k_, v in verifier.timings.as_dict().items()}, **extra}
+    timings = {
+        "extract_local_queries_s": t1 - t0,
+        "rerank_s": t2 - t1,
+        "rerank_pairs_per_s": verifier.timings.pairs / max(t2 - t1, 1e-9),
+        **{f"rerank_{k_}": v for k_, v in verifier.timings.as_dict().items()},
+        **extra,
+    }
     return {q: r.keys[:k] for q, r in result.items()}, failures, timings

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, cast
+from typing import cast
 
 import faiss
 import numpy as np
 
-from .config import ExpansionConfig
 from ..index.store import Store
 from ..recognition.knn import voted_labels
+from .config import ExpansionConfig
 from .expansion import QeWeights, dba, label_verifier, query_expansion, uses_votes
 
 
@@ -81,9 +82,16 @@ class ExpandedSearch:
         if (self.ec.qe if qe is None else qe) and len(queries):
             q_labels = self.vote(queries) if uses_votes(self.ec) else None
             neighbours = self.index.search(queries, min(self.ec.shortlist, len(self.keys)))
-            queries = query_expansion(queries, self.vectors, label_verifier(self.ec, q_labels, self.labels),
-                                      neighbours=neighbours, weights=cast(QeWeights, self.ec.qe_weights),
-                                      alpha=self.ec.alpha)
+            queries = query_expansion(
+                queries,
+                self.vectors,
+                label_verifier(self.ec, q_labels, self.labels),
+                neighbours=neighbours,
+                weights=cast(QeWeights, self.ec.qe_weights),
+                alpha=self.ec.alpha,
+            )
         sims, idx = self.index.search(queries, max(1, min(int(k), len(self.keys))))
-        return [Ranking([self.keys[j] for j in row if j >= 0], [float(s) for s, j in zip(srow, row) if j >= 0])
-                for srow, row in zip(sims, idx)]
+        return [
+            Ranking([self.keys[j] for j in row if j >= 0], [float(s) for s, j in zip(srow, row) if j >= 0])
+            for srow, row in zip(sims, idx)
+        ]

@@ -10,10 +10,11 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -33,9 +34,9 @@ from .uploads import check_id
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-FORM_SLACK = 64 * 1024          # multipart framing and small fields on top of the photo itself
+FORM_SLACK = 64 * 1024  # multipart framing and small fields on top of the photo itself
 T = TypeVar("T")
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1     # what the store's SQLite integers hold
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the store's SQLite integers hold
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -47,16 +48,29 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("landmark_http_requests_total", "HTTP requests by route and status",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("landmark_http_request_duration_seconds", "HTTP request latency",
-                                 ["method", "route"], registry=self.registry,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+        self.requests = Counter(
+            "landmark_http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "landmark_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
         self.images = Gauge("landmark_index_images", "Photos in the served store", registry=self.registry)
-        self.landmarks = Gauge("landmark_index_landmarks", "Named landmarks in the served store", registry=self.registry)
-        self.generation = Gauge("landmark_index_generation", "Committed generation being served", registry=self.registry)
-        self.inflight = Gauge("landmark_inference_in_flight", "Photos being decoded/embedded or waiting for it",
-                              registry=self.registry)
+        self.landmarks = Gauge(
+            "landmark_index_landmarks", "Named landmarks in the served store", registry=self.registry
+        )
+        self.generation = Gauge(
+            "landmark_index_generation", "Committed generation being served", registry=self.registry
+        )
+        self.inflight = Gauge(
+            "landmark_inference_in_flight", "Photos being decoded/embedded or waiting for it", registry=self.registry
+        )
         self.writes = Counter("landmark_store_writes_total", "Committed writes", ["op"], registry=self.registry)
 
 
@@ -126,13 +140,17 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send, size: int):
-        resp = error(413, f"request body of {'at least ' if size else ''}{size:,} bytes is over the upload limit "
-                          f"of {self.max_bytes - FORM_SLACK:,} bytes per photo")
+        resp = error(
+            413,
+            f"request body of {'at least ' if size else ''}{size:,} bytes is over the upload limit "
+            f"of {self.max_bytes - FORM_SLACK:,} bytes per photo",
+        )
         await resp(scope, receive, send)
 
 
-def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None = None, *,
-               device: str | None = None) -> FastAPI:
+def create_app(
+    store: str | Path | Landmarks, settings: ServiceSettings | None = None, *, device: str | None = None
+) -> FastAPI:
     """The service over a store directory (the model is loaded here, once) or an open ``Landmarks``."""
     settings = settings or ServiceSettings()
     lm = store if isinstance(store, Landmarks) else Landmarks.open(store, device=device)
@@ -145,9 +163,13 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
         service.close()
 
     # /docs and /redoc with Swagger UI / ReDoc served from the package, not a CDN (works offline)
-    app = FastAPIOffline(title="landmark", version=__version__, lifespan=lifespan,
-                  description="Recognise landmarks in photos and search a store of photos. Errors are "
-                              "`{\"error\": ..., \"status\": ...}`; uploads are multipart field `photo`.")
+    app = FastAPIOffline(
+        title="landmark",
+        version=__version__,
+        lifespan=lifespan,
+        description="Recognise landmarks in photos and search a store of photos. Errors are "
+        '`{"error": ..., "status": ...}`; uploads are multipart field `photo`.',
+    )
     app.state.service, app.state.metrics, app.state.settings = service, metrics, settings
 
     async def run(pool, fn: Callable[..., T], *args, **kwargs) -> T:
@@ -163,7 +185,9 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
     async def read_photo(photo: UploadFile) -> bytes:
         data = await photo.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise ServiceError(413, f"{photo.filename or 'upload'}: over the upload limit of {settings.max_upload_bytes:,} bytes")
+            raise ServiceError(
+                413, f"{photo.filename or 'upload'}: over the upload limit of {settings.max_upload_bytes:,} bytes"
+            )
         return data
 
     # -- errors ----------------------------------------------------------------------------------
@@ -219,14 +243,22 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
 
     # -- recognition and search ------------------------------------------------------------------
     @app.post("/recognize", summary="Recognise the landmark in an uploaded photo")
-    async def recognize(photo: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)")) -> dict[str, Any]:
+    async def recognize(
+        photo: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)"),
+    ) -> dict[str, Any]:
         data = await read_photo(photo)
         return await infer(service.recognize, data, photo.filename)
 
     @app.post("/search", summary="The stored photos most similar to an uploaded photo")
-    async def search(photo: UploadFile = File(...), k: int | None = Query(None, description="results (default from settings)"),
-                     expand: bool | None = Query(None, description="DBA + alpha-QE (default: as the store is configured); "
-                                                 "scores are then similarities to the augmented photos")) -> dict[str, Any]:
+    async def search(
+        photo: UploadFile = File(...),
+        k: int | None = Query(None, description="results (default from settings)"),
+        expand: bool | None = Query(
+            None,
+            description="DBA + alpha-QE (default: as the store is configured); "
+            "scores are then similarities to the augmented photos",
+        ),
+    ) -> dict[str, Any]:
         k = settings.default_k if k is None else k
         if not 1 <= k <= settings.max_k:
             raise ServiceError(422, f"k must be between 1 and {settings.max_k}, got {k}")
@@ -239,14 +271,22 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
         return {"landmarks": await run(service.io_pool, service.landmarks)}
 
     @app.get("/images", summary="A page of stored photos, optionally of one landmark")
-    async def list_images(landmark_id: int | None = Query(None, ge=INT64_MIN, le=INT64_MAX), unlabelled: bool = False,
-                          offset: int = Query(0, ge=0, le=INT64_MAX), limit: int = Query(60, ge=1, le=500)) -> dict[str, Any]:
+    async def list_images(
+        landmark_id: int | None = Query(None, ge=INT64_MIN, le=INT64_MAX),
+        unlabelled: bool = False,
+        offset: int = Query(0, ge=0, le=INT64_MAX),
+        limit: int = Query(60, ge=1, le=500),
+    ) -> dict[str, Any]:
         if unlabelled and landmark_id is not None:
             raise ServiceError(422, "give landmark_id or unlabelled=true, not both")
         return await run(service.io_pool, service.list_images, landmark_id, unlabelled, offset, limit)
 
-    @app.get("/images/{image_id:path}/thumbnail", summary="JPEG thumbnail of a stored photo",
-             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+    @app.get(
+        "/images/{image_id:path}/thumbnail",
+        summary="JPEG thumbnail of a stored photo",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
     async def thumbnail(image_id: str):
         data = await run(service.io_pool, service.thumbnail, image_id)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=300"})
@@ -255,14 +295,22 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
     async def photo_file(image_id: str):
         return FileResponse(await run(service.io_pool, service.photo_path, image_id))
 
-    @app.get("/images/{image_id:path}/matches/{other:path}", summary="PNG of verified keypoint matches between two stored photos",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @app.get(
+        "/images/{image_id:path}/matches/{other:path}",
+        summary="PNG of verified keypoint matches between two stored photos",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
     async def matches(image_id: str, other: str):
         check_id(image_id), check_id(other)
         return Response(await run(service.io_pool, service.evidence, image_id, other), media_type="image/png")
 
-    @app.get("/uploads/{token}/matches/{other:path}", summary="PNG of verified keypoint matches: a recognised upload vs a stored photo",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @app.get(
+        "/uploads/{token}/matches/{other:path}",
+        summary="PNG of verified keypoint matches: a recognised upload vs a stored photo",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
     async def upload_matches(token: str, other: str):
         check_id(other)
         img = service.upload_image(token)
@@ -274,8 +322,12 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
 
     # -- writes --------------------------------------------------------------------------------
     @app.post("/images", status_code=201, summary="Add a photo to the store (optionally labelled)")
-    async def add_image(photo: UploadFile = File(...), landmark_id: str | None = Form(None),
-                        name: str | None = Form(None), id: str | None = Form(None)) -> dict[str, Any]:
+    async def add_image(
+        photo: UploadFile = File(...),
+        landmark_id: str | None = Form(None),
+        name: str | None = Form(None),
+        id: str | None = Form(None),
+    ) -> dict[str, Any]:
         lab = None
         if landmark_id not in (None, ""):
             try:
@@ -288,8 +340,16 @@ def create_app(store: str | Path | Landmarks, settings: ServiceSettings | None =
             raise ServiceError(422, "a name needs the landmark_id it names")
         data = await read_photo(photo)
         up, vector = await infer(service.prepare_add, data, photo.filename)
-        out = await run(service.write_pool, service.commit_add, data, up, vector, image_id=id or None,
-                        landmark_id=lab, name=(name or "").strip() or None)
+        out = await run(
+            service.write_pool,
+            service.commit_add,
+            data,
+            up,
+            vector,
+            image_id=id or None,
+            landmark_id=lab,
+            name=(name or "").strip() or None,
+        )
         metrics.writes.labels("add").inc()
         return out
 

@@ -19,10 +19,11 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -40,27 +41,27 @@ from .uploads import EXTENSIONS, NEW_ID, DecodedUpload, LRUBytes, TokenCache, ch
 
 log = logging.getLogger(__name__)
 
-_PENDING = "pending"     # the id of a prepared upload until commit_add names it
+_PENDING = "pending"  # the id of a prepared upload until commit_add names it
 
 
 class Snapshot:
     """A read-only view of one committed generation: a ``Landmarks`` over a pinned store."""
 
     def __init__(self, root: Path, writer: Landmarks):
-        self.lm = type(writer)(Store.open(root).pin(), writer.extractor)   # same class: same hooks (evidence)
+        self.lm = type(writer)(Store.open(root).pin(), writer.extractor)  # same class: same hooks (evidence)
         self.store = self.lm.store
         self.generation = self.store.generation
         self.names = self.store.label_names()
-        self.state: tuple[int, str] | None = None    # (generation, configuration) it was made at, set by Service
+        self.state: tuple[int, str] | None = None  # (generation, configuration) it was made at, set by Service
 
-    def warm(self) -> "Snapshot":
+    def warm(self) -> Snapshot:
         """Make now what the first read of this generation would otherwise wait for: the known
         non-landmark set of recognition and, when search expands, the DBA database."""
         try:
             self.lm.recognising.recognizer.known_non_landmarks()
             if self.lm.searching.expands_by_default:
                 self.lm.searching.expanded_search()
-        except Exception as exc:   # noqa: BLE001 - the first read retries and reports it
+        except Exception as exc:  # noqa: BLE001 - the first read retries and reports it
             log.warning("preparing generation %d for reads failed: %s", self.generation, exc)
         return self
 
@@ -92,7 +93,7 @@ class Service:
         self._reload_pending = False
 
     @classmethod
-    def open(cls, store_dir: str | Path, settings: ServiceSettings | None = None, device: str | None = None) -> "Service":
+    def open(cls, store_dir: str | Path, settings: ServiceSettings | None = None, device: str | None = None) -> Service:
         return cls(Landmarks.open(store_dir, device=device), settings)
 
     def close(self) -> None:
@@ -112,7 +113,7 @@ class Service:
         return int(rows["generation"]), rows.get("config", "")
 
     def _new_snapshot(self) -> Snapshot:
-        state = self.committed_state()     # read first: a commit in between only costs one more reload
+        state = self.committed_state()  # read first: a commit in between only costs one more reload
         snap = Snapshot(self.root, self.writer).warm()
         snap.state = state
         return snap
@@ -138,8 +139,8 @@ class Service:
         try:
             if self.committed_state() != self._snapshot.state:
                 self._refresh()
-                self.thumbs = LRUBytes(self.settings.thumbnail_cache)   # photos may have been replaced
-        except (StoreError, sqlite3.Error) as exc:   # e.g. a file replaced under us: the next check retries
+                self.thumbs = LRUBytes(self.settings.thumbnail_cache)  # photos may have been replaced
+        except (StoreError, sqlite3.Error) as exc:  # e.g. a file replaced under us: the next check retries
             log.warning("reloading the store after another writer's commit failed: %s", exc)
         finally:
             self._reload_pending = False
@@ -154,8 +155,14 @@ class Service:
             raise ServiceError(422, f"{filename or 'upload'}: {rec.error}")
         token = self.tokens.put(shrunk(up.image, self.settings.evidence_side))
         out = recognition_json(rec)
-        out.update(query=filename or "upload", width=up.size[0], height=up.size[1], token=token,
-                   generation=snap.generation, evidence_available=self.evidence_supported)
+        out.update(
+            query=filename or "upload",
+            width=up.size[0],
+            height=up.size[1],
+            token=token,
+            generation=snap.generation,
+            evidence_available=self.evidence_supported,
+        )
         best = out["matches"][0]["id"] if out["matches"] else None
         out["evidence_url"] = f"/uploads/{token}/matches/{quote_id(best)}" if best and self.evidence_supported else None
         return out
@@ -167,8 +174,13 @@ class Service:
         res: SearchOutput = snap.lm.search([up.image], k=k, expand=expand)[0]
         if res.error:
             raise ServiceError(422, f"{filename or 'upload'}: {res.error}")
-        return {"query": filename or "upload", "k": k, "generation": snap.generation, "expanded": expand,
-                "matches": [match_json(m) for m in res.matches]}
+        return {
+            "query": filename or "upload",
+            "k": k,
+            "generation": snap.generation,
+            "expanded": expand,
+            "matches": [match_json(m) for m in res.matches],
+        }
 
     def image_row(self, image_id: str, snap: Snapshot | None = None) -> ImageRow:
         check_id(image_id)
@@ -193,8 +205,9 @@ class Service:
         if not row.path:
             raise ServiceError(404, f"image {image_id!r} has no stored photo file")
         try:
-            img = load_image(row.path, max_pixels=max(self.settings.max_pixels, 100_000_000),
-                             draft_size=self.settings.thumbnail_size)
+            img = load_image(
+                row.path, max_pixels=max(self.settings.max_pixels, 100_000_000), draft_size=self.settings.thumbnail_size
+            )
         except ImageError as exc:
             raise ServiceError(404, f"the photo of {image_id!r} cannot be read: {exc.reason}") from None
         img.thumbnail((self.settings.thumbnail_size, self.settings.thumbnail_size), Image.Resampling.LANCZOS)
@@ -212,15 +225,27 @@ class Service:
 
     def landmarks(self) -> list[dict[str, Any]]:
         snap = self.snapshot
-        return [{"landmark_id": lab, "name": snap.names.get(lab) if lab is not None else None, "images": n,
-                 "cover": key, "cover_thumbnail": f"/images/{quote_id(key)}/thumbnail"}
-                for lab, n, key in snap.store.landmark_counts()]
+        return [
+            {
+                "landmark_id": lab,
+                "name": snap.names.get(lab) if lab is not None else None,
+                "images": n,
+                "cover": key,
+                "cover_thumbnail": f"/images/{quote_id(key)}/thumbnail",
+            }
+            for lab, n, key in snap.store.landmark_counts()
+        ]
 
     def list_images(self, landmark_id: int | None, unlabelled: bool, offset: int, limit: int) -> dict[str, Any]:
         snap = self.snapshot
         rows = snap.store.list_images(landmark_id, unlabelled=unlabelled, offset=offset, limit=limit)
-        return {"landmark_id": landmark_id, "offset": offset, "limit": limit, "generation": snap.generation,
-                "images": [row_json(r, snap.names) for r in rows]}
+        return {
+            "landmark_id": landmark_id,
+            "offset": offset,
+            "limit": limit,
+            "generation": snap.generation,
+            "images": [row_json(r, snap.names) for r in rows],
+        }
 
     @property
     def evidence_supported(self) -> bool:
@@ -234,8 +259,10 @@ class Service:
         self.image_row(b, snap)
         fn: Callable[..., bytes | None] | None = getattr(snap.lm, "match_evidence", None)
         if not callable(fn):
-            raise ServiceError(404, "local features are not available: this build of landmark has no "
-                                    "match_evidence (keypoint matching)")
+            raise ServiceError(
+                404,
+                "local features are not available: this build of landmark has no match_evidence (keypoint matching)",
+            )
         try:
             png = fn(a, b)
         except KeyError as exc:
@@ -244,8 +271,11 @@ class Service:
             # the uploaded photo was read already: a stored photo's file is missing or unreadable on the server
             raise ServiceError(404, f"cannot draw the evidence: a stored photo cannot be read: {exc}") from None
         if png is None:
-            raise ServiceError(404, "local features are not available for this store (build it with local features "
-                                    "to see matched keypoints)")
+            raise ServiceError(
+                404,
+                "local features are not available for this store (build it with local features "
+                "to see matched keypoints)",
+            )
         return png
 
     def upload_image(self, token: str) -> Image.Image:
@@ -256,10 +286,15 @@ class Service:
 
     def health(self) -> dict[str, Any]:
         snap = self.snapshot
-        return {"status": "ok", "images": len(snap.store), "generation": snap.generation,
-                "landmarks": len(snap.names), "dim": snap.store.dim,
-                "model": snap.store.signature.get("backbone") or snap.store.config.model.backbone,
-                "evidence": self.evidence_supported}
+        return {
+            "status": "ok",
+            "images": len(snap.store),
+            "generation": snap.generation,
+            "landmarks": len(snap.names),
+            "dim": snap.store.dim,
+            "model": snap.store.signature.get("backbone") or snap.store.config.model.backbone,
+            "evidence": self.evidence_supported,
+        }
 
     # -- writes (writer thread only) -------------------------------------------------------------
     def prepare_add(self, data: bytes, filename: str | None) -> tuple[DecodedUpload, ExtractionResult]:
@@ -269,16 +304,27 @@ class Service:
         vectors, extras = self.writer.extractor.extract_images_with_probe([up.image])
         return up, ExtractionResult([_PENDING], vectors, sizes={_PENDING: up.size}, extras=extras)
 
-    def commit_add(self, data: bytes, up: DecodedUpload, extracted: ExtractionResult, *, image_id: str | None,
-                   landmark_id: int | None, name: str | None) -> dict[str, Any]:
+    def commit_add(
+        self,
+        data: bytes,
+        up: DecodedUpload,
+        extracted: ExtractionResult,
+        *,
+        image_id: str | None,
+        landmark_id: int | None,
+        name: str | None,
+    ) -> dict[str, Any]:
         """Save the photo, add it in one store commit with its object prior, extract its local
         features (when the store keeps them), then swap in the new snapshot (writer thread)."""
         store = self.writer.store
         if image_id is None:
             image_id = f"u-{uuid.uuid4().hex[:16]}"
         elif not NEW_ID.match(image_id) or ".." in image_id:
-            raise ServiceError(400, f"invalid id {image_id!r} for a new photo: use 1-128 letters, digits, "
-                                    f"'.', '_' or '-', starting with a letter or digit")
+            raise ServiceError(
+                400,
+                f"invalid id {image_id!r} for a new photo: use 1-128 letters, digits, "
+                f"'.', '_' or '-', starting with a letter or digit",
+            )
         if store.get([image_id]):
             raise ServiceError(409, f"an image with id {image_id!r} is already in the store")
         path = self.uploads_root / f"{image_id}{EXTENSIONS.get(up.format or '', '.img')}"
@@ -287,15 +333,19 @@ class Service:
         try:
             if landmark_id is not None and name:
                 store.set_label_names({landmark_id: name})
-            self.writer.building.store_extracted([record], replace(extracted, ids=[image_id], sizes={image_id: up.size}), "user")
+            self.writer.building.store_extracted(
+                [record], replace(extracted, ids=[image_id], sizes={image_id: up.size}), "user"
+            )
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        if self.writer.config.local.enabled:   # for spatial re-ranking and /matches (a failure is logged, the photo stays)
+        if (
+            self.writer.config.local.enabled
+        ):  # for spatial re-ranking and /matches (a failure is logged, the photo stays)
             try:
                 for failure in self.writer.building.add_local([record], replace=False):
                     log.warning("no local features for %s: %s", image_id, failure.reason)
-            except Exception as exc:       # the photo is committed: never a 500 for it, never a lost snapshot
+            except Exception as exc:  # the photo is committed: never a 500 for it, never a lost snapshot
                 log.warning("no local features for %s: %s", image_id, exc)
         self._refresh()
         self.thumbs.drop(image_id)
@@ -307,7 +357,7 @@ class Service:
         row = store.get([image_id]).get(image_id)
         if row is None:
             raise ServiceError(404, f"no image with id {image_id!r} in the store")
-        self.writer.remove([image_id])      # its vector, metadata and local features
+        self.writer.remove([image_id])  # its vector, metadata and local features
         self._refresh()
         self.thumbs.drop(image_id)
         if row.path and row.split == "user":
@@ -317,8 +367,6 @@ class Service:
         return {"removed": image_id, "images": len(self.snapshot.store), "generation": self.snapshot.generation}
 
     def _refresh(self) -> None:
-        new = self._new_snapshot()   # on the writer thread: reads keep the old one meanwhile
+        new = self._new_snapshot()  # on the writer thread: reads keep the old one meanwhile
         with self._swap:
             self._snapshot = new
-
-

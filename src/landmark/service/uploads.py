@@ -27,7 +27,15 @@ log = logging.getLogger(__name__)
 NEW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
+EXTENSIONS = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+    "MPO": ".jpg",
+}
 
 
 def check_id(image_id: str) -> str:
@@ -35,10 +43,17 @@ def check_id(image_id: str) -> str:
     if not image_id or len(image_id) > 512:
         raise ServiceError(400, "invalid image id: empty or longer than 512 characters")
     parts = image_id.split("/")
-    if (image_id.startswith("/") or "\\" in image_id or any(p in ("", ".", "..") for p in parts)
-            or any(ord(c) < 32 or ord(c) == 127 for c in image_id)):
-        raise ServiceError(400, f"invalid image id {image_id!r}: ids are not paths (no '..', '.', empty "
-                                f"segments, leading '/', backslashes or control characters)")
+    if (
+        image_id.startswith("/")
+        or "\\" in image_id
+        or any(p in ("", ".", "..") for p in parts)
+        or any(ord(c) < 32 or ord(c) == 127 for c in image_id)
+    ):
+        raise ServiceError(
+            400,
+            f"invalid image id {image_id!r}: ids are not paths (no '..', '.', empty "
+            f"segments, leading '/', backslashes or control characters)",
+        )
     return image_id
 
 
@@ -55,7 +70,9 @@ def decode_upload(data: bytes, settings: ServiceSettings, filename: str | None =
     if not data:
         raise ServiceError(400, f"{name}: empty upload (0 bytes); attach a photo (JPEG, PNG, WebP, ...)")
     if len(data) > settings.max_upload_bytes:
-        raise ServiceError(413, f"{name}: {len(data):,} bytes is over the upload limit of {settings.max_upload_bytes:,} bytes")
+        raise ServiceError(
+            413, f"{name}: {len(data):,} bytes is over the upload limit of {settings.max_upload_bytes:,} bytes"
+        )
     try:
         fmt = Image.open(io.BytesIO(data)).format
     except Exception:

@@ -14,8 +14,14 @@ if TYPE_CHECKING:
     from .loop import FitResult, train
 
 _EXPORTS = {
-    "TRAIN_PRESETS": "config", "FitResult": "loop", "HeadConfig": "config", "OptimConfig": "config",
-    "TrainConfig": "config", "TrainDataConfig": "config", "load_train_config": "config", "train": "loop",
+    "TRAIN_PRESETS": "config",
+    "FitResult": "loop",
+    "HeadConfig": "config",
+    "OptimConfig": "config",
+    "TrainConfig": "config",
+    "TrainDataConfig": "config",
+    "load_train_config": "config",
+    "train": "loop",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

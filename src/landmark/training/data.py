@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +21,15 @@ class ClassBalancedSampler(Sampler[int]):
     With several processes each rank draws a different stream (seeded by epoch and rank).
     """
 
-    def __init__(self, labels: Sequence[int], num_samples: int | None = None, power: float = 0.0,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        labels: Sequence[int],
+        num_samples: int | None = None,
+        power: float = 0.0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.labels = np.asarray(labels)
         counts = Counter(self.labels.tolist())
         # power 0: every class equally likely (balanced); power -> 1: photos equally likely
@@ -42,15 +49,15 @@ class ClassBalancedSampler(Sampler[int]):
         yield from rng.choice(len(self.labels), size=self.num_samples, p=self.weights).tolist()
 
 
-
-
-def make_sampler(kind: str, labels: Sequence[int], seed: int, rank: int = 0, world_size: int = 1,
-                 num_samples: int | None = None) -> ClassBalancedSampler:
+def make_sampler(
+    kind: str, labels: Sequence[int], seed: int, rank: int = 0, world_size: int = 1, num_samples: int | None = None
+) -> ClassBalancedSampler:
     """``balanced`` (uniform over classes), ``inverse_freq`` (p ~ n^-1/2 per photo) or ``random``."""
     if kind not in SAMPLER_POWERS:
         raise ValueError(f"unknown sampler {kind!r}; choose one of {list(SAMPLER_POWERS)}")
-    return ClassBalancedSampler(labels, num_samples, power=SAMPLER_POWERS[kind], seed=seed, rank=rank,
-                                world_size=world_size)
+    return ClassBalancedSampler(
+        labels, num_samples, power=SAMPLER_POWERS[kind], seed=seed, rank=rank, world_size=world_size
+    )
 
 
 def train_transform(cfg: TrainDataConfig, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
@@ -59,8 +66,10 @@ def train_transform(cfg: TrainDataConfig, mean: Sequence[float], std: Sequence[f
     ops = [T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), antialias=True)]
     if cfg.zoom_out > 1.0 and cfg.zoom_out_p > 0:
         fill = [int(round(255 * m)) for m in mean]
-        ops += [T.RandomZoomOut(fill=fill, side_range=(1.0, cfg.zoom_out), p=cfg.zoom_out_p),
-                T.Resize((cfg.image_size, cfg.image_size), antialias=True)]
+        ops += [
+            T.RandomZoomOut(fill=fill, side_range=(1.0, cfg.zoom_out), p=cfg.zoom_out_p),
+            T.Resize((cfg.image_size, cfg.image_size), antialias=True),
+        ]
     if cfg.flip:
         ops.append(T.RandomHorizontalFlip())
     if cfg.color_jitter > 0:
@@ -73,8 +82,9 @@ def train_transform(cfg: TrainDataConfig, mean: Sequence[float], std: Sequence[f
 class AugmentedPhotos(Dataset):
     """``(tensor, class)`` pairs of augmented training crops; unreadable photos give ``None``."""
 
-    def __init__(self, records: Sequence[ImageRecord], labels: Sequence[int], transform: T.Compose,
-                 draft_size: int | None = None):
+    def __init__(
+        self, records: Sequence[ImageRecord], labels: Sequence[int], transform: T.Compose, draft_size: int | None = None
+    ):
         self.records, self.labels, self.transform, self.draft = list(records), list(labels), transform, draft_size
 
     def __len__(self) -> int:

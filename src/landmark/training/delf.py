@@ -46,8 +46,9 @@ class DelfTrainResult:
 
 
 @torch.no_grad()
-def cache_features(net: DelfNet, records: Sequence[ImageRecord], size: int, *, batch: int = 16,
-                   progress: bool | None = None) -> tuple[torch.Tensor, list[int]]:
+def cache_features(
+    net: DelfNet, records: Sequence[ImageRecord], size: int, *, batch: int = 16, progress: bool | None = None
+) -> tuple[torch.Tensor, list[int]]:
     """float16 ``N x C x h x w`` features of the readable ``records`` resized to ``size`` x ``size``, and
     the indices of those records."""
     prep = net.backbone.preprocessing
@@ -74,13 +75,19 @@ def _accuracy(head: DelfHead, maps: torch.Tensor, labels: torch.Tensor, batch: i
     if not len(labels):
         return float("nan")
     with torch.no_grad():
-        pred = torch.cat([head(maps[i:i + batch].float())[0].argmax(1) for i in range(0, len(maps), batch)])
+        pred = torch.cat([head(maps[i : i + batch].float())[0].argmax(1) for i in range(0, len(maps), batch)])
     return float((pred == labels).float().mean())
 
 
-def train_head(head: DelfHead, maps: list[torch.Tensor], labels: torch.Tensor, cfg: DelfTrainConfig,
-               val: tuple[torch.Tensor, torch.Tensor] | None = None, *, progress: bool | None = None
-               ) -> list[dict[str, float]]:
+def train_head(
+    head: DelfHead,
+    maps: list[torch.Tensor],
+    labels: torch.Tensor,
+    cfg: DelfTrainConfig,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    progress: bool | None = None,
+) -> list[dict[str, float]]:
     """Fit ``head`` on cached feature maps (one tensor per training size, rows aligned with ``labels``)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -92,7 +99,7 @@ def train_head(head: DelfHead, maps: list[torch.Tensor], labels: torch.Tensor, c
             head.train()
             t0, total, seen = time.perf_counter(), 0.0, 0
             for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
-                level = maps[int(torch.randint(len(maps), (1,), generator=gen))]   # random rescaling
+                level = maps[int(torch.randint(len(maps), (1,), generator=gen))]  # random rescaling
                 logits, _ = head(level[idx].float())
                 loss = F.cross_entropy(logits, labels[idx])
                 opt.zero_grad(set_to_none=True)
@@ -115,16 +122,17 @@ def pca_sample(head: DelfHead, maps: torch.Tensor, per_photo: int, batch: int = 
     out = []
     with torch.no_grad():
         for i in range(0, len(maps), batch):
-            f = maps[i:i + batch].float()
-            a = head.attention(f).flatten(1)                               # B x hw
-            top = a.topk(min(per_photo, a.shape[1]), dim=1).indices        # B x k
-            flat = f.flatten(2).transpose(1, 2)                            # B x hw x C
+            f = maps[i : i + batch].float()
+            a = head.attention(f).flatten(1)  # B x hw
+            top = a.topk(min(per_photo, a.shape[1]), dim=1).indices  # B x k
+            flat = f.flatten(2).transpose(1, 2)  # B x hw x C
             out.append(torch.gather(flat, 1, top[..., None].expand(-1, -1, flat.shape[-1])).reshape(-1, flat.shape[-1]))
     return l2n(torch.cat(out).numpy())
 
 
-def train_delf(data: str | Path, out_dir: str | Path, cfg: DelfTrainConfig | None = None, *,
-               progress: bool | None = None) -> DelfTrainResult:
+def train_delf(
+    data: str | Path, out_dir: str | Path, cfg: DelfTrainConfig | None = None, *, progress: bool | None = None
+) -> DelfTrainResult:
     """Train DELF's attention on ``data``'s labelled train split and write ``OUT/delf.pt`` (module docstring)."""
     cfg = cfg or DelfTrainConfig()
     out = Path(out_dir)
@@ -158,14 +166,32 @@ def train_delf(data: str | Path, out_dir: str | Path, cfg: DelfTrainConfig | Non
     t_train = time.perf_counter() - t_start - t_cache
     sample = pca_sample(head, maps[-1][is_train], cfg.pca_per_photo)
     pca = learn_whitening(sample, min(cfg.pca_dim, channels), power=cfg.pca_power, shrinkage=cfg.pca_shrinkage)
-    info = {"photos": len(kept), "train_photos": int(is_train.sum()), "classes": len(split.classes),
-            "channels": int(channels), "stage": int(stage), "stride": net.stride, "pca_vectors": len(sample),
-            "cache_s": round(t_cache, 1), "train_s": round(t_train, 1),
-            "total_s": round(time.perf_counter() - t_start, 1), "threads": torch.get_num_threads(),
-            "final_val_accuracy": history[-1].get("val_accuracy", float("nan")), "config": to_dict(cfg)}
-    ckpt = DelfCheckpoint(cfg.backbone, int(stage), {k: v.clone() for k, v in head.state_dict().items()}, int(channels),
-                          len(split.classes), cfg.hidden, pca_state(pca), tuple(cfg.scales),
-                          json.loads(json.dumps(info)))
+    info = {
+        "photos": len(kept),
+        "train_photos": int(is_train.sum()),
+        "classes": len(split.classes),
+        "channels": int(channels),
+        "stage": int(stage),
+        "stride": net.stride,
+        "pca_vectors": len(sample),
+        "cache_s": round(t_cache, 1),
+        "train_s": round(t_train, 1),
+        "total_s": round(time.perf_counter() - t_start, 1),
+        "threads": torch.get_num_threads(),
+        "final_val_accuracy": history[-1].get("val_accuracy", float("nan")),
+        "config": to_dict(cfg),
+    }
+    ckpt = DelfCheckpoint(
+        cfg.backbone,
+        int(stage),
+        {k: v.clone() for k, v in head.state_dict().items()},
+        int(channels),
+        len(split.classes),
+        cfg.hidden,
+        pca_state(pca),
+        tuple(cfg.scales),
+        json.loads(json.dumps(info)),
+    )
     path = out / "delf.pt"
     save_delf(path, ckpt)
     (out / "metrics.json").write_text(json.dumps({"history": history, **info}, indent=2))

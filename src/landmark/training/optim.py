@@ -45,8 +45,15 @@ def param_groups(module: TrainModule, cfg: TrainConfig) -> list[dict[str, Any]]:
         key = (id(p) in backbone, p.ndim <= 1)
         groups.setdefault(key, []).append(p)
     o = cfg.optim
-    return [{"params": ps, "lr": o.lr * (o.backbone_lr_mult if is_bb else 1.0), "base_lr_mult": o.backbone_lr_mult if is_bb else 1.0,
-             "weight_decay": 0.0 if no_wd else o.weight_decay} for (is_bb, no_wd), ps in groups.items()]
+    return [
+        {
+            "params": ps,
+            "lr": o.lr * (o.backbone_lr_mult if is_bb else 1.0),
+            "base_lr_mult": o.backbone_lr_mult if is_bb else 1.0,
+            "weight_decay": 0.0 if no_wd else o.weight_decay,
+        }
+        for (is_bb, no_wd), ps in groups.items()
+    ]
 
 
 def make_optimizer(module: TrainModule, cfg: TrainConfig) -> torch.optim.Optimizer:

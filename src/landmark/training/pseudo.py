@@ -14,9 +14,9 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -32,18 +32,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ClusterConfig:
-    neighbours: int = 10              # k of the mutual k-NN graph
-    threshold: float | None = None    # cosine similarity an edge needs; None = chosen on labelled photos
-    min_size: int = 3                 # smaller clusters stay unlabelled
-    purity: float = 0.99              # what the chosen threshold must reach on the labelled photos
-    candidates: tuple[float, ...] = tuple(round(0.5 + 0.025 * i, 3) for i in range(19))   # 0.5 ... 0.95
-    threshold_photos: int = 20000     # at most this many labelled photos choose it (whole landmarks, drawn at random)
+    neighbours: int = 10  # k of the mutual k-NN graph
+    threshold: float | None = None  # cosine similarity an edge needs; None = chosen on labelled photos
+    min_size: int = 3  # smaller clusters stay unlabelled
+    purity: float = 0.99  # what the chosen threshold must reach on the labelled photos
+    candidates: tuple[float, ...] = tuple(round(0.5 + 0.025 * i, 3) for i in range(19))  # 0.5 ... 0.95
+    threshold_photos: int = 20000  # at most this many labelled photos choose it (whole landmarks, drawn at random)
 
 
 @dataclass
 class ThresholdChoice:
     threshold: float
-    rows: list[dict] = field(default_factory=list)   # per candidate: threshold, purity, coverage, clusters
+    rows: list[dict] = field(default_factory=list)  # per candidate: threshold, purity, coverage, clusters
 
 
 def mutual_knn_clusters(vectors: np.ndarray, threshold: float, neighbours: int = 10, min_size: int = 3) -> np.ndarray:
@@ -69,8 +69,10 @@ def clusters_of_graph(sims: np.ndarray, nbrs: np.ndarray, threshold: float, min_
     photos (positions in the same set, -1 = none; i itself may be among them) and their similarities.
     Numbered by decreasing size, ties by first photo."""
     n = len(nbrs)
-    near = [set(int(j) for j, s in zip(row_n, row_s) if j != i and j >= 0 and s >= threshold)
-            for i, (row_n, row_s) in enumerate(zip(nbrs.tolist(), sims.tolist()))]
+    near = [
+        set(int(j) for j, s in zip(row_n, row_s) if j != i and j >= 0 and s >= threshold)
+        for i, (row_n, row_s) in enumerate(zip(nbrs.tolist(), sims.tolist()))
+    ]
     parent = np.arange(n)
 
     def root(i: int) -> int:
@@ -111,15 +113,19 @@ def choose_threshold(vectors: np.ndarray, labels: Sequence[int], cfg: ClusterCon
     if len(set(labels)) < 2:
         raise DatasetError("choosing a clustering threshold needs labelled photos of at least 2 landmarks")
     rows = []
-    graph = exact_graph(vectors, cfg.neighbours)           # searched once, cut at each candidate
+    graph = exact_graph(vectors, cfg.neighbours)  # searched once, cut at each candidate
     for t in sorted(cfg.candidates):
         c = clusters_of_graph(*graph, t, cfg.min_size)
         purity, coverage = cluster_purity(c, labels)
         rows.append({"threshold": t, "purity": purity, "coverage": coverage, "clusters": int(c.max() + 1)})
     good = [r for r in rows if r["purity"] >= cfg.purity and r["coverage"] > 0]
     if not good:
-        log.warning("no clustering threshold of %s makes clusters of the labelled photos %.0f %% pure: using the "
-                    "highest, %g", ", ".join(f"{t:g}" for t in sorted(cfg.candidates)), 100 * cfg.purity, rows[-1]["threshold"])
+        log.warning(
+            "no clustering threshold of %s makes clusters of the labelled photos %.0f %% pure: using the highest, %g",
+            ", ".join(f"{t:g}" for t in sorted(cfg.candidates)),
+            100 * cfg.purity,
+            rows[-1]["threshold"],
+        )
     return ThresholdChoice((good[0] if good else rows[-1])["threshold"], rows)
 
 
@@ -145,17 +151,19 @@ def relabel(records: Sequence, labels: Mapping[str, int]) -> list:
 @dataclass
 class StoreClusters:
     ids: list[str]
-    clusters: np.ndarray              # per id: cluster index, -1 = in none
+    clusters: np.ndarray  # per id: cluster index, -1 = in none
     threshold: float
-    chosen_on: str                    # what chose the threshold ("given", or which labelled photos)
+    chosen_on: str  # what chose the threshold ("given", or which labelled photos)
     choice: ThresholdChoice | None = None
 
 
 def check_cluster(cfg: ClusterConfig) -> ClusterConfig:
     """``cfg`` if its values are in range, else a :class:`ConfigError` naming the setting."""
     if cfg.neighbours < 1 or cfg.min_size < 2 or cfg.threshold_photos < 2:
-        raise ConfigError(f"clustering needs neighbours >= 1, min_size >= 2 and threshold_photos >= 2, got "
-                          f"{cfg.neighbours}, {cfg.min_size}, {cfg.threshold_photos}")
+        raise ConfigError(
+            f"clustering needs neighbours >= 1, min_size >= 2 and threshold_photos >= 2, got "
+            f"{cfg.neighbours}, {cfg.min_size}, {cfg.threshold_photos}"
+        )
     if cfg.threshold is not None and not -1.0 <= cfg.threshold <= 1.0:
         raise ConfigError(f"clustering threshold: a cosine similarity in [-1, 1], got {cfg.threshold}")
     if not 0.0 < cfg.purity <= 1.0 or not cfg.candidates:
@@ -163,8 +171,9 @@ def check_cluster(cfg: ClusterConfig) -> ClusterConfig:
     return cfg
 
 
-def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None, *,
-                  exclude: Collection[str] = ()) -> StoreClusters:
+def cluster_store(
+    store, split: str = "index", cfg: ClusterConfig | None = None, *, exclude: Collection[str] = ()
+) -> StoreClusters:
     """Cluster the stored photos of ``split`` (less ``exclude``) by their global descriptors. Without ``cfg.threshold``
     it is chosen on the store's labelled photos: those its trained model (or learned whitening) held
     out where known, since the photos a model trained on sit closer than new ones would. Excluded
@@ -173,7 +182,10 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
     cfg = check_cluster(cfg or ClusterConfig())
     ids = store.keys(split)
     if not ids:
-        raise DatasetError(f"the store has no photos of split {split!r} (it has: {', '.join(sorted(store.info()['splits'])) or 'none'})")
+        raise DatasetError(
+            f"the store has no photos of split {split!r} "
+            f"(it has: {', '.join(sorted(store.info()['splits'])) or 'none'})"
+        )
     skip = set(exclude)
     in_split, ids = len(ids), [k for k in ids if k not in skip]
     choice, chosen_on, threshold = None, "given", cfg.threshold
@@ -182,11 +194,14 @@ def cluster_store(store, split: str = "index", cfg: ClusterConfig | None = None,
         own = set(ids)
         labelled = [k for k, r in rows.items() if r.landmark_id is not None and k not in own]
         if not labelled:
-            raise DatasetError(f"no labelled photos outside split {split!r} to choose the clustering threshold on: "
-                               "give one (--threshold)")
+            raise DatasetError(
+                f"no labelled photos outside split {split!r} to choose the clustering threshold on: "
+                "give one (--threshold)"
+            )
         held = model_validation_ids(store, labelled)
-        pick = whole_landmarks(sorted(held) if held else labelled, {k: rows[k].landmark_id for k in labelled},
-                               cfg.threshold_photos)
+        pick = whole_landmarks(
+            sorted(held) if held else labelled, {k: rows[k].landmark_id for k in labelled}, cfg.threshold_photos
+        )
         chosen_on = f"{len(pick)} labelled photos {held_out_label(store)}" if held else f"{len(pick)} labelled photos"
         choice = choose_threshold(store.vectors(pick), [rows[k].landmark_id for k in pick], cfg)
         threshold = choice.threshold
@@ -211,8 +226,9 @@ def whole_landmarks(ids: Sequence[str], label: Mapping[str, int], limit: int, se
     return out
 
 
-def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, *, room: bool, batch: int = 4096
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _store_graph(
+    store, split: str, ids: Sequence[str], neighbours: int, *, room: bool, batch: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Each of ``ids``' ``neighbours`` + 1 nearest photos among ``ids`` (itself included) by the store's
     own index (exact, or IVF-PQ with re-ranking on a compressed store, so that a million-photo split
     clusters in ANN time): similarities and positions in ``ids``, -inf / -1 where fewer are found (with
@@ -224,11 +240,11 @@ def _store_graph(store, split: str, ids: Sequence[str], neighbours: int, *, room
     nbrs = np.full((len(ids), k), -1, np.int64)
     with progress_bar(f"neighbours of {split}", len(ids), enabled=None if len(ids) > batch else False) as bar:
         for start in range(0, len(ids), batch):
-            part = ids[start:start + batch]
+            part = ids[start : start + batch]
             res = store.search(store.vectors(part), wide, splits=[split])
             for i, (keys, scores) in enumerate(zip(res.keys, res.scores.tolist())):
                 kept = [(pos[key], s) for key, s in zip(keys, scores) if key in pos][:k]
                 if kept:
-                    nbrs[start + i, :len(kept)], sims[start + i, :len(kept)] = zip(*kept)
+                    nbrs[start + i, : len(kept)], sims[start + i, : len(kept)] = zip(*kept)
             bar.advance(len(part))
     return sims, nbrs

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,16 +40,37 @@ def batch_starts(n: int, batch: int) -> list[int]:
 def cache_key(records: Sequence[ImageRecord], cfg: TrainConfig, kind: str) -> str:
     # what the crops depend on (the photos are named below; zoom-out only when on, so that caches made
     # before the data.split / data.labels / data.zoom_out settings existed keep their key)
-    data = {k: v for k, v in cfg.data.__dict__.items() if k not in ("num_workers", "split", "labels")
-            and not (k.startswith("zoom_out") and cfg.data.zoom_out <= 1.0)}
-    h = hashlib.sha256(json.dumps([kind, [r.id for r in records], cfg.model.backbone, cfg.model.checkpoint,
-                                   cfg.freeze_stages, cfg.cache_views, data if kind == "views" else cfg.eval_image_size,
-                                   cfg.seed], default=str).encode())
+    data = {
+        k: v
+        for k, v in cfg.data.__dict__.items()
+        if k not in ("num_workers", "split", "labels") and not (k.startswith("zoom_out") and cfg.data.zoom_out <= 1.0)
+    }
+    h = hashlib.sha256(
+        json.dumps(
+            [
+                kind,
+                [r.id for r in records],
+                cfg.model.backbone,
+                cfg.model.checkpoint,
+                cfg.freeze_stages,
+                cfg.cache_views,
+                data if kind == "views" else cfg.eval_image_size,
+                cfg.seed,
+            ],
+            default=str,
+        ).encode()
+    )
     return h.hexdigest()[:16]
 
 
-def cached_views(module: TrainModule, records: Sequence[ImageRecord], cfg: TrainConfig, cache_dir: Path,
-                  device: torch.device, progress: bool | None) -> tuple[Tensor | None, set[str]]:
+def cached_views(
+    module: TrainModule,
+    records: Sequence[ImageRecord],
+    cfg: TrainConfig,
+    cache_dir: Path,
+    device: torch.device,
+    progress: bool | None,
+) -> tuple[Tensor | None, set[str]]:
     """``N x V x C x h x w`` float16 frozen-stage outputs of V augmented crops per photo (cached on
     disk; None without photos), and the ids of the photos that could not be read (their rows are zeros)."""
     path = cache_dir / f"views-{cache_key(records, cfg, 'views')}.pt"
@@ -59,25 +80,29 @@ def cached_views(module: TrainModule, records: Sequence[ImageRecord], cfg: Train
     prep = module.net.preprocessing
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    dataset = AugmentedPhotos(records, [0] * len(records), train_transform(cfg.data, prep.mean, prep.std),
-                              draft_size=cfg.data.image_size * 2)
+    dataset = AugmentedPhotos(
+        records, [0] * len(records), train_transform(cfg.data, prep.mean, prep.std), draft_size=cfg.data.image_size * 2
+    )
     out: Tensor | None = None
     failed: set[str] = set()
-    with progress_bar(f"cache {cfg.cache_views} crops/photo", total=len(records) * cfg.cache_views,
-                      enabled=progress) as bar:
+    with progress_bar(
+        f"cache {cfg.cache_views} crops/photo", total=len(records) * cfg.cache_views, enabled=progress
+    ) as bar:
         for v in range(cfg.cache_views):
-            loader = DataLoader(dataset, batch_size=16, num_workers=cfg.data.num_workers, collate_fn=keep_order,
-                                generator=g)
+            loader = DataLoader(
+                dataset, batch_size=16, num_workers=cfg.data.num_workers, collate_fn=keep_order, generator=g
+            )
             row = 0
             for items in loader:
                 failed.update(records[row + j].id for j, x in enumerate(items) if x is None)
-                xs = torch.stack([x if x is not None else torch.zeros(3, cfg.data.image_size, cfg.data.image_size)
-                                  for x in items])
+                xs = torch.stack(
+                    [x if x is not None else torch.zeros(3, cfg.data.image_size, cfg.data.image_size) for x in items]
+                )
                 with torch.no_grad():
                     f = module.frozen_features(xs.to(device)).half().cpu()
                 if out is None:
                     out = torch.empty((len(records), cfg.cache_views, *f.shape[1:]), dtype=torch.float16)
-                out[row:row + len(f), v] = f
+                out[row : row + len(f), v] = f
                 row += len(f)
                 bar.advance(len(f))
     with atomic_path(path) as tmp:
@@ -118,8 +143,9 @@ class EvalCache:
 
 
 @torch.no_grad()
-def embed_all(module: TrainModule, split: Split, cfg: TrainConfig, device: torch.device,
-               cache: EvalCache | None) -> tuple[np.ndarray, np.ndarray]:
+def embed_all(
+    module: TrainModule, split: Split, cfg: TrainConfig, device: torch.device, cache: EvalCache | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Unit embeddings of (train photos, val photos) at the evaluation size; rows of unreadable photos are 0."""
     module.eval()
     records = split.train + split.val
@@ -130,16 +156,20 @@ def embed_all(module: TrainModule, split: Split, cfg: TrainConfig, device: torch
             out[idx] = emb.float().cpu().numpy()
     else:
         # eager torch: the weights change every epoch, an exported graph would be stale
-        ex = GlobalExtractor(module.net, ExtractConfig(image_size=cfg.eval_image_size, num_workers=0,
-                                                       device=str(device), engine="torch"), cfg.model)
+        ex = GlobalExtractor(
+            module.net,
+            ExtractConfig(image_size=cfg.eval_image_size, num_workers=0, device=str(device), engine="torch"),
+            cfg.model,
+        )
         res = ex.extract(records, progress=False)
         pos = {r.id: i for i, r in enumerate(records)}
         out[[pos[i] for i in res.ids]] = res.vectors
-    return out[: len(split.train)], out[len(split.train):]
+    return out[: len(split.train)], out[len(split.train) :]
 
 
-def validate(module: TrainModule, split: Split, cfg: TrainConfig, device: torch.device,
-             cache: EvalCache | None = None) -> dict[str, float]:
+def validate(
+    module: TrainModule, split: Split, cfg: TrainConfig, device: torch.device, cache: EvalCache | None = None
+) -> dict[str, float]:
     """Val photos as queries against the training photos: top-5 vote GAP / accuracy, and mAP@100."""
     db, queries = embed_all(module, split, cfg, device, cache)
     db_labels = np.array([r.landmark_id for r in split.train])
@@ -153,5 +183,8 @@ def validate(module: TrainModule, split: Split, cfg: TrainConfig, device: torch.
     rankings = {q: [split.train[j].id for j in row] for q, row in zip(qids, order)}
     relevant = {r.id: [t.id for t in split.train if t.landmark_id == r.landmark_id] for r in split.val}
     module.train()
-    return {"val_gap": global_average_precision(preds, truth), "val_accuracy": accuracy(preds, truth),
-            "val_map@100": mean_average_precision_at_k(rankings, relevant, k=100)}
+    return {
+        "val_gap": global_average_precision(preds, truth),
+        "val_accuracy": accuracy(preds, truth),
+        "val_map@100": mean_average_precision_at_k(rankings, relevant, k=100),
+    }

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -112,11 +113,13 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def check_values(config: Any, choices: Mapping[str, Collection[Any]], minimums: Mapping[str, float],
-                 prefix: str = "") -> None:
+def check_values(
+    config: Any, choices: Mapping[str, Collection[Any]], minimums: Mapping[str, float], prefix: str = ""
+) -> None:
     """A :class:`ConfigError` for the first dotted key of ``config`` whose value is not among its
     ``choices`` or is below its least value in ``minimums`` (keys relative to ``config``; messages
     name them as ``prefix + key``)."""
+
     def value(dotted: str) -> Any:
         node = config
         for part in dotted.split("."):
@@ -131,8 +134,14 @@ def check_values(config: Any, choices: Mapping[str, Collection[Any]], minimums: 
             raise ConfigError(f"{prefix}{key}: expected at least {least}, got {value(key)}")
 
 
-def layered(base: T, presets: Mapping[str, Mapping[str, Any]], name: str, what: str,
-            file: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> T:
+def layered(
+    base: T,
+    presets: Mapping[str, Mapping[str, Any]],
+    name: str,
+    what: str,
+    file: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> T:
     """``base <- presets[name] <- YAML file <- overrides``: a named preset merged with the user's changes."""
     if name not in presets:
         raise ConfigError(f"unknown {what} {name!r}; choose one of {sorted(presets)}")
@@ -169,5 +178,8 @@ def explicit(config: Any, section: str) -> dict[str, Any]:
     default value (``config.given``)."""
     part, given = getattr(config, section), config.given or frozenset()
     defaults = type(part)()
-    return {f.name: getattr(part, f.name) for f in dataclasses.fields(part)
-            if getattr(part, f.name) != getattr(defaults, f.name) or f"{section}.{f.name}" in given}
+    return {
+        f.name: getattr(part, f.name)
+        for f in dataclasses.fields(part)
+        if getattr(part, f.name) != getattr(defaults, f.name) or f"{section}.{f.name}" in given
+    }

@@ -43,9 +43,10 @@ def tune_cpu_allocator(threshold: int = 1 << 30) -> bool:
         return _ALLOCATOR_TUNED
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3          # <malloc.h>
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
         _ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(
-            libc.mallopt(m_trim_threshold, threshold))
-    except (OSError, AttributeError):       # not glibc (musl, ...): nothing to tune
+            libc.mallopt(m_trim_threshold, threshold)
+        )
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         _ALLOCATOR_TUNED = False
     return _ALLOCATOR_TUNED

@@ -7,7 +7,8 @@ the way timm's ``register_model`` and hloc's ``dynamic_load`` do it."""
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from .config import ConfigError
 
