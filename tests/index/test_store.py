@@ -114,7 +114,7 @@ def test_add_rejects_bad_input(store):
 
 def test_failed_commit_leaves_last_good_state(store, tmp_path, monkeypatch):
     store.add(["keep"], unit(1))
-    import landmark.index.store as mod
+    import landmark.index.writes as mod
 
     def boom(index, path):
         raise OSError("disk full")
@@ -129,7 +129,7 @@ def test_failed_commit_leaves_last_good_state(store, tmp_path, monkeypatch):
 
 def _killed_writer(root):
     st = Store.open(root)
-    import landmark.index.store as mod
+    import landmark.index.writes as mod
 
     real = mod.write_index
 
