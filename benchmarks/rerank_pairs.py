@@ -58,7 +58,10 @@ def main() -> None:
         lm.ctx.set_local(lm.local)  # a verifier of the new settings
         cache = LocalStore.open(run / "_work" / "local-test")
         turned = [
-            LocalStore.open(run / "_work" / "local-test" / f"rotated-{r % 360}") for r in cfg.rotations if r % 360
+            t
+            for r in cfg.rotations
+            if r % 360  # turned queries where the suite got to extract them
+            if (t := LocalStore.open_if_exists(run / "_work" / "local-test" / f"rotated-{r % 360}")) is not None
         ]
         glob, rer, rel_inl, oth_inl = {}, {}, [], []
         t0 = time.perf_counter()
@@ -75,7 +78,9 @@ def main() -> None:
                     (rel_inl if key in solution[q] else oth_inl).append(int(inl))
         per_q = (time.perf_counter() - t0) / max(1, sum(q in solution for q in queries.ids))
         sig = lm.local.signature
-        local = f"{sig['kind']}/{cfg.matcher} {sig['image_size']}px"
+        local = f"{sig['kind']}/{cfg.matcher} {sig['image_size']}px" + (
+            "" if turned or not cfg.rotations else " upright"
+        )
         stats = lambda v: f"{np.median(v):.0f}, {max(v)}" if v else "-"  # noqa: E731
         print(
             f"{str(run)[-28:]:<28} {local:<22} {mean_average_precision_at_k(glob, solution):>7.4f} "
