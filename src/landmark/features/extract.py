@@ -450,5 +450,5 @@ class _ChunkCache:
                     vectors=np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
                     failures=np.array([[f.id, f.path, f.reason] for f in failures], dtype=str).reshape(-1, 3),
                     sizes=np.array([sizes[i] for i in ids], dtype=np.int64).reshape(-1, 2),
-                    **arrays,
-                )  # type: ignore[arg-type]  # numpy's stub takes **kwds for allow_pickle
+                    **arrays,  # type: ignore[arg-type]  # numpy's stub: **kwds could be allow_pickle
+                )

@@ -98,12 +98,12 @@ def _brisk(cfg: LocalConfig) -> Any:
 
 # local.kind -> the OpenCV detector it extracts with (learned kinds: features/learned.py; delf: LOCAL_MODELS)
 OPENCV_DETECTORS: dict[str, Callable[[LocalConfig], Any]] = {
-    "rootsift": lambda cfg: cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)),
+    "rootsift": lambda cfg: cv2.SIFT.create(nfeatures=int(cfg.max_keypoints)),
     # the strongest max_keypoints over all simulated views are kept by detect()
-    "affine_rootsift": lambda cfg: cv2.AffineFeature_create(
-        cv2.SIFT_create(nfeatures=int(cfg.max_keypoints)), maxTilt=AFFINE_MAX_TILT
+    "affine_rootsift": lambda cfg: cv2.AffineFeature.create(
+        cv2.SIFT.create(nfeatures=int(cfg.max_keypoints)), maxTilt=AFFINE_MAX_TILT
     ),
-    "orb": lambda cfg: cv2.ORB_create(nfeatures=int(cfg.max_keypoints)),
+    "orb": lambda cfg: cv2.ORB.create(nfeatures=int(cfg.max_keypoints)),
     "brisk": _brisk,
 }
 
@@ -312,7 +312,7 @@ class LocalExtractor:
 def extract_many(
     extractor: LocalExtractor,
     items: Sequence[PhotoItem],
-    sink: Callable[[list[str], list[LocalFeatures]], None],
+    sink: Callable[[list[str], list[LocalFeatures]], object],  # its result (e.g. a count) is unused
     *,
     chunk: int = 256,
     progress: bool | None = None,
@@ -326,6 +326,7 @@ def extract_many(
         if failure is not None:
             failures.append(failure)
             continue
+        assert f is not None  # iter_extract gives features exactly when there is no failure
         keys.append(key)
         feats.append(f)
         if len(keys) >= chunk:

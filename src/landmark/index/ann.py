@@ -195,7 +195,9 @@ class CompressedStoreIndex:
         queries = np.ascontiguousarray(queries, np.float32)
         sp = None
         if params is not None and params.sel is not None:
-            sp = faiss.SearchParametersIVF(sel=params.sel, nprobe=faiss.extract_index_ivf(self.index).nprobe)
+            nprobe = faiss.extract_index_ivf(self.index).nprobe
+            # faiss's class wrappers take the fields as keyword arguments; its stubs do not
+            sp = faiss.SearchParametersIVF(sel=params.sel, nprobe=nprobe)  # type: ignore[call-arg]
         if not self.cfg.rerank:
             scores, ids = self.index.search(queries, k, params=sp)
         elif not self._added_rows and isinstance(self.vectors, RefineVectors):
@@ -270,7 +272,7 @@ class CompressedStoreIndex:
         return cls(index, rows, RefineVectors(vectors_path), cfg)
 
     @classmethod
-    def from_flat(cls, flat: faiss.Index, cfg: IndexConfig) -> CompressedStoreIndex:
+    def from_flat(cls, flat: faiss.IndexIDMap2, cfg: IndexConfig) -> CompressedStoreIndex:
         """Train a compressed index on every vector of an exact ``IndexIDMap2`` and move them into it."""
         rows = faiss.vector_to_array(flat.id_map).astype(np.int64)
         vectors = flat.index.reconstruct_n(0, flat.ntotal) if flat.ntotal else np.zeros((0, flat.d), np.float32)

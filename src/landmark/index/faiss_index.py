@@ -3,6 +3,8 @@ a config sets (``nprobe``), and an index's memory, bytes per vector and name."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import faiss
 
 from ..errors import LandmarkError
@@ -42,13 +44,15 @@ def bytes_per_vector(index: faiss.Index) -> float:
 
 def index_name(index: faiss.Index) -> str:
     """A compressed index in FAISS factory terms, e.g. ``PCAR256,IVF4096,PQ128x4fsr``."""
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    # Any: FAISS's SWIG stubs type downcasts as the base Index, without the IVF/PQ attributes (pq, nlist, ...)
+    ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
     fast_scan = "fs" if isinstance(ivf, faiss.IndexIVFFastScan) else ""
     pq = f"PQ{ivf.pq.M}x{ivf.pq.nbits}{fast_scan}{'r' if ivf.by_residual else ''}"
     parts = [f"IVF{ivf.nlist}", pq]
     outer = faiss.downcast_index(index)
     if isinstance(outer, faiss.IndexPreTransform):
-        first = faiss.downcast_VectorTransform(outer.chain.at(0))
+        chain: Any = outer.chain  # Any: a SWIG std::vector (with .at), typed as a list in the stubs
+        first = faiss.downcast_VectorTransform(chain.at(0))
         parts.insert(0, f"{'PCAR' if isinstance(first, faiss.PCAMatrix) else 'RR'}{first.d_out}")
     return ",".join(parts)
 
@@ -59,8 +63,8 @@ def remap_ids(index: faiss.Index, mapping) -> None:
     ``mapping`` takes and returns int64 arrays. The ids of an inverted list are a plain array (also
     for fast-scan lists, whose codes are packed in blocks), rewritten here through a NumPy view.
     """
-    ivf = faiss.extract_index_ivf(index)
-    if ivf.direct_map.type != faiss.DirectMap.NoMap:
+    ivf: Any = faiss.extract_index_ivf(index)  # Any: the stubs lack DirectMap and type invlists as Optional
+    if ivf.direct_map.type != ivf.direct_map.NoMap:
         raise AnnError("cannot rename the ids of an inverted file that keeps a direct map")
     lists = ivf.invlists
     for lst in range(ivf.nlist):

@@ -37,7 +37,8 @@ class ShardedIndex:
         self.shards = [faiss.read_index(str(p), flags) for p in self.paths]
         if not self.shards:
             raise AnnError("a sharded index needs at least one shard file")
-        self.union = faiss.IndexShards(self.shards[0].d, False, False)  # one thread; ids kept as they are
+        # one thread; ids kept as they are (the stubs lack the successive_ids argument)
+        self.union = faiss.IndexShards(self.shards[0].d, False, False)  # type: ignore[call-arg]
         for s in self.shards:
             set_search_params(s, cfg)
             self.union.add_shard(s)
@@ -54,7 +55,9 @@ class ShardedIndex:
     ) -> ShardedIndex:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        paths, current, start, filled = [], None, 0, 0
+        paths: list[Path] = []
+        current: faiss.Index | None = None
+        start, filled = 0, 0
         template = faiss.serialize_index(trained)
 
         def flush():

@@ -74,7 +74,7 @@ class Store(StoreWrites):
             except sqlite3.OperationalError:
                 pass  # read-only (reads then see no hashes), or another process added it just now
         self._generation = -1
-        self._index: faiss.Index | None = None
+        self._index: faiss.Index | CompressedStoreIndex | None = None  # loaded by refresh(), below
         self._views_of: GenerationViews | None = None  # per-generation lookups (index/views.py)
         self.refresh()
 
@@ -167,6 +167,7 @@ class Store(StoreWrites):
         return True
 
     def __len__(self) -> int:
+        assert self._index is not None  # loaded by __init__ (refresh)
         return int(self._index.ntotal)
 
     def info(self) -> dict[str, Any]:
@@ -208,7 +209,8 @@ class Store(StoreWrites):
         """Stored ids in insertion order: all, those of ``split``, and/or only the (un)labelled ones
         (``labelled``), or those of any split but ``other_than``; the first ``limit`` of them. Read by
         SQL alone: a million-photo store lists its few distractors without making a row object per photo."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if split is not None:
             where.append("split=?")
             args.append(split)
@@ -365,6 +367,7 @@ class Store(StoreWrites):
         elif labelled_only or splits:
             scores, rows = self._views.search(queries, k, *selection)
         else:
+            assert self._index is not None  # loaded by __init__ (refresh)
             scores, rows = self._index.search(queries, k)
         scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
         meta = self._row_meta(np.unique(rows[rows >= 0]).tolist())

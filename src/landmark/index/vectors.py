@@ -72,7 +72,7 @@ def rerank_rows(queries: np.ndarray, rows: np.ndarray, array: np.ndarray, k: int
     scores = np.empty((q_n, k), np.float32)
     out = np.empty((q_n, k), np.int64)
     if q_n and width and n:
-        faiss.knn_inner_products_by_idx(
+        faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]  # in faiss, missing from its stubs
             faiss.swig_ptr(queries),
             faiss.swig_ptr(array),
             faiss.swig_ptr(rows),
@@ -133,7 +133,7 @@ class DiskVectors:
         return DiskVectors(path)
 
 
-def flat_codes(dim: int, dtype: str) -> faiss.Index:
+def flat_codes(dim: int, dtype: str) -> faiss.IndexFlatCodes:
     """An empty FAISS flat index holding ``dim``-d vectors as ``float16`` or ``float32`` (inner product)."""
     if dtype == "float32":
         return faiss.IndexFlatIP(dim)
@@ -194,7 +194,8 @@ class RefineVectors:
             return exact_rerank(queries, ids, self, k)
         refined = faiss.IndexRefine(base, self.index)
         # FAISS truncates k * k_factor (in float): the half keeps the shortlist exactly max(k, shortlist) long
-        params = faiss.IndexRefineSearchParameters(
+        # faiss's class wrappers take the fields as keyword arguments; its stubs do not
+        params = faiss.IndexRefineSearchParameters(  # type: ignore[call-arg]
             k_factor=(max(k, shortlist) + 0.5) / k, base_index_params=base_params
         )
         scores, ids = refined.search(queries, k, params=params)

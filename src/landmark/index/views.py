@@ -34,7 +34,7 @@ class GenerationViews:
         """Stored vectors of ``rows`` (all present in the index), in one pass."""
         if not self.exact:
             return self.index.reconstruct_rows(rows)
-        flat = faiss.downcast_index(self.index.index)
+        flat: Any = faiss.downcast_index(self.index.index)  # Any: the stubs type it as the base Index (no get_xb)
         xb = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(flat.ntotal, self.dim)
         pos, present = self.positions(rows)
         if not present.all():
@@ -58,11 +58,13 @@ class GenerationViews:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores and rows of the top ``k`` among the selected photos."""
         if not self.exact:
-            params = faiss.SearchParameters(sel=self._selector(labelled_only, splits))
+            # faiss's class wrappers take the fields as keyword arguments; its stubs do not
+            params = faiss.SearchParameters(sel=self._selector(labelled_only, splits))  # type: ignore[call-arg]
             return self.index.search(queries, k, params=params)
         subset, subset_rows = self._subset(labelled_only, splits)
         if subset is None:  # every stored photo is selected
             return self.index.search(queries, k)
+        assert subset_rows is not None  # _subset gives both or neither
         scores = np.full((len(queries), k), -np.inf, np.float32)
         rows = np.full((len(queries), k), -1, np.int64)
         if subset.ntotal:

@@ -106,14 +106,16 @@ class GlueMatcher:
         out = [empty] * len(candidates)
         if len(query) == 0:
             return out
+        present: dict[int, GlueInput] = {}
         by_count: dict[int, list[int]] = {}
         for i, c in enumerate(candidates):
             if c is not None and len(c):
+                present[i] = c
                 by_count.setdefault(len(c), []).append(i)
         for idx in by_count.values():
             for s in range(0, len(idx), self.batch_size):
                 part = idx[s : s + self.batch_size]
-                for i, got in zip(part, self._forward(query, [candidates[i] for i in part])):
+                for i, got in zip(part, self._forward(query, [present[i] for i in part])):
                     out[i] = got
         return out
 

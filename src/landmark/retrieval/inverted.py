@@ -146,7 +146,9 @@ class LocalInvertedIndex:
         path = Path(path)
         with np.load(path.with_suffix(path.suffix + ".npz"), allow_pickle=False) as z:
             owners, keys, kind, nprobe = z["owners"], z["keys"].tolist(), str(z["kind"]), int(z["nprobe"])
-        return cls(faiss.read_index(str(path)), owners, keys, kind, nprobe)
+        index = faiss.read_index(str(path))
+        assert isinstance(index, faiss.IndexIVF)  # save() writes build()'s IndexIVFFlat
+        return cls(index, owners, keys, kind, nprobe)
 
 
 def merge_shortlists(

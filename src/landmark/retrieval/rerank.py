@@ -152,18 +152,26 @@ class Verifier:
         spent = np.zeros((len(keys), 2))
         glued: list = []
         t_glue = 0.0
-        if self.glue is not None:
+        glue = self.glue
+        if glue is not None:
             t_g = time.perf_counter()
-            glued = [g.matches for g in self.glue.match_many(qp, [s[1] if s is not None else None for s in stored])]
+            cands = [_glue_input(s[1]) if s is not None else None for s in stored]
+            glued = [g.matches for g in glue.match_many(_glue_input(qp), cands)]
             t_glue = time.perf_counter() - t_g
 
         def one(i: int) -> None:
+            s = stored[i]
+            assert s is not None  # only the present keys are verified
             t_a = time.perf_counter()
-            m = glued[i] if glued else match_many(qp, [stored[i][1]], ratio=cfg.ratio, mutual=cfg.mutual)[0]
+            m = (
+                glued[i]
+                if glued
+                else match_many(_prepared(qp), [_prepared(s[1])], ratio=cfg.ratio, mutual=cfg.mutual)[0]
+            )
             t_b = time.perf_counter()
             out[i] = verify(
                 qxy,
-                stored[i][0].xy,
+                s[0].xy,
                 m,
                 model=cfg.model,
                 threshold=cfg.threshold,
@@ -194,11 +202,11 @@ class Verifier:
         got = self.stored([key])[0]
         if got is None:
             raise KeyError(f"{key!r} has no local features in the store")
-        qp, cfg = self.prepare_query(query), self.cfg
+        qp, cfg, glue = self.prepare_query(query), self.cfg, self.glue
         m = (
-            self.glue.match_many(qp, [got[1]])[0].matches
-            if self.glue is not None
-            else match_many(qp, [got[1]], ratio=cfg.ratio, mutual=cfg.mutual)[0]
+            glue.match_many(_glue_input(qp), [_glue_input(got[1])])[0].matches
+            if glue is not None
+            else match_many(_prepared(qp), [_prepared(got[1])], ratio=cfg.ratio, mutual=cfg.mutual)[0]
         )
         return m, verify(
             query.xy,
@@ -226,6 +234,18 @@ class Verifier:
             for q in variants[1:]:  # the photo may be sideways
                 best = np.maximum(best, [v.inliers for v in self.verify(q, keys)])
         return best
+
+
+def _glue_input(p: Prepared | GlueInput) -> GlueInput:
+    """``p`` prepared for the learned matcher (a verifier with one prepares every photo so)."""
+    assert isinstance(p, GlueInput), "prepared for mutual NN, matched by a learned matcher"
+    return p
+
+
+def _prepared(p: Prepared | GlueInput) -> Prepared:
+    """``p`` prepared for mutual NN (a verifier without a learned matcher prepares every photo so)."""
+    assert isinstance(p, Prepared), "prepared for a learned matcher, matched by mutual NN"
+    return p
 
 
 def _nbytes(p: Prepared | GlueInput) -> int:
@@ -280,7 +300,7 @@ def rerank_shortlist(
     verifier: Verifier,
     query: LocalFeatures | Sequence[LocalFeatures],
     keys: Sequence[str],
-    scores: Sequence[float],
+    scores: Sequence[float] | np.ndarray,
     top_k: int | None = None,
 ) -> Reranked:
     """Verify the first ``top_k`` of a global ranking and re-sort them; the tail keeps its order below."""
@@ -407,27 +427,32 @@ def rerank_test_queries(
     verifier.timings = Timings()
     extra: dict[str, float] = {}
     if verifier.cfg.inverted_k > 0 and vectors is not None:
+        assert lm.local is not None  # lm.verifier (above) raises without local features
         inv = LocalInvertedIndex.build(lm.local, database, progress=progress)
         extra["inverted_build_s"] = time.perf_counter() - t1
-        merged = {}
-        for q, (keys, scores) in rankings.items():
-            keys, scores = list(keys)[: verifier.cfg.top_k], list(scores)[: verifier.cfg.top_k]
+        merged: dict[str, tuple[list[str], Sequence[float] | np.ndarray]] = {}
+        for q, (global_keys, global_scores) in rankings.items():
+            keys, scores = list(global_keys)[: verifier.cfg.top_k], list(global_scores)[: verifier.cfg.top_k]
             if q in feats:
                 upright = feats[q] if isinstance(feats[q], LocalFeatures) else feats[q][0]
                 local_keys, _ = inv.search(upright, verifier.cfg.inverted_k, ratio=verifier.cfg.ratio)
-                keys, scores = merge_shortlists(
-                    keys, scores, local_keys, lambda ks, v=vectors[q]: lm.store.vectors(ks) @ v
-                )
-            merged[q] = (keys, scores)
-        rankings = merged
+
+                def similarity(ks: list[str], v: np.ndarray = vectors[q]) -> np.ndarray:
+                    return lm.store.vectors(ks) @ v
+
+                merged[q] = merge_shortlists(keys, scores, local_keys, similarity)
+            else:
+                merged[q] = (keys, scores)
         extra["inverted_search_s"] = time.perf_counter() - t1 - extra["inverted_build_s"]
         result = {}
-        with progress_bar("re-rank", total=len(rankings), enabled=progress) as bar:
-            for q, (keys, scores) in rankings.items():
+        with progress_bar("re-rank", total=len(merged), enabled=progress) as bar:
+            for q, (short_keys, short_scores) in merged.items():
                 result[q] = (
-                    rerank_shortlist(verifier, feats[q], keys, scores, top_k=len(keys))
+                    rerank_shortlist(verifier, feats[q], short_keys, short_scores, top_k=len(short_keys))
                     if q in feats
-                    else Reranked(list(keys), np.asarray(scores, np.float32), np.full(len(keys), -1, np.int32))
+                    else Reranked(
+                        short_keys, np.asarray(short_scores, np.float32), np.full(len(short_keys), -1, np.int32)
+                    )
                 )
                 bar.advance(1)
     else:

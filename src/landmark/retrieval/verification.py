@@ -105,7 +105,7 @@ def draw_matches(
     x = 0
     for img, feats in ((image_a, a), (image_b, b)):
         w, h = (feats.width, feats.height) if feats.width and feats.height else img.size
-        rgb = np.asarray(img.convert("RGB").resize((w, h), Image.BILINEAR))
+        rgb = np.asarray(img.convert("RGB").resize((w, h), Image.Resampling.BILINEAR))
         f = height / rgb.shape[0]
         rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * f)), height), interpolation=cv2.INTER_AREA)
         panels.append(rgb)
