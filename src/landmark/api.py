@@ -6,7 +6,7 @@
 >>> [m.id for m in lm.search(["photo.jpg"], k=5)[0].matches]   # doctest: +SKIP
 
 :class:`Landmarks` composes the typed parts of :mod:`landmark.pipeline` (``lm.building``,
-``lm.searching``, ``lm.recognising``, over ``lm.context``) and adds calibration, which spans them.
+``lm.searching``, ``lm.recognising``, over ``lm.ctx``) and adds calibration, which spans them.
 The CLI and the HTTP service are thin layers over this module.
 """
 
