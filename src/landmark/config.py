@@ -76,6 +76,28 @@ class Config:
 
 
 # Named presets: partial dicts over the defaults above.
+def _learned_preset(
+    kind: str, matcher: str, image_size: int, keypoints: int, *, top_k: int, batch_size: int | None = None
+) -> dict[str, Any]:
+    """A preset of learned local features: a verified photo needs 25 inliers (full boost at 100), and so does
+    recognition's evidence; a query that verifies nothing upright is also tried turned by 90 and 270 degrees."""
+    local: dict[str, Any] = {"kind": kind, "image_size": image_size, "max_keypoints": keypoints}
+    if batch_size is not None:
+        local["batch_size"] = batch_size
+    return {
+        "local": local,
+        "rerank": {
+            "matcher": matcher,
+            "top_k": top_k,
+            "min_inliers": 25,
+            "saturation": 100,
+            "verified_inliers": 25,
+            "rotations": [90, 270],
+        },
+        "recognition": {"evidence_inliers": 25},
+    }
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "lite2-gem": {},  # the default: EfficientNet-Lite2 + GeM(p=3) at 384 px
     "lite2-gem-ms": {"extract": {"scales": [0.7071, 1.0, 1.4142]}},
@@ -89,42 +111,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # matcher's matches; LightGlue finds up to ~15 consistent matches between photos of different landmarks
     # (tests/features/test_learned.py), so verification needs more inliers than with mutual NN (25, full at 100);
     # a query that verifies nothing upright is also tried turned by 90 and 270 degrees
-    "aliked-lightglue": {
-        "local": {"kind": "aliked", "image_size": 1024, "max_keypoints": 2048, "batch_size": 16},
-        "rerank": {
-            "matcher": "lightglue",
-            "top_k": 100,
-            "min_inliers": 25,
-            "saturation": 100,
-            "verified_inliers": 25,
-            "rotations": [90, 270],
-        },
-        "recognition": {"evidence_inliers": 25},
-    },  # for a GPU
-    "aliked-lightglue-cpu": {
-        "local": {"kind": "aliked", "image_size": 640, "max_keypoints": 512},
-        "rerank": {
-            "matcher": "lightglue",
-            "top_k": 20,
-            "min_inliers": 25,
-            "saturation": 100,
-            "verified_inliers": 25,
-            "rotations": [90, 270],
-        },
-        "recognition": {"evidence_inliers": 25},
-    },
-    "xfeat-lighterglue-cpu": {
-        "local": {"kind": "xfeat", "image_size": 640, "max_keypoints": 1024},
-        "rerank": {
-            "matcher": "lighterglue",
-            "top_k": 20,
-            "min_inliers": 25,
-            "saturation": 100,
-            "verified_inliers": 25,
-            "rotations": [90, 270],
-        },
-        "recognition": {"evidence_inliers": 25},
-    },
+    "aliked-lightglue": _learned_preset("aliked", "lightglue", 1024, 2048, top_k=100, batch_size=16),  # for a GPU
+    "aliked-lightglue-cpu": _learned_preset("aliked", "lightglue", 640, 512, top_k=20),
+    "xfeat-lighterglue-cpu": _learned_preset("xfeat", "lighterglue", 640, 1024, top_k=20),
     "lite2-gem-pcaw": {"whitening": {"kind": "pca"}},  # PCA even from few photos (the default, auto, needs > dim)
     "lite2-gem-nopca": {"whitening": {"kind": "none"}},  # the store keeps the network's own descriptors
     # Radenovic et al.'s learned whitening of the labelled photos; dim and shrinkage chosen on a validation
