@@ -61,3 +61,23 @@ def test_other_signature_starts_over_and_failed_write_leaves_old_state(tmp_path,
     monkeypatch.undo()
     assert st.keys() == ["a"] and not list((tmp_path / "local").glob(".*.tmp"))
     assert len(LocalStore.create(tmp_path / "local", SIG | {"max_keypoints": 50})) == 0
+
+
+def test_kept_pair_inliers_hold_until_a_photo_changes(tmp_path):
+    st = LocalStore.create(tmp_path / "local", SIG)
+    st.add(["a", "b", "c"], [feats(10, 1), feats(20, 2), feats(5, 3)])
+    st.keep_pair_inliers({("a", "b"): 40, ("a", "c"): 3, ("b", "a"): 38}, "t1")
+    again = LocalStore.open(tmp_path / "local")
+    assert again.pair_inliers([("a", "b"), ("a", "c"), ("b", "a"), ("c", "a")], "t1") == {
+        ("a", "b"): 40,
+        ("a", "c"): 3,
+        ("b", "a"): 38,
+    }
+    assert again.pair_inliers([("a", "b")], "other settings") == {}
+    again.add(["b"], [feats(20, 9)])  # b is another photo now: its pairs are verified again
+    assert again.pair_inliers([("a", "b"), ("b", "a"), ("a", "c")], "t1") == {("a", "c"): 3}
+    again.remove(["c"])
+    again.add(["c"], [feats(5, 3)])
+    assert again.pair_inliers([("a", "c")], "t1") == {}
+    LocalStore.create(tmp_path / "local", {**SIG, "max_keypoints": 10})  # another extractor: nothing kept
+    assert LocalStore.open(tmp_path / "local").pair_inliers([("a", "b")], "t1") == {}

@@ -8,6 +8,7 @@ from landmark.retrieval.expansion import (
     dba,
     dba_n,
     expanded_search,
+    inlier_verifier,
     knn,
     label_verifier,
     move_verified_first,
@@ -155,3 +156,34 @@ def test_dba_and_qe_improve_clustered_retrieval():
     base = precision(knn(q, db, 10)[1])
     expanded = precision(expanded_search(q, db, 10)[1])
     assert expanded > base + 0.05
+
+
+def test_inlier_verified_dba_moves_only_photos_with_a_verified_neighbour():
+    rng = np.random.default_rng(3)
+    db = l2n(rng.normal(size=(6, 16)).astype(np.float32))
+    db[1] = l2n(db[None, 0] + 0.3 * db[None, 1])[0]  # 0 and 1 are near each other (and each other's first neighbour)
+    sims, idx = knn(db, db, 4)
+    seen = []
+
+    def pair_inliers(lists):  # only the pair (0, 1) verifies, in both directions
+        seen.append(lists.shape[1])
+        return np.where(
+            ((np.arange(len(lists))[:, None] == 0) & (lists == 1))
+            | ((np.arange(len(lists))[:, None] == 1) & (lists == 0)),
+            50,
+            2,
+        )
+
+    out = dba(db, inlier_verifier(pair_inliers, 2, 8), neighbours=(sims, idx))
+    assert seen == [3]  # the photo itself and its first k = 2 neighbours are looked at, no more
+    assert np.allclose(out[2:], db[2:], atol=1e-6)  # no verified neighbour: the photo keeps its descriptor
+    assert np.allclose(out[0], l2n(db[None, 0] + 0.9 * db[None, 1])[0], atol=1e-6)  # eq. (2), N = 10: weights 1 and 0.9
+    assert np.allclose(out[1], l2n(db[None, 1] + 0.9 * db[None, 0])[0], atol=1e-6)
+
+
+def test_inlier_verifier_without_local_features_verifies_nothing():
+    idx = np.array([[0, 1, 2], [1, 0, -1]])
+    assert not inlier_verifier(None, 10, 8)(np.zeros(idx.shape), idx).any()
+    always = inlier_verifier(lambda lists: np.full(lists.shape, 99), 10, 8)(np.zeros(idx.shape), idx)
+    assert always.tolist() == [[True, True, True], [True, True, False]]  # padding never counts
+    assert not label_verifier(ExpansionConfig(verify="inliers"), None, None)(np.zeros(idx.shape), idx).any()

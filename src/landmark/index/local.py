@@ -3,7 +3,9 @@
 Layout::
 
     local/entries.sqlite        entries(key, segment, start, count, scale, width, height),
-                                meta(signature): the extractor that made them
+                                meta(signature): the extractor that made them,
+                                pairs(a, b, tag, sa, sb, inliers): inliers of verified stored pairs, valid
+                                while both photos' features stay in segments sa / sb
     local/seg-<n>.kp.npy        float16 keypoints of one write (sum of counts x 4: x, y, size, angle)
     local/seg-<n>.desc.npy      descriptors of that write (sum of counts x D): uint8 (SIFT, binary kinds) or
                                 float16 (learned kinds: ALIKED, DISK, XFeat)
@@ -37,6 +39,10 @@ CREATE TABLE IF NOT EXISTS entries (
     scale REAL NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pairs (
+    a TEXT NOT NULL, b TEXT NOT NULL, tag TEXT NOT NULL, sa INTEGER NOT NULL, sb INTEGER NOT NULL,
+    inliers INTEGER NOT NULL, PRIMARY KEY (a, b, tag)
+);
 """
 
 
@@ -63,6 +69,7 @@ class LocalStore:
             if row is not None and json.loads(row[0]) != sig:  # made by another extractor: start over
                 with transaction(conn):
                     conn.execute("DELETE FROM entries")
+                    conn.execute("DELETE FROM pairs")
                 for p in root.glob("seg-*.npy"):
                     p.unlink()
             with transaction(conn):
@@ -74,7 +81,11 @@ class LocalStore:
         root = Path(root)
         if not (root / "entries.sqlite").is_file():
             raise StoreError(f"no local features at {root} (build the store with local.enabled=true)")
-        return cls(root, connect(root / "entries.sqlite"))
+        conn = connect(root / "entries.sqlite")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='pairs'").fetchone() is None:
+            with lock(root):  # a store from before the pairs were kept
+                conn.executescript(_SCHEMA)
+        return cls(root, conn)
 
     @classmethod
     def open_if_exists(cls, root: str | Path) -> LocalStore | None:
@@ -140,6 +151,38 @@ class LocalStore:
             "signature": self.signature,
         }
 
+    def pair_inliers(self, pairs: Sequence[tuple[str, str]], tag: str) -> dict[tuple[str, str], int]:
+        """The kept inliers of those ``(a, b)`` pairs verified under ``tag`` (the verifier's settings) whose
+        features have not changed since (a photo re-added or compacted since gets verified again)."""
+        out: dict[tuple[str, str], int] = {}
+        wanted = set(pairs)
+        for part in chunks(sorted({a for a, _ in pairs})):
+            q = (
+                "SELECT p.a, p.b, p.inliers FROM pairs p "
+                "JOIN entries ea ON ea.key = p.a AND ea.segment = p.sa "
+                "JOIN entries eb ON eb.key = p.b AND eb.segment = p.sb "
+                f"WHERE p.tag = ? AND p.a IN ({','.join('?' * len(part))})"
+            )
+            for a, b, n in self._conn.execute(q, [tag, *part]):
+                if (a, b) in wanted:
+                    out[(a, b)] = int(n)
+        return out
+
+    def keep_pair_inliers(self, inliers: Mapping[tuple[str, str], int], tag: str) -> None:
+        """Keep the inliers of verified pairs of stored photos (see :meth:`pair_inliers`)."""
+        keys = sorted({k for pair in inliers for k in pair})
+        segment: dict[str, int] = {}
+        for part in chunks(keys):
+            q = f"SELECT key, segment FROM entries WHERE key IN ({','.join('?' * len(part))})"
+            segment.update(self._conn.execute(q, list(part)))
+        rows = [
+            (a, b, tag, segment[a], segment[b], int(n))
+            for (a, b), n in inliers.items()
+            if a in segment and b in segment
+        ]
+        with lock(self.root), transaction(self._conn):
+            self._conn.executemany("INSERT OR REPLACE INTO pairs VALUES (?,?,?,?,?,?)", rows)
+
     # -- writes --------------------------------------------------------------------------------
     def add(self, keys: Sequence[str], features: Sequence[LocalFeatures]) -> int:
         """Store features of ``keys`` in one atomic write (an existing key is replaced)."""
@@ -181,9 +224,9 @@ class LocalStore:
         with lock(self.root), transaction(self._conn):
             n = 0
             for part in chunks(list(keys)):
-                n += self._conn.execute(
-                    f"DELETE FROM entries WHERE key IN ({','.join('?' * len(part))})", list(part)
-                ).rowcount
+                marks = ",".join("?" * len(part))
+                n += self._conn.execute(f"DELETE FROM entries WHERE key IN ({marks})", list(part)).rowcount
+                self._conn.execute(f"DELETE FROM pairs WHERE a IN ({marks}) OR b IN ({marks})", list(part) * 2)
         return n
 
     def compact(self) -> None:

@@ -15,6 +15,7 @@ from ..data import ImageError, load_image
 from ..index import StoreError
 from ..retrieval.category import StoreCategories, category_first
 from ..retrieval.config import CategoryConfig, ExpansionConfig
+from ..retrieval.pairs import stored_pair_inliers
 from ..retrieval.rerank import query_variants, rerank_shortlist
 from ..retrieval.search import ExpandedSearch, rank
 from ..retrieval.verification import draw_matches
@@ -109,10 +110,19 @@ class Searching:
         cached = self._expanded.get(key)
         if cached is None or cached.generation != self.ctx.store.generation:
             cached = self._expanded[key] = ExpandedSearch(
-                self.ctx.store, self.ctx.config.expansion, splits, vote_k=self.ctx.recognition_config.k
+                self.ctx.store,
+                self.ctx.config.expansion,
+                splits,
+                vote_k=self.ctx.recognition_config.k,
+                pair_inliers=self.stored_pair_inliers if self.ctx.has_local_features else None,
+                min_inliers=self.ctx.config.rerank.verified_inliers,
             )
             log.info("augmented %d photos for DBA / alpha-QE", len(cached.keys))
         return cached
+
+    def stored_pair_inliers(self, keys: Sequence[str], neighbours: Sequence[Sequence[str]]) -> np.ndarray:
+        """Local-feature inliers of stored photos with their stored neighbours (kept in the store once verified)."""
+        return stored_pair_inliers(self.ctx.verifier, keys, neighbours)
 
     def categories(self) -> StoreCategories:
         """Confident landmarks of stored photos and queries for the category re-rank (one per store generation)."""

@@ -55,12 +55,15 @@ class ExpansionConfig:
     dba: bool = True  # both on: chosen on the validation split of train
     qe: bool = True  #   (benchmarks/retrieval_validation.py); used by search and evaluate
     shortlist: int = 300  # neighbours among which verified ones are counted (M) and moved up
-    verify: str = "vote+threshold"  # how M is found without a local-feature verifier: none | vote | threshold |
-    #   vote+threshold (same predicted landmark and similarity above threshold)
+    verify: str = "vote+threshold"  # how M is found: none | vote | threshold | vote+threshold (same predicted
+    #   landmark and similarity above threshold) | inliers (local-feature inliers, DBA only: what calibration
+    #   falls back to where the store has too few labelled photos to validate the others)
     threshold: float = 0.5  # cosine similarity above which a neighbour counts as verified (verify=threshold,
     #   vote+threshold); `landmark calibrate` refits it for vote+threshold
     qe_weights: str = "rank"  # rank: (N - x) / N (eq. 4) | alpha: similarity ** alpha
     alpha: float = 3.0
+    inlier_k: int = 10  # verify=inliers: the nearest neighbours of each stored photo checked with local features;
+    #   rerank.verified_inliers of them make a neighbour verified (the pairs' inliers are kept in STORE/local)
     search_max: int = 20000  # `search` expands by default on exact stores up to this many photos
     #   (DBA costs N^2 dot products, once per store generation)
 
@@ -79,7 +82,7 @@ class CategoryConfig:
 
 VERIFICATION_MODELS = ("homography", "fundamental", "affine")  # landmark.retrieval.verification
 MATCHERS = ("mnn", "lightglue", "lighterglue")  # landmark.retrieval.glue
-VERIFIERS = ("none", "vote", "threshold", "vote+threshold")  # landmark.retrieval.expansion
+VERIFIERS = ("none", "vote", "threshold", "vote+threshold", "inliers")  # landmark.retrieval.expansion
 QE_WEIGHTS = ("rank", "alpha")
 
 
@@ -106,7 +109,10 @@ def check_rerank(cfg: RerankConfig, where: str = "rerank") -> None:
 
 def check_expansion(cfg: ExpansionConfig, where: str = "expansion") -> None:
     check_values(
-        cfg, {"verify": VERIFIERS, "qe_weights": QE_WEIGHTS}, {"shortlist": 1, "search_max": 0}, prefix=f"{where}."
+        cfg,
+        {"verify": VERIFIERS, "qe_weights": QE_WEIGHTS},
+        {"shortlist": 1, "search_max": 0, "inlier_k": 1},
+        prefix=f"{where}.",
     )
 
 

@@ -21,7 +21,9 @@ verifier (``verified=None``, ``expansion.verify=none``) every neighbour counts a
 unverified DBA / QE over the 10 / 3 nearest, which helps where landmarks have many photos and hurts
 where they have few.
 :func:`vote_verified` and :func:`threshold_verified` make ``verified`` from predicted labels and/or a
-similarity threshold (fitted on a validation split) when no local-feature verifier is configured.
+similarity threshold (fitted on a validation split); :func:`inlier_verifier` from the local-feature
+inliers of each photo with its nearest neighbours (``verify="inliers"``: no label and no fitted
+threshold, what a store too small to validate the others falls back to).
 
 Everything here is pure numpy plus FAISS exact search over the given arrays.
 """
@@ -43,6 +45,8 @@ SHORTLIST = 300
 # (for when the lists are computed here, e.g. QE against the augmented database).
 Verified = np.ndarray | Callable[[np.ndarray, np.ndarray], np.ndarray] | None
 QeWeights = Literal["rank", "alpha"]  # ExpansionConfig.qe_weights (checked against QE_WEIGHTS)
+# neighbour lists (Q x K database indices, -1 = none) -> their local-feature inliers, Q x K (-1 / 0: none)
+PairInliers = Callable[[np.ndarray], np.ndarray]
 
 
 def n_neighbours(m: np.ndarray | int, low: int, high: int) -> np.ndarray:
@@ -192,13 +196,31 @@ def vote_verified(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.
     return (nl == q) & (q >= 0) & (nl >= 0)
 
 
+def inlier_verifier(pair_inliers: PairInliers | None, k: int, min_inliers: int) -> Verified:
+    """Neighbours verified by local features: among the first ``k`` of each list (``k + 1`` columns, as a
+    database photo's own list starts with itself), those with at least ``min_inliers`` inliers
+    (``pair_inliers`` counts them for the lists it is given). Without ``pair_inliers`` (no local
+    features) nothing is verified, so every photo keeps its own descriptor."""
+
+    def verified(sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx).reshape(len(idx), -1)
+        mask = np.zeros(idx.shape, dtype=bool)
+        cols = min(int(k) + 1, idx.shape[1])
+        if pair_inliers is not None and cols and len(idx):
+            mask[:, :cols] = np.asarray(pair_inliers(idx[:, :cols])) >= min_inliers
+        return mask & (idx >= 0)
+
+    return verified
+
+
 def uses_votes(ec: ExpansionConfig) -> bool:
     """Whether ``ec.verify`` needs each photo's predicted landmark."""
     return ec.verify in ("vote", "vote+threshold")
 
 
 def label_verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels: np.ndarray | None) -> Verified:
-    """The verifier ``ec.verify`` names, as a function of a (sims, idx) neighbour list.
+    """The verifier ``ec.verify`` names, as a function of a (sims, idx) neighbour list (``inliers``: none
+    here, as labels and similarities verify nothing then; see :func:`inlier_verifier`).
 
     ``vote``: the neighbour's predicted landmark (``db_labels[idx]``) equals the row's own
     (``own_labels``); ``threshold``: similarity above ``ec.threshold``; ``vote+threshold``: both
@@ -209,6 +231,8 @@ def label_verifier(ec: ExpansionConfig, own_labels: np.ndarray | None, db_labels
         raise ValueError(f"expansion.verify must be one of {', '.join(VERIFIERS)}, got {ec.verify!r}")
     if ec.verify == "none":
         return None
+    if ec.verify == "inliers":
+        return lambda sims, idx: np.zeros(np.shape(idx), dtype=bool)
     if ec.verify == "threshold":
         return lambda sims, idx: threshold_verified(sims, ec.threshold)
     db_labels = np.asarray(db_labels)

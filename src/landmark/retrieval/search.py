@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -12,7 +12,10 @@ import numpy as np
 from ..index.store import Store
 from ..recognition.knn import voted_labels
 from .config import ExpansionConfig
-from .expansion import QeWeights, dba, label_verifier, query_expansion, uses_votes
+from .expansion import QeWeights, dba, inlier_verifier, label_verifier, query_expansion, uses_votes
+
+# stored keys, and a list of stored neighbour keys for each -> their local-feature inliers (rows padded with -1)
+StoredPairInliers = Callable[[Sequence[str], Sequence[Sequence[str]]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,22 @@ class ExpandedSearch:
     eq. (1)/(3)) when its landmark matches the query's predicted one (``vote+threshold``: and it is
     more similar than ``ec.threshold``): a labelled photo's landmark is
     its label, an unlabelled photo's and a query's are the top-``vote_k`` vote among the store's
-    labelled photos (what recognition predicts). This is what ``landmark evaluate`` measures
-    (``index`` as the database, ``train`` voting).
+    labelled photos (what recognition predicts). With ``ec.verify="inliers"`` a database photo's
+    neighbour is verified by ``pair_inliers`` (at least ``min_inliers`` local-feature inliers among its
+    ``ec.inlier_k`` nearest); queries then have no verified neighbour, so alpha-QE leaves them as they
+    are. This is what ``landmark evaluate`` measures (``index`` as the database, ``train`` voting).
     """
 
-    def __init__(self, store: Store, ec: ExpansionConfig, splits: Sequence[str] | None = None, vote_k: int = 5):
+    def __init__(
+        self,
+        store: Store,
+        ec: ExpansionConfig,
+        splits: Sequence[str] | None = None,
+        vote_k: int = 5,
+        *,
+        pair_inliers: StoredPairInliers | None = None,
+        min_inliers: int = 8,
+    ):
         self.store, self.ec, self.vote_k = store, ec, vote_k
         self.generation = store.generation
         self.splits = tuple(sorted(splits)) if splits else None
@@ -61,7 +75,20 @@ class ExpandedSearch:
             own[unlabelled] = self.vote(vectors[unlabelled])
             self.labels = own
         if ec.dba and len(self.keys):
-            vectors = dba(vectors, label_verifier(ec, self.labels, self.labels), shortlist=ec.shortlist)
+            verified = label_verifier(ec, self.labels, self.labels)
+            if ec.verify == "inliers":
+                keys = self.keys
+
+                def inliers(idx: np.ndarray) -> np.ndarray:
+                    assert pair_inliers is not None
+                    lists = [[keys[j] for j in row if j >= 0] for row in idx]
+                    out = np.full(idx.shape, -1, np.int32)
+                    got = np.asarray(pair_inliers(keys, lists))
+                    out[:, : got.shape[1]] = got
+                    return out
+
+                verified = inlier_verifier(inliers if pair_inliers else None, ec.inlier_k, min_inliers)
+            vectors = dba(vectors, verified, shortlist=ec.shortlist)
         self.vectors = vectors
         self.index = faiss.IndexFlatIP(store.dim)
         self.index.add(np.ascontiguousarray(vectors))
