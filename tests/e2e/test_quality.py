@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -16,6 +17,7 @@ from landmark.cli import app
 from landmark.config import RecognitionConfig, load_config
 from landmark.data.manifests import read_gldv2
 from landmark.evaluation.quality import run_suite
+from landmark.retrieval.expansion import knn as expansion_knn
 
 runner = CliRunner()
 GLOBAL_ONLY = ["local.enabled=false", "rerank.enabled=false"]
@@ -130,3 +132,27 @@ def test_quality_suite_reports_every_set_side_by_side(mini_gldv2, fast_overrides
     assert labelled["gap"] is not None and labelled["knn_gap"] is not None
     assert any(c["rule"] == "pipeline GAP >= kNN-only GAP" for c in labelled["checks"])
     assert bare["gap"] is None and "recognition" in bare["skipped"]
+
+
+@pytest.mark.slow
+@pytest.mark.real_minimums
+def test_too_few_labels_fall_back_to_dba_verified_by_local_features(mini_gldv2, fast_overrides, tmp_path):
+    data = _one_photo_per_landmark(mini_gldv2, tmp_path / "one-each")
+    lm, _ = Landmarks.build(data, tmp_path / "store", load_config(overrides=fast_overrides), progress=False)
+    fitted = lm.calibrate(progress=False)["expansion"]
+    # nothing labelled validates a vote or a similarity threshold; local-feature inliers need neither
+    assert (fitted["dba"], fitted["qe"], fitted["verify"]) == (True, False, "inliers")
+    assert "local features only" in fitted["decision"] and "safe default" in fitted["decision"]
+    reopened = Landmarks.open(tmp_path / "store", warm=False)
+    assert reopened.store.config.expansion.verify == "inliers" and reopened.store.config.expansion.dba
+    expanded = reopened.searching.expanded_search(["index"])
+    plain = reopened.store.vectors(expanded.keys)
+    moved = np.flatnonzero(np.abs(expanded.vectors - plain).max(axis=1) > 1e-4)
+    assert 0 < len(moved) < len(plain)  # some photos verified a neighbour; the rest keep their descriptors
+    keys = [expanded.keys[i] for i in moved[:3]]
+    sims, idx = expansion_knn(plain, plain, 11)
+    got = reopened.searching.stored_pair_inliers(keys, [[expanded.keys[j] for j in idx[i]] for i in moved[:3]])
+    assert (got >= reopened.config.rerank.verified_inliers).any(axis=1).all()  # each moved one has a verified one
+    # a second calibration (e.g. after labelled photos came) starts from the configured verifier, not the fallback
+    again = reopened.calibrate(progress=False)["expansion"]
+    assert again["configured"]["verify"] == "vote+threshold"

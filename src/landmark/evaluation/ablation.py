@@ -93,6 +93,8 @@ def ablation(
             else f"the store's vectors are whitened already ({config.whitening.kind})",
         )
     verify = f"verify={ec.verify}" + (f" (similarity > {ec.threshold:.2f})" if "threshold" in ec.verify else "")
+    if ec.verify == "inliers":  # this table works on vectors alone: the submitted ranking's rows measure it
+        verify += " (local features not verified here: nothing joins)"
     if not (ec.dba or ec.qe):  # calibration switched them off: these rows say what they would have done
         verify = f"off in the submitted ranking (what it would do: {verify})"
     add("+ DBA", score(retrieve(space, ec, dba_on=True, qe_on=False, k=k)), verify)

@@ -131,6 +131,16 @@ def validation_info(found: Validation | None, seed: int, prior_source: str) -> d
     }
 
 
+def configured_expansion(ec: ExpansionConfig, report: Mapping[str, Any]) -> ExpansionConfig:
+    """``ec`` as configured before the safe default of an earlier calibration (its ``report``) replaced
+    it: a store that had too few labelled photos then is validated again with its own settings."""
+    if "configured" in report:
+        return dataclasses.replace(ec, **report["configured"])
+    if "(safe default)" in str(report.get("decision", "")):  # kept before the report named them: the defaults
+        return dataclasses.replace(ec, dba=ExpansionConfig.dba, qe=ExpansionConfig.qe)
+    return ec
+
+
 def calibrate_expansion(
     lm: Parts,
     *,
@@ -147,18 +157,28 @@ def calibrate_expansion(
     store (only when the store's own ``expansion.verify`` is the one it was decided for). None where
     the configuration expands nothing. ``validation``: the :func:`store_validation` of these
     ``train_ids`` / ``seed``, if already made."""
-    ec = lm.ctx.config.expansion
+    store = lm.ctx.store
+    before = store.meta_value(EXPANSION_META) or {}
+    ec = configured_expansion(lm.ctx.config.expansion, before)
     if not (ec.dba or ec.qe):
         return None
     found = validation or store_validation(lm, train_ids=train_ids, seed=seed)
     why = too_few_to_validate(found)
     report: dict[str, Any] = {"verify": ec.verify, "threshold": ec.threshold, "trials": []}
     if why is not None or found is None:  # (no validation: why says so)
-        fitted = dataclasses.replace(ec, dba=False, qe=False)
+        report["configured"] = {"dba": ec.dba, "qe": ec.qe, "verify": ec.verify}
+        if ec.dba and lm.ctx.has_local_features:  # local features verify without labels or a fitted threshold
+            fitted = dataclasses.replace(ec, dba=True, qe=False, verify="inliers")
+            needs = f">= {lm.ctx.config.rerank.verified_inliers} inliers among the {ec.inlier_k} nearest"
+            decision = f"DBA verified by local features only ({needs}), alpha-QE off (safe default): {why}"
+        else:
+            fitted = dataclasses.replace(ec, dba=False, qe=False)
+            decision = f"DBA and alpha-QE off (safe default): {why}"
         report |= {
-            "dba": False,
-            "qe": False,
-            "decision": f"DBA and alpha-QE off (safe default): {why}",
+            "verify": fitted.verify,
+            "dba": fitted.dba,
+            "qe": fitted.qe,
+            "decision": decision,
             "validation": validation_info(found, seed, lm.ctx.prior_source),
         }
     else:
@@ -184,13 +204,16 @@ def calibrate_expansion(
             "validation": validation_info(found, seed, lm.ctx.prior_source),
         }
     lm.searching.set_expansion_config(fitted)
-    store = lm.ctx.store
-    if write and store.config.expansion.verify == ec.verify:
+    if write and configured_expansion(store.config.expansion, before).verify == ec.verify:
         store.update_config(
             dataclasses.replace(
                 store.config,
                 expansion=dataclasses.replace(
-                    store.config.expansion, threshold=fitted.threshold, dba=fitted.dba, qe=fitted.qe
+                    store.config.expansion,
+                    threshold=fitted.threshold,
+                    dba=fitted.dba,
+                    qe=fitted.qe,
+                    verify=fitted.verify,
                 ),
             )
         )

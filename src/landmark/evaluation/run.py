@@ -341,7 +341,13 @@ def retrieval_stages(
     }
     ec = config.expansion
     notes = {
-        "+ DBA": f"verify={ec.verify}" + (f", similarity > {ec.threshold:.2f}" if "threshold" in ec.verify else ""),
+        "+ DBA": f"verify={ec.verify}"
+        + (f", similarity > {ec.threshold:.2f}" if "threshold" in ec.verify else "")
+        + (
+            f", >= {config.rerank.verified_inliers} inliers among {ec.inlier_k} nearest"
+            if ec.verify == "inliers"
+            else ""
+        ),
         "+ alpha-QE": f"weights={ec.qe_weights}",
         "+ spatial re-rank": f"{config.rerank.model}, >= {config.rerank.min_inliers} inliers",
         "+ category re-rank": f"best similarity > {config.category.min_similarity:.2f}",
