@@ -9,56 +9,23 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import landmark.pipeline.building as building
-import landmark.pipeline.context as context
 from landmark.api import Landmarks
 from landmark.cli import app
 from landmark.config import load_config
 from landmark.data import DatasetError
-from landmark.features import ExtractionResult
 from landmark.index import Store
+from stand_ins import ContentExtractor, use_content_extractor
 
-DIM = 8
 CONFIG = ["local.enabled=false", "whitening.kind=none"]
-
-
-class ContentExtractor:
-    """A stand-in extractor: each photo's vector is a function of its file's bytes; records what it read."""
-
-    def __init__(self):
-        self.dim = DIM
-        self.read: list[str] = []
-
-    @property
-    def signature(self):
-        return {"model": {"backbone": "content-test"}, "dim": DIM}
-
-    @staticmethod
-    def vector(path) -> np.ndarray:
-        seed = int.from_bytes(hashlib.sha256(Path(path).read_bytes()).digest()[:4], "little")
-        v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-        return v / np.linalg.norm(v)
-
-    def extract(self, items, **kw) -> ExtractionResult:
-        self.read += [it.id for it in items]
-        return ExtractionResult(
-            [it.id for it in items],
-            np.stack([self.vector(it.path) for it in items]) if items else np.zeros((0, DIM), np.float32),
-        )
 
 
 @pytest.fixture
 def extractor(monkeypatch) -> ContentExtractor:
-    fake = ContentExtractor()
-    monkeypatch.setattr(building, "build_extractor", lambda *a, **kw: fake)
-    for module in (building, context):
-        monkeypatch.setattr(module, "attach_prior", lambda *a, **kw: None)  # no ImageNet head on the stand-in
-    return fake
+    return use_content_extractor(monkeypatch)
 
 
 def photo(path: Path, colour: tuple[int, int, int]) -> Path:

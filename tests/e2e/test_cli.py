@@ -73,9 +73,10 @@ def test_recognize_photo_and_bad_files(mini_store, eiffel_query, tmp_path):
     assert "4 photo(s) could not be read" in err
     assert "zero.jpg: empty file" in err and "notes.jpg: not a recognised image format" in err
     assert "cut.jpg: truncated" in err and "missing.jpg: " in err
-    # every photo unreadable: no table, a failing status
+    # every photo unreadable: no row (piped, the header of the tab-separated rows alone), a failing status
     result = run("recognize", tmp_path / "zero.jpg", "--store", mini_store)
-    assert result.exit_code == 1 and "empty file" in result.stderr and "landmark" not in result.stdout
+    assert result.exit_code == 1 and "empty file" in result.stderr
+    assert result.stdout.splitlines() == ["photo\tlandmark_id\tlandmark\tscore\tgrade\tvotes\tpath"]
 
 
 def test_search_reports_unreadable_query(mini_store, tmp_path):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .app import (
@@ -21,7 +22,7 @@ from .app import (
     options_config,
     out,
 )
-from .output import GET_DATA_HELP, print_ablation, print_recognition_ablation
+from .output import get_data_help, print_ablation, print_recognition_ablation
 
 
 @friendly
@@ -56,10 +57,11 @@ def evaluate(
 ):
     """Build the store from train + index, answer the test queries, print GAP / accuracy / mAP@100 (what the
     dataset allows: a collection without labels is scored for retrieval only) and what calibration decided."""
+    from ..data.manifests import is_gldv2
     from ..evaluation.run import evaluate_gldv2, parse_landmark_ids
 
-    if not data.exists():
-        err.print(f"[red]no dataset at {data}[/]\n{GET_DATA_HELP}")
+    if not is_gldv2(data):
+        err.print(f"[red]error:[/] {escape(get_data_help(data))}", highlight=False)
         raise typer.Exit(2)
     try:
         focused = parse_landmark_ids(focus or "")

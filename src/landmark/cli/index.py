@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, astuple
 from pathlib import Path
 
 import typer
@@ -20,7 +21,15 @@ from .app import (
     options_config,
     out,
 )
-from .output import calibration_summary, print_failures, print_renamed, renamed_note
+from .output import (
+    calibration_summary,
+    output_format,
+    print_failures,
+    print_json,
+    print_renamed,
+    print_rows,
+    renamed_note,
+)
 
 
 @friendly
@@ -76,10 +85,12 @@ def index_build(
     print_failures(report.failures)
     print_renamed(report.renamed)
     info = lm.store.info()
+    filled = sum(report.filled.values())
     out.print(
         f"[green]store[/] {store}: {info['images']} photos ({info['labelled']} labelled, "
         f"{info['landmarks']} landmarks), added {sum(report.added.values())}{renamed_note(report.renamed)}, "
-        f"already present {sum(report.skipped.values())}, skipped {len(report.failures)} unreadable"
+        f"already present {sum(report.skipped.values()) - filled}, skipped {len(report.failures)} unreadable"
+        + (f", filled in local features of {filled} photos that lacked them" if filled else "")
     )
     if calibrate or (calibrate is None and info["labelled"] and lm.store.meta_value(CALIBRATION_META) is None):
         try:
@@ -103,19 +114,48 @@ def index_add(
         "--split",
         help="Tag stored with the photos; 'distractors' = known non-landmarks for the distractor filter.",
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON: the counts and, under 'photos', each photo's path, id, status and note."
+    ),
+    as_csv: bool = typer.Option(
+        False,
+        "--csv",
+        help="Print CSV: path,id,status,note, one row per photo (status: added, present, filled or unreadable).",
+    ),
     device: str | None = DeviceOpt,
     progress: bool | None = ProgressOpt,
 ):
-    """Add photos to a store (ids are the file names)."""
+    """Add photos to a store (ids are the file names). Re-running it after an interrupted add finishes it:
+    stored photos that lack local features get them ("filled in")."""
     from ..api import Landmarks
 
+    fmt = output_format(as_json, as_csv)
     lm = Landmarks.open(store, device=device, warm=False)
     report = lm.add_photos(photos, landmark_id=landmark_id, split=split, name=name, progress=progress)
     print_failures(report.failures)
+    added, present, filled = (sum(d.values()) for d in (report.added, report.skipped, report.filled))
+    if fmt == "json":
+        print_json(
+            {
+                "added": added,
+                "present": present - filled,
+                "filled": filled,
+                "unreadable": sum(p.status == "unreadable" for p in report.photos),
+                "renamed": len(report.renamed),
+                "store_images": len(lm.store),
+                "photos": [asdict(p) for p in report.photos],
+            }
+        )
+        return
+    if fmt == "csv":
+        print_rows(("path", "id", "status", "note"), [astuple(p) for p in report.photos], fmt)
+        return
     print_renamed(report.renamed)
     out.print(
-        f"added {sum(report.added.values())} photos{renamed_note(report.renamed)}, "
-        f"{sum(report.skipped.values())} already present (same id, same content); store now holds {len(lm.store)}"
+        f"added {added} photos{renamed_note(report.renamed)}, {present - filled} already present (same id, "
+        f"same content)"
+        + (f", filled in local features of {filled} photos that lacked them" if filled else "")
+        + f"; store now holds {len(lm.store)}"
     )
 
 
@@ -203,9 +243,19 @@ def index_remove(ids: list[str] = typer.Argument(..., help="Ids of stored photos
 
 @friendly
 def index_info(store: Path = StoreOpt):
-    """Show what a store holds, which model made it, and which stages its calibration switched on or off and why."""
+    """Show what a store holds (JSON): photos, which model made it, its local features (``missing``: stored photos
+    without any), and which stages its calibration switched on or off and why."""
     from ..evaluation.calibration import store_calibration_decisions
     from ..index import Store
+    from ..index.local import local_coverage
 
     with Store.open(store) as st:
-        out.print_json(json.dumps(st.info() | {"calibration": store_calibration_decisions(st)}))
+        local = local_coverage(st)
+        out.print_json(
+            json.dumps(st.info() | {"local_features": local, "calibration": store_calibration_decisions(st)})
+        )
+    if local and local["missing"]:
+        err.print(
+            f"[yellow]{local['missing']} stored photo(s) have no local features[/] (an interrupted add or build?): "
+            "run that `landmark index add` or `landmark index build` again to fill them in"
+        )

@@ -183,13 +183,22 @@ def serve(
     set_: list[str] | None = typer.Option(
         None, "--set", help="Service setting, e.g. --set max_upload_bytes=10000000 (repeatable)."
     ),
+    access_log: bool | None = typer.Option(
+        None,
+        "--access-log/--no-access-log",
+        help="Log each request (uvicorn's access log, on stdout; default: the access_log service setting, on).",
+    ),
     device: str | None = DeviceOpt,
 ):
-    """Serve the store over HTTP: the web page at /, the JSON API (docs at /docs), metrics at /metrics."""
+    """Serve the store over HTTP: the web page at /, the JSON API (docs at /docs), metrics at /metrics;
+    each request is logged on stdout (--no-access-log: not)."""
     import uvicorn
 
     from ..service import create_app, load_settings
 
-    web = create_app(store, load_settings(set_ or []), device=device)
+    settings = load_settings(set_ or [])
+    if access_log is not None:
+        settings.access_log = access_log
+    web = create_app(store, settings, device=device)
     out.print(f"serving {store} on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
-    uvicorn.run(web, host=host, port=port, log_level="warning")
+    uvicorn.run(web, host=host, port=port, log_level="info", access_log=settings.access_log)

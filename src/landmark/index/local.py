@@ -30,7 +30,7 @@ import numpy as np
 from ..features.local import LocalFeatures
 from ..utils.io import atomic_path
 from .sqlite import chunks, connect, lock, transaction
-from .store import StoreError
+from .store import Store, StoreError
 
 LOCAL_DIR = "local"
 _SCHEMA = """
@@ -252,6 +252,19 @@ class LocalStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def local_coverage(store: Store) -> dict[str, Any] | None:
+    """What the local features of ``store`` cover: :meth:`LocalStore.info` and ``missing``, how many
+    stored photos have none (an add or build interrupted between its two writes, imported vectors, a
+    photo whose local features could not be made); None for a store that keeps no local features."""
+    local = LocalStore.open_if_exists(store.root / LOCAL_DIR)
+    if local is None:
+        if not store.config.local.enabled:
+            return None
+        return {"images": 0, "keypoints": 0, "mean_keypoints": 0.0, "bytes_on_disk": 0, "missing": len(store)}
+    with local:
+        return local.info() | {"missing": len(store) - len(local.present(store.keys()))}
 
 
 def _seg_name(seg: int, part: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config, check, load_config
-from ..data import Manifest, read_dataset, read_photos
+from ..data import DatasetError, Manifest, read_dataset, read_photos
 from ..data.manifests import ImageRecord, check_split_ids, has_gldv2_split, is_gldv2, read_gldv2
 from ..distributed import extract_distributed
 from ..features.engine import STORE_ENGINES_DIR
@@ -39,8 +39,8 @@ from ..recognition.holdout import validation_holdout
 from ..recognition.setup import attach_prior, priors_stale, record_groups
 from ..utils.progress import progress_bar
 from .context import StoreContext
-from .placement import content_or_none, place
-from .results import BuildReport
+from .placement import Placement, content_or_none, place
+from .results import BuildReport, PhotoOutcome
 
 log = logging.getLogger(__name__)
 
@@ -115,31 +115,84 @@ def build_store(
     ``ray`` (a :class:`landmark.distributed.RayConfig`) spreads the extraction over Ray actors.
     A GLDv2 root whose splits share photo ids is refused before any work (:func:`check_split_ids`);
     a resumed build skips the photos already stored (same file or same content, see
-    :meth:`Building.add_manifest`).
+    :meth:`Building.add_manifest`). A build that makes the store and stores no photo (a missing or
+    empty folder, no readable photo, any error before the first photo is stored) raises and leaves
+    nothing behind: no empty store that would later open as a valid one (:func:`discard_unbuilt`).
     """
-    root = Path(data)
+    root, store_dir = Path(data), Path(store_dir)
     config = check(config) if config is not None else load_config()
-    if is_gldv2(root):  # before any extraction: a shared id would drop one of its two photos
-        check_split_ids(root, splits or default_splits(root), queries=("test",))
-    base = None  # the network the whitening was learned with serves the store too: built once
-    if config.whitening.kind != "none":
-        base = learn_whitening(
-            root,
-            Path(store_dir),
-            config,
-            splits or default_splits(root),
-            device=device,
-            overwrite=overwrite,
-            progress=progress,
-        )
-    ctx = create_store(store_dir, config, device=device, overwrite=overwrite, base=base)
-    ctx.ray = ray
-    building, report = Building(ctx), BuildReport()
-    for split in splits or default_splits(root):
-        manifest = dataset_manifest(root, split)
-        ctx.store.set_label_names(manifest.label_names)
-        building.add_manifest(manifest, split=split, progress=progress, report=report)
+    new_store = not (store_dir / "meta.sqlite").exists()  # this build makes the store (else finishes or replaces one)
+    before = {p.name for p in store_dir.iterdir()} if store_dir.is_dir() else None
+    ctx: StoreContext | None = None
+    try:
+        if is_gldv2(root):  # before any extraction: a shared id would drop one of its two photos
+            check_split_ids(root, splits or default_splits(root), queries=("test",))
+        base = None  # the network the whitening was learned with serves the store too: built once
+        if config.whitening.kind != "none":
+            base = learn_whitening(
+                root,
+                store_dir,
+                config,
+                splits or default_splits(root),
+                device=device,
+                overwrite=overwrite,
+                progress=progress,
+            )
+        ctx = create_store(store_dir, config, device=device, overwrite=overwrite, base=base)
+        ctx.ray = ray
+        building, report = Building(ctx), BuildReport()
+        for split in splits or default_splits(root):
+            manifest = dataset_manifest(root, split)
+            ctx.store.set_label_names(manifest.label_names)
+            building.add_manifest(manifest, split=split, progress=progress, report=report)
+        if new_store and not len(ctx.store):
+            bad = report.failures
+            raise DatasetError(
+                f"{root}: no photo could be read, so no store was made"
+                + (f"; {len(bad)} unreadable: " + "; ".join(f"{f.path}: {f.reason}" for f in bad[:3]) if bad else "")
+                + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+            )
+    except BaseException:
+        if new_store:
+            if ctx is not None:
+                ctx.close()
+            discard_unbuilt(store_dir, before)
+        raise
+    assert ctx is not None  # made in the try
     return ctx, report
+
+
+def discard_unbuilt(store_dir: Path, before: set[str] | None) -> bool:
+    """Remove what a failed build that was making the store at ``store_dir`` left there, unless it is
+    worth resuming (photos stored, extraction chunks or a learned whitening kept): the directory when
+    the build made it, else the entries it added (``before``: the names that were there). Returns
+    whether anything was removed."""
+    if not store_dir.is_dir() or resumable(store_dir):
+        return False
+    if before is None:
+        shutil.rmtree(store_dir, ignore_errors=True)
+        return True
+    for path in store_dir.iterdir():
+        if path.name in before:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return True
+
+
+def resumable(store_dir: Path) -> bool:
+    """Whether re-running the build that was making ``store_dir`` would reuse anything found there."""
+    if (store_dir / WHITENING_FILE).exists() or any((store_dir / "_work").glob("**/chunk-*.npz")):
+        return True
+    if not (store_dir / "meta.sqlite").exists():
+        return False
+    try:
+        with Store.open(store_dir) as store:
+            return len(store) > 0
+    except Exception:  # noqa: BLE001 - a store that does not open (made halfway) holds nothing to resume
+        return False
 
 
 class Building:
@@ -155,13 +208,16 @@ class Building:
         *,
         progress: bool | None = None,
         report: BuildReport | None = None,
+        itemise: bool = False,
     ) -> BuildReport:
         """Extract and add the photos of ``manifest`` not yet in the store (resumable).
 
         A photo is already in the store when a stored photo has its id and its content (see
         :func:`_place`); one whose id names another stored photo is added under a new id,
         ``{id}~{first 8 hex digits of its SHA-256}``, listed in ``report.renamed`` and logged: no photo
-        is dropped for its name."""
+        is dropped for its name. Stored photos that lack local features (an add or build killed
+        between the two writes) get them, counted in ``report.filled``. ``itemise``: also list what
+        became of each photo in ``report.photos``."""
         report = report or BuildReport()
         split = split or manifest.name
         placed = place(self.ctx.store, manifest.records)
@@ -197,11 +253,23 @@ class Building:
                 "; ".join(map(str, renamed[:3])),
                 f"; and {len(renamed) - 3} more" if len(renamed) > 3 else "",
             )
+        made: list[str] = []
+        local_failures: list[Failure] = []
         if self.ctx.config.local.enabled:
             stored = set(self.ctx.store.get([r.id for r in placed.records]))
-            report.failures += self.add_local(
-                [r for r in placed.records if r.id in stored], progress=progress, description=f"local features {split}"
+            local_failures = self.add_local(
+                [r for r in placed.records if r.id in stored],
+                progress=progress,
+                description=f"local features {split}",
+                made=made,
             )
+            report.failures += local_failures
+        filled = set(made) - done
+        report.filled[split] = len(filled)
+        if filled:
+            log.info("%s: local features made for %d stored photo(s) that lacked them", split, len(filled))
+        if itemise:
+            report.photos += outcomes(manifest, placed, done, result.failures, filled, local_failures)
         return report
 
     def store_extracted(
@@ -240,10 +308,12 @@ class Building:
         progress: bool | None = None,
         description: str = "local features",
         replace: bool = True,
+        made: list[str] | None = None,
     ) -> list[Failure]:
         """Extract and store local features of stored photos that lack them (resumable). Local
         features of other settings are replaced (all of them: the caller re-extracts every photo),
-        unless ``replace`` is False: then that is a :class:`StoreError`."""
+        unless ``replace`` is False: then that is a :class:`StoreError`. The ids whose features were
+        stored are appended to ``made``."""
         extractor = self.ctx.local_extractor()
         local = self.ctx.local
         if local is None or local.signature != json.loads(json.dumps(extractor.signature)):
@@ -259,6 +329,8 @@ class Building:
 
         def sink(keys: list[str], features: list[LocalFeatures]) -> None:
             local.add(keys, features)
+            if made is not None:
+                made.extend(keys)
 
         return extract_many(extractor, todo, sink, progress=progress, description=description)
 
@@ -273,14 +345,15 @@ class Building:
     ) -> BuildReport:
         """Add photos (ids: their file names, see :func:`~landmark.data.read_photos`) under ``split``.
         One whose id names another stored photo is kept under a new id (``report.renamed``); one
-        already stored (same id, same content) is skipped (see :meth:`add_manifest`)."""
+        already stored (same id, same content) is skipped (see :meth:`add_manifest`). ``report.photos``
+        says what became of each photo."""
         manifest = read_photos(photos)
         manifest = Manifest(
             manifest.name, manifest.root, [ImageRecord(r.id, r.path, landmark_id) for r in manifest.records]
         )
         if landmark_id is not None and name:
             self.ctx.store.set_label_names({landmark_id: name})
-        return self.add_manifest(manifest, split=split, progress=progress)
+        return self.add_manifest(manifest, split=split, progress=progress, itemise=True)
 
     def import_vectors(
         self,
@@ -359,6 +432,36 @@ class Building:
         if self.ctx.local is not None:
             self.ctx.local.remove(ids)
         return self.ctx.store.remove(ids)
+
+
+def outcomes(
+    manifest: Manifest,
+    placed: Placement,
+    added: set[str],
+    failures: Sequence[Failure],
+    filled: set[str],
+    local_failures: Sequence[Failure],
+) -> list[PhotoOutcome]:
+    """What :meth:`Building.add_manifest` did with each photo of ``manifest``, in its order: ``placed``
+    where it went, ``added`` the ids stored now, ``failures`` the photos that could not be read,
+    ``filled`` the stored ids whose local features were made now, ``local_failures`` those that got none."""
+    unreadable = {f.id: f.reason for f in failures}
+    no_local = {f.id: f.reason for f in local_failures}
+    renamed = {r.new_id: r for r in placed.renamed}
+    by_path: dict[str, PhotoOutcome] = {
+        f.path: PhotoOutcome(f.path, f.id, "unreadable", f.reason) for f in placed.failures
+    }
+    for r in placed.records:
+        path = str(r.path)
+        if r.id in unreadable:
+            by_path[path] = PhotoOutcome(path, r.id, "unreadable", unreadable[r.id])
+            continue
+        status = "added" if r.id in added else "filled" if r.id in filled else "present"
+        notes = [f"its id {renamed[r.id].id!r} is taken by {renamed[r.id].reason}"] if r.id in renamed else []
+        if r.id in no_local:
+            notes.append(f"no local features: {no_local[r.id]}")
+        by_path[path] = PhotoOutcome(path, r.id, status, "; ".join(notes))
+    return [by_path[str(r.path)] for r in manifest.records if str(r.path) in by_path]
 
 
 def learn_whitening(

@@ -39,6 +39,12 @@ class StoreContext:
         if store.config.model.checkpoint and isinstance(extractor, WhitenedExtractor):
             extractor.keep_descriptors = True  # the trained head reads the queries' un-whitened descriptors
 
+    def close(self) -> None:
+        """Close the store and its local features."""
+        if self.local is not None:
+            self.local.close()
+        self.store.close()
+
     @property
     def prior_source(self) -> str:
         """Which classifier makes this store's object priors (``ImageNetPrior.source``; "own" without one)."""

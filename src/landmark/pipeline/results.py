@@ -56,12 +56,27 @@ class Renamed:
         return f"{self.path}: id {self.id!r} is taken by {self.reason}; kept as {self.new_id!r}"
 
 
+@dataclass(frozen=True)
+class PhotoOutcome:
+    """What an add did with one photo given to it (:meth:`~landmark.pipeline.Building.add_photos`)."""
+
+    path: str
+    id: str  # the id it is stored under (its new id when renamed; the id it came with when unreadable)
+    # added (stored now), present (already stored: same id, same content), filled (already stored; its missing
+    # local features made now, after an interrupted add or build) or unreadable (not stored)
+    status: str
+    note: str = ""  # why it was renamed, why it could not be read, why it has no local features
+
+
 @dataclass
 class BuildReport:
     added: dict[str, int] = field(default_factory=dict)  # split -> photos added (renamed ones included)
     skipped: dict[str, int] = field(default_factory=dict)  # split -> photos already in the store (same content)
     failures: list[Failure] = field(default_factory=list)
     renamed: list[Renamed] = field(default_factory=list)  # added under a new id: theirs was taken
+    # split -> photos already stored whose missing local features were made now (an interrupted add or build)
+    filled: dict[str, int] = field(default_factory=dict)
+    photos: list[PhotoOutcome] = field(default_factory=list)  # each photo given, in order (add_photos only)
 
 
 def query_names(photos: Sequence[Photo]) -> list[str]:

@@ -323,11 +323,18 @@ def create_app(
     # -- writes --------------------------------------------------------------------------------
     @app.post("/images", status_code=201, summary="Add a photo to the store (optionally labelled)")
     async def add_image(
+        request: Request,
         photo: UploadFile = File(...),
         landmark_id: str | None = Form(None),
         name: str | None = Form(None),
         id: str | None = Form(None),
     ) -> dict[str, Any]:
+        if (await request.form()).get("id") == "":  # which FastAPI's Form reads as absent: no id
+            raise ServiceError(
+                400,
+                "invalid id '' for a new photo: leave the id field out to get a generated id, or use 1-128 "
+                "letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
         lab = None
         if landmark_id not in (None, ""):
             try:

@@ -11,7 +11,7 @@ from ..utils.config import ConfigError, merge, parse_overrides
 
 @dataclass
 class ServiceSettings:
-    """Limits and sizes of ``landmark serve``; every upload is checked against the first two."""
+    """Limits, sizes and logging of ``landmark serve``; every upload is checked against the first two."""
 
     max_upload_bytes: int = 20 * 1024 * 1024  # one uploaded photo (the request body may add 64 KiB of form)
     max_pixels: int = 40_000_000  # width * height of an uploaded photo
@@ -27,6 +27,7 @@ class ServiceSettings:
     thumbnail_cache: int = 2048  # thumbnails kept in memory (JPEG bytes)
     uploads_dir: str = "uploads"  # under the store: photos added through POST /images
     reload_check_s: float = 2.0  # how often reads look for commits by other writers (CLI); 0 = never
+    access_log: bool = True  # `landmark serve` logs each request: uvicorn's access log, on stdout
 
     def __post_init__(self) -> None:
         for name in (
