@@ -8,7 +8,7 @@ OUT    ?= runs/demo
 # the demo also reports gldv2-mini's full-resolution landmarks on their own (none with other data)
 FOCUS  ?= $(if $(LANDMARK_DATA),,900001-900006)
 
-.PHONY: install demo test test-fast lint bench quality clean
+.PHONY: install demo demo-data test test-fast lint bench quality clean
 
 install: $(STAMP)
 
@@ -28,7 +28,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/landmark install-detector || echo "warning: the Open Images detector was not fetched (offline?): run '$(BIN)/landmark install-detector' later"
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# without a dataset, say where to get one before installing anything (landmark evaluate says it at more length)
+demo-data:
+	@test -e "$(DATA)" || { echo "make demo: no dataset at $(DATA). Get photos in one of three ways:" \
+	  "(1) LANDMARK_DATA=/path/to/gldv2 make demo, with a copy of Google Landmarks v2 in its official layout;" \
+	  "(2) after make install, .venv/bin/landmark download /path/to/gldv2 --parts 0-0 (the first TAR of each" \
+	  "split), then (1); (3) your own photos: .venv/bin/landmark index build /path/to/photos --store runs/store," \
+	  "then landmark search PHOTO --store runs/store or landmark recognize PHOTO --store runs/store." >&2; exit 2; }
+
+demo: demo-data $(STAMP)
 	$(BIN)/landmark evaluate "$(DATA)" --out $(OUT) $(if $(FOCUS),--focus $(FOCUS))
 
 test: $(STAMP)
