@@ -14,16 +14,17 @@ import ast
 import dataclasses
 import importlib
 import inspect
-import io
 import json
 import sys
-import tokenize
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
+for folder in (ROOT / "src", Path(__file__).resolve().parent):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from griffe_roles import field_comment  # noqa: E402 - the folder above is on the path now
 
 CONFIG_PAGE = "reference/configuration.md"
 CLI_PAGE = "reference/cli.md"
@@ -34,38 +35,26 @@ CLI_PAGE = "reference/cli.md"
 
 def field_comments(cls: type) -> dict[str, str]:
     """``{field: comment}`` of a dataclass, read from its source: the comment on the field's lines, and the
-    comment-only lines right below it (its continuation), joined into one sentence."""
+    comment-only lines right below it (its continuation), joined into one sentence (as the API reference reads
+    them: ``griffe_roles.field_comment``)."""
     path = inspect.getsourcefile(cls)
     assert path is not None
     source = Path(path).read_text()
-    comments: dict[int, str] = {}
-    code_lines: set[int] = set()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
-            code_lines.update(range(tok.start[0], tok.end[0] + 1))
-    node = next(
-        n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == cls.__name__
-    )
-    out: dict[str, str] = {}
-    for stmt in node.body:
-        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
-            continue
-        end = stmt.end_lineno or stmt.lineno
-        parts = [comments[i] for i in range(stmt.lineno, end + 1) if i in comments]
-        line = end + 1
-        while parts and line in comments and line not in code_lines:  # continuation of a trailing comment
-            parts.append(comments[line])
-            line += 1
-        out[stmt.target.id] = " ".join(p for p in parts if p)
-    return out
+    node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
+    lines = source.splitlines()
+    return {
+        stmt.target.id: field_comment(lines, stmt.lineno, stmt.end_lineno or stmt.lineno)
+        for stmt in node.body
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+    }
 
 
 def annotations_of(cls: type) -> dict[str, str]:
     """The fields' annotations as written in the source (``from __future__ import annotations``)."""
-    return {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            for f in dataclasses.fields(cls)}
+    return {
+        f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        for f in dataclasses.fields(cls)
+    }
 
 
 def shown(value: Any) -> str:
