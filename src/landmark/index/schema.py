@@ -22,3 +22,11 @@ CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, val
 """
 # extras: small per-photo arrays (float16) computed with the descriptor, e.g. the object prior's class-group
 # probabilities; removed with their photo.
+# The augmented vectors (DBA, landmark.index.augmented): which photos have one and where it is (part 0: in
+# their index, n > 0: in the part file n awaiting it), and the voted landmark of unlabelled photos; removed
+# with their photo, like extras.
+AUGMENTED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS augmented (row INTEGER PRIMARY KEY, part INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS augmented_part ON augmented(part);
+CREATE TABLE IF NOT EXISTS votes (row INTEGER PRIMARY KEY, label INTEGER NOT NULL);
+"""

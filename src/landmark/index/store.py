@@ -7,6 +7,8 @@ Layout::
     global-<generation>.faiss   IndexIDMap2 over exact inner product; FAISS ids = images.row
                            (compressed: IVF-PQ codes, named by position in vectors-<generation>.faiss,
                            whose rows-<generation>.npy gives each position's images.row; see ann.py)
+    augmented/             a second vector set: each photo's DBA-augmented vector and their index
+                           (augmented.py; its SQLite tables augmented / votes are in meta.sqlite)
     config.yaml            the pipeline configuration the store was built with
     .lock                  held by the one writer
 
@@ -42,7 +44,7 @@ from .ann import CompressedStoreIndex
 from .errors import SignatureMismatch, StoreError
 from .files import generation_files, index_name, rows_name, vectors_name, write_index
 from .records import ImageRow, SearchResult, StoredFile
-from .schema import SCHEMA, STORE_VERSION
+from .schema import AUGMENTED_SCHEMA, SCHEMA, STORE_VERSION
 from .sqlite import chunks, connect, lock
 from .views import GenerationViews
 from .writes import StoreWrites
@@ -66,6 +68,11 @@ class Store(StoreWrites):
                     "CREATE TABLE IF NOT EXISTS extras (row INTEGER NOT NULL, name TEXT NOT NULL, "
                     "value BLOB NOT NULL, PRIMARY KEY (row, name))"
                 )
+            except sqlite3.OperationalError:
+                pass
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='votes'").fetchone() is None:
+            try:  # stores made before augmented vectors existed (landmark.index.augmented)
+                conn.executescript(AUGMENTED_SCHEMA)
             except sqlite3.OperationalError:
                 pass
         if not self._has_content_column():
@@ -101,7 +108,7 @@ class Store(StoreWrites):
             write_index(index, root / index_name(0))
             conn = connect(root / "meta.sqlite")
             with conn:
-                conn.executescript(SCHEMA)
+                conn.executescript(SCHEMA + AUGMENTED_SCHEMA)
                 conn.executemany(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                     [
@@ -357,6 +364,19 @@ class Store(StoreWrites):
         self, queries: np.ndarray, k: int, *, labelled_only: bool = False, splits: Sequence[str] | None = None
     ) -> SearchResult:
         """Top-``k`` stored images by inner product, optionally among labelled images or some splits."""
+        scores, rows = self.search_rows(queries, k, labelled_only=labelled_only, splits=splits)
+        meta = self._row_meta(np.unique(rows[rows >= 0]).tolist())
+        keys = [[meta[r][0] if r >= 0 else None for r in row] for row in rows.tolist()]
+        labels = np.array(
+            [[(meta[r][1] if r >= 0 and meta[r][1] is not None else -1) for r in row] for row in rows.tolist()],
+            dtype=np.int64,
+        ).reshape(rows.shape)
+        return SearchResult(keys, scores, labels, rows.astype(np.int64))
+
+    def search_rows(
+        self, queries: np.ndarray, k: int, *, labelled_only: bool = False, splits: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` without the metadata: (scores, store rows), Q x ``k``, -inf / -1 where fewer."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise StoreError(f"queries must be N x {self.dim}, got shape {queries.shape}")
@@ -369,14 +389,41 @@ class Store(StoreWrites):
         else:
             assert self._index is not None  # loaded by __init__ (refresh)
             scores, rows = self._index.search(queries, k)
-        scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
-        meta = self._row_meta(np.unique(rows[rows >= 0]).tolist())
-        keys = [[meta[r][0] if r >= 0 else None for r in row] for row in rows.tolist()]
-        labels = np.array(
-            [[(meta[r][1] if r >= 0 and meta[r][1] is not None else -1) for r in row] for row in rows.tolist()],
-            dtype=np.int64,
-        ).reshape(rows.shape)
-        return SearchResult(keys, scores, labels, rows.astype(np.int64))
+        rows = np.asarray(rows, np.int64)
+        return np.where(rows >= 0, scores, -np.inf).astype(np.float32), rows
+
+    def vectors_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The stored descriptors of store ``rows`` (all stored), read in one pass."""
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return np.zeros((0, self.dim), np.float32)
+        return np.asarray(self._views.reconstruct(rows), np.float32)
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored row in order, and its landmark (-1: unlabelled), by SQL alone."""
+        got = np.array(
+            [
+                (r, -1 if lab is None else lab)
+                for r, lab in self._conn.execute("SELECT row, landmark_id FROM images ORDER BY row")
+            ],
+            np.int64,
+        ).reshape(-1, 2)
+        return got[:, 0].copy(), got[:, 1].copy()
+
+    def row_meta(self, rows: Sequence[int]) -> dict[int, tuple[str, int | None]]:
+        """``(key, landmark_id)`` of each stored one of ``rows`` (rows no longer stored are left out)."""
+        return self._row_meta(list(rows))
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the index of the generation now loaded is compressed (else it is exact)."""
+        return isinstance(self._index, CompressedStoreIndex)
+
+    @property
+    def index(self) -> faiss.Index | CompressedStoreIndex:
+        """The FAISS index of the generation now loaded (a :class:`CompressedStoreIndex` once compressed)."""
+        assert self._index is not None  # loaded by __init__ (refresh)
+        return self._index
 
     @property
     def _views(self) -> GenerationViews:

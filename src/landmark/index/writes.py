@@ -140,6 +140,9 @@ class StoreWrites:
         for part in chunks(rows):
             conn.execute(f"DELETE FROM images WHERE row IN ({','.join('?' * len(part))})", list(part))
             conn.execute(f"DELETE FROM extras WHERE row IN ({','.join('?' * len(part))})", list(part))
+            # their augmented vectors and votes go with them (landmark.index.augmented)
+            conn.execute(f"DELETE FROM augmented WHERE row IN ({','.join('?' * len(part))})", list(part))
+            conn.execute(f"DELETE FROM votes WHERE row IN ({','.join('?' * len(part))})", list(part))
         self._index.remove_ids(np.asarray(rows, dtype=np.int64))
 
     @contextmanager
