@@ -146,6 +146,7 @@ class Landmarks(Parts):
     add_photos = Delegated("building", Building.add_photos)
     import_vectors = Delegated("building", Building.import_vectors)
     remove = Delegated("building", Building.remove)
+    expand = Delegated("building", Building.expand)
     embed = Delegated("embedding", Embedding.embed)
     search = Delegated("searching", Searching.search)
     match_evidence = Delegated("searching", Searching.match_evidence)

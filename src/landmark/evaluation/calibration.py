@@ -15,14 +15,12 @@ from ..config import CategoryConfig, Config, ExpansionConfig, explicit, merge
 from ..pipeline import Parts
 from ..recognition.calibrate import CALIBRATION_META, calibrate_store
 from ..recognition.holdout import VAL_FRACTION, VAL_SEED, held_out_by_whitening, held_out_label, model_validation_ids
+from ..retrieval.expansion import EXPANSION_META
 from .spaces import Space, category_ranks, fit_threshold, retrieve, validation_space, validation_split
 
 log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
-
-
-EXPANSION_META = "expansion_calibration"
 
 
 class Validation(NamedTuple):

@@ -37,6 +37,7 @@ from ..index.local import LOCAL_DIR, LocalStore
 from ..index.store import check_signature
 from ..recognition.holdout import validation_holdout
 from ..recognition.setup import attach_prior, priors_stale, record_groups
+from ..retrieval.augment import AugmentReport, augment_status, augment_store
 from ..utils.progress import progress_bar
 from .context import StoreContext
 from .placement import Placement, content_or_none, place
@@ -270,6 +271,7 @@ class Building:
             log.info("%s: local features made for %d stored photo(s) that lacked them", split, len(filled))
         if itemise:
             report.photos += outcomes(manifest, placed, done, result.failures, filled, local_failures)
+        self.keep_augmented(progress=progress)
         return report
 
     def store_extracted(
@@ -426,7 +428,43 @@ class Building:
                 report.added[split] += len(keep)
                 report.skipped[split] += len(keys) - len(keep)
                 bar.advance(len(keys))
+        self.keep_augmented(progress=progress)
         return report
+
+    def expand(
+        self,
+        *,
+        restart: bool = False,
+        limit: int | None = None,
+        chunk: int = 1000,
+        progress: bool | None = None,
+    ) -> AugmentReport:
+        """Database-side augmentation through the index (``landmark index expand``): each stored photo's
+        DBA vector from its verified neighbours among the store's search results, committed into the
+        store ``chunk`` photos at a time with an index of the store's kind, so that DBA / alpha-QE run on
+        a large or compressed store without all-pairs products (:func:`landmark.retrieval.augment.augment_store`).
+        Resumable (a killed run goes on where it stopped); ``limit`` augments at most so many this run;
+        ``restart`` begins again. Photos added later are augmented when they are added."""
+        ctx = self.ctx
+        return augment_store(
+            ctx.store,
+            ctx.config.expansion,
+            ctx.recognition_config.k,
+            chunk=chunk,
+            limit=limit,
+            restart=restart,
+            progress=progress,
+        )
+
+    def keep_augmented(self, *, progress: bool | None = None) -> AugmentReport | None:
+        """After an add: a store whose augmented vectors were complete for the expansion in force
+        augments its new photos from the index now (the photos augmented before keep their vectors);
+        None where there was nothing to keep (no augmented vectors, made with other settings, or none new)."""
+        ctx = self.ctx
+        status = augment_status(ctx.store, ctx.config.expansion, ctx.recognition_config.k)
+        if status.state != "partial" or status.indexed == 0:
+            return None
+        return self.expand(progress=progress)
 
     def remove(self, ids: Sequence[str]) -> int:
         if self.ctx.local is not None:

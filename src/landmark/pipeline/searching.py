@@ -13,6 +13,8 @@ from PIL import Image
 
 from ..data import ImageError, load_image
 from ..index import StoreError
+from ..index.augmented import AugmentedVectors
+from ..retrieval.augment import IndexedExpansion, calibrated, dba_settings
 from ..retrieval.category import StoreCategories, category_first
 from ..retrieval.config import CategoryConfig, ExpansionConfig
 from ..retrieval.pairs import stored_pair_inliers
@@ -31,8 +33,9 @@ class Searching:
 
     def __init__(self, ctx: StoreContext, embedding: Embedding):
         self.ctx, self.embedding = ctx, embedding
-        self._expanded: dict[tuple[str, ...] | None, ExpandedSearch] = {}
+        self._expanded: dict[tuple[str, ...] | None, ExpandedSearch | IndexedExpansion] = {}
         self._categories: StoreCategories | None = None
+        self._current: tuple[tuple[int, int, str], bool] | None = None  # augmented_current, per generation
 
     def search(
         self,
@@ -48,8 +51,9 @@ class Searching:
         """The ``k`` most similar stored photos for each query photo (errors reported per photo).
 
         With ``expand`` (default: :attr:`expands_by_default`), the database is augmented by DBA and the
-        queries by alpha-QE
-        (:class:`landmark.retrieval.ExpandedSearch`; the augmented database is held in memory).
+        queries by alpha-QE (:meth:`expanded_search`: in memory on an exact store of at most
+        ``expansion.search_max`` photos, else through the index and the augmented vectors that
+        ``landmark index expand`` keeps in the store).
         With ``rerank`` (default: on when the store has local features and ``rerank.enabled``), the
         global top ``rerank.top_k`` are verified with local features and re-scored (:mod:`landmark.retrieval.rerank`).
         With ``category`` (default: ``category.enabled``), a query confidently voted to a landmark gets
@@ -97,27 +101,60 @@ class Searching:
 
     @property
     def expands_by_default(self) -> bool:
-        """Whether :meth:`search` applies DBA / alpha-QE unless told: configured, and the index is exact
-        and holds at most ``expansion.search_max`` photos (DBA is quadratic in them)."""
+        """Whether :meth:`search` applies DBA / alpha-QE unless told. Configured, and: on a store made
+        exact (``index.kind=flat``) of at most ``expansion.search_max`` photos, always (DBA runs in
+        memory); on others, where the store's calibration validated the expansion in force
+        (``landmark calibrate``) and, with DBA, its augmented vectors are current for it
+        (``landmark index expand``): DBA through the index, validated as it is, or no expansion."""
         ec = self.ctx.config.expansion
-        return bool(
-            (ec.dba or ec.qe) and self.ctx.store.config.index.kind == "flat" and len(self.ctx.store) <= ec.search_max
-        )
+        store = self.ctx.store
+        if not (ec.dba or ec.qe):
+            return False
+        if store.config.index.kind == "flat" and len(store) <= ec.search_max:
+            return True
+        return calibrated(store, ec) and (not ec.dba or self.augmented_current)
 
-    def expanded_search(self, splits: Sequence[str] | None = None) -> ExpandedSearch:
-        """DBA / alpha-QE search over the stored photos of ``splits`` (made once per store generation)."""
+    @property
+    def in_memory(self) -> bool:
+        """Whether :meth:`expanded_search` augments in memory (exact DBA, all-pairs): an exact index of
+        at most ``expansion.search_max`` photos; else it goes through the index."""
+        return not self.ctx.store.compressed and len(self.ctx.store) <= self.ctx.config.expansion.search_max
+
+    @property
+    def augmented_current(self) -> bool:
+        """Whether the store's augmented vectors hold every stored photo, made with the expansion in force."""
+        store = self.ctx.store
+        aug = AugmentedVectors(store)
+        settings = dba_settings(self.ctx.config.expansion, self.ctx.recognition_config.k)
+        key = (store.generation, aug.generation, repr(settings))
+        if self._current is None or self._current[0] != key:
+            self._current = (key, aug.current(settings))
+        return self._current[1]
+
+    def expanded_search(self, splits: Sequence[str] | None = None) -> ExpandedSearch | IndexedExpansion:
+        """DBA / alpha-QE search over the stored photos of ``splits``, made once per store generation: in
+        memory where :attr:`in_memory`, else through the index (:class:`landmark.retrieval.augment.IndexedExpansion`:
+        the augmented vectors where current, else alpha-QE alone)."""
         key = tuple(sorted(splits)) if splits else None
         cached = self._expanded.get(key)
-        if cached is None or cached.generation != self.ctx.store.generation:
-            cached = self._expanded[key] = ExpandedSearch(
-                self.ctx.store,
-                self.ctx.config.expansion,
-                splits,
-                vote_k=self.ctx.recognition_config.k,
-                pair_inliers=self.stored_pair_inliers if self.ctx.has_local_features else None,
-                min_inliers=self.ctx.config.rerank.verified_inliers,
-            )
-            log.info("augmented %d photos for DBA / alpha-QE", len(cached.keys))
+        store, ec, vote_k = self.ctx.store, self.ctx.config.expansion, self.ctx.recognition_config.k
+        if (
+            cached is None
+            or cached.generation != store.generation
+            or (isinstance(cached, IndexedExpansion) and cached.aug_generation != cached.aug.generation)
+        ):
+            if self.in_memory:
+                cached = self._expanded[key] = ExpandedSearch(
+                    store,
+                    ec,
+                    splits,
+                    vote_k=vote_k,
+                    pair_inliers=self.stored_pair_inliers if self.ctx.has_local_features else None,
+                    min_inliers=self.ctx.config.rerank.verified_inliers,
+                )
+                log.info("augmented %d photos for DBA / alpha-QE", len(cached.keys))
+            else:
+                cached = self._expanded[key] = IndexedExpansion(store, ec, splits, vote_k=vote_k)
         return cached
 
     def stored_pair_inliers(self, keys: Sequence[str], neighbours: Sequence[Sequence[str]]) -> np.ndarray:

@@ -40,6 +40,7 @@ from ..features.whitening import l2n
 from .config import VERIFIERS, ExpansionConfig
 
 SHORTLIST = 300
+EXPANSION_META = "expansion_calibration"  # the store meta value keeping landmark.evaluation.calibration's report
 
 # A Q x K boolean array aligned with the top-K neighbour lists, or a function (sims, idx) -> that array
 # (for when the lists are computed here, e.g. QE against the augmented database).

@@ -1,0 +1,322 @@
+"""DBA and alpha-QE through the store's index (Baidu GLR19 §2.3 on large or compressed stores).
+
+:func:`augment_store` is the database side, a resumable store job: each stored photo's top
+``expansion.shortlist`` neighbours come from the store's own search (batched, compressed or exact),
+are verified as :class:`~landmark.retrieval.search.ExpandedSearch` verifies them (``expansion.verify``:
+labels of labelled photos, the top-``vote_k`` vote among the labelled photos for unlabelled ones,
+the similarity threshold), and the photo's vector is aggregated with eq. (1)-(2) from its verified
+neighbours' stored vectors (:func:`~landmark.retrieval.expansion.aggregate`; a photo with no verified
+neighbour keeps its own vector). The augmented vectors are committed chunk by chunk into the store's
+second vector set (:class:`~landmark.index.augmented.AugmentedVectors`), which then gets an index of
+the store's kind; a killed job goes on where it stopped. Only the chunk's vectors and its verified
+neighbours' are read; one label per stored photo (8 bytes) is held in memory.
+
+:class:`IndexedExpansion` is the query side: the query's shortlist from the augmented index, verified,
+aggregated with eq. (3)-(4) from the neighbours' augmented vectors read from disk, and searched again.
+
+Photos added later are augmented at add time (``Building`` runs the job for them; the photos already
+augmented keep their vectors, which the newcomers do not join until ``landmark index expand --restart``);
+removed photos leave the set in the store's own commit. A set made with other verification settings than
+the ones in force is stale: search then expands the queries only (QE through the plain index) and
+``landmark index info`` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from ..index.augmented import MISSING, AugmentedVectors
+from ..index.store import Store
+from ..recognition.knn import voted_labels
+from ..utils.progress import progress_bar
+from .config import ExpansionConfig
+from .expansion import (
+    EXPANSION_META,
+    QeWeights,
+    aggregate,
+    dba_n,
+    label_verifier,
+    move_verified_first,
+    qe_n,
+    uses_votes,
+)
+from .search import Ranking
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000  # photos searched, augmented and committed at a time
+DBA_WIDTH = 21  # the verified-first neighbour columns DBA can use: N <= 20, the photo itself among them
+QE_WIDTH = 6  # and QE: N <= 6, the query itself not among them
+
+
+def dba_settings(ec: ExpansionConfig, vote_k: int) -> dict[str, Any]:
+    """What the augmented vectors depend on: a set made with other settings is stale."""
+    return {
+        "verify": ec.verify,
+        "threshold": ec.threshold if "threshold" in ec.verify else None,
+        "shortlist": ec.shortlist,
+        "vote_k": vote_k if uses_votes(ec) else None,
+    }
+
+
+def calibrated(store: Store, ec: ExpansionConfig) -> bool:
+    """Whether the store's calibration validated DBA / alpha-QE as ``ec`` sets them (on its own labelled
+    photos, ``landmark calibrate``): its report kept the same switches, verifier and threshold."""
+    report = store.meta_value(EXPANSION_META)
+    return bool(
+        report
+        and report.get("dba") == ec.dba
+        and report.get("qe") == ec.qe
+        and report.get("verify") == ec.verify
+        and report.get("threshold") == ec.threshold
+    )
+
+
+@dataclass(frozen=True)
+class AugmentStatus:
+    """Where a store's augmented vectors stand: ``state`` none | current | stale | partial, and one line."""
+
+    state: str
+    indexed: int
+    photos: int
+    line: str
+
+    @property
+    def current(self) -> bool:
+        return self.state == "current"
+
+
+def augment_status(store: Store, ec: ExpansionConfig, vote_k: int) -> AugmentStatus:
+    """The state of ``store``'s augmented vectors for the expansion settings ``ec`` (``landmark index info``)."""
+    aug = AugmentedVectors(store)
+    state = aug.state()
+    n = len(store)
+    if state is None:
+        return AugmentStatus("none", 0, n, f"none: augmented 0 of {n} photos (landmark index expand)")
+    d = aug.describe()
+    indexed, pending, removed = d["indexed"], d["pending"], d["removed_in_index"]
+    made, now = state.get("settings") or {}, dba_settings(ec, vote_k)
+    gone = f"; {removed} removed photos left in its index until the next expand" if removed else ""
+    if made != now:
+        changed = ", ".join(f"{k} {made.get(k)} -> {now[k]}" for k in now if made.get(k) != now[k])
+        return AugmentStatus(
+            "stale",
+            indexed,
+            n,
+            f"stale: augmented {indexed} of {n} photos with other settings ({changed}); "
+            "search expands queries only until `landmark index expand` runs again",
+        )
+    if indexed < n or not aug.indexed:
+        return AugmentStatus(
+            "partial",
+            indexed,
+            n,
+            f"partial: augmented {indexed} of {n} photos ({pending} awaiting the index); "
+            "search expands queries only until `landmark index expand` finishes",
+        )
+    return AugmentStatus("current", indexed, n, f"augmented {indexed} of {n} photos ({d['index']} index){gone}")
+
+
+@dataclass
+class AugmentReport:
+    """What one :func:`augment_store` run did."""
+
+    augmented: int  # photos augmented by this run
+    voted: int  # unlabelled photos voted by this run
+    remaining: int  # stored photos still without an augmented vector (a run with a limit)
+    indexed: bool  # whether the index of the augmented vectors was (re)written
+    seconds: float
+    status: AugmentStatus
+
+
+class _Labels:
+    """Each stored photo's landmark by row for verification, votes made when first needed and kept."""
+
+    def __init__(self, store: Store, aug: AugmentedVectors, vote_k: int):
+        self.store, self.aug, self.vote_k = store, aug, vote_k
+        self.by_row = aug.labels()
+        self.voted = 0
+
+    def need(self, rows: np.ndarray) -> np.ndarray:
+        """Labels of ``rows`` (-1 for a row that is not stored), voting the unlabelled ones that have none."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and rows.max() >= len(self.by_row):  # added since the job began
+            grown = np.full(int(rows.max()) + 1, MISSING, np.int64)
+            grown[: len(self.by_row)] = self.by_row
+            more = np.arange(len(self.by_row), len(grown))
+            got = self.aug.labels_of(more.tolist())
+            grown[more] = [got.get(int(r), -1) for r in more]
+            self.by_row = grown
+        todo = np.unique(rows[self.by_row[rows] == MISSING])
+        if len(todo):
+            meta = self.store.row_meta(todo.tolist())
+            todo = np.array([r for r in todo.tolist() if r in meta], np.int64)
+            labels = np.full(len(todo), -1, np.int64)
+            for lo in range(0, len(todo), 4096):
+                part = todo[lo : lo + 4096]
+                result = self.store.search(self.store.vectors_of_rows(part), self.vote_k, labelled_only=True)
+                labels[lo : lo + len(part)] = voted_labels(result.landmark_ids, result.scores, self.vote_k)
+            self.aug.set_votes(todo, [meta[int(r)][0] for r in todo], labels)
+            self.by_row[todo] = labels
+            self.voted += len(todo)
+        return self.by_row[rows]
+
+
+def augment_rows(
+    store: Store, rows: np.ndarray, ec: ExpansionConfig, labels: _Labels | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """DBA (eq. (1)-(2)) of the stored photos ``rows`` through the store's search: their vectors and
+    their augmented vectors. ``labels``: for a verifier that compares landmarks."""
+    vectors = store.vectors_of_rows(rows)
+    sims, nb = store.search_rows(vectors, min(ec.shortlist, max(1, len(store))))
+    nb = np.where(nb == rows[:, None], -1, nb)  # the photo itself (exact dba skips it in its list)
+    if labels is not None:
+        valid = nb[nb >= 0]
+        db = labels.need(np.concatenate([rows, valid]))
+        by_row = labels.by_row
+        own = db[: len(rows)]
+    else:
+        by_row, own = None, None
+    idx, sims, joins, m = move_verified_first(nb, sims, label_verifier(ec, own, by_row))
+    idx, sims, joins = idx[:, :DBA_WIDTH], sims[:, :DBA_WIDTH], joins[:, :DBA_WIDTH]
+    used = np.unique(idx[joins & (idx >= 0)])
+    local = np.where(joins & (idx >= 0), np.searchsorted(used, idx), -1)
+    return vectors, aggregate(vectors, store.vectors_of_rows(used), local, sims, dba_n(m), joins=local >= 0)
+
+
+def augment_store(
+    store: Store,
+    ec: ExpansionConfig,
+    vote_k: int = 5,
+    *,
+    chunk: int = CHUNK,
+    limit: int | None = None,
+    restart: bool = False,
+    progress: bool | None = None,
+) -> AugmentReport:
+    """Augment (DBA) every stored photo that has no augmented vector yet, ``chunk`` photos a commit, then
+    index them all (see the module). ``limit``: augment at most so many this run (the index is written
+    once none is left). ``restart``: drop the augmented vectors (and votes) and begin again (a set made
+    with other verification settings is dropped anyway). Resumable: a killed run keeps its commits."""
+    t0 = time.perf_counter()
+    aug = AugmentedVectors(store)
+    aug.start(dba_settings(ec, vote_k), restart=restart)
+    todo = aug.todo()
+    if limit is not None:
+        todo = todo[: max(0, int(limit))]
+    labels = _Labels(store, aug, vote_k) if uses_votes(ec) else None
+    with progress_bar("augment (DBA)", total=len(todo), enabled=progress) as bar:
+        for lo in range(0, len(todo), chunk):
+            rows = todo[lo : lo + chunk]
+            meta = store.row_meta(rows.tolist())
+            rows = np.array([r for r in rows.tolist() if r in meta], np.int64)  # removed since the job began
+            if len(rows):
+                _, augmented = augment_rows(store, rows, ec, labels)
+                aug.add_part(rows, [meta[int(r)][0] for r in rows], augmented)
+            bar.advance(len(todo[lo : lo + chunk]))
+    remaining = len(aug.todo())
+    indexed = aug.finish(progress=progress) if not remaining else False
+    return AugmentReport(
+        len(todo),
+        labels.voted if labels else 0,
+        remaining,
+        indexed,
+        time.perf_counter() - t0,
+        augment_status(store, ec, vote_k),
+    )
+
+
+class IndexedExpansion:
+    """:class:`~landmark.retrieval.search.ExpandedSearch` through the index: the database is the store's
+    augmented vectors where they are current for ``ec`` (DBA), else its own vectors (no DBA, with a
+    warning when ``ec.dba`` asks for it); alpha-QE (``ec.qe``) expands each query from its verified
+    neighbours' vectors, read from disk. Nothing is read into memory but those neighbours' vectors.
+    ``splits``: search only the stored photos of these splits (the augmented vectors are of the whole
+    store). Made once per store generation and augmented generation."""
+
+    def __init__(self, store: Store, ec: ExpansionConfig, splits: Sequence[str] | None = None, vote_k: int = 5):
+        self.store, self.ec, self.vote_k = store, ec, vote_k
+        self.splits = tuple(sorted(splits)) if splits else None
+        self.aug = AugmentedVectors(store)
+        self.generation, self.aug_generation = store.generation, self.aug.generation
+        self.dba = bool(ec.dba and self.aug.current(dba_settings(ec, vote_k)))
+        if ec.dba and not self.dba:
+            log.warning(
+                "DBA skipped on %s (%s): run `landmark index expand`",
+                store.root,
+                augment_status(store, ec, vote_k).line,
+            )
+        self._votes: dict[int, int] = {}
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.dba:
+            return self.aug.search(queries, k, splits=self.splits)
+        return self.store.search_rows(queries, k, splits=self.splits)
+
+    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self.aug.vectors(rows) if self.dba else self.store.vectors_of_rows(rows)
+
+    def vote(self, vectors: np.ndarray) -> np.ndarray:
+        """Predicted landmark of each vector by the top-``vote_k`` vote among labelled stored photos (-1: none)."""
+        if not len(vectors):
+            return np.zeros(0, np.int64)
+        result = self.store.search(vectors, self.vote_k, labelled_only=True)
+        return voted_labels(result.landmark_ids, result.scores, self.vote_k)
+
+    def labels(self, rows: np.ndarray) -> np.ndarray:
+        """Landmarks of stored ``rows`` for verification: label, kept vote, or a vote made now (cached)."""
+        got = self.aug.labels_of(rows.tolist())
+        out = np.array([got.get(int(r), -1) for r in rows], np.int64)
+        todo = [int(r) for r in rows[out == MISSING] if int(r) not in self._votes]
+        if todo:
+            self._votes.update(zip(todo, self.vote(self.store.vectors_of_rows(np.array(todo, np.int64))).tolist()))
+        missing = np.flatnonzero(out == MISSING)
+        out[missing] = [self._votes[int(r)] for r in rows[missing]]
+        return out
+
+    def expand(self, queries: np.ndarray) -> np.ndarray:
+        """alpha-QE of ``queries`` (eq. (3)-(4)) from their verified neighbours in the database."""
+        ec = self.ec
+        sims, rows = self._search(queries, min(ec.shortlist, max(1, len(self.store))))
+        found = np.unique(rows[rows >= 0])
+        local = np.where(rows >= 0, np.searchsorted(found, rows), -1)
+        verifier = label_verifier(
+            ec,
+            self.vote(queries) if uses_votes(ec) else None,
+            self.labels(found) if uses_votes(ec) else None,
+        )
+        idx, sims, joins, m = move_verified_first(local, sims, verifier)
+        idx, sims, joins = idx[:, :QE_WIDTH], sims[:, :QE_WIDTH], joins[:, :QE_WIDTH]
+        used = np.unique(idx[joins & (idx >= 0)])
+        near = np.where(joins & (idx >= 0), np.searchsorted(used, idx), -1)
+        return aggregate(
+            queries,
+            self._vectors(found[used]),
+            near,
+            sims,
+            qe_n(m),
+            weights=cast(QeWeights, ec.qe_weights),
+            alpha=ec.alpha,
+            joins=near >= 0,
+        )
+
+    def rank(self, queries: np.ndarray, k: int = 100, *, qe: bool | None = None) -> list[Ranking]:
+        """Top-``k`` stored photos for each query vector, best first; ``qe=False`` searches the database
+        with the queries as they are (default: ``ec.qe``)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not len(self.store):
+            return [Ranking([], []) for _ in queries]
+        if (self.ec.qe if qe is None else qe) and len(queries):
+            queries = self.expand(queries)
+        sims, rows = self._search(queries, max(1, min(int(k), len(self.store))))
+        meta = self.store.row_meta(np.unique(rows[rows >= 0]).tolist())
+        return [
+            Ranking([meta[j][0] for j in row if j in meta], [float(s) for s, j in zip(srow, row) if j in meta])
+            for srow, row in zip(sims, rows.tolist())
+        ]
