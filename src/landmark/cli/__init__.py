@@ -17,6 +17,7 @@ for name, command in [
     ("add", index.index_add),
     ("import", index.index_import),
     ("remove", index.index_remove),
+    ("expand", index.index_expand),
     ("info", index.index_info),
 ]:
     index_app.command(name)(command)

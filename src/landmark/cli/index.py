@@ -242,17 +242,42 @@ def index_remove(ids: list[str] = typer.Argument(..., help="Ids of stored photos
 
 
 @friendly
+def index_expand(
+    store: Path = StoreOpt,
+    restart: bool = typer.Option(False, "--restart", help="Augment every photo again (e.g. after many additions)."),
+    limit: int | None = typer.Option(None, "--limit", help="Augment at most this many photos this run."),
+    device: str | None = DeviceOpt,
+    progress: bool | None = ProgressOpt,
+):
+    """Augment every stored photo by DBA through the store's index (resumable), so that search runs DBA /
+    alpha-QE on a large or compressed store."""
+    from ..api import Landmarks
+
+    lm = Landmarks.open(store, device=device, warm=False)
+    report = lm.expand(restart=restart, limit=limit, progress=progress)
+    out.print(
+        f"augmented {report.augmented} photos in {report.seconds:.1f} s ({report.voted} unlabelled photos voted)"
+        f"{'' if report.remaining else ', indexed'}; DBA: {report.status.line}"
+    )
+
+
+@friendly
 def index_info(store: Path = StoreOpt):
     """Show what a store holds (JSON): photos, which model made it, its local features (``missing``: stored photos
     without any), and which stages its calibration switched on or off and why."""
     from ..evaluation.calibration import store_calibration_decisions
     from ..index import Store
     from ..index.local import local_coverage
+    from ..recognition.calibrate import store_recognition
+    from ..retrieval.augment import augment_status
 
     with Store.open(store) as st:
         local = local_coverage(st)
+        dba = augment_status(st, st.config.expansion, store_recognition(st).k).line
         out.print_json(
-            json.dumps(st.info() | {"local_features": local, "calibration": store_calibration_decisions(st)})
+            json.dumps(
+                st.info() | {"local_features": local, "calibration": store_calibration_decisions(st), "dba": dba}
+            )
         )
     if local and local["missing"]:
         err.print(
