@@ -64,8 +64,9 @@ class ExpansionConfig:
     alpha: float = 3.0
     inlier_k: int = 10  # verify=inliers: the nearest neighbours of each stored photo checked with local features;
     #   rerank.verified_inliers of them make a neighbour verified (the pairs' inliers are kept in STORE/local)
-    search_max: int = 20000  # `search` expands by default on exact stores up to this many photos
-    #   (DBA costs N^2 dot products, once per store generation)
+    search_max: int = 20000  # up to this many photos, an exact store expands in memory (DBA: N^2 dot products,
+    #   once per store generation; `search` expands it by default); beyond, or compressed, DBA / alpha-QE go
+    #   through the index with the augmented vectors of `landmark index expand` (landmark.retrieval.augment)
 
 
 @dataclass
