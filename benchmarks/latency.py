@@ -18,6 +18,17 @@ photos; ``Landmarks.open`` adds the model, its engine and a warm-up, the same at
 bytes on disk per photo, search
 p50 / p95 (k = 100, one query at a time, extraction excluded), recall@10 and @100 against exact search, and
 recognition (top-5 vote and filters over the index) p50 per query.
+
+``--dba`` (issue 24): on the same synthetic stores, DBA as a store job through the index
+(``Landmarks.expand``, what ``landmark index expand`` runs) in a fresh process: its time, throughput
+and peak memory; the bytes each photo adds on disk (the augmented vectors, float16, and their codes)
+and in RAM (the augmented index's codes, read when first searched); then search p50 / p95 per query
+(k = 100, extraction excluded) without expansion, with DBA alone (the augmented index) and with DBA +
+alpha-QE. ``--dba-limit N`` augments only the first N photos of a larger store (a timed slice, resumed
+by the next run: the job keeps its commits) and extrapolates the whole job from its throughput; the
+searches of such a store expand queries only (QE through the plain index), as search does there.
+Verification: ``expansion.verify=threshold`` (0.5): the synthetic stores' landmarks are random, not
+their clusters, so a vote would verify almost no neighbour and DBA would cost less than on real photos.
 """
 
 from __future__ import annotations
@@ -253,6 +264,106 @@ def measure_synthetic(root: Path, n: int, eig: np.ndarray, queries: int = 200) -
     }
 
 
+class PeakAnon:
+    """The largest :func:`rss_bytes` seen while it runs (sampled every 50 ms in a thread)."""
+
+    def __enter__(self) -> PeakAnon:
+        import threading
+
+        self.peak, self._stop = rss_bytes(), threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.05):
+                self.peak = max(self.peak, rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def dba_config(store):
+    import dataclasses
+
+    return dataclasses.replace(store.config.expansion, verify="threshold", threshold=0.5)
+
+
+def measure_dba(root: Path, n: int, limit: int | None) -> dict:
+    """In a fresh process: the DBA job over ``root`` (at most ``limit`` photos this run)."""
+    import faiss
+
+    from landmark.index import Store
+    from landmark.index.augmented import AugmentedVectors
+    from landmark.retrieval.augment import augment_store
+
+    store = Store.open(root)
+    opened = rss_bytes()
+    before = AugmentedVectors(store).counts()
+    with PeakAnon() as peak:
+        report = augment_store(store, dba_config(store), vote_k=5, limit=limit, progress=False)
+    out: dict = {
+        "threads": faiss.omp_get_max_threads(),
+        "augmented_before": sum(before),
+        "augmented": report.augmented,
+        "remaining": report.remaining,
+        "job_s": report.seconds,
+        "photos_per_s": report.augmented / max(report.seconds, 1e-9),
+        "job_peak_anon_mib": (peak.peak - opened) / 2**20,
+        "job_max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "status": report.status.line,
+    }
+    if report.remaining:
+        out["extrapolated_job_s"] = n / out["photos_per_s"]
+    return out
+
+
+def measure_dba_search(root: Path, n: int, eig: np.ndarray, queries: int = 200) -> dict:
+    """In a fresh process: the memory the augmented set's index takes when opened, its bytes on disk,
+    and search p50 / p95 without expansion, with DBA alone and with DBA + alpha-QE (each query runs
+    every mode in turn, after a warm-up pass, so that a busy machine slows them alike)."""
+    from landmark.index import Store
+    from landmark.index.augmented import AugmentedVectors
+    from landmark.retrieval.augment import IndexedExpansion
+
+    q = synthetic_store_vectors(queries, eig, seed=99)[0]
+    store = Store.open(root)
+    aug = AugmentedVectors(store)
+    out: dict = {}
+    if aug.indexed:
+        ram = rss_bytes()
+        t0 = time.perf_counter()
+        index = aug.index()
+        out["aug_open_s"] = time.perf_counter() - t0
+        out["ram_bytes_per_photo"] = (rss_bytes() - ram) / n
+        out["index_bytes_per_photo"] = getattr(index, "bytes_per_vector", float("nan"))
+        out["disk_bytes_per_photo"] = aug.describe()["disk_bytes"] / n
+    expanded = IndexedExpansion(store, dba_config(store), None, vote_k=5)
+    out["dba_searched"] = expanded.dba
+    modes = {
+        "plain": lambda x: store.search(x, 100),
+        "dba": lambda x: expanded.rank(x, 100, qe=False),
+        "dba_qe": lambda x: expanded.rank(x, 100, qe=True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    for i in range(queries):  # warm-up: the pages of the vectors the queries touch
+        for search in modes.values():
+            search(q[i : i + 1])
+    for i in range(queries):
+        for name, search in modes.items():
+            t0 = time.perf_counter()
+            search(q[i : i + 1])
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        out[f"{name}_p50_ms"] = 1000 * pct(ts, 50)
+        out[f"{name}_p95_ms"] = 1000 * pct(ts, 95)
+    out["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=HERE / "runs/demo/store")
@@ -265,12 +376,24 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--work", type=Path, default=HERE / "runs/latency")
     ap.add_argument("--skip-real", action="store_true")
-    ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--skip-synthetic", action="store_true", help="skip the synthetic stores' search figures")
+    ap.add_argument("--dba", action="store_true", help="measure DBA / alpha-QE through the index (issue 24)")
+    ap.add_argument("--dba-limit", type=int, help="augment at most this many photos of a larger store, and extrapolate")
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # child process: one synthetic store
+    ap.add_argument("--measure-dba", type=Path, help=argparse.SUPPRESS)  # child process: its DBA job
+    ap.add_argument("--measure-dba-search", type=Path, help=argparse.SUPPRESS)  # and its searches
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure_synthetic(args.measure, args.n, np.load(args.measure / "spectrum.npy"))))
+        return
+    if args.measure_dba:
+        limit = args.dba_limit if args.dba_limit and args.dba_limit < args.n else None
+        print(json.dumps(measure_dba(args.measure_dba, args.n, limit)))
+        return
+    if args.measure_dba_search:
+        eig = np.load(args.measure_dba_search / "spectrum.npy")
+        print(json.dumps(measure_dba_search(args.measure_dba_search, args.n, eig)))
         return
 
     import torch
@@ -297,33 +420,76 @@ def main() -> None:
                 f"p50 {sv['p50_ms']:.0f} ms, p95 {sv['p95_ms']:.0f} ms"
             )
     if not args.skip_synthetic:
-        print(f"\n## synthetic stores ({DIM}-d, index.kind=ivfpq), imported with Landmarks.import_vectors")
-        print(
-            f"{'photos':>9s} {'import s':>9s} {'store open s':>12s} {'open s':>7s} {'RAM B/photo':>12s} "
-            f"{'disk B/photo':>13s} {'search p50 ms':>14s} {'p95 ms':>7s} {'recall@10':>9s} {'recall@100':>10s} "
-            f"{'recognize p50 ms':>17s}"
+        synthetic_figures(args)
+    if args.dba:
+        dba_figures(args)
+
+
+def child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def dba_figures(args) -> None:
+    print(
+        "\n## DBA / alpha-QE through the index (Landmarks.expand = `landmark index expand`), "
+        "expansion.verify=threshold 0.5, shortlist 300; search k=100, one query at a time"
+    )
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        root = args.work / f"synthetic-{n}"
+        # the spectrum the store was made with, where it was saved (the queries must come from it)
+        eig = np.load(root / "spectrum.npy") if (root / "spectrum.npy").is_file() else spectrum(args.store)
+        built = make_synthetic_store(root, n, eig)
+        np.save(root / "spectrum.npy", eig)
+        extra = ["--dba-limit", str(args.dba_limit)] if args.dba_limit else []
+        m = child("--measure-dba", str(root), "--n", str(n), *extra)
+        m |= child("--measure-dba-search", str(root), "--n", str(n))
+        whole = (
+            f"{m['job_s']:.0f} s" if not m["remaining"] else f"~{m['extrapolated_job_s'] / 60:.0f} min (extrapolated)"
         )
-        for n in [int(s) for s in args.sizes.split(",") if s]:
-            root = args.work / f"synthetic-{n}"
-            eig = spectrum(args.store)
-            built = make_synthetic_store(root, n, eig)
-            np.save(root / "spectrum.npy", eig)
-            out = subprocess.run(
-                [sys.executable, __file__, "--measure", str(root), "--n", str(n)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            m = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"{n:,} photos (imported in {built['import_s']:.1f} s): augmented {m['augmented']:,} this run "
+            f"({m['augmented_before']:,} before) in {m['job_s']:.1f} s = {m['photos_per_s']:.0f} photos/s, "
+            f"whole job {whole}; peak anonymous memory +{m['job_peak_anon_mib']:.0f} MiB, max RSS "
+            f"{m['job_max_rss_gib']:.2f} GiB ({m['threads']} FAISS threads)"
+        )
+        if "disk_bytes_per_photo" in m:
             print(
-                f"{m['photos']:9d} {built['import_s']:9.1f} {m['store_open_s']:12.2f} {m['open_s']:7.2f} "
-                f"{m['store_ram_bytes_per_photo']:12.0f} {m['disk_bytes_per_photo']:13.0f} "
-                f"{m['search_p50_ms']:14.1f} {m['search_p95_ms']:7.1f} {m['recall_at_10']:9.3f} {m['recall_at_100']:10.3f} "
-                f"{m['recognize_p50_ms']:17.1f}"
+                f"    augmented set: {m['disk_bytes_per_photo']:.0f} B/photo on disk, "
+                f"{m['ram_bytes_per_photo']:.0f} B/photo in RAM when opened ({m['index_bytes_per_photo']:.0f} B "
+                f"of FAISS codes, ids and centroids; opened in {m['aug_open_s']:.2f} s)"
             )
-            print(
-                f"          {json.dumps({k: m[k] for k in ('index', 'bytes_per_vector', 'model_ram_mib', 'queries_ram_mib', 'file_cache_mib', 'search_first_ms', 'recognize_p95_ms', 'max_rss_gib')})}"
-            )
+        qe = "DBA + alpha-QE" if m["dba_searched"] else "alpha-QE alone (no complete DBA set)"
+        print(
+            f"    search p50 / p95 ms: no expansion {m['plain_p50_ms']:.1f} / {m['plain_p95_ms']:.1f}; "
+            f"{'DBA' if m['dba_searched'] else 'plain via IndexedExpansion'} {m['dba_p50_ms']:.1f} / "
+            f"{m['dba_p95_ms']:.1f}; {qe} {m['dba_qe_p50_ms']:.1f} / {m['dba_qe_p95_ms']:.1f}"
+        )
+        print(f"    {json.dumps(m)}")
+
+
+def synthetic_figures(args) -> None:
+    print(f"\n## synthetic stores ({DIM}-d, index.kind=ivfpq), imported with Landmarks.import_vectors")
+    print(
+        f"{'photos':>9s} {'import s':>9s} {'store open s':>12s} {'open s':>7s} {'RAM B/photo':>12s} "
+        f"{'disk B/photo':>13s} {'search p50 ms':>14s} {'p95 ms':>7s} {'recall@10':>9s} {'recall@100':>10s} "
+        f"{'recognize p50 ms':>17s}"
+    )
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        root = args.work / f"synthetic-{n}"
+        eig = spectrum(args.store)
+        built = make_synthetic_store(root, n, eig)
+        np.save(root / "spectrum.npy", eig)
+        m = child("--measure", str(root), "--n", str(n))
+        print(
+            f"{m['photos']:9d} {built['import_s']:9.1f} {m['store_open_s']:12.2f} {m['open_s']:7.2f} "
+            f"{m['store_ram_bytes_per_photo']:12.0f} {m['disk_bytes_per_photo']:13.0f} "
+            f"{m['search_p50_ms']:14.1f} {m['search_p95_ms']:7.1f} {m['recall_at_10']:9.3f} {m['recall_at_100']:10.3f} "
+            f"{m['recognize_p50_ms']:17.1f}"
+        )
+        print(
+            f"          {json.dumps({k: m[k] for k in ('index', 'bytes_per_vector', 'model_ram_mib', 'queries_ram_mib', 'file_cache_mib', 'search_first_ms', 'recognize_p95_ms', 'max_rss_gib')})}"
+        )
 
 
 if __name__ == "__main__":
