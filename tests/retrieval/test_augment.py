@@ -61,6 +61,32 @@ def test_index_dba_equals_exact_dba_when_the_shortlist_covers_the_store(data, ve
     assert np.allclose(augmented(data.store), want, atol=1e-5)
 
 
+def same_place_inliers(keys, lists):
+    """Local-feature inliers as a verifier would count them: 20 between photos of one place, else 3."""
+
+    def place(key):
+        return int(key[1:]) // (6 if key[0] == "t" else 15)
+
+    out = np.full((len(keys), max(map(len, lists), default=0)), -1, np.int32)
+    for i, (a, row) in enumerate(zip(keys, lists)):
+        out[i, : len(row)] = [0 if b == a else 20 if place(a) == place(b) else 3 for b in row]
+    return out
+
+
+def test_dba_verified_by_local_features_equals_the_exact_one(data):
+    ec = ExpansionConfig(verify="inliers", inlier_k=10)
+    augment_store(data.store, ec, vote_k=5, chunk=9, pair_inliers=same_place_inliers, min_inliers=8)
+    exact = ExpandedSearch(data.store, ec, None, vote_k=5, pair_inliers=same_place_inliers, min_inliers=8)
+    assert np.allclose(augmented(data.store), exact.vectors, atol=1e-5)
+    assert not np.allclose(exact.vectors, data.store.vectors(exact.keys), atol=1e-2)
+    # other inlier bars make other vectors: the set is stale for them
+    assert augment_status(data.store, ec, 5, min_inliers=8).current
+    assert augment_status(data.store, ec, 5, min_inliers=25).state == "stale"
+    # no local features: nothing is verified, every photo keeps its vector
+    augment_store(data.store, ec, vote_k=5, min_inliers=25)
+    assert np.allclose(augmented(data.store), data.store.vectors(exact.keys), atol=1e-6)
+
+
 @pytest.mark.parametrize("verify", VERIFIERS)
 @pytest.mark.parametrize("dba_on,qe_on", [(True, True), (True, False), (False, True)])
 def test_qe_through_the_index_equals_exact_qe_on_a_flat_store(data, verify, dba_on, qe_on):
@@ -220,7 +246,9 @@ def test_on_a_compressed_store_the_set_is_compressed_and_close_to_exact(tmp_path
     got = aug.vectors(st.rows()[0])
     assert np.abs(got - want).max() < 5e-3  # float16 copies of the same sums
     # a later add extends the compressed index at add time (no rebuild), a removal is skipped by search
-    ctx = SimpleNamespace(store=st, config=st.config, recognition_config=RecognitionConfig(), extractor=None)
+    ctx = SimpleNamespace(
+        store=st, config=st.config, recognition_config=RecognitionConfig(), extractor=None, has_local_features=False
+    )
     building = Building(ctx)
     st.config = dataclasses.replace(st.config, expansion=ec)
     ctx.config = st.config
@@ -233,7 +261,9 @@ def test_on_a_compressed_store_the_set_is_compressed_and_close_to_exact(tmp_path
 def test_search_expands_large_stores_by_default_only_where_calibrated_and_current(tmp_path):
     st, x = compressed_store(tmp_path)
     cfg = st.config
-    ctx = SimpleNamespace(store=st, config=cfg, recognition_config=RecognitionConfig(), extractor=None)
+    ctx = SimpleNamespace(
+        store=st, config=cfg, recognition_config=RecognitionConfig(), extractor=None, has_local_features=False
+    )
     searching = Searching(ctx, None)
     ec = cfg.expansion
     assert ec.dba and ec.qe and not searching.expands_by_default  # compressed, never calibrated
@@ -248,7 +278,9 @@ def test_search_expands_large_stores_by_default_only_where_calibrated_and_curren
 
 
 def test_small_exact_stores_expand_in_memory_as_before(data):
-    ctx = SimpleNamespace(store=data.store, config=load_config(), recognition_config=RecognitionConfig())
+    ctx = SimpleNamespace(
+        store=data.store, config=load_config(), recognition_config=RecognitionConfig(), has_local_features=False
+    )
     searching = Searching(ctx, None)
     assert searching.expands_by_default and searching.in_memory
     assert isinstance(searching.expanded_search(), ExpandedSearch)

@@ -273,7 +273,7 @@ def index_info(store: Path = StoreOpt):
 
     with Store.open(store) as st:
         local = local_coverage(st)
-        dba = augment_status(st, st.config.expansion, store_recognition(st).k).line
+        dba = augment_status(st, st.config.expansion, store_recognition(st).k, st.config.rerank.verified_inliers).line
         out.print_json(
             json.dumps(
                 st.info() | {"local_features": local, "calibration": store_calibration_decisions(st), "dba": dba}

@@ -38,6 +38,7 @@ from ..index.store import check_signature
 from ..recognition.holdout import validation_holdout
 from ..recognition.setup import attach_prior, priors_stale, record_groups
 from ..retrieval.augment import AugmentReport, augment_status, augment_store
+from ..retrieval.pairs import stored_pair_inliers
 from ..utils.progress import progress_bar
 from .context import StoreContext
 from .placement import Placement, content_or_none, place
@@ -446,6 +447,10 @@ class Building:
         Resumable (a killed run goes on where it stopped); ``limit`` augments at most so many this run;
         ``restart`` begins again. Photos added later are augmented when they are added."""
         ctx = self.ctx
+
+        def pair_inliers(keys: Sequence[str], neighbours: Sequence[Sequence[str]]) -> np.ndarray:
+            return stored_pair_inliers(ctx.verifier, keys, neighbours)
+
         return augment_store(
             ctx.store,
             ctx.config.expansion,
@@ -453,6 +458,8 @@ class Building:
             chunk=chunk,
             limit=limit,
             restart=restart,
+            pair_inliers=pair_inliers if ctx.has_local_features else None,
+            min_inliers=ctx.config.rerank.verified_inliers,
             progress=progress,
         )
 
@@ -461,7 +468,9 @@ class Building:
         augments its new photos from the index now (the photos augmented before keep their vectors);
         None where there was nothing to keep (no augmented vectors, made with other settings, or none new)."""
         ctx = self.ctx
-        status = augment_status(ctx.store, ctx.config.expansion, ctx.recognition_config.k)
+        status = augment_status(
+            ctx.store, ctx.config.expansion, ctx.recognition_config.k, ctx.config.rerank.verified_inliers
+        )
         if status.state != "partial" or status.indexed == 0:
             return None
         return self.expand(progress=progress)

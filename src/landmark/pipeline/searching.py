@@ -125,7 +125,9 @@ class Searching:
         """Whether the store's augmented vectors hold every stored photo, made with the expansion in force."""
         store = self.ctx.store
         aug = AugmentedVectors(store)
-        settings = dba_settings(self.ctx.config.expansion, self.ctx.recognition_config.k)
+        settings = dba_settings(
+            self.ctx.config.expansion, self.ctx.recognition_config.k, self.ctx.config.rerank.verified_inliers
+        )
         key = (store.generation, aug.generation, repr(settings))
         if self._current is None or self._current[0] != key:
             self._current = (key, aug.current(settings))
@@ -154,7 +156,9 @@ class Searching:
                 )
                 log.info("augmented %d photos for DBA / alpha-QE", len(cached.keys))
             else:
-                cached = self._expanded[key] = IndexedExpansion(store, ec, splits, vote_k=vote_k)
+                cached = self._expanded[key] = IndexedExpansion(
+                    store, ec, splits, vote_k=vote_k, min_inliers=self.ctx.config.rerank.verified_inliers
+                )
         return cached
 
     def stored_pair_inliers(self, keys: Sequence[str], neighbours: Sequence[Sequence[str]]) -> np.ndarray:

@@ -38,15 +38,17 @@ from ..utils.progress import progress_bar
 from .config import ExpansionConfig
 from .expansion import (
     EXPANSION_META,
+    PairInliers,
     QeWeights,
     aggregate,
     dba_n,
+    inlier_verifier,
     label_verifier,
     move_verified_first,
     qe_n,
     uses_votes,
 )
-from .search import Ranking
+from .search import Ranking, StoredPairInliers
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,17 @@ DBA_WIDTH = 21  # the verified-first neighbour columns DBA can use: N <= 20, the
 QE_WIDTH = 6  # and QE: N <= 6, the query itself not among them
 
 
-def dba_settings(ec: ExpansionConfig, vote_k: int) -> dict[str, Any]:
-    """What the augmented vectors depend on: a set made with other settings is stale."""
+def dba_settings(ec: ExpansionConfig, vote_k: int, min_inliers: int = 8) -> dict[str, Any]:
+    """What the augmented vectors depend on: a set made with other settings is stale. ``min_inliers``:
+    the inliers that verify a neighbour for ``verify=inliers`` (``rerank.verified_inliers``)."""
+    inliers = ec.verify == "inliers"
     return {
         "verify": ec.verify,
         "threshold": ec.threshold if "threshold" in ec.verify else None,
         "shortlist": ec.shortlist,
         "vote_k": vote_k if uses_votes(ec) else None,
+        "inlier_k": ec.inlier_k if inliers else None,
+        "min_inliers": min_inliers if inliers else None,
     }
 
 
@@ -92,7 +98,7 @@ class AugmentStatus:
         return self.state == "current"
 
 
-def augment_status(store: Store, ec: ExpansionConfig, vote_k: int) -> AugmentStatus:
+def augment_status(store: Store, ec: ExpansionConfig, vote_k: int, min_inliers: int = 8) -> AugmentStatus:
     """The state of ``store``'s augmented vectors for the expansion settings ``ec`` (``landmark index info``)."""
     aug = AugmentedVectors(store)
     state = aug.state()
@@ -101,7 +107,7 @@ def augment_status(store: Store, ec: ExpansionConfig, vote_k: int) -> AugmentSta
         return AugmentStatus("none", 0, n, f"none: augmented 0 of {n} photos (landmark index expand)")
     d = aug.describe()
     indexed, pending, removed = d["indexed"], d["pending"], d["removed_in_index"]
-    made, now = state.get("settings") or {}, dba_settings(ec, vote_k)
+    made, now = state.get("settings") or {}, dba_settings(ec, vote_k, min_inliers)
     gone = f"; {removed} removed photos left in its index until the next expand" if removed else ""
     if made != now:
         changed = ", ".join(f"{k} {made.get(k)} -> {now[k]}" for k in now if made.get(k) != now[k])
@@ -169,10 +175,16 @@ class _Labels:
 
 
 def augment_rows(
-    store: Store, rows: np.ndarray, ec: ExpansionConfig, labels: _Labels | None
+    store: Store,
+    rows: np.ndarray,
+    ec: ExpansionConfig,
+    labels: _Labels | None,
+    *,
+    inliers: tuple[StoredPairInliers, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """DBA (eq. (1)-(2)) of the stored photos ``rows`` through the store's search: their vectors and
-    their augmented vectors. ``labels``: for a verifier that compares landmarks."""
+    their augmented vectors. ``labels``: for a verifier that compares landmarks; ``inliers``: for
+    ``verify=inliers``, the stored pairs' local-feature inliers and how many verify a neighbour."""
     vectors = store.vectors_of_rows(rows)
     sims, nb = store.search_rows(vectors, min(ec.shortlist, max(1, len(store))))
     nb = np.where(nb == rows[:, None], -1, nb)  # the photo itself (exact dba skips it in its list)
@@ -183,11 +195,33 @@ def augment_rows(
         own = db[: len(rows)]
     else:
         by_row, own = None, None
-    idx, sims, joins, m = move_verified_first(nb, sims, label_verifier(ec, own, by_row))
+    verified = label_verifier(ec, own, by_row)
+    if ec.verify == "inliers":  # without local features nothing is verified: every photo keeps its vector
+        pairs, min_inliers = inliers if inliers else (None, 0)
+        verified = inlier_verifier(pairs and _row_inliers(store, rows, pairs), ec.inlier_k, min_inliers)
+    idx, sims, joins, m = move_verified_first(nb, sims, verified)
     idx, sims, joins = idx[:, :DBA_WIDTH], sims[:, :DBA_WIDTH], joins[:, :DBA_WIDTH]
     used = np.unique(idx[joins & (idx >= 0)])
     local = np.where(joins & (idx >= 0), np.searchsorted(used, idx), -1)
     return vectors, aggregate(vectors, store.vectors_of_rows(used), local, sims, dba_n(m), joins=local >= 0)
+
+
+def _row_inliers(store: Store, rows: np.ndarray, pair_inliers: StoredPairInliers) -> PairInliers:
+    """``pair_inliers`` (stored keys) as a function of neighbour lists of store rows (-1 = none, kept
+    in place) of the photos ``rows``."""
+
+    def inliers(idx: np.ndarray) -> np.ndarray:
+        meta = store.row_meta(np.unique(np.concatenate([rows, idx[idx >= 0]])).tolist())
+        keys = [meta[int(r)][0] for r in rows]
+        lists = [[meta[int(j)][0] for j in row if j >= 0] for row in idx]
+        got = np.asarray(pair_inliers(keys, lists))
+        out = np.full(idx.shape, -1, np.int32)
+        for i, row in enumerate(idx):
+            cols = np.flatnonzero(row >= 0)
+            out[i, cols] = got[i, : len(cols)]
+        return out
+
+    return inliers
 
 
 def augment_store(
@@ -198,6 +232,8 @@ def augment_store(
     chunk: int = CHUNK,
     limit: int | None = None,
     restart: bool = False,
+    pair_inliers: StoredPairInliers | None = None,
+    min_inliers: int = 8,
     progress: bool | None = None,
 ) -> AugmentReport:
     """Augment (DBA) every stored photo that has no augmented vector yet, ``chunk`` photos a commit, then
@@ -206,7 +242,7 @@ def augment_store(
     with other verification settings is dropped anyway). Resumable: a killed run keeps its commits."""
     t0 = time.perf_counter()
     aug = AugmentedVectors(store)
-    aug.start(dba_settings(ec, vote_k), restart=restart)
+    aug.start(dba_settings(ec, vote_k, min_inliers), restart=restart)
     todo = aug.todo()
     if limit is not None:
         todo = todo[: max(0, int(limit))]
@@ -217,7 +253,9 @@ def augment_store(
             meta = store.row_meta(rows.tolist())
             rows = np.array([r for r in rows.tolist() if r in meta], np.int64)  # removed since the job began
             if len(rows):
-                _, augmented = augment_rows(store, rows, ec, labels)
+                _, augmented = augment_rows(
+                    store, rows, ec, labels, inliers=(pair_inliers, min_inliers) if pair_inliers else None
+                )
                 aug.add_part(rows, [meta[int(r)][0] for r in rows], augmented)
             bar.advance(len(todo[lo : lo + chunk]))
     remaining = len(aug.todo())
@@ -228,7 +266,7 @@ def augment_store(
         remaining,
         indexed,
         time.perf_counter() - t0,
-        augment_status(store, ec, vote_k),
+        augment_status(store, ec, vote_k, min_inliers),
     )
 
 
@@ -240,17 +278,25 @@ class IndexedExpansion:
     ``splits``: search only the stored photos of these splits (the augmented vectors are of the whole
     store). Made once per store generation and augmented generation."""
 
-    def __init__(self, store: Store, ec: ExpansionConfig, splits: Sequence[str] | None = None, vote_k: int = 5):
+    def __init__(
+        self,
+        store: Store,
+        ec: ExpansionConfig,
+        splits: Sequence[str] | None = None,
+        vote_k: int = 5,
+        *,
+        min_inliers: int = 8,
+    ):
         self.store, self.ec, self.vote_k = store, ec, vote_k
         self.splits = tuple(sorted(splits)) if splits else None
         self.aug = AugmentedVectors(store)
         self.generation, self.aug_generation = store.generation, self.aug.generation
-        self.dba = bool(ec.dba and self.aug.current(dba_settings(ec, vote_k)))
+        self.dba = bool(ec.dba and self.aug.current(dba_settings(ec, vote_k, min_inliers)))
         if ec.dba and not self.dba:
             log.warning(
                 "DBA skipped on %s (%s): run `landmark index expand`",
                 store.root,
-                augment_status(store, ec, vote_k).line,
+                augment_status(store, ec, vote_k, min_inliers).line,
             )
         self._votes: dict[int, int] = {}
 
