@@ -70,8 +70,9 @@ def _part_rows_file(n: int) -> str:
     return f"part-{n:06d}.rows.npy"
 
 
-def _normal(settings: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(settings, sort_keys=True))
+def _normal(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """``settings`` as JSON keeps them, without the keys that do not apply (None)."""
+    return {k: v for k, v in json.loads(json.dumps(settings or {}, sort_keys=True)).items() if v is not None}
 
 
 class AugmentedVectors:
@@ -109,8 +110,10 @@ class AugmentedVectors:
 
     @property
     def settings(self) -> dict[str, Any] | None:
-        """What made the vectors (the verifier and its thresholds), as :meth:`start` recorded it."""
-        return (self.state() or {}).get("settings")
+        """What made the vectors (the verifier and its thresholds, those that apply), as :meth:`start`
+        recorded it."""
+        state = self.state()
+        return None if state is None else _normal(state.get("settings"))
 
     def counts(self) -> tuple[int, int]:
         """(indexed, pending): stored photos whose augmented vector is in the index / in a part file."""
@@ -123,7 +126,7 @@ class AugmentedVectors:
         state = self.state()
         return (
             state is not None
-            and state.get("settings") == _normal(settings)
+            and _normal(state.get("settings")) == _normal(settings)
             and bool(state.get("indexed"))
             and self.counts()[0] == len(self.store)
         )
@@ -134,7 +137,7 @@ class AugmentedVectors:
         or their ``vote_k`` changed."""
         settings = _normal(settings)
         state = self.state()
-        if state is not None and state.get("settings") == settings and not restart:
+        if state is not None and _normal(state.get("settings")) == settings and not restart:
             return False
         with lock(self.store.root), transaction(self._conn):
             self._conn.execute("DELETE FROM augmented")

@@ -58,10 +58,11 @@ QE_WIDTH = 6  # and QE: N <= 6, the query itself not among them
 
 
 def dba_settings(ec: ExpansionConfig, vote_k: int, min_inliers: int = 8) -> dict[str, Any]:
-    """What the augmented vectors depend on: a set made with other settings is stale. ``min_inliers``:
-    the inliers that verify a neighbour for ``verify=inliers`` (``rerank.verified_inliers``)."""
+    """What the augmented vectors depend on (the settings that apply to ``ec.verify``): a set made with
+    other settings is stale. ``min_inliers``: the inliers that verify a neighbour for ``verify=inliers``
+    (``rerank.verified_inliers``)."""
     inliers = ec.verify == "inliers"
-    return {
+    settings = {
         "verify": ec.verify,
         "threshold": ec.threshold if "threshold" in ec.verify else None,
         "shortlist": ec.shortlist,
@@ -69,6 +70,7 @@ def dba_settings(ec: ExpansionConfig, vote_k: int, min_inliers: int = 8) -> dict
         "inlier_k": ec.inlier_k if inliers else None,
         "min_inliers": min_inliers if inliers else None,
     }
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def calibrated(store: Store, ec: ExpansionConfig) -> bool:
@@ -107,10 +109,10 @@ def augment_status(store: Store, ec: ExpansionConfig, vote_k: int, min_inliers: 
         return AugmentStatus("none", 0, n, f"none: augmented 0 of {n} photos (landmark index expand)")
     d = aug.describe()
     indexed, pending, removed = d["indexed"], d["pending"], d["removed_in_index"]
-    made, now = state.get("settings") or {}, dba_settings(ec, vote_k, min_inliers)
+    made, now = aug.settings or {}, dba_settings(ec, vote_k, min_inliers)
     gone = f"; {removed} removed photos left in its index until the next expand" if removed else ""
     if made != now:
-        changed = ", ".join(f"{k} {made.get(k)} -> {now[k]}" for k in now if made.get(k) != now[k])
+        changed = ", ".join(f"{k} {made.get(k)} -> {now.get(k)}" for k in {**made, **now} if made.get(k) != now.get(k))
         return AugmentStatus(
             "stale",
             indexed,
