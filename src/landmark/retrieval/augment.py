@@ -16,9 +16,10 @@ aggregated with eq. (3)-(4) from the neighbours' augmented vectors read from dis
 
 Photos added later are augmented at add time (``Building`` runs the job for them; the photos already
 augmented keep their vectors, which the newcomers do not join until ``landmark index expand --restart``);
-removed photos leave the set in the store's own commit. A set made with other verification settings than
-the ones in force is stale: search then expands the queries only (QE through the plain index) and
-``landmark index info`` says so.
+removed photos leave the set in the store's own commit. A set that misses stored photos, or was made with
+other verification settings than the ones in force, is not searched: ``landmark search`` then does not
+expand such a store by default, and where asked to, expands the queries alone (alpha-QE through the
+plain index); ``landmark index info`` says which.
 """
 
 from __future__ import annotations
@@ -106,7 +107,12 @@ def augment_status(store: Store, ec: ExpansionConfig, vote_k: int, min_inliers: 
     state = aug.state()
     n = len(store)
     if state is None:
-        return AugmentStatus("none", 0, n, f"none: augmented 0 of {n} photos (landmark index expand)")
+        how = (
+            f"DBA runs in memory on this exact store of at most {ec.search_max} photos"
+            if not store.compressed and n <= ec.search_max
+            else "`landmark index expand` makes them"
+        )
+        return AugmentStatus("none", 0, n, f"none: augmented 0 of {n} photos ({how})")
     d = aug.describe()
     indexed, pending, removed = d["indexed"], d["pending"], d["removed_in_index"]
     made, now = aug.settings or {}, dba_settings(ec, vote_k, min_inliers)
@@ -118,7 +124,7 @@ def augment_status(store: Store, ec: ExpansionConfig, vote_k: int, min_inliers: 
             indexed,
             n,
             f"stale: augmented {indexed} of {n} photos with other settings ({changed}); "
-            "search expands queries only until `landmark index expand` runs again",
+            "search runs no DBA through the index until `landmark index expand` runs again",
         )
     if indexed < n or not aug.indexed:
         return AugmentStatus(
@@ -126,7 +132,7 @@ def augment_status(store: Store, ec: ExpansionConfig, vote_k: int, min_inliers: 
             indexed,
             n,
             f"partial: augmented {indexed} of {n} photos ({pending} awaiting the index); "
-            "search expands queries only until `landmark index expand` finishes",
+            "search runs no DBA through the index until `landmark index expand` finishes",
         )
     return AugmentStatus("current", indexed, n, f"augmented {indexed} of {n} photos ({d['index']} index){gone}")
 
