@@ -292,8 +292,9 @@ def dba_config(store):
     return dataclasses.replace(store.config.expansion, verify="threshold", threshold=0.5)
 
 
-def measure_dba(root: Path, n: int, limit: int | None) -> dict:
-    """In a fresh process: the DBA job over ``root`` (at most ``limit`` photos this run)."""
+def measure_dba(root: Path, n: int, limit: int | None, restart: bool = False) -> dict:
+    """In a fresh process: the DBA job over ``root`` (at most ``limit`` photos this run; ``restart``:
+    from the first photo, as ``landmark index expand --restart``)."""
     import faiss
 
     from landmark.index import Store
@@ -304,7 +305,7 @@ def measure_dba(root: Path, n: int, limit: int | None) -> dict:
     opened = rss_bytes()
     before = AugmentedVectors(store).counts()
     with PeakAnon() as peak:
-        report = augment_store(store, dba_config(store), vote_k=5, limit=limit, progress=False)
+        report = augment_store(store, dba_config(store), vote_k=5, limit=limit, restart=restart, progress=False)
     out: dict = {
         "threads": faiss.omp_get_max_threads(),
         "augmented_before": sum(before),
@@ -379,6 +380,7 @@ def main() -> None:
     ap.add_argument("--skip-synthetic", action="store_true", help="skip the synthetic stores' search figures")
     ap.add_argument("--dba", action="store_true", help="measure DBA / alpha-QE through the index (issue 24)")
     ap.add_argument("--dba-limit", type=int, help="augment at most this many photos of a larger store, and extrapolate")
+    ap.add_argument("--dba-restart", action="store_true", help="augment every photo again (else a run goes on)")
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # child process: one synthetic store
     ap.add_argument("--measure-dba", type=Path, help=argparse.SUPPRESS)  # child process: its DBA job
     ap.add_argument("--measure-dba-search", type=Path, help=argparse.SUPPRESS)  # and its searches
@@ -389,7 +391,7 @@ def main() -> None:
         return
     if args.measure_dba:
         limit = args.dba_limit if args.dba_limit and args.dba_limit < args.n else None
-        print(json.dumps(measure_dba(args.measure_dba, args.n, limit)))
+        print(json.dumps(measure_dba(args.measure_dba, args.n, limit, args.dba_restart)))
         return
     if args.measure_dba_search:
         eig = np.load(args.measure_dba_search / "spectrum.npy")
@@ -441,7 +443,9 @@ def dba_figures(args) -> None:
         eig = np.load(root / "spectrum.npy") if (root / "spectrum.npy").is_file() else spectrum(args.store)
         built = make_synthetic_store(root, n, eig)
         np.save(root / "spectrum.npy", eig)
-        extra = ["--dba-limit", str(args.dba_limit)] if args.dba_limit else []
+        extra = (["--dba-limit", str(args.dba_limit)] if args.dba_limit else []) + (
+            ["--dba-restart"] if args.dba_restart else []
+        )
         m = child("--measure-dba", str(root), "--n", str(n), *extra)
         m |= child("--measure-dba-search", str(root), "--n", str(n))
         whole = (
