@@ -300,7 +300,7 @@ class AugmentedVectors:
         files = [None] + [self._part_vectors(p) for p in part_rows]
         store_index = self.store.index
         assert isinstance(store_index, CompressedStoreIndex)  # _rebuild is for compressed stores
-        codes = faiss.deserialize_index(faiss.serialize_index(store_index.index))  # trained, then emptied
+        codes = faiss.clone_index(store_index.index)  # trained (PCA, cells, codebooks), then emptied
         codes.reset()
         cfg = self.store.config.index
 
