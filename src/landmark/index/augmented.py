@@ -46,7 +46,7 @@ from .views import GenerationViews
 AUGMENTED_DIR = "augmented"
 MISSING = -2  # the label of an unlabelled photo that has no vote yet
 _STATE = "augmented"  # its key in the store's meta table
-_CHUNK = 65536  # vectors read and encoded at a time when an index is rebuilt
+_CHUNK = 16384  # vectors read and encoded at a time when an index is rebuilt
 REBUILD_PENDING = 100_000  # more committed vectors than this: rebuild a compressed index rather than extend it
 
 
