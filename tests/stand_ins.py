@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import landmark.pipeline.building as building
 import landmark.pipeline.context as context
+import landmark.pipeline.stores as stores
 from landmark.data import ImageError, load_image
 from landmark.features import ExtractionResult
 from landmark.features.extract import Failure
@@ -69,8 +69,8 @@ def use_content_extractor(monkeypatch) -> ContentExtractor:
     """Stores made, built and opened from now on (this test) use a :class:`ContentExtractor`; no
     ImageNet head gives them an object prior."""
     fake = ContentExtractor()
-    monkeypatch.setattr(building, "build_extractor", lambda *a, **kw: fake)
-    for module in (building, context):
+    monkeypatch.setattr(stores, "build_extractor", lambda *a, **kw: fake)
+    for module in (stores, context):
         monkeypatch.setattr(module, "attach_prior", lambda *a, **kw: None)
     monkeypatch.setattr(context, "prior_source", lambda extractor: "own")
     return fake

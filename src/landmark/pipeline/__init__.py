@@ -13,19 +13,17 @@ from typing import TYPE_CHECKING
 from ..utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .building import Building, build_store, create_store, open_store
+    from .building import Building
     from .context import StoreContext
     from .embedding import Embedding
     from .parts import Parts
     from .recognising import QueryLocalFeatures, Recognising
     from .results import BuildReport, Match, Photo, Recognition, Renamed, SearchOutput
     from .searching import Searching
+    from .stores import build_store, create_store, open_store
 
 _EXPORTS = {
     "Building": "building",
-    "build_store": "building",
-    "create_store": "building",
-    "open_store": "building",
     "StoreContext": "context",
     "Embedding": "embedding",
     "Parts": "parts",
@@ -38,6 +36,9 @@ _EXPORTS = {
     "Renamed": "results",
     "SearchOutput": "results",
     "Searching": "searching",
+    "build_store": "stores",
+    "create_store": "stores",
+    "open_store": "stores",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)
