@@ -18,27 +18,14 @@ from landmark.retrieval import ExpandedSearch
 from landmark.retrieval.augment import IndexedExpansion, augment_status, augment_store, dba_settings
 from landmark.retrieval.expansion import EXPANSION_META, dba, label_verifier
 
-from ..store_helpers import SIG
+from ..store_helpers import clustered, four_landmarks
 
 VERIFIERS = ["none", "vote", "threshold", "vote+threshold"]
 
 
-def clustered(n_per, centres, spread, rng):
-    return l2n(np.concatenate([c + spread * rng.standard_normal((n_per, len(c))) for c in centres]).astype(np.float32))
-
-
 @pytest.fixture
 def data(tmp_path):
-    """Labelled `train` photos of 4 landmarks and unlabelled `index` photos of the same places, 8-d, exact."""
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((4, 8))
-    st = Store.create(tmp_path / "s", load_config(), SIG)
-    train = clustered(6, centres, 0.6, rng)
-    st.add(
-        [f"t{i}" for i in range(len(train))], train, landmark_ids=np.repeat([10, 11, 12, 13], 6).tolist(), split="train"
-    )
-    st.add([f"i{i}" for i in range(60)], clustered(15, centres, 0.7, rng), split="index")
-    return SimpleNamespace(store=st, centres=centres, rng=rng, queries=clustered(5, centres, 0.7, rng))
+    return four_landmarks(tmp_path / "s")
 
 
 def augmented(store):

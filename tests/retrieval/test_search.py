@@ -1,38 +1,22 @@
 """`ExpandedSearch`: DBA / alpha-QE over a store, as `Landmarks.search` and `landmark evaluate` run it."""
 
 import dataclasses
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from landmark.config import ExpansionConfig, load_config
 from landmark.evaluation.spaces import Space, retrieve_scored
-from landmark.features.whitening import l2n
 from landmark.index import Store
 from landmark.recognition.knn import voted_labels
 from landmark.retrieval import ExpandedSearch, rank
 
-from ..store_helpers import SIG
-
-
-def clustered(n_per, centres, spread, rng):
-    return l2n(np.concatenate([c + spread * rng.standard_normal((n_per, len(c))) for c in centres]).astype(np.float32))
+from ..store_helpers import SIG, four_landmarks
 
 
 @pytest.fixture
 def data(tmp_path):
-    """Labelled `train` photos of 4 landmarks, unlabelled `index` photos of the same places, 8-d."""
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((4, 8))
-    st = Store.create(tmp_path / "s", load_config(), SIG)
-    train = clustered(6, centres, 0.6, rng)
-    st.add(
-        [f"t{i}" for i in range(len(train))], train, landmark_ids=np.repeat([10, 11, 12, 13], 6).tolist(), split="train"
-    )
-    index = clustered(15, centres, 0.7, rng)
-    st.add([f"i{i}" for i in range(len(index))], index, split="index")
-    return SimpleNamespace(store=st, train=train, index=index, queries=clustered(5, centres, 0.7, rng))
+    return four_landmarks(tmp_path / "s")
 
 
 @pytest.mark.parametrize("verify", ["none", "vote", "threshold", "vote+threshold"])
