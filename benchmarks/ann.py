@@ -44,6 +44,11 @@ def real_vectors(store_dir: Path, test_cache: Path):
         index = st.vectors(st.keys("index"))
         db = st.vectors(st.keys())
     test = np.concatenate([np.load(p)["vectors"] for p in sorted(test_cache.glob("chunk-*.npz"))])
+    if index.shape[1] != test.shape[1] or index.shape[1] < 512:
+        raise SystemExit(
+            f"{store_dir} keeps {index.shape[1]}-d vectors and {test_cache} {test.shape[1]}-d ones: this benchmark needs "
+            "the network's own descriptors in both (build the store with --preset lite2-gem-nopca)"
+        )
     pca = learn_whitening(index, 512, power=0.0)
     return pca.apply(db), pca.apply(test), pca.eigenvalues
 
@@ -214,19 +219,23 @@ def main() -> None:
     print(f"recall@100 against exact float32 search; the re-rank reads {args.vectors_dtype} vectors")
 
     print(f"{'nprobe':>6} {'rerank':>6} {'recall@100':>10} {'(real q)':>9} {'queries/s':>10} {'x exact':>8}")
+
+    def ivfpq(nprobe: int, rerank: int) -> IndexConfig:  # the trained index's settings, searched so
+        return IndexConfig(
+            kind="ivfpq",
+            nlist=args.nlist,
+            pq_m=args.pq_m,
+            pca_dim=args.pca_dim,
+            residual=residual,
+            nprobe=nprobe,
+            rerank=rerank,
+        )
+
     best = None  # the fastest configuration that meets all three targets
     fastest = None  # the fastest one with recall@100 >= 0.95, whatever its speed
     for nprobe in args.nprobes:
         for rerank in args.reranks:
-            c = IndexConfig(
-                kind="ivfpq",
-                nlist=args.nlist,
-                pq_m=args.pq_m,
-                pca_dim=args.pca_dim,
-                residual=residual,
-                nprobe=nprobe,
-                rerank=rerank,
-            )
+            c = ivfpq(nprobe, rerank)
             r = RerankedIndex(index, refine, c)
             r.search(queries[:16], k)  # warm the page cache for a fair timing of steady state
             (_, ids), t = timed(r.search, queries, k, repeat=args.repeat)
@@ -242,15 +251,7 @@ def main() -> None:
     nprobe, rerank = (fastest[0], fastest[1]) if fastest else (max(args.nprobes), max(args.reranks))
     trained = faiss.clone_index(index)
     trained.reset()
-    c = IndexConfig(
-        kind="ivfpq",
-        nlist=args.nlist,
-        pq_m=args.pq_m,
-        pca_dim=args.pca_dim,
-        residual=residual,
-        nprobe=nprobe,
-        rerank=rerank,
-    )
+    c = ivfpq(nprobe, rerank)
     shard_size = -(-args.n // args.shards)
     t0 = time.perf_counter()
     sharded = ShardedIndex.build(
