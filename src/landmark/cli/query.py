@@ -29,7 +29,8 @@ def search(
     expand: bool | None = typer.Option(
         None,
         "--expand/--no-expand",
-        help="DBA on the database and alpha-QE on the queries (default: as configured, on exact indexes).",
+        help="DBA on the database and alpha-QE on the queries (default: as configured, on exact stores of up to "
+        "expansion.search_max photos; on others once `landmark index expand` made their DBA set).",
     ),
     device: str | None = DeviceOpt,
     progress: bool | None = ProgressOpt,
