@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import landmark.evaluation.run as evaluation_run
 from landmark.api import Landmarks
 from landmark.cli import app
 from landmark.config import RecognitionConfig, load_config
@@ -156,3 +157,14 @@ def test_too_few_labels_fall_back_to_dba_verified_by_local_features(mini_gldv2, 
     # a second calibration (e.g. after labelled photos came) starts from the configured verifier, not the fallback
     again = reopened.calibrate(progress=False)["expansion"]
     assert again["configured"]["verify"] == "vote+threshold"
+    # an evaluate of the store keeps what calibration decided: not stale for the configured verifier
+    fresh = Landmarks.open(tmp_path / "store", warm=False)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(evaluation_run, "calibrate_expansion", lambda *a, **kw: pytest.fail("recalibrated a current store"))
+        kept = evaluation_run.prepare_expansion(fresh, load_config(overrides=fast_overrides))
+    assert kept is not None and kept["verify"] == "inliers"
+    assert (fresh.config.expansion.verify, fresh.config.expansion.dba, fresh.config.expansion.qe) == (
+        "inliers",
+        True,
+        False,
+    )

@@ -149,10 +149,13 @@ def calibrate_expansion(
 ) -> dict[str, Any] | None:
     """Decide DBA / alpha-QE for ``lm``'s store on its validation split with its known non-landmarks,
     in the space the store searches: refit ``expansion.threshold`` (verify ``vote+threshold`` /
-    ``threshold``), and switch both off where expanding scores below plain kNN on validation, or where
-    the store has too few labelled photos to tell (:func:`too_few_to_validate`: then off is the
-    default that cannot hurt, and the report says so). Used from now on and, if ``write``, kept in the
-    store (only when the store's own ``expansion.verify`` is the one it was decided for). None where
+    ``threshold``), and switch both off where expanding scores below plain kNN on validation. Where
+    the store has too few labelled photos to tell (:func:`too_few_to_validate`) the safe default
+    applies, and the report says so: DBA verified by local-feature inliers alone (``verify="inliers"``,
+    alpha-QE off) where the store has local features, else both off; the configured settings are kept
+    in the report (``configured``), which a later calibration starts from. Used from now on and, if
+    ``write``, kept in the store with the verifier (only when the store's own configured
+    ``expansion.verify`` is the one it was decided for). None where
     the configuration expands nothing. ``validation``: the :func:`store_validation` of these
     ``train_ids`` / ``seed``, if already made."""
     store = lm.ctx.store

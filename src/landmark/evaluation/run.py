@@ -477,7 +477,7 @@ def prepare_expansion(lm: Parts, config: Config, *, calibrate: bool | None = Non
     report = lm.ctx.store.meta_value(EXPANSION_META)
     stale = report is not None and (
         report["validation"].get("prior_source") != lm.ctx.prior_source
-        or report["verify"] != config.expansion.verify
+        or report.get("configured", report)["verify"] != config.expansion.verify  # (a safe default keeps the choice)
         or "dba" not in report
     )
     chosen = {k: v for k, v in explicit(config, "expansion").items() if k in ("dba", "qe")}
@@ -488,7 +488,11 @@ def prepare_expansion(lm: Parts, config: Config, *, calibrate: bool | None = Non
     else:
         lm.searching.set_expansion_config(
             dataclasses.replace(
-                lm.ctx.config.expansion, threshold=report["threshold"], dba=report["dba"], qe=report["qe"]
+                lm.ctx.config.expansion,
+                threshold=report["threshold"],
+                dba=report["dba"],
+                qe=report["qe"],
+                verify=report["verify"],
             )
         )
     if chosen:  # the user's own choice wins over calibration's
