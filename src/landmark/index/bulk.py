@@ -202,8 +202,10 @@ def bulk_import(
 
     def mapped(x: np.ndarray, first: int) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        _check_unit(x, first, ids[first : first + len(x)])
-        return x if transform is None else transform(x)
+        if transform is None:  # bulk_load checks the rows it stores
+            return x
+        _check_unit(x, first, ids[first : first + len(x)])  # the rows as given, before they are mapped
+        return transform(x)
 
     shards = (
         Shard(s.ids, mapped(s.vectors, i * shard_size), s.landmark_ids, s.paths)

@@ -43,9 +43,6 @@ class StoreWrites:
     def refresh(self) -> bool:
         raise NotImplementedError
 
-    def _rows_of(self, keys: Sequence[str]) -> dict[str, int]:
-        raise NotImplementedError
-
     def __len__(self) -> int:
         raise NotImplementedError
 

@@ -34,7 +34,6 @@ import numpy as np
 
 from ..index.augmented import MISSING, AugmentedVectors
 from ..index.store import Store
-from ..recognition.knn import voted_labels
 from ..utils.progress import progress_bar
 from .config import ExpansionConfig
 from .expansion import (
@@ -49,7 +48,7 @@ from .expansion import (
     qe_n,
     uses_votes,
 )
-from .search import Ranking, StoredPairInliers
+from .search import Ranking, StoredPairInliers, store_vote
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +173,7 @@ class _Labels:
             labels = np.full(len(todo), -1, np.int64)
             for lo in range(0, len(todo), 4096):
                 part = todo[lo : lo + 4096]
-                result = self.store.search(self.store.vectors_of_rows(part), self.vote_k, labelled_only=True)
-                labels[lo : lo + len(part)] = voted_labels(result.landmark_ids, result.scores, self.vote_k)
+                labels[lo : lo + len(part)] = store_vote(self.store, self.store.vectors_of_rows(part), self.vote_k)
             self.aug.set_votes(todo, [meta[int(r)][0] for r in todo], labels)
             self.by_row[todo] = labels
             self.voted += len(todo)
@@ -318,10 +316,7 @@ class IndexedExpansion:
 
     def vote(self, vectors: np.ndarray) -> np.ndarray:
         """Predicted landmark of each vector by the top-``vote_k`` vote among labelled stored photos (-1: none)."""
-        if not len(vectors):
-            return np.zeros(0, np.int64)
-        result = self.store.search(vectors, self.vote_k, labelled_only=True)
-        return voted_labels(result.landmark_ids, result.scores, self.vote_k)
+        return store_vote(self.store, vectors, self.vote_k)
 
     def labels(self, rows: np.ndarray) -> np.ndarray:
         """Landmarks of stored ``rows`` for verification: label, kept vote, or a vote made now (cached)."""

@@ -62,7 +62,7 @@ class Timings:
     """Where verification time goes (seconds)."""
 
     io: float = 0.0  # reading stored features and preparing descriptors
-    matching: float = 0.0  # mutual NN + ratio test
+    matching: float = 0.0  # tentative matching (mutual NN + ratio test, or the learned matcher)
     ransac: float = 0.0  # MAGSAC++
     pairs: int = 0
 
@@ -412,7 +412,8 @@ def rerank_test_queries(
     feats: dict[str, Any] = cache.get(list(rankings))
     for r in [r for r in verifier.cfg.rotations if r % 360]:  # the queries turned: cached beside the upright ones
         turned = LocalStore.create(Path(work_dir) / f"rotated-{r % 360}", extractor.signature)
-        todo = [rec for rec in manifest.records if rec.id in feats and rec.id not in turned.present([rec.id])]
+        have = turned.present(list(feats))
+        todo = [rec for rec in manifest.records if rec.id in feats and rec.id not in have]
         with progress_bar(f"local features queries turned {r % 360}", total=len(todo), enabled=progress) as bar:
             for rec in todo:
                 try:

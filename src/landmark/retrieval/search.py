@@ -36,6 +36,14 @@ def rank(store: Store, queries: np.ndarray, k: int = 100, *, splits: Sequence[st
     return out
 
 
+def store_vote(store: Store, vectors: np.ndarray, k: int) -> np.ndarray:
+    """Predicted landmark of each vector by the top-``k`` vote among the labelled stored photos (-1: none)."""
+    if not len(vectors):
+        return np.zeros(0, np.int64)
+    result = store.search(vectors, k, labelled_only=True)
+    return voted_labels(result.landmark_ids, result.scores, k)
+
+
 class ExpandedSearch:
     """:func:`rank` with DBA on the database and alpha-QE on the queries (Baidu GLR19 §2.3) over a store.
 
@@ -95,10 +103,7 @@ class ExpandedSearch:
 
     def vote(self, vectors: np.ndarray) -> np.ndarray:
         """Predicted landmark of each vector by the top-``vote_k`` vote among labelled stored photos (-1: none)."""
-        if not len(vectors):
-            return np.zeros(0, np.int64)
-        result = self.store.search(vectors, self.vote_k, labelled_only=True)
-        return voted_labels(result.landmark_ids, result.scores, self.vote_k)
+        return store_vote(self.store, vectors, self.vote_k)
 
     def rank(self, queries: np.ndarray, k: int = 100, *, qe: bool | None = None) -> list[Ranking]:
         """Top-``k`` database photos for each query vector, best first; ``qe=False`` searches the
