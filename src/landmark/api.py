@@ -32,7 +32,7 @@ from .pipeline import Parts, StoreContext, build_store, create_store, open_store
 from .pipeline.building import Building
 from .pipeline.embedding import Embedding
 from .pipeline.recognising import Recognising
-from .pipeline.results import BuildReport, Match, Photo, Recognition, SearchOutput
+from .pipeline.results import BuildReport, Match, Photo, PhotoOutcome, Recognition, Renamed, SearchOutput
 from .pipeline.searching import Searching
 
 log = logging.getLogger(__name__)
@@ -168,4 +168,15 @@ def load_photo(source: Any) -> Image.Image:
     return load_image(source)
 
 
-__all__ = ["BuildReport", "ImageError", "Landmarks", "Match", "Recognition", "SearchOutput", "open", "load_photo"]
+__all__ = [
+    "BuildReport",
+    "ImageError",
+    "Landmarks",
+    "Match",
+    "PhotoOutcome",
+    "Recognition",
+    "Renamed",
+    "SearchOutput",
+    "open",
+    "load_photo",
+]

@@ -247,7 +247,6 @@ class _ExtractorPool:
         )(_Worker).remote(config.to_dict(), device, store_root)
         self.actors = [self._new() for _ in range(n_actors)]
         self.signature: dict[str, Any] | None = None
-        self.lost = 0
 
     def check(self, expect_prior_source: str | None) -> dict[str, Any]:
         """Every actor's signature, refused unless all agree with each other and with the driver."""
@@ -307,7 +306,6 @@ class _ExtractorPool:
                 try:
                     res = ray.get(ref)
                 except RayActorError as exc:
-                    self.lost += 1
                     log.warning(
                         "a Ray extractor was lost (%s); its %d photos go to another", type(exc).__name__, len(shard)
                     )

@@ -36,7 +36,7 @@ from .extract import to_tensor
 from .local import LocalFeatures
 from .whitening import Whitening, l2n
 
-QUANT = 250.0  # = landmark.retrieval.matching.QUANT: stored bytes are the int8 values matching uses
+QUANT = 250.0  # int8 value = round(QUANT * component) of a unit descriptor: RootSIFT and DELF bytes, as matching uses
 MIN_SIDE = 16  # pyramid levels whose short side would fall below this many pixels are skipped
 
 

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 class QueryLocalFeatures(Mapping[str, LocalFeatures]):
     """Query photos' local features by id, extracted when read and not kept (a batch of thousands never
-    holds them all), as :meth:`StoreContext.local_features` makes them for search's re-rank. A photo that
-    cannot be read again is missing (``get`` gives None: its neighbours stay unverified)."""
+    holds them all), as :meth:`StoreContext.local_features` makes them for search's re-rank, upright only
+    (recognition's evidence does not try ``rerank.rotations``). A photo that cannot be read again is
+    missing (``get`` gives None: its neighbours stay unverified)."""
 
     def __init__(self, ctx: StoreContext, photos: Mapping[str, Photo]):
         self.ctx, self.photos = ctx, photos

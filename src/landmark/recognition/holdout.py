@@ -14,8 +14,6 @@ from ..features.pipeline import WHITENING_FILE
 from ..features.whitening import Whitening
 from ..models.net import read_checkpoint
 
-CALIBRATION_META = "calibration"
-
 log = logging.getLogger(__name__)
 
 VAL_FRACTION, VAL_SEED = 0.15, 0  # calibrate's split by photo: the share of each landmark's photos, the seed

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..features.delf import decode_descriptors
+from ..features.delf import QUANT, decode_descriptors
 from ..features.local import BINARY_KINDS, rootsift
 
-QUANT = 250.0  # RootSIFT quantisation: int8 value = round(QUANT * component)
 _INT_MM: bool | None = None  # torch._int_mm usable here (checked once)
 
 

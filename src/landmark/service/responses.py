@@ -12,8 +12,6 @@ from ..index.records import ImageRow
 
 log = logging.getLogger(__name__)
 
-# ids the service creates become file names: keep them plain
-
 
 def match_json(m: Match) -> dict[str, Any]:
     q = quote_id(m.id)

@@ -21,9 +21,6 @@ from .settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 # ids the service creates become file names: keep them plain
-
-
-# ids the service creates become file names: keep them plain
 NEW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

@@ -236,7 +236,7 @@ def train(
         with progress_bar(
             f"epoch {epoch + 1}/{cfg.optim.epochs}", total=steps_per_epoch, enabled=progress if ctx.main else False
         ) as bar:
-            for _i, b in enumerate(batches):
+            for b in batches:
                 if b is None:
                     continue
                 if cached is not None:
